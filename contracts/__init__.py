@@ -1,0 +1,25 @@
+"""agentbus contracts: the public language of commands, events and their envelope. No I/O."""
+
+from contracts import commands, events
+from contracts.base import Command, Event, Model, Payload
+from contracts.envelope import DEFAULT_POOL, Envelope, new_id, utcnow
+from contracts.registry import REGISTRY, Contract, Registry, UnknownType
+from contracts.rejections import Reason
+
+__all__ = [
+    "DEFAULT_POOL",
+    "REGISTRY",
+    "Command",
+    "Contract",
+    "Envelope",
+    "Event",
+    "Model",
+    "Payload",
+    "Reason",
+    "Registry",
+    "UnknownType",
+    "commands",
+    "events",
+    "new_id",
+    "utcnow",
+]

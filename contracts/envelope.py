@@ -1,0 +1,62 @@
+"""The envelope every command and event travels in: CloudEvents 1.0 plus agentbus extensions.
+
+Extension attribute names follow CloudEvents rules (lower-case letters and digits only).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from uuid6 import uuid7
+
+from contracts.base import Payload
+
+SPECVERSION = "1.0"
+DEFAULT_POOL = "default"
+DEFAULT_SOURCE = "urn:agentbus"
+
+
+def new_id() -> str:
+    """A time-ordered unique id (UUIDv7) as text."""
+    return str(uuid7())
+
+
+def utcnow() -> datetime:
+    """The current time in UTC; only ingest and reactors may call it, never a decider."""
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """One command or event with its CloudEvents context.
+
+    ``data`` is the typed payload when ``type`` is known to the registry, otherwise the raw
+    JSON object, kept and passed through unchanged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    specversion: str = SPECVERSION
+    id: str = Field(min_length=1, max_length=200)
+    source: str = DEFAULT_SOURCE
+    type: str = Field(min_length=1, max_length=200)
+    time: datetime
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    dataschema: str | None = None
+    schemaversion: int = 1
+    pool: str = Field(default=DEFAULT_POOL, min_length=1, max_length=200)
+    sequence: int | None = None
+    commandid: str | None = None
+    causationid: str | None = None
+    correlationid: str | None = None
+    actor: str | None = None
+    data: Payload | dict[str, Any]
+
+    @property
+    def payload(self) -> Payload:
+        """The typed payload; raises TypeError for an unknown type kept as raw data."""
+        if isinstance(self.data, Payload):
+            return self.data
+        raise TypeError(f"event type {self.type!r} is not known to this version of agentbus")

@@ -1,0 +1,27 @@
+"""Stable reason codes carried by ``CommandRejected``; clients may switch on them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a command was rejected. Values are part of the public contract: never rename."""
+
+    UNKNOWN_AGENT = "UNKNOWN_AGENT"
+    AGENT_EXISTS = "AGENT_EXISTS"
+    AGENT_NOT_ACTIVE = "AGENT_NOT_ACTIVE"
+    AGENT_OVER_CAPACITY = "AGENT_OVER_CAPACITY"
+    CAPABILITY_MISMATCH = "CAPABILITY_MISMATCH"
+    UNKNOWN_TASK = "UNKNOWN_TASK"
+    TASK_EXISTS = "TASK_EXISTS"
+    INVALID_TASK_STATE = "INVALID_TASK_STATE"
+    WRONG_AGENT = "WRONG_AGENT"
+    UNKNOWN_ALLOCATION = "UNKNOWN_ALLOCATION"
+    ALLOCATION_EXISTS = "ALLOCATION_EXISTS"
+    RESOURCE_LIMIT_EXCEEDED = "RESOURCE_LIMIT_EXCEEDED"
+    COST_EXISTS = "COST_EXISTS"
+    UNKNOWN_MODEL_PRICE = "UNKNOWN_MODEL_PRICE"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+    INVALID_COMMAND = "INVALID_COMMAND"

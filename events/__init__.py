@@ -1,0 +1,58 @@
+"""agentbus events: the log port, its adapters chosen by URL, the codec, export/import."""
+
+from __future__ import annotations
+
+import importlib
+
+from events.log import (
+    Appended,
+    Commit,
+    ConcurrencyError,
+    CorruptRecord,
+    EventLog,
+    LogError,
+    Record,
+    StoredRecord,
+    UnknownTopic,
+    partition_for,
+)
+
+# URL scheme -> "module:Class". Adapters import lazily so the embedded default needs no Kafka.
+ADAPTERS: dict[str, str] = {
+    "sqlite": "events.sqlite:SqliteLog",
+    "kafka": "events.kafka:KafkaLog",
+}
+
+
+def open_log(url: str) -> EventLog:
+    """Create (not start) the log adapter for ``url``, e.g. ``sqlite:///data/log.db``."""
+    scheme = url.split(":", 1)[0].lower()
+    target = ADAPTERS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in ADAPTERS)
+        raise ValueError(f"unsupported log URL {url!r}; use one of {known}")
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # e.g. aiokafka missing
+        raise RuntimeError(
+            f"the {scheme} log needs extra packages: pip install 'agentbus[{scheme}]' ({exc})"
+        ) from exc
+    log: EventLog = getattr(module, cls_name)(url)
+    return log
+
+
+__all__ = [
+    "ADAPTERS",
+    "Appended",
+    "Commit",
+    "ConcurrencyError",
+    "CorruptRecord",
+    "EventLog",
+    "LogError",
+    "Record",
+    "StoredRecord",
+    "UnknownTopic",
+    "open_log",
+    "partition_for",
+]
