@@ -46,10 +46,16 @@ kafka_require_java() {
 }
 
 # Run a Kafka CLI main class with the tools JVM options.
+#   kafka_tool [--timeout SECONDS] <main-class> [args...]
 kafka_tool() {
+  local -a prefix=()
+  if [[ "${1:-}" == "--timeout" ]]; then
+    prefix=(timeout --kill-after=5 "$2"); shift 2
+  fi
   local main="$1"; shift
-  # shellcheck disable=SC2086
-  java ${KAFKA_TOOLS_OPTS} \
+  local -a opts
+  read -r -a opts <<<"${KAFKA_TOOLS_OPTS}"
+  "${prefix[@]}" java "${opts[@]}" \
     -Dlog4j.configuration="file:${KAFKA_DIR}/tools-log4j.properties" \
     -cp "${KAFKA_LIBS}/*" "${main}" "$@"
 }
@@ -79,5 +85,6 @@ kafka_port_open() {
 kafka_answers() {
   local t="${1:-30}"
   kafka_port_open "${AGENTBUS_KAFKA_PORT}" || return 1
-  timeout "${t}" bash -c "$(declare -f kafka_tool); KAFKA_TOOLS_OPTS='${KAFKA_TOOLS_OPTS}' KAFKA_DIR='${KAFKA_DIR}' KAFKA_LIBS='${KAFKA_LIBS}'; kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server '${KAFKA_BOOTSTRAP}' --list" >/dev/null 2>&1
+  kafka_tool --timeout "${t}" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "${KAFKA_BOOTSTRAP}" --list >/dev/null 2>&1
 }
