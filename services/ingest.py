@@ -1,0 +1,50 @@
+"""Turning a validated command into its envelope, stamped with id and time at ingest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts import REGISTRY, Command, Envelope, new_id, utcnow
+
+
+def command_envelope(
+    cmd: Command,
+    *,
+    pool: str = "default",
+    command_id: str | None = None,
+    source: str = "urn:agentbus:api",
+    actor: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> Envelope:
+    """The envelope for ``cmd``: its CloudEvents id is the command id (client-chosen or new)."""
+    cid = command_id or new_id()
+    contract = REGISTRY[type(cmd).__name__]
+    return Envelope.model_construct(
+        specversion="1.0",
+        id=cid,
+        source=source,
+        type=contract.name,
+        time=utcnow(),
+        subject=cmd.subject(),
+        datacontenttype="application/json",
+        dataschema=contract.dataschema,
+        schemaversion=contract.version,
+        pool=pool,
+        sequence=None,
+        commandid=cid,
+        causationid=causation_id,
+        correlationid=correlation_id or cid,
+        actor=actor,
+        data=cmd,
+    )
+
+
+def parse_command(type_name: str, data: dict[str, Any]) -> Command:
+    """Validate ``data`` as the command ``type_name``; raises UnknownType or ValidationError."""
+    contract = REGISTRY[type_name]
+    if contract.kind != "command":
+        raise ValueError(f"{type_name!r} is an event, not a command")
+    model = contract.model.model_validate(data)
+    assert isinstance(model, Command)
+    return model

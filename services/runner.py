@@ -1,0 +1,362 @@
+"""The embedded runner: deciders, the coordinator and the projector as consumers of one log,
+in one asyncio process, each resuming from its own committed position after a restart.
+
+Exactly-once: the decider appends a batch's events and commits its commands offset in one
+transaction; the coordinator appends its commands and commits its events offset in one; the
+projector stores its position with its rows. A restart therefore neither loses nor repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from contracts import REGISTRY, Envelope, Payload, Reason, new_id
+from contracts import events as e
+from events import Commit, EventLog, StoredRecord, open_log, partition_for
+from events.codec import DecodeError, decode, from_record, to_record
+from projections import ProjectionStore, Projector
+from services.config import COMMANDS, EVENTS, Settings
+from services.coordinator import Assignment, Coordinator
+from services.decider import DeciderConfig, Rejected, decide, evolve
+from services.ingest import command_envelope
+from services.outcomes import OutcomeRef, Outcomes
+from services.state import PoolState
+
+log = logging.getLogger("agentbus.runner")
+
+DECIDER_GROUP = "decider"
+COORDINATOR_GROUP = "coordinator"
+BATCH = 1000
+
+
+@dataclass
+class ReplayStats:
+    """How long rebuilding the decider state from the log took."""
+
+    events: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def event_envelopes(cmd: Envelope, events: list[Payload], state: PoolState) -> list[Envelope]:
+    """Wrap a decision's events: time from the command, sequence within the pool, causal ids."""
+    out = []
+    seq = state.sequence
+    for ev in events:
+        seq += 1
+        contract = REGISTRY[type(ev).__name__]
+        subject = ev.subject() if not isinstance(ev, e.CommandRejected) else cmd.subject
+        out.append(
+            Envelope.model_construct(
+                specversion="1.0",
+                id=new_id(),
+                source="urn:agentbus:decider",
+                type=contract.name,
+                time=cmd.time,
+                subject=subject,
+                datacontenttype="application/json",
+                dataschema=contract.dataschema,
+                schemaversion=contract.version,
+                pool=cmd.pool,
+                sequence=seq,
+                commandid=cmd.commandid or cmd.id,
+                causationid=cmd.id,
+                correlationid=cmd.correlationid or cmd.id,
+                actor=cmd.actor,
+                data=ev,
+            )
+        )
+    return out
+
+
+def rejection(cmd_type: str, exc: Rejected, subject: str | None) -> e.CommandRejected:
+    details = dict(exc.details)
+    if subject is not None:
+        details.setdefault("subject", subject)
+    return e.CommandRejected(command_type=cmd_type, code=exc.code.value, message=exc.message, details=details)
+
+
+@dataclass
+class PartitionDecider:
+    """The single writer of one partition: replays its events, then decides its commands."""
+
+    log: EventLog
+    partition: int
+    outcomes: Outcomes
+    config: DeciderConfig
+    states: dict[str, PoolState] = field(default_factory=dict)
+    replay: ReplayStats = field(default_factory=ReplayStats)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def state(self, pool: str) -> PoolState:
+        st = self.states.get(pool)
+        if st is None:
+            st = self.states[pool] = PoolState(pool)
+        return st
+
+    async def rebuild(self) -> None:
+        """Rebuild every pool's state and the outcome index from this partition's events."""
+        started = time.perf_counter()
+        offset, count = 0, 0
+        last_cmd: str | None = None
+        first = 0
+        n_of_cmd = 0
+        while True:
+            batch = await self.log.read(EVENTS, self.partition, offset, 5000)
+            if not batch:
+                break
+            for rec in batch:
+                env = from_record(rec)
+                evolve(self.state(env.pool), env)
+                cid = env.commandid
+                if cid != last_cmd:
+                    if last_cmd is not None:
+                        self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
+                    last_cmd, first, n_of_cmd = cid, rec.offset, 0
+                n_of_cmd += 1
+            count += len(batch)
+            offset = batch[-1].offset + 1
+        if last_cmd is not None:
+            self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
+        self.replay = ReplayStats(count, time.perf_counter() - started)
+
+    def decide_one(self, rec: StoredRecord) -> tuple[str, list[Envelope]]:
+        """Decide one command record; malformed commands become INVALID_COMMAND rejections."""
+        try:
+            cmd = decode(rec.value)
+        except DecodeError as exc:
+            cid = rec.id or f"{COMMANDS}:{rec.partition}:{rec.offset}"
+            bad = Envelope.model_construct(
+                id=cid, type="invalid", time=_now(), pool=rec.key or "default", commandid=cid,
+                correlationid=cid, causationid=None, actor=None, subject=None, data={},
+            )
+            err = Rejected(Reason.INVALID_COMMAND, str(exc), topic=rec.topic, partition=rec.partition,
+                           offset=rec.offset)
+            return cid, event_envelopes(bad, [rejection("invalid", err, None)], self.state(bad.pool))
+        cid = cmd.commandid or cmd.id
+        state = self.state(cmd.pool)
+        if cid in state.seen:
+            return cid, []  # a repeat: the first outcome stands, nothing new is appended
+        try:
+            payload = cmd.data
+            if not isinstance(payload, Payload):
+                raise Rejected(Reason.UNKNOWN_COMMAND, f"unknown command type {cmd.type!r}")
+            events = decide(state, payload, self.config)
+        except Rejected as exc:
+            events = [rejection(cmd.type, exc, cmd.subject)]
+        wrapped = event_envelopes(cmd, events, state)
+        for env in wrapped:
+            evolve(state, env)
+        return cid, wrapped
+
+    async def run(self) -> None:
+        await self.rebuild()
+        self.ready.set()
+        start = await self.log.committed(DECIDER_GROUP, COMMANDS, self.partition)
+        async for batch in self.log.subscribe(COMMANDS, self.partition, start, limit=BATCH):
+            await self.process(batch)
+
+    async def process(self, batch: list[StoredRecord]) -> None:
+        out: list[Envelope] = []
+        decided: list[tuple[str, int]] = []
+        for rec in batch:
+            cid, envs = self.decide_one(rec)
+            if envs:
+                decided.append((cid, len(envs)))
+                out.extend(envs)
+        commit = Commit(DECIDER_GROUP, COMMANDS, self.partition, batch[-1].offset + 1)
+        if out:
+            appended = await self.log.append(EVENTS, [to_record(x) for x in out], partition=self.partition,
+                                             commit=commit)
+        else:
+            appended = []
+            await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        i = 0
+        for cid, n in decided:
+            self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n))
+            i += n
+
+
+def _now() -> object:
+    from contracts import utcnow
+
+    return utcnow()
+
+
+@dataclass
+class CoordinatorLoop:
+    """Runs the coordinator reactor over every events partition."""
+
+    log: EventLog
+    partitions: int
+    coordinator: Coordinator = field(default_factory=Coordinator)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def run(self) -> None:
+        starts = []
+        for p in range(self.partitions):
+            end = await self.log.committed(COORDINATOR_GROUP, EVENTS, p)
+            offset = 0
+            while offset < end:  # rebuild the view without acting on history
+                batch = await self.log.read(EVENTS, p, offset, min(5000, end - offset))
+                if not batch:
+                    break
+                for rec in batch:
+                    self.coordinator.observe(from_record(rec))
+                offset = batch[-1].offset + 1
+            starts.append(end)
+        await self._emit(None)  # queued tasks whose assignment was lost in flight
+        self.ready.set()
+        await asyncio.gather(*(self._tail(p, starts[p]) for p in range(self.partitions)))
+
+    async def _tail(self, partition: int, start: int) -> None:
+        async for batch in self.log.subscribe(EVENTS, partition, start, limit=BATCH):
+            async with self._lock:
+                for rec in batch:
+                    self.coordinator.observe(from_record(rec))
+                await self._emit(Commit(COORDINATOR_GROUP, EVENTS, partition, batch[-1].offset + 1))
+
+    async def _emit(self, commit: Commit | None) -> None:
+        assignments = self.coordinator.schedule()
+        if assignments:
+            await self.log.append(COMMANDS, [to_record(_assignment_envelope(a)) for a in assignments],
+                                  commit=commit)
+        elif commit is not None:
+            await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+
+
+def _assignment_envelope(a: Assignment) -> Envelope:
+    return command_envelope(a.command, pool=a.pool, command_id=a.command_id, source="urn:agentbus:coordinator",
+                            actor="coordinator", correlation_id=a.correlation)
+
+
+@dataclass
+class ProjectorLoop:
+    """Feeds every events partition into the read models."""
+
+    log: EventLog
+    projector: Projector
+    partitions: int
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._tail(p) for p in range(self.partitions)))
+
+    async def _tail(self, partition: int) -> None:
+        start = await self.projector.position(EVENTS, partition)
+        async for batch in self.log.subscribe(EVENTS, partition, start, limit=2000):
+            await self.projector.apply(EVENTS, partition, [(r.offset, from_record(r)) for r in batch])
+
+
+class Runner:
+    """All of agentbus in one process on the configured log and read-model database."""
+
+    def __init__(self, settings: Settings, *, deciders: bool = True, coordinator: bool = True,
+                 projector: bool = True) -> None:
+        self.settings = settings
+        self.log: EventLog = open_log(settings.broker)
+        self.store = ProjectionStore(settings.database)
+        self.outcomes = Outcomes()
+        self.partitions = settings.partitions
+        self.deciders: list[PartitionDecider] = []
+        self.coordinator: CoordinatorLoop | None = None
+        self._want = (deciders, coordinator, projector)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        self.on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None
+
+    async def start(self) -> None:
+        if self.settings.broker.startswith("sqlite:"):
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.log.start()
+        await self.log.ensure_topic(COMMANDS, self.partitions)
+        await self.log.ensure_topic(EVENTS, self.partitions, retention_ms=-1)
+        self.partitions = await self.log.partitions(EVENTS)
+        await self.store.start()
+        want_deciders, want_coordinator, want_projector = self._want
+        if want_deciders:
+            for p in range(self.partitions):
+                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider)
+                self.deciders.append(d)
+                self._spawn(d.run(), f"decider[{p}]")
+        if want_coordinator:
+            self.coordinator = CoordinatorLoop(self.log, self.partitions)
+            self._spawn(self.coordinator.run(), "coordinator")
+        if want_projector:
+            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions).run(), "projector")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a worker that dies must take the service down loudly
+                log.error("%s failed: %s", name, exc, exc_info=exc)
+                self.failure = self.failure or exc
+                self.failed.set()
+                if self.on_failure is not None:
+                    res = self.on_failure(exc)
+                    if res is not None:
+                        await res
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        """Wait until deciders and the coordinator have rebuilt their state."""
+        events = [d.ready for d in self.deciders]
+        if self.coordinator is not None:
+            events.append(self.coordinator.ready)
+        waits = [asyncio.create_task(ev.wait()) for ev in events]
+        fail = asyncio.create_task(self.failed.wait())
+        try:
+            done, _ = await asyncio.wait([asyncio.gather(*waits), fail], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fail.cancel()
+        if self.failure is not None:
+            raise RuntimeError(f"agentbus failed to start: {self.failure}") from self.failure
+        if not done:
+            raise TimeoutError("agentbus did not become ready in time")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.log.close()
+        await self.store.close()
+
+    def partition_of(self, pool: str) -> int:
+        return partition_for(pool, self.partitions)
+
+    async def submit(self, env: Envelope) -> tuple[int, int, bool]:
+        """Append a command durably: (partition, offset, duplicate)."""
+        [appended] = await self.log.append(COMMANDS, [to_record(env)])
+        return appended.partition, appended.offset, appended.duplicate
+
+    async def submit_many(self, envs: list[Envelope]) -> list[tuple[int, int, bool]]:
+        res = await self.log.append(COMMANDS, [to_record(x) for x in envs])
+        return [(a.partition, a.offset, a.duplicate) for a in res]
+
+    async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:
+        recs = await self.log.read(EVENTS, ref.partition, ref.offset, ref.count)
+        return [(r.offset, from_record(r)) for r in recs]
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
