@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -24,9 +24,8 @@ class Record:
     headers: Headers = ()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """A record as read back, with its position."""
+class StoredRecord(NamedTuple):
+    """A record as read back, with its position (a tuple: built once per record read, cheaply)."""
 
     topic: str
     partition: int

@@ -1,0 +1,311 @@
+"""SQLite-specific behaviour of the log: group commit, lz4 storage, corruption, durability, crash."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from events import CorruptRecord, LogError, Record, open_log
+from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[SqliteLog]:
+    instance = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    await instance.start()
+    await instance.ensure_topic("t", 2)
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+def stored(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_urls_map_to_paths_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert SqliteLog("sqlite:///data/x.db").path == Path("data/x.db")
+    assert SqliteLog("sqlite:////abs/x.db").path == Path("/abs/x.db")
+    assert SqliteLog("sqlite:///x.db").synchronous == "FULL"
+    assert SqliteLog("sqlite:///x.db?synchronous=normal").synchronous == "NORMAL"
+    assert isinstance(open_log("sqlite:///x.db"), SqliteLog)
+    for bad in ("sqlite://x.db", "sqlite:///:memory:", "sqlite:///x.db?cache=1", "sqlite:///"):
+        with pytest.raises(ValueError):
+            SqliteLog(bad)
+
+
+async def test_relative_url_creates_parent_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = SqliteLog("sqlite:///nested/dir/log.db?synchronous=normal")
+    await log.start()
+    await log.start()  # idempotent
+    try:
+        await log.ensure_topic("t", 1)
+        await log.append("t", [Record("k", b"v")])
+    finally:
+        await log.close()
+    assert (tmp_path / "nested/dir/log.db").exists()
+    assert stored(tmp_path / "nested/dir/log.db", "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_using_the_log_before_start_is_a_clear_error(tmp_path: Path) -> None:
+    log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    with pytest.raises(RuntimeError, match="not started"):
+        await log.append("t", [Record("k", b"v")])
+    with pytest.raises(RuntimeError, match="not started"):
+        await log.read("t", 0, 0)
+
+
+async def test_group_commit_batches_concurrent_single_appends(log: SqliteLog) -> None:
+    before = log.transactions
+    results = await asyncio.gather(
+        *(log.append("t", [Record("k", b"%d" % i)], partition=0) for i in range(200))
+    )
+    assert sorted(r[0].offset for r in results) == list(range(200))
+    assert log.transactions - before <= 20, log.transactions - before
+
+
+async def test_one_failing_append_does_not_fail_the_others_in_its_batch(
+    log: SqliteLog, tmp_path: Path
+) -> None:
+    with sqlite3.connect(tmp_path / "log.db") as conn:
+        conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.key = 'boom'"
+            " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    keys = ["a", "b", "boom", "c", "d"]
+    results = await asyncio.gather(
+        *(log.append("t", [Record(k, k.encode())], partition=0) for k in keys),
+        return_exceptions=True,
+    )
+    failed = results[2]
+    assert isinstance(failed, LogError) and "disk on fire" in str(failed)
+    ok = [r for i, r in enumerate(results) if i != 2]
+    assert not any(isinstance(r, BaseException) for r in ok)
+    assert [r.key for r in await log.read("t", 0, 0)] == ["a", "b", "c", "d"]
+    # The writer survives and keeps numbering contiguously.
+    assert (await log.append("t", [Record("e", b"e")], partition=0))[0].offset == 4
+
+
+async def test_large_values_are_stored_lz4_compressed_and_read_back(
+    log: SqliteLog, tmp_path: Path
+) -> None:
+    big = b'{"data":{"text":"' + b"agent output line; " * 500 + b'"}}'
+    noise = os.urandom(4000)
+    small = b'{"n":1}'
+    await log.append("t", [Record("k", v) for v in (big, noise, small)], partition=0)
+    assert [r.value for r in await log.read("t", 0, 0)] == [big, noise, small]
+    rows = stored(
+        tmp_path / "log.db", 'SELECT codec, length(value) FROM records ORDER BY "offset"'
+    )
+    assert rows[0][0] == CODEC_LZ4 and rows[0][1] < len(big) // 5  # type: ignore[operator]
+    assert rows[1] == (CODEC_RAW, len(noise))  # incompressible: kept raw
+    assert rows[2] == (CODEC_RAW, len(small))  # too small to bother
+
+
+async def test_binary_header_values_round_trip(log: SqliteLog) -> None:
+    headers = (("text", "é".encode()), ("bin", b"\xff\x00\xfe"), ("empty", b""))
+    await log.append("t", [Record("k", b"v", headers=headers)], partition=1)
+    assert (await log.read("t", 1, 0))[0].headers == headers
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("value", "tamper", "reason"),
+    [
+        (b"x" * 100, lambda v, c: (flip(v, 50), c), "checksum"),
+        (b"abc" * 1000, lambda v, c: (flip(v, len(v) // 2), c), ""),
+        (b"abc" * 1000, lambda v, c: (v[:20], c), ""),
+        (b"abc" * 1000, lambda v, c: (v + b"\0\0", c), ""),
+        (b"x" * 100, lambda v, c: (v, 7), "unknown codec 7"),
+        (b"x" * 100, lambda v, c: (v.decode(), c), ""),  # stored as TEXT by some other tool
+    ],
+    ids=["raw-flip", "lz4-flip", "lz4-truncated", "lz4-trailing", "codec", "text"],
+)
+async def test_a_damaged_stored_value_raises_corrupt_record_naming_its_position(
+    tmp_path: Path, value: bytes, tamper: Callable[[bytes, int], tuple[object, int]], reason: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = SqliteLog(url)
+    await log.start()
+    await log.ensure_topic("t", 2)
+    await log.append("t", [Record("k", b"ok"), Record("k", value)], partition=1)
+    await log.close()
+    with sqlite3.connect(tmp_path / "log.db") as conn:
+        where = 'WHERE "partition" = 1 AND "offset" = 1'
+        [(raw, codec)] = conn.execute(f"SELECT value, codec FROM records {where}").fetchall()
+        conn.execute(f"UPDATE records SET value = ?, codec = ? {where}", tamper(raw, codec))
+    log = SqliteLog(url)
+    await log.start()
+    try:
+        assert (await log.read("t", 1, 0, limit=1))[0].value == b"ok"
+        with pytest.raises(CorruptRecord) as caught:
+            await log.read("t", 1, 0)
+        assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("t", 1, 1)
+        assert reason in caught.value.reason
+        assert "t[1]@1" in str(caught.value)
+    finally:
+        await log.close()
+
+
+async def test_records_ids_and_offsets_survive_close_and_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = SqliteLog(url)
+    await log.start()
+    await log.ensure_topic("t", 2)
+    await log.append("t", [Record("k", b"%d" % i, id=f"id-{i}") for i in range(10)], partition=0)
+    await log.commit("g", "t", 0, 4)
+    await log.close()
+
+    log = SqliteLog(url)
+    await log.start()
+    try:
+        assert await log.partitions("t") == 2
+        assert [r.value for r in await log.read("t", 0, 0)] == [b"%d" % i for i in range(10)]
+        assert await log.committed("g", "t", 0) == 4
+        again = await log.append("t", [Record("k", b"x", id="id-3"), Record("k", b"y", id="new")],
+                                 partition=0)
+        assert [(a.offset, a.duplicate) for a in again] == [(3, True), (10, False)]
+    finally:
+        await log.close()
+
+
+async def test_close_flushes_queued_appends(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = SqliteLog(url)
+    await log.start()
+    await log.ensure_topic("t", 1)
+    pending = [asyncio.create_task(log.append("t", [Record("k", b"%d" % i)])) for i in range(50)]
+    await asyncio.sleep(0)  # all queued, none written yet
+    await log.close()
+    assert sorted(p.result()[0].offset for p in pending) == list(range(50))
+    assert stored(tmp_path / "log.db", "SELECT COUNT(*) FROM records") == [(50,)]
+
+
+async def test_two_logs_on_one_file_stay_contiguous_and_see_each_other(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    a, b = SqliteLog(url), SqliteLog(url)
+    await a.start()
+    await a.ensure_topic("t", 1)
+    await b.start()
+    try:
+        # b only learns of a's commit by its low-frequency re-check of the file.
+        waiter = asyncio.create_task(b.wait("t", 0, 0, timeout=5))
+        subscription = b.subscribe("t", 0, 0)
+        first = asyncio.create_task(anext(subscription))
+        await asyncio.sleep(0.05)
+        await a.append("t", [Record("k", b"0", id="0")])
+        assert await asyncio.wait_for(waiter, 3) is True
+        assert [r.value for r in await asyncio.wait_for(first, 3)] == [b"0"]
+        await subscription.aclose()
+        for i in range(1, 6):
+            await (a if i % 2 == 0 else b).append("t", [Record("k", b"%d" % i, id=f"{i}")])
+        assert [r.value for r in await a.read("t", 0, 0)] == [b"%d" % i for i in range(6)]
+        dup = await a.append("t", [Record("k", b"again", id="5")])
+        assert (dup[0].offset, dup[0].duplicate) == (5, True)
+    finally:
+        await a.close()
+        await b.close()
+
+
+CRASH_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from events.log import Record
+    from events.sqlite import SqliteLog
+
+    async def main() -> None:
+        log = SqliteLog(sys.argv[1])
+        await log.start()
+        await log.ensure_topic("t", 2)
+
+        async def writer(w: int) -> None:
+            for i in range(1_000_000):
+                rid = f"{w}-{i}"
+                [pos] = await log.append("t", [Record(f"pool-{w}", rid.encode() * 40, id=rid)])
+                print(rid, pos.partition, pos.offset, flush=True)
+
+        await asyncio.gather(*(writer(w) for w in range(8)))
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASH_WRITER, url, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    acked: dict[str, tuple[int, int]] = {}
+
+    def ack(line: bytes) -> None:
+        rid, partition, offset = line.decode().split()
+        acked[rid] = (int(partition), int(offset))
+
+    try:
+        while len(acked) < 2000:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, f"writer exited early with {await proc.wait()}"
+            ack(line)
+        proc.send_signal(signal.SIGKILL)  # mid-way: 8 writers are appending right now
+        rest = await asyncio.wait_for(proc.stdout.read(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for line in rest.splitlines():  # acknowledged before the kill landed
+        ack(line)
+
+    log = SqliteLog(url)
+    await log.start()
+    try:
+        found: dict[str, tuple[int, int]] = {}
+        for partition in range(2):
+            records = await log.read("t", partition, 0, limit=1_000_000)
+            assert [r.offset for r in records] == list(range(len(records)))
+            for r in records:
+                assert r.id is not None and r.id not in found
+                assert r.value == r.id.encode() * 40
+                found[r.id] = (partition, r.offset)
+        for rid, position in acked.items():
+            assert found.get(rid) == position, rid
+    finally:
+        await log.close()
+
+
+async def test_a_cancelled_writer_fails_callers_instead_of_hanging(log: SqliteLog) -> None:
+    await log.append("t", [Record("k", b"before")], partition=0)
+    queued = [asyncio.create_task(log.append("t", [Record("k", b"q")])) for _ in range(3)]
+    await asyncio.sleep(0)
+    task = log._writer_task
+    assert task is not None
+    task.cancel()  # e.g. the loop shutting down without close()
+    for pending in queued:
+        with pytest.raises(LogError):
+            await asyncio.wait_for(pending, 5)
+    with pytest.raises(LogError, match="writer stopped"):
+        await log.append("t", [Record("k", b"after")])
+    assert [r.value for r in await log.read("t", 0, 0)] == [b"before"]
