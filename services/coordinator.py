@@ -39,6 +39,7 @@ class _Task:
     priority: int
     arrival: int
     correlation: str | None
+    workflow: str | None = None
     status: str = "queued"  # queued | held | done
     agent_id: str | None = None  # holder, once assigned
     pending: tuple[str, str] | None = None  # (command id, agent id) of an assignment in flight
@@ -87,6 +88,12 @@ class PoolView:
         self._serves: dict[frozenset[str], list[_Queue]] = {}  # agent caps -> queues
         self._arrivals = 0
         self.work: set[frozenset[str]] = set()  # queues worth trying to drain
+        # Budgets, mirrored from events so that no assignment is issued that the decider must
+        # reject with BUDGET_EXCEEDED (which would otherwise be retried for ever).
+        self.spent: dict[tuple[str, str], float] = {}
+        self.limits: dict[tuple[str, str], float] = {}
+        self.exhausted: set[tuple[str, str]] = set()
+        self.parked: dict[str, list[_Task]] = {}  # workflow -> tasks waiting for its budget
 
     # -- view maintenance -------------------------------------------------------------------
     def _group(self, caps: frozenset[str]) -> _Group:
@@ -155,8 +162,9 @@ class PoolView:
         match ev:
             case e.TaskSubmitted():
                 self._arrivals += 1
+                wf = ev.data.get("workflow_id")
                 task = _Task(ev.task_id, frozenset(ev.required_capabilities), ev.priority,
-                             self._arrivals, env.correlationid)
+                             self._arrivals, env.correlationid, None if wf is None else str(wf))
                 self.tasks[ev.task_id] = task
                 self._enqueue(task)
             case e.TaskAssigned():
@@ -180,17 +188,40 @@ class PoolView:
                     self._load(task.agent_id, -1)
                 self._enqueue(task)
             case e.AgentRegistered():
-                agent = _Agent(ev.agent_id, frozenset(ev.capabilities), ev.capacity)
-                self.agents[ev.agent_id] = agent
+                agent = self.agents.get(ev.agent_id)
+                if agent is None:
+                    agent = self.agents[ev.agent_id] = _Agent(ev.agent_id, frozenset(ev.capabilities), ev.capacity)
+                else:
+                    # Re-registration: keep load (assignments may be in flight) and the version
+                    # counter, so heap entries from its former life stay invalid.
+                    if agent.active:
+                        self.groups[agent.caps].size -= 1
+                    agent.caps, agent.capacity, agent.active = frozenset(ev.capabilities), ev.capacity, True
                 self._group(agent.caps).size += 1
                 self._touch(agent)
             case e.AgentDeregistered():
                 agent = self.agents[ev.agent_id]
-                agent.active = False
-                self.groups[agent.caps].size -= 1
+                if agent.active:
+                    agent.active = False
+                    self.groups[agent.caps].size -= 1
                 agent.version += 1
+            case e.CostRecorded():
+                task = self.tasks.get(ev.task_id) if ev.task_id is not None else None
+                keys = [("pool", self.pool), ("agent", ev.agent_id)]
+                if task is not None and task.workflow is not None:
+                    keys.append(("workflow", task.workflow))
+                for key in keys:
+                    self.spent[key] = self.spent.get(key, 0.0) + ev.cost_usd
+            case e.BudgetExceeded():
+                self.exhausted.add((ev.scope, ev.scope_id))
+            case e.BudgetSet():
+                key = (ev.scope, ev.scope_id)
+                self.limits[key] = ev.limit_usd
+                if key in self.exhausted and self.spent.get(key, 0.0) < ev.limit_usd:
+                    self._budget_restored(key)
             case e.CommandRejected() if ev.command_type == "AssignTask":
-                task = self.tasks.get(str(ev.details.get("task_id", "")))
+                task_id = ev.details.get("task_id") or ev.details.get("subject") or env.subject
+                task = self.tasks.get(str(task_id))
                 if task is None:
                     return
                 task.rejected += 1
@@ -202,6 +233,18 @@ class PoolView:
             case _:
                 pass
 
+    def _budget_restored(self, key: tuple[str, str]) -> None:
+        self.exhausted.discard(key)
+        scope, scope_id = key
+        if scope == "workflow":
+            for task in self.parked.pop(scope_id, []):
+                if task.status == "queued" and task.pending is None:
+                    self._enqueue(task)
+        else:  # agents skipped while a pool or agent budget was spent get back into the heaps
+            for agent in self.agents.values():
+                self._touch(agent)
+            self.work.update(req for req, q in self.queues.items() if q.heap)
+
     # -- decisions --------------------------------------------------------------------------
     def candidates(self, req: frozenset[str], k: int = AUDIT_TOP) -> tuple[list[_Agent], int]:
         """The ``k`` least-loaded eligible agents with free capacity, and how many groups looked."""
@@ -212,8 +255,11 @@ class PoolView:
             while heap and len(taken) < k:
                 ratio, agent_id, version = heapq.heappop(heap)
                 a = self.agents[agent_id]
-                if a.version == version and a.active and a.load < a.capacity:
-                    taken.append((ratio, agent_id, version))
+                if a.version != version or not a.active or a.load >= a.capacity:
+                    continue
+                if self.exhausted and ("agent", agent_id) in self.exhausted:
+                    continue  # dropped from the heap; re-pushed when its budget is raised
+                taken.append((ratio, agent_id, version))
             for item in taken:
                 heapq.heappush(heap, item)
             best.extend(taken)
@@ -221,18 +267,26 @@ class PoolView:
         return [self.agents[agent_id] for _, agent_id, _ in best[:k]], len(groups)
 
     def _head(self, queue: _Queue) -> _Task | None:
+        """The best schedulable task of ``queue``, dropping stale entries on the way."""
         heap = queue.heap
         while heap:
             _, _, task_id, version = heap[0]
             task = self.tasks[task_id]
-            if task.qversion == version and task.status == "queued" and task.pending is None:
-                return task
-            heapq.heappop(heap)
+            if task.qversion != version or task.status != "queued" or task.pending is not None:
+                heapq.heappop(heap)
+                continue
+            if task.workflow is not None and ("workflow", task.workflow) in self.exhausted:
+                heapq.heappop(heap)  # waits, parked, until the workflow's budget is raised
+                self.parked.setdefault(task.workflow, []).append(task)
+                continue
+            return task
         return None
 
     def schedule(self, clock: Callable[[], float] = time.perf_counter) -> list[Assignment]:
         """Assign as many queued tasks as free capacity allows: priority first, then age."""
         out: list[Assignment] = []
+        if ("pool", self.pool) in self.exhausted:
+            return out  # nothing new starts until the pool's budget is raised
         while self.work:
             best: tuple[tuple[int, int], _Queue, _Task] | None = None
             for req in list(self.work):

@@ -36,6 +36,12 @@ class DeciderConfig:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: DEFAULT_PRICES)
 
 
+# Resource amounts are floats: compare with a tolerance and keep sums rounded, so that allocating
+# 0.1 + 0.2 and releasing both leaves exactly 0 and re-setting the same limits is accepted.
+EPSILON = 1e-9
+ROUND = 9
+
+
 class Rejected(Exception):
     """A command broke a rule; becomes a CommandRejected event with ``code``."""
 
@@ -168,7 +174,8 @@ def decide(state: PoolState, cmd: Payload, config: DeciderConfig | None = None) 
 
         case c.SetResourceLimits():
             limits = (cmd.max_cpu_cores, cmd.max_memory_mb, cmd.max_disk_mb, cmd.max_network_mbps)
-            over = [n for n, used, lim in zip(RESOURCE_NAMES, state.used, limits, strict=True) if used > lim]
+            over = [n for n, used, lim in zip(RESOURCE_NAMES, state.used, limits, strict=True)
+                    if used > lim + EPSILON]
             if over:
                 raise Rejected(Reason.RESOURCE_LIMIT_EXCEEDED,
                                f"current allocations exceed the new limits for {over}",
@@ -185,7 +192,7 @@ def decide(state: PoolState, cmd: Payload, config: DeciderConfig | None = None) 
                 over = {
                     n: {"requested": w, "free": lim - used}
                     for n, w, used, lim in zip(RESOURCE_NAMES, want, state.used, state.limits, strict=True)
-                    if used + w > lim + 1e-9
+                    if used + w > lim + EPSILON
                 }
                 if over:
                     raise Rejected(Reason.RESOURCE_LIMIT_EXCEEDED,
@@ -287,13 +294,13 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
             amounts = (ev.cpu_cores, ev.memory_mb, ev.disk_mb, ev.network_mbps)
             state.allocations[ev.allocation_id] = Allocation(ev.allocation_id, ev.agent_id, amounts)
             state.agents[ev.agent_id].allocations.add(ev.allocation_id)
-            state.used = [u + a for u, a in zip(state.used, amounts, strict=True)]
+            state.used = [round(u + a, ROUND) for u, a in zip(state.used, amounts, strict=True)]
         case e.ResourcesReleased():
             alloc = state.allocations.pop(ev.allocation_id)
             agent = state.agents.get(alloc.agent_id)
             if agent is not None:
                 agent.allocations.discard(ev.allocation_id)
-            state.used = [max(0.0, u - a) for u, a in zip(state.used, alloc.amounts, strict=True)]
+            state.used = [max(0.0, round(u - a, ROUND)) for u, a in zip(state.used, alloc.amounts, strict=True)]
         case e.CostRecorded():
             state.costs.add(ev.cost_id)
             task = state.tasks.get(ev.task_id) if ev.task_id is not None else None

@@ -140,7 +140,11 @@ class PartitionDecider:
             )
             err = Rejected(Reason.INVALID_COMMAND, str(exc), topic=rec.topic, partition=rec.partition,
                            offset=rec.offset)
-            return cid, event_envelopes(bad, [rejection("invalid", err, None)], self.state(bad.pool))
+            state = self.state(bad.pool)
+            wrapped = event_envelopes(bad, [rejection("invalid", err, None)], state)
+            for env in wrapped:  # advances the pool's sequence like any other decision
+                evolve(state, env)
+            return cid, wrapped
         cid = cmd.commandid or cmd.id
         state = self.state(cmd.pool)
         if cid in state.seen:

@@ -1,0 +1,300 @@
+"""``agentbus bench``: the fixed scenario, measured end to end on the configured backend.
+
+1,000 agents; N tasks through submit -> assign -> complete with a cost each. Reports commands/s
+until the read models have caught up, submit-accepted -> TaskAssigned latency (saturated and at
+a paced offered rate), replay speed of the decider state, peak RSS, and the HTTP path with
+concurrent clients against a real ``agentbus serve`` process. Measures; never asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from contracts import Envelope
+from contracts import commands as c
+from contracts import events as e
+from events.codec import from_record
+from services.config import EVENTS, Settings
+from services.ingest import command_envelope
+from services.outcomes import Outcomes
+from services.runner import PartitionDecider, Runner
+
+MODEL = "gpt-4o-mini"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Fleet:
+    """Simulated agents: complete every task assigned to them and record its cost."""
+
+    runner: Runner
+    submitted_at: dict[str, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    completed: int = 0
+    costs: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+    async def run(self, partition: int, start: int) -> None:
+        async for batch in self.runner.log.subscribe(EVENTS, partition, start, limit=2000):
+            now = time.perf_counter()
+            out: list[Envelope] = []
+            for rec in batch:
+                if b'"TaskAssigned"' not in rec.value and b'"CostRecorded"' not in rec.value:
+                    continue  # cheap filter before decoding, as a real agent SDK would
+                env = from_record(rec)
+                ev = env.data
+                if isinstance(ev, e.TaskAssigned):
+                    t0 = self.submitted_at.pop(ev.task_id, None)
+                    if t0 is not None:
+                        self.latencies_ms.append((now - t0) * 1000)
+                    out.append(command_envelope(c.CompleteTask(task_id=ev.task_id, agent_id=ev.agent_id),
+                                                pool=env.pool, source="urn:agentbus:bench"))
+                    out.append(command_envelope(
+                        c.RecordCost(cost_id=f"cost-{ev.task_id}", agent_id=ev.agent_id, task_id=ev.task_id,
+                                     model=MODEL, input_tokens=1200, output_tokens=300),
+                        pool=env.pool, source="urn:agentbus:bench"))
+                elif isinstance(ev, e.CostRecorded):
+                    self.costs += 1
+                    if self.costs >= self.expected:
+                        self.done.set()
+            if out:
+                await self.runner.submit_many(out)
+
+
+async def _end_offsets(runner: Runner) -> list[int]:
+    return [await runner.log.end_offset(EVENTS, p) for p in range(runner.partitions)]
+
+
+async def _caught_up(runner: Runner) -> None:
+    for p, end in enumerate(await _end_offsets(runner)):
+        if end > 0:
+            while not await runner.store.wait_for_position(EVENTS, p, end - 1, timeout=30):
+                pass
+
+
+async def _register(runner: Runner, agents: int, pool: str, prefix: str) -> None:
+    envs = [
+        command_envelope(c.RegisterAgent(agent_id=f"{prefix}{i}", name=f"agent {i}", kind="llm",
+                                         capabilities=("text", "code") if i % 2 else ("text",),
+                                         capacity=4), pool=pool, source="urn:agentbus:bench")
+        for i in range(agents)
+    ]
+    for i in range(0, len(envs), 1000):
+        await runner.submit_many(envs[i:i + 1000])
+
+
+def _task(i: int, prefix: str) -> c.SubmitTask:
+    return c.SubmitTask(task_id=f"{prefix}{i}", type="summarize", priority=1 + i % 10,
+                        required_capabilities=("code",) if i % 3 == 0 else ("text",),
+                        data={"doc": i})
+
+
+async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: float,
+                          paced_seconds: float) -> dict[str, Any]:
+    """Throughput at saturation, then latency at a paced offered rate, then replay."""
+    pool = "bench"
+    runner = Runner(settings)
+    await runner.start()
+    await runner.ready()
+    part = runner.partition_of(pool)
+    fleet = Fleet(runner, expected=tasks)
+    fleet_task = asyncio.create_task(fleet.run(part, await runner.log.end_offset(EVENTS, part)))
+    t0 = time.perf_counter()
+    await _register(runner, agents, pool, "a")
+    batch = 500
+    for i in range(0, tasks, batch):
+        envs = [command_envelope(_task(j, "t"), pool=pool, source="urn:agentbus:bench")
+                for j in range(i, min(tasks, i + batch))]
+        await runner.submit_many(envs)
+        now = time.perf_counter()
+        for env in envs:
+            fleet.submitted_at[env.subject or ""] = now
+        await asyncio.sleep(0)
+    await fleet.done.wait()
+    await _caught_up(runner)
+    elapsed = time.perf_counter() - t0
+    commands = agents + tasks * 4  # register; submit, assign, complete, cost
+    saturated = list(fleet.latencies_ms)
+
+    # Paced phase: a steady offered load (4 commands per task) to measure latency, not queueing.
+    fleet.latencies_ms.clear()
+    fleet.costs, fleet.expected = 0, max(1, int(rate / 4 * paced_seconds))
+    fleet.done.clear()
+    interval = 4 / rate * 10  # submit 10 tasks per tick
+    n = 0
+    tick = time.perf_counter()
+    while n < fleet.expected:
+        envs = [command_envelope(_task(j, "p"), pool=pool, source="urn:agentbus:bench")
+                for j in range(n, min(fleet.expected, n + 10))]
+        await runner.submit_many(envs)
+        now = time.perf_counter()
+        for env in envs:
+            fleet.submitted_at[env.subject or ""] = now
+        n += len(envs)
+        tick += interval
+        await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+    await asyncio.wait_for(fleet.done.wait(), timeout=120)
+    paced = list(fleet.latencies_ms)
+    fleet_task.cancel()
+
+    replay_events, replay_s = 0, 0.0
+    for p in range(runner.partitions):
+        d = PartitionDecider(runner.log, p, Outcomes(), settings.decider)
+        await d.rebuild()
+        replay_events += d.replay.events
+        replay_s += d.replay.seconds
+    await runner.stop()
+    return {
+        "agents": agents,
+        "tasks": tasks,
+        "commands": commands,
+        "seconds": round(elapsed, 3),
+        "commands_per_s": round(commands / elapsed, 1),
+        "saturated_p50_ms": round(percentile(saturated, 50), 3),
+        "saturated_p99_ms": round(percentile(saturated, 99), 3),
+        "offered_commands_per_s": rate,
+        "p50_ms": round(percentile(paced, 50), 3),
+        "p99_ms": round(percentile(paced, 99), 3),
+        "replay_events": replay_events,
+        "replay_events_per_s": round(replay_events / replay_s, 1) if replay_s else 0.0,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -> dict[str, Any]:
+    """Concurrent HTTP clients submitting tasks to a real ``agentbus serve`` subprocess."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "AGENTBUS_DATA": str(data_dir), "AGENTBUS_PORT": str(port)}
+    for key in ("AGENTBUS_BROKER", "AGENTBUS_DATABASE"):
+        env.pop(key, None)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30,
+                                     limits=httpx.Limits(max_connections=clients)) as client:
+            for _ in range(300):
+                try:
+                    if (await client.get("/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("agentbus serve did not start")
+            for i in range(agents):
+                await client.post("/v1/agents", json={"agent_id": f"h{i}", "name": f"h{i}",
+                                                      "capabilities": ["text"], "capacity": 1000})
+            latencies: list[float] = []
+            errors = 0
+            counter = iter(range(requests))
+
+            async def worker() -> None:
+                nonlocal errors
+                for i in counter:
+                    t = time.perf_counter()
+                    r = await client.post("/v1/tasks", json={"task_id": f"ht{i}", "type": "x",
+                                                             "required_capabilities": ["text"]})
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    if r.status_code != 202:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(clients)))
+            elapsed = time.perf_counter() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {
+        "http_requests": requests,
+        "http_clients": clients,
+        "http_commands_per_s": round(requests / elapsed, 1),
+        "http_p50_ms": round(percentile(latencies, 50), 3),
+        "http_p99_ms": round(percentile(latencies, 99), 3),
+        "http_errors": errors,
+    }
+
+
+@click.command("bench")
+@click.option("--agents", default=1000, show_default=True, help="Agents registered.")
+@click.option("--tasks", default=50_000, show_default=True, help="Tasks through submit->assign->complete.")
+@click.option("--rate", default=1000.0, show_default=True, help="Offered commands/s in the latency phase.")
+@click.option("--paced-seconds", default=5.0, show_default=True, help="Length of the latency phase.")
+@click.option("--http/--no-http", default=True, show_default=True, help="Also measure the HTTP path.")
+@click.option("--http-requests", default=20_000, show_default=True)
+@click.option("--http-clients", default=64, show_default=True)
+@click.option("--broker", envvar="AGENTBUS_BROKER", default=None,
+              help="Log URL; default a fresh SQLite log in a temporary directory.")
+@click.option("--database", envvar="AGENTBUS_DATABASE", default=None,
+              help="Read-model URL; default a fresh SQLite database beside the log.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
+                  http_requests: int, http_clients: int, broker: str | None, database: str | None,
+                  as_json: bool) -> None:
+    """Run the fixed benchmark scenario and report throughput, latency, replay and memory."""
+    tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
+    try:
+        settings = Settings(data_dir=tmp, broker=broker or "", database=database or "")
+        result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds))
+        result["broker"] = settings.broker.split("?")[0]
+        if http:
+            result.update(asyncio.run(bench_http(tmp / "http", http_requests, http_clients, 100)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"backend           {result['broker']}")
+    click.echo(f"scenario          {agents} agents, {tasks} tasks, {result['commands']} commands")
+    click.echo(f"throughput        {result['commands_per_s']:,.0f} commands/s end to end "
+               f"({result['seconds']} s, read models caught up)")
+    click.echo(f"submit->assigned  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at "
+               f"{rate:,.0f} commands/s offered (saturated: p50 {result['saturated_p50_ms']} ms, "
+               f"p99 {result['saturated_p99_ms']} ms)")
+    click.echo(f"replay            {result['replay_events_per_s']:,.0f} events/s "
+               f"({result['replay_events']} events)")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    if http:
+        click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
+                   f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
+                   f"{result['http_errors']} errors)")
