@@ -1,0 +1,189 @@
+"""Reads: the event log over HTTP, read-your-writes, health, OpenAPI, and the app's own runner."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+import services.api
+from services.api import create_app
+from services.config import Settings
+from services.runner import Runner
+from tests.api.conftest import last_position
+
+
+async def seed(client: httpx.AsyncClient) -> None:
+    """Five tasks in the default pool, one agent in another; no agent can take the tasks."""
+    for i in range(5):
+        resp = await client.post(
+            "/v1/tasks",
+            params={"wait": "true"},
+            json={"task_id": f"t{i}", "type": "even" if i % 2 == 0 else "odd"},
+        )
+        assert resp.status_code == 201
+    other = await client.post("/v1/agents", params={"wait": "true"}, json={"name": "x", "pool": "other"})
+    assert other.status_code == 201
+
+
+async def test_events_are_listed_with_positions(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    body = (await client.get("/v1/events")).json()
+    assert [e["position"] for e in body["items"]] == [0, 1, 2, 3, 4]  # "other" shares the partition
+    assert body["next_after"] == 5  # the last record looked at, the other pool's included
+    first = body["items"][0]
+    assert first["type"] == "TaskSubmitted" and first["partition"] == 0 and first["pool"] == "default"
+    assert first["data"]["task_id"] == "t0" and first["sequence"] == 1
+    other = (await client.get("/v1/events", params={"pool": "other"})).json()
+    assert [e["type"] for e in other["items"]] == ["AgentRegistered"]
+
+
+async def test_events_paging_and_filters(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    page1 = (await client.get("/v1/events", params={"limit": 2})).json()
+    assert [e["position"] for e in page1["items"]] == [0, 1] and page1["next_after"] == 1
+    page2 = (await client.get("/v1/events", params={"limit": 2, "after": page1["next_after"]})).json()
+    assert [e["position"] for e in page2["items"]] == [2, 3]
+    end = (await client.get("/v1/events", params={"after": 99})).json()
+    assert end == {"items": [], "next_after": 99}
+    by_subject = (await client.get("/v1/events", params={"subject": "t3"})).json()
+    assert [e["data"]["task_id"] for e in by_subject["items"]] == ["t3"]
+    by_type = (await client.get("/v1/events", params={"type": "AgentRegistered"})).json()
+    assert by_type["items"] == []  # only the other pool has one
+    rejected = await client.post("/v1/tasks/t9/start", params={"wait": "true"})
+    assert rejected.status_code == 404
+    by_type = (await client.get("/v1/events", params={"type": "CommandRejected"})).json()
+    assert [e["data"]["code"] for e in by_type["items"]] == ["UNKNOWN_TASK"]
+
+
+async def test_tasks_are_paged_and_filtered(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    params = {"page_size": 2, "min_position": 5}
+    page = (await client.get("/v1/tasks", params=params)).json()
+    assert [t["task_id"] for t in page["items"]] == ["t0", "t1"] and page["total"] == 5
+    page3 = (await client.get("/v1/tasks", params={**params, "page": 3})).json()
+    assert [t["task_id"] for t in page3["items"]] == ["t4"]
+    odd = (await client.get("/v1/tasks", params={"type": "odd"})).json()
+    assert [t["task_id"] for t in odd["items"]] == ["t1", "t3"] and odd["total"] == 2
+    assert (await client.get("/v1/tasks", params={"status": "completed"})).json()["total"] == 0
+    assert (await client.get("/v1/tasks", params={"pool": "other"})).json()["total"] == 0
+
+
+async def test_min_position_reads_your_writes(client: httpx.AsyncClient) -> None:
+    for i in range(20):
+        resp = await client.post(
+            "/v1/agents", params={"wait": "true"}, json={"agent_id": f"a{i}", "name": "n"}
+        )
+        # Straight after each write, a read at its position must see it: no polling.
+        got = await client.get(f"/v1/agents/a{i}", params={"min_position": await last_position(resp)})
+        assert got.status_code == 200, got.text
+    listed = await client.get("/v1/agents", params={"min_position": await last_position(resp)})
+    assert len(listed.json()["items"]) == 20
+
+
+async def test_min_position_not_reached_is_504(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services.api, "READ_WAIT_S", 0.2)
+    for path in (
+        "/v1/agents",
+        "/v1/tasks",
+        "/v1/resources",
+        "/v1/costs/summary",
+        "/v1/audit/assignments",
+        "/v1/audit/rejections",
+        "/v1/agents/a1",
+        "/v1/tasks/t1",
+        "/v1/events",
+    ):
+        resp = await client.get(path, params={"min_position": 1000})
+        assert resp.status_code == 504, path
+        assert "has not reached position 1000 yet" in resp.json()["detail"]
+
+
+async def test_empty_pool_reads(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/agents")).json() == {"items": []}
+    resources = (await client.get("/v1/resources")).json()
+    assert resources["limits"] is None and resources["allocations"] == []
+    assert (await client.get("/v1/costs/summary")).json()["total_usd"] == 0
+    assert (await client.get("/v1/audit/assignments")).json() == {"items": []}
+    assert (await client.get("/v1/audit/rejections")).json() == {"items": []}
+    assert (await client.get("/v1/events")).json() == {"items": [], "next_after": -1}
+
+
+async def test_health(client: httpx.AsyncClient, runner: Runner) -> None:
+    resp = await client.get("/v1/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "ok" and body["deciders_ready"] is True and body["partitions"] == 1
+    assert body["log"] == runner.settings.broker and body["database"] == runner.settings.database
+
+
+async def test_openapi_documents_the_contract_bodies(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = (await client.get("/openapi.json")).json()
+    register = spec["paths"]["/v1/agents"]["post"]
+    schema = register["requestBody"]["content"]["application/json"]["schema"]
+    assert {"name", "capabilities", "capacity", "agent_id", "pool", "command_id"} <= set(schema["properties"])
+    assert schema["required"] == ["name"]  # agent_id is generated when absent
+    complete = spec["paths"]["/v1/tasks/{task_id}/complete"]["post"]["requestBody"]
+    assert "task_id" not in complete["content"]["application/json"]["schema"]["properties"]
+    assert complete["required"] is False
+    params = {p["name"] for p in register["parameters"]}
+    assert {"wait", "timeout", "Idempotency-Key", "X-Agentbus-Actor", "X-Correlation-Id"} <= params
+    # Nested models referenced from request bodies resolve.
+    assert "SelectionAudit" in spec["components"]["schemas"]
+    assert "Candidate" in spec["components"]["schemas"]
+    assert "/v1/commands" in spec["paths"] and "/v1/events" in spec["paths"]
+
+
+async def test_app_without_a_runner_starts_and_stops_its_own(tmp_path: Path) -> None:
+    app = create_app(settings=Settings(data_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        runner = app.state.runner
+        assert isinstance(runner, Runner)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.get("/v1/health")).json()["deciders_ready"] is True
+            resp = await c.post("/v1/agents", params={"wait": "true"}, json={"name": "n"})
+            assert resp.status_code == 201
+    assert (tmp_path / "log.db").exists()
+
+
+async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with Runner(settings) as first:
+        await first.ready()
+        transport = httpx.ASGITransport(app=create_app(runner=first))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (
+                await c.post("/v1/agents", params={"wait": "true"}, json={"name": "n"})
+            ).status_code == 201
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        db.execute("""UPDATE records SET crc = crc + 1 WHERE topic = 'events' AND "offset" = 0""")
+    broken = Runner(settings)
+    await broken.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"corrupt record at events\[0\]@0"):
+            await broken.ready()
+        transport = httpx.ASGITransport(app=create_app(runner=broken))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            health = await c.get("/v1/health")
+            assert health.status_code == 503
+            assert health.json()["status"] == "failed" and "events[0]@0" in health.json()["error"]
+            write = await c.post("/v1/agents", json={"name": "n"})
+            assert write.status_code == 503
+            events = await c.get("/v1/events")  # reading the damaged record names it
+            assert events.status_code == 503 and "events[0]@0" in events.json()["detail"]
+    finally:
+        await broken.stop()
+
+
+def test_health_never_shows_a_database_password() -> None:
+    assert services.api._redact("postgresql+asyncpg://agentbus:s3cret@db:5432/x") == (
+        "postgresql+asyncpg://agentbus:***@db:5432/x"
+    )
+    assert services.api._redact("sqlite:///data/log.db") == "sqlite:///data/log.db"
