@@ -1,0 +1,222 @@
+"""The read-model database, chosen by URL: SQLite (embedded default) or PostgreSQL (at scale).
+
+Owns the async engine, creates the tables, and lets readers wait until the projector has
+applied a log position (read-your-writes). It must never apply events itself (that is
+``projections.projector``) and never import ``services``.
+
+Durability. On SQLite the database runs in WAL mode with ``synchronous=NORMAL``: a power cut may
+lose the last few committed transactions, but each transaction holds both the rows an apply
+changed and the projector's position, so what is lost is lost together. After a restart the
+projector resumes from the older stored position and re-applies those events from the log, which
+is durable on its own. The read model is therefore never ahead of, or inconsistent with, the log;
+at worst it is briefly behind. It can also always be rebuilt from offset 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from projections import tables
+
+DEFAULT_URL = "sqlite+aiosqlite:///agentbus-data/read.db"
+# The projector whose position readers wait for (``wait_for_position``).
+MAIN_PROJECTOR = "read_models"
+SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+PositionKey = tuple[str, str, int]  # (projector, topic, partition)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class ProjectionStore:
+    """The read-model database: engine, schema, and waiting for projector positions."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        schema: str | None = None,
+        poll_interval: float = 0.1,
+        echo: bool = False,
+    ) -> None:
+        parsed = make_url(url)
+        if parsed.drivername not in SUPPORTED_SCHEMES:
+            raise ValueError(
+                f"unsupported read-model URL {url!r}; use sqlite+aiosqlite:///path/read.db "
+                "or postgresql+asyncpg://user@host:port/db"
+            )
+        if schema is not None and parsed.drivername != "postgresql+asyncpg":
+            raise ValueError("a schema can only be chosen on PostgreSQL")
+        self.url = url
+        self.schema = schema
+        self.poll_interval = poll_interval
+        self._echo = echo
+        self._engine: AsyncEngine | None = None
+        self._writer: AsyncEngine | None = None
+        # Positions committed by projectors in this process; lets waiters return without a query.
+        self._known: dict[PositionKey, int] = {}
+        # SQLite has one writer at a time; queueing in-process writers here (e.g. one projector
+        # task per partition) beats SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        self._write_lock = asyncio.Lock()
+        # Replaced on every advance: waiters hold the current one and are woken when it is set.
+        self._advanced = asyncio.Event()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The async engine (after ``start``)."""
+        if self._engine is None:
+            raise RuntimeError("ProjectionStore is not started")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return "sqlite" if self.url.startswith("sqlite") else "postgresql"
+
+    async def start(self) -> None:
+        """Create the engine and the tables if absent; idempotent."""
+        if self._engine is not None:
+            return
+        kwargs: dict[str, Any] = {
+            "echo": self._echo,
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+        }
+        parsed = make_url(self.url)
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:"):
+                # Every new connection to :memory: is a new, empty database: share one.
+                kwargs["poolclass"] = StaticPool
+            else:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        elif self.schema is not None:
+            kwargs["connect_args"] = {"server_settings": {"search_path": self.schema}}
+        engine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(engine)
+        self._engine = engine
+        # Writes on SQLite start with BEGIN IMMEDIATE (see _configure_sqlite).
+        self._writer = engine.execution_options(agentbus_write=True)
+        try:
+            async with engine.begin() as conn:
+                if self.schema is not None:
+                    await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                await conn.run_sync(tables.metadata.create_all)
+        except BaseException:
+            await engine.dispose()
+            self._engine = self._writer = None
+            raise
+
+    async def close(self) -> None:
+        """Dispose of the engine; idempotent."""
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = self._writer = None
+
+    async def reset(self) -> None:
+        """Drop and re-create every table, positions included (the start of a rebuild)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(tables.metadata.drop_all)
+            await conn.run_sync(tables.metadata.create_all)
+        self._known.clear()
+
+    @contextlib.asynccontextmanager
+    async def begin_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on exit, rolled back on error."""
+        if self._writer is None:
+            raise RuntimeError("ProjectionStore is not started")
+        if self.dialect != "sqlite":
+            async with self._writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
+
+    async def read_position(self, projector: str, topic: str, partition: int) -> int:
+        """The next offset ``projector`` will apply in the partition (0 if it never applied)."""
+        async with self.engine.connect() as conn:
+            return await read_position(conn, projector, topic, partition)
+
+    def advanced(self, projector: str, topic: str, partition: int, next_offset: int) -> None:
+        """Called by a projector in this process after it committed a new position."""
+        self._known[(projector, topic, partition)] = next_offset
+        woken, self._advanced = self._advanced, asyncio.Event()
+        woken.set()
+
+    async def wait_for_position(
+        self, topic: str, partition: int, offset: int, timeout: float
+    ) -> bool:
+        """True once the main projector has applied ``offset`` (its next offset is beyond it).
+
+        Woken at once by a projector in this process; a projector in another process is noticed
+        by polling the positions table every ``poll_interval`` seconds.
+        """
+        key = (MAIN_PROJECTOR, topic, partition)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._known.get(key, 0) > offset:
+                return True
+            woken = self._advanced
+            stored = await self.read_position(*key)
+            if stored > self._known.get(key, 0):
+                self._known[key] = stored
+            if stored > offset:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(remaining, self.poll_interval))
+
+
+async def read_position(conn: AsyncConnection, projector: str, topic: str, partition: int) -> int:
+    """The stored next offset of ``projector`` in the partition, read on ``conn`` (0 if none)."""
+    p = tables.positions.c
+    value = await conn.scalar(
+        sa.select(p.next_offset).where(
+            p.projector == projector, p.topic == topic, p.partition == partition
+        )
+    )
+    return 0 if value is None else int(value)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, and transactions SQLAlchemy controls itself.
+
+    The sqlite3 module normally opens transactions lazily, only before the first write, so the
+    reads at the start of an apply would not be in the transaction. Taking BEGIN over makes a
+    transaction span all its statements; writers use BEGIN IMMEDIATE so that two projectors
+    sharing a file queue on the write lock (busy_timeout) instead of failing with
+    SQLITE_BUSY when a read transaction tries to become a write one.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("agentbus_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

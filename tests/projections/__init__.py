@@ -1,0 +1,1 @@
+"""Tests of the read models (projections/), run against SQLite and PostgreSQL."""

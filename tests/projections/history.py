@@ -1,0 +1,181 @@
+"""Event histories for the projection tests: a builder of envelopes and a realistic pool history.
+
+The histories are what the decider would emit (consistent: tasks are submitted before they are
+assigned, loads never go negative), because the projector trusts the decider.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from contracts import Envelope, Payload, new_id
+from contracts import events as ev
+from contracts.commands import Candidate, SelectionAudit
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Story:
+    """Builds envelopes in log order, stamping time, per-pool sequence and a command id."""
+
+    def __init__(self, pool: str = "default") -> None:
+        self.pool = pool
+        self.envelopes: list[Envelope] = []
+        self._sequence: dict[str, int] = defaultdict(int)
+
+    def add(
+        self,
+        data: Payload | dict[str, Any],
+        *,
+        pool: str | None = None,
+        type: str | None = None,  # shadows the builtin on purpose: the envelope's field name
+        commandid: str | None = None,
+    ) -> Envelope:
+        pool = pool or self.pool
+        self._sequence[pool] += 1
+        env = Envelope(
+            id=new_id(),
+            type=type or data.__class__.__name__,
+            time=T0 + timedelta(milliseconds=sum(self._sequence.values())),
+            pool=pool,
+            sequence=self._sequence[pool],
+            commandid=commandid or new_id(),
+            data=data,
+        )
+        self.envelopes.append(env)
+        return env
+
+    def items(self, start: int = 0) -> list[tuple[int, Envelope]]:
+        """(offset, envelope) pairs as a single-partition log would number them."""
+        return list(enumerate(self.envelopes))[start:]
+
+    # Shorthands for the common facts.
+
+    def register(self, agent_id: str, capacity: int = 2, *caps: str, pool: str | None = None) -> None:
+        self.add(
+            ev.AgentRegistered(
+                agent_id=agent_id, name=f"agent {agent_id}", kind="llm", capabilities=caps,
+                capacity=capacity,
+            ),
+            pool=pool,
+        )
+
+    def submit(self, task_id: str, *, pool: str | None = None, **data: Any) -> None:
+        self.add(
+            ev.TaskSubmitted(task_id=task_id, type="summarize", priority=5, data=data),
+            pool=pool,
+        )
+
+    def assign(self, task_id: str, agent_id: str, attempt: int = 1, pool: str | None = None) -> None:
+        audit = SelectionAudit(
+            strategy="least_loaded",
+            candidates=(Candidate(agent_id=agent_id, score=0.9, load=0, capacity=2),),
+            eligible=3,
+            considered=3,
+            decision_us=12.5,
+        )
+        self.add(
+            ev.TaskAssigned(task_id=task_id, agent_id=agent_id, attempt=attempt, audit=audit),
+            pool=pool,
+        )
+
+    def complete(self, task_id: str, agent_id: str, pool: str | None = None) -> None:
+        self.add(ev.TaskStarted(task_id=task_id, agent_id=agent_id), pool=pool)
+        self.add(
+            ev.TaskCompleted(task_id=task_id, agent_id=agent_id, result={"ok": True}), pool=pool
+        )
+
+    def cost(
+        self, cost_id: str, agent_id: str, usd: float, task_id: str | None = None,
+        model: str = "gpt-4o", pool: str | None = None,
+    ) -> None:
+        self.add(
+            ev.CostRecorded(
+                cost_id=cost_id, agent_id=agent_id, task_id=task_id, model=model,
+                input_tokens=1000, output_tokens=200, cost_usd=usd,
+            ),
+            pool=pool,
+        )
+
+
+def realistic_history() -> list[Envelope]:
+    """Two pools with agents, every task outcome, resources, costs, budgets and rejections."""
+    s = Story()
+    s.add(ev.ResourceLimitsSet(
+        max_cpu_cores=16, max_memory_mb=32_000, max_disk_mb=100_000, max_network_mbps=1000
+    ))
+    s.register("a1", 2, "python", "gpu")
+    s.register("a2", 1, "python")
+    s.register("a3", 3)
+    s.add(ev.AgentHeartbeatReceived(agent_id="a2", load=0.5, cpu=0.25, memory=512, queue=1))
+    s.submit("t1", workflow_id="wf1")
+    s.submit("t2", workflow_id="wf1")
+    s.submit("t3", workflow_id="wf2")
+    for t in ("t4", "t5", "t6"):
+        s.submit(t)
+    s.cost("c0", "a1", 0.1)  # before any budget: still counts toward the pool and agent budgets
+    s.add(ev.BudgetSet(scope="pool", scope_id="default", limit_usd=10.0))
+    s.add(ev.BudgetSet(scope="agent", scope_id="a1", limit_usd=5.0))
+    s.add(ev.BudgetSet(scope="workflow", scope_id="wf1", limit_usd=0.3))
+    s.assign("t1", "a1")
+    s.cost("c1", "a1", 0.125, task_id="t1")
+    s.complete("t1", "a1")
+    s.assign("t2", "a2")
+    s.add(ev.TaskFailed(task_id="t2", agent_id="a2", error="timeout", attempt=1))
+    s.cost("c2", "a2", 0.2, task_id="t2", model="claude-sonnet-4")
+    s.add(ev.BudgetExceeded(scope="workflow", scope_id="wf1", limit_usd=0.3, spent_usd=0.325))
+    s.add(ev.CommandRejected(command_type="SubmitTask", code="BUDGET_EXCEEDED",
+                             message="workflow budget 'wf1' is spent",
+                             details={"scope": "workflow", "scope_id": "wf1"}),
+          commandid="cmd-rejected-1")
+    s.add(ev.BudgetSet(scope="workflow", scope_id="wf1", limit_usd=1.0))  # lifts "exceeded"
+    s.assign("t3", "a1")
+    s.add(ev.ResourcesAllocated(allocation_id="al1", agent_id="a1", cpu_cores=4, memory_mb=8000,
+                                disk_mb=1000, network_mbps=100))
+    s.add(ev.ResourcesAllocated(allocation_id="al2", agent_id="a2", cpu_cores=2, memory_mb=2000,
+                                disk_mb=500, network_mbps=50))
+    # a1 leaves: its task goes back to the queue, its allocation is released.
+    s.add(ev.TaskRequeued(task_id="t3", agent_id="a1", reason="agent deregistered"))
+    s.add(ev.ResourcesReleased(allocation_id="al1", agent_id="a1", cpu_cores=4, memory_mb=8000,
+                               disk_mb=1000, network_mbps=100, reason="agent deregistered"))
+    s.add(ev.AgentDeregistered(agent_id="a1", reason="maintenance"))
+    s.add({"anything": [1, 2, 3]}, type="SomethingFromTheFuture")  # unknown: passes through
+    s.register("a1", 2, "python", "gpu")  # back again
+    s.assign("t3", "a1", attempt=2)
+    s.complete("t3", "a1")
+    s.cost("c3", "a1", 0.05, task_id="t3", model="gpt-4o-mini")
+    s.add(ev.TaskCancelled(task_id="t4", reason="not needed"))  # queued: holds no agent
+    s.assign("t5", "a3")
+    s.add(ev.TaskCancelled(task_id="t5", agent_id="a3", reason="user"))
+    s.assign("t6", "a3")
+    s.add(ev.TaskStarted(task_id="t6", agent_id="a3"))
+    s.add(ev.CommandRejected(command_type="AssignTask", code="AGENT_OVER_CAPACITY",
+                             message="agent 'a2' holds 1 of 1 tasks", details={"agent_id": "a2"}),
+          commandid="cmd-rejected-2")
+    # A second pool sharing the partition and the database, with the same ids.
+    s.register("a1", 1, pool="blue")
+    s.submit("t1", pool="blue")
+    s.assign("t1", "a1", pool="blue")
+    s.cost("c1", "a1", 1.5, task_id="t1", pool="blue")
+    s.add(ev.BudgetSet(scope="pool", scope_id="ignored-for-pool-scope", limit_usd=1.0), pool="blue")
+    s.add(ev.BudgetExceeded(scope="pool", scope_id="blue", limit_usd=1.0, spent_usd=1.5),
+          pool="blue")
+    return s.envelopes
+
+
+def throughput_mix(n_tasks: int, agents: int = 50, pool: str = "default") -> Iterator[Envelope]:
+    """The service's typical stream: per task a submit, assign, complete and cost (4 events)."""
+    s = Story(pool)
+    for a in range(agents):
+        s.register(f"agent-{a}", capacity=1000)
+    for i in range(n_tasks):
+        task, agent = f"task-{i}", f"agent-{i % agents}"
+        s.submit(task, workflow_id=f"wf-{i % 100}")
+        s.assign(task, agent)
+        s.add(ev.TaskCompleted(task_id=task, agent_id=agent, result={"tokens": 1200}))
+        s.cost(f"cost-{i}", agent, 0.0125, task_id=task)
+        yield from s.envelopes
+        s.envelopes.clear()
