@@ -54,9 +54,31 @@ class Envelope(BaseModel):
     actor: str | None = None
     data: Payload | dict[str, Any]
 
+    @classmethod
+    def trusted(cls, **fields: Any) -> Envelope:
+        """Build without validation from values this service produced itself (the hot path).
+
+        Every attribute not given takes its default. Same result as ``model_construct``, at a
+        fraction of its cost, which matters at tens of thousands of events per second.
+        """
+        values = {**_DEFAULTS, **fields}
+        env = _new(cls)
+        _set(env, "__dict__", values)
+        _set(env, "__pydantic_fields_set__", set(fields))
+        _set(env, "__pydantic_extra__", None)
+        _set(env, "__pydantic_private__", None)
+        return env
+
     @property
     def payload(self) -> Payload:
         """The typed payload; raises TypeError for an unknown type kept as raw data."""
         if isinstance(self.data, Payload):
             return self.data
         raise TypeError(f"event type {self.type!r} is not known to this version of agentbus")
+
+
+_new = object.__new__
+_set = object.__setattr__
+_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in Envelope.model_fields.items() if not field.is_required()
+}

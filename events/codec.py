@@ -93,7 +93,7 @@ def from_dict(obj: Any, *, registry: Registry = REGISTRY, trusted: bool = False)
             attrs["time"] = datetime.fromisoformat(time)
         if contract is not None:
             attrs["schemaversion"] = contract.version
-        return Envelope.model_construct(**attrs, data=data)
+        return Envelope.trusted(**attrs, data=data)
     fields = {k: v for k, v in obj.items() if k != "data"}
     if contract is not None:
         fields["schemaversion"] = contract.version

@@ -29,7 +29,6 @@ import click
 from contracts import Envelope
 from contracts import commands as c
 from contracts import events as e
-from events.codec import from_record
 from services.config import EVENTS, Settings
 from services.ingest import command_envelope
 from services.outcomes import Outcomes
@@ -70,7 +69,7 @@ class Fleet:
             for rec in batch:
                 if b'"TaskAssigned"' not in rec.value and b'"CostRecorded"' not in rec.value:
                     continue  # cheap filter before decoding, as a real agent SDK would
-                env = from_record(rec)
+                env = self.runner.cache.decode(rec)
                 ev = env.data
                 if isinstance(ev, e.TaskAssigned):
                     t0 = self.submitted_at.pop(ev.task_id, None)
@@ -90,15 +89,25 @@ class Fleet:
                 await self.runner.submit_many(out)
 
 
-async def _end_offsets(runner: Runner) -> list[int]:
-    return [await runner.log.end_offset(EVENTS, p) for p in range(runner.partitions)]
-
-
 async def _caught_up(runner: Runner) -> None:
-    for p, end in enumerate(await _end_offsets(runner)):
-        if end > 0:
-            while not await runner.store.wait_for_position(EVENTS, p, end - 1, timeout=30):
+    """Wait until the read models hold every event appended so far."""
+    for p in range(runner.partitions):
+        last = await _last_record_offset(runner, p)
+        if last is not None:
+            while not await runner.store.wait_for_position(EVENTS, p, last, timeout=30):
                 pass
+
+
+async def _last_record_offset(runner: Runner, partition: int) -> int | None:
+    # Not end - 1: on Kafka the last offset may be a transaction marker, not a record.
+    end = await runner.log.end_offset(EVENTS, partition)
+    start = end
+    while start > 0:
+        start = max(0, start - 16)
+        recs = await runner.log.read(EVENTS, partition, start, end - start)
+        if recs:
+            return recs[-1].offset
+    return None
 
 
 async def _register(runner: Runner, agents: int, pool: str, prefix: str) -> None:

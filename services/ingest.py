@@ -20,7 +20,7 @@ def command_envelope(
     """The envelope for ``cmd``: its CloudEvents id is the command id (client-chosen or new)."""
     cid = command_id or new_id()
     contract = REGISTRY[type(cmd).__name__]
-    return Envelope.model_construct(
+    return Envelope.trusted(
         specversion="1.0",
         id=cid,
         source=source,

@@ -15,9 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from contracts import REGISTRY, Envelope, Payload, Reason, new_id
+from contracts import REGISTRY, Envelope, Payload, Reason, new_id, utcnow
 from contracts import events as e
 from events import Commit, EventLog, StoredRecord, open_log, partition_for
+from events.cache import EnvelopeCache
 from events.codec import DecodeError, decode, from_record, to_record
 from projections import ProjectionStore, Projector
 from services.config import COMMANDS, EVENTS, Settings
@@ -55,7 +56,7 @@ def event_envelopes(cmd: Envelope, events: list[Payload], state: PoolState) -> l
         contract = REGISTRY[type(ev).__name__]
         subject = ev.subject() if not isinstance(ev, e.CommandRejected) else cmd.subject
         out.append(
-            Envelope.model_construct(
+            Envelope.trusted(
                 specversion="1.0",
                 id=new_id(),
                 source="urn:agentbus:decider",
@@ -92,6 +93,7 @@ class PartitionDecider:
     partition: int
     outcomes: Outcomes
     config: DeciderConfig
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
     states: dict[str, PoolState] = field(default_factory=dict)
     replay: ReplayStats = field(default_factory=ReplayStats)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -131,11 +133,12 @@ class PartitionDecider:
     def decide_one(self, rec: StoredRecord) -> tuple[str, list[Envelope]]:
         """Decide one command record; malformed commands become INVALID_COMMAND rejections."""
         try:
-            cmd = decode(rec.value)
+            # Commands this process appended are already validated; others are checked in full.
+            cmd = self.cache.get(rec) or decode(rec.value)
         except DecodeError as exc:
             cid = rec.id or f"{COMMANDS}:{rec.partition}:{rec.offset}"
-            bad = Envelope.model_construct(
-                id=cid, type="invalid", time=_now(), pool=rec.key or "default", commandid=cid,
+            bad = Envelope.trusted(
+                id=cid, type="invalid", time=utcnow(), pool=rec.key or "default", commandid=cid,
                 correlationid=cid, causationid=None, actor=None, subject=None, data={},
             )
             err = Rejected(Reason.INVALID_COMMAND, str(exc), topic=rec.topic, partition=rec.partition,
@@ -180,6 +183,7 @@ class PartitionDecider:
         if out:
             appended = await self.log.append(EVENTS, [to_record(x) for x in out], partition=self.partition,
                                              commit=commit)
+            self.cache.put(EVENTS, appended, out)
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
@@ -189,18 +193,13 @@ class PartitionDecider:
             i += n
 
 
-def _now() -> object:
-    from contracts import utcnow
-
-    return utcnow()
-
-
 @dataclass
 class CoordinatorLoop:
     """Runs the coordinator reactor over every events partition."""
 
     log: EventLog
     partitions: int
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
     coordinator: Coordinator = field(default_factory=Coordinator)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -226,14 +225,15 @@ class CoordinatorLoop:
         async for batch in self.log.subscribe(EVENTS, partition, start, limit=BATCH):
             async with self._lock:
                 for rec in batch:
-                    self.coordinator.observe(from_record(rec))
+                    self.coordinator.observe(self.cache.decode(rec))
                 await self._emit(Commit(COORDINATOR_GROUP, EVENTS, partition, batch[-1].offset + 1))
 
     async def _emit(self, commit: Commit | None) -> None:
         assignments = self.coordinator.schedule()
         if assignments:
-            await self.log.append(COMMANDS, [to_record(_assignment_envelope(a)) for a in assignments],
-                                  commit=commit)
+            envs = [_assignment_envelope(a) for a in assignments]
+            appended = await self.log.append(COMMANDS, [to_record(x) for x in envs], commit=commit)
+            self.cache.put(COMMANDS, appended, envs)
         elif commit is not None:
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
 
@@ -250,6 +250,7 @@ class ProjectorLoop:
     log: EventLog
     projector: Projector
     partitions: int
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._tail(p) for p in range(self.partitions)))
@@ -257,7 +258,7 @@ class ProjectorLoop:
     async def _tail(self, partition: int) -> None:
         start = await self.projector.position(EVENTS, partition)
         async for batch in self.log.subscribe(EVENTS, partition, start, limit=2000):
-            await self.projector.apply(EVENTS, partition, [(r.offset, from_record(r)) for r in batch])
+            await self.projector.apply(EVENTS, partition, [(r.offset, self.cache.decode(r)) for r in batch])
 
 
 class Runner:
@@ -269,6 +270,7 @@ class Runner:
         self.log: EventLog = open_log(settings.broker)
         self.store = ProjectionStore(settings.database)
         self.outcomes = Outcomes()
+        self.cache = EnvelopeCache()
         self.partitions = settings.partitions
         self.deciders: list[PartitionDecider] = []
         self.coordinator: CoordinatorLoop | None = None
@@ -289,14 +291,15 @@ class Runner:
         want_deciders, want_coordinator, want_projector = self._want
         if want_deciders:
             for p in range(self.partitions):
-                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider)
+                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache)
                 self.deciders.append(d)
                 self._spawn(d.run(), f"decider[{p}]")
         if want_coordinator:
-            self.coordinator = CoordinatorLoop(self.log, self.partitions)
+            self.coordinator = CoordinatorLoop(self.log, self.partitions, self.cache)
             self._spawn(self.coordinator.run(), "coordinator")
         if want_projector:
-            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions).run(), "projector")
+            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
+                        "projector")
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
@@ -348,15 +351,17 @@ class Runner:
     async def submit(self, env: Envelope) -> tuple[int, int, bool]:
         """Append a command durably: (partition, offset, duplicate)."""
         [appended] = await self.log.append(COMMANDS, [to_record(env)])
+        self.cache.put(COMMANDS, [appended], [env])
         return appended.partition, appended.offset, appended.duplicate
 
     async def submit_many(self, envs: list[Envelope]) -> list[tuple[int, int, bool]]:
         res = await self.log.append(COMMANDS, [to_record(x) for x in envs])
+        self.cache.put(COMMANDS, res, envs)
         return [(a.partition, a.offset, a.duplicate) for a in res]
 
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:
         recs = await self.log.read(EVENTS, ref.partition, ref.offset, ref.count)
-        return [(r.offset, from_record(r)) for r in recs]
+        return [(r.offset, self.cache.decode(r)) for r in recs]
 
     async def __aenter__(self) -> Runner:
         await self.start()
