@@ -9,11 +9,12 @@ from its bytes as usual. Never caches anything but what was encoded into that ve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 from contracts import Envelope
 from events.codec import from_record
-from events.log import Appended, StoredRecord
+from events.log import Appended, EventLog, StoredRecord
 
 
 class EnvelopeCache:
@@ -43,6 +44,19 @@ class EnvelopeCache:
         """The cached envelope of ``rec``, or None."""
         return self._items.get((rec.topic, rec.partition, rec.offset))
 
+    def run(self, topic: str, partition: int, offset: int, limit: int) -> list[tuple[int, Envelope]]:
+        """Cached envelopes at consecutive offsets from ``offset`` (at most ``limit``)."""
+        items = self._items
+        out: list[tuple[int, Envelope]] = []
+        env = items.get((topic, partition, offset))
+        while env is not None and len(out) < limit:
+            out.append((offset, env))
+            offset += 1
+            env = items.get((topic, partition, offset))
+        if out:
+            self.hits += len(out)
+        return out
+
     def decode(self, rec: StoredRecord) -> Envelope:
         """The envelope of ``rec``: from the cache when this process wrote it, else decoded."""
         env = self._items.get((rec.topic, rec.partition, rec.offset))
@@ -60,3 +74,34 @@ def _first(items: dict[tuple[str, int, int], Envelope], n: int) -> list[tuple[st
             break
         out.append(key)
     return out
+
+
+async def tail(
+    log: EventLog, cache: EnvelopeCache, topic: str, partition: int, offset: int, *, limit: int = 1000
+) -> AsyncIterator[list[tuple[int, Envelope]]]:
+    """Follow a partition from ``offset`` forever, yielding (offset, envelope) batches.
+
+    Records this process appended come straight from the cache, without reading the log;
+    anything else (or anything evicted) is read from the log and decoded. Only committed
+    records are ever cached, so both paths see the same sequence.
+    """
+    async for batch in tail_raw(log, cache, topic, partition, offset, limit=limit):
+        yield [(o, x if isinstance(x, Envelope) else cache.decode(x)) for o, x in batch]
+
+
+async def tail_raw(
+    log: EventLog, cache: EnvelopeCache, topic: str, partition: int, offset: int, *, limit: int = 1000
+) -> AsyncIterator[list[tuple[int, Envelope | StoredRecord]]]:
+    """Like ``tail``, but records not in the cache are yielded undecoded, for callers that
+    must validate foreign records themselves (the decider, for commands others published)."""
+    while True:
+        batch: list[tuple[int, Envelope | StoredRecord]] = list(cache.run(topic, partition, offset, limit))
+        if not batch:
+            recs = await log.read(topic, partition, offset, limit)
+            if not recs:
+                await log.wait(topic, partition, offset, timeout=1.0)
+                await asyncio.sleep(0)  # let the appender that woke us put its envelopes first
+                continue
+            batch = [(r.offset, cache.get(r) or r) for r in recs]
+        yield batch
+        offset = batch[-1][0] + 1

@@ -31,6 +31,7 @@ _ATTRS = (
     "correlationid",
     "actor",
 )
+_ATTR_SET = frozenset(_ATTRS)
 
 
 class DecodeError(ValueError):
@@ -50,8 +51,18 @@ def envelope_dict(env: Envelope) -> dict[str, Any]:
 
 
 def encode(env: Envelope) -> bytes:
-    """Serialize ``env`` to CloudEvents JSON bytes."""
-    return orjson.dumps(envelope_dict(env))
+    """Serialize ``env`` to CloudEvents JSON bytes (``data`` last)."""
+    out: dict[str, Any] = {}
+    for name in _ATTRS:
+        value = getattr(env, name)
+        if value is not None:
+            out[name] = value
+    data = env.data
+    if isinstance(data, Payload):
+        # pydantic serializes the payload to JSON in Rust; splicing it in skips building dicts.
+        return orjson.dumps(out)[:-1] + b',"data":' + data.__pydantic_serializer__.to_json(data) + b"}"
+    out["data"] = data
+    return orjson.dumps(out)
 
 
 def to_record(env: Envelope) -> Record:
@@ -87,7 +98,11 @@ def from_dict(obj: Any, *, registry: Registry = REGISTRY, trusted: bool = False)
         except (ValidationError, ValueError) as exc:
             raise DecodeError(f"invalid {type_} data: {exc}") from exc
     if trusted:
-        attrs = {k: obj[k] for k in _ATTRS if k in obj}
+        # The parsed object is ours to reuse; only an unexpected attribute forces a copy.
+        attrs = obj
+        attrs.pop("data", None)
+        if not _ATTR_SET.issuperset(attrs):
+            attrs = {k: v for k, v in attrs.items() if k in _ATTR_SET}
         time = attrs.get("time")
         if isinstance(time, str):
             attrs["time"] = datetime.fromisoformat(time)

@@ -95,6 +95,9 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
 
     from services.api import create_app
 
+    from services.runner import tune_gc
+
+    tune_gc()
     settings = _settings(data_dir, broker, database, partitions)
     settings.host, settings.port = host, port
     app = create_app(settings=settings)
