@@ -36,6 +36,13 @@ What ``expected_offset`` guarantees (Kafka has no conditional append)
       transaction, with no earlier write to that partition in the same transaction. So among the
       coroutines of one process exactly one of several racing appends with the same expected offset
       wins, and the check also sees anything other processes committed before it.
+    * Partition writers: an append with both ``partition=`` and ``commit=`` goes through the
+      writer of ``commit``'s (group, topic, partition), whose transactional.id
+      ``<prefix>-<group>-<topic>-<partition>`` is the same in every process. ``claim()`` registers
+      it when a process takes a partition over: the broker fences the previous owner (its next
+      append fails with Fenced) and aborts its open transaction at once, so read_committed readers
+      are not held back for ``transaction.timeout.ms`` (kept modest: 15 s). ``extra=`` puts records
+      for other topics (dead letters, forwarded commands) into the same transaction.
     * Across processes: NOT a compare-and-set. Another process that appends to the same partition
       between the check and the commit is not detected. The service avoids that by design: each
       partition has a single writer (one decider per partition, Kafka's group assignment), and
@@ -108,6 +115,11 @@ READ_TIMEOUT_S = 30.0
 PRODUCER_BATCH_BYTES = 1 << 20
 CONSUMER_PARTITION_FETCH_BYTES = 4 << 20
 
+# A partition writer's transactions are small and its successor aborts them at once (same
+# transactional.id); the timeout only bounds how long a hung one blocks read_committed readers.
+PARTITION_TRANSACTION_TIMEOUT_MS = 15_000
+MAIN_TRANSACTION_TIMEOUT_MS = 60_000
+
 _ID_HEADER = "ce_id"
 # Coordinator moved or is loading: look it up again and retry.
 _RETRY_COORDINATOR = {14, 15, 16}  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
@@ -126,8 +138,12 @@ _RECORD_ERRORS: tuple[type[BaseException], ...] = (
     TypeError,
 )
 
-# (partition, key, value, headers) as sent
-_Row = tuple[int, bytes, bytes, list[tuple[str, bytes]]]
+# (topic, partition, key, value, headers) as sent
+_Row = tuple[str, int, bytes, bytes, list[tuple[str, bytes]]]
+
+
+class Fenced(LogError):
+    """Another process registered this writer's transactional.id: this one is a zombie now."""
 
 
 @dataclass(slots=True)
@@ -143,7 +159,7 @@ class _Pending:
     tps: set[tuple[str, int]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tps = {(self.topic, row[0]) for row in self.rows}
+        self.tps = {(row[0], row[1]) for row in self.rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +169,7 @@ class KafkaURL:
     bootstrap: tuple[str, ...]
     client_id: str
     transactional_id: str
+    transactional_id_prefix: str
     replication_factor: int
     max_request_size: int
 
@@ -187,10 +204,10 @@ def parse_url(url: str) -> KafkaURL:
         raise ValueError(f"replication_factor and max_request_size must be integers: {url!r}") from None
     if rf < 1 or max_request < 1024:
         raise ValueError(f"replication_factor must be >= 1, max_request_size >= 1024: {url!r}")
-    return KafkaURL(hosts, client_id or "agentbus", tid, rf, max_request)
+    return KafkaURL(hosts, client_id or "agentbus", tid, prefix, rf, max_request)
 
 
-def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[_Row]:
+def _prepare(topic: str, records: Sequence[Record], partition: int | None, partitions: int) -> list[_Row]:
     """Route and encode on the caller's turn, so the writer only sends."""
     rows: list[_Row] = []
     route: dict[str, int] = {}
@@ -204,7 +221,7 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
         headers = [(name, bytes(value)) for name, value in rec.headers]
         if rec.id is not None and not any(name == _ID_HEADER for name, _ in headers):
             headers.append((_ID_HEADER, rec.id.encode()))
-        rows.append((p, rec.key.encode(), bytes(rec.value), headers))
+        rows.append((topic, p, rec.key.encode(), bytes(rec.value), headers))
     return rows
 
 
@@ -242,15 +259,14 @@ class KafkaLog:
         self.bootstrap = ",".join(self.settings.bootstrap)
         # Committed transactions (group commit batches); tests and benchmarks read it.
         self.transactions = 0
-        self._producer: AIOKafkaProducer | None = None
+        self._main: _Writer | None = None
+        # Partition writers: one transactional.id per (group, topic, partition) they commit.
+        self._writers: dict[str, _Writer] = {}
+        self._writer_locks: dict[str, asyncio.Lock] = {}
         self._admin: AIOKafkaAdminClient | None = None
         self._client: AIOKafkaClient | None = None
         self._meta: AIOKafkaConsumer | None = None
-        self._writer_task: asyncio.Task[None] | None = None
-        self._queue: deque[_Pending] = deque()
-        self._wake = asyncio.Event()
         self._closing = False
-        self._fatal: BaseException | None = None
         self._topics: dict[str, int] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
         self._coordinators: dict[str, int] = {}
@@ -263,13 +279,14 @@ class KafkaLog:
     def _common(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap, "client_id": self.settings.client_id}
 
-    def _new_producer(self) -> AIOKafkaProducer:
+    def _new_producer(self, transactional_id: str, timeout_ms: int) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             **self._common(),
             acks="all",
             enable_idempotence=True,
             compression_type="lz4",
-            transactional_id=self.settings.transactional_id,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=timeout_ms,
             max_batch_size=min(PRODUCER_BATCH_BYTES, self.settings.max_request_size),
             max_request_size=self.settings.max_request_size,
             linger_ms=0,
@@ -301,34 +318,34 @@ class KafkaLog:
             meta = self._new_consumer()
             await meta.start()
             started.append(meta)
-            producer = await self._start_producer()
-            started.append(producer)
+            writer = _Writer(self, self.settings.transactional_id, MAIN_TRANSACTION_TIMEOUT_MS)
+            await writer.start()
+            started.append(writer)
         except (kerr.KafkaError, OSError, TimeoutError) as exc:
             for part in reversed(started):
                 with contextlib.suppress(Exception):
-                    await (part.close() if isinstance(part, AIOKafkaClient) else part.stop())
+                    await (part.close() if isinstance(part, AIOKafkaClient | _Writer) else part.stop())
             raise LogError(f"Kafka log {self.url!r} is unavailable ({self.bootstrap}): {exc!r}") from exc
         except BaseException:
             for part in reversed(started):
                 with contextlib.suppress(Exception):
-                    await (part.close() if isinstance(part, AIOKafkaClient) else part.stop())
+                    await (part.close() if isinstance(part, AIOKafkaClient | _Writer) else part.stop())
             raise
-        self._admin, self._client, self._meta, self._producer = admin, client, meta, producer
+        self._admin, self._client, self._meta, self._main = admin, client, meta, writer
         self._closing = False
-        self._fatal = None
-        self._writer_task = asyncio.create_task(self._run_writer(), name=f"kafka-writer {self.url}")
 
     async def close(self) -> None:
         """Write everything already queued, stop the writer, then every client."""
         if self._meta is None:
             return
         self._closing = True
-        self._wake.set()
-        task, self._writer_task = self._writer_task, None
-        if task is not None and not task.done():
-            await asyncio.shield(task)
-        producer, admin, client, meta = self._producer, self._admin, self._client, self._meta
-        self._producer = self._admin = self._client = self._meta = None
+        writers = [*self._writers.values(), *([self._main] if self._main is not None else [])]
+        self._writers.clear()
+        self._main = None
+        for writer in writers:  # each writes what is already queued, then stops its producer
+            await writer.close()
+        admin, client, meta = self._admin, self._client, self._meta
+        self._admin = self._client = self._meta = None
         consumers = [c for _, c in self._idle.values()] + list(self._busy)
         self._idle.clear()
         self._busy.clear()
@@ -336,9 +353,6 @@ class KafkaLog:
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -436,8 +450,15 @@ class KafkaLog:
         partition: int | None = None,
         expected_offset: int | None = None,
         commit: Commit | None = None,
+        extra: Sequence[tuple[str, int | None, Sequence[Record]]] = (),
     ) -> list[Appended]:
-        """Append atomically and durably (one Kafka transaction, group-committed); positions in order."""
+        """Append atomically and durably (one Kafka transaction, group-committed); positions in order.
+
+        With ``partition`` and ``commit`` both given the append goes through the partition writer
+        of ``commit`` (see ``claim``). ``extra`` (Kafka only) adds records for other topics,
+        ``(topic, partition or None to route by key, records)``, to the same transaction; their
+        positions are not returned.
+        """
         self._started()
         n = await self.partitions(topic)
         if partition is not None:
@@ -446,113 +467,74 @@ class KafkaLog:
             raise ValueError("expected_offset needs an explicit partition")
         if commit is not None:
             await self._check_partition(commit.topic, commit.partition)
-        if not records and commit is None and expected_offset is None:
+        if not records and commit is None and expected_offset is None and not extra:
             return []
-        return await self._enqueue(
-            _Pending(topic, _prepare(records, partition, n), expected_offset, partition, commit,
-                     asyncio.get_running_loop().create_future())
-        )
-
-    async def _enqueue(self, item: _Pending) -> list[Appended]:
-        if self._closing:
+        rows = _prepare(topic, records, partition, n)
+        returned = len(rows)
+        for other, other_partition, other_records in extra:
+            count = await self.partitions(other)
+            if other_partition is not None:
+                await self._check_partition(other, other_partition)
+            rows += _prepare(other, other_records, other_partition, count)
+        writer = self._main
+        if partition is not None and commit is not None:
+            writer = await self._writer_for(commit)
+        if writer is None or self._closing:
             raise RuntimeError(f"KafkaLog({self.url!r}) is closing")
-        if self._fatal is not None:
-            raise LogError(f"the Kafka writer of {self.url!r} stopped: {self._fatal!r}")
-        self._queue.append(item)
-        self._wake.set()
-        return await item.future
+        future = asyncio.get_running_loop().create_future()
+        result = await writer.enqueue(_Pending(topic, rows, expected_offset, partition, commit, future))
+        return result[:returned]
 
-    def _take_batch(self) -> list[_Pending]:
-        """Whole appends from the queue head, in order, up to the cap.
+    # -- partition writers (fencing) ----------------------------------------------------------
 
-        Stops before a conditional append to a partition this batch already writes, so every
-        ``expected_offset`` is checked against the broker, not against a guess of our own.
+    def partition_transactional_id(self, group: str, topic: str, partition: int) -> str:
+        """The transactional.id of the writer that commits ``group``'s offset of one partition.
+
+        The same in every process, so whichever process owns the partition next fences the
+        previous owner, and the broker aborts that owner's open transaction at once.
         """
-        batch = [self._queue.popleft()]
-        size = len(batch[0].rows)
-        touched = set(batch[0].tps)
-        while self._queue:
-            item = self._queue[0]
-            if size + len(item.rows) > MAX_BATCH_RECORDS:
-                break
-            if item.expected is not None and (item.topic, item.partition) in touched:
-                break
-            self._queue.popleft()
-            batch.append(item)
-            size += len(item.rows)
-            touched |= item.tps
-        return batch
+        return f"{self.settings.transactional_id_prefix}-{group}-{topic}-{partition}"
 
-    async def _run_writer(self) -> None:
-        batch: list[_Pending] = []
-        try:
-            while True:
-                if not self._queue:
+    async def claim(self, group: str, topic: str, partition: int) -> None:
+        """Become the only writer that commits ``group``'s offset of ``topic[partition]``.
+
+        Registers the partition's transactional.id (fencing any previous owner and aborting its
+        open transaction) before returning, so that what the caller reads next (committed offset,
+        the log up to its end) can no longer change under it by a zombie's commit.
+        """
+        self._started()
+        await self._check_partition(topic, partition)
+        await self._writer_for(Commit(group, topic, partition, 0), fresh=True)
+
+    async def release(self, group: str, topic: str, partition: int) -> None:
+        """Stop the partition writer of ``group``'s ``topic[partition]`` (after its queued appends)."""
+        writer = self._writers.pop(self.partition_transactional_id(group, topic, partition), None)
+        if writer is not None:
+            await writer.close()
+
+    async def _writer_for(self, commit: Commit, *, fresh: bool = False) -> _Writer:
+        tid = self.partition_transactional_id(commit.group, commit.topic, commit.partition)
+        writer = self._writers.get(tid)
+        if writer is not None and (writer.fatal is not None or fresh):
+            # Fenced (someone else owned it since), or a new ownership: register the id again.
+            del self._writers[tid]
+            await writer.close()
+            writer = None
+        if writer is None:
+            lock = self._writer_locks.setdefault(tid, asyncio.Lock())
+            async with lock:
+                writer = self._writers.get(tid)
+                if writer is None:
+                    writer = _Writer(self, tid, PARTITION_TRANSACTION_TIMEOUT_MS)
+                    try:
+                        await writer.start()
+                    except (kerr.KafkaError, OSError, TimeoutError) as exc:
+                        raise LogError(f"cannot start the Kafka writer {tid!r}: {exc!r}") from exc
                     if self._closing:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                batch = [b for b in self._take_batch() if not b.future.done()]  # gave up: skip
-                if batch:
-                    await self._write(batch)
-                batch = []
-        except BaseException as exc:
-            # Cancelled other than by close(): nobody will write the queue, so fail it, not hang.
-            self._fatal = exc
-            for b in [*batch, *self._queue]:
-                if not b.future.done():
-                    b.future.set_exception(LogError(f"the Kafka writer stopped: {exc!r}"))
-            self._queue.clear()
-            raise
-
-    async def _write(self, batch: list[_Pending]) -> None:
-        """Check expected offsets, write the rest in one transaction; settle every future."""
-        if self._fatal is not None:
-            error = LogError(f"the Kafka writer of {self.url!r} stopped: {self._fatal!r}")
-            for item in batch:
-                _fail(item, error)
-            return
-        try:
-            accepted = await self._check_expected(batch)
-        except Exception as exc:
-            error = LogError(f"cannot read end offsets from {self.bootstrap}: {exc!r}")
-            error.__cause__ = exc
-            for item in batch:
-                _fail(item, error)
-            return
-        if not accepted:
-            return
-        try:
-            results = await self._transaction(accepted)
-        except kerr.ProducerFenced as exc:
-            # Another process took over our transactional.id: this writer is a zombie now.
-            self._fatal = exc
-            error = LogError(
-                f"fenced: another writer uses transactional.id {self.settings.transactional_id!r}"
-            )
-            error.__cause__ = exc
-            for item in accepted:
-                _fail(item, error)
-            return
-        except Exception as exc:
-            if len(accepted) > 1 and isinstance(exc, _RECORD_ERRORS):
-                for item in accepted:  # the aborted batch had a bad record: find its owner
-                    await self._write([item])
-                return
-            error = LogError(f"Kafka append to {accepted[0].topic} failed: {exc!r}")
-            error.__cause__ = exc
-            for item in accepted:
-                _fail(item, error)
-            return
-        for item, result in zip(accepted, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
-        for item in accepted:
-            for tp in item.tps:
-                event = self._events.pop(tp, None)
-                if event is not None:
-                    event.set()
+                        await writer.close()
+                        raise RuntimeError(f"KafkaLog({self.url!r}) is closing")
+                    self._writers[tid] = writer
+        return writer
 
     async def _check_expected(self, batch: list[_Pending]) -> list[_Pending]:
         conditional = {(b.topic, b.partition) for b in batch if b.expected is not None}
@@ -573,114 +555,12 @@ class KafkaLog:
                 item.future.set_result([])  # a bare check that passed
         return accepted
 
-    async def _transaction(self, batch: list[_Pending]) -> list[list[Appended]]:
-        """One transaction: send, add offsets, commit, then wait until it is visible.
-
-        Records go into one record batch per partition (``create_batch``/``send_batch``): a record
-        lands at its batch's base offset plus its index, and there is one future per batch, not
-        per record.
-        """
-        producer = self._producer
-        if producer is None:  # a failed restart: try again now
-            producer = self._producer = await self._start_producer()
-        sent: list[asyncio.Future[Any] | None] = []
-        # Per append, per record: (index into ``sent``, offset within that batch).
-        places: list[list[tuple[int, int]]] = []
-        commits: dict[str, dict[TopicPartition, OffsetAndMetadata]] = {}
-        await producer.begin_transaction()
-        try:
-            open_: dict[tuple[str, int], tuple[Any, int]] = {}
-            for item in batch:
-                topic = item.topic
-                where: list[tuple[int, int]] = []
-                for p, key, value, headers in item.rows:
-                    builder, slot = open_.get((topic, p), (None, -1))
-                    meta = None if builder is None else builder.append(
-                        timestamp=None, key=key, value=value, headers=headers)
-                    if meta is None:
-                        if builder is not None:  # full: send it, start the next
-                            sent[slot] = await producer.send_batch(builder, topic, partition=p)
-                        builder, slot = producer.create_batch(), len(sent)
-                        sent.append(None)  # filled when sent
-                        open_[(topic, p)] = (builder, slot)
-                        meta = builder.append(timestamp=None, key=key, value=value, headers=headers)
-                        if meta is None:
-                            raise kerr.MessageSizeTooLargeError(f"a record of {len(value)} bytes")
-                    where.append((slot, meta.offset))
-                places.append(where)
-                if item.commit is not None:
-                    c = item.commit
-                    commits.setdefault(c.group, {})[TopicPartition(c.topic, c.partition)] = (
-                        OffsetAndMetadata(c.offset, "")
-                    )
-            for (topic, p), (builder, slot) in open_.items():
-                sent[slot] = await producer.send_batch(builder, topic, partition=p)
-            for group, offsets in commits.items():
-                await producer.send_offsets_to_transaction(offsets, group)
-            bases = await asyncio.gather(*[f for f in sent if f is not None])
-            await producer.commit_transaction()
-        except BaseException as exc:
-            for f in sent:  # their errors are this one's consequences: retrieved, not logged
-                if f is not None:
-                    f.add_done_callback(_retrieve)
-            await self._abort(exc)
-            raise
-        self.transactions += 1
-        last: dict[tuple[str, int], int] = {}
-        results: list[list[Appended]] = []
-        for where in places:
-            out = []
-            for slot, rel in where:
-                m = bases[slot]
-                offset = m.offset + rel
-                out.append(Appended(m.partition, offset))
-                tp = (m.topic, m.partition)
-                if offset > last.get(tp, -1):
-                    last[tp] = offset
-            results.append(out)
-        await self._await_visible(last, commits)
-        return results
-
-    async def _abort(self, cause: BaseException) -> None:
-        """Abort the open transaction, then replace the producer.
-
-        A fresh producer with the same transactional.id gets a new epoch: aiokafka does not reset
-        the idempotent sequence numbers after a rejected batch, so the old one would fail every
-        later transaction with OutOfOrderSequenceNumber. A fenced producer is left alone.
-        """
-        producer = self._producer
-        if producer is None or isinstance(cause, kerr.ProducerFenced):
-            return
-        try:
-            await asyncio.shield(producer.abort_transaction())
-        except Exception as exc:
-            if isinstance(exc, kerr.ProducerFenced):
-                return
-            logger.warning("Kafka producer of %s failed to abort (%r); restarting it", self.url, exc)
-        self._producer = None
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        try:
-            self._producer = await self._start_producer()
-        except Exception as exc:  # broker gone: the next append tries again
-            logger.warning("Kafka producer of %s could not restart: %r", self.url, exc)
-
-    async def _start_producer(self) -> AIOKafkaProducer:
-        """A started transactional producer whose id is registered (fencing any zombie now)."""
-        try:
-            producer = self._new_producer()
-        except RuntimeError as exc:  # aiokafka's lz4 needs cramjam
-            raise RuntimeError(f"{exc}: pip install 'aiokafka[lz4]'") from exc
-        try:
-            await producer.start()
-            async with asyncio.timeout(60):
-                await producer.begin_transaction()
-                await producer.abort_transaction()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        return producer
+    def _written(self, accepted: list[_Pending]) -> None:
+        for item in accepted:
+            for tp in item.tps:
+                event = self._events.pop(tp, None)
+                if event is not None:
+                    event.set()
 
     async def _await_visible(
         self, last: dict[tuple[str, int], int], commits: dict[str, dict[TopicPartition, OffsetAndMetadata]]
@@ -936,6 +816,245 @@ class KafkaLog:
             self._busy.discard(consumer)
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+
+class _Writer:
+    """One transactional producer (one transactional.id) and the group-commit queue in front of it."""
+
+    def __init__(self, log: KafkaLog, tid: str, timeout_ms: int) -> None:
+        self.log, self.tid, self.timeout_ms = log, tid, timeout_ms
+        self.producer: AIOKafkaProducer | None = None
+        self.queue: deque[_Pending] = deque()
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.fatal: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Register the transactional.id (fencing any other holder), then start writing."""
+        self.producer = await self.start_producer()
+        self.task = asyncio.create_task(self.run(), name=f"kafka-writer {self.tid}")
+
+    async def close(self) -> None:
+        """Write what is already queued, then stop the producer."""
+        self.closing = True
+        self.wake.set()
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def enqueue(self, item: _Pending) -> list[Appended]:
+        if self.closing:
+            raise RuntimeError(f"KafkaLog({self.log.url!r}) is closing")
+        if self.fatal is not None:
+            if isinstance(self.fatal, kerr.ProducerFenced):
+                raise Fenced(f"fenced: another writer uses transactional.id {self.tid!r}")
+            raise LogError(f"the Kafka writer {self.tid!r} of {self.log.url!r} stopped: {self.fatal!r}")
+        self.queue.append(item)
+        self.wake.set()
+        return await item.future
+
+    def take_batch(self) -> list[_Pending]:
+        """Whole appends from the queue head, in order, up to the cap.
+
+        Stops before a conditional append to a partition this batch already writes, so every
+        ``expected_offset`` is checked against the broker, not against a guess of our own.
+        """
+        batch = [self.queue.popleft()]
+        size = len(batch[0].rows)
+        touched = set(batch[0].tps)
+        while self.queue:
+            item = self.queue[0]
+            if size + len(item.rows) > MAX_BATCH_RECORDS:
+                break
+            if item.expected is not None and (item.topic, item.partition) in touched:
+                break
+            self.queue.popleft()
+            batch.append(item)
+            size += len(item.rows)
+            touched |= item.tps
+        return batch
+
+    async def run(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while True:
+                if not self.queue:
+                    if self.closing:
+                        return
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                batch = [b for b in self.take_batch() if not b.future.done()]  # gave up: skip
+                if batch:
+                    await self.write(batch)
+                batch = []
+        except BaseException as exc:
+            # Cancelled other than by close(): nobody will write the queue, so fail it, not hang.
+            self.fatal = exc
+            for b in [*batch, *self.queue]:
+                if not b.future.done():
+                    b.future.set_exception(LogError(f"the Kafka writer stopped: {exc!r}"))
+            self.queue.clear()
+            raise
+
+    async def write(self, batch: list[_Pending]) -> None:
+        """Check expected offsets, write the rest in one transaction; settle every future."""
+        if self.fatal is not None:
+            error = LogError(f"the Kafka writer of {self.log.url!r} stopped: {self.fatal!r}")
+            for item in batch:
+                _fail(item, error)
+            return
+        try:
+            accepted = await self.log._check_expected(batch)
+        except Exception as exc:
+            error = LogError(f"cannot read end offsets from {self.log.bootstrap}: {exc!r}")
+            error.__cause__ = exc
+            for item in batch:
+                _fail(item, error)
+            return
+        if not accepted:
+            return
+        try:
+            results = await self.transaction(accepted)
+        except kerr.ProducerFenced as exc:
+            # Another process took over our transactional.id: this writer is a zombie now.
+            self.fatal = exc
+            producer, self.producer = self.producer, None
+            if producer is not None:  # its sender's failed futures go with it
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+            error = Fenced(f"fenced: another writer uses transactional.id {self.tid!r}")
+            error.__cause__ = exc
+            for item in accepted:
+                _fail(item, error)
+            return
+        except Exception as exc:
+            if len(accepted) > 1 and isinstance(exc, _RECORD_ERRORS):
+                for item in accepted:  # the aborted batch had a bad record: find its owner
+                    await self.write([item])
+                return
+            error = LogError(f"Kafka append to {accepted[0].topic} failed: {exc!r}")
+            error.__cause__ = exc
+            for item in accepted:
+                _fail(item, error)
+            return
+        for item, result in zip(accepted, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+        self.log._written(accepted)
+
+    async def transaction(self, batch: list[_Pending]) -> list[list[Appended]]:
+        """One transaction: send, add offsets, commit, then wait until it is visible.
+
+        Records go into one record batch per partition (``create_batch``/``send_batch``): a record
+        lands at its batch's base offset plus its index, and there is one future per batch, not
+        per record.
+        """
+        producer = self.producer
+        if producer is None:  # a failed restart: try again now
+            producer = self.producer = await self.start_producer()
+        sent: list[asyncio.Future[Any] | None] = []
+        # Per append, per record: (index into ``sent``, offset within that batch).
+        places: list[list[tuple[int, int]]] = []
+        commits: dict[str, dict[TopicPartition, OffsetAndMetadata]] = {}
+        await producer.begin_transaction()
+        try:
+            open_: dict[tuple[str, int], tuple[Any, int]] = {}
+            for item in batch:
+                where: list[tuple[int, int]] = []
+                for topic, p, key, value, headers in item.rows:
+                    builder, slot = open_.get((topic, p), (None, -1))
+                    meta = None if builder is None else builder.append(
+                        timestamp=None, key=key, value=value, headers=headers)
+                    if meta is None:
+                        if builder is not None:  # full: send it, start the next
+                            sent[slot] = await producer.send_batch(builder, topic, partition=p)
+                        builder, slot = producer.create_batch(), len(sent)
+                        sent.append(None)  # filled when sent
+                        open_[(topic, p)] = (builder, slot)
+                        meta = builder.append(timestamp=None, key=key, value=value, headers=headers)
+                        if meta is None:
+                            raise kerr.MessageSizeTooLargeError(f"a record of {len(value)} bytes")
+                    where.append((slot, meta.offset))
+                places.append(where)
+                if item.commit is not None:
+                    c = item.commit
+                    commits.setdefault(c.group, {})[TopicPartition(c.topic, c.partition)] = (
+                        OffsetAndMetadata(c.offset, "")
+                    )
+            for (topic, p), (builder, slot) in open_.items():
+                sent[slot] = await producer.send_batch(builder, topic, partition=p)
+            for group, offsets in commits.items():
+                await producer.send_offsets_to_transaction(offsets, group)
+            bases = await asyncio.gather(*[f for f in sent if f is not None])
+            await producer.commit_transaction()
+        except BaseException as exc:
+            for f in sent:  # their errors are this one's consequences: retrieved, not logged
+                if f is not None:
+                    f.add_done_callback(_retrieve)
+            await self.abort(exc)
+            raise
+        self.log.transactions += 1
+        last: dict[tuple[str, int], int] = {}
+        results: list[list[Appended]] = []
+        for where in places:
+            out = []
+            for slot, rel in where:
+                m = bases[slot]
+                offset = m.offset + rel
+                out.append(Appended(m.partition, offset))
+                tp = (m.topic, m.partition)
+                if offset > last.get(tp, -1):
+                    last[tp] = offset
+            results.append(out)
+        await self.log._await_visible(last, commits)
+        return results
+
+    async def abort(self, cause: BaseException) -> None:
+        """Abort the open transaction, then replace the producer.
+
+        A fresh producer with the same transactional.id gets a new epoch: aiokafka does not reset
+        the idempotent sequence numbers after a rejected batch, so the old one would fail every
+        later transaction with OutOfOrderSequenceNumber. A fenced producer is left alone.
+        """
+        producer = self.producer
+        if producer is None or isinstance(cause, kerr.ProducerFenced):
+            return
+        try:
+            await asyncio.shield(producer.abort_transaction())
+        except Exception as exc:
+            if isinstance(exc, kerr.ProducerFenced):
+                return
+            logger.warning("Kafka producer of %s failed to abort (%r); restarting it", self.log.url, exc)
+        self.producer = None
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        try:
+            self.producer = await self.start_producer()
+        except Exception as exc:  # broker gone: the next append tries again
+            logger.warning("Kafka producer of %s could not restart: %r", self.log.url, exc)
+
+    async def start_producer(self) -> AIOKafkaProducer:
+        """A started transactional producer whose id is registered (fencing any zombie now)."""
+        try:
+            producer = self.log._new_producer(self.tid, self.timeout_ms)
+        except RuntimeError as exc:  # aiokafka's lz4 needs cramjam
+            raise RuntimeError(f"{exc}: pip install 'aiokafka[lz4]'") from exc
+        try:
+            await producer.start()
+            async with asyncio.timeout(60):
+                await producer.begin_transaction()
+                await producer.abort_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

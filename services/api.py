@@ -16,7 +16,7 @@ import decimal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -27,14 +27,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts import REGISTRY, Reason, UnknownType, new_id, utcnow
+from contracts import REGISTRY, Envelope, Reason, UnknownType, new_id, utcnow
 from contracts.base import Command
 from events.codec import DecodeError, envelope_dict, from_dict, from_record
-from events.log import LogError
-from projections import queries
-from services.config import EVENTS, Settings
+from events.log import EventLog, LogError
+from projections import ProjectionStore, queries
+from services.config import Settings
 from services.ingest import command_envelope, parse_command
-from services.runner import Runner
+from services.outcomes import OutcomeRef, Outcomes
+from services.runner import Runner, Topics
 
 __all__ = ["BodyLimitMiddleware", "JSONBytesResponse", "create_app"]
 
@@ -231,6 +232,38 @@ def _parse(type_name: str, data: dict[str, Any], prefix: tuple[str | int, ...],
         _invalid([_error(type_loc, "not_a_command", str(exc), type_name)])
 
 
+# --- the service behind the API -----------------------------------------------------------------
+
+
+class Service(Protocol):
+    """What the API runs on: the embedded ``Runner``, or ``ClusterService`` on Kafka."""
+
+    settings: Settings
+    log: EventLog
+    store: ProjectionStore
+    outcomes: Outcomes
+    partitions: int
+    topics: Topics
+    on_failure: Callable[[BaseException], Awaitable[None] | None] | None
+
+    @property
+    def failure(self) -> BaseException | None: ...
+
+    async def start(self) -> None: ...
+
+    async def ready(self, timeout: float = 60.0) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def partition_of(self, pool: str) -> int: ...
+
+    async def submit(self, env: Envelope) -> tuple[int, int, bool]: ...
+
+    async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+
 # --- writes -------------------------------------------------------------------------------------
 
 
@@ -265,17 +298,17 @@ def _write_options(
 Write = Annotated[WriteOptions, Depends(_write_options)]
 
 
-def _runner(request: Request) -> Runner:
-    runner: Runner | None = getattr(request.app.state, "runner", None)
+def _runner(request: Request) -> Service:
+    runner: Service | None = getattr(request.app.state, "runner", None)
     if runner is None:
         raise HTTPException(503, "agentbus is starting")
     return runner
 
 
-Run = Annotated[Runner, Depends(_runner)]
+Run = Annotated[Service, Depends(_runner)]
 
 
-async def _submit(runner: Runner, opts: WriteOptions, cmd: Command, *, pool: str | None,
+async def _submit(runner: Service, opts: WriteOptions, cmd: Command, *, pool: str | None,
                   command_id: str | None, source: str = "urn:agentbus:api",
                   correlation_id: str | None = None, causation_id: str | None = None,
                   actor: str | None = None) -> JSONBytesResponse:
@@ -306,7 +339,7 @@ async def _submit(runner: Runner, opts: WriteOptions, cmd: Command, *, pool: str
     return _json({"command_id": cid, "status": "applied", "duplicate": duplicate, "events": events}, status)
 
 
-async def _write(request: Request, runner: Runner, opts: WriteOptions, type_name: str, *,
+async def _write(request: Request, runner: Service, opts: WriteOptions, type_name: str, *,
                  required: bool = True, path: Mapping[str, str] | None = None,
                  id_field: str | None = None) -> JSONBytesResponse:
     """An entity endpoint: envelope keys out of the body, path ids in, validate, submit."""
@@ -324,7 +357,7 @@ async def _write(request: Request, runner: Runner, opts: WriteOptions, type_name
     return await _submit(runner, opts, cmd, pool=pool, command_id=command_id)
 
 
-async def _command(request: Request, runner: Runner, opts: WriteOptions) -> JSONBytesResponse:
+async def _command(request: Request, runner: Service, opts: WriteOptions) -> JSONBytesResponse:
     """POST /v1/commands: ``{type, data, pool?, command_id?}`` or a structured CloudEvent."""
     body = await _body(request, required=True)
     if "specversion" in body:
@@ -345,7 +378,7 @@ async def _command(request: Request, runner: Runner, opts: WriteOptions) -> JSON
     return await _submit(runner, opts, cmd, pool=pool, command_id=command_id)
 
 
-async def _cloudevent(runner: Runner, opts: WriteOptions, obj: dict[str, Any]) -> JSONBytesResponse:
+async def _cloudevent(runner: Service, opts: WriteOptions, obj: dict[str, Any]) -> JSONBytesResponse:
     """A structured-mode CloudEvents command: its id is the command id, its pool the envelope's."""
     if obj.get("specversion") != "1.0":
         _invalid([_error(("body", "specversion"), "value_error",
@@ -449,10 +482,10 @@ MinPosition = Annotated[int | None, Query(
     ge=-1, description="Wait (up to 5 s) until the read model has applied this events position.")]
 
 
-async def _caught_up(runner: Runner, pool: str, min_position: int | None) -> None:
+async def _caught_up(runner: Service, pool: str, min_position: int | None) -> None:
     if min_position is None or min_position < 0:
         return
-    ok = await runner.store.wait_for_position(EVENTS, runner.partition_of(pool), min_position,
+    ok = await runner.store.wait_for_position(runner.topics.events, runner.partition_of(pool), min_position,
                                               timeout=READ_WAIT_S)
     if not ok:
         raise HTTPException(504, f"read model has not reached position {min_position} yet")
@@ -474,8 +507,10 @@ def _not_found(what: str, key: str) -> NoReturn:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(runner: Runner | None = None, settings: Settings | None = None) -> FastAPI:
-    """The FastAPI app; without ``runner`` its lifespan starts (and stops) ``Runner(settings)``."""
+def create_app(runner: Service | None = None, settings: Settings | None = None,
+               service: Callable[[Settings], Service] | None = None) -> FastAPI:
+    """The FastAPI app; without ``runner`` its lifespan starts (and stops) ``service(settings)``
+    (default: the embedded ``Runner``)."""
     if settings is None:
         settings = runner.settings if runner is not None else Settings()
 
@@ -484,7 +519,7 @@ def create_app(runner: Runner | None = None, settings: Settings | None = None) -
         if runner is not None:
             yield
             return
-        own = Runner(settings)
+        own: Service = service(settings) if service is not None else Runner(settings)
         app.state.runner = own
         # serve sets this hook to stop the server when a worker dies after startup.
         hook: Callable[[BaseException], Awaitable[None] | None] | None = getattr(
@@ -701,13 +736,13 @@ def _routes(app: FastAPI) -> None:
         partition = runner.partition_of(pool)
         if min_position is not None and min_position >= 0:
             # The log itself is read here, so wait for the record, not for the projector.
-            if not await runner.log.wait(EVENTS, partition, min_position, READ_WAIT_S):
+            if not await runner.log.wait(runner.topics.events, partition, min_position, READ_WAIT_S):
                 raise HTTPException(504, f"log has not reached position {min_position} yet")
         items: list[dict[str, Any]] = []
         offset, scanned, next_after = after + 1, 0, after
         # Pools share partitions and filters skip records: scan on until the page is full.
         while len(items) < limit and scanned < EVENTS_SCAN_CAP:
-            batch = await runner.log.read(EVENTS, partition, offset, max(limit, 500))
+            batch = await runner.log.read(runner.topics.events, partition, offset, max(limit, 500))
             if not batch:
                 break
             for rec in batch:
@@ -730,8 +765,7 @@ def _routes(app: FastAPI) -> None:
             "log": _redact(runner.log.url),
             "database": _redact(runner.store.url),
             "partitions": runner.partitions,
-            "deciders_ready": bool(runner.deciders) and all(d.ready.is_set() for d in runner.deciders),
-            "coordinator_ready": runner.coordinator is not None and runner.coordinator.ready.is_set(),
+            **runner.readiness(),
             "outcomes": len(runner.outcomes),
         }
         if runner.failure is not None:

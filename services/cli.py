@@ -77,30 +77,58 @@ def main() -> None:
 # --- serve --------------------------------------------------------------------------------------
 
 
+_topic_prefix = click.option("--topic-prefix", envvar="AGENTBUS_TOPIC_PREFIX", show_envvar=True, default="",
+                             help="Kafka: prefix of the topic names (several deployments on one broker).")
+_app_id = click.option("--app-id", envvar="AGENTBUS_APP_ID", show_envvar=True, default="agentbus",
+                       show_default=True,
+                       help="Kafka: the Faust app id (its consumer group; ours derive from it).")
+_session_timeout = click.option("--session-timeout", envvar="AGENTBUS_SESSION_TIMEOUT", show_envvar=True,
+                                type=click.FloatRange(min=1), default=10.0, show_default=True,
+                                help="Kafka: seconds of silence before a worker's partitions move to others.")
+_partitions = click.option("--partitions", envvar="AGENTBUS_PARTITIONS", show_envvar=True,
+                           type=click.IntRange(min=1),
+                           help="Partitions of new topics (existing topics keep theirs).")
+
+
 @main.command()
 @click.option("--host", envvar="AGENTBUS_HOST", show_envvar=True, default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="AGENTBUS_PORT", show_envvar=True, type=int, default=8080, show_default=True)
 @_data_dir
 @_broker
 @_database
-@click.option("--partitions", envvar="AGENTBUS_PARTITIONS", show_envvar=True, type=click.IntRange(min=1),
-              help="Partitions of new topics (existing topics keep theirs).")
+@_partitions
+@click.option("--no-worker", is_flag=True,
+              help="Kafka: only the API; deciders, coordinator and projector run in `agentbus worker`.")
+@_topic_prefix
+@_app_id
+@_session_timeout
 def serve(host: str, port: int, data_dir: Path | None, broker: str | None, database: str | None,
-          partitions: int | None) -> None:
-    """Run the HTTP API with the embedded runner (deciders, coordinator, projector).
+          partitions: int | None, no_worker: bool, topic_prefix: str, app_id: str,
+          session_timeout: float) -> None:
+    """Run the HTTP API with the embedded runner, or on Kafka with an in-process Faust worker.
 
     Exits with status 1, naming the cause, when the runner fails (e.g. a corrupt log record).
     """
     import uvicorn
 
-    from services.api import create_app
-
-    from services.runner import tune_gc
+    from services.api import Service, create_app
+    from services.runner import Topics, tune_gc
 
     tune_gc()
     settings = _settings(data_dir, broker, database, partitions)
     settings.host, settings.port = host, port
-    app = create_app(settings=settings)
+    factory = None
+    if settings.broker.startswith("kafka:"):
+        _logging()
+
+        def factory(s: Settings) -> Service:
+            from services.faust_runner import ClusterService
+
+            return ClusterService(s, worker=not no_worker, topics=Topics.prefixed(topic_prefix),
+                                  app_id=app_id, session_timeout=session_timeout)
+    elif no_worker:
+        _fail("--no-worker needs a kafka:// broker (the embedded runner is one process)")
+    app = create_app(settings=settings, service=factory)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
 
     def stop_server(exc: BaseException) -> None:
@@ -119,6 +147,69 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
         _fail(f"the service stopped: {failure}")
     if exit_code not in (0, None):
         _fail(f"the server did not start on {host}:{port} (exit code {exit_code})")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@_data_dir
+@_broker
+@_database
+@_partitions
+@_topic_prefix
+@_app_id
+@_session_timeout
+def worker(data_dir: Path | None, broker: str | None, database: str | None, partitions: int | None,
+           topic_prefix: str, app_id: str, session_timeout: float) -> None:
+    """Run a Faust worker: deciders, coordinator and projector for the partitions Kafka gives it.
+
+    Start as many as there are partitions; Kafka's group protocol spreads the partitions over them
+    and moves them when one stops or dies. Stops on SIGTERM/SIGINT.
+    """
+    import signal
+
+    from services.faust_runner import FaustWorker
+    from services.runner import Topics, tune_gc
+
+    settings = _settings(data_dir, broker, database, partitions)
+    if not settings.broker.startswith("kafka:"):
+        _fail(f"agentbus worker needs a kafka:// broker (got {settings.broker!r}); "
+              "the embedded default runs everything in `agentbus serve`")
+    tune_gc()
+    _logging()
+
+    async def go() -> None:
+        w = FaustWorker(settings, topics=Topics.prefixed(topic_prefix), app_id=app_id,
+                        session_timeout=session_timeout)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await w.start()
+            click.echo(f"agentbus worker {app_id} running on {settings.broker}", err=True)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(w.failed.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for t in waits:
+                t.cancel()
+        finally:
+            await w.stop()
+        if w.failure is not None:
+            raise w.failure
+
+    try:
+        with _log_errors(settings.broker):
+            _run(go())
+    except LogError:
+        raise
+    except Exception as exc:
+        _fail(f"the worker stopped: {exc}")
 
 
 # --- HTTP clients of a running server -----------------------------------------------------------

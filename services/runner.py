@@ -15,10 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from contracts import REGISTRY, Envelope, Payload, Reason, new_id, utcnow
 from contracts import events as e
-from events import Commit, EventLog, StoredRecord, open_log, partition_for
+from events import Commit, EventLog, Record, StoredRecord, open_log, partition_for
 from events.cache import EnvelopeCache, tail, tail_raw
 from events.codec import DecodeError, decode, from_record, to_record
 from projections import ProjectionStore, Projector
@@ -33,7 +36,26 @@ log = logging.getLogger("agentbus.runner")
 
 DECIDER_GROUP = "decider"
 COORDINATOR_GROUP = "coordinator"
+DEAD_LETTERS = f"{COMMANDS}.dlq"
 BATCH = 1000
+# Headers of a dead letter: why it was refused and where it came from.
+DLQ_ERROR = "agentbus_error"
+DLQ_TOPIC = "agentbus_source_topic"
+DLQ_PARTITION = "agentbus_source_partition"
+DLQ_OFFSET = "agentbus_source_offset"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of the topics one deployment uses (a prefix keeps deployments apart on one broker)."""
+
+    commands: str = COMMANDS
+    events: str = EVENTS
+    dead_letters: str = DEAD_LETTERS
+
+    @classmethod
+    def prefixed(cls, prefix: str) -> Topics:
+        return cls(f"{prefix}{COMMANDS}", f"{prefix}{EVENTS}", f"{prefix}{DEAD_LETTERS}")
 
 
 _FREEZE_AFTER_READY = False
@@ -114,6 +136,13 @@ class PartitionDecider:
     states: dict[str, PoolState] = field(default_factory=dict)
     replay: ReplayStats = field(default_factory=ReplayStats)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    topics: Topics = field(default_factory=Topics)
+    group: str = DECIDER_GROUP
+    # Kafka: records nobody can decide (malformed, unknown type) also go to the dead-letter topic,
+    # and a command on a partition its pool does not map to (a foreign producer's partitioner)
+    # is forwarded to the right one instead of being decided here. Both in the batch's transaction.
+    dead_letters: bool = False
+    partitions: int | None = None
 
     def state(self, pool: str) -> PoolState:
         st = self.states.get(pool)
@@ -129,7 +158,7 @@ class PartitionDecider:
         first = 0
         n_of_cmd = 0
         while True:
-            batch = await self.log.read(EVENTS, self.partition, offset, 5000)
+            batch = await self.log.read(self.topics.events, self.partition, offset, 5000)
             if not batch:
                 break
             for rec in batch:
@@ -152,13 +181,18 @@ class PartitionDecider:
 
         An Envelope is a command this process validated at ingest; a record is checked in full.
         """
+        cid, envs, _ = self._decide_item(item)
+        return cid, envs
+
+    def _decide_item(self, item: StoredRecord | Envelope) -> tuple[str, list[Envelope], str | None]:
+        """(command id, events, why it is a dead letter or None)."""
         if isinstance(item, Envelope):
             return self._decide(item)
         rec = item
         try:
             cmd = decode(rec.value)
         except DecodeError as exc:
-            cid = rec.id or f"{COMMANDS}:{rec.partition}:{rec.offset}"
+            cid = rec.id or f"{self.topics.commands}:{rec.partition}:{rec.offset}"
             bad = Envelope.trusted(
                 id=cid, type="invalid", time=utcnow(), pool=rec.key or "default", commandid=cid,
                 correlationid=cid, causationid=None, actor=None, subject=None, data={},
@@ -169,47 +203,78 @@ class PartitionDecider:
             wrapped = event_envelopes(bad, [rejection("invalid", err, None)], state)
             for env in wrapped:  # advances the pool's sequence like any other decision
                 evolve(state, env)
-            return cid, wrapped
+            return cid, wrapped, f"{Reason.INVALID_COMMAND.value}: {exc}"
         return self._decide(cmd)
 
-    def _decide(self, cmd: Envelope) -> tuple[str, list[Envelope]]:
+    def _decide(self, cmd: Envelope) -> tuple[str, list[Envelope], str | None]:
         cid = cmd.commandid or cmd.id
         state = self.state(cmd.pool)
         if cid in state.seen:
-            return cid, []  # a repeat: the first outcome stands, nothing new is appended
+            return cid, [], None  # a repeat: the first outcome stands, nothing new is appended
+        dead: str | None = None
         try:
             payload = cmd.data
-            if not isinstance(payload, Payload):
+            if not isinstance(payload, Payload) or REGISTRY[cmd.type].kind != "command":
                 raise Rejected(Reason.UNKNOWN_COMMAND, f"unknown command type {cmd.type!r}")
             events = decide(state, payload, self.config)
         except Rejected as exc:
             events = [rejection(cmd.type, exc, cmd.subject)]
+            if exc.code is Reason.UNKNOWN_COMMAND:
+                dead = f"{exc.code.value}: {exc.message}"
         wrapped = event_envelopes(cmd, events, state)
         for env in wrapped:
             evolve(state, env)
-        return cid, wrapped
+        return cid, wrapped, dead
+
+    def _misrouted(self, item: StoredRecord | Envelope) -> Record | None:
+        """A foreign command whose pool lives on another partition: the record to forward there."""
+        if self.partitions is None or isinstance(item, Envelope):
+            return None
+        try:
+            pool = orjson.loads(item.value).get("pool") or "default"
+        except (orjson.JSONDecodeError, AttributeError):
+            return None  # malformed: decided (rejected) here, where it landed
+        if not isinstance(pool, str) or partition_for(pool, self.partitions) == self.partition:
+            return None
+        return Record(key=pool, value=item.value, id=item.id, headers=item.headers)
 
     async def run(self) -> None:
         await self.rebuild()
         self.ready.set()
-        start = await self.log.committed(DECIDER_GROUP, COMMANDS, self.partition)
-        async for batch in tail_raw(self.log, self.cache, COMMANDS, self.partition, start, limit=BATCH):
+        start = await self.log.committed(self.group, self.topics.commands, self.partition)
+        async for batch in tail_raw(self.log, self.cache, self.topics.commands, self.partition, start,
+                                    limit=BATCH):
             await self.process(batch)
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""
         out: list[Envelope] = []
         decided: list[tuple[str, int]] = []
+        dead: list[Record] = []
+        forward: list[Record] = []
         for _, item in batch:
-            cid, envs = self.decide_one(item)
+            moved = self._misrouted(item)
+            if moved is not None:
+                forward.append(moved)
+                continue
+            cid, envs, error = self._decide_item(item)
+            if error is not None and self.dead_letters and isinstance(item, StoredRecord):
+                dead.append(dead_letter(item, error))
             if envs:
                 decided.append((cid, len(envs)))
                 out.extend(envs)
-        commit = Commit(DECIDER_GROUP, COMMANDS, self.partition, batch[-1][0] + 1)
-        if out:
-            appended = await self.log.append(EVENTS, [to_record(x) for x in out], partition=self.partition,
-                                             commit=commit)
-            self.cache.put(EVENTS, appended, out)
+        commit = Commit(self.group, self.topics.commands, self.partition, batch[-1][0] + 1)
+        extra: list[tuple[str, int | None, list[Record]]] = []
+        if dead:
+            extra.append((self.topics.dead_letters, self.partition, dead))
+        if forward:
+            extra.append((self.topics.commands, None, forward))
+        if out or extra or self.dead_letters:
+            # On Kafka even a bare offset goes through the partition's fenced transactional writer.
+            kwargs: dict[str, Any] = {"extra": extra} if extra else {}
+            appended = await self.log.append(self.topics.events, [to_record(x) for x in out],
+                                             partition=self.partition, commit=commit, **kwargs)
+            self.cache.put(self.topics.events, appended, out)
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
@@ -217,6 +282,79 @@ class PartitionDecider:
         for cid, n in decided:
             self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n))
             i += n
+
+
+def dead_letter(rec: StoredRecord, error: str) -> Record:
+    """The dead-letter record of ``rec``: its bytes unchanged, the error and its origin in headers."""
+    headers = (
+        *rec.headers,
+        (DLQ_ERROR, error.encode()[:4000]),
+        (DLQ_TOPIC, rec.topic.encode()),
+        (DLQ_PARTITION, str(rec.partition).encode()),
+        (DLQ_OFFSET, str(rec.offset).encode()),
+    )
+    return Record(key=rec.key, value=rec.value, headers=headers)
+
+
+async def observe_history(log: EventLog, coordinator: Coordinator, topic: str, partition: int,
+                          end: int) -> None:
+    """Fold events [0, end) of one partition into the coordinator's view, without acting on them."""
+    offset = 0
+    while offset < end:
+        batch = await log.read(topic, partition, offset, min(5000, end - offset))
+        if not batch:
+            break
+        for rec in batch:
+            coordinator.observe(from_record(rec))
+        offset = batch[-1].offset + 1
+
+
+async def emit_assignments(log: EventLog, cache: EnvelopeCache, coordinator: Coordinator, topic: str,
+                           commit: Commit | None, partition: int | None = None) -> None:
+    """Append the assignments the coordinator wants now, with ``commit`` in the same transaction."""
+    assignments = coordinator.schedule()
+    if assignments:
+        envs = [_assignment_envelope(a) for a in assignments]
+        appended = await log.append(topic, [to_record(x) for x in envs], partition=partition, commit=commit)
+        cache.put(topic, appended, envs)
+    elif commit is not None:
+        if partition is not None:  # through the partition's (fenced) writer
+            await log.append(topic, [], partition=partition, commit=commit)
+        else:
+            await log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+
+
+@dataclass
+class PartitionCoordinator:
+    """The coordinator reactor over ONE events partition (the Faust runner: one per assignment).
+
+    Its view is rebuilt from the partition's events below its committed offset; then it reacts to
+    the events from there on, appending its commands to the same partition of the commands topic
+    (a pool maps to the same partition in both) with its events offset in one transaction.
+    """
+
+    log: EventLog
+    partition: int
+    topics: Topics = field(default_factory=Topics)
+    group: str = COORDINATOR_GROUP
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
+    coordinator: Coordinator = field(default_factory=Coordinator)
+
+    async def rebuild(self) -> int:
+        """Rebuild the view; re-issue assignments lost in flight; returns the offset to go on from."""
+        end = await self.log.committed(self.group, self.topics.events, self.partition)
+        await observe_history(self.log, self.coordinator, self.topics.events, self.partition, end)
+        # Same ids as the lost ones (derived from history), so the decider drops any repeats.
+        await emit_assignments(self.log, self.cache, self.coordinator, self.topics.commands,
+                               Commit(self.group, self.topics.events, self.partition, end), self.partition)
+        return end
+
+    async def react(self, batch: list[tuple[int, Envelope]]) -> None:
+        for _, env in batch:
+            self.coordinator.observe(env)
+        await emit_assignments(self.log, self.cache, self.coordinator, self.topics.commands,
+                               Commit(self.group, self.topics.events, self.partition, batch[-1][0] + 1),
+                               self.partition)
 
 
 @dataclass
@@ -234,14 +372,7 @@ class CoordinatorLoop:
         starts = []
         for p in range(self.partitions):
             end = await self.log.committed(COORDINATOR_GROUP, EVENTS, p)
-            offset = 0
-            while offset < end:  # rebuild the view without acting on history
-                batch = await self.log.read(EVENTS, p, offset, min(5000, end - offset))
-                if not batch:
-                    break
-                for rec in batch:
-                    self.coordinator.observe(from_record(rec))
-                offset = batch[-1].offset + 1
+            await observe_history(self.log, self.coordinator, EVENTS, p, end)
             starts.append(end)
         await self._emit(None)  # queued tasks whose assignment was lost in flight
         self.ready.set()
@@ -255,18 +386,13 @@ class CoordinatorLoop:
                 await self._emit(Commit(COORDINATOR_GROUP, EVENTS, partition, batch[-1][0] + 1))
 
     async def _emit(self, commit: Commit | None) -> None:
-        assignments = self.coordinator.schedule()
-        if assignments:
-            envs = [_assignment_envelope(a) for a in assignments]
-            appended = await self.log.append(COMMANDS, [to_record(x) for x in envs], commit=commit)
-            self.cache.put(COMMANDS, appended, envs)
-        elif commit is not None:
-            await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        await emit_assignments(self.log, self.cache, self.coordinator, COMMANDS, commit)
 
 
 def _assignment_envelope(a: Assignment) -> Envelope:
-    return command_envelope(a.command, pool=a.pool, command_id=a.command_id, source="urn:agentbus:coordinator",
-                            actor="coordinator", correlation_id=a.correlation)
+    return command_envelope(a.command, pool=a.pool, command_id=a.command_id,
+                            source="urn:agentbus:coordinator", actor="coordinator",
+                            correlation_id=a.correlation)
 
 
 @dataclass
@@ -298,6 +424,7 @@ class Runner:
         self.outcomes = Outcomes()
         self.cache = EnvelopeCache()
         self.partitions = settings.partitions
+        self.topics = Topics()
         self.deciders: list[PartitionDecider] = []
         self.coordinator: CoordinatorLoop | None = None
         self._want = (deciders, coordinator, projector)
@@ -375,6 +502,13 @@ class Runner:
 
     def partition_of(self, pool: str) -> int:
         return partition_for(pool, self.partitions)
+
+    def readiness(self) -> dict[str, Any]:
+        """What the health endpoint reports about the workers."""
+        return {
+            "deciders_ready": bool(self.deciders) and all(d.ready.is_set() for d in self.deciders),
+            "coordinator_ready": self.coordinator is not None and self.coordinator.ready.is_set(),
+        }
 
     async def submit(self, env: Envelope) -> tuple[int, int, bool]:
         """Append a command durably: (partition, offset, duplicate)."""
