@@ -7,7 +7,15 @@ from typing import Any
 from pydantic import Field
 
 from contracts.base import Event
-from contracts.commands import BudgetScope, Capabilities, Id, SelectionAudit
+from contracts.commands import (
+    BudgetScope,
+    Capabilities,
+    Id,
+    PoolPolicy,
+    RateLimitScope,
+    RetryPolicy,
+    SelectionAudit,
+)
 
 
 class AgentRegistered(Event):
@@ -19,6 +27,7 @@ class AgentRegistered(Event):
     capacity: int
     heartbeat_timeout_s: float = 30.0
     metadata: dict[str, Any] = Field(default_factory=dict)
+    weight: float = 1.0
 
 
 class AgentHeartbeatReceived(Event):
@@ -44,6 +53,10 @@ class TaskSubmitted(Event):
     required_capabilities: Capabilities = ()
     data: dict[str, Any] = Field(default_factory=dict)
     strategy: str | None = None
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = None
+    # Capabilities the pool's inference rules derived from ``data``: preferred, not required.
+    inferred_capabilities: Capabilities = ()
 
 
 class TaskAssigned(Event):
@@ -52,6 +65,8 @@ class TaskAssigned(Event):
     agent_id: Id
     attempt: int
     audit: SelectionAudit | None = None
+    # Required capabilities the agent lacks (a partial-match fallback assignment).
+    capability_gap: Capabilities = ()
 
 
 class TaskStarted(Event):
@@ -96,6 +111,7 @@ class ResourceLimitsSet(Event):
     max_memory_mb: float
     max_disk_mb: float
     max_network_mbps: float
+    max_agents: int | None = None
 
 
 class ResourcesAllocated(Event):
@@ -158,6 +174,156 @@ class CommandRejected(Event):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class PoolPolicySet(PoolPolicy, Event):
+    """The pool's coordination policy from now on (replaces the previous one whole)."""
+
+
+class TimerScheduled(Event):
+    """A durable timer: due at this event's time + ``delay_s``. Scheduling an id that is pending
+    replaces it (re-arming); ``generation`` tells armings apart (unique within the pool)."""
+
+    subject_field = "timer_id"
+    timer_id: Id
+    kind: str  # task_timeout | retry | heartbeat | agent_dead | circuit | defer
+    delay_s: float
+    generation: int
+    task_id: Id | None = None
+    agent_id: Id | None = None
+    attempt: int = 0
+
+
+class TimerCancelled(Event):
+    subject_field = "timer_id"
+    timer_id: Id
+    generation: int
+    reason: str | None = None
+
+
+class TimerFired(Event):
+    """A due timer was fired (its effects follow in the same decision)."""
+
+    subject_field = "timer_id"
+    timer_id: Id
+    kind: str
+    generation: int
+    task_id: Id | None = None
+    agent_id: Id | None = None
+
+
+class AgentMarkedUnhealthy(Event):
+    subject_field = "agent_id"
+    agent_id: Id
+    reason: str
+
+
+class AgentMarkedHealthy(Event):
+    subject_field = "agent_id"
+    agent_id: Id
+
+
+class TaskReassigned(Event):
+    """A task was taken from an agent (e.g. unhealthy) and queued for another one."""
+
+    subject_field = "task_id"
+    task_id: Id
+    agent_id: Id
+    reason: str
+
+
+class TaskTimedOut(Event):
+    subject_field = "task_id"
+    task_id: Id
+    agent_id: Id
+    attempt: int
+    timeout_s: float
+
+
+class TaskRetryScheduled(Event):
+    """A run failed with attempts left: the task waits ``delay_s``, then is queued again."""
+
+    subject_field = "task_id"
+    task_id: Id
+    agent_id: Id | None
+    error: str
+    attempt: int  # the run that failed (1 = the first)
+    delay_s: float
+
+
+class CircuitOpened(Event):
+    subject_field = "agent_id"
+    agent_id: Id
+    failures: int
+    cooldown_s: float
+
+
+class CircuitHalfOpened(Event):
+    subject_field = "agent_id"
+    agent_id: Id
+
+
+class CircuitClosed(Event):
+    subject_field = "agent_id"
+    agent_id: Id
+
+
+class TaskUnassignable(Event):
+    """No registered agent matches enough of the task's capabilities; it stays queued."""
+
+    subject_field = "task_id"
+    task_id: Id
+    missing: Capabilities = ()
+    best_match: float = 0.0
+    threshold: float = 1.0
+
+
+class TaskDeferred(Event):
+    subject_field = "task_id"
+    task_id: Id
+    reason: str
+    delay_s: float
+
+
+class RateLimitSet(Event):
+    subject_field = "scope_id"
+    scope: RateLimitScope
+    scope_id: Id
+    requests_per_min: float | None = None
+    tokens_per_min: float | None = None
+    concurrent: int | None = None
+
+
+class TaskBudgetFlagged(Event):
+    """A budget covering this running task is spent: the agent should wrap up."""
+
+    subject_field = "task_id"
+    task_id: Id
+    agent_id: Id | None
+    scope: BudgetScope
+    scope_id: Id
+
+
+class ScalingPolicySet(Event):
+    subject_field = "agent_kind"
+    agent_kind: str
+    min_agents: int
+    max_agents: int
+    target_utilization: float
+    queue_threshold: int
+    cooldown_s: float
+    stability_window_s: float
+
+
+class ScalingDecided(Event):
+    """The fleet of ``agent_kind`` should go from ``from_agents`` to ``to_agents``."""
+
+    subject_field = "agent_kind"
+    agent_kind: str
+    from_agents: int
+    to_agents: int
+    reason: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 ALL: tuple[type[Event], ...] = (
     AgentRegistered,
     AgentHeartbeatReceived,
@@ -176,4 +342,22 @@ ALL: tuple[type[Event], ...] = (
     BudgetSet,
     BudgetExceeded,
     CommandRejected,
+    PoolPolicySet,
+    TimerScheduled,
+    TimerCancelled,
+    TimerFired,
+    AgentMarkedUnhealthy,
+    AgentMarkedHealthy,
+    TaskReassigned,
+    TaskTimedOut,
+    TaskRetryScheduled,
+    CircuitOpened,
+    CircuitHalfOpened,
+    CircuitClosed,
+    TaskUnassignable,
+    TaskDeferred,
+    RateLimitSet,
+    TaskBudgetFlagged,
+    ScalingPolicySet,
+    ScalingDecided,
 )

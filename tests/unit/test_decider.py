@@ -154,8 +154,10 @@ def test_reregistering_a_deregistered_agent_works_with_its_new_profile() -> None
 
 
 def test_heartbeat() -> None:
+    # Each heartbeat (re-)arms the agent's liveness timer for its heartbeat_timeout_s (30 by default).
     given(A).when(c.AgentHeartbeat(agent_id="a", load=0.5, cpu=1.5, memory=300, queue=2)).then(
-        e.AgentHeartbeatReceived(agent_id="a", load=0.5, cpu=1.5, memory=300, queue=2)
+        e.AgentHeartbeatReceived(agent_id="a", load=0.5, cpu=1.5, memory=300, queue=2),
+        e.TimerScheduled(timer_id="heartbeat:a", kind="heartbeat", delay_s=30.0, generation=1, agent_id="a"),
     )
 
 
@@ -267,7 +269,7 @@ def test_submit_task() -> None:
             priority=9,
             required_capabilities=("nlp",),
             data={"doc": 1, "workflow_id": "wf"},
-            strategy="fast",
+            strategy="round_robin",
         )
     ).then(
         e.TaskSubmitted(
@@ -276,9 +278,15 @@ def test_submit_task() -> None:
             priority=9,
             required_capabilities=("nlp",),
             data={"doc": 1, "workflow_id": "wf"},
-            strategy="fast",
+            strategy="round_robin",
         )
     ).then_state(lambda s: s.tasks["t"].status == "queued" and s.tasks["t"].required == frozenset({"nlp"}))
+
+
+def test_submit_with_an_unknown_strategy_is_rejected() -> None:
+    given().when(c.SubmitTask(task_id="t", type="x", strategy="fast")).rejects(
+        Reason.UNKNOWN_STRATEGY, task_id="t", strategy="fast"
+    )
 
 
 @pytest.mark.parametrize("status", list(STATUS_HISTORY))
