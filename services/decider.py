@@ -16,7 +16,7 @@ from contracts import events as e
 from contracts.commands import STRATEGIES, PoolPolicy
 from services.inference import DEFAULT_RULES, capability_match, infer
 from services.retries import attempts_left, retry_delay
-from services.state import RESOURCE_NAMES, Allocation, AgentState, PoolState, TaskState, TimerState
+from services.state import RESOURCE_NAMES, AgentState, Allocation, PoolState, TaskState, TimerState
 
 # USD per 1,000 input and output tokens; override with AGENTBUS_PRICES (a JSON file).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -119,8 +119,9 @@ class _Out(list[Payload]):
     def schedule(self, timer_id: str, kind: str, delay_s: float, *, task_id: str | None = None,
                  agent_id: str | None = None, attempt: int = 0) -> None:
         self.generation += 1
-        self.append(e.TimerScheduled(timer_id=timer_id, kind=kind, delay_s=delay_s, generation=self.generation,
-                                     task_id=task_id, agent_id=agent_id, attempt=attempt))
+        self.append(e.TimerScheduled(timer_id=timer_id, kind=kind, delay_s=delay_s,
+                                     generation=self.generation, task_id=task_id, agent_id=agent_id,
+                                     attempt=attempt))
 
     def cancel(self, timer_id: str, reason: str) -> None:
         timer = self.state.timers.get(timer_id)
@@ -160,8 +161,8 @@ def _failure(state: PoolState, task: TaskState, agent_id: str | None, error: str
     if attempts_left(task.retry, failures):
         assert task.retry is not None
         delay = retry_delay(task.retry, task.task_id, failures)
-        out.append(e.TaskRetryScheduled(task_id=task.task_id, agent_id=agent_id, error=error, attempt=failures,
-                                        delay_s=delay))
+        out.append(e.TaskRetryScheduled(task_id=task.task_id, agent_id=agent_id, error=error,
+                                        attempt=failures, delay_s=delay))
         if delay > 0:
             out.schedule(retry_timer(task.task_id), "retry", delay, task_id=task.task_id, attempt=failures)
         else:
@@ -197,8 +198,8 @@ def _leave(state: PoolState, agent: AgentState, out: _Out, reason: str) -> None:
     """An agent leaves the pool: tasks back to the queue, allocations released, timers cancelled."""
     _take_back(agent, out, e.TaskRequeued, reason)
     out += [_release(state.allocations[a], reason) for a in sorted(agent.allocations)]
-    for timer_id in (heartbeat_timer(agent.agent_id), dead_timer(agent.agent_id), circuit_timer(agent.agent_id)):
-        out.cancel(timer_id, reason)
+    for timer in (heartbeat_timer, dead_timer, circuit_timer):
+        out.cancel(timer(agent.agent_id), reason)
 
 
 def _budget_flags(state: PoolState, key: tuple[str, str]) -> list[Payload]:
@@ -215,7 +216,7 @@ def _budget_flags(state: PoolState, key: tuple[str, str]) -> list[Payload]:
         task = state.tasks[task_id]
         if scope == "workflow" and _workflow_of(task) != scope_id:
             continue
-        out.append(e.TaskBudgetFlagged(task_id=task_id, agent_id=task.agent_id, scope=scope,  # type: ignore[arg-type]
+        out.append(e.TaskBudgetFlagged(task_id=task_id, agent_id=task.agent_id, scope=scope,
                                        scope_id=scope_id))
     return out
 
@@ -225,7 +226,7 @@ def _fire(state: PoolState, timer: TimerState, out: _Out) -> None:
     match timer.kind:
         case "task_timeout":
             task = state.tasks.get(timer.task_id or "")
-            if task is not None and task.held and task.attempts == timer.attempt and task.agent_id is not None:
+            if task is not None and task.held and task.attempts == timer.attempt and task.agent_id:
                 out.append(e.TaskTimedOut(task_id=task.task_id, agent_id=task.agent_id, attempt=task.attempts,
                                           timeout_s=task.timeout_s or 0.0))
                 _failure(state, task, task.agent_id, f"timed out after {task.timeout_s}s", out)
@@ -333,11 +334,12 @@ def _decide(state: PoolState, cmd: Payload, config: DeciderConfig | None) -> lis
             _check_budget(state, "pool", state.pool)
             _check_budget(state, "agent", agent.agent_id)
             _check_budget(state, "workflow", _workflow_of(task))
-            out.append(e.TaskAssigned(task_id=task.task_id, agent_id=agent.agent_id, attempt=task.attempts + 1,
-                                      audit=cmd.audit, capability_gap=tuple(sorted(missing))))
+            out.append(e.TaskAssigned(task_id=task.task_id, agent_id=agent.agent_id,
+                                      attempt=task.attempts + 1, audit=cmd.audit,
+                                      capability_gap=tuple(sorted(missing))))
             if task.timeout_s is not None:
-                out.schedule(timeout_timer(task.task_id), "task_timeout", task.timeout_s, task_id=task.task_id,
-                             agent_id=agent.agent_id, attempt=task.attempts + 1)
+                out.schedule(timeout_timer(task.task_id), "task_timeout", task.timeout_s,
+                             task_id=task.task_id, agent_id=agent.agent_id, attempt=task.attempts + 1)
             return out
 
         case c.StartTask():
@@ -349,8 +351,8 @@ def _decide(state: PoolState, cmd: Payload, config: DeciderConfig | None) -> lis
             holder = _holder(task, cmd.agent_id)
             out.append(e.TaskCompleted(task_id=task.task_id, agent_id=holder, result=cmd.result))
             out.cancel(timeout_timer(task.task_id), "run ended")
-            agent = state.agents.get(holder)
-            if agent is not None and agent.active and agent.breaker == "half_open":
+            trial = state.agents.get(holder)
+            if trial is not None and trial.active and trial.breaker == "half_open":
                 out.append(e.CircuitClosed(agent_id=holder))
             return out
 
@@ -475,11 +477,13 @@ def _decide(state: PoolState, cmd: Payload, config: DeciderConfig | None) -> lis
         case c.DecideScaling():
             policy = state.scaling.get(cmd.agent_kind)
             if policy is None:
-                raise Rejected(Reason.UNKNOWN_SCALING_POLICY, f"no scaling policy for agent kind {cmd.agent_kind!r}",
+                raise Rejected(Reason.UNKNOWN_SCALING_POLICY,
+                               f"no scaling policy for agent kind {cmd.agent_kind!r}",
                                agent_kind=cmd.agent_kind)
             if not policy.min_agents <= cmd.to_agents <= policy.max_agents:
                 raise Rejected(Reason.SCALING_OUT_OF_BOUNDS,
-                               f"{cmd.to_agents} agents is outside [{policy.min_agents}, {policy.max_agents}]",
+                               f"{cmd.to_agents} agents is outside "
+                               f"[{policy.min_agents}, {policy.max_agents}]",
                                agent_kind=cmd.agent_kind, to_agents=cmd.to_agents)
             return [e.ScalingDecided(**cmd.model_dump())]
 
@@ -508,8 +512,9 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
     ev = env.data
     match ev:
         case e.AgentRegistered():
-            state.agents[ev.agent_id] = AgentState(ev.agent_id, ev.kind, frozenset(ev.capabilities), ev.capacity,
-                                                   heartbeat_timeout_s=ev.heartbeat_timeout_s, weight=ev.weight)
+            state.agents[ev.agent_id] = AgentState(ev.agent_id, ev.kind, frozenset(ev.capabilities),
+                                                   ev.capacity, heartbeat_timeout_s=ev.heartbeat_timeout_s,
+                                                   weight=ev.weight)
         case e.AgentDeregistered():
             state.agents[ev.agent_id].active = False
         case e.TaskSubmitted():
@@ -551,8 +556,8 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
             agent = state.agents[ev.agent_id]
             agent.breaker, agent.failures = "closed", 0
         case e.TimerScheduled():
-            state.timers[ev.timer_id] = TimerState(ev.timer_id, ev.kind, ev.generation, ev.task_id, ev.agent_id,
-                                                   ev.attempt)
+            state.timers[ev.timer_id] = TimerState(ev.timer_id, ev.kind, ev.generation, ev.task_id,
+                                                   ev.agent_id, ev.attempt)
             state.timer_seq = max(state.timer_seq, ev.generation)
         case e.TimerCancelled() | e.TimerFired():
             timer = state.timers.get(ev.timer_id)

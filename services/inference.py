@@ -39,7 +39,9 @@ def _equal(value: Any, wanted: Any) -> bool:
     return bool(value == wanted)
 
 
-def infer(data: Mapping[str, Any], rules: Iterable[InferenceRule], required: Iterable[str] = ()) -> tuple[str, ...]:
+def infer(
+    data: Mapping[str, Any], rules: Iterable[InferenceRule], required: Iterable[str] = ()
+) -> tuple[str, ...]:
     """Capabilities the rules derive from ``data``, sorted, without those already required."""
     have = set(required)
     out = {

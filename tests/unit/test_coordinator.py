@@ -84,6 +84,11 @@ def test_a_task_goes_only_to_an_agent_with_every_required_capability() -> None:
 def test_a_task_nobody_can_serve_waits_until_a_capable_agent_registers() -> None:
     f = Feed()
     f(agent("a", ("x",), 3), task("t", ("gpu",)))
+    # Nobody registered has "gpu": the coordinator asks for the task to be marked unassignable.
+    [mark] = f.schedule()
+    assert mark.command == c.MarkTaskUnassignable(task_id="t", missing=("gpu",), best_match=0.0, threshold=1.0)
+    assert mark.command_id == "unassignable:default:t:0:0"
+    f(e.TaskUnassignable(task_id="t", missing=("gpu",)), command_id=mark.command_id)
     assert f.schedule() == []
     assert f.view.tasks["t"].status == "queued"
     f(agent("g", ("gpu", "x")))

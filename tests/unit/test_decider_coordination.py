@@ -19,10 +19,18 @@ from tests.gwt import build_state, given
 # -- history builders ------------------------------------------------------------------------------
 
 
-def registered(agent_id: str = "a", caps: tuple[str, ...] = (), capacity: int = 1, timeout: float = 30.0,
-               **kw: Any) -> e.AgentRegistered:
-    return e.AgentRegistered(agent_id=agent_id, name=agent_id, kind=kw.pop("kind", "generic"), capabilities=caps,
-                             capacity=capacity, heartbeat_timeout_s=timeout, **kw)
+def registered(
+    agent_id: str = "a", caps: tuple[str, ...] = (), capacity: int = 1, timeout: float = 30.0, **kw: Any
+) -> e.AgentRegistered:
+    return e.AgentRegistered(
+        agent_id=agent_id,
+        name=agent_id,
+        kind=kw.pop("kind", "generic"),
+        capabilities=caps,
+        capacity=capacity,
+        heartbeat_timeout_s=timeout,
+        **kw,
+    )
 
 
 def submitted(task_id: str = "t", req: tuple[str, ...] = (), **kw: Any) -> e.TaskSubmitted:
@@ -50,15 +58,21 @@ HB = (A, e.AgentHeartbeatReceived(agent_id="a"), timer("heartbeat:a", "heartbeat
 
 
 def test_set_pool_policy_replaces_the_whole_policy() -> None:
-    cmd = c.SetPoolPolicy(default_strategy="performance_weighted", weights=c.ScoreWeights(capability=1, load=0),
-                          min_capability_match=0.3, breaker_threshold=2)
+    cmd = c.SetPoolPolicy(
+        default_strategy="performance_weighted",
+        weights=c.ScoreWeights(capability=1, load=0),
+        min_capability_match=0.3,
+        breaker_threshold=2,
+    )
     given(policy(default_strategy="round_robin", dead_after_timeouts=9)).when(cmd).then(
         e.PoolPolicySet(**cmd.model_dump())
     ).then_state(
-        lambda s: s.policy.default_strategy == "performance_weighted"
-        and s.policy.weights.capability == 1
-        and s.policy.dead_after_timeouts == 3.0  # back to the default: not carried over
-        and s.policy.breaker_threshold == 2
+        lambda s: (
+            s.policy.default_strategy == "performance_weighted"
+            and s.policy.weights.capability == 1
+            and s.policy.dead_after_timeouts == 3.0  # back to the default: not carried over
+            and s.policy.breaker_threshold == 2
+        )
     )
 
 
@@ -80,10 +94,20 @@ def test_every_known_strategy_may_be_asked_for_per_task(strategy: str) -> None:
 def test_submit_infers_preferred_capabilities_from_the_default_rules() -> None:
     data = {"data_source": "PostgreSQL", "volume": "large", "real_time": True}
     given().when(c.SubmitTask(task_id="t", type="q", required_capabilities=("sql",), data=data)).then(
-        e.TaskSubmitted(task_id="t", type="q", priority=5, required_capabilities=("sql",), data=data,
-                        inferred_capabilities=("high_throughput", "low_latency", "postgresql_optimization"))
-    ).then_state(lambda s: s.tasks["t"].preferred == {"high_throughput", "low_latency", "postgresql_optimization"}
-                 and s.tasks["t"].required == {"sql"})
+        e.TaskSubmitted(
+            task_id="t",
+            type="q",
+            priority=5,
+            required_capabilities=("sql",),
+            data=data,
+            inferred_capabilities=("high_throughput", "low_latency", "postgresql_optimization"),
+        )
+    ).then_state(
+        lambda s: (
+            s.tasks["t"].preferred == {"high_throughput", "low_latency", "postgresql_optimization"}
+            and s.tasks["t"].required == {"sql"}
+        )
+    )
 
 
 def test_inference_needs_equal_values_and_skips_required_capabilities() -> None:
@@ -92,8 +116,12 @@ def test_inference_needs_equal_values_and_skips_required_capabilities() -> None:
         e.TaskSubmitted(task_id="t", type="q", priority=5, data=data)
     )
     data2 = {"volume": "large"}
-    given().when(c.SubmitTask(task_id="t", type="q", required_capabilities=("high_throughput",), data=data2)).then(
-        e.TaskSubmitted(task_id="t", type="q", priority=5, required_capabilities=("high_throughput",), data=data2)
+    given().when(
+        c.SubmitTask(task_id="t", type="q", required_capabilities=("high_throughput",), data=data2)
+    ).then(
+        e.TaskSubmitted(
+            task_id="t", type="q", priority=5, required_capabilities=("high_throughput",), data=data2
+        )
     )
 
 
@@ -132,7 +160,11 @@ def test_a_partial_match_above_the_threshold_is_assigned_with_its_gap() -> None:
 
 
 def test_a_match_below_the_threshold_is_rejected_even_with_the_allowance() -> None:
-    history = (registered("a", ("x",), 2), submitted("t", ("x", "y", "z", "w")), policy(min_capability_match=0.3))
+    history = (
+        registered("a", ("x",), 2),
+        submitted("t", ("x", "y", "z", "w")),
+        policy(min_capability_match=0.3),
+    )
     given(*history).when(c.AssignTask(task_id="t", agent_id="a", allow_partial=True)).rejects(
         Reason.CAPABILITY_MISMATCH, match=0.25
     )
@@ -147,7 +179,11 @@ def test_mark_unassignable_records_the_missing_capabilities_and_keeps_the_task_q
 
 
 def test_an_assignment_clears_the_unassignable_mark() -> None:
-    history = (submitted("t", ("gpu",)), e.TaskUnassignable(task_id="t", missing=("gpu",)), registered("g", ("gpu",)))
+    history = (
+        submitted("t", ("gpu",)),
+        e.TaskUnassignable(task_id="t", missing=("gpu",)),
+        registered("g", ("gpu",)),
+    )
     given(*history).when(c.AssignTask(task_id="t", agent_id="g")).then(assigned("t", "g")).then_state(
         lambda s: s.tasks["t"].unassignable is None
     )
@@ -176,31 +212,40 @@ def test_each_heartbeat_re_arms_the_timer_under_a_new_generation() -> None:
 
 
 def test_a_missed_heartbeat_marks_the_agent_unhealthy_and_reassigns_its_tasks() -> None:
-    history = (registered("a", capacity=3), e.AgentHeartbeatReceived(agent_id="a"),
-               timer("heartbeat:a", "heartbeat", 30, 1, agent_id="a"),
-               submitted("t2", timeout_s=60), submitted("t1"), assigned("t2"), assigned("t1"),
-               timer("timeout:t2", "task_timeout", 60, 2, task_id="t2", agent_id="a", attempt=1))
+    history = (
+        registered("a", capacity=3),
+        e.AgentHeartbeatReceived(agent_id="a"),
+        timer("heartbeat:a", "heartbeat", 30, 1, agent_id="a"),
+        submitted("t2", timeout_s=60),
+        submitted("t1"),
+        assigned("t2"),
+        assigned("t1"),
+        timer("timeout:t2", "task_timeout", 60, 2, task_id="t2", agent_id="a", attempt=1),
+    )
     given(*history).when(c.FireTimer(timer_id="heartbeat:a", generation=1)).then(
         e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a"),
         e.AgentMarkedUnhealthy(agent_id="a", reason="no heartbeat for 30.0s"),
         e.TaskReassigned(task_id="t1", agent_id="a", reason="agent unhealthy: no heartbeat for 30.0s"),
         e.TaskReassigned(task_id="t2", agent_id="a", reason="agent unhealthy: no heartbeat for 30.0s"),
-        e.TimerCancelled(timer_id="timeout:t2", generation=2, reason="agent unhealthy: no heartbeat for 30.0s"),
+        e.TimerCancelled(
+            timer_id="timeout:t2", generation=2, reason="agent unhealthy: no heartbeat for 30.0s"
+        ),
         timer("dead:a", "agent_dead", 90, 3, agent_id="a"),
     ).then_state(
-        lambda s: not s.agents["a"].healthy
-        and s.agents["a"].active
-        and not s.agents["a"].tasks
-        and [s.tasks[t].status for t in ("t1", "t2")] == ["queued", "queued"]
-        and set(s.timers) == {"dead:a"}  # the heartbeat timer fired; the timeout was cancelled
+        lambda s: (
+            not s.agents["a"].healthy
+            and s.agents["a"].active
+            and not s.agents["a"].tasks
+            and [s.tasks[t].status for t in ("t1", "t2")] == ["queued", "queued"]
+            and set(s.timers) == {"dead:a"}
+        )  # the heartbeat timer fired; the timeout was cancelled
     )
 
 
 def test_a_stale_or_repeated_firing_changes_nothing() -> None:
-    given(*HB, e.AgentHeartbeatReceived(agent_id="a"),
-          timer("heartbeat:a", "heartbeat", 30, 2, agent_id="a")).when(
-        c.FireTimer(timer_id="heartbeat:a", generation=1)
-    ).then()
+    given(
+        *HB, e.AgentHeartbeatReceived(agent_id="a"), timer("heartbeat:a", "heartbeat", 30, 2, agent_id="a")
+    ).when(c.FireTimer(timer_id="heartbeat:a", generation=1)).then()
     fired = e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a")
     given(*HB, fired, e.AgentMarkedUnhealthy(agent_id="a", reason="x")).when(
         c.FireTimer(timer_id="heartbeat:a", generation=1)
@@ -215,8 +260,12 @@ def test_an_unhealthy_agent_gets_no_work() -> None:
 
 
 def test_the_next_heartbeat_makes_it_healthy_again() -> None:
-    history = (*HB, e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a"),
-               e.AgentMarkedUnhealthy(agent_id="a", reason="x"), timer("dead:a", "agent_dead", 90, 2, agent_id="a"))
+    history = (
+        *HB,
+        e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a"),
+        e.AgentMarkedUnhealthy(agent_id="a", reason="x"),
+        timer("dead:a", "agent_dead", 90, 2, agent_id="a"),
+    )
     given(*history).when(c.AgentHeartbeat(agent_id="a", load=0.1)).then(
         e.AgentHeartbeatReceived(agent_id="a", load=0.1),
         e.AgentMarkedHealthy(agent_id="a"),
@@ -226,15 +275,27 @@ def test_the_next_heartbeat_makes_it_healthy_again() -> None:
 
 
 def test_an_agent_silent_beyond_the_grace_is_declared_dead_and_its_allocations_released() -> None:
-    history = (*HB, e.ResourcesAllocated(allocation_id="r", agent_id="a", cpu_cores=1, memory_mb=2, disk_mb=0,
-                                         network_mbps=0),
-               e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a"),
-               e.AgentMarkedUnhealthy(agent_id="a", reason="x"), timer("dead:a", "agent_dead", 90, 2, agent_id="a"))
+    history = (
+        *HB,
+        e.ResourcesAllocated(
+            allocation_id="r", agent_id="a", cpu_cores=1, memory_mb=2, disk_mb=0, network_mbps=0
+        ),
+        e.TimerFired(timer_id="heartbeat:a", kind="heartbeat", generation=1, agent_id="a"),
+        e.AgentMarkedUnhealthy(agent_id="a", reason="x"),
+        timer("dead:a", "agent_dead", 90, 2, agent_id="a"),
+    )
     reason = "agent declared dead: no heartbeat"
     given(*history).when(c.FireTimer(timer_id="dead:a", generation=2)).then(
         e.TimerFired(timer_id="dead:a", kind="agent_dead", generation=2, agent_id="a"),
-        e.ResourcesReleased(allocation_id="r", agent_id="a", cpu_cores=1, memory_mb=2, disk_mb=0, network_mbps=0,
-                            reason=reason),
+        e.ResourcesReleased(
+            allocation_id="r",
+            agent_id="a",
+            cpu_cores=1,
+            memory_mb=2,
+            disk_mb=0,
+            network_mbps=0,
+            reason=reason,
+        ),
         e.AgentDeregistered(agent_id="a", reason=reason),
     ).then_state(lambda s: not s.agents["a"].active and s.used == [0.0, 0.0, 0.0, 0.0] and not s.timers)
 
@@ -256,8 +317,12 @@ def test_an_assignment_with_a_timeout_arms_a_timer_for_that_attempt() -> None:
 
 
 def test_completion_cancels_the_timeout() -> None:
-    history = (A, submitted(timeout_s=12), assigned(), timer("timeout:t", "task_timeout", 12, 1, task_id="t",
-                                                             agent_id="a", attempt=1))
+    history = (
+        A,
+        submitted(timeout_s=12),
+        assigned(),
+        timer("timeout:t", "task_timeout", 12, 1, task_id="t", agent_id="a", attempt=1),
+    )
     given(*history).when(c.CompleteTask(task_id="t")).then(
         e.TaskCompleted(task_id="t", agent_id="a"),
         e.TimerCancelled(timer_id="timeout:t", generation=1, reason="run ended"),
@@ -265,8 +330,12 @@ def test_completion_cancels_the_timeout() -> None:
 
 
 def test_a_timeout_without_retries_fails_the_task() -> None:
-    history = (A, submitted(timeout_s=12), assigned(), timer("timeout:t", "task_timeout", 12, 1, task_id="t",
-                                                             agent_id="a", attempt=1))
+    history = (
+        A,
+        submitted(timeout_s=12),
+        assigned(),
+        timer("timeout:t", "task_timeout", 12, 1, task_id="t", agent_id="a", attempt=1),
+    )
     given(*history).when(c.FireTimer(timer_id="timeout:t", generation=1)).then(
         e.TimerFired(timer_id="timeout:t", kind="task_timeout", generation=1, task_id="t", agent_id="a"),
         e.TaskTimedOut(task_id="t", agent_id="a", attempt=1, timeout_s=12),
@@ -276,10 +345,19 @@ def test_a_timeout_without_retries_fails_the_task() -> None:
 
 def test_a_failure_with_attempts_left_schedules_a_retry_then_the_timer_requeues_it() -> None:
     history = (A, submitted(retry=RETRY), assigned())
-    when = given(*history).when(c.FailTask(task_id="t", error="boom")).then(
-        e.TaskRetryScheduled(task_id="t", agent_id="a", error="boom", attempt=1, delay_s=2.0),
-        timer("retry:t", "retry", 2.0, 1, task_id="t", attempt=1),
-    ).then_state(lambda s: s.tasks["t"].status == "retrying" and s.tasks["t"].failures == 1 and not s.agents["a"].tasks)
+    when = (
+        given(*history)
+        .when(c.FailTask(task_id="t", error="boom"))
+        .then(
+            e.TaskRetryScheduled(task_id="t", agent_id="a", error="boom", attempt=1, delay_s=2.0),
+            timer("retry:t", "retry", 2.0, 1, task_id="t", attempt=1),
+        )
+        .then_state(
+            lambda s: (
+                s.tasks["t"].status == "retrying" and s.tasks["t"].failures == 1 and not s.agents["a"].tasks
+            )
+        )
+    )
     assert decide(when.state, c.FireTimer(timer_id="retry:t", generation=1)) == [
         e.TimerFired(timer_id="retry:t", kind="retry", generation=1, task_id="t"),
         e.TaskRequeued(task_id="t", agent_id="a", reason="retry: run 2 of 3"),
@@ -287,15 +365,24 @@ def test_a_failure_with_attempts_left_schedules_a_retry_then_the_timer_requeues_
 
 
 def test_the_second_failure_waits_twice_as_long_and_the_last_fails_for_good() -> None:
-    history = (A, submitted(retry=RETRY), assigned(),
-               e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2),
-               e.TaskRequeued(task_id="t", agent_id="a", reason="retry"), assigned(attempt=2))
+    history = (
+        A,
+        submitted(retry=RETRY),
+        assigned(),
+        e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2),
+        e.TaskRequeued(task_id="t", agent_id="a", reason="retry"),
+        assigned(attempt=2),
+    )
     given(*history).when(c.FailTask(task_id="t")).then(
         e.TaskRetryScheduled(task_id="t", agent_id="a", error="failed", attempt=2, delay_s=4.0),
         timer("retry:t", "retry", 4.0, 1, task_id="t", attempt=2),
     )
-    last = (*history, e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=2, delay_s=4),
-            e.TaskRequeued(task_id="t", agent_id="a", reason="retry"), assigned(attempt=3))
+    last = (
+        *history,
+        e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=2, delay_s=4),
+        e.TaskRequeued(task_id="t", agent_id="a", reason="retry"),
+        assigned(attempt=3),
+    )
     given(*last).when(c.FailTask(task_id="t", error="still")).then(
         e.TaskFailed(task_id="t", agent_id="a", error="still", attempt=3)
     ).then_state(lambda s: s.tasks["t"].status == "failed" and s.tasks["t"].failures == 3)
@@ -310,8 +397,12 @@ def test_an_immediate_retry_requeues_in_the_same_decision() -> None:
 
 
 def test_a_timeout_with_attempts_left_is_retried() -> None:
-    history = (A, submitted(retry=RETRY, timeout_s=5), assigned(),
-               timer("timeout:t", "task_timeout", 5, 1, task_id="t", agent_id="a", attempt=1))
+    history = (
+        A,
+        submitted(retry=RETRY, timeout_s=5),
+        assigned(),
+        timer("timeout:t", "task_timeout", 5, 1, task_id="t", agent_id="a", attempt=1),
+    )
     given(*history).when(c.FireTimer(timer_id="timeout:t", generation=1)).then(
         e.TimerFired(timer_id="timeout:t", kind="task_timeout", generation=1, task_id="t", agent_id="a"),
         e.TaskTimedOut(task_id="t", agent_id="a", attempt=1, timeout_s=5),
@@ -321,9 +412,13 @@ def test_a_timeout_with_attempts_left_is_retried() -> None:
 
 
 def test_cancelling_a_task_waiting_to_retry_cancels_its_timer() -> None:
-    history = (A, submitted(retry=RETRY), assigned(),
-               e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2),
-               timer("retry:t", "retry", 2, 1, task_id="t", attempt=1))
+    history = (
+        A,
+        submitted(retry=RETRY),
+        assigned(),
+        e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2),
+        timer("retry:t", "retry", 2, 1, task_id="t", attempt=1),
+    )
     given(*history).when(c.CancelTask(task_id="t")).then(
         e.TaskCancelled(task_id="t", agent_id="a"),
         e.TimerCancelled(timer_id="retry:t", generation=1, reason="task cancelled"),
@@ -331,9 +426,15 @@ def test_cancelling_a_task_waiting_to_retry_cancels_its_timer() -> None:
 
 
 def test_a_waiting_task_cannot_be_assigned() -> None:
-    history = (A, submitted(retry=RETRY), assigned(),
-               e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2))
-    given(*history).when(c.AssignTask(task_id="t", agent_id="a")).rejects(Reason.INVALID_TASK_STATE, status="retrying")
+    history = (
+        A,
+        submitted(retry=RETRY),
+        assigned(),
+        e.TaskRetryScheduled(task_id="t", agent_id="a", error="x", attempt=1, delay_s=2),
+    )
+    given(*history).when(c.AssignTask(task_id="t", agent_id="a")).rejects(
+        Reason.INVALID_TASK_STATE, status="retrying"
+    )
 
 
 @pytest.mark.parametrize(
@@ -364,8 +465,15 @@ BREAKER = policy(breaker_threshold=2, breaker_cooldown_s=15)
 
 
 def test_consecutive_failures_open_the_breaker_for_a_cooldown() -> None:
-    history = (BREAKER, registered("a", capacity=3), submitted("t1"), submitted("t2"), assigned("t1"),
-               assigned("t2"), e.TaskFailed(task_id="t1", agent_id="a", error="x", attempt=1))
+    history = (
+        BREAKER,
+        registered("a", capacity=3),
+        submitted("t1"),
+        submitted("t2"),
+        assigned("t1"),
+        assigned("t2"),
+        e.TaskFailed(task_id="t1", agent_id="a", error="x", attempt=1),
+    )
     given(*history).when(c.FailTask(task_id="t2")).then(
         e.TaskFailed(task_id="t2", agent_id="a", error="failed", attempt=1),
         e.CircuitOpened(agent_id="a", failures=2, cooldown_s=15),
@@ -374,18 +482,33 @@ def test_consecutive_failures_open_the_breaker_for_a_cooldown() -> None:
 
 
 def test_a_success_resets_the_count() -> None:
-    history = (BREAKER, registered("a", capacity=3), submitted("t1"), submitted("t2"), submitted("t3"),
-               assigned("t1"), assigned("t2"), assigned("t3"),
-               e.TaskFailed(task_id="t1", agent_id="a", error="x", attempt=1),
-               e.TaskCompleted(task_id="t2", agent_id="a"))
+    history = (
+        BREAKER,
+        registered("a", capacity=3),
+        submitted("t1"),
+        submitted("t2"),
+        submitted("t3"),
+        assigned("t1"),
+        assigned("t2"),
+        assigned("t3"),
+        e.TaskFailed(task_id="t1", agent_id="a", error="x", attempt=1),
+        e.TaskCompleted(task_id="t2", agent_id="a"),
+    )
     given(*history).when(c.FailTask(task_id="t3")).then(
         e.TaskFailed(task_id="t3", agent_id="a", error="failed", attempt=1)
     )
 
 
 def test_without_a_threshold_there_is_no_breaker() -> None:
-    failures = [x for i in range(5) for x in (submitted(f"f{i}"), assigned(f"f{i}"),
-                                              e.TaskFailed(task_id=f"f{i}", agent_id="a", error="x", attempt=1))]
+    failures = [
+        x
+        for i in range(5)
+        for x in (
+            submitted(f"f{i}"),
+            assigned(f"f{i}"),
+            e.TaskFailed(task_id=f"f{i}", agent_id="a", error="x", attempt=1),
+        )
+    ]
     given(registered("a", capacity=3), *failures, submitted("t1"), assigned("t1")).when(
         c.FailTask(task_id="t1")
     ).then(e.TaskFailed(task_id="t1", agent_id="a", error="failed", attempt=1)).then_state(
@@ -393,8 +516,13 @@ def test_without_a_threshold_there_is_no_breaker() -> None:
     )
 
 
-OPEN = (BREAKER, registered("a", capacity=3), submitted("t"), e.CircuitOpened(agent_id="a", failures=2, cooldown_s=15),
-        timer("circuit:a", "circuit", 15, 1, agent_id="a"))
+OPEN = (
+    BREAKER,
+    registered("a", capacity=3),
+    submitted("t"),
+    e.CircuitOpened(agent_id="a", failures=2, cooldown_s=15),
+    timer("circuit:a", "circuit", 15, 1, agent_id="a"),
+)
 
 
 def test_an_open_breaker_keeps_work_away() -> None:
@@ -437,13 +565,17 @@ def test_a_deferred_task_stays_queued_and_a_timer_wakes_the_coordinator() -> Non
 
 
 def test_set_rate_limit_is_recorded() -> None:
-    cmd = c.SetRateLimit(scope="model", scope_id="gpt-4o", requests_per_min=60, tokens_per_min=1000, concurrent=3)
+    cmd = c.SetRateLimit(
+        scope="model", scope_id="gpt-4o", requests_per_min=60, tokens_per_min=1000, concurrent=3
+    )
     given().when(cmd).then(e.RateLimitSet(**cmd.model_dump()))
 
 
 # -- resources: max agents and utilization ---------------------------------------------------------
 
-LIMITS = e.ResourceLimitsSet(max_cpu_cores=4, max_memory_mb=100, max_disk_mb=100, max_network_mbps=10, max_agents=2)
+LIMITS = e.ResourceLimitsSet(
+    max_cpu_cores=4, max_memory_mb=100, max_disk_mb=100, max_network_mbps=10, max_agents=2
+)
 
 
 def test_registration_beyond_max_agents_is_rejected() -> None:
@@ -465,9 +597,18 @@ def test_max_agents_below_the_active_count_is_rejected() -> None:
 
 
 def test_utilization_figures() -> None:
-    state = build_state((LIMITS, registered("a", capacity=4), submitted("t1"), submitted("t2"), assigned("t1"),
-                         e.ResourcesAllocated(allocation_id="r", agent_id="a", cpu_cores=1, memory_mb=25, disk_mb=0,
-                                              network_mbps=0)))
+    state = build_state(
+        (
+            LIMITS,
+            registered("a", capacity=4),
+            submitted("t1"),
+            submitted("t2"),
+            assigned("t1"),
+            e.ResourcesAllocated(
+                allocation_id="r", agent_id="a", cpu_cores=1, memory_mb=25, disk_mb=0, network_mbps=0
+            ),
+        )
+    )
     u = utilization(state)
     assert u["agents"] == {"active": 1, "healthy": 1, "max": 2, "utilization": 0.5}
     assert u["tasks"] == {"held": 1, "capacity": 4, "utilization": 0.25, "queued": 1}
@@ -479,13 +620,22 @@ def test_utilization_figures() -> None:
 
 
 def test_a_spent_budget_flags_the_running_work_it_covers() -> None:
-    history = (registered("a", capacity=3), registered("b"), submitted("t1", data={"workflow_id": "w"}),
-               submitted("t2"), submitted("t3", data={"workflow_id": "w"}), assigned("t1"), assigned("t2"),
-               assigned("t3", "b"), e.BudgetSet(scope="workflow", scope_id="w", limit_usd=1),
-               e.BudgetSet(scope="agent", scope_id="a", limit_usd=10))
+    history = (
+        registered("a", capacity=3),
+        registered("b"),
+        submitted("t1", data={"workflow_id": "w"}),
+        submitted("t2"),
+        submitted("t3", data={"workflow_id": "w"}),
+        assigned("t1"),
+        assigned("t2"),
+        assigned("t3", "b"),
+        e.BudgetSet(scope="workflow", scope_id="w", limit_usd=1),
+        e.BudgetSet(scope="agent", scope_id="a", limit_usd=10),
+    )
     given(*history).when(c.RecordCost(cost_id="k", agent_id="a", task_id="t1", model="m", cost_usd=1)).then(
-        e.CostRecorded(cost_id="k", agent_id="a", task_id="t1", model="m", input_tokens=0, output_tokens=0,
-                       cost_usd=1),
+        e.CostRecorded(
+            cost_id="k", agent_id="a", task_id="t1", model="m", input_tokens=0, output_tokens=0, cost_usd=1
+        ),
         e.BudgetExceeded(scope="workflow", scope_id="w", limit_usd=1, spent_usd=1),
         e.TaskBudgetFlagged(task_id="t1", agent_id="a", scope="workflow", scope_id="w"),
         e.TaskBudgetFlagged(task_id="t3", agent_id="b", scope="workflow", scope_id="w"),
@@ -500,8 +650,15 @@ def test_a_spent_budget_flags_the_running_work_it_covers() -> None:
 
 # -- scaling ---------------------------------------------------------------------------------------
 
-SCALING = c.SetScalingPolicy(agent_kind="llm", min_agents=1, max_agents=5, target_utilization=0.5,
-                             queue_threshold=3, cooldown_s=10, stability_window_s=30)
+SCALING = c.SetScalingPolicy(
+    agent_kind="llm",
+    min_agents=1,
+    max_agents=5,
+    target_utilization=0.5,
+    queue_threshold=3,
+    cooldown_s=10,
+    stability_window_s=30,
+)
 
 
 def test_a_scaling_policy_is_recorded() -> None:
@@ -511,13 +668,17 @@ def test_a_scaling_policy_is_recorded() -> None:
 
 
 def test_a_scaling_decision_within_the_policy_is_recorded() -> None:
-    cmd = c.DecideScaling(agent_kind="llm", from_agents=1, to_agents=3, reason="queue", metrics={"queue_depth": 9})
+    cmd = c.DecideScaling(
+        agent_kind="llm", from_agents=1, to_agents=3, reason="queue", metrics={"queue_depth": 9}
+    )
     given(e.ScalingPolicySet(**SCALING.model_dump())).when(cmd).then(e.ScalingDecided(**cmd.model_dump()))
 
 
 def test_scaling_decisions_outside_the_policy_are_rejected() -> None:
     cmd = c.DecideScaling(agent_kind="llm", from_agents=1, to_agents=6, reason="x")
-    given(e.ScalingPolicySet(**SCALING.model_dump())).when(cmd).rejects(Reason.SCALING_OUT_OF_BOUNDS, to_agents=6)
+    given(e.ScalingPolicySet(**SCALING.model_dump())).when(cmd).rejects(
+        Reason.SCALING_OUT_OF_BOUNDS, to_agents=6
+    )
     given().when(cmd).rejects(Reason.UNKNOWN_SCALING_POLICY, agent_kind="llm")
 
 

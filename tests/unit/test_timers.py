@@ -1,0 +1,210 @@
+"""Durable timers: the pure TimerBook, and the TimerService against a real SQLite log with a fake
+clock (firing, a crash and restart that fires again without a duplicate command, the decider's
+answer closing the timer)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from contracts import Payload
+from contracts import commands as c
+from contracts import events as e
+from events import EventLog, open_log
+from events.codec import from_record, to_record
+from services.decider import decide, evolve
+from services.state import PoolState
+from services.timers import COMMANDS, EVENTS, TimerBook, TimerService
+from tests.unit.fleet import T0, stamp
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def scheduled(timer_id: str, delay: float, generation: int, kind: str = "retry") -> e.TimerScheduled:
+    return e.TimerScheduled(timer_id=timer_id, kind=kind, delay_s=delay, generation=generation)
+
+
+class Book:
+    def __init__(self) -> None:
+        self.book = TimerBook()
+        self.seq = 0
+
+    def __call__(self, t: float, *events: Payload, pool: str = "p") -> None:
+        for env in stamp(events, pool=pool, start=self.seq, command_id=f"c{self.seq}", at=at(t)):
+            self.seq += 1
+            self.book.observe(env)
+
+
+# -- TimerBook -------------------------------------------------------------------------------------
+
+
+def test_timers_come_due_in_order_once_each() -> None:
+    b = Book()
+    b(0, scheduled("x", 10, 1), scheduled("y", 5, 2))
+    b(2, scheduled("z", 5, 3))
+    assert b.book.next_due() == at(5).timestamp()
+    assert b.book.due(at(4.9).timestamp()) == []
+    assert [t.timer_id for t in b.book.due(at(7).timestamp())] == ["y", "z"]
+    assert b.book.due(at(7).timestamp()) == []  # handed out once
+    assert len(b.book) == 3  # still pending until fired
+    [x] = b.book.due(at(100).timestamp())
+    assert (x.command_id, x.command()) == ("timer:p:x:1", c.FireTimer(timer_id="x", generation=1))
+
+
+def test_cancelled_fired_and_re_armed_timers_do_not_come_due() -> None:
+    b = Book()
+    b(0, scheduled("a", 1, 1), scheduled("b", 1, 2), scheduled("c", 1, 3))
+    b(
+        0.5,
+        e.TimerCancelled(timer_id="a", generation=1),
+        e.TimerFired(timer_id="b", kind="retry", generation=2),
+    )
+    b(0.5, scheduled("c", 10, 4))  # re-armed: the first arming is void
+    b(0.6, e.TimerCancelled(timer_id="c", generation=3))  # a stale cancel changes nothing
+    assert b.book.due(at(5).timestamp()) == []
+    assert [(t.timer_id, t.generation) for t in b.book.due(at(11).timestamp())] == [("c", 4)]
+    assert len(b.book) == 1
+
+
+def test_pools_keep_their_own_timers() -> None:
+    b = Book()
+    b(0, scheduled("t", 1, 1), pool="p1")
+    b(0, scheduled("t", 2, 1), pool="p2")
+    assert [t.command_id for t in b.book.due(at(3).timestamp())] == ["timer:p1:t:1", "timer:p2:t:1"]
+
+
+# -- TimerService on SQLite ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def to(self, seconds: float) -> None:
+        self.now = at(seconds)
+
+
+class MiniDecider:
+    """Decides the commands topic into the events topic (what the runner's decider does)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log, self.state, self.offset = log, PoolState("default"), 0
+
+    async def append(self, cmd: Payload, command_id: str, t: datetime) -> None:
+        events = decide(self.state, cmd)
+        envs = stamp(events, pool="default", start=self.state.sequence, command_id=command_id, at=t)
+        for env in envs:
+            evolve(self.state, env)
+        if envs:
+            await self.log.append(EVENTS, [to_record(x) for x in envs])
+
+    async def drain(self) -> int:
+        recs = await self.log.read(COMMANDS, 0, self.offset, 1000)
+        for rec in recs:
+            env = from_record(rec)
+            if env.commandid not in self.state.seen:
+                assert isinstance(env.data, Payload)
+                await self.append(env.data, env.commandid or env.id, env.time)
+        self.offset += len(recs)
+        return len(recs)
+
+
+async def _open(tmp_path: Path) -> EventLog:
+    log = open_log(f"sqlite:///{tmp_path}/log.db")
+    await log.start()
+    await log.ensure_topic(COMMANDS, 1)
+    await log.ensure_topic(EVENTS, 1, retention_ms=-1)
+    return log
+
+
+async def test_the_service_fires_due_timers_once_even_across_a_crash(tmp_path: Path) -> None:
+    log = await _open(tmp_path)
+    try:
+        clock = Clock()
+        decider = MiniDecider(log)
+        await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))  # heartbeat:a due at 10
+
+        svc = TimerService(log, clock=clock)
+        clock.to(9.9)
+        assert await svc.step() == []
+        assert 0 < svc.sleep_s() <= 0.1 + 1e-6
+        clock.to(10)
+        assert await svc.step() == ["timer:default:heartbeat:a:1"]
+        assert await svc.step() == []  # handed out once per process
+
+        # Crash before the decider answered: a new service rebuilds the book and fires again,
+        # under the same id, so the log keeps one command.
+        clock.to(11)
+        again = TimerService(log, clock=clock)
+        assert await again.step() == ["timer:default:heartbeat:a:1"]
+        recs = await log.read(COMMANDS, 0, 0, 10)
+        assert [r.id for r in recs] == ["timer:default:heartbeat:a:1"]
+        [fire] = [from_record(r) for r in recs]
+        assert (fire.type, fire.data, fire.time, fire.actor) == (
+            "FireTimer",
+            c.FireTimer(timer_id="heartbeat:a", generation=1),
+            at(10),
+            "timers",
+        )
+
+        assert await decider.drain() == 1
+        assert not decider.state.agents["a"].healthy
+        clock.to(12)
+        assert await again.step() == []  # TimerFired closed it; the dead timer is due at 40
+        assert again.book.next_due() == at(40).timestamp()
+        clock.to(40)
+        assert await again.step() == ["timer:default:dead:a:2"]
+        await decider.drain()
+        assert not decider.state.agents["a"].active
+        assert await again.step() == [] and len(again.book) == 0
+    finally:
+        await log.close()
+
+
+async def test_a_heartbeat_before_the_firing_makes_the_firing_a_no_op(tmp_path: Path) -> None:
+    log = await _open(tmp_path)
+    try:
+        clock = Clock()
+        decider = MiniDecider(log)
+        await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb1", at(0))
+        svc = TimerService(log, clock=clock)
+        clock.to(10)
+        assert await svc.step() == ["timer:default:heartbeat:a:1"]
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb2", at(10))  # decided before the firing
+        n = len(await log.read(EVENTS, 0, 0, 100))
+        await decider.drain()
+        assert len(await log.read(EVENTS, 0, 0, 100)) == n  # stale generation: nothing happens
+        assert decider.state.agents["a"].healthy
+        clock.to(20)
+        assert await svc.step() == ["timer:default:heartbeat:a:2"]
+    finally:
+        await log.close()
+
+
+async def test_run_wakes_up_for_the_next_due_timer(tmp_path: Path) -> None:
+    log = await _open(tmp_path)
+    try:
+        clock = Clock()
+        decider = MiniDecider(log)
+        await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
+        clock.to(15)
+        svc = TimerService(log, clock=clock, idle_s=0.05)
+        task = asyncio.create_task(svc.run())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if svc.fired:
+                break
+        task.cancel()
+        assert svc.fired == 1
+        assert [r.id for r in await log.read(COMMANDS, 0, 0, 10)] == ["timer:default:heartbeat:a:1"]
+    finally:
+        await log.close()
