@@ -306,3 +306,49 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
                    f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
                    f"{result['http_errors']} errors)")
+
+
+async def raw_kafka_rate(url: str, records: int = 200_000, value_bytes: int = 400) -> dict[str, Any]:
+    """The client's limit on this broker: a plain aiokafka producer -> consumer moving the same
+    number of records of the same size, with the same settings (idempotent, acks=all, lz4)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+    bootstrap = url.split("://", 1)[1].split("?", 1)[0]
+    topic = f"agentbus-bench-raw-{os.getpid()}-{int(time.time())}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                    compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await producer.start()
+        await consumer.start()
+        value = b'{"type":"TaskSubmitted","data":{"x":"' + b"y" * max(0, value_bytes - 40) + b'"}}'
+        t0 = time.perf_counter()
+
+        async def produce() -> None:
+            pending = []
+            for i in range(records):
+                pending.append(await producer.send(topic, value, key=b"bench"))
+                if len(pending) >= 5000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            await asyncio.gather(*pending)
+
+        async def consume() -> None:
+            seen = 0
+            while seen < records:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                seen += sum(len(v) for v in batches.values())
+
+        await asyncio.gather(produce(), consume())
+        elapsed = time.perf_counter() - t0
+        await producer.stop()
+        await consumer.stop()
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    return {"raw_records": records, "raw_records_per_s": round(records / elapsed, 1)}

@@ -1,0 +1,1 @@
+"""End-to-end tests: real ``agentbus serve`` processes, killed and restarted under load."""
