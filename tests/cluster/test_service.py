@@ -185,3 +185,30 @@ async def test_a_command_id_is_decided_once_even_when_appended_twice(
     await asyncio.sleep(1)
     runs = outcome_runs(await read_topic(service.log, cluster.events))
     assert len(runs[cid]) == 1 and runs[cid][0][2] == 1
+
+
+async def test_records_of_an_aborted_transaction_are_never_decided(
+    service: ClusterService, cluster: Cluster
+) -> None:
+    # Faust's consumer reads read_uncommitted with at_least_once; agentbus switches it to
+    # read_committed. Without that, the aborted command below would be decided.
+    async def send(cid: str, *, abort: bool = False) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True,
+                                    transactional_id=f"test-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            value = _command("RegisterAgent", {"agent_id": cid, "name": "a"}, "default", cid)
+            await producer.send_and_wait(cluster.commands, value, key=b"default",
+                                         partition=service.partition_of("default"))
+            await (producer.abort_transaction() if abort else producer.commit_transaction())
+        finally:
+            await producer.stop()
+
+    await send("before")
+    assert await service.outcomes.wait("before", 30) is not None
+    await send("aborted", abort=True)
+    await send("after")
+    assert await service.outcomes.wait("after", 30) is not None
+    runs = outcome_runs(await read_topic(service.log, cluster.events))
+    assert "before" in runs and "after" in runs and "aborted" not in runs
