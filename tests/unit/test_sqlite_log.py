@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sqlite3
 import sys
 import textwrap
@@ -254,10 +255,11 @@ CRASH_WRITER = textwrap.dedent(
 async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CRASH_WRITER, url, stdout=asyncio.subprocess.PIPE, env=env
-    )
+    # subprocess.Popen, not asyncio's: asyncio's child watcher loses the exit status when
+    # anything else in the test process reaps children ("Unknown child process pid").
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, url], stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
+    stdout = proc.stdout
     acked: dict[str, tuple[int, int]] = {}
 
     def ack(line: bytes) -> None:
@@ -266,15 +268,16 @@ async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None
 
     try:
         while len(acked) < 2000:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert line, f"writer exited early with {await proc.wait()}"
+            line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 30)
+            assert line, f"writer exited early with {proc.wait()}"
             ack(line)
         proc.send_signal(signal.SIGKILL)  # mid-way: 8 writers are appending right now
-        rest = await asyncio.wait_for(proc.stdout.read(), 30)
+        rest = await asyncio.wait_for(asyncio.to_thread(stdout.read), 30)
     finally:
-        if proc.returncode is None:
+        if proc.poll() is None:
             proc.kill()
-        await proc.wait()
+        proc.wait(timeout=30)
+        stdout.close()
     assert proc.returncode == -signal.SIGKILL
     for line in rest.splitlines():  # acknowledged before the kill landed
         ack(line)
