@@ -30,9 +30,10 @@ from contracts import Envelope
 from contracts import commands as c
 from contracts import events as e
 from events.cache import tail
-from services.config import EVENTS, Settings
+from services.config import Settings
 from services.ingest import command_envelope
 from services.outcomes import Outcomes
+from events.codec import to_record
 from services.runner import PartitionDecider, Runner, tune_gc
 
 MODEL = "gpt-4o-mini"
@@ -51,20 +52,90 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Target:
+    """What the scenario drives: the embedded runner, or the cluster service on Kafka (with an
+    in-process Faust worker, or ``workers`` separate ``agentbus worker`` processes)."""
+
+    def __init__(self, settings: Settings, workers: int = 0) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.kafka = settings.broker.startswith("kafka:")
+        self.service: Any
+        if self.kafka:
+            from services.faust_runner import ClusterService
+            from services.runner import Topics
+
+            tag = f"bench-{os.getpid()}-{int(time.time())}"
+            self.topics = Topics.prefixed(f"{tag}.")
+            self.app_id = tag
+            self.service = ClusterService(settings, worker=workers == 0, topics=self.topics, app_id=tag)
+        else:
+            from services.runner import Topics
+
+            self.topics = Topics()
+            self.service = Runner(settings)
+
+    async def start(self) -> None:
+        await self.service.start()
+        for _ in range(self.workers):
+            env = {**os.environ, "AGENTBUS_BROKER": self.settings.broker,
+                   "AGENTBUS_DATABASE": self.settings.database,
+                   "AGENTBUS_PARTITIONS": str(self.settings.partitions)}
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "worker", "--topic-prefix",
+                 self.topics.commands[: -len("commands")], "--app-id", self.app_id],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        await self.service.ready()
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await self.service.stop()
+
+    @property
+    def log(self) -> Any:
+        return self.service.log
+
+    @property
+    def cache(self) -> Any:
+        return self.service.cache
+
+    @property
+    def store(self) -> Any:
+        return self.service.store
+
+    @property
+    def partitions(self) -> int:
+        return int(self.service.partitions)
+
+    def partition_of(self, pool: str) -> int:
+        return int(self.service.partition_of(pool))
+
+    async def submit_many(self, envs: list[Envelope]) -> None:
+        appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs])
+        self.cache.put(self.topics.commands, appended, envs)
+
+
 @dataclass
 class Fleet:
     """Simulated agents: complete every task assigned to them and record its cost."""
 
-    runner: Runner
+    target: Target
     submitted_at: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
-    completed: int = 0
     costs: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
 
     async def run(self, partition: int, start: int) -> None:
-        async for batch in tail(self.runner.log, self.runner.cache, EVENTS, partition, start, limit=2000):
+        t = self.target
+        async for batch in tail(t.log, t.cache, t.topics.events, partition, start, limit=2000):
             now = time.perf_counter()
             out: list[Envelope] = []
             for _, env in batch:
@@ -84,31 +155,32 @@ class Fleet:
                     if self.costs >= self.expected:
                         self.done.set()
             if out:
-                await self.runner.submit_many(out)
+                await t.submit_many(out)
 
 
-async def _caught_up(runner: Runner) -> None:
+async def _caught_up(target: Target) -> None:
     """Wait until the read models hold every event appended so far."""
-    for p in range(runner.partitions):
-        last = await _last_record_offset(runner, p)
+    for p in range(target.partitions):
+        last = await _last_record_offset(target, p)
         if last is not None:
-            while not await runner.store.wait_for_position(EVENTS, p, last, timeout=30):
+            while not await target.store.wait_for_position(target.topics.events, p, last, timeout=30):
                 pass
 
 
-async def _last_record_offset(runner: Runner, partition: int) -> int | None:
+async def _last_record_offset(target: Target, partition: int) -> int | None:
     # Not end - 1: on Kafka the last offset may be a transaction marker, not a record.
-    end = await runner.log.end_offset(EVENTS, partition)
+    topic = target.topics.events
+    end = await target.log.end_offset(topic, partition)
     start = end
     while start > 0:
         start = max(0, start - 16)
-        recs = await runner.log.read(EVENTS, partition, start, end - start)
+        recs = await target.log.read(topic, partition, start, end - start)
         if recs:
-            return recs[-1].offset
+            return int(recs[-1].offset)
     return None
 
 
-async def _register(runner: Runner, agents: int, pool: str, prefix: str) -> None:
+async def _register(target: Target, agents: int, pool: str, prefix: str) -> None:
     envs = [
         command_envelope(c.RegisterAgent(agent_id=f"{prefix}{i}", name=f"agent {i}", kind="llm",
                                          capabilities=("text", "code") if i % 2 else ("text",),
@@ -116,7 +188,7 @@ async def _register(runner: Runner, agents: int, pool: str, prefix: str) -> None
         for i in range(agents)
     ]
     for i in range(0, len(envs), 1000):
-        await runner.submit_many(envs[i:i + 1000])
+        await target.submit_many(envs[i:i + 1000])
 
 
 def _task(i: int, prefix: str) -> c.SubmitTask:
@@ -126,28 +198,27 @@ def _task(i: int, prefix: str) -> c.SubmitTask:
 
 
 async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: float,
-                          paced_seconds: float) -> dict[str, Any]:
+                          paced_seconds: float, workers: int = 0) -> dict[str, Any]:
     """Throughput at saturation, then latency at a paced offered rate, then replay."""
     pool = "bench"
-    runner = Runner(settings)
-    await runner.start()
-    await runner.ready()
-    part = runner.partition_of(pool)
-    fleet = Fleet(runner, expected=tasks)
-    fleet_task = asyncio.create_task(fleet.run(part, await runner.log.end_offset(EVENTS, part)))
+    target = Target(settings, workers)
+    await target.start()
+    part = target.partition_of(pool)
+    fleet = Fleet(target, expected=tasks)
+    fleet_task = asyncio.create_task(fleet.run(part, await target.log.end_offset(target.topics.events, part)))
     t0 = time.perf_counter()
-    await _register(runner, agents, pool, "a")
+    await _register(target, agents, pool, "a")
     batch = 500
     for i in range(0, tasks, batch):
         envs = [command_envelope(_task(j, "t"), pool=pool, source="urn:agentbus:bench")
                 for j in range(i, min(tasks, i + batch))]
-        await runner.submit_many(envs)
+        await target.submit_many(envs)
         now = time.perf_counter()
         for env in envs:
             fleet.submitted_at[env.subject or ""] = now
         await asyncio.sleep(0)
     await fleet.done.wait()
-    await _caught_up(runner)
+    await _caught_up(target)
     elapsed = time.perf_counter() - t0
     commands = agents + tasks * 4  # register; submit, assign, complete, cost
     saturated = list(fleet.latencies_ms)
@@ -162,7 +233,7 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
     while n < fleet.expected:
         envs = [command_envelope(_task(j, "p"), pool=pool, source="urn:agentbus:bench")
                 for j in range(n, min(fleet.expected, n + 10))]
-        await runner.submit_many(envs)
+        await target.submit_many(envs)
         now = time.perf_counter()
         for env in envs:
             fleet.submitted_at[env.subject or ""] = now
@@ -174,16 +245,17 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
     fleet_task.cancel()
 
     replay_events, replay_s = 0, 0.0
-    for p in range(runner.partitions):
-        d = PartitionDecider(runner.log, p, Outcomes(), settings.decider)
+    for p in range(target.partitions):
+        d = PartitionDecider(target.log, p, Outcomes(), settings.decider, topics=target.topics)
         await d.rebuild()
         replay_events += d.replay.events
         replay_s += d.replay.seconds
-    await runner.stop()
+    await target.stop()
     return {
         "agents": agents,
         "tasks": tasks,
         "commands": commands,
+        "workers": workers,
         "seconds": round(elapsed, 3),
         "commands_per_s": round(commands / elapsed, 1),
         "saturated_p50_ms": round(percentile(saturated, 50), 3),
@@ -274,18 +346,39 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
               help="Log URL; default a fresh SQLite log in a temporary directory.")
 @click.option("--database", envvar="AGENTBUS_DATABASE", default=None,
               help="Read-model URL; default a fresh SQLite database beside the log.")
+@click.option("--workers", default=0, show_default=True,
+              help="Kafka: separate `agentbus worker` processes (0: one worker in the bench process).")
+@click.option("--partitions", default=None, type=int,
+              help="Partitions of the benchmark's topics (default: AGENTBUS_PARTITIONS or 1).")
+@click.option("--raw-records", default=200_000, show_default=True,
+              help="Kafka: records the raw aiokafka producer->consumer baseline moves.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
-                  as_json: bool) -> None:
-    """Run the fixed benchmark scenario and report throughput, latency, replay and memory."""
+                  workers: int, partitions: int | None, raw_records: int, as_json: bool) -> None:
+    """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
+
+    On Kafka (--broker kafka://...) it also moves the same number of records with a raw aiokafka
+    producer -> consumer on the same broker and reports the ratio (the client's limit). Each run
+    uses fresh topics (a unique prefix), so runs never mix.
+    """
     tune_gc()  # as `agentbus serve` does
     tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
     try:
         settings = Settings(data_dir=tmp, broker=broker or "", database=database or "")
-        result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds))
+        if partitions is not None:
+            settings.partitions = partitions
+        kafka = settings.broker.startswith("kafka:")
+        result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
         result["broker"] = settings.broker.split("?")[0]
-        if http:
+        result["database"] = settings.database.split("://")[0]
+        if kafka:
+            # The raw baseline moves as many records as the scenario wrote: commands + events.
+            raw = asyncio.run(raw_kafka_rate(settings.broker, raw_records))
+            result.update(raw)
+            result["records_per_command"] = 2
+            result["ratio_to_raw"] = round(result["commands_per_s"] * 2 / raw["raw_records_per_s"], 3)
+        if http and not kafka:
             result.update(asyncio.run(bench_http(tmp / "http", http_requests, http_clients, 100)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,7 +395,11 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     click.echo(f"replay            {result['replay_events_per_s']:,.0f} events/s "
                f"({result['replay_events']} events)")
     click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
-    if http:
+    if "raw_records_per_s" in result:
+        click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
+                   f"agentbus moves 2 records per command (command + event): "
+                   f"{result['ratio_to_raw']:.0%} of the raw rate")
+    if "http_commands_per_s" in result:
         click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
                    f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
                    f"{result['http_errors']} errors)")
