@@ -41,6 +41,9 @@ from services.scaling import Scaler
 STRATEGY = "capability_match+least_loaded"  # the audit label of the default strategy
 AUDIT_TOP = 3  # candidates kept in each assignment's audit (the winner and the runners-up)
 RATE_LIMITED = "RATE_LIMITED"
+# A heap is rebuilt from its group's members once stale entries outnumber live ones this much:
+# rare enough to be amortised away, bounded so that memory stays O(agents).
+_SLACK = 8
 _OWN_COMMANDS = ("AssignTask", "MarkTaskUnassignable", "DeferTask")  # whose rejections it follows
 
 
@@ -110,6 +113,7 @@ class _Group:
     size: int = 0
     heaps: dict[str, list[tuple[object, str, int]]] = field(default_factory=dict)
     limited: int = 0  # its agents waiting for a rate limit
+    members: set[str] = field(default_factory=set)  # active agents with these capabilities
 
 
 @dataclass(slots=True)
@@ -225,18 +229,19 @@ class PoolView:
         if agent.available():
             group = self.groups[agent.caps]
             heapq.heappush(group.heap, (agent.load / agent.capacity, agent.agent_id, agent.version))
-            if len(group.heap) > 4 * group.size + 64:
+            if len(group.heap) > _SLACK * group.size + 1024:
                 self._compact(group)
             for strategy, heap in group.heaps.items():
                 heapq.heappush(heap, (self._key(strategy, agent), agent.agent_id, agent.version))
-                if len(heap) > 4 * group.size + 64:
+                if len(heap) > _SLACK * group.size + 1024:
                     group.heaps[strategy] = self._build(group, strategy)
             for q in self.served_queues(agent.caps):
                 if q.heap:
                     self.work.add(q.req)
 
     def _members(self, group: _Group) -> list[_Agent]:
-        return [a for a in self.agents.values() if a.caps == group.caps and a.available()]
+        agents = (self.agents[agent_id] for agent_id in sorted(group.members))
+        return [a for a in agents if a.available()]
 
     def _compact(self, group: _Group) -> None:
         group.heap = [(a.load / a.capacity, a.agent_id, a.version) for a in self._members(group)]
@@ -384,6 +389,7 @@ class PoolView:
                     # counter, so heap entries from its former life stay invalid.
                     if agent.active:
                         self.groups[agent.caps].size -= 1
+                        self.groups[agent.caps].members.discard(agent.agent_id)
                         lost = True
                     if agent.model is not None and agent.model in self.model_load:
                         self.model_load[agent.model] -= agent.load
@@ -396,7 +402,9 @@ class PoolView:
                 if agent.model is not None and self.limiter.concurrency("model", agent.model) is not None:
                     self.model_load[agent.model] = self.model_load.get(agent.model, 0) + agent.load
                 agent.perf = self._score(agent.agent_id)
-                self._group(agent.caps).size += 1
+                group = self._group(agent.caps)
+                group.size += 1
+                group.members.add(agent.agent_id)
                 self._touch(agent)
                 if lost:
                     self._coverage_lost()
@@ -405,6 +413,7 @@ class PoolView:
                 if agent.active:
                     agent.active = False
                     self.groups[agent.caps].size -= 1
+                    self.groups[agent.caps].members.discard(agent.agent_id)
                 agent.version += 1
                 self._coverage_lost()
             case e.AgentMarkedUnhealthy():

@@ -31,6 +31,8 @@ from events.codec import from_record, to_record
 
 COMMANDS = "commands"
 EVENTS = "events"
+# Envelope times have microsecond resolution: a timer due within it of "now" is due.
+RESOLUTION_S = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class TimerBook:
         """Timers due at ``now``, earliest first; each is handed out once per book (it stays
         pending until its TimerFired is observed)."""
         out = []
-        while (timer := self._top()) is not None and timer.due <= now:
+        while (timer := self._top()) is not None and timer.due <= now + RESOLUTION_S:
             heapq.heappop(self._heap)
             out.append(timer)
         return out
