@@ -101,6 +101,7 @@ class _Task:
     marking: str | None = None  # MarkTaskUnassignable in flight
     deferred: int = 0
     deferring: str | None = None  # DeferTask in flight
+    kind: str | None = None  # the agent kind its data names (scaling)
 
 
 @dataclass(slots=True)
@@ -330,9 +331,11 @@ class PoolView:
             case e.TaskSubmitted():
                 self._arrivals += 1
                 wf = ev.data.get("workflow_id")
+                named = ev.data.get("agent_kind")
                 task = _Task(ev.task_id, frozenset(ev.required_capabilities), ev.priority,
                              self._arrivals, env.correlationid, None if wf is None else str(wf),
-                             strategy=ev.strategy, preferred=frozenset(ev.inferred_capabilities))
+                             strategy=ev.strategy, preferred=frozenset(ev.inferred_capabilities),
+                             kind=None if named is None else str(named))
                 self.tasks[ev.task_id] = task
                 self._enqueue(task)
             case e.TaskAssigned():
@@ -517,6 +520,14 @@ class PoolView:
                 pass
         if changed is not None:
             self._refresh_perf(changed)
+        if not self.scaler.policies:
+            if not isinstance(ev, e.ScalingPolicySet):
+                return
+            self.scaler.bootstrap(
+                ((a.agent_id, a.kind, a.capacity, a.active, a.caps) for a in self.agents.values()),
+                ((t.task_id, t.status, t.req, t.kind, t.agent_id if t.status == "held" else None)
+                 for t in self.tasks.values()),
+            )
         self.scaler.observe(env)
 
     def _budget_restored(self, key: tuple[str, str]) -> None:
@@ -691,10 +702,12 @@ class PoolView:
                 continue
             agent = picks[0].agent
             weights = self.policy.weights
-            audit = c.SelectionAudit(
+            # Built without validation (model_construct): every value is typed here, and the audit
+            # is a large share of a decision's cost at 10k agents.
+            audit = c.SelectionAudit.model_construct(
                 strategy=STRATEGY if strategy == strategies.DEFAULT else strategy,
                 candidates=tuple(
-                    c.Candidate(agent_id=p.agent.agent_id,
+                    c.Candidate.model_construct(agent_id=p.agent.agent_id,
                                 score=round(strategies.score(strategy, p.agent, p.match, p.spec, weights), 6),
                                 load=p.agent.load, capacity=p.agent.capacity,
                                 capability_match=round(p.match, 6),

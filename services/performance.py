@@ -112,6 +112,8 @@ class PerformanceBook:
     def observe(self, env: Envelope) -> str | None:
         """Fold one event; returns the id of the agent whose score changed, if any."""
         ev = env.data
+        if type(ev) not in _FOLDED:
+            return None
         now = env.time.timestamp()
         match ev:
             case e.AgentRegistered():
@@ -167,6 +169,25 @@ class PerformanceBook:
             case _:
                 pass
         return None
+
+
+_FOLDED = frozenset(
+    {
+        e.AgentRegistered,
+        e.AgentDeregistered,
+        e.AgentMarkedUnhealthy,
+        e.AgentMarkedHealthy,
+        e.TaskAssigned,
+        e.TaskStarted,
+        e.TaskCompleted,
+        e.TaskFailed,
+        e.TaskRetryScheduled,
+        e.TaskTimedOut,
+        e.TaskReassigned,
+        e.TaskRequeued,
+        e.TaskCancelled,
+    }
+)
 
 
 def profiles_from(events: Iterable[Envelope]) -> PerformanceBook:

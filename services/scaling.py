@@ -16,12 +16,17 @@ however they are batched. Rules, per kind with a policy:
 Utilization is held tasks / capacity of the kind's active agents. Queue depth counts queued tasks
 whose required capabilities agents of the kind can cover (the union of capabilities ever registered
 for the kind), or whose ``data.agent_kind`` names it. Pure: no I/O.
+
+Until a pool has a scaling policy the reactor folds nothing (it costs nothing per event); the
+first policy bootstraps it from the state the coordinator already keeps (``bootstrap``), at the
+same event live and on replay.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contracts import Envelope
@@ -99,8 +104,28 @@ class Scaler:
             self.kind(self.agents[agent_id][0]).held += 1
         self.tasks[task_id] = (status, req, named, agent_id if status == "held" else None)
 
+    def bootstrap(
+        self,
+        agents: Iterable[tuple[str, str, int, bool, frozenset[str]]],
+        tasks: Iterable[tuple[str, str, frozenset[str], str | None, str | None]],
+    ) -> None:
+        """Start from the pool as it is: agents (id, kind, capacity, active, capabilities) and
+        tasks (id, status queued|held|waiting|done, required, named kind, holder)."""
+        for agent_id, kind, capacity, active, caps in agents:
+            k = self.kind(kind)
+            k.caps = k.caps | caps
+            if active:
+                k.active += 1
+                k.capacity += capacity
+            self.agents[agent_id] = (kind, capacity, active)
+        for task_id, status, req, named, holder in tasks:
+            self.tasks[task_id] = ("new", req, named, None)
+            self._set_task(task_id, status, holder)
+
     def observe(self, env: Envelope) -> None:
         ev = env.data
+        if not self.policies and not isinstance(ev, e.ScalingPolicySet):
+            return  # nothing to scale: see ``bootstrap``
         match ev:
             case e.ScalingPolicySet():
                 self.policies[ev.agent_kind] = ev

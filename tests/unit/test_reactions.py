@@ -371,3 +371,17 @@ def test_scaling_decisions_go_through_the_decider_and_onto_the_log() -> None:
     ]
     w.do(register("x", kind="llm"), register("y", kind="llm"))
     assert len(w.events(e.ScalingDecided)) == 1
+
+
+def test_a_policy_set_on_a_busy_pool_starts_from_its_current_figures() -> None:
+    w = World()
+    w.do(register("x", capacity=2, kind="llm", capabilities=("text",)),
+         register("y", capacity=2, kind="llm", capabilities=("text",)),
+         register("z", capacity=9, kind="other", capabilities=("img",)))
+    w.do(*[c.SubmitTask(task_id=f"t{i}", type="w", required_capabilities=("text",)) for i in range(7)])
+    w.do(c.SetScalingPolicy(agent_kind="llm", min_agents=1, max_agents=8, target_utilization=0.5,
+                            queue_threshold=1, cooldown_s=0))
+    [d] = w.events(e.ScalingDecided)
+    assert d.metrics == {"agents": 2.0, "capacity": 4.0, "held": 4.0, "utilization": 1.0, "queue_depth": 3.0,
+                         "desired": 4.0}
+    assert (d.from_agents, d.to_agents) == (2, 4)
