@@ -6,6 +6,9 @@ exponentially weighted (``ALPHA``), so recent results count most and the profile
 arrive; availability is the share of registered time the agent was healthy. Everything is derived
 from events and their times, so a profile rebuilt from the log is the live one. New agents start
 optimistic (success 1, no errors) so that they are tried. Pure; never does I/O.
+
+It lives in projections because both sides use it: the read model serves the profile, and the
+coordinator (services) scores agents with the same numbers.
 """
 
 from __future__ import annotations

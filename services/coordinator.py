@@ -34,7 +34,7 @@ from contracts import events as e
 from contracts.commands import PoolPolicy
 from services import strategies
 from services.inference import capability_match, specialization
-from services.performance import PerformanceBook
+from projections.performance import PerformanceBook
 from services.ratelimit import RateLimiter
 from services.scaling import Scaler
 

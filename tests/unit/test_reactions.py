@@ -10,7 +10,7 @@ import pytest
 
 from contracts import commands as c
 from contracts import events as e
-from services.performance import ALPHA, PerformanceBook, report
+from projections.performance import ALPHA, PerformanceBook, report
 from services.scaling import Scaler
 from tests.unit.fleet import T0, World, stamp
 
