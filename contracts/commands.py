@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -49,15 +49,6 @@ class DeregisterAgent(Command):
 
 # Selection strategies the coordinator knows. ``least_loaded`` (capability match, then the lowest
 # load ratio) is the default when neither the task nor the pool policy names one.
-STRATEGIES = (
-    "least_loaded",
-    "round_robin",
-    "least_connections",
-    "resource_based",
-    "capability_based",
-    "weighted",
-    "performance_weighted",
-)
 Strategy = Literal[
     "least_loaded",
     "round_robin",
@@ -67,6 +58,7 @@ Strategy = Literal[
     "weighted",
     "performance_weighted",
 ]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 RetryStrategy = Literal["exponential", "linear", "constant", "immediate"]
 
 
