@@ -80,3 +80,29 @@ async def event_count(client: httpx.AsyncClient, pool: str = "default") -> int:
 async def end_offsets(runner: Runner) -> tuple[int, int]:
     """(commands end, events end) of partition 0: proves a bad request appended nothing."""
     return (await runner.log.end_offset("commands", 0), await runner.log.end_offset("events", 0))
+
+
+async def _ends(runner: Runner) -> list[tuple[int, int]]:
+    return [(await runner.log.end_offset("commands", p), await runner.log.end_offset("events", p))
+            for p in range(runner.partitions)]
+
+
+async def settle(runner: Runner, timeout: float = 5.0) -> None:
+    """Wait until the deciders have decided every command and the coordinator has reacted to every
+    event (its own reactions included): the log's ends stop moving on their own."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        ends = await _ends(runner)
+        quiet = True
+        for p, (commands, events) in enumerate(ends):
+            if (await runner.log.committed("decider", "commands", p) < commands
+                    or await runner.log.committed("coordinator", "events", p) < events):
+                quiet = False
+        if quiet:
+            await asyncio.sleep(0.05)  # a reaction appended just as we looked is seen next round
+            if await _ends(runner) == ends:
+                return
+        if loop.time() > deadline:
+            raise AssertionError("the runner did not settle")
+        await asyncio.sleep(0.02)

@@ -10,7 +10,7 @@ import pytest
 
 from services.config import MAX_BODY_BYTES
 from services.runner import Runner
-from tests.api.conftest import end_offsets, event_count
+from tests.api.conftest import end_offsets, event_count, settle
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ async def unchanged(client: httpx.AsyncClient, runner: Runner) -> AsyncIterator[
     """Asserts after the test that neither topic grew and the API lists the same events."""
     seed = await client.post("/v1/tasks", params={"wait": "true"}, json={"task_id": "seed", "type": "x"})
     assert seed.status_code == 201
+    await settle(runner)  # the coordinator marks the task unassignable (no agents): let it
     offsets, events = await end_offsets(runner), await event_count(client)
     yield
     assert await end_offsets(runner) == offsets

@@ -12,11 +12,12 @@ import services.api
 from services.api import create_app
 from services.config import Settings
 from services.runner import Runner
-from tests.api.conftest import last_position
+from tests.api.conftest import last_position, settle
 
 
-async def seed(client: httpx.AsyncClient) -> None:
-    """Five tasks in the default pool, one agent in another; no agent can take the tasks."""
+async def seed(client: httpx.AsyncClient, runner: Runner) -> None:
+    """Five tasks in the default pool, one agent in another; no agent can take the tasks, so the
+    coordinator marks each unassignable. Returns once it has."""
     for i in range(5):
         resp = await client.post(
             "/v1/tasks",
@@ -26,13 +27,18 @@ async def seed(client: httpx.AsyncClient) -> None:
         assert resp.status_code == 201
     other = await client.post("/v1/agents", params={"wait": "true"}, json={"name": "x", "pool": "other"})
     assert other.status_code == 201
+    await settle(runner)
 
 
-async def test_events_are_listed_with_positions(client: httpx.AsyncClient) -> None:
-    await seed(client)
+async def test_events_are_listed_with_positions(client: httpx.AsyncClient, runner: Runner) -> None:
+    await seed(client, runner)
     body = (await client.get("/v1/events")).json()
-    assert [e["position"] for e in body["items"]] == [0, 1, 2, 3, 4]  # "other" shares the partition
-    assert body["next_after"] == 5  # the last record looked at, the other pool's included
+    end = await runner.log.end_offset("events", 0)
+    positions = [e["position"] for e in body["items"]]
+    assert positions == sorted(positions) and len(positions) == end - 1  # "other" shares the partition
+    types = [e["type"] for e in body["items"]]
+    assert types.count("TaskSubmitted") == 5 and types.count("TaskUnassignable") == 5
+    assert body["next_after"] == end - 1  # the last record looked at, the other pool's included
     first = body["items"][0]
     assert first["type"] == "TaskSubmitted" and first["partition"] == 0 and first["pool"] == "default"
     assert first["data"]["task_id"] == "t0" and first["sequence"] == 1
@@ -40,16 +46,20 @@ async def test_events_are_listed_with_positions(client: httpx.AsyncClient) -> No
     assert [e["type"] for e in other["items"]] == ["AgentRegistered"]
 
 
-async def test_events_paging_and_filters(client: httpx.AsyncClient) -> None:
-    await seed(client)
+async def test_events_paging_and_filters(client: httpx.AsyncClient, runner: Runner) -> None:
+    await seed(client, runner)
+    everything = [e["position"] for e in (await client.get("/v1/events")).json()["items"]]
     page1 = (await client.get("/v1/events", params={"limit": 2})).json()
-    assert [e["position"] for e in page1["items"]] == [0, 1] and page1["next_after"] == 1
+    assert [e["position"] for e in page1["items"]] == everything[:2] and page1["next_after"] == everything[1]
     page2 = (await client.get("/v1/events", params={"limit": 2, "after": page1["next_after"]})).json()
-    assert [e["position"] for e in page2["items"]] == [2, 3]
+    assert [e["position"] for e in page2["items"]] == everything[2:4]
     end = (await client.get("/v1/events", params={"after": 99})).json()
     assert end == {"items": [], "next_after": 99}
     by_subject = (await client.get("/v1/events", params={"subject": "t3"})).json()
-    assert [e["data"]["task_id"] for e in by_subject["items"]] == ["t3"]
+    assert [(e["type"], e["data"]["task_id"]) for e in by_subject["items"]] == [
+        ("TaskSubmitted", "t3"), ("TaskUnassignable", "t3")]
+    submitted = (await client.get("/v1/events", params={"type": "TaskSubmitted"})).json()
+    assert [e["data"]["task_id"] for e in submitted["items"]] == [f"t{i}" for i in range(5)]
     by_type = (await client.get("/v1/events", params={"type": "AgentRegistered"})).json()
     assert by_type["items"] == []  # only the other pool has one
     rejected = await client.post("/v1/tasks/t9/start", params={"wait": "true"})
@@ -58,8 +68,8 @@ async def test_events_paging_and_filters(client: httpx.AsyncClient) -> None:
     assert [e["data"]["code"] for e in by_type["items"]] == ["UNKNOWN_TASK"]
 
 
-async def test_tasks_are_paged_and_filtered(client: httpx.AsyncClient) -> None:
-    await seed(client)
+async def test_tasks_are_paged_and_filtered(client: httpx.AsyncClient, runner: Runner) -> None:
+    await seed(client, runner)
     params = {"page_size": 2, "min_position": 5}
     page = (await client.get("/v1/tasks", params=params)).json()
     assert [t["task_id"] for t in page["items"]] == ["t0", "t1"] and page["total"] == 5

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from services.runner import Runner
-from tests.api.conftest import end_offsets, event_count, last_position, poll
+from tests.api.conftest import end_offsets, event_count, last_position, poll, settle
 
 AGENT = {
     "agent_id": "a1",
@@ -271,7 +271,9 @@ async def test_spent_budget_rejects_new_tasks(client: httpx.AsyncClient) -> None
         json={"agent_id": "a1", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 1000},
     )
     assert cost.status_code == 201
-    assert [e["type"] for e in cost.json()["events"]] == ["CostRecorded", "BudgetExceeded"]
+    # The task "before" is running in the spent pool: it is flagged, not stopped.
+    assert [e["type"] for e in cost.json()["events"]] == [
+        "CostRecorded", "BudgetExceeded", "TaskBudgetFlagged"]
     resp = await submit(client, "after")
     assert resp.status_code == 409
     assert resp.json()["code"] == "BUDGET_EXCEEDED" and resp.json()["status"] == "rejected"
@@ -288,13 +290,15 @@ async def test_spent_budget_rejects_new_tasks(client: httpx.AsyncClient) -> None
 async def test_idempotency_key_header_returns_the_first_outcome(
     client: httpx.AsyncClient, runner: Runner
 ) -> None:
-    # No agents: the coordinator stays quiet, so the log's ends move only through these requests.
+    # Once settled (the coordinator marks the task unassignable: no agents), the log's ends move
+    # only through these requests.
     headers = {"Idempotency-Key": "submit-t1-once"}
     first = await client.post(
         "/v1/tasks", params={"wait": "true"}, headers=headers, json={"task_id": "t1", "type": "x"}
     )
     assert first.status_code == 201 and first.json()["command_id"] == "submit-t1-once"
     assert first.json()["duplicate"] is False
+    await settle(runner)
     before_events = await event_count(client)
     before_offsets = await end_offsets(runner)
 
@@ -481,6 +485,7 @@ async def test_pools_on_several_partitions(tmp_path: Any) -> None:
                 )
                 assert task.status_code == 200 and task.json()["type"] == pool
             for pool in pools:
-                items = (await c.get("/v1/events", params={"pool": pool})).json()["items"]
+                params = {"pool": pool, "type": "TaskSubmitted"}
+                items = (await c.get("/v1/events", params=params)).json()["items"]
                 assert [(e["pool"], e["data"]["type"]) for e in items] == [(pool, pool)]
             assert (await c.get("/v1/health")).json()["partitions"] == 4
