@@ -112,10 +112,18 @@ class PerformanceBook:
             p = self.profiles[agent_id] = Profile(agent_id)
         return p
 
+    def running(self, task_id: str, agent_id: str, since: float) -> None:
+        """Note that ``agent_id`` has held ``task_id`` since ``since`` (seconds since the epoch).
+
+        For a book resumed from stored state (the read model) instead of folded from the start:
+        what ``observe`` would have remembered from the task's assignment or start.
+        """
+        self._began[task_id] = (agent_id, since)
+
     def observe(self, env: Envelope) -> str | None:
         """Fold one event; returns the id of the agent whose score changed, if any."""
         ev = env.data
-        if type(ev) not in _FOLDED:
+        if type(ev) not in FOLDED:
             return None
         now = env.time.timestamp()
         match ev:
@@ -174,7 +182,8 @@ class PerformanceBook:
         return None
 
 
-_FOLDED = frozenset(
+# The event types ``observe`` reads (the rest it ignores).
+FOLDED: frozenset[type[Any]] = frozenset(
     {
         e.AgentRegistered,
         e.AgentDeregistered,

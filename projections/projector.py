@@ -17,9 +17,11 @@ and nothing is written, rather than the model quietly drifting from the log. It 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope
 from contracts import events as ev
 from projections import tables
+from projections.performance import FOLDED, PerformanceBook, Profile
 from projections.store import MAIN_PROJECTOR, ProjectionStore, read_position
 
 Row = dict[str, Any]
@@ -105,9 +108,17 @@ class _Batch:
         self.allocations = _Rows(tables.allocations)
         self.budgets = _Rows(tables.budgets)
         self.limits = _Rows(tables.resource_limits, upsert_all=True)
+        self.pools = _Rows(tables.pools)
+        self.timers = _Rows(tables.timers)
+        self.performance = _Rows(tables.agent_performance)
+        self.rate_limits = _Rows(tables.rate_limits, upsert_all=True)
+        self.scaling_policies = _Rows(tables.scaling_policies, upsert_all=True)
         self.costs: list[Row] = []
         self.assignments: list[Row] = []
         self.rejections: list[Row] = []
+        self.scaling_decisions: list[Row] = []
+        # Per pool: the coordinator's own performance fold, resumed from the stored profiles.
+        self.books: dict[str, PerformanceBook] = {}
         # Cost amounts already in the database for budgets created in this batch (see BudgetSet).
         self.prior_costs: dict[Key, list[float]] = {}
         self.offset = 0
@@ -131,6 +142,35 @@ class _Batch:
         self.tasks.touch((pool, task_id))
         return row
 
+    def book(self, pool: str) -> PerformanceBook:
+        book = self.books.get(pool)
+        if book is None:
+            book = self.books[pool] = PerformanceBook()
+        return book
+
+    def saw(self, env: Envelope) -> None:
+        """Count a (known) event in its pool's row; the latest event time is the pool's "now"."""
+        key = (env.pool,)
+        row = self.pools.rows.get(key)
+        if row is None:
+            row = {"pool": env.pool, "events": 0, "last_sequence": None, "last_event_at": env.time,
+                   "policy": None, "policy_set_at": None}
+            self.pools.rows[key] = row
+        row["events"] += 1
+        if env.sequence is not None:
+            row["last_sequence"] = env.sequence
+        if env.time > row["last_event_at"]:
+            row["last_event_at"] = env.time
+        self.pools.touch(key)
+
+    def perform(self, env: Envelope) -> None:
+        """Fold the event into its pool's performance book and mark the profile it changed."""
+        book = self.book(env.pool)
+        book.observe(env)
+        agent_id = getattr(env.data, "agent_id", None)
+        if type(env.data) in _PROFILE_EVENTS and agent_id is not None and agent_id in book.profiles:
+            self.performance.touch((env.pool, agent_id))
+
     def hold(self, task: Row, agent_id: str | None) -> None:
         """Move the task's hold on an agent (load) from its current holder to ``agent_id``."""
         holder = task["agent_id"] if task["status"] in HOLDING else None
@@ -151,7 +191,7 @@ class _Batch:
 def _agent_registered(b: _Batch, env: Envelope, d: ev.AgentRegistered) -> None:
     key = (env.pool, d.agent_id)
     row = b.agents.rows.get(key)
-    if row is not None and row["status"] == "active":
+    if row is not None and row["status"] != "deregistered":
         raise b.fail(f"agent {d.agent_id!r} is already registered")
     if row is None:
         row = {
@@ -173,6 +213,16 @@ def _agent_registered(b: _Batch, env: Envelope, d: ev.AgentRegistered) -> None:
         status="active",
         registered_at=env.time,
         deregistered_at=None,
+        weight=d.weight,
+        heartbeat_timeout_s=d.heartbeat_timeout_s,
+        # Registering starts afresh, as in the decider: healthy, breaker closed.
+        healthy=True,
+        unhealthy_reason=None,
+        health_changed_at=None,
+        circuit="closed",
+        circuit_changed_at=None,
+        circuit_until=None,
+        consecutive_failures=0,
     )
     b.agents.put(key, row)
 
@@ -203,9 +253,24 @@ def _task_submitted(b: _Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
             "required_capabilities": list(d.required_capabilities),
             "data": d.data,
             "strategy": d.strategy,
+            "inferred_capabilities": list(d.inferred_capabilities),
+            "retry": None if d.retry is None else d.retry.model_dump(mode="json"),
+            "timeout_s": d.timeout_s,
             "status": "queued",
             "agent_id": None,
             "attempts": 0,
+            "failures": 0,
+            "timeouts": 0,
+            "reassignments": 0,
+            "requeue_reason": None,
+            "next_attempt_at": None,
+            "capability_gap": [],
+            "unassignable": None,
+            "unassignable_at": None,
+            "deferred_reason": None,
+            "deferred_until": None,
+            "budget_flag": None,
+            "budget_flagged_at": None,
             "submitted_at": env.time,
             "assigned_at": None,
             "started_at": None,
@@ -227,6 +292,13 @@ def _task_assigned(b: _Batch, env: Envelope, d: ev.TaskAssigned) -> None:
         assigned_at=env.time,
         started_at=None,
         finished_at=None,
+        next_attempt_at=None,
+        capability_gap=list(d.capability_gap),
+        # Assigned: no longer waiting for a capable or unlimited agent (as the decider clears it).
+        unassignable=None,
+        unassignable_at=None,
+        deferred_reason=None,
+        deferred_until=None,
         last_seq=env.sequence,
     )
     audit = d.audit
@@ -242,6 +314,9 @@ def _task_assigned(b: _Batch, env: Envelope, d: ev.TaskAssigned) -> None:
             "eligible": audit.eligible if audit else None,
             "considered": audit.considered if audit else None,
             "decision_us": audit.decision_us if audit else None,
+            "capability_gap": list(d.capability_gap),
+            "preferred": list(audit.preferred) if audit else [],
+            "skipped": dict(audit.skipped) if audit else {},
             "assigned_at": env.time,
             "event_id": env.id,
         }
@@ -257,7 +332,9 @@ def _task_started(b: _Batch, env: Envelope, d: ev.TaskStarted) -> None:
 def _task_completed(b: _Batch, env: Envelope, d: ev.TaskCompleted) -> None:
     task = b.task(env.pool, d.task_id)
     b.hold(task, None)
-    b.agent(env.pool, d.agent_id)["tasks_completed"] += 1
+    agent = b.agent(env.pool, d.agent_id)
+    agent["tasks_completed"] += 1
+    agent["consecutive_failures"] = 0
     task.update(
         status="completed",
         agent_id=d.agent_id,
@@ -271,20 +348,23 @@ def _task_failed(b: _Batch, env: Envelope, d: ev.TaskFailed) -> None:
     task = b.task(env.pool, d.task_id)
     b.hold(task, None)
     if d.agent_id is not None:
-        b.agent(env.pool, d.agent_id)["tasks_failed"] += 1
+        agent = b.agent(env.pool, d.agent_id)
+        agent["tasks_failed"] += 1
+        agent["consecutive_failures"] += 1
         task["agent_id"] = d.agent_id
+    task["failures"] += 1
     task.update(status="failed", error=d.error, finished_at=env.time, last_seq=env.sequence)
 
 
 def _task_cancelled(b: _Batch, env: Envelope, d: ev.TaskCancelled) -> None:
     task = b.task(env.pool, d.task_id)
     b.hold(task, None)
-    task.update(status="cancelled", finished_at=env.time, last_seq=env.sequence)
+    task.update(status="cancelled", finished_at=env.time, next_attempt_at=None, last_seq=env.sequence)
     if d.reason is not None:
         task["error"] = d.reason
 
 
-def _task_requeued(b: _Batch, env: Envelope, d: ev.TaskRequeued) -> None:
+def _task_requeued(b: _Batch, env: Envelope, d: ev.TaskRequeued | ev.TaskReassigned) -> None:
     task = b.task(env.pool, d.task_id)
     b.hold(task, None)
     task.update(
@@ -293,7 +373,191 @@ def _task_requeued(b: _Batch, env: Envelope, d: ev.TaskRequeued) -> None:
         assigned_at=None,
         started_at=None,
         finished_at=None,
+        next_attempt_at=None,
+        requeue_reason=d.reason,
         last_seq=env.sequence,
+    )
+
+
+def _task_reassigned(b: _Batch, env: Envelope, d: ev.TaskReassigned) -> None:
+    _task_requeued(b, env, d)
+    b.task(env.pool, d.task_id)["reassignments"] += 1
+
+
+def _task_timed_out(b: _Batch, env: Envelope, d: ev.TaskTimedOut) -> None:
+    # The failure itself (retry or final) follows as its own event.
+    task = b.task(env.pool, d.task_id)
+    task["timeouts"] += 1
+    task["last_seq"] = env.sequence
+
+
+def _task_retry_scheduled(b: _Batch, env: Envelope, d: ev.TaskRetryScheduled) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    if d.agent_id is not None:
+        b.agent(env.pool, d.agent_id)["consecutive_failures"] += 1
+        task["agent_id"] = d.agent_id
+    task["failures"] += 1
+    task.update(
+        status="retrying",
+        error=d.error,
+        next_attempt_at=_after(env.time, d.delay_s),
+        last_seq=env.sequence,
+    )
+
+
+def _task_unassignable(b: _Batch, env: Envelope, d: ev.TaskUnassignable) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(
+        unassignable={"missing": list(d.missing), "best_match": d.best_match,
+                      "threshold": d.threshold},
+        unassignable_at=env.time,
+        last_seq=env.sequence,
+    )
+
+
+def _task_deferred(b: _Batch, env: Envelope, d: ev.TaskDeferred) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(deferred_reason=d.reason, deferred_until=_after(env.time, d.delay_s),
+                last_seq=env.sequence)
+
+
+def _task_budget_flagged(b: _Batch, env: Envelope, d: ev.TaskBudgetFlagged) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(budget_flag={"scope": d.scope, "scope_id": d.scope_id},
+                budget_flagged_at=env.time, last_seq=env.sequence)
+
+
+def _after(time: datetime, seconds: float) -> datetime:
+    return time + timedelta(seconds=seconds)
+
+
+# --- health and circuit breakers ---
+
+
+def _agent_unhealthy(b: _Batch, env: Envelope, d: ev.AgentMarkedUnhealthy) -> None:
+    agent = b.agent(env.pool, d.agent_id)
+    agent.update(healthy=False, unhealthy_reason=d.reason, health_changed_at=env.time)
+    if agent["status"] == "active":
+        agent["status"] = "unhealthy"
+
+
+def _agent_healthy(b: _Batch, env: Envelope, d: ev.AgentMarkedHealthy) -> None:
+    agent = b.agent(env.pool, d.agent_id)
+    agent.update(healthy=True, unhealthy_reason=None, health_changed_at=env.time)
+    if agent["status"] == "unhealthy":
+        agent["status"] = "active"
+
+
+def _circuit_opened(b: _Batch, env: Envelope, d: ev.CircuitOpened) -> None:
+    b.agent(env.pool, d.agent_id).update(
+        circuit="open", circuit_changed_at=env.time, circuit_until=_after(env.time, d.cooldown_s)
+    )
+
+
+def _circuit_half_opened(b: _Batch, env: Envelope, d: ev.CircuitHalfOpened) -> None:
+    b.agent(env.pool, d.agent_id).update(
+        circuit="half_open", circuit_changed_at=env.time, circuit_until=None
+    )
+
+
+def _circuit_closed(b: _Batch, env: Envelope, d: ev.CircuitClosed) -> None:
+    b.agent(env.pool, d.agent_id).update(
+        circuit="closed", circuit_changed_at=env.time, circuit_until=None, consecutive_failures=0
+    )
+
+
+# --- timers ---
+
+
+def _timer_scheduled(b: _Batch, env: Envelope, d: ev.TimerScheduled) -> None:
+    # Scheduling a pending id re-arms it: the row holds the latest arming.
+    b.timers.put(
+        (env.pool, d.timer_id),
+        {
+            "pool": env.pool,
+            "timer_id": d.timer_id,
+            "kind": d.kind,
+            "generation": d.generation,
+            "status": "pending",
+            "task_id": d.task_id,
+            "agent_id": d.agent_id,
+            "attempt": d.attempt,
+            "delay_s": d.delay_s,
+            "scheduled_at": env.time,
+            "due_at": _after(env.time, d.delay_s),
+            "ended_at": None,
+            "cancel_reason": None,
+        },
+    )
+
+
+def _timer_ended(b: _Batch, env: Envelope, d: ev.TimerCancelled | ev.TimerFired) -> None:
+    key = (env.pool, d.timer_id)
+    row = b.timers.rows.get(key)
+    # As in the decider: only the pending arming of that generation ends; others are stale.
+    if row is None or row["status"] != "pending" or row["generation"] != d.generation:
+        return
+    if isinstance(d, ev.TimerCancelled):
+        row.update(status="cancelled", ended_at=env.time, cancel_reason=d.reason)
+    else:
+        row.update(status="fired", ended_at=env.time)
+    b.timers.touch(key)
+
+
+# --- policies ---
+
+
+def _pool_policy_set(b: _Batch, env: Envelope, d: ev.PoolPolicySet) -> None:
+    row = b.pools.rows[(env.pool,)]  # b.saw created it
+    row.update(policy=d.model_dump(mode="json"), policy_set_at=env.time)
+
+
+def _rate_limit_set(b: _Batch, env: Envelope, d: ev.RateLimitSet) -> None:
+    b.rate_limits.put(
+        (env.pool, d.scope, d.scope_id),
+        {
+            "pool": env.pool,
+            "scope": d.scope,
+            "scope_id": d.scope_id,
+            "requests_per_min": d.requests_per_min,
+            "tokens_per_min": d.tokens_per_min,
+            "concurrent": d.concurrent,
+            "updated_at": env.time,
+        },
+    )
+
+
+def _scaling_policy_set(b: _Batch, env: Envelope, d: ev.ScalingPolicySet) -> None:
+    b.scaling_policies.put(
+        (env.pool, d.agent_kind),
+        {
+            "pool": env.pool,
+            "agent_kind": d.agent_kind,
+            "min_agents": d.min_agents,
+            "max_agents": d.max_agents,
+            "target_utilization": d.target_utilization,
+            "queue_threshold": d.queue_threshold,
+            "cooldown_s": d.cooldown_s,
+            "stability_window_s": d.stability_window_s,
+            "updated_at": env.time,
+        },
+    )
+
+
+def _scaling_decided(b: _Batch, env: Envelope, d: ev.ScalingDecided) -> None:
+    b.scaling_decisions.append(
+        {
+            "pool": env.pool,
+            "position": b.offset,
+            "agent_kind": d.agent_kind,
+            "from_agents": d.from_agents,
+            "to_agents": d.to_agents,
+            "reason": d.reason,
+            "metrics": dict(d.metrics),
+            "decided_at": env.time,
+            "event_id": env.id,
+        }
     )
 
 
@@ -306,6 +570,7 @@ def _resource_limits_set(b: _Batch, env: Envelope, d: ev.ResourceLimitsSet) -> N
             "max_memory_mb": d.max_memory_mb,
             "max_disk_mb": d.max_disk_mb,
             "max_network_mbps": d.max_network_mbps,
+            "max_agents": d.max_agents,
             "updated_at": env.time,
         },
     )
@@ -477,6 +742,24 @@ _HANDLERS: dict[type[Any], Callable[[_Batch, Envelope, Any], None]] = {
     ev.BudgetSet: _budget_set,
     ev.BudgetExceeded: _budget_exceeded,
     ev.CommandRejected: _command_rejected,
+    ev.PoolPolicySet: _pool_policy_set,
+    ev.TimerScheduled: _timer_scheduled,
+    ev.TimerCancelled: _timer_ended,
+    ev.TimerFired: _timer_ended,
+    ev.AgentMarkedUnhealthy: _agent_unhealthy,
+    ev.AgentMarkedHealthy: _agent_healthy,
+    ev.TaskReassigned: _task_reassigned,
+    ev.TaskTimedOut: _task_timed_out,
+    ev.TaskRetryScheduled: _task_retry_scheduled,
+    ev.CircuitOpened: _circuit_opened,
+    ev.CircuitHalfOpened: _circuit_half_opened,
+    ev.CircuitClosed: _circuit_closed,
+    ev.TaskUnassignable: _task_unassignable,
+    ev.TaskDeferred: _task_deferred,
+    ev.RateLimitSet: _rate_limit_set,
+    ev.TaskBudgetFlagged: _task_budget_flagged,
+    ev.ScalingPolicySet: _scaling_policy_set,
+    ev.ScalingDecided: _scaling_decided,
 }
 
 # Events whose agent_id names an agent row the handler reads or changes.
@@ -491,8 +774,19 @@ _AGENT_ROW_EVENTS = frozenset(
         ev.TaskFailed,
         ev.TaskCancelled,
         ev.TaskRequeued,
+        ev.TaskReassigned,
+        ev.TaskRetryScheduled,
+        ev.AgentMarkedUnhealthy,
+        ev.AgentMarkedHealthy,
+        ev.CircuitOpened,
+        ev.CircuitHalfOpened,
+        ev.CircuitClosed,
     }
 )
+# Events that change the profile of the agent they name (the rest of FOLDED only track runs).
+_PROFILE_EVENTS = FOLDED - {ev.TaskAssigned, ev.TaskStarted, ev.TaskRequeued, ev.TaskCancelled}
+# Profile fields, stored as columns of the same names in agent_performance.
+_PROFILE_FIELDS = tuple(f.name for f in dataclasses.fields(Profile))
 
 
 # --- reading and writing rows in bulk ---
@@ -607,10 +901,19 @@ class Projector:
             await self._load(conn, b, items)
             for offset, env in items:
                 data = env.data
-                handler = _HANDLERS.get(type(data))
+                kind = type(data)
+                handler = _HANDLERS.get(kind)
                 if handler is not None:
                     b.offset, b.env = offset, env
+                    b.saw(env)
                     handler(b, env, data)
+                    if kind in FOLDED:
+                        b.perform(env)
+            for pool, agent_id in b.performance.dirty:
+                profile = b.books[pool].profiles[agent_id]
+                b.performance.rows[(pool, agent_id)] = {
+                    "pool": pool, **{f: getattr(profile, f) for f in _PROFILE_FIELDS}
+                }
             await self._write(conn, dialect, b)
             end = items[-1][0] + 1
             await self._store_position(conn, dialect, topic, partition, start, end)
@@ -646,12 +949,21 @@ class Projector:
         costs: list[tuple[str, ev.CostRecorded]] = []
         budget_sets: set[Key] = set()
         workflows: dict[Key, str | None] = {}  # task key -> workflow of in-batch submissions
+        pool_keys: set[Key] = set()
+        timer_keys: set[Key] = set()
+        profile_keys: set[Key] = set()
         for _, env in items:
             data = env.data
             kind = type(data)
             if kind not in _HANDLERS:
                 continue
             pool = env.pool
+            pool_keys.add((pool,))
+            profiled = getattr(data, "agent_id", None) if kind in _PROFILE_EVENTS else None
+            if profiled is not None:
+                profile_keys.add((pool, profiled))
+            if isinstance(data, ev.TimerScheduled | ev.TimerCancelled | ev.TimerFired):
+                timer_keys.add((pool, data.timer_id))
             task_id = getattr(data, "task_id", None)
             if task_id is not None:
                 key = (pool, task_id)
@@ -674,6 +986,17 @@ class Projector:
 
         await _load(conn, b.tasks, task_keys)
         await _load(conn, b.allocations, allocation_keys)
+        await _load(conn, b.pools, pool_keys)
+        await _load(conn, b.timers, timer_keys)
+        await _load(conn, b.performance, profile_keys)
+        # Resume each pool's performance fold where the stored profiles left it: the profiles,
+        # and the runs in progress (a held task's run began at its start, else its assignment).
+        for (pool, agent_id), stored in b.performance.rows.items():
+            b.book(pool).profiles[agent_id] = Profile(**{f: stored[f] for f in _PROFILE_FIELDS})
+        for task in b.tasks.rows.values():
+            if task["status"] in HOLDING and task["agent_id"] is not None:
+                began = task["started_at"] or task["assigned_at"]
+                b.book(task["pool"]).running(task["task_id"], task["agent_id"], began.timestamp())
         # Agents a loaded task holds lose that hold when the task moves on.
         for task in b.tasks.rows.values():
             if task["status"] in HOLDING and task["agent_id"] is not None:
@@ -704,13 +1027,15 @@ class Projector:
     async def _write(self, conn: AsyncConnection, dialect: str, b: _Batch) -> None:
         """Write every changed row once: upserts for state, inserts for the append-only trails."""
         writes: list[tuple[sa.Table, list[Row], bool]] = []
-        for state in (b.agents, b.tasks, b.allocations, b.budgets, b.limits):
+        for state in (b.agents, b.tasks, b.allocations, b.budgets, b.limits, b.pools, b.timers,
+                      b.performance, b.rate_limits, b.scaling_policies):
             inserts, upserts = state.changes()
             writes += [(state.table, inserts, False), (state.table, upserts, True)]
         writes += [
             (tables.costs, b.costs, False),
             (tables.assignments, b.assignments, False),
             (tables.rejections, b.rejections, False),
+            (tables.scaling_decisions, b.scaling_decisions, False),
         ]
         for table, rows, upsert in writes:
             if not rows:

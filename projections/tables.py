@@ -78,13 +78,26 @@ agents = sa.Table(
     # Number of tasks the agent holds (assigned or running). Maintained from task transitions;
     # the check turns a bookkeeping bug into a failed batch instead of a silently wrong model.
     sa.Column("load", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # 'active' | 'deregistered'
+    # 'active' | 'unhealthy' (registered, missed its heartbeat) | 'deregistered'
+    sa.Column("status", sa.String(20), nullable=False),
     sa.Column("registered_at", UTCDateTime, nullable=False),
     sa.Column("last_heartbeat_at", UTCDateTime),
     sa.Column("heartbeat", _json()),  # last reported {load, cpu, memory, queue}
     sa.Column("deregistered_at", UTCDateTime),
     sa.Column("tasks_completed", sa.Integer, nullable=False),
     sa.Column("tasks_failed", sa.Integer, nullable=False),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("heartbeat_timeout_s", sa.Float, nullable=False),
+    # Health as the decider sees it (kept through deregistration, reset by registering again).
+    sa.Column("healthy", sa.Boolean, nullable=False),
+    sa.Column("unhealthy_reason", sa.Text),
+    sa.Column("health_changed_at", UTCDateTime),
+    # Circuit breaker: 'closed' | 'open' | 'half_open'; open until circuit_until (then half-open
+    # when its timer fires). consecutive_failures = failed runs since the last success or close.
+    sa.Column("circuit", sa.String(20), nullable=False),
+    sa.Column("circuit_changed_at", UTCDateTime),
+    sa.Column("circuit_until", UTCDateTime),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),
     sa.CheckConstraint("load >= 0", name="ck_agents_load_nonnegative"),
     sa.Index("ix_agents_pool_status", "pool", "status"),
 )
@@ -99,10 +112,33 @@ tasks = sa.Table(
     sa.Column("required_capabilities", _json(), nullable=False),
     sa.Column("data", _json(), nullable=False),
     sa.Column("strategy", sa.String(50)),
-    # 'queued' | 'assigned' | 'running' | 'completed' | 'failed' | 'cancelled'
+    # Preferred capabilities the pool's inference rules derived from ``data``.
+    sa.Column("inferred_capabilities", _json(), nullable=False),
+    sa.Column("retry", _json()),  # the task's retry policy, if any
+    sa.Column("timeout_s", sa.Float),
+    # 'queued' | 'assigned' | 'running' | 'retrying' | 'completed' | 'failed' | 'cancelled'
+    # ('retrying': a run failed with attempts left; queued again at next_attempt_at.)
     sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("agent_id", _ID),  # the agent holding the task while assigned or running
-    sa.Column("attempts", sa.Integer, nullable=False),
+    # The agent holding the task while assigned or running; the agent of the last run once it
+    # completed, failed or waits for a retry; None while queued.
+    sa.Column("agent_id", _ID),
+    sa.Column("attempts", sa.Integer, nullable=False),  # assignments so far
+    sa.Column("failures", sa.Integer, nullable=False),  # runs that failed (timeouts included)
+    sa.Column("timeouts", sa.Integer, nullable=False),  # runs that timed out
+    sa.Column("reassignments", sa.Integer, nullable=False),  # taken from an unhealthy agent
+    sa.Column("requeue_reason", sa.Text),  # why it last went back to the queue
+    sa.Column("next_attempt_at", UTCDateTime),  # while 'retrying'
+    # Required capabilities the assigned agent lacks (a partial-match fallback assignment).
+    sa.Column("capability_gap", _json(), nullable=False),
+    # {"missing", "best_match", "threshold"} while no agent matches enough (cleared on assignment).
+    sa.Column("unassignable", _json()),
+    sa.Column("unassignable_at", UTCDateTime),
+    # The last deferral (e.g. RATE_LIMITED) and until when (cleared on assignment).
+    sa.Column("deferred_reason", sa.String(100)),
+    sa.Column("deferred_until", UTCDateTime),
+    # {"scope", "scope_id"} of a spent budget covering the task while it ran.
+    sa.Column("budget_flag", _json()),
+    sa.Column("budget_flagged_at", UTCDateTime),
     sa.Column("submitted_at", UTCDateTime, nullable=False),
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
@@ -123,6 +159,7 @@ resource_limits = sa.Table(
     sa.Column("max_memory_mb", sa.Float, nullable=False),
     sa.Column("max_disk_mb", sa.Float, nullable=False),
     sa.Column("max_network_mbps", sa.Float, nullable=False),
+    sa.Column("max_agents", sa.Integer),  # None: unlimited
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -191,6 +228,9 @@ assignments = sa.Table(
     sa.Column("eligible", sa.Integer),
     sa.Column("considered", sa.Integer),
     sa.Column("decision_us", sa.Float),
+    sa.Column("capability_gap", _json(), nullable=False),
+    sa.Column("preferred", _json(), nullable=False),  # inferred capabilities that counted
+    sa.Column("skipped", _json(), nullable=False),  # agents passed over, by reason
     sa.Column("assigned_at", UTCDateTime, nullable=False),
     sa.Column("event_id", sa.String(200), nullable=False),
     sa.Index("ix_assignments_pool_task", "pool", "task_id"),
@@ -214,6 +254,104 @@ rejections = sa.Table(
     sa.Index("ix_rejections_pool_command", "pool", "command_id"),
 )
 
+# One row per pool: where its history is (the latest event time is the read model's "now", as
+# the coordinator's) and its coordination policy (None until the first PoolPolicySet: defaults).
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("events", sa.BigInteger, nullable=False),
+    sa.Column("last_sequence", sa.BigInteger),
+    sa.Column("last_event_at", UTCDateTime, nullable=False),  # the latest event time seen
+    sa.Column("policy", _json()),  # contracts.commands.PoolPolicy, every field
+    sa.Column("policy_set_at", UTCDateTime),
+)
+
+# Per-agent performance profiles: the fields of projections.performance.Profile, folded by the
+# same PerformanceBook the coordinator uses. ``since`` is seconds since the epoch, as Profile
+# keeps it, so a stored profile is exactly the folded one.
+agent_performance = sa.Table(
+    "agent_performance",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("agent_id", _ID, primary_key=True),
+    sa.Column("completed", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("timeouts", sa.Integer, nullable=False),
+    sa.Column("lost", sa.Integer, nullable=False),
+    sa.Column("success_rate", sa.Float, nullable=False),
+    sa.Column("error_rate", sa.Float, nullable=False),
+    sa.Column("mean_duration_s", sa.Float),
+    sa.Column("up_s", sa.Float, nullable=False),
+    sa.Column("down_s", sa.Float, nullable=False),
+    sa.Column("healthy", sa.Boolean, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("since", sa.Float),
+)
+
+# Durable timers, one row per timer id holding its latest arming: 'pending' until fired or
+# cancelled (a firing or cancellation of an older arming changes nothing, as in the decider).
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("timer_id", _ID, primary_key=True),
+    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # 'pending' | 'fired' | 'cancelled'
+    sa.Column("task_id", _ID),
+    sa.Column("agent_id", _ID),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("delay_s", sa.Float, nullable=False),
+    sa.Column("scheduled_at", UTCDateTime, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("cancel_reason", sa.Text),
+    sa.Index("ix_timers_pool_status_due", "pool", "status", "due_at"),
+)
+
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("scope", sa.String(20), primary_key=True),  # 'agent' | 'model'
+    sa.Column("scope_id", _ID, primary_key=True),
+    sa.Column("requests_per_min", sa.Float),  # None: unlimited
+    sa.Column("tokens_per_min", sa.Float),
+    sa.Column("concurrent", sa.Integer),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+scaling_policies = sa.Table(
+    "scaling_policies",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("agent_kind", sa.String(100), primary_key=True),
+    sa.Column("min_agents", sa.Integer, nullable=False),
+    sa.Column("max_agents", sa.Integer, nullable=False),
+    sa.Column("target_utilization", sa.Float, nullable=False),
+    sa.Column("queue_threshold", sa.Integer, nullable=False),
+    sa.Column("cooldown_s", sa.Float, nullable=False),
+    sa.Column("stability_window_s", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Every scaling decision (append-only; position as in ``assignments``).
+scaling_decisions = sa.Table(
+    "scaling_decisions",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("agent_kind", sa.String(100), nullable=False),
+    sa.Column("from_agents", sa.Integer, nullable=False),
+    sa.Column("to_agents", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("metrics", _json(), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("event_id", sa.String(200), nullable=False),
+    sa.Index("ix_scaling_decisions_pool_kind", "pool", "agent_kind"),
+)
+
 # Where each projector is in each log partition: the next offset it will apply. Written in the
 # same transaction as the rows an apply changed.
 positions = sa.Table(
@@ -235,19 +373,31 @@ READ_MODELS: tuple[sa.Table, ...] = (
     budgets,
     assignments,
     rejections,
+    pools,
+    agent_performance,
+    timers,
+    rate_limits,
+    scaling_policies,
+    scaling_decisions,
 )
 
 __all__ = [
     "READ_MODELS",
     "UTCDateTime",
+    "agent_performance",
     "agents",
     "allocations",
     "assignments",
     "budgets",
     "costs",
     "metadata",
+    "pools",
     "positions",
+    "rate_limits",
     "rejections",
     "resource_limits",
+    "scaling_decisions",
+    "scaling_policies",
     "tasks",
+    "timers",
 ]

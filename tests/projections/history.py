@@ -1,7 +1,9 @@
 """Event histories for the projection tests: a builder of envelopes and a realistic pool history.
 
 The histories are what the decider would emit (consistent: tasks are submitted before they are
-assigned, loads never go negative), because the projector trusts the decider.
+assigned, loads never go negative), because the projector trusts the decider. ``Decided`` goes
+further and makes them with the decider itself, so the read model can be checked against the
+decider's own state (``services.decider.evolve``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts import Envelope, Payload, new_id
+from contracts import commands as c
 from contracts import events as ev
 from contracts.commands import Candidate, SelectionAudit
+from services.decider import Rejected, decide, evolve
+from services.state import PoolState
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -72,10 +77,13 @@ class Story:
     def assign(self, task_id: str, agent_id: str, attempt: int = 1, pool: str | None = None) -> None:
         audit = SelectionAudit(
             strategy="least_loaded",
-            candidates=(Candidate(agent_id=agent_id, score=0.9, load=0, capacity=2),),
+            candidates=(Candidate(agent_id=agent_id, score=0.9, load=0, capacity=2,
+                                  components={"capability": 1.0, "load": 0.5}),),
             eligible=3,
             considered=3,
             decision_us=12.5,
+            preferred=("low_latency",),
+            skipped={"rate_limited": 1},
         )
         self.add(
             ev.TaskAssigned(task_id=task_id, agent_id=agent_id, attempt=attempt, audit=audit),
@@ -99,6 +107,117 @@ class Story:
             ),
             pool=pool,
         )
+
+
+class Decided(Story):
+    """A story whose events come from the real decider: ``do(command)`` decides and evolves."""
+
+    def __init__(self, pool: str = "default", into: Story | None = None) -> None:
+        super().__init__(pool)
+        self.state = PoolState(pool)
+        # Appending into another story's log (several pools sharing one partition).
+        self._into = into
+
+    def add(self, data: Payload | dict[str, Any], **kwargs: Any) -> Envelope:
+        env = (self._into or super()).add(data, pool=self.pool, **kwargs)
+        if self._into is not None:
+            self.envelopes.append(env)
+        return env
+
+    def do(self, cmd: Payload) -> list[Payload]:
+        """Decide ``cmd``, append its events (or its rejection) and evolve the state."""
+        try:
+            events = decide(self.state, cmd)
+        except Rejected as exc:
+            events = [ev.CommandRejected(command_type=type(cmd).__name__, code=exc.code.value,
+                                         message=exc.message, details=dict(exc.details))]
+        commandid = new_id()
+        for data in events:
+            evolve(self.state, self.add(data, commandid=commandid))
+        return events
+
+    def fire(self, timer_id: str) -> list[Payload]:
+        """Fire a pending timer, as the timer service would when it is due."""
+        timer = self.state.timers[timer_id]
+        return self.do(c.FireTimer(timer_id=timer_id, generation=timer.generation))
+
+
+def audit(strategy: str, *agents: tuple[str, float]) -> SelectionAudit:
+    """A selection audit listing ``agents`` with their scores and score components."""
+    return SelectionAudit(
+        strategy=strategy,
+        candidates=tuple(
+            Candidate(agent_id=a, score=score, load=0, capacity=2,
+                      components={"capability": 1.0, "performance": score, "load": 1.0})
+            for a, score in agents
+        ),
+        eligible=len(agents),
+        considered=len(agents),
+        decision_us=3.5,
+    )
+
+
+def coordination_history(into: Story | None = None, pool: str = "ops") -> Decided:
+    """Health, retries, timeouts, breakers, fallbacks, deferrals, budgets and scaling, decided."""
+    d = Decided(pool, into)
+    d.do(c.SetPoolPolicy(default_strategy="performance_weighted", min_capability_match=0.5,
+                         breaker_threshold=2, breaker_cooldown_s=10, dead_after_timeouts=2))
+    d.do(c.SetResourceLimits(max_cpu_cores=10, max_memory_mb=10_000, max_disk_mb=1000,
+                             max_network_mbps=100, max_agents=4))
+    d.do(c.RegisterAgent(agent_id="a1", name="one", kind="llm", capabilities=("python", "sql"),
+                         capacity=2, heartbeat_timeout_s=5, weight=2.0))
+    d.do(c.RegisterAgent(agent_id="a2", name="two", kind="llm", capabilities=("python",),
+                         capacity=1, heartbeat_timeout_s=5))
+    d.do(c.RegisterAgent(agent_id="a3", name="three", kind="gpu", capabilities=("gpu",),
+                         capacity=2))
+    d.do(c.AgentHeartbeat(agent_id="a1", load=0.1, cpu=0.5, memory=100, queue=0))
+    d.do(c.AgentHeartbeat(agent_id="a2", load=0.2))
+    d.do(c.AllocateResources(allocation_id="r1", agent_id="a1", cpu_cores=9, memory_mb=1000))
+    d.do(c.SetRateLimit(scope="agent", scope_id="a2", requests_per_min=60, concurrent=1))
+    d.do(c.SetRateLimit(scope="model", scope_id="gpt-4o", tokens_per_min=10_000))
+    d.do(c.SetScalingPolicy(agent_kind="llm", min_agents=1, max_agents=5, queue_threshold=2))
+    d.do(c.SetScalingPolicy(agent_kind="gpu", min_agents=0, max_agents=2))
+    retry = c.RetryPolicy(max_attempts=3, strategy="exponential", base_delay_s=2)
+    d.do(c.SubmitTask(task_id="t1", type="etl", required_capabilities=("python",), retry=retry,
+                      timeout_s=30))
+    d.do(c.SubmitTask(task_id="t2", type="etl", required_capabilities=("python",)))
+    d.do(c.SubmitTask(task_id="t3", type="query", required_capabilities=("python", "gpu"),
+                      data={"data_source": "postgresql", "real_time": True}))
+    d.do(c.SubmitTask(task_id="t4", type="build", required_capabilities=("rust",)))
+    d.do(c.SubmitTask(task_id="t5", type="etl", required_capabilities=("python",)))
+    d.do(c.AssignTask(task_id="t1", agent_id="a1", audit=audit("performance_weighted",
+                                                               ("a1", 0.9), ("a2", 0.7))))
+    d.do(c.AssignTask(task_id="t2", agent_id="a2", audit=audit("least_loaded", ("a2", 0.5))))
+    # A partial match (python of python+gpu = 0.5) is a fallback with a capability gap.
+    d.do(c.AssignTask(task_id="t3", agent_id="a1", allow_partial=True))
+    d.do(c.FailTask(task_id="t1", error="flaky"))  # retry 1 of 3 after 2 s
+    d.fire("retry:t1")
+    d.do(c.AssignTask(task_id="t1", agent_id="a3"))  # a3 lacks python: rejected
+    d.do(c.AssignTask(task_id="t1", agent_id="a1", audit=audit("round_robin", ("a1", 1.0))))
+    d.do(c.StartTask(task_id="t1"))
+    d.fire("timeout:t1")  # second failure of a1 in a row: its breaker opens
+    d.do(c.MarkTaskUnassignable(task_id="t4", missing=("rust",), best_match=0.0, threshold=0.5))
+    d.do(c.DeferTask(task_id="t5", reason="RATE_LIMITED", delay_s=2.5))
+    d.fire("heartbeat:a2")  # a2 missed its heartbeat: t2 is reassigned
+    d.do(c.AgentHeartbeat(agent_id="a2", load=0.0))  # healthy again
+    d.do(c.AssignTask(task_id="t2", agent_id="a2"))
+    d.fire("circuit:a1")  # half-open: one trial
+    d.do(c.StartTask(task_id="t3"))
+    d.do(c.CompleteTask(task_id="t3", result={"rows": 3}))  # the trial succeeded: closed
+    d.do(c.SetBudget(scope="agent", scope_id="a2", limit_usd=0.5))
+    d.do(c.RecordCost(cost_id="k1", agent_id="a2", task_id="t2", model="gpt-4o", cost_usd=0.75))
+    d.do(c.DecideScaling(agent_kind="llm", from_agents=2, to_agents=3, reason="queue above 2",
+                         metrics={"queue": 3.0, "utilization": 0.9}))
+    d.do(c.DecideScaling(agent_kind="gpu", from_agents=1, to_agents=0, reason="idle",
+                         metrics={"queue": 0.0, "utilization": 0.0}))
+    d.do(c.DecideScaling(agent_kind="gpu", from_agents=1, to_agents=9, reason="too many"))
+    d.fire("retry:t1")
+    d.do(c.AssignTask(task_id="t1", agent_id="a1"))
+    d.fire("heartbeat:a1")  # a1 goes silent: t1 is reassigned, then a1 is declared dead
+    d.fire("dead:a1")
+    d.do(c.AssignTask(task_id="t5", agent_id="a3", allow_partial=True))  # a3 lacks python
+    d.do(c.CompleteTask(task_id="t2", agent_id="a2"))
+    return d
 
 
 def realistic_history() -> list[Envelope]:
@@ -163,6 +282,8 @@ def realistic_history() -> list[Envelope]:
     s.add(ev.BudgetSet(scope="pool", scope_id="ignored-for-pool-scope", limit_usd=1.0), pool="blue")
     s.add(ev.BudgetExceeded(scope="pool", scope_id="blue", limit_usd=1.0, spent_usd=1.5),
           pool="blue")
+    # A third pool, made by the decider: health, retries, breakers, timers, policies, scaling.
+    coordination_history(into=s)
     return s.envelopes
 
 

@@ -106,8 +106,11 @@ async def test_task_lifecycle_to_completion(store: ProjectionStore) -> None:
     assert audit["strategy"] == "least_loaded" and audit["eligible"] == 3
     assert audit["considered"] == 3 and audit["decision_us"] == 12.5
     assert audit["candidates"] == [
-        {"agent_id": "a1", "score": 0.9, "load": 0, "capacity": 2, "capability_match": 1.0}
+        {"agent_id": "a1", "score": 0.9, "load": 0, "capacity": 2, "capability_match": 1.0,
+         "components": {"capability": 1.0, "load": 0.5}}
     ]
+    assert (audit["capability_gap"], audit["preferred"], audit["skipped"]) == (
+        [], ["low_latency"], {"rate_limited": 1})
     assert audit["event_id"] == s.envelopes[2].id
 
     s.complete("t1", "a1")
