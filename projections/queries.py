@@ -352,7 +352,11 @@ async def scaling_decisions(
     limit: int = 100,
     after: int | None = None,
 ) -> dict[str, Any]:
-    """Scaling decisions in log order; ``after`` = last position seen, for paging."""
+    """Scaling decisions in log order; ``after`` = last position seen, for paging.
+
+    Each: position, time, agent_kind, from and to (also as from_agents and to_agents), reason,
+    metrics, event_id.
+    """
     sd = tables.scaling_decisions
     stmt = sa.select(sd).where(sd.c.pool == pool).order_by(sd.c.position).limit(limit)
     if agent_kind is not None:
@@ -366,6 +370,9 @@ async def scaling_decisions(
             "agent_kind": r["agent_kind"],
             "from": r["from_agents"],
             "to": r["to_agents"],
+            # The ScalingDecided field names too ("from" is a keyword in many client languages).
+            "from_agents": r["from_agents"],
+            "to_agents": r["to_agents"],
             "reason": r["reason"],
             "metrics": r["metrics"],
             "event_id": r["event_id"],

@@ -4,6 +4,11 @@ Owns the async engine, creates the tables, and lets readers wait until the proje
 applied a log position (read-your-writes). It must never apply events itself (that is
 ``projections.projector``) and never import ``services``.
 
+Schema changes. The tables are created at start. Tables left by another version of the read
+models (columns added or removed) are dropped with every other read-model table and the
+positions, so the projectors rebuild them from offset 0 of the log: the read models are derived
+data, and a model half in the old shape would only fail later, event by event.
+
 Durability. On SQLite the database runs in WAL mode with ``synchronous=NORMAL``: a power cut may
 lose the last few committed transactions, but each transaction holds both the rows an apply
 changed and the projector's position, so what is lost is lost together. After a restart the
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,8 @@ MAIN_PROJECTOR = "read_models"
 SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 PositionKey = tuple[str, str, int]  # (projector, topic, partition)
+
+log = logging.getLogger(__name__)
 
 
 def _json_dumps(value: Any) -> str:
@@ -115,6 +123,13 @@ class ProjectionStore:
             async with engine.begin() as conn:
                 if self.schema is not None:
                     await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                stale = await conn.run_sync(_stale_tables)
+                if stale:
+                    # Tables from an older version of the read models: they are derived data, so
+                    # start them over; the positions go with them and projectors replay the log.
+                    log.warning("read-model tables %s are from another version of agentbus: "
+                                "dropping the read models to rebuild them from the log", stale)
+                    await conn.run_sync(tables.metadata.drop_all)
                 await conn.run_sync(tables.metadata.create_all)
         except BaseException:
             await engine.dispose()
@@ -193,6 +208,18 @@ async def read_position(conn: AsyncConnection, projector: str, topic: str, parti
         )
     )
     return 0 if value is None else int(value)
+
+
+def _stale_tables(conn: sa.Connection) -> list[str]:
+    """Existing tables whose columns differ from this version's schema."""
+    inspector = sa.inspect(conn)
+    stale = []
+    for table in tables.metadata.sorted_tables:
+        if inspector.has_table(table.name):
+            columns = {c["name"] for c in inspector.get_columns(table.name)}
+            if columns != set(table.columns.keys()):
+                stale.append(table.name)
+    return stale
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

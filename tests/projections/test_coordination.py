@@ -270,6 +270,7 @@ async def test_policies_rate_limits_scaling_and_limits(store: ProjectionStore) -
     assert [(x["agent_kind"], x["from"], x["to"], x["reason"]) for x in decisions] == [
         ("llm", 2, 3, "queue above 2"), ("gpu", 1, 0, "idle")]  # the third was rejected
     assert decisions[0]["metrics"] == {"queue": 3.0, "utilization": 0.9}
+    assert (decisions[0]["from_agents"], decisions[0]["to_agents"]) == (2, 3)
     decided = [e for e in d.envelopes if isinstance(e.data, ev.ScalingDecided)]
     assert decisions[0]["time"] == decided[0].time.isoformat()
     assert decisions[0]["position"] < decisions[1]["position"]

@@ -420,6 +420,36 @@ async def test_offsets_within_a_batch_must_increase(store: ProjectionStore) -> N
     assert await Projector(store).apply(TOPIC, 0, []) == 0
 
 
+async def test_tables_of_another_version_are_rebuilt_from_the_start(
+    store: ProjectionStore,
+) -> None:
+    s = Story()
+    s.register("a1")
+    s.submit("t1")
+    projector = Projector(store)
+    await projector.apply(TOPIC, 0, s.items())
+    async with store.engine.begin() as conn:  # as an older version left it
+        await conn.execute(sa.text("ALTER TABLE agents DROP COLUMN weight"))
+    again = ProjectionStore(store.url, schema=store.schema)
+    await again.start()
+    try:
+        # Everything is dropped with the stale table, positions too: the projector replays.
+        assert await Projector(again).position(TOPIC, 0) == 0
+        for table in tables.READ_MODELS:
+            assert await count(again, table) == 0
+        await Projector(again).apply(TOPIC, 0, s.items())
+        assert (await agent(again, "a1"))["weight"] == 1.0
+    finally:
+        await again.close()
+    # A store of the current version is left as it is.
+    third = ProjectionStore(store.url, schema=store.schema)
+    await third.start()
+    try:
+        assert await Projector(third).position(TOPIC, 0) == 2
+    finally:
+        await third.close()
+
+
 # --- waiting for a position ---
 
 
