@@ -17,7 +17,7 @@ from typing import Any
 from contracts import REGISTRY, Envelope, Payload, Reason
 from contracts import commands as c
 from contracts import events as e
-from services.coordinator import Coordinator
+from services.coordinator import Assignment, Coordinator
 from services.decider import DeciderConfig, Rejected, decide, evolve
 from services.state import PoolState
 
@@ -185,6 +185,8 @@ class Loop:
     coordinator's AssignTask commands join the back of the same queue. Repeated command ids are
     skipped and rejections become CommandRejected events exactly as ``PartitionDecider.decide_one``
     does it (``services.runner.rejection``: the details gain the command's ``subject``).
+    ``issued`` maps each coordinator command id to the index of the decision after which it was
+    issued; ``on_schedule`` (if set) sees every non-empty batch of new assignments once queued.
     """
 
     pool: str = "default"
@@ -194,6 +196,8 @@ class Loop:
     queue: deque[tuple[str, Payload, bool]] = field(default_factory=deque)
     log: list[Envelope] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    issued: dict[str, int] = field(default_factory=dict)
+    on_schedule: Callable[[list[Assignment]], None] | None = None
     _n: int = 0
 
     def __post_init__(self) -> None:
@@ -225,8 +229,12 @@ class Loop:
         self.log.extend(envs)
         for env in envs:
             self.coordinator.observe(env)
-        for a in self.coordinator.schedule():
+        new = self.coordinator.schedule()
+        for a in new:
             self.queue.append((a.command_id, a.command, True))
+            self.issued.setdefault(a.command_id, len(self.decisions))
+        if new and self.on_schedule is not None:
+            self.on_schedule(new)
         decision = Decision(cid, cmd, envs, by_coordinator)
         self.decisions.append(decision)
         return decision
