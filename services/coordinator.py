@@ -306,6 +306,13 @@ class PoolView:
                 task = self.tasks[task_id]
                 if task.qversion == version and task.status == "queued" and not task.flagged:
                     self.to_mark.append(task)
+        # Tasks parked under a spent workflow budget left the heaps but are still queued: a
+        # coordinator rebuilt from the log would see them in the heaps, so treat them alike.
+        for parked in self.parked.values():
+            for task in parked:
+                if task.status == "queued" and task.pending is None and not task.flagged \
+                        and not self._covered(task.req)[0]:
+                    self.to_mark.append(task)
 
     def _covered(self, req: frozenset[str]) -> tuple[bool, float, tuple[str, ...]]:
         """Whether some registered agent matches enough of ``req``; else the best match and gap."""

@@ -19,7 +19,7 @@ spent = sum of costs, replay = live state), the coordinator is held to:
   registered agent could serve is marked unassignable.
 
 The races the old restrictions left out are also played as fixed scenarios below (the random runs
-reach them only now and then); known coordinator bugs are pinned by strict xfail tests at the end.
+reach them only now and then); regressions for bugs it found are at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import copy
 import math
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -637,12 +636,9 @@ def test_deregistering_while_an_assignment_is_in_flight() -> None:
     assert m.loop.state.tasks["t1"].attempts == 2
 
 
-# -- known bugs ------------------------------------------------------------------------------------
+# -- regressions -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PoolView._coverage_lost scans only the queue heaps, so a task "
-                   "parked for its workflow's budget is never marked unassignable when the last agent "
-                   "that could serve it leaves; a coordinator rebuilt from the log marks it")
 def test_a_parked_task_nobody_can_serve_is_marked_unassignable_as_a_rebuilt_coordinator_would() -> None:
     loop = Loop()
     loop.do(c.RegisterAgent(agent_id="a", name="a"))
