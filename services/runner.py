@@ -1,5 +1,6 @@
-"""The embedded runner: deciders, the coordinator and the projector as consumers of one log,
-in one asyncio process, each resuming from its own committed position after a restart.
+"""The embedded runner: deciders, the coordinator, the timer services and the projector as
+consumers of one log, in one asyncio process, each resuming from its own committed position (the
+timer services from their rebuilt books) after a restart.
 
 Exactly-once: the decider appends a batch's events and commits its commands offset in one
 transaction; the coordinator appends its commands and commits its events offset in one; the
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 
 from contracts import REGISTRY, Envelope, Payload, Reason, new_id, utcnow
@@ -31,6 +33,8 @@ from services.decider import DeciderConfig, Rejected, decide, evolve
 from services.ingest import command_envelope
 from services.outcomes import OutcomeRef, Outcomes
 from services.state import PoolState
+from services.timers import TimerService
+from services.webhook import WebhookRelay, url_from_env
 
 log = logging.getLogger("agentbus.runner")
 
@@ -413,11 +417,23 @@ class ProjectorLoop:
             await self.projector.apply(EVENTS, partition, batch)
 
 
+async def run_timers(decider: PartitionDecider, timers: TimerService) -> None:
+    """A partition's timer service, started once its decider has rebuilt its state: the book is
+    rebuilt from the same events, and what fell due while the process was down fires at once."""
+    await decider.ready.wait()
+    await timers.run()
+
+
 class Runner:
-    """All of agentbus in one process on the configured log and read-model database."""
+    """All of agentbus in one process on the configured log and read-model database.
+
+    ``scaling_webhook`` (default: ``AGENTBUS_SCALING_WEBHOOK``) POSTs each ScalingDecided event
+    there (``services.webhook``); ``webhook_transport`` replaces the network in tests.
+    """
 
     def __init__(self, settings: Settings, *, deciders: bool = True, coordinator: bool = True,
-                 projector: bool = True) -> None:
+                 projector: bool = True, scaling_webhook: str | None = None,
+                 webhook_transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.log: EventLog = open_log(settings.broker)
         self.store = ProjectionStore(settings.database)
@@ -427,6 +443,10 @@ class Runner:
         self.topics = Topics()
         self.deciders: list[PartitionDecider] = []
         self.coordinator: CoordinatorLoop | None = None
+        self.timers: list[TimerService] = []
+        self.webhook_url = scaling_webhook or url_from_env()
+        self.webhook: WebhookRelay | None = None
+        self._webhook_transport = webhook_transport
         self._want = (deciders, coordinator, projector)
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None
@@ -447,12 +467,21 @@ class Runner:
                 d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache)
                 self.deciders.append(d)
                 self._spawn(d.run(), f"decider[{p}]")
+                # Durable timers: the wall clock decides when FireTimer commands go out; the
+                # decider still takes their time from the envelope (stamped here).
+                t = TimerService(self.log, p)
+                self.timers.append(t)
+                self._spawn(run_timers(d, t), f"timers[{p}]")
         if want_coordinator:
             self.coordinator = CoordinatorLoop(self.log, self.partitions, self.cache)
             self._spawn(self.coordinator.run(), "coordinator")
         if want_projector:
             self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
                         "projector")
+        if self.webhook_url:
+            self.webhook = WebhookRelay(self.log, self.webhook_url, self.partitions, topic=EVENTS,
+                                        cache=self.cache, transport=self._webhook_transport)
+            self._spawn(self.webhook.run(), "webhook")
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
