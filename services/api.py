@@ -12,11 +12,15 @@ append anything but commands, and never append a command it could not validate: 
 from __future__ import annotations
 
 import contextlib
+import csv
 import decimal
+import io
+import re
+import xml.etree.ElementTree as ET  # builds only (never parses input): no XXE surface
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, NoReturn, Protocol
+from typing import Annotated, Any, Literal, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -504,6 +508,89 @@ def _not_found(what: str, key: str) -> NoReturn:
     raise HTTPException(404, f"{what} {key!r} not found")
 
 
+# --- assignment audit exports -------------------------------------------------------------------
+
+ExportFormat = Literal["json", "csv", "xml"]
+CSV_TYPE = "text/csv; charset=utf-8"
+XML_TYPE = "application/xml"
+# Per assignment, then per candidate; score components follow as component_<name> columns.
+_ASSIGNMENT_COLUMNS = ("pool", "position", "task_id", "agent_id", "attempt", "strategy", "eligible",
+                       "considered", "decision_us", "capability_gap", "preferred", "skipped", "assigned_at",
+                       "event_id")
+_CANDIDATE_COLUMNS = ("candidate_rank", "candidate_agent_id", "candidate_chosen", "candidate_score",
+                      "candidate_load", "candidate_capacity", "candidate_capability_match")
+# Characters XML 1.0 cannot carry even escaped (ids are client-chosen strings).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def assignments_csv(items: list[dict[str, Any]]) -> str:
+    """One row per candidate (a row with empty candidate columns when there were none)."""
+    components = sorted({name for item in items for cand in item.get("candidates") or ()
+                         for name in (cand.get("components") or {})})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*_ASSIGNMENT_COLUMNS, *_CANDIDATE_COLUMNS, *(f"component_{c}" for c in components)])
+    for item in items:
+        head = [_cell(item.get(col)) for col in _ASSIGNMENT_COLUMNS]
+        candidates = item.get("candidates") or []
+        if not candidates:
+            writer.writerow(head + [""] * (len(_CANDIDATE_COLUMNS) + len(components)))
+        for rank, cand in enumerate(candidates, 1):
+            parts = cand.get("components") or {}
+            chosen = str(cand.get("agent_id") == item.get("agent_id")).lower()
+            writer.writerow([
+                *head, rank, _cell(cand.get("agent_id")), chosen,
+                _cell(cand.get("score")), _cell(cand.get("load")), _cell(cand.get("capacity")),
+                _cell(cand.get("capability_match")), *(_cell(parts.get(c)) for c in components),
+            ])
+    return out.getvalue()
+
+
+def _xml_text(value: Any) -> str:
+    return _NOT_XML.sub("\ufffd", _cell(value))
+
+
+def assignments_xml(items: list[dict[str, Any]], pool: str) -> bytes:
+    """``<assignments><assignment ...><candidate ...><component .../></candidate></assignment>``."""
+    root = ET.Element("assignments", pool=_xml_text(pool), count=str(len(items)))
+    for item in items:
+        attrs = {col: _xml_text(item.get(col)) for col in _ASSIGNMENT_COLUMNS
+                 if col not in ("capability_gap", "preferred", "skipped") and item.get(col) is not None}
+        node = ET.SubElement(root, "assignment", attrs)
+        for name, key in (("capability_gap", "capability_gap"), ("preferred", "preferred")):
+            values = item.get(key) or []
+            if values:
+                group = ET.SubElement(node, name)
+                for cap in values:
+                    ET.SubElement(group, "capability").text = _xml_text(cap)
+        for reason, count in (item.get("skipped") or {}).items():
+            ET.SubElement(node, "skipped", reason=_xml_text(reason), count=_xml_text(count))
+        for rank, cand in enumerate(item.get("candidates") or [], 1):
+            c_attrs = {"rank": str(rank),
+                       "chosen": str(cand.get("agent_id") == item.get("agent_id")).lower(),
+                       **{k: _xml_text(cand.get(k)) for k in ("agent_id", "score", "load", "capacity",
+                                                              "capability_match") if cand.get(k) is not None}}
+            c_node = ET.SubElement(node, "candidate", c_attrs)
+            for name, value in (cand.get("components") or {}).items():
+                ET.SubElement(c_node, "component", name=_xml_text(name), value=_xml_text(value))
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _download(content: str | bytes, media_type: str, filename: str) -> Response:
+    return Response(content, media_type=media_type,
+                    headers={"content-disposition": f'inline; filename="{filename}"'})
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 
@@ -643,6 +730,24 @@ def _routes(app: FastAPI) -> None:
     async def set_budget(request: Request, runner: Run, opts: Write) -> Response:
         return await _write(request, runner, opts, "SetBudget")
 
+    # -- coordination policy --
+
+    @app.put("/v1/pools/policy", summary="Replace the pool's coordination policy",
+             status_code=202, tags=_WRITE_TAGS,
+             openapi_extra=_request_body("SetPoolPolicy", required=False))
+    async def set_pool_policy(request: Request, runner: Run, opts: Write) -> Response:
+        return await _write(request, runner, opts, "SetPoolPolicy", required=False)
+
+    @app.put("/v1/rate-limits", summary="Set an agent's or a model's token buckets",
+             status_code=202, tags=_WRITE_TAGS, openapi_extra=_request_body("SetRateLimit"))
+    async def set_rate_limit(request: Request, runner: Run, opts: Write) -> Response:
+        return await _write(request, runner, opts, "SetRateLimit")
+
+    @app.put("/v1/scaling/policies", summary="Set the scaling policy of an agent kind",
+             status_code=202, tags=_WRITE_TAGS, openapi_extra=_request_body("SetScalingPolicy"))
+    async def set_scaling_policy(request: Request, runner: Run, opts: Write) -> Response:
+        return await _write(request, runner, opts, "SetScalingPolicy")
+
     # -- any command --
 
     @app.post("/v1/commands", summary="Send any command by type name, or as a CloudEvent",
@@ -667,6 +772,16 @@ def _routes(app: FastAPI) -> None:
         if agent is None:
             _not_found("agent", agent_id)
         return _json(agent)
+
+    @app.get("/v1/agents/{agent_id}/performance", summary="An agent's performance profile",
+             tags=_READ_TAGS)
+    async def agent_performance(agent_id: str, runner: Run, pool: Pool = "default",
+                                min_position: MinPosition = None) -> Response:
+        await _caught_up(runner, pool, min_position)
+        profile = await queries.agent_performance(runner.store, pool, agent_id)
+        if profile is None:
+            _not_found("agent", agent_id)
+        return _json(profile)
 
     @app.get("/v1/tasks", summary="List tasks, a page at a time", tags=_READ_TAGS)
     async def list_tasks(
@@ -701,18 +816,67 @@ def _routes(app: FastAPI) -> None:
         await _caught_up(runner, pool, min_position)
         return _json(await queries.cost_summary(runner.store, pool))
 
-    @app.get("/v1/audit/assignments", summary="Assignment audit trail", tags=_READ_TAGS)
+    @app.get("/v1/audit/assignments", summary="Assignment audit trail (JSON, CSV or XML)", tags=_READ_TAGS,
+             responses={200: {"content": {"application/json": {}, CSV_TYPE: {}, XML_TYPE: {}}}})
     async def audit_assignments(
         runner: Run, pool: Pool = "default", min_position: MinPosition = None,
         task_id: Annotated[str | None, Query(max_length=MAX_ID)] = None,
         agent_id: Annotated[str | None, Query(max_length=MAX_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after: Annotated[int | None, Query(description="Last position seen, for paging.")] = None,
+        format: Annotated[ExportFormat, Query(
+            description="json (default); csv: one row per candidate; xml: <assignments>.")] = "json",
     ) -> Response:
         await _caught_up(runner, pool, min_position)
         items = await queries.assignments(runner.store, pool, task_id=task_id, agent_id=agent_id, limit=limit,
                                           after=after)
+        if format == "csv":
+            return _download(assignments_csv(items), CSV_TYPE, "assignments.csv")
+        if format == "xml":
+            return _download(assignments_xml(items, pool), XML_TYPE, "assignments.xml")
         return _json({"items": items})
+
+    # -- coordination reads --
+
+    @app.get("/v1/scaling/policies", summary="Scaling policies by agent kind", tags=_READ_TAGS)
+    async def get_scaling_policies(runner: Run, pool: Pool = "default",
+                                   min_position: MinPosition = None) -> Response:
+        await _caught_up(runner, pool, min_position)
+        return _json(await queries.scaling_policies(runner.store, pool))
+
+    @app.get("/v1/scaling/decisions", summary="Scaling decisions in log order", tags=_READ_TAGS)
+    async def get_scaling_decisions(
+        runner: Run, pool: Pool = "default", min_position: MinPosition = None,
+        agent_kind: Annotated[str | None, Query(max_length=100)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[int | None, Query(description="Last position seen, for paging.")] = None,
+    ) -> Response:
+        await _caught_up(runner, pool, min_position)
+        return _json(await queries.scaling_decisions(runner.store, pool, agent_kind=agent_kind, limit=limit,
+                                                     after=after))
+
+    @app.get("/v1/metrics/load-balancing", summary="Per-agent load and how even it is", tags=_READ_TAGS)
+    async def get_load_balancing(runner: Run, pool: Pool = "default",
+                                 min_position: MinPosition = None) -> Response:
+        await _caught_up(runner, pool, min_position)
+        return _json(await queries.load_balancing(runner.store, pool))
+
+    @app.get("/v1/capacity", summary="Fleet capacity, bottlenecks and recommendations", tags=_READ_TAGS)
+    async def get_capacity(runner: Run, pool: Pool = "default", min_position: MinPosition = None) -> Response:
+        await _caught_up(runner, pool, min_position)
+        return _json(await queries.capacity(runner.store, pool))
+
+    @app.get("/v1/timers", summary="Durable timers (pending by default)", tags=_READ_TAGS)
+    async def get_timers(
+        runner: Run, pool: Pool = "default", min_position: MinPosition = None,
+        status: Annotated[str, Query(max_length=20,
+                                     description="pending, fired, cancelled or all.")] = "pending",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Response:
+        await _caught_up(runner, pool, min_position)
+        timers = await queries.list_timers(runner.store, pool, status=None if status == "all" else status,
+                                           limit=limit)
+        return _json({"items": timers} if isinstance(timers, list) else timers)
 
     @app.get("/v1/audit/rejections", summary="Rejected commands", tags=_READ_TAGS)
     async def audit_rejections(

@@ -24,6 +24,7 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "AGENTBUS_DATA",
         "AGENTBUS_PRICES",
         "AGENTBUS_PARTITIONS",
+        "AGENTBUS_SCALING_WEBHOOK",
     ):
         monkeypatch.delenv(name, raising=False)
 
