@@ -102,9 +102,11 @@ _partitions = click.option("--partitions", envvar="AGENTBUS_PARTITIONS", show_en
 @_topic_prefix
 @_app_id
 @_session_timeout
+@click.option("--scaling-webhook", envvar="AGENTBUS_SCALING_WEBHOOK", show_envvar=True,
+              help="POST each ScalingDecided event (a CloudEvent) to this URL, at least once.")
 def serve(host: str, port: int, data_dir: Path | None, broker: str | None, database: str | None,
           partitions: int | None, no_worker: bool, topic_prefix: str, app_id: str,
-          session_timeout: float) -> None:
+          session_timeout: float, scaling_webhook: str | None) -> None:
     """Run the HTTP API with the embedded runner, or on Kafka with an in-process Faust worker.
 
     Exits with status 1, naming the cause, when the runner fails (e.g. a corrupt log record).
@@ -112,13 +114,18 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
     import uvicorn
 
     from services.api import Service, create_app
-    from services.runner import Topics, tune_gc
+    from services.runner import Runner, Topics, tune_gc
 
     tune_gc()
     settings = _settings(data_dir, broker, database, partitions)
     settings.host, settings.port = host, port
-    factory = None
+    factory: Callable[[Settings], Service] | None = None
+    if scaling_webhook and not scaling_webhook.startswith(("http://", "https://")):
+        _fail(f"--scaling-webhook must be an http:// or https:// URL, not {scaling_webhook!r}")
     if settings.broker.startswith("kafka:"):
+        if scaling_webhook:
+            _fail("--scaling-webhook runs with the embedded runner only; on Kafka, consume "
+                  "ScalingDecided from the events topic")
         _logging()
 
         def factory(s: Settings) -> Service:
@@ -128,6 +135,9 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
                                   app_id=app_id, session_timeout=session_timeout)
     elif no_worker:
         _fail("--no-worker needs a kafka:// broker (the embedded runner is one process)")
+    else:
+        def factory(s: Settings) -> Service:
+            return Runner(s, scaling_webhook=scaling_webhook)
     app = create_app(settings=settings, service=factory)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
 
@@ -344,6 +354,77 @@ def agent_heartbeat(agent_id: str, load: float | None, cpu: float | None, memory
 def agent_remove(agent_id: str, reason: str | None, url: str, pool: str) -> None:
     """Deregister AGENT_ID; its unfinished tasks go back to the queue."""
     _request(url, "DELETE", f"/v1/agents/{agent_id}", params={"wait": "true", "pool": pool, "reason": reason})
+
+
+@agent.command("run")
+@click.option("--name", required=True, help="The agent's name.")
+@click.option("--capability", "-c", "capabilities", multiple=True, help="A capability (repeatable).")
+@click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tasks it works at once.")
+@click.option("--kind", default="generic", show_default=True, help="Agent kind (what scaling policies name).")
+@click.option("--id", "agent_id", help="Agent id (default: generated).")
+@click.option("--heartbeat-s", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds between heartbeats (the server presumes it gone after three missed).")
+@click.option("--work-s", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Seconds each task takes.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of tasks it fails.")
+@click.option("--model", default="gpt-4o-mini", show_default=True, help="Model whose cost each task records.")
+@click.option("--input-tokens", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--output-tokens", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--seed", type=int, help="Seed of the simulated failures (default: random).")
+@_client_options
+def agent_run(name: str, capabilities: tuple[str, ...], capacity: int, kind: str, agent_id: str | None,
+              heartbeat_s: float, work_s: float, fail_rate: float, model: str, input_tokens: int,
+              output_tokens: int, seed: int | None, url: str, pool: str) -> None:
+    """Run a local agent process: register (its id is printed), heartbeat, work assigned tasks.
+
+    Stops on SIGTERM/SIGINT: deregisters (its unfinished tasks go back to the queue), exits 0.
+    """
+    import logging
+    import signal
+
+    from services.agent import AgentConfig, AgentError, LocalAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = AgentConfig(url=url, name=name, capabilities=capabilities, capacity=capacity, kind=kind,
+                         pool=pool, agent_id=agent_id, heartbeat_s=heartbeat_s, work_s=work_s,
+                         fail_rate=fail_rate, model=model, input_tokens=input_tokens,
+                         output_tokens=output_tokens, seed=seed)
+
+    def registered(agent: str) -> None:
+        click.echo(agent)  # first line of stdout: the id, for scripts
+        sys.stdout.flush()
+        click.echo(f"agent {agent} ({name}, kind {kind}, capacity {capacity}) working for {url}", err=True)
+
+    async def go() -> LocalAgent:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        transport = _async_transport()
+        async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT_S, transport=transport) as client:
+            worker = LocalAgent(config, client)
+            await worker.run(stop, on_registered=registered)
+            return worker
+
+    try:
+        worker = _run(go())
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach agentbus at {url}: {exc}")
+    except AgentError as exc:
+        _fail(str(exc))
+    click.echo(f"agent {worker.agent_id} deregistered after {worker.completed} completed and "
+               f"{worker.failed} failed task(s)", err=True)
+
+
+def _async_transport() -> httpx.AsyncBaseTransport | None:
+    """An async transport the caller injected through ``obj={"async_transport": ...}`` (tests)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(dict) if ctx is not None else None
+    transport = obj.get("async_transport") if obj else None
+    return transport if isinstance(transport, httpx.AsyncBaseTransport) else None
 
 
 @main.group()
