@@ -116,12 +116,12 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
     from services.api import Service, create_app
     from services.runner import Runner, Topics, tune_gc
 
+    if scaling_webhook and not scaling_webhook.startswith(("http://", "https://")):
+        _fail(f"--scaling-webhook must be an http:// or https:// URL, not {scaling_webhook!r}")
     tune_gc()
     settings = _settings(data_dir, broker, database, partitions)
     settings.host, settings.port = host, port
     factory: Callable[[Settings], Service] | None = None
-    if scaling_webhook and not scaling_webhook.startswith(("http://", "https://")):
-        _fail(f"--scaling-webhook must be an http:// or https:// URL, not {scaling_webhook!r}")
     if settings.broker.startswith("kafka:"):
         if scaling_webhook:
             _fail("--scaling-webhook runs with the embedded runner only; on Kafka, consume "

@@ -255,3 +255,13 @@ def test_log_commands_name_a_corrupt_record(history: tuple[Path, Any]) -> None:
     assert result.exit_code == 1 and "corrupt record at events[0]@2" in result.output
     result = invoke("replay", "--data-dir", str(data))
     assert result.exit_code == 1 and "events[0]@2" in result.output
+
+
+def test_serve_refuses_a_webhook_that_is_not_http(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--data-dir", str(tmp_path), "--scaling-webhook", "ftp://x/y"])
+    assert result.exit_code == 1 and "must be an http:// or https:// URL" in result.output
+
+
+def test_agent_run_says_when_the_server_is_unreachable() -> None:
+    result = CliRunner().invoke(main, ["agent", "run", "--name", "w", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "cannot reach agentbus at http://127.0.0.1:9" in result.output
