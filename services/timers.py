@@ -143,12 +143,14 @@ class TimerService:
     book: TimerBook = field(default_factory=TimerBook)
     offset: int = 0  # next events offset to read
     fired: int = 0
+    commands: str = COMMANDS  # topic names (a deployment may prefix them)
+    events: str = EVENTS
 
     async def load(self) -> int:
         """Fold every event appended since the last call; returns how many were read."""
         n = 0
         while True:
-            batch = await self.log.read(EVENTS, self.partition, self.offset, 5000)
+            batch = await self.log.read(self.events, self.partition, self.offset, 5000)
             if not batch:
                 return n
             for rec in batch:
@@ -163,7 +165,7 @@ class TimerService:
         if not due:
             return []
         envs = [fire_envelope(t, now) for t in due]
-        await self.log.append(COMMANDS, [to_record(x) for x in envs])
+        await self.log.append(self.commands, [to_record(x) for x in envs])
         self.fired += len(envs)
         return [t.command_id for t in due]
 
@@ -183,4 +185,4 @@ class TimerService:
         """Fire timers for ever: wake on new events or when the next timer is due."""
         while True:
             await self.step()
-            await self.log.wait(EVENTS, self.partition, self.offset, timeout=self.sleep_s())
+            await self.log.wait(self.events, self.partition, self.offset, timeout=self.sleep_s())
