@@ -520,12 +520,16 @@ class KafkaLog:
         self._started()
         await self._check_partition(topic, partition)
         await self._writer_for(Commit(group, topic, partition, 0), fresh=True)
+        # Registering the id completed any transaction of ours on it, and another owner may have
+        # committed since we last did: what we remember committing is no longer the offset.
+        self._unseen_commits.pop((group, topic, partition), None)
 
     async def release(self, group: str, topic: str, partition: int) -> None:
         """Stop the partition writer of ``group``'s ``topic[partition]`` (after its queued appends)."""
         writer = self._writers.pop(self.partition_transactional_id(group, topic, partition), None)
         if writer is not None:
             await writer.close()
+        self._unseen_commits.pop((group, topic, partition), None)  # the next owner commits now
 
     async def _writer_for(self, commit: Commit, *, fresh: bool = False) -> _Writer:
         tid = self.partition_transactional_id(commit.group, commit.topic, commit.partition)
@@ -609,6 +613,9 @@ class KafkaLog:
                 return
             if loop.time() > deadline:
                 logger.warning("transaction markers of %s not visible after %ss", pending, VISIBLE_TIMEOUT_S)
+                for tp, offset in pending.items():  # do not make every later read wait again
+                    if self._unseen.get(tp) == offset:
+                        del self._unseen[tp]
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
@@ -627,6 +634,8 @@ class KafkaLog:
                 return await self._see_commit(group, topic, partition)
             if loop.time() > deadline:
                 logger.warning("offset commit of %s %s[%d] not visible", group, topic, partition)
+                if self._unseen_commits.get(key) == want:
+                    del self._unseen_commits[key]
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
