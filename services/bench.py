@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,21 @@ class Fleet:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
 
+    async def _batches(self, partition: int, start: int) -> AsyncIterator[list[tuple[int, Envelope]]]:
+        t = self.target
+        if not t.kafka:
+            async for batch in tail(t.log, t.cache, t.topics.events, partition, start, limit=2000):
+                yield batch
+            return
+        # Kafka: a long-polling consumer, like the workers' roles. tail() waits by re-reading
+        # the end offset every 100 ms for records another process (a --workers process) wrote.
+        decode = t.cache.decode
+        async for recs in t.log.subscribe(t.topics.events, partition, start, limit=2000):
+            yield [(r.offset, decode(r)) for r in recs]
+
     async def run(self, partition: int, start: int) -> None:
         t = self.target
-        async for batch in tail(t.log, t.cache, t.topics.events, partition, start, limit=2000):
+        async for batch in self._batches(partition, start):
             now = time.perf_counter()
             out: list[Envelope] = []
             for _, env in batch:
