@@ -104,9 +104,11 @@ _partitions = click.option("--partitions", envvar="AGENTBUS_PARTITIONS", show_en
 @_session_timeout
 @click.option("--scaling-webhook", envvar="AGENTBUS_SCALING_WEBHOOK", show_envvar=True,
               help="POST each ScalingDecided event (a CloudEvent) to this URL, at least once.")
+@click.option("--access-log/--no-access-log", envvar="AGENTBUS_ACCESS_LOG", show_envvar=True, default=False,
+              show_default=True, help="Log every HTTP request (costs throughput; the event log is the audit).")
 def serve(host: str, port: int, data_dir: Path | None, broker: str | None, database: str | None,
           partitions: int | None, no_worker: bool, topic_prefix: str, app_id: str,
-          session_timeout: float, scaling_webhook: str | None) -> None:
+          session_timeout: float, scaling_webhook: str | None, access_log: bool) -> None:
     """Run the HTTP API with the embedded runner, or on Kafka with an in-process Faust worker.
 
     Exits with status 1, naming the cause, when the runner fails (e.g. a corrupt log record).
@@ -139,7 +141,10 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
         def factory(s: Settings) -> Service:
             return Runner(s, scaling_webhook=scaling_webhook)
     app = create_app(settings=settings, service=factory)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
+    # loop/http "auto": uvloop and httptools when installed (they are dependencies), which cut
+    # the per-request cost of the event loop and the HTTP parser several times over.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",
+                                           access_log=access_log, loop="auto", http="auto"))
 
     def stop_server(exc: BaseException) -> None:
         # A dead worker means stale reads and undecided commands: stop serving rather than lie.
