@@ -63,6 +63,7 @@ from projections import ProjectionStore, Projector
 from services.config import Settings
 from services.outcomes import OutcomeRef, Outcomes
 from services.runner import BATCH, PartitionCoordinator, PartitionDecider, Topics
+from services.timers import TimerService
 from services.tracker import OutcomeTracker
 
 log = logging.getLogger("agentbus.faust")
@@ -218,6 +219,9 @@ class FaustWorker:
         self.deciders: dict[int, _Part] = {}
         self.coordinators: dict[int, _Part] = {}
         self.projectors: dict[int, _Part] = {}
+        # Durable timers: one service per commands partition this worker owns. A brief overlap
+        # with the previous owner is harmless: FireTimer ids are deterministic, repeats dropped.
+        self.timers: dict[int, asyncio.Task[None]] = {}
         self._preparing: set[asyncio.Task[None]] = set()
         self.app: faust.App | None = None
         self.failure: BaseException | None = None
@@ -244,6 +248,9 @@ class FaustWorker:
         app, self.app = self.app, None
         for task in list(self._preparing):
             task.cancel()
+        for task in self.timers.values():
+            task.cancel()
+        self.timers.clear()
         parts = [p for ps in (self.deciders, self.coordinators, self.projectors) for p in ps.values()]
         for part in parts:
             part.closed = True
@@ -337,6 +344,22 @@ class FaustWorker:
             for p in want[topic] - set(parts):
                 part = parts[p] = make(p)
                 part.task = asyncio.ensure_future(self._guard(part.run()))
+        for p in [p for p in self.timers if p not in want[self.topics.commands]]:
+            self.timers.pop(p).cancel()
+        for p in want[self.topics.commands] - set(self.timers):
+            self.timers[p] = asyncio.ensure_future(self._guard(self._run_timers(p)))
+
+    async def _run_timers(self, p: int) -> None:
+        """Fire partition p's durable timers; after a broker hiccup rebuild the book and go on."""
+        delay = 0.2
+        while True:
+            timers = TimerService(self.log, p, commands=self.topics.commands, events=self.topics.events)
+            try:
+                await timers.run()
+            except Exception as exc:  # like the other roles: retried, never fatal
+                log.warning("timers[%d] failed (%r); rebuilding and retrying in %.1f s", p, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _release(self, part: _Part, group: str | None, topic: str, partition: int) -> None:
         await part.stop()  # after its last batch

@@ -212,3 +212,26 @@ async def test_records_of_an_aborted_transaction_are_never_decided(
     assert await service.outcomes.wait("after", 30) is not None
     runs = outcome_runs(await read_topic(service.log, cluster.events))
     assert "before" in runs and "after" in runs and "aborted" not in runs
+
+
+async def test_durable_timers_fire_on_kafka(client: httpx.AsyncClient) -> None:
+    """Heartbeat expiry and task timeouts are timers: the Faust worker fires them too."""
+    r = await client.post("/v1/agents?wait=true", json={"agent_id": "a1", "name": "a", "capabilities": ["text"],
+                                                        "capacity": 2, "heartbeat_timeout_s": 1})
+    assert r.status_code == 201, r.text
+    assert (await client.post("/v1/agents/a1/heartbeat?wait=true", json={"load": 0.1})).status_code == 200
+    r = await client.post("/v1/tasks?wait=true", json={"task_id": "tt", "type": "x", "timeout_s": 1,
+                                                       "required_capabilities": ["text"]})
+    assert r.status_code == 201, r.text
+
+    def fired(body: Any) -> bool:
+        types = {e["type"] for e in body["items"]}
+        return {"AgentMarkedUnhealthy", "TimerFired"} <= types
+
+    body = await eventually(client, "/v1/events?limit=1000", fired, timeout=60)
+    types = [e["type"] for e in body["items"]]
+    assert "AgentMarkedUnhealthy" in types
+    # The next heartbeat makes the agent healthy again.
+    assert (await client.post("/v1/agents/a1/heartbeat?wait=true", json={"load": 0.1})).status_code == 200
+    await eventually(client, "/v1/events?limit=1000",
+                     lambda b: "AgentMarkedHealthy" in {e["type"] for e in b["items"]}, timeout=30)
