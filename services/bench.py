@@ -15,7 +15,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,10 +30,10 @@ from contracts import Envelope
 from contracts import commands as c
 from contracts import events as e
 from events.cache import tail
+from events.codec import to_record
 from services.config import Settings
 from services.ingest import command_envelope
 from services.outcomes import Outcomes
-from events.codec import to_record
 from services.runner import PartitionDecider, Runner, tune_gc
 
 MODEL = "gpt-4o-mini"
@@ -83,11 +82,16 @@ class Target:
             env = {**os.environ, "AGENTBUS_BROKER": self.settings.broker,
                    "AGENTBUS_DATABASE": self.settings.database,
                    "AGENTBUS_PARTITIONS": str(self.settings.partitions)}
-            self.procs.append(subprocess.Popen(
+            self.procs.append(subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
                 [sys.executable, "-m", "services.cli", "worker", "--topic-prefix",
                  self.topics.commands[: -len("commands")], "--app-id", self.app_id],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=env, stdout=subprocess.DEVNULL, stderr=self._worker_log()))
         await self.service.ready()
+
+    def _worker_log(self) -> Any:
+        """Where a worker's log goes: AGENTBUS_BENCH_WORKER_LOG (appended), else nowhere."""
+        path = os.environ.get("AGENTBUS_BENCH_WORKER_LOG")
+        return open(path, "ab") if path else subprocess.DEVNULL
 
     async def stop(self) -> None:
         for proc in self.procs:
@@ -213,17 +217,21 @@ def _task(i: int, prefix: str) -> c.SubmitTask:
 async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: float,
                           paced_seconds: float, workers: int = 0) -> dict[str, Any]:
     """Throughput at saturation, then latency at a paced offered rate, then replay."""
-    pool = "bench"
     target = Target(settings, workers)
+    # On Kafka the read models may be a shared PostgreSQL database that earlier runs wrote to:
+    # this run's pool and ids must not collide with theirs (the projector refuses an agent
+    # registered twice, and the run would wait forever for its read models).
+    tag = f"{target.app_id}-" if target.kafka else ""
+    pool = f"{tag}bench"
     await target.start()
     part = target.partition_of(pool)
     fleet = Fleet(target, expected=tasks)
     fleet_task = asyncio.create_task(fleet.run(part, await target.log.end_offset(target.topics.events, part)))
     t0 = time.perf_counter()
-    await _register(target, agents, pool, "a")
+    await _register(target, agents, pool, f"{tag}a")
     batch = 500
     for i in range(0, tasks, batch):
-        envs = [command_envelope(_task(j, "t"), pool=pool, source="urn:agentbus:bench")
+        envs = [command_envelope(_task(j, f"{tag}t"), pool=pool, source="urn:agentbus:bench")
                 for j in range(i, min(tasks, i + batch))]
         await target.submit_many(envs)
         now = time.perf_counter()
@@ -244,7 +252,7 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
     n = 0
     tick = time.perf_counter()
     while n < fleet.expected:
-        envs = [command_envelope(_task(j, "p"), pool=pool, source="urn:agentbus:bench")
+        envs = [command_envelope(_task(j, f"{tag}p"), pool=pool, source="urn:agentbus:bench")
                 for j in range(n, min(fleet.expected, n + 10))]
         await target.submit_many(envs)
         now = time.perf_counter()
@@ -296,7 +304,7 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
     env = {**os.environ, "AGENTBUS_DATA": str(data_dir), "AGENTBUS_PORT": str(port)}
     for key in ("AGENTBUS_BROKER", "AGENTBUS_DATABASE"):
         env.pop(key, None)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], env=env,  # noqa: ASYNC220
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -365,10 +373,14 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
               help="Partitions of the benchmark's topics (default: AGENTBUS_PARTITIONS or 1).")
 @click.option("--raw-records", default=200_000, show_default=True,
               help="Kafka: records the raw aiokafka producer->consumer baseline moves.")
+@click.option("--coordinator-agents", default=0, show_default=True,
+              help="Also time the coordinator's decision per assignment, per strategy, at this many "
+                   "agents (e.g. 10000); 0 skips it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
-                  workers: int, partitions: int | None, raw_records: int, as_json: bool) -> None:
+                  workers: int, partitions: int | None, raw_records: int, coordinator_agents: int,
+                  as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     On Kafka (--broker kafka://...) it also moves the same number of records with a raw aiokafka
@@ -395,6 +407,10 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
             result.update(asyncio.run(bench_http(tmp / "http", http_requests, http_clients, 100)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if coordinator_agents > 0:
+        from services.coordinator_bench import run_all
+
+        result["coordinator"] = run_all(agents=coordinator_agents)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -416,6 +432,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
                    f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
                    f"{result['http_errors']} errors)")
+    for row in result.get("coordinator", []):
+        click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
+                   f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
 
 
 async def raw_kafka_rate(url: str, records: int = 200_000, value_bytes: int = 400) -> dict[str, Any]:
@@ -441,7 +460,7 @@ async def raw_kafka_rate(url: str, records: int = 200_000, value_bytes: int = 40
 
         async def produce() -> None:
             pending = []
-            for i in range(records):
+            for _ in range(records):
                 pending.append(await producer.send(topic, value, key=b"bench"))
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
