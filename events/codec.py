@@ -38,13 +38,19 @@ class DecodeError(ValueError):
     """Bytes that are not a valid envelope (bad JSON, missing attributes, invalid data)."""
 
 
-def envelope_dict(env: Envelope) -> dict[str, Any]:
-    """The CloudEvents JSON object of ``env`` (None-valued optional attributes left out)."""
+def _attributes(env: Envelope) -> dict[str, Any]:
+    """The envelope's attributes, None-valued optional ones left out."""
     out: dict[str, Any] = {}
     for name in _ATTRS:
         value = getattr(env, name)
         if value is not None:
             out[name] = value
+    return out
+
+
+def envelope_dict(env: Envelope) -> dict[str, Any]:
+    """The CloudEvents JSON object of ``env`` (None-valued optional attributes left out)."""
+    out = _attributes(env)
     data = env.data
     out["data"] = data.model_dump() if isinstance(data, Payload) else data
     return out
@@ -52,11 +58,7 @@ def envelope_dict(env: Envelope) -> dict[str, Any]:
 
 def encode(env: Envelope) -> bytes:
     """Serialize ``env`` to CloudEvents JSON bytes (``data`` last)."""
-    out: dict[str, Any] = {}
-    for name in _ATTRS:
-        value = getattr(env, name)
-        if value is not None:
-            out[name] = value
+    out = _attributes(env)
     data = env.data
     if isinstance(data, Payload):
         # pydantic serializes the payload to JSON in Rust; splicing it in skips building dicts.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from contracts import REGISTRY, Command, Envelope, new_id, utcnow
@@ -16,8 +17,12 @@ def command_envelope(
     actor: str | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    time: datetime | None = None,
 ) -> Envelope:
-    """The envelope for ``cmd``: its CloudEvents id is the command id (client-chosen or new)."""
+    """The envelope for ``cmd``: its CloudEvents id is the command id (client-chosen or new).
+
+    ``time`` defaults to now (ingest stamps it); the timer service passes the time it fired.
+    """
     cid = command_id or new_id()
     contract = REGISTRY[type(cmd).__name__]
     return Envelope.trusted(
@@ -25,7 +30,7 @@ def command_envelope(
         id=cid,
         source=source,
         type=contract.name,
-        time=utcnow(),
+        time=time or utcnow(),
         subject=cmd.subject(),
         datacontenttype="application/json",
         dataschema=contract.dataschema,

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from contracts import REGISTRY, Envelope, utcnow
+from contracts import Envelope, utcnow
 from contracts import commands as c
 from contracts import events as e
 from events import EventLog
 from events.codec import from_record, to_record
+from services.ingest import command_envelope
 
 COMMANDS = "commands"
 EVENTS = "events"
@@ -106,26 +107,8 @@ class TimerBook:
 
 def fire_envelope(timer: Timer, now: datetime) -> Envelope:
     """The FireTimer command envelope for ``timer``, stamped ``now``, with its derived id."""
-    contract = REGISTRY["FireTimer"]
-    cid = timer.command_id
-    return Envelope.trusted(
-        specversion="1.0",
-        id=cid,
-        source="urn:agentbus:timers",
-        type=contract.name,
-        time=now,
-        subject=timer.timer_id,
-        datacontenttype="application/json",
-        dataschema=contract.dataschema,
-        schemaversion=contract.version,
-        pool=timer.pool,
-        sequence=None,
-        commandid=cid,
-        causationid=None,
-        correlationid=cid,
-        actor="timers",
-        data=timer.command(),
-    )
+    return command_envelope(timer.command(), pool=timer.pool, command_id=timer.command_id,
+                            source="urn:agentbus:timers", actor="timers", time=now)
 
 
 @dataclass
