@@ -5,10 +5,33 @@ lazily at session end, deep in the stack, where CPython 3.11.7's ``ast.parse`` f
 "AST constructor recursion depth mismatch" (fixed in 3.11.8).
 """
 
+import hashlib
 import os
+import sys
+from typing import Any
 
-import hypothesis  # noqa: F401
+import hypothesis
+import hypothesis.core
+import hypothesis.stateful
 import pytest
+from hypothesis.internal import reflection
+
+if sys.version_info[:3] < (3, 11, 8):
+    # The same CPython bug reaches hypothesis another way: to key its example database it calls
+    # inspect.getsource on a state machine class, which ast.parse()s the whole module deep in
+    # the stack. Where that raises SystemError, key by the qualified name instead, as hypothesis
+    # itself does when no source can be read. Only the database key changes, never a test.
+    _digest = reflection.function_digest
+
+    def _function_digest(function: Any) -> bytes:
+        try:
+            return _digest(function)
+        except SystemError:
+            name = getattr(function, "__qualname__", None) or repr(function)
+            return hashlib.sha384(name.encode()).digest()
+
+    for _module in (reflection, hypothesis.core, hypothesis.stateful):
+        _module.function_digest = _function_digest  # type: ignore[attr-defined]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
