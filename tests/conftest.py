@@ -14,7 +14,14 @@ import hypothesis
 import hypothesis.core
 import hypothesis.stateful
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.internal import reflection
+
+# Keep hypothesis's files (example database, constants cache) with pytest's cache, not as a new
+# top-level folder.
+set_hypothesis_home_dir(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "hypothesis")
+)
 
 if sys.version_info[:3] < (3, 11, 8):
     # The same CPython bug reaches hypothesis another way: to key its example database it calls
