@@ -1,6 +1,6 @@
 """agentbus contracts: the public language of commands, events and their envelope. No I/O."""
 
-from contracts import commands, events
+from contracts import commands, event_types
 from contracts.base import Command, Event, Model, Payload
 from contracts.envelope import DEFAULT_POOL, Envelope, new_id, utcnow
 from contracts.registry import REGISTRY, Contract, Registry, UnknownType
@@ -19,7 +19,7 @@ __all__ = [
     "Registry",
     "UnknownType",
     "commands",
-    "events",
+    "event_types",
     "new_id",
     "utcnow",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts import commands, events
+from contracts import commands, event_types
 from contracts.base import Kind, Payload
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -105,8 +105,8 @@ class Registry:
 REGISTRY = Registry()
 for _model in commands.ALL:
     REGISTRY.register(_model)
-for _model in events.ALL:
-    REGISTRY.register(_model, version=2 if _model is events.CostRecorded else 1)
+for _model in event_types.ALL:
+    REGISTRY.register(_model, version=2 if _model is event_types.CostRecorded else 1)
 
 
 @REGISTRY.upcaster("CostRecorded", from_version=1)

@@ -581,7 +581,7 @@ class SqliteLog:
         topic: str,
         partition: int,
         offset: int,
-        timeout: float,  # noqa: ASYNC109 - the port's signature
+        timeout: float,
     ) -> bool:
         """Wait until a record at ``offset`` exists; False on timeout.
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import Envelope
-from contracts import events as e
+from contracts import event_types as e
 from contracts.commands import PerformanceWeights
 
 ALPHA = 0.2  # weight of the newest result in the moving averages

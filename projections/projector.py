@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
-from contracts import events as ev
+from contracts import event_types as ev
 from projections import tables
 from projections.performance import FOLDED, PerformanceBook, Profile
 from projections.store import MAIN_PROJECTOR, ProjectionStore, read_position

@@ -16,10 +16,10 @@ from typing import Any
 
 from contracts import REGISTRY, Envelope, Payload, Reason
 from contracts import commands as c
-from contracts import events as e
-from services.coordinator import Assignment, Coordinator
-from services.decider import DeciderConfig, Rejected, decide, evolve
-from services.state import PoolState
+from contracts import event_types as e
+from services.coordination.coordinator import Assignment, Coordinator
+from services.domain.decider import DeciderConfig, Rejected, decide, evolve
+from services.domain.state import PoolState
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

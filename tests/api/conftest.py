@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.api import create_app
-from services.config import Settings
-from services.runner import Runner
+from services.http.app import create_app
+from services.runtime.embedded import Runner
+from services.runtime.settings import Settings
 
 
 @pytest.fixture(autouse=True)

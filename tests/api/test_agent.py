@@ -1,4 +1,4 @@
-"""The local agent (services.agent) in-process against a real runner over ASGI: it works its
+"""The local agent (services.cli.local_agent) in-process against a real runner over ASGI: it works its
 tasks, records a cost per run, comes back after the server declared it gone, and leaves cleanly."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import asyncio
 
 import httpx
 
-from services.agent import AgentConfig, LocalAgent
-from services.api import create_app
-from services.runner import Runner
+from services.cli.local_agent import AgentConfig, LocalAgent
+from services.http.app import create_app
+from services.runtime.embedded import Runner
 from tests.api.conftest import poll
 
 

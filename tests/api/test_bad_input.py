@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.config import MAX_BODY_BYTES
-from services.runner import Runner
+from services.runtime.embedded import Runner
+from services.runtime.settings import MAX_BODY_BYTES
 from tests.api.conftest import end_offsets, event_count, settle
 
 

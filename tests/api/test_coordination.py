@@ -14,9 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from services.api import create_app
-from services.config import Settings
-from services.runner import Runner
+from services.http.app import create_app
+from services.runtime.embedded import Runner
+from services.runtime.settings import Settings
 from tests.api.conftest import end_offsets, poll, settle
 
 WAIT = {"wait": "true"}

@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import services.api
-from services.api import create_app
-from services.config import Settings
-from services.runner import Runner
+import services.http.app
+from services.http.app import create_app
+from services.runtime.embedded import Runner
+from services.runtime.settings import Settings
 from tests.api.conftest import last_position, settle
 
 
@@ -96,7 +96,7 @@ async def test_min_position_reads_your_writes(client: httpx.AsyncClient) -> None
 async def test_min_position_not_reached_is_504(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services.api, "READ_WAIT_S", 0.2)
+    monkeypatch.setattr(services.http.app, "READ_WAIT_S", 0.2)
     for path in (
         "/v1/agents",
         "/v1/tasks",
@@ -193,7 +193,7 @@ async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -
 
 
 def test_health_never_shows_a_database_password() -> None:
-    assert services.api._redact("postgresql+asyncpg://agentbus:s3cret@db:5432/x") == (
+    assert services.http.app._redact("postgresql+asyncpg://agentbus:s3cret@db:5432/x") == (
         "postgresql+asyncpg://agentbus:***@db:5432/x"
     )
-    assert services.api._redact("sqlite:///data/log.db") == "sqlite:///data/log.db"
+    assert services.http.app._redact("sqlite:///data/log.db") == "sqlite:///data/log.db"

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from services.runner import Runner
+from services.runtime.embedded import Runner
 from tests.api.conftest import end_offsets, event_count, last_position, poll, settle
 
 AGENT = {
@@ -421,8 +421,8 @@ async def test_commands_endpoint_accepts_a_structured_cloudevent(client: httpx.A
 
 
 async def test_wait_times_out_as_pending(tmp_path: Any) -> None:
-    from services.api import create_app
-    from services.config import Settings
+    from services.http.app import create_app
+    from services.runtime.settings import Settings
 
     # No deciders: commands are appended but never decided.
     r = Runner(Settings(data_dir=tmp_path), deciders=False, coordinator=False)
@@ -440,8 +440,8 @@ async def test_wait_times_out_as_pending(tmp_path: Any) -> None:
 
 
 async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
-    from services.api import create_app
-    from services.config import Settings
+    from services.http.app import create_app
+    from services.runtime.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
     outcomes = []
@@ -462,8 +462,8 @@ async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
 
 
 async def test_pools_on_several_partitions(tmp_path: Any) -> None:
-    from services.api import create_app
-    from services.config import Settings
+    from services.http.app import create_app
+    from services.runtime.settings import Settings
 
     async with Runner(Settings(data_dir=tmp_path, partitions=4)) as r:
         await r.ready()

@@ -15,9 +15,9 @@ from contracts import commands as c
 from events import open_log
 from projections import ProjectionStore, queries
 from services.cli import main
-from services.config import Settings
-from services.ingest import command_envelope
-from services.runner import Runner
+from services.runtime.embedded import Runner
+from services.runtime.ingest import command_envelope
+from services.runtime.settings import Settings
 
 
 @pytest.fixture(autouse=True)

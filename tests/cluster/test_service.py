@@ -22,10 +22,10 @@ from aiokafka.structs import TopicPartition
 
 from events import partition_for
 from events.kafka import KafkaLog
-from services.api import create_app
-from services.config import Settings
-from services.faust_runner import ClusterService
-from services.runner import Topics
+from services.http.app import create_app
+from services.runtime.cluster import ClusterService
+from services.runtime.settings import Settings
+from services.runtime.topics import Topics
 from tests.cluster.conftest import Cluster, outcome_runs, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from contracts import Envelope, new_id, utcnow
-from contracts.events import TaskSubmitted
+from contracts.event_types import TaskSubmitted
 from events import EventLog
 from events.codec import encode, to_record
 from events.export import ImportFileError, ImportResult, export_log, import_log

@@ -3,7 +3,7 @@
 The histories are what the decider would emit (consistent: tasks are submitted before they are
 assigned, loads never go negative), because the projector trusts the decider. ``Decided`` goes
 further and makes them with the decider itself, so the read model can be checked against the
-decider's own state (``services.decider.evolve``).
+decider's own state (``services.domain.decider.evolve``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from contracts import Envelope, Payload, new_id
 from contracts import commands as c
-from contracts import events as ev
+from contracts import event_types as ev
 from contracts.commands import Candidate, SelectionAudit
-from services.decider import Rejected, decide, evolve
-from services.state import PoolState
+from services.domain.decider import Rejected, decide, evolve
+from services.domain.state import PoolState
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

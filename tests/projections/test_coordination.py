@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from contracts import Envelope
 from contracts import commands as c
-from contracts import events as ev
+from contracts import event_types as ev
 from projections import ProjectionStore, Projector, queries, tables
 from projections.performance import profiles_from, report
-from services.state import PoolState
+from services.domain.state import PoolState
 
 from .history import Decided, Story, audit, coordination_history, realistic_history
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from contracts import events as ev
+from contracts import event_types as ev
 from projections import ProjectionError, ProjectionStore, Projector, tables
 
 from .history import T0, Story

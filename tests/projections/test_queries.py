@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from contracts import events as ev
+from contracts import event_types as ev
 from projections import ProjectionStore, Projector, queries
 
 from .history import Story, realistic_history

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from contracts import REGISTRY, Envelope, Payload
-from contracts import events as e
-from services.coordinator import Coordinator, PoolView
-from services.decider import DeciderConfig, Rejected, decide, evolve
-from services.state import PoolState
-from services.timers import TimerBook
+from contracts import event_types as e
+from services.coordination.coordinator import Coordinator, PoolView
+from services.coordination.timers import TimerBook
+from services.domain.decider import DeciderConfig, Rejected, decide, evolve
+from services.domain.state import PoolState
 from tests.gwt import rejection
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import REGISTRY, Envelope, Payload
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from events.codec import DecodeError, decode, encode, envelope_dict, from_record, to_record
 from events.log import CorruptRecord, StoredRecord
 

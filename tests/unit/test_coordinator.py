@@ -9,8 +9,8 @@ import pytest
 
 from contracts import Envelope, Payload
 from contracts import commands as c
-from contracts import events as e
-from services.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
+from contracts import event_types as e
+from services.coordination.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
 from tests.gwt import Loop, wrap
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -9,14 +9,15 @@ import pytest
 
 from contracts import Reason
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from events.codec import to_record
 from events.log import StoredRecord
-from services.decider import DEFAULT_PRICES, DeciderConfig, Rejected, decide, evolve
-from services.ingest import command_envelope
-from services.outcomes import Outcomes
-from services.runner import PartitionDecider, event_envelopes, rejection
-from services.state import PoolState
+from services.domain.decider import DEFAULT_PRICES, DeciderConfig, Rejected, decide, evolve
+from services.domain.envelopes import event_envelopes, rejection
+from services.domain.state import PoolState
+from services.runtime.decider import PartitionDecider
+from services.runtime.ingest import command_envelope
+from services.runtime.outcomes import Outcomes
 from tests.gwt import build_state, given, wrap
 from tests.gwt import rejection as gwt_rejection
 

@@ -10,10 +10,10 @@ import pytest
 
 from contracts import Reason
 from contracts import commands as c
-from contracts import events as e
-from services.decider import decide
-from services.retries import retry_delay, unit
-from services.state import utilization
+from contracts import event_types as e
+from services.domain.decider import decide
+from services.domain.retries import retry_delay, unit
+from services.domain.state import utilization
 from tests.gwt import build_state, given
 
 # -- history builders ------------------------------------------------------------------------------

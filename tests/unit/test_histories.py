@@ -38,12 +38,12 @@ import pytest
 
 from contracts import Envelope, Payload
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from events.codec import decode, encode, envelope_dict, from_record
 from events.log import StoredRecord
-from services.coordinator import Coordinator
-from services.decider import evolve
-from services.state import PoolState
+from services.coordination.coordinator import Coordinator
+from services.domain.decider import evolve
+from services.domain.state import PoolState
 from tests.gwt import T0, Loop
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"

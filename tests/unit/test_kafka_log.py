@@ -22,7 +22,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from contracts import Envelope, new_id, utcnow
-from contracts.events import TaskSubmitted
+from contracts.event_types import TaskSubmitted
 from events import Commit, CorruptRecord, LogError, Record, open_log, partition_for
 from events.codec import encode, from_record, to_record
 from events.kafka import KafkaLog, parse_url

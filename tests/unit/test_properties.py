@@ -34,10 +34,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from contracts import Payload
 from contracts import commands as c
-from contracts import events as e
-from services.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
-from services.decider import DEFAULT_PRICES, Rejected, decide, evolve
-from services.state import PoolState
+from contracts import event_types as e
+from services.coordination.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
+from services.domain.decider import DEFAULT_PRICES, Rejected, decide, evolve
+from services.domain.state import PoolState
 from tests.gwt import Loop, wrap
 
 AGENTS = {"a0": (), "a1": ("x",), "a2": ("x", "y"), "a3": ("y",), "a4": ("x",)}  # usual profile per id

@@ -27,9 +27,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from contracts import Payload
 from contracts import commands as c
-from services.decider import Rejected, decide, evolve
-from services.inference import capability_match
-from services.state import PoolState
+from services.domain.capabilities import capability_match
+from services.domain.decider import Rejected, decide, evolve
+from services.domain.state import PoolState
 from tests.unit.fleet import World
 
 AGENTS = ["a0", "a1", "a2", "a3"]

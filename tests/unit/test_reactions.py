@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from projections.performance import ALPHA, PerformanceBook, report
-from services.scaling import Scaler
+from services.coordination.scaling import Scaler
 from tests.unit.fleet import T0, World, stamp
 
 

@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 
 from contracts import Envelope
 from contracts import commands as c
-from contracts import events as e
-from services.decider import evolve
-from services.state import PoolState
+from contracts import event_types as e
+from services.domain.decider import evolve
+from services.domain.state import PoolState
 from tests.unit.fleet import T0, World
 
 TASKS = int(os.environ.get("AGENTBUS_SIM_TASKS", "20000"))

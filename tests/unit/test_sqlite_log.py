@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from contracts import commands as c
-from contracts import events as e
-from services.coordinator import STRATEGY
+from contracts import event_types as e
+from services.coordination.coordinator import STRATEGY
 from tests.unit.fleet import Feed, World
 
 
@@ -264,7 +264,7 @@ def test_a_task_is_marked_again_when_its_last_capable_agent_leaves() -> None:
 def test_coordinator_commands_have_deterministic_ids_and_a_rebuilt_view_does_not_repeat_them() -> None:
     world = World()
     world.do(c.SubmitTask(task_id="t", type="w", required_capabilities=("gpu",)))
-    from services.coordinator import Coordinator
+    from services.coordination.coordinator import Coordinator
 
     rebuilt = Coordinator()
     for env in world.log:

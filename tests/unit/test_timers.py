@@ -10,12 +10,14 @@ from pathlib import Path
 
 from contracts import Payload
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from events import EventLog, open_log
 from events.codec import from_record, to_record
-from services.decider import decide, evolve
-from services.state import PoolState
-from services.timers import COMMANDS, EVENTS, TimerBook, TimerService
+from services.coordination.timers import TimerBook
+from services.domain.decider import decide, evolve
+from services.domain.state import PoolState
+from services.runtime.timers import TimerService
+from services.runtime.topics import COMMANDS, EVENTS
 from tests.unit.fleet import T0, stamp
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from contracts import Envelope, Payload, Reason
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from contracts.commands import STRATEGIES, PoolPolicy
-from services.inference import DEFAULT_RULES, capability_match, infer
-from services.retries import attempts_left, retry_delay
-from services.state import RESOURCE_NAMES, AgentState, Allocation, PoolState, TaskState, TimerState
+from services.domain.capabilities import DEFAULT_RULES, capability_match, infer
+from services.domain.retries import attempts_left, retry_delay
+from services.domain.state import RESOURCE_NAMES, AgentState, Allocation, PoolState, TaskState, TimerState
 
 # USD per 1,000 input and output tokens; override with AGENTBUS_PRICES (a JSON file).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {

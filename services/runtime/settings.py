@@ -7,10 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.decider import DEFAULT_PRICES, DeciderConfig
+from services.domain.decider import DEFAULT_PRICES, DeciderConfig
 
-COMMANDS = "commands"
-EVENTS = "events"
 MAX_BODY_BYTES = 1024 * 1024
 
 

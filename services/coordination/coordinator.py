@@ -1,10 +1,10 @@
 """The coordinator reactor: keeps its own view of agents and queued tasks, built from events,
 and issues ``AssignTask`` commands with a selection audit, chosen by the task's strategy or the
-pool's default (``services.strategies``).
+pool's default (``services.coordination.strategies``).
 
 Besides assignments it issues ``MarkTaskUnassignable`` (no registered agent matches enough of a
 task's capabilities), ``DeferTask`` (capable agents exist but all are rate limited) and, through the
-scaling reactor it hosts (``services.scaling``), ``DecideScaling``.
+scaling reactor it hosts (``services.coordination.scaling``), ``DecideScaling``.
 
 The decider has the last word: an assignment that became invalid in flight is rejected, and the
 coordinator takes the rejection back into its view. Command ids are derived from the history
@@ -30,13 +30,13 @@ from typing import Any
 
 from contracts import Command, Envelope
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from contracts.commands import PoolPolicy
-from services import strategies
-from services.inference import capability_match, specialization
 from projections.performance import PerformanceBook
-from services.ratelimit import RateLimiter
-from services.scaling import Scaler
+from services.coordination import strategies
+from services.coordination.ratelimit import RateLimiter
+from services.coordination.scaling import Scaler
+from services.domain.capabilities import capability_match, specialization
 
 STRATEGY = "capability_match+least_loaded"  # the audit label of the default strategy
 AUDIT_TOP = 3  # candidates kept in each assignment's audit (the winner and the runners-up)

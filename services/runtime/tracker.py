@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
-from services.outcomes import OutcomeRef, Outcomes
+from services.runtime.outcomes import OutcomeRef, Outcomes
 
 log = logging.getLogger("agentbus.tracker")
 

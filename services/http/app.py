@@ -1,6 +1,6 @@
 """The HTTP API: commands in (validated, wrapped, appended to the commands topic), read models out.
 
-Every write validates its body against the contract model (``services.ingest.parse_command``),
+Every write validates its body against the contract model (``services.runtime.ingest.parse_command``),
 wraps it in a command envelope and appends it; ``?wait=true`` waits for the decider's outcome.
 Reads come from the projections (optionally after ``min_position``) and the event log.
 
@@ -36,10 +36,11 @@ from contracts.base import Command
 from events.codec import DecodeError, envelope_dict, from_dict, from_record
 from events.log import EventLog, LogError
 from projections import ProjectionStore, queries
-from services.config import Settings
-from services.ingest import command_envelope, parse_command
-from services.outcomes import OutcomeRef, Outcomes
-from services.runner import Runner, Topics
+from services.runtime.embedded import Runner
+from services.runtime.ingest import command_envelope, parse_command
+from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.settings import Settings
+from services.runtime.topics import Topics
 
 __all__ = ["BodyLimitMiddleware", "JSONBytesResponse", "create_app"]
 

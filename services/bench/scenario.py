@@ -28,13 +28,14 @@ import click
 
 from contracts import Envelope
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from events.cache import tail
 from events.codec import to_record
-from services.config import Settings
-from services.ingest import command_envelope
-from services.outcomes import Outcomes
-from services.runner import PartitionDecider, Runner, tune_gc
+from services.runtime.decider import PartitionDecider
+from services.runtime.embedded import Runner, tune_gc
+from services.runtime.ingest import command_envelope
+from services.runtime.outcomes import Outcomes
+from services.runtime.settings import Settings
 
 MODEL = "gpt-4o-mini"
 
@@ -63,15 +64,15 @@ class Target:
         self.kafka = settings.broker.startswith("kafka:")
         self.service: Any
         if self.kafka:
-            from services.faust_runner import ClusterService
-            from services.runner import Topics
+            from services.runtime.cluster import ClusterService
+            from services.runtime.topics import Topics
 
             tag = f"bench-{os.getpid()}-{int(time.time())}"
             self.topics = Topics.prefixed(f"{tag}.")
             self.app_id = tag
             self.service = ClusterService(settings, worker=workers == 0, topics=self.topics, app_id=tag)
         else:
-            from services.runner import Topics
+            from services.runtime.topics import Topics
 
             self.topics = Topics()
             self.service = Runner(settings)
@@ -408,7 +409,7 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if coordinator_agents > 0:
-        from services.coordinator_bench import run_all
+        from services.bench.coordinator import run_all
 
         result["coordinator"] = run_all(agents=coordinator_agents)
     if as_json:

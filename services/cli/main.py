@@ -26,8 +26,9 @@ import orjson
 from contracts import REGISTRY
 from events import EventLog, LogError, UnknownTopic, open_log, partition_for
 from events.codec import envelope_dict, from_record
-from services.bench import bench_command
-from services.config import EVENTS, Settings
+from services.bench.scenario import bench_command
+from services.runtime.settings import Settings
+from services.runtime.topics import EVENTS
 
 T = TypeVar("T")
 
@@ -115,8 +116,9 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
     """
     import uvicorn
 
-    from services.api import Service, create_app
-    from services.runner import Runner, Topics, tune_gc
+    from services.http.app import Service, create_app
+    from services.runtime.embedded import Runner, tune_gc
+    from services.runtime.topics import Topics
 
     if scaling_webhook and not scaling_webhook.startswith(("http://", "https://")):
         _fail(f"--scaling-webhook must be an http:// or https:// URL, not {scaling_webhook!r}")
@@ -131,7 +133,7 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
         _logging()
 
         def factory(s: Settings) -> Service:
-            from services.faust_runner import ClusterService
+            from services.runtime.cluster import ClusterService
 
             return ClusterService(s, worker=not no_worker, topics=Topics.prefixed(topic_prefix),
                                   app_id=app_id, session_timeout=session_timeout)
@@ -189,8 +191,9 @@ def worker(data_dir: Path | None, broker: str | None, database: str | None, part
     """
     import signal
 
-    from services.faust_runner import FaustWorker
-    from services.runner import Topics, tune_gc
+    from services.runtime.cluster import FaustWorker
+    from services.runtime.embedded import tune_gc
+    from services.runtime.topics import Topics
 
     settings = _settings(data_dir, broker, database, partitions)
     if not settings.broker.startswith("kafka:"):
@@ -389,7 +392,7 @@ def agent_run(name: str, capabilities: tuple[str, ...], capacity: int, kind: str
     import logging
     import signal
 
-    from services.agent import AgentConfig, AgentError, LocalAgent
+    from services.cli.local_agent import AgentConfig, AgentError, LocalAgent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -765,8 +768,8 @@ def replay(data_dir: Path | None, broker: str | None, pool: str | None, as_json:
 
     Read-only: safe beside a running service.
     """
-    from services.outcomes import Outcomes
-    from services.runner import PartitionDecider
+    from services.runtime.decider import PartitionDecider
+    from services.runtime.outcomes import Outcomes
 
     settings = _settings(data_dir, broker)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from contracts import REGISTRY, Envelope, Payload
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 from contracts.commands import STRATEGIES
-from services.coordinator import PoolView
+from services.coordination.coordinator import PoolView
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 CAPS = ("text", "code", "sql", "vision", "audio", "search", "math", "translate")
@@ -129,7 +129,7 @@ def run(
         confirm(submit(rnd.choice(reqs)))
     for _ in range(agents // 2):
         finish(rnd.random() < 0.9)
-    # As the runners do (services.runner.tune_gc): collect rarely, freeze the long-lived state.
+    # As the runners do (services.runtime.embedded.tune_gc): collect rarely, freeze the long-lived state.
     thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()

@@ -60,11 +60,13 @@ from events.cache import EnvelopeCache
 from events.codec import to_record
 from events.kafka import Fenced, KafkaLog
 from projections import ProjectionStore, Projector
-from services.config import Settings
-from services.outcomes import OutcomeRef, Outcomes
-from services.runner import BATCH, PartitionCoordinator, PartitionDecider, Topics
-from services.timers import TimerService
-from services.tracker import OutcomeTracker
+from services.runtime.coordinator import PartitionCoordinator
+from services.runtime.decider import PartitionDecider
+from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.settings import Settings
+from services.runtime.timers import TimerService
+from services.runtime.topics import BATCH, Topics
+from services.runtime.tracker import OutcomeTracker
 
 log = logging.getLogger("agentbus.faust")
 

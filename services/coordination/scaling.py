@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from contracts import Envelope
 from contracts import commands as c
-from contracts import events as e
+from contracts import event_types as e
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from contracts import events as e
+from contracts import event_types as e
 
 
 @dataclass(slots=True)

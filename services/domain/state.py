@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts import events as e
+from contracts import event_types as e
 from contracts.commands import PoolPolicy, RetryPolicy
 
 DEFAULT_POLICY = PoolPolicy()

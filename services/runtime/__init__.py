@@ -1,0 +1,10 @@
+"""Running agentbus: settings, topics, and the loops that feed the pure parts from the log.
+
+``decider``, ``coordinator``, ``projector`` and ``timers`` are the loops of one partition;
+``outcomes`` indexes where each command's events are; ``tracker`` follows them on Kafka;
+``webhook`` relays scaling decisions. ``embedded`` runs everything in one process on any log;
+``cluster`` runs the same loops on the partitions faust-streaming assigns on Kafka.
+
+This package does the I/O (log, read models, network) and never decides anything: every rule is
+in ``services.domain`` and ``services.coordination``.
+"""

@@ -1,0 +1,218 @@
+"""The decider loop: the single writer of one commands partition.
+
+It rebuilds every pool's state from its events partition, then decides commands in batches and
+appends a batch's events with its commands offset in one transaction, so a crash neither loses
+nor repeats a decision. Malformed and unknown commands are rejected (and, on Kafka, dead-lettered).
+It never decides anything itself: ``services.domain`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from contracts import REGISTRY, Envelope, Payload, Reason, utcnow
+from events import Commit, EventLog, Record, StoredRecord, partition_for
+from events.cache import EnvelopeCache, tail_raw
+from events.codec import DecodeError, decode, from_record, to_record
+from services.domain.decider import DeciderConfig, Rejected, decide, evolve
+from services.domain.envelopes import event_envelopes, rejection
+from services.domain.state import PoolState
+from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.topics import (
+    BATCH,
+    DECIDER_GROUP,
+    DLQ_ERROR,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_TOPIC,
+    Topics,
+)
+
+
+@dataclass
+class ReplayStats:
+    """How long rebuilding the decider state from the log took."""
+
+    events: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class PartitionDecider:
+    """The single writer of one partition: replays its events, then decides its commands."""
+
+    log: EventLog
+    partition: int
+    outcomes: Outcomes
+    config: DeciderConfig
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
+    states: dict[str, PoolState] = field(default_factory=dict)
+    replay: ReplayStats = field(default_factory=ReplayStats)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    topics: Topics = field(default_factory=Topics)
+    group: str = DECIDER_GROUP
+    # Kafka: records nobody can decide (malformed, unknown type) also go to the dead-letter topic,
+    # and a command on a partition its pool does not map to (a foreign producer's partitioner)
+    # is forwarded to the right one instead of being decided here. Both in the batch's transaction.
+    dead_letters: bool = False
+    partitions: int | None = None
+
+    def state(self, pool: str) -> PoolState:
+        st = self.states.get(pool)
+        if st is None:
+            st = self.states[pool] = PoolState(pool)
+        return st
+
+    async def rebuild(self) -> None:
+        """Rebuild every pool's state and the outcome index from this partition's events."""
+        started = time.perf_counter()
+        offset, count = 0, 0
+        last_cmd: str | None = None
+        first = 0
+        n_of_cmd = 0
+        while True:
+            batch = await self.log.read(self.topics.events, self.partition, offset, 5000)
+            if not batch:
+                break
+            for rec in batch:
+                env = from_record(rec)
+                evolve(self.state(env.pool), env)
+                cid = env.commandid
+                if cid != last_cmd:
+                    if last_cmd is not None:
+                        self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
+                    last_cmd, first, n_of_cmd = cid, rec.offset, 0
+                n_of_cmd += 1
+            count += len(batch)
+            offset = batch[-1].offset + 1
+        if last_cmd is not None:
+            self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
+        self.replay = ReplayStats(count, time.perf_counter() - started)
+
+    def decide_one(self, item: StoredRecord | Envelope) -> tuple[str, list[Envelope]]:
+        """Decide one command; malformed command records become INVALID_COMMAND rejections.
+
+        An Envelope is a command this process validated at ingest; a record is checked in full.
+        """
+        cid, envs, _ = self._decide_item(item)
+        return cid, envs
+
+    def _decide_item(self, item: StoredRecord | Envelope) -> tuple[str, list[Envelope], str | None]:
+        """(command id, events, why it is a dead letter or None)."""
+        if isinstance(item, Envelope):
+            return self._decide(item)
+        rec = item
+        try:
+            cmd = decode(rec.value)
+        except DecodeError as exc:
+            cid = rec.id or f"{self.topics.commands}:{rec.partition}:{rec.offset}"
+            bad = Envelope.trusted(
+                id=cid, type="invalid", time=utcnow(), pool=rec.key or "default", commandid=cid,
+                correlationid=cid, causationid=None, actor=None, subject=None, data={},
+            )
+            err = Rejected(Reason.INVALID_COMMAND, str(exc), topic=rec.topic, partition=rec.partition,
+                           offset=rec.offset)
+            state = self.state(bad.pool)
+            wrapped = event_envelopes(bad, [rejection("invalid", err, None)], state)
+            for env in wrapped:  # advances the pool's sequence like any other decision
+                evolve(state, env)
+            return cid, wrapped, f"{Reason.INVALID_COMMAND.value}: {exc}"
+        return self._decide(cmd)
+
+    def _decide(self, cmd: Envelope) -> tuple[str, list[Envelope], str | None]:
+        cid = cmd.commandid or cmd.id
+        state = self.state(cmd.pool)
+        if cid in state.seen:
+            return cid, [], None  # a repeat: the first outcome stands, nothing new is appended
+        dead: str | None = None
+        try:
+            payload = cmd.data
+            if not isinstance(payload, Payload) or REGISTRY[cmd.type].kind != "command":
+                raise Rejected(Reason.UNKNOWN_COMMAND, f"unknown command type {cmd.type!r}")
+            events = decide(state, payload, self.config)
+        except Rejected as exc:
+            events = [rejection(cmd.type, exc, cmd.subject)]
+            if exc.code is Reason.UNKNOWN_COMMAND:
+                dead = f"{exc.code.value}: {exc.message}"
+        wrapped = event_envelopes(cmd, events, state)
+        for env in wrapped:
+            evolve(state, env)
+        return cid, wrapped, dead
+
+    def _misrouted(self, item: StoredRecord | Envelope) -> Record | None:
+        """A foreign command whose pool lives on another partition: the record to forward there."""
+        if self.partitions is None or isinstance(item, Envelope):
+            return None
+        try:
+            pool = orjson.loads(item.value).get("pool") or "default"
+        except (orjson.JSONDecodeError, AttributeError):
+            return None  # malformed: decided (rejected) here, where it landed
+        if not isinstance(pool, str) or partition_for(pool, self.partitions) == self.partition:
+            return None
+        return Record(key=pool, value=item.value, id=item.id, headers=item.headers)
+
+    async def run(self) -> None:
+        await self.rebuild()
+        self.ready.set()
+        start = await self.log.committed(self.group, self.topics.commands, self.partition)
+        async for batch in tail_raw(self.log, self.cache, self.topics.commands, self.partition, start,
+                                    limit=BATCH):
+            await self.process(batch)
+
+    async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
+        """Decide a batch of commands; append its events and commit its offset atomically."""
+        out: list[Envelope] = []
+        decided: list[tuple[str, int]] = []
+        dead: list[Record] = []
+        forward: list[Record] = []
+        for _, item in batch:
+            moved = self._misrouted(item)
+            if moved is not None:
+                forward.append(moved)
+                continue
+            cid, envs, error = self._decide_item(item)
+            if error is not None and self.dead_letters and isinstance(item, StoredRecord):
+                dead.append(dead_letter(item, error))
+            if envs:
+                decided.append((cid, len(envs)))
+                out.extend(envs)
+        commit = Commit(self.group, self.topics.commands, self.partition, batch[-1][0] + 1)
+        extra: list[tuple[str, int | None, list[Record]]] = []
+        if dead:
+            extra.append((self.topics.dead_letters, self.partition, dead))
+        if forward:
+            extra.append((self.topics.commands, None, forward))
+        if out or extra or self.dead_letters:
+            # On Kafka even a bare offset goes through the partition's fenced transactional writer.
+            kwargs: dict[str, Any] = {"extra": extra} if extra else {}
+            appended = await self.log.append(self.topics.events, [to_record(x) for x in out],
+                                             partition=self.partition, commit=commit, **kwargs)
+            self.cache.put(self.topics.events, appended, out)
+        else:
+            appended = []
+            await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        i = 0
+        for cid, n in decided:
+            self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n))
+            i += n
+
+
+def dead_letter(rec: StoredRecord, error: str) -> Record:
+    """The dead-letter record of ``rec``: its bytes unchanged, the error and its origin in headers."""
+    headers = (
+        *rec.headers,
+        (DLQ_ERROR, error.encode()[:4000]),
+        (DLQ_TOPIC, rec.topic.encode()),
+        (DLQ_PARTITION, str(rec.partition).encode()),
+        (DLQ_OFFSET, str(rec.offset).encode()),
+    )
+    return Record(key=rec.key, value=rec.value, headers=headers)

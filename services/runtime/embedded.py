@@ -1,0 +1,189 @@
+"""The embedded runner: deciders, the coordinator, the timer services and the projector as
+consumers of one log, in one asyncio process, each resuming from its own committed position (the
+timer services from their rebuilt books) after a restart.
+
+Exactly-once: the decider appends a batch's events and commits its commands offset in one
+transaction; the coordinator appends its commands and commits its events offset in one; the
+projector stores its position with its rows. A restart therefore neither loses nor repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from contracts import Envelope
+from events import EventLog, open_log, partition_for
+from events.cache import EnvelopeCache
+from events.codec import to_record
+from projections import ProjectionStore, Projector
+from services.runtime.coordinator import CoordinatorLoop
+from services.runtime.decider import PartitionDecider
+from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.projector import ProjectorLoop
+from services.runtime.settings import Settings
+from services.runtime.timers import TimerService, run_timers
+from services.runtime.topics import COMMANDS, EVENTS, Topics
+from services.runtime.webhook import WebhookRelay, url_from_env
+
+log = logging.getLogger("agentbus.runner")
+
+
+_FREEZE_AFTER_READY = False
+
+
+def tune_gc() -> None:
+    """Tune the collector for a long-running process that holds large state (call at start-up).
+
+    The deciders' state and the envelope cache are hundreds of thousands of long-lived objects;
+    with default thresholds every few thousand allocations trigger collections that walk them
+    again (measured: a third of the throughput). Collect less often, and freeze what was built
+    at start-up so full collections skip it.
+    """
+    global _FREEZE_AFTER_READY
+    gc.set_threshold(100_000, 50, 1000)
+    _FREEZE_AFTER_READY = True
+
+
+class Runner:
+    """All of agentbus in one process on the configured log and read-model database.
+
+    ``scaling_webhook`` (default: ``AGENTBUS_SCALING_WEBHOOK``) POSTs each ScalingDecided event
+    there (``services.runtime.webhook``); ``webhook_transport`` replaces the network in tests.
+    """
+
+    def __init__(self, settings: Settings, *, deciders: bool = True, coordinator: bool = True,
+                 projector: bool = True, scaling_webhook: str | None = None,
+                 webhook_transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.log: EventLog = open_log(settings.broker)
+        self.store = ProjectionStore(settings.database)
+        self.outcomes = Outcomes()
+        self.cache = EnvelopeCache()
+        self.partitions = settings.partitions
+        self.topics = Topics()
+        self.deciders: list[PartitionDecider] = []
+        self.coordinator: CoordinatorLoop | None = None
+        self.timers: list[TimerService] = []
+        self.webhook_url = scaling_webhook or url_from_env()
+        self.webhook: WebhookRelay | None = None
+        self._webhook_transport = webhook_transport
+        self._want = (deciders, coordinator, projector)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        self.on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None
+
+    async def start(self) -> None:
+        if self.settings.broker.startswith("sqlite:"):
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.log.start()
+        await self.log.ensure_topic(COMMANDS, self.partitions)
+        await self.log.ensure_topic(EVENTS, self.partitions, retention_ms=-1)
+        self.partitions = await self.log.partitions(EVENTS)
+        await self.store.start()
+        want_deciders, want_coordinator, want_projector = self._want
+        if want_deciders:
+            for p in range(self.partitions):
+                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache)
+                self.deciders.append(d)
+                self._spawn(d.run(), f"decider[{p}]")
+                # Durable timers: the wall clock decides when FireTimer commands go out; the
+                # decider still takes their time from the envelope (stamped here).
+                t = TimerService(self.log, p)
+                self.timers.append(t)
+                self._spawn(run_timers(d, t), f"timers[{p}]")
+        if want_coordinator:
+            self.coordinator = CoordinatorLoop(self.log, self.partitions, self.cache)
+            self._spawn(self.coordinator.run(), "coordinator")
+        if want_projector:
+            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
+                        "projector")
+        if self.webhook_url:
+            self.webhook = WebhookRelay(self.log, self.webhook_url, self.partitions, topic=EVENTS,
+                                        cache=self.cache, transport=self._webhook_transport)
+            self._spawn(self.webhook.run(), "webhook")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a worker that dies must take the service down loudly
+                log.error("%s failed: %s", name, exc, exc_info=exc)
+                self.failure = self.failure or exc
+                self.failed.set()
+                if self.on_failure is not None:
+                    res = self.on_failure(exc)
+                    if res is not None:
+                        await res
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        """Wait until deciders and the coordinator have rebuilt their state."""
+        events = [d.ready for d in self.deciders]
+        if self.coordinator is not None:
+            events.append(self.coordinator.ready)
+        waits = [asyncio.create_task(ev.wait()) for ev in events]
+        fail = asyncio.create_task(self.failed.wait())
+        try:
+            done, _ = await asyncio.wait([asyncio.gather(*waits), fail], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fail.cancel()
+        if self.failure is not None:
+            raise RuntimeError(f"agentbus failed to start: {self.failure}") from self.failure
+        if not done:
+            raise TimeoutError("agentbus did not become ready in time")
+        if _FREEZE_AFTER_READY:
+            gc.freeze()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.log.close()
+        await self.store.close()
+
+    def partition_of(self, pool: str) -> int:
+        return partition_for(pool, self.partitions)
+
+    def readiness(self) -> dict[str, Any]:
+        """What the health endpoint reports about the workers."""
+        return {
+            "deciders_ready": bool(self.deciders) and all(d.ready.is_set() for d in self.deciders),
+            "coordinator_ready": self.coordinator is not None and self.coordinator.ready.is_set(),
+        }
+
+    async def submit(self, env: Envelope) -> tuple[int, int, bool]:
+        """Append a command durably: (partition, offset, duplicate)."""
+        [appended] = await self.log.append(COMMANDS, [to_record(env)])
+        self.cache.put(COMMANDS, [appended], [env])
+        return appended.partition, appended.offset, appended.duplicate
+
+    async def submit_many(self, envs: list[Envelope]) -> list[tuple[int, int, bool]]:
+        res = await self.log.append(COMMANDS, [to_record(x) for x in envs])
+        self.cache.put(COMMANDS, res, envs)
+        return [(a.partition, a.offset, a.duplicate) for a in res]
+
+    async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:
+        recs = await self.log.read(EVENTS, ref.partition, ref.offset, ref.count)
+        return [(r.offset, self.cache.decode(r)) for r in recs]
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

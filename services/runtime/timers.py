@@ -1,0 +1,92 @@
+"""The timer service: fires the due timers of one events partition as ``FireTimer`` commands.
+
+It reads the events partition into a ``TimerBook`` (``services.coordination.timers``), takes "now"
+from an injected clock and appends to the commands topic; it never decides anything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from contracts import Envelope, utcnow
+from events import EventLog
+from events.codec import from_record, to_record
+from services.coordination.timers import Timer, TimerBook
+from services.runtime.decider import PartitionDecider
+from services.runtime.ingest import command_envelope
+from services.runtime.topics import COMMANDS, EVENTS
+
+
+def fire_envelope(timer: Timer, now: datetime) -> Envelope:
+    """The FireTimer command envelope for ``timer``, stamped ``now``, with its derived id."""
+    return command_envelope(timer.command(), pool=timer.pool, command_id=timer.command_id,
+                            source="urn:agentbus:timers", actor="timers", time=now)
+
+
+@dataclass
+class TimerService:
+    """Fires the due timers of one events partition as commands (one service per partition).
+
+    ``clock`` returns an aware datetime (the wall clock in production, a fake one in tests).
+    The book is rebuilt from offset 0 on start; it holds only pending timers, so it stays small.
+    """
+
+    log: EventLog
+    partition: int = 0
+    clock: Callable[[], datetime] = utcnow
+    idle_s: float = 1.0  # longest sleep when nothing is due sooner
+    book: TimerBook = field(default_factory=TimerBook)
+    offset: int = 0  # next events offset to read
+    fired: int = 0
+    commands: str = COMMANDS  # topic names (a deployment may prefix them)
+    events: str = EVENTS
+
+    async def load(self) -> int:
+        """Fold every event appended since the last call; returns how many were read."""
+        n = 0
+        while True:
+            batch = await self.log.read(self.events, self.partition, self.offset, 5000)
+            if not batch:
+                return n
+            for rec in batch:
+                self.book.observe(from_record(rec))
+            n += len(batch)
+            self.offset = batch[-1].offset + 1
+
+    async def fire_due(self) -> list[str]:
+        """Append a FireTimer for every timer due now; returns their command ids."""
+        now = self.clock()
+        due = self.book.due(now.timestamp())
+        if not due:
+            return []
+        envs = [fire_envelope(t, now) for t in due]
+        await self.log.append(self.commands, [to_record(x) for x in envs])
+        self.fired += len(envs)
+        return [t.command_id for t in due]
+
+    async def step(self) -> list[str]:
+        """Catch up with the events, then fire what is due."""
+        await self.load()
+        return await self.fire_due()
+
+    def sleep_s(self) -> float:
+        """How long to wait before the next step when no event arrives."""
+        nxt = self.book.next_due()
+        if nxt is None:
+            return self.idle_s
+        return max(0.0, min(self.idle_s, nxt - self.clock().timestamp()))
+
+    async def run(self) -> None:
+        """Fire timers for ever: wake on new events or when the next timer is due."""
+        while True:
+            await self.step()
+            await self.log.wait(self.events, self.partition, self.offset, timeout=self.sleep_s())
+
+
+async def run_timers(decider: PartitionDecider, timers: TimerService) -> None:
+    """A partition's timer service, started once its decider has rebuilt its state: the book is
+    rebuilt from the same events, and what fell due while the process was down fires at once."""
+    await decider.ready.wait()
+    await timers.run()
