@@ -13,6 +13,7 @@ from typing import Any
 from contracts import Envelope, Payload, Reason
 from contracts import commands as c
 from contracts import event_types as e
+from contracts.budgets import cost_scopes, workflow_of
 from contracts.commands import STRATEGIES, PoolPolicy
 from services.domain.capabilities import DEFAULT_RULES, capability_match, infer
 from services.domain.retries import attempts_left, retry_delay
@@ -90,10 +91,7 @@ def _holder(task: TaskState, agent_id: str | None) -> str:
 
 
 def _workflow_of(task: TaskState | None) -> str | None:
-    if task is None:
-        return None
-    wf = task.data.get("workflow_id")
-    return str(wf) if wf is not None else None
+    return None if task is None else workflow_of(task.data)
 
 
 def _check_budget(state: PoolState, scope: str, scope_id: str | None) -> None:
@@ -423,7 +421,7 @@ def _decide(state: PoolState, cmd: Payload, config: DeciderConfig | None) -> lis
             out += [e.CostRecorded(cost_id=cmd.cost_id, agent_id=cmd.agent_id, task_id=cmd.task_id,
                                   model=cmd.model, input_tokens=cmd.input_tokens,
                                   output_tokens=cmd.output_tokens, cost_usd=cost, priced_from_table=priced)]
-            for key in _scopes(state.pool, cmd.agent_id, _workflow_of(task)):
+            for key in cost_scopes(state.pool, cmd.agent_id, _workflow_of(task)):
                 limit = state.budgets.get(key)
                 spent = state.spent.get(key, 0.0) + cost
                 if limit is not None and key not in state.exceeded and spent >= limit:
@@ -494,13 +492,6 @@ def _release(alloc: Allocation, reason: str | None) -> e.ResourcesReleased:
     cpu, mem, disk, net = alloc.amounts
     return e.ResourcesReleased(allocation_id=alloc.allocation_id, agent_id=alloc.agent_id, cpu_cores=cpu,
                                memory_mb=mem, disk_mb=disk, network_mbps=net, reason=reason)
-
-
-def _scopes(pool: str, agent_id: str, workflow: str | None) -> list[tuple[str, str]]:
-    keys = [("pool", pool), ("agent", agent_id)]
-    if workflow is not None:
-        keys.append(("workflow", workflow))
-    return keys
 
 
 def evolve(state: PoolState, env: Envelope) -> PoolState:
@@ -586,7 +577,7 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
         case e.CostRecorded():
             state.costs.add(ev.cost_id)
             task = state.tasks.get(ev.task_id) if ev.task_id is not None else None
-            for key in _scopes(state.pool, ev.agent_id, _workflow_of(task)):
+            for key in cost_scopes(state.pool, ev.agent_id, _workflow_of(task)):
                 state.spent[key] = state.spent.get(key, 0.0) + ev.cost_usd
         case e.BudgetSet():
             key = (ev.scope, ev.scope_id)

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET  # builds only (never parses input): no XXE s
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal, NoReturn, Protocol
+from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -31,16 +31,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts import REGISTRY, Envelope, Reason, UnknownType, new_id, utcnow
+from contracts import REGISTRY, Reason, UnknownType, new_id, utcnow
 from contracts.base import Command
 from events.codec import DecodeError, envelope_dict, from_dict, from_record
-from events.log import EventLog, LogError
-from projections import ProjectionStore, queries
+from events.log import LogError
+from projections import queries
 from services.runtime.embedded import Runner
 from services.runtime.ingest import command_envelope, parse_command
-from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.service import Service
 from services.runtime.settings import Settings
-from services.runtime.topics import Topics
 
 __all__ = ["BodyLimitMiddleware", "JSONBytesResponse", "create_app"]
 
@@ -238,35 +237,6 @@ def _parse(type_name: str, data: dict[str, Any], prefix: tuple[str | int, ...],
 
 
 # --- the service behind the API -----------------------------------------------------------------
-
-
-class Service(Protocol):
-    """What the API runs on: the embedded ``Runner``, or ``ClusterService`` on Kafka."""
-
-    settings: Settings
-    log: EventLog
-    store: ProjectionStore
-    outcomes: Outcomes
-    partitions: int
-    topics: Topics
-    on_failure: Callable[[BaseException], Awaitable[None] | None] | None
-
-    @property
-    def failure(self) -> BaseException | None: ...
-
-    async def start(self) -> None: ...
-
-    async def ready(self, timeout: float = 60.0) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def partition_of(self, pool: str) -> int: ...
-
-    async def submit(self, env: Envelope) -> tuple[int, int, bool]: ...
-
-    async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]: ...
-
-    def readiness(self) -> dict[str, Any]: ...
 
 
 # --- writes -------------------------------------------------------------------------------------
