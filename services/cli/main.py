@@ -142,7 +142,7 @@ def serve(host: str, port: int, data_dir: Path | None, broker: str | None, datab
     else:
         def factory(s: Settings) -> Service:
             return Runner(s, scaling_webhook=scaling_webhook)
-    app = create_app(settings=settings, service=factory)
+    app = create_app(settings=settings, open_service=factory)
     # loop/http "auto": uvloop and httptools when installed (they are dependencies), which cut
     # the per-request cost of the event loop and the HTTP parser several times over.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",

@@ -567,10 +567,11 @@ def _download(content: str | bytes, media_type: str, filename: str) -> Response:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(runner: Service | None = None, settings: Settings | None = None,
-               service: Callable[[Settings], Service] | None = None) -> FastAPI:
-    """The FastAPI app; without ``runner`` its lifespan starts (and stops) ``service(settings)``
-    (default: the embedded ``Runner``)."""
+def create_app(service: Service | None = None, settings: Settings | None = None,
+               open_service: Callable[[Settings], Service] | None = None) -> FastAPI:
+    """The FastAPI app on a running ``service``; without one its lifespan starts (and stops)
+    ``open_service(settings)`` (default: the embedded ``Runner``)."""
+    runner = service
     if settings is None:
         settings = runner.settings if runner is not None else Settings()
 
@@ -579,7 +580,7 @@ def create_app(runner: Service | None = None, settings: Settings | None = None,
         if runner is not None:
             yield
             return
-        own: Service = service(settings) if service is not None else Runner(settings)
+        own: Service = open_service(settings) if open_service is not None else Runner(settings)
         app.state.runner = own
         # serve sets this hook to stop the server when a worker dies after startup.
         hook: Callable[[BaseException], Awaitable[None] | None] | None = getattr(

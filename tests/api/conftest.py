@@ -44,7 +44,7 @@ async def runner(tmp_path: Path) -> AsyncIterator[Runner]:
 @pytest.fixture
 async def client(runner: Runner) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client bound to the app over ASGI (no sockets)."""
-    transport = httpx.ASGITransport(app=create_app(runner=runner))
+    transport = httpx.ASGITransport(app=create_app(service=runner))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         yield c
 

@@ -14,7 +14,7 @@ from tests.api.conftest import poll
 
 
 def _agent(runner: Runner, **overrides: object) -> LocalAgent:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=runner)), base_url="http://t")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=runner)), base_url="http://t")
     config = AgentConfig(**{"url": "http://t", "name": "w", "capabilities": ("text",), "capacity": 2,
                             "kind": "llm", "heartbeat_s": 0.1, "work_s": 0.01, "seed": 7,
                             **overrides})  # type: ignore[arg-type]

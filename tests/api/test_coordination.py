@@ -294,7 +294,7 @@ async def test_scaling_webhook_posts_cloudevents_at_least_once(tmp_path: Path) -
     receiver = Receiver(failures=3)
     r = await _runner(tmp_path, receiver)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=r)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=r)),
                                      base_url="http://t") as client:
             resp = await client.put("/v1/scaling/policies", params=WAIT, json={
                 "agent_kind": "llm", "min_agents": 2, "max_agents": 4, "cooldown_s": 0})
@@ -327,7 +327,7 @@ async def test_scaling_webhook_resends_what_was_not_acknowledged_before_a_restar
     down = Receiver(failures=10**9)  # the autoscaler is down the whole time this runner lives
     r = await _runner(tmp_path, down)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=r)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=r)),
                                      base_url="http://t") as client:
             # Never blocking the deciders: writes are decided while the webhook keeps failing.
             resp = await client.put("/v1/scaling/policies", params=WAIT, json={

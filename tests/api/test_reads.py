@@ -167,7 +167,7 @@ async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -
     settings = Settings(data_dir=tmp_path)
     async with Runner(settings) as first:
         await first.ready()
-        transport = httpx.ASGITransport(app=create_app(runner=first))
+        transport = httpx.ASGITransport(app=create_app(service=first))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             assert (
                 await c.post("/v1/agents", params={"wait": "true"}, json={"name": "n"})
@@ -179,7 +179,7 @@ async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -
     try:
         with pytest.raises(RuntimeError, match=r"corrupt record at events\[0\]@0"):
             await broken.ready()
-        transport = httpx.ASGITransport(app=create_app(runner=broken))
+        transport = httpx.ASGITransport(app=create_app(service=broken))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             health = await c.get("/v1/health")
             assert health.status_code == 503

@@ -428,7 +428,7 @@ async def test_wait_times_out_as_pending(tmp_path: Any) -> None:
     r = Runner(Settings(data_dir=tmp_path), deciders=False, coordinator=False)
     await r.start()
     try:
-        transport = httpx.ASGITransport(app=create_app(runner=r))
+        transport = httpx.ASGITransport(app=create_app(service=r))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             resp = await c.post("/v1/agents", params={"wait": "true", "timeout": "0.2"}, json=AGENT)
             assert resp.status_code == 202
@@ -448,7 +448,7 @@ async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
     for _ in range(2):
         async with Runner(settings) as r:
             await r.ready()
-            transport = httpx.ASGITransport(app=create_app(runner=r))
+            transport = httpx.ASGITransport(app=create_app(service=r))
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
                 resp = await c.post(
                     "/v1/agents", params={"wait": "true"}, headers={"Idempotency-Key": "once"}, json=AGENT
@@ -469,7 +469,7 @@ async def test_pools_on_several_partitions(tmp_path: Any) -> None:
         await r.ready()
         pools = ["default", "gpu", "cpu", "eu", "us"]
         assert len({r.partition_of(p) for p in pools}) > 1
-        transport = httpx.ASGITransport(app=create_app(runner=r))
+        transport = httpx.ASGITransport(app=create_app(service=r))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             for pool in pools:
                 resp = await c.post(

@@ -45,7 +45,7 @@ async def service(cluster: Cluster) -> AsyncIterator[ClusterService]:
 
 @pytest.fixture
 async def client(service: ClusterService) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(runner=service, settings=service.settings)
+    app = create_app(service=service, settings=service.settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agentbus",
                                  timeout=60) as c:
         yield c
