@@ -1,4 +1,9 @@
-"""agentbus events: the log port, its adapters chosen by URL, the codec, export/import."""
+"""agentbus events: the log port, its adapters chosen by URL, the codec, export/import.
+
+``events.log`` is the port: ``EventLog``, what every adapter provides, and ``TransactionalLog``,
+what only some do. ``open_log(url)`` picks the adapter by URL scheme (``ADAPTERS``) and imports it
+only then, so the embedded default needs no Kafka client. This package never imports ``services``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from events.log import (
     ConcurrencyError,
     CorruptRecord,
     EventLog,
+    Extra,
     LogError,
     Record,
     StoredRecord,
+    TransactionalLog,
     UnknownTopic,
     partition_for,
 )
@@ -49,9 +56,11 @@ __all__ = [
     "ConcurrencyError",
     "CorruptRecord",
     "EventLog",
+    "Extra",
     "LogError",
     "Record",
     "StoredRecord",
+    "TransactionalLog",
     "UnknownTopic",
     "open_log",
     "partition_for",

@@ -68,7 +68,7 @@ class EnvelopeCache:
 
 
 def _first(items: dict[tuple[str, int, int], Envelope], n: int) -> list[tuple[str, int, int]]:
-    out = []
+    out: list[tuple[str, int, int]] = []
     for key in items:
         if len(out) >= n:
             break

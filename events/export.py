@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import lz4.frame  # type: ignore[import-untyped]
+import lz4.frame
 
 from contracts import DEFAULT_POOL
 from events.codec import DecodeError, decode, to_record

@@ -1,7 +1,12 @@
 """The EventLog port: an append-only, partitioned log with consumer-group offsets.
 
 Adapters (``events.sqlite``, ``events.kafka``) implement it side by side and are chosen by URL
-(``events.open_log``). This module holds only the shapes; it must never do I/O.
+(``events.open_log``). ``EventLog`` is what every adapter provides; a capability only some have
+is a protocol of its own (``TransactionalLog``) or a declared flag (``EventLog.dedupes_ids``), so
+callers check for it with ``isinstance`` instead of guessing at attributes or keyword arguments.
+
+This module holds the shapes and the argument rules every adapter applies (``check_*``); it must
+never do I/O.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ class Commit:
     offset: int
 
 
+class Extra(NamedTuple):
+    """Records for another topic, written in the same transaction as a ``TransactionalLog`` append."""
+
+    topic: str
+    partition: int | None  # None routes each record by ``partition_for(key)``
+    records: Sequence[Record]
+
+
 class LogError(Exception):
     """Base class of log failures."""
 
@@ -89,11 +102,48 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
+# -- argument rules shared by every adapter (checked before anything is written or read) ----------
+
+
+def check_partition_count(partitions: int) -> None:
+    """A topic has at least one partition."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+
+
+def check_partition(topic: str, partition: int, partitions: int) -> None:
+    """``partition`` is one of the ``partitions`` of ``topic``."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"{topic} has partitions 0..{partitions - 1}, not {partition}")
+
+
+def check_routing(topic: str, partitions: int, partition: int | None, expected_offset: int | None) -> None:
+    """An append's explicit partition exists; an ``expected_offset`` names its partition."""
+    if partition is not None:
+        check_partition(topic, partition, partitions)
+    elif expected_offset is not None:
+        raise ValueError("expected_offset needs an explicit partition")
+
+
+def check_limit(limit: int) -> None:
+    """A read returns at least one record."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """What every log adapter provides."""
 
     url: str
+
+    @property
+    def dedupes_ids(self) -> bool:
+        """True when a record whose id is already in its topic is not appended again.
+
+        The repeat is answered with the first position and ``Appended.duplicate``. False: ids are
+        stored as given and a repeat is appended again (the decider drops repeated command ids).
+        """
 
     async def start(self) -> None:
         """Open connections; idempotent."""
@@ -146,3 +196,38 @@ class EventLog(Protocol):
         self, topic: str, partition: int, offset: int, *, limit: int = 1000
     ) -> AsyncIterator[list[StoredRecord]]:
         """Tail the partition from ``offset`` forever, yielding non-empty batches."""
+
+
+@runtime_checkable
+class TransactionalLog(EventLog, Protocol):
+    """A log whose appends are transactions across topics, with one fenced writer per partition.
+
+    A partition's writer commits one consumer group's offset of that partition; whoever claims it
+    next fences the previous owner, whose later appends through it fail. Kafka provides this.
+    """
+
+    async def append(
+        self,
+        topic: str,
+        records: Sequence[Record],
+        *,
+        partition: int | None = None,
+        expected_offset: int | None = None,
+        commit: Commit | None = None,
+        extra: Sequence[Extra] = (),
+    ) -> list[Appended]:
+        """``EventLog.append``, plus ``extra`` records for other topics in the same transaction.
+
+        With ``partition`` and ``commit`` both given the append goes through the partition writer
+        of ``commit`` (see ``claim``). Positions are returned for ``records`` only.
+        """
+
+    async def claim(self, group: str, topic: str, partition: int) -> None:
+        """Become the only writer that commits ``group``'s offset of ``topic[partition]``.
+
+        Fences any previous owner before returning, so what the caller reads next (committed
+        offset, the log up to its end) can no longer change under it by a zombie's commit.
+        """
+
+    async def release(self, group: str, topic: str, partition: int) -> None:
+        """Stop the partition writer of ``group``'s ``topic[partition]`` (after its queued appends)."""

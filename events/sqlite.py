@@ -7,6 +7,10 @@ second, read-only connection, which WAL lets run beside the writer. Consumers ar
 when the writer commits; appends made by another process on the same file are seen by re-checking
 every ``POLL_INTERVAL_S`` (a low-frequency fallback, so cross-process consumers lag by up to that).
 
+It deduplicates record ids within a topic (``dedupes_ids``). It is a plain ``EventLog``, not a
+``TransactionalLog``: an append writes one topic (plus its ``commit`` offset), and there are no
+partition writers to claim or fence.
+
 This module must never skip or rewrite a stored record: a record that cannot be read raises
 CorruptRecord naming its position, and appended rows are never updated or deleted.
 """
@@ -26,7 +30,7 @@ from urllib.parse import parse_qsl
 from zlib import crc32
 
 import aiosqlite
-import lz4.block  # type: ignore[import-untyped]
+import lz4.block
 import orjson
 
 from events.log import (
@@ -39,6 +43,10 @@ from events.log import (
     Record,
     StoredRecord,
     UnknownTopic,
+    check_limit,
+    check_partition,
+    check_partition_count,
+    check_routing,
     partition_for,
 )
 
@@ -298,8 +306,7 @@ class SqliteLog:
     ) -> None:
         """Create the topic if absent (existing topics keep their partition count)."""
         self._conn()
-        if partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        check_partition_count(partitions)
         writer = self._writer
         assert writer is not None
         async with self._write_lock:
@@ -331,9 +338,7 @@ class SqliteLog:
         return n
 
     async def _check_partition(self, topic: str, partition: int) -> None:
-        n = await self.partitions(topic)
-        if not 0 <= partition < n:
-            raise ValueError(f"{topic} has partitions 0..{n - 1}, not {partition}")
+        check_partition(topic, partition, await self.partitions(topic))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -349,10 +354,7 @@ class SqliteLog:
         """Append atomically and durably (one group-committed transaction); positions in order."""
         self._conn()
         n = await self.partitions(topic)
-        if partition is not None:
-            await self._check_partition(topic, partition)
-        elif expected_offset is not None:
-            raise ValueError("expected_offset needs an explicit partition")
+        check_routing(topic, n, partition, expected_offset)
         if commit is not None:
             await self._check_partition(commit.topic, commit.partition)
         if not records and commit is None:
@@ -549,8 +551,7 @@ class SqliteLog:
     ) -> list[StoredRecord]:
         """Records at ``offset`` and after, at most ``limit``, in order."""
         conn = self._conn()
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        check_limit(limit)
         await self._check_partition(topic, partition)
         rows = await conn.execute_fetchall(_READ, (topic, partition, offset, limit))
         return _to_stored(topic, partition, rows)
@@ -621,6 +622,7 @@ class SqliteLog:
     ) -> AsyncIterator[list[StoredRecord]]:
         """Tail the partition from ``offset`` forever, yielding non-empty batches."""
         await self._check_partition(topic, partition)
+        check_limit(limit)
         # Prefetch the next batch while the consumer handles this one: SQLite steps in the
         # connection's thread with the GIL released, so replays overlap fetching and handling.
         position = offset

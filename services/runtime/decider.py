@@ -2,8 +2,9 @@
 
 It rebuilds every pool's state from its events partition, then decides commands in batches and
 appends a batch's events with its commands offset in one transaction, so a crash neither loses
-nor repeats a decision. Malformed and unknown commands are rejected (and, on Kafka, dead-lettered).
-It never decides anything itself: ``services.domain`` does.
+nor repeats a decision. Malformed and unknown commands are rejected (and, on a ``TransactionalLog``
+such as Kafka, dead-lettered in the same transaction). It never decides anything itself:
+``services.domain`` does.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from contracts import REGISTRY, Envelope, Payload, Reason, utcnow
-from events import Commit, EventLog, Record, StoredRecord, partition_for
+from events import Commit, EventLog, Extra, Record, StoredRecord, TransactionalLog, partition_for
 from events.cache import EnvelopeCache, tail_raw
 from events.codec import DecodeError, decode, from_record, to_record
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
@@ -60,9 +60,10 @@ class PartitionDecider:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     topics: Topics = field(default_factory=Topics)
     group: str = DECIDER_GROUP
-    # Kafka: records nobody can decide (malformed, unknown type) also go to the dead-letter topic,
-    # and a command on a partition its pool does not map to (a foreign producer's partitioner)
-    # is forwarded to the right one instead of being decided here. Both in the batch's transaction.
+    # Records nobody can decide (malformed, unknown type) also go to the dead-letter topic, and a
+    # command on a partition its pool does not map to (a foreign producer's partitioner) is
+    # forwarded to the right one instead of being decided here. Both in the batch's transaction,
+    # so both need a TransactionalLog (the Faust runner on Kafka sets them).
     dead_letters: bool = False
     partitions: int | None = None
 
@@ -186,16 +187,20 @@ class PartitionDecider:
                 decided.append((cid, len(envs)))
                 out.extend(envs)
         commit = Commit(self.group, self.topics.commands, self.partition, batch[-1][0] + 1)
-        extra: list[tuple[str, int | None, list[Record]]] = []
+        extra: list[Extra] = []
         if dead:
-            extra.append((self.topics.dead_letters, self.partition, dead))
+            extra.append(Extra(self.topics.dead_letters, self.partition, dead))
         if forward:
-            extra.append((self.topics.commands, None, forward))
+            extra.append(Extra(self.topics.commands, None, forward))
         if out or extra or self.dead_letters:
             # On Kafka even a bare offset goes through the partition's fenced transactional writer.
-            kwargs: dict[str, Any] = {"extra": extra} if extra else {}
-            appended = await self.log.append(self.topics.events, [to_record(x) for x in out],
-                                             partition=self.partition, commit=commit, **kwargs)
+            records = [to_record(x) for x in out]
+            if extra:
+                appended = await self._transactional().append(
+                    self.topics.events, records, partition=self.partition, commit=commit, extra=extra)
+            else:
+                appended = await self.log.append(self.topics.events, records, partition=self.partition,
+                                                 commit=commit)
             self.cache.put(self.topics.events, appended, out)
         else:
             appended = []
@@ -204,6 +209,12 @@ class PartitionDecider:
         for cid, n in decided:
             self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n))
             i += n
+
+    def _transactional(self) -> TransactionalLog:
+        """The log, for a batch whose transaction also carries dead letters or forwarded commands."""
+        if isinstance(self.log, TransactionalLog):
+            return self.log
+        raise TypeError(f"dead letters and forwarded commands need a TransactionalLog, not {self.log.url}")
 
 
 def dead_letter(rec: StoredRecord, error: str) -> Record:

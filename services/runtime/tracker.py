@@ -6,7 +6,8 @@ are contiguous in their partition and become visible together (read_committed): 
 with the same ``commandid`` is one outcome, complete when a record of another command follows
 it or the consumer has reached the partition's last stable offset.
 
-It must never write anything; it only reads committed events.
+It must never write anything; it only reads committed events, with the log's own read_committed
+consumer settings (``events.kafka.read_committed_consumer``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
+from events.kafka import read_committed_consumer
 from services.runtime.outcomes import OutcomeRef, Outcomes
 
 log = logging.getLogger("agentbus.tracker")
 
 MAX_RECORDS = 5000
+FETCH_WAIT_MS = 100
 
 
 class OutcomeTracker:
@@ -40,11 +43,7 @@ class OutcomeTracker:
         self._open: dict[int, list[Any]] = {}
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, isolation_level="read_committed",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 << 20,
-        )
+        consumer = read_committed_consumer(self.bootstrap, FETCH_WAIT_MS)
         await consumer.start()
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         consumer.assign(tps)

@@ -80,10 +80,11 @@ async def _drop_topics(instance: EventLog, prefix: str) -> None:
     """Delete the test's Kafka topics (``prefix`` and ``prefix-*``); best effort."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    bootstrap = getattr(instance, "bootstrap", None)
-    if not bootstrap:
+    from events.kafka import KafkaLog
+
+    if not isinstance(instance, KafkaLog):
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=instance.bootstrap)
     try:
         await admin.start()
         names = [t for t in await admin.list_topics() if t == prefix or t.startswith(f"{prefix}-")]

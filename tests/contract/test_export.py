@@ -55,7 +55,7 @@ async def test_export_then_import_reproduces_every_partition(
     assert stored.id == env["id"]
     assert dict(stored.headers) == {"ce_type": b"TaskSubmitted", "ce_id": env["id"].encode()}
 
-    if getattr(log, "dedupes_ids", True):
+    if log.dedupes_ids:
         assert await import_log(log, copy, path) == ImportResult(appended=0, duplicates=60)
         assert await values(log, copy) == await values(log, topic)
     else:  # Kafka cannot tell a record id was appended before: a second import appends again

@@ -31,11 +31,16 @@ def rec(i: int, key: str = "default", *, rid: str | None = None) -> Record:
 
 
 def dedupes(log: EventLog) -> bool:
-    return bool(getattr(log, "dedupes_ids", True))
+    return log.dedupes_ids
 
 
 def increasing(offsets: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(offsets))
+
+
+async def test_the_log_is_an_event_log_declaring_whether_it_dedupes_ids(log: EventLog) -> None:
+    assert isinstance(log, EventLog)
+    assert isinstance(log.dedupes_ids, bool)
 
 
 async def test_append_then_read_in_order_with_offsets(log: EventLog, topic: str) -> None:

@@ -23,7 +23,16 @@ from aiokafka.structs import TopicPartition
 
 from contracts import Envelope, new_id, utcnow
 from contracts.event_types import TaskSubmitted
-from events import Commit, CorruptRecord, LogError, Record, open_log, partition_for
+from events import (
+    Commit,
+    CorruptRecord,
+    EventLog,
+    LogError,
+    Record,
+    TransactionalLog,
+    open_log,
+    partition_for,
+)
 from events.codec import encode, from_record, to_record
 from events.kafka import KafkaLog, parse_url
 
@@ -125,6 +134,13 @@ def test_urls_parse_hosts_and_options() -> None:
                 "kafka://a:1?replication_factor=0"):
         with pytest.raises(ValueError):
             parse_url(bad)
+
+
+def test_kafka_is_a_transactional_log_that_does_not_dedupe_ids() -> None:
+    log = open_log("kafka://a:9092")
+    assert isinstance(log, KafkaLog) and isinstance(log, EventLog)
+    assert isinstance(log, TransactionalLog)  # extra=, claim() and release()
+    assert log.dedupes_ids is False
 
 
 async def test_an_unreachable_broker_is_a_clear_log_error() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from events import CorruptRecord, LogError, Record, open_log
+from events import CorruptRecord, EventLog, LogError, Record, TransactionalLog, open_log
 from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,14 @@ async def log(tmp_path: Path) -> AsyncIterator[SqliteLog]:
 def stored(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, args).fetchall()
+
+
+def test_sqlite_is_an_event_log_that_dedupes_ids_but_not_a_transactional_log(tmp_path: Path) -> None:
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    assert isinstance(log, SqliteLog) and isinstance(log, EventLog)
+    # One topic per append and no partition writers: no extra=, claim() or release().
+    assert not isinstance(log, TransactionalLog)
+    assert log.dedupes_ids is True
 
 
 def test_urls_map_to_paths_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
