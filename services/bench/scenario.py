@@ -32,10 +32,12 @@ from contracts import event_types as e
 from events.cache import tail
 from events.codec import to_record
 from services.runtime.decider import PartitionDecider
-from services.runtime.embedded import Runner, tune_gc
+from services.runtime.embedded import tune_gc
 from services.runtime.ingest import command_envelope
 from services.runtime.outcomes import Outcomes
+from services.runtime.service import open_service
 from services.runtime.settings import Settings
+from services.runtime.topics import Topics
 
 MODEL = "gpt-4o-mini"
 
@@ -54,28 +56,21 @@ def peak_rss_mb() -> float:
 
 
 class Target:
-    """What the scenario drives: the embedded runner, or the cluster service on Kafka (with an
-    in-process Faust worker, or ``workers`` separate ``agentbus worker`` processes)."""
+    """What the scenario drives: the runtime ``open_service`` picks from the settings. On Kafka, the
+    cluster service with an in-process Faust worker, or ``workers`` separate ``agentbus worker``
+    processes; each run gets its own topic prefix and app id, so runs never mix."""
 
     def __init__(self, settings: Settings, workers: int = 0) -> None:
-        self.settings = settings
-        self.workers = workers
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.kafka = settings.broker.startswith("kafka:")
-        self.service: Any
+        self.kafka = settings.kafka
         if self.kafka:
-            from services.runtime.cluster import ClusterService
-            from services.runtime.topics import Topics
-
             tag = f"bench-{os.getpid()}-{int(time.time())}"
-            self.topics = Topics.prefixed(f"{tag}.")
-            self.app_id = tag
-            self.service = ClusterService(settings, worker=workers == 0, topics=self.topics, app_id=tag)
-        else:
-            from services.runtime.topics import Topics
-
-            self.topics = Topics()
-            self.service = Runner(settings)
+            settings = settings.model_copy(update={"topic_prefix": f"{tag}.", "app_id": tag})
+        self.settings = settings
+        self.app_id = settings.app_id
+        self.workers = workers if self.kafka else 0  # the embedded runner is one process
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.service: Any = open_service(settings, worker=self.workers == 0)
+        self.topics: Topics = self.service.topics
 
     async def start(self) -> None:
         await self.service.start()
@@ -85,7 +80,7 @@ class Target:
                    "AGENTBUS_PARTITIONS": str(self.settings.partitions)}
             self.procs.append(subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
                 [sys.executable, "-m", "services.cli", "worker", "--topic-prefix",
-                 self.topics.commands[: -len("commands")], "--app-id", self.app_id],
+                 self.settings.topic_prefix, "--app-id", self.app_id],
                 env=env, stdout=subprocess.DEVNULL, stderr=self._worker_log()))
         await self.service.ready()
 
@@ -364,14 +359,15 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
 @click.option("--http/--no-http", default=True, show_default=True, help="Also measure the HTTP path.")
 @click.option("--http-requests", default=20_000, show_default=True)
 @click.option("--http-clients", default=64, show_default=True)
-@click.option("--broker", envvar="AGENTBUS_BROKER", default=None,
-              help="Log URL; default a fresh SQLite log in a temporary directory.")
-@click.option("--database", envvar="AGENTBUS_DATABASE", default=None,
-              help="Read-model URL; default a fresh SQLite database beside the log.")
+@click.option("--broker", default=None,
+              help="Log URL (or AGENTBUS_BROKER); default a fresh SQLite log in a temporary directory.")
+@click.option("--database", default=None,
+              help="Read-model URL (or AGENTBUS_DATABASE); default a fresh SQLite database beside the log.")
 @click.option("--workers", default=0, show_default=True,
               help="Kafka: separate `agentbus worker` processes (0: one worker in the bench process).")
 @click.option("--partitions", default=None, type=int,
-              help="Partitions of the benchmark's topics (default: AGENTBUS_PARTITIONS or 1).")
+              help="Partitions of the benchmark's topics (default: the partitions setting, "
+                   "AGENTBUS_PARTITIONS).")
 @click.option("--raw-records", default=200_000, show_default=True,
               help="Kafka: records the raw aiokafka producer->consumer baseline moves.")
 @click.option("--coordinator-agents", default=0, show_default=True,
@@ -391,10 +387,10 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     tune_gc()  # as `agentbus serve` does
     tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
     try:
-        settings = Settings(data_dir=tmp, broker=broker or "", database=database or "")
-        if partitions is not None:
-            settings.partitions = partitions
-        kafka = settings.broker.startswith("kafka:")
+        # Flags over AGENTBUS_* over the defaults, as every command; the data always in a fresh directory.
+        overrides: dict[str, Any] = {"broker": broker, "database": database, "partitions": partitions}
+        settings = Settings(data_dir=tmp, **{k: v for k, v in overrides.items() if v is not None})
+        kafka = settings.kafka
         result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
         result["broker"] = settings.broker.split("?")[0]
         result["database"] = settings.database.split("://")[0]

@@ -9,6 +9,9 @@ queue, and exits 0. Declared dead by the server (missed heartbeats), it register
 
 Every write carries a command id derived from what it is about (agent, task, attempt), so a
 retried request is the same command and the server applies it once.
+
+``run_command`` is ``agentbus agent run``: its options are ``AgentConfig``'s fields, so the
+command and the process it starts are read together here.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import click
 import httpx
 
-from contracts import new_id
+from contracts import DEFAULT_POOL, new_id
+from services.cli import common
+from services.runtime.settings import Settings
 
 log = logging.getLogger("agentbus.agent")
 
@@ -40,7 +47,7 @@ class AgentConfig:
     capabilities: tuple[str, ...] = ()
     capacity: int = 1
     kind: str = "generic"
-    pool: str = "default"
+    pool: str = DEFAULT_POOL
     agent_id: str | None = None
     heartbeat_s: float = 5.0
     work_s: float = 0.1
@@ -198,3 +205,75 @@ class LocalAgent:
                     await t
             # Leaving puts unfinished tasks back in the queue for the other agents.
             await self.deregister()
+
+
+# --- agentbus agent run -------------------------------------------------------------------------
+
+
+# The options' defaults are AgentConfig's own.
+_DEFAULT = {f.name: f.default for f in fields(AgentConfig)}
+
+
+@click.command("run")
+@click.option("--name", required=True, help="The agent's name.")
+@click.option("--capability", "-c", "capabilities", multiple=True, help="A capability (repeatable).")
+@click.option("--capacity", type=click.IntRange(min=1), default=_DEFAULT["capacity"], show_default=True,
+              help="Tasks it works at once.")
+@click.option("--kind", default=_DEFAULT["kind"], show_default=True,
+              help="Agent kind (what scaling policies name).")
+@click.option("--id", "agent_id", help="Agent id (default: generated).")
+@click.option("--heartbeat-s", type=click.FloatRange(min=0.05), default=_DEFAULT["heartbeat_s"],
+              show_default=True, help="Seconds between heartbeats (the server presumes it gone after three "
+                                      "missed).")
+@click.option("--work-s", type=click.FloatRange(min=0), default=_DEFAULT["work_s"], show_default=True,
+              help="Seconds each task takes.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=_DEFAULT["fail_rate"], show_default=True,
+              help="Share of tasks it fails.")
+@click.option("--model", default=_DEFAULT["model"], show_default=True,
+              help="Model whose cost each task records.")
+@click.option("--input-tokens", type=click.IntRange(min=0), default=_DEFAULT["input_tokens"],
+              show_default=True)
+@click.option("--output-tokens", type=click.IntRange(min=0), default=_DEFAULT["output_tokens"],
+              show_default=True)
+@click.option("--seed", type=int, help="Seed of the simulated failures (default: random).")
+@common.settings_options("url", "pool")
+def run_command(name: str, capabilities: tuple[str, ...], capacity: int, kind: str, agent_id: str | None,
+                heartbeat_s: float, work_s: float, fail_rate: float, model: str, input_tokens: int,
+                output_tokens: int, seed: int | None, settings: Settings) -> None:
+    """Run a local agent process: register (its id is printed), heartbeat, work assigned tasks.
+
+    Stops on SIGTERM/SIGINT: deregisters (its unfinished tasks go back to the queue), exits 0.
+    """
+    import signal
+
+    url = settings.url
+    common.logging_to_stderr("httpx")
+    config = AgentConfig(url=url, name=name, capabilities=capabilities, capacity=capacity, kind=kind,
+                         pool=settings.pool, agent_id=agent_id, heartbeat_s=heartbeat_s, work_s=work_s,
+                         fail_rate=fail_rate, model=model, input_tokens=input_tokens,
+                         output_tokens=output_tokens, seed=seed)
+
+    def registered(agent: str) -> None:
+        click.echo(agent)  # first line of stdout: the id, for scripts
+        sys.stdout.flush()
+        click.echo(f"agent {agent} ({name}, kind {kind}, capacity {capacity}) working for {url}", err=True)
+
+    async def go() -> LocalAgent:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with httpx.AsyncClient(base_url=url, timeout=common.HTTP_TIMEOUT_S,
+                                     transport=common.async_transport()) as client:
+            worker = LocalAgent(config, client)
+            await worker.run(stop, on_registered=registered)
+            return worker
+
+    try:
+        worker = common.run(go())
+    except httpx.HTTPError as exc:
+        common.fail(f"cannot reach agentbus at {url}: {exc}")
+    except AgentError as exc:
+        common.fail(str(exc))
+    click.echo(f"agent {worker.agent_id} deregistered after {worker.completed} completed and "
+               f"{worker.failed} failed task(s)", err=True)

@@ -70,9 +70,6 @@ from services.runtime.tracker import OutcomeTracker
 
 log = logging.getLogger("agentbus.faust")
 
-DEFAULT_APP_ID = "agentbus"
-# Seconds before the group gives a silent (e.g. killed) worker's partitions to the others.
-SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
 # The read models take bigger batches: one database transaction per batch.
 PROJECTOR_BATCH = 5000
@@ -198,25 +195,27 @@ class _Part:
 class FaustWorker:
     """A Faust app running the deciders, coordinator and projector for the partitions it is given."""
 
-    def __init__(self, settings: Settings, *, topics: Topics | None = None, app_id: str = DEFAULT_APP_ID,
+    def __init__(self, settings: Settings, *, topics: Topics | None = None, app_id: str | None = None,
                  log: EventLog | None = None, store: ProjectionStore | None = None,
                  outcomes: Outcomes | None = None, cache: EnvelopeCache | None = None,
-                 session_timeout: float = SESSION_TIMEOUT_S) -> None:
-        if not settings.broker.startswith("kafka:"):
+                 session_timeout: float | None = None) -> None:
+        """``topics``, ``app_id`` and ``session_timeout`` default to the settings' own."""
+        if not settings.kafka:
             raise ValueError(f"the Faust runner needs a kafka:// broker, not {settings.broker!r}")
         self.settings = settings
-        self.topics = topics or Topics()
-        self.app_id = app_id
+        self.topics = topics or settings.topics
+        self.app_id = app_id or settings.app_id
         self.log: EventLog = log or open_log(settings.broker)
         self._own_log = log is None
         self.store = store or ProjectionStore(settings.database)
         self._own_store = store is None
         self.outcomes = outcomes or Outcomes()
         self.cache = cache or EnvelopeCache()
-        self.session_timeout = session_timeout
+        # Seconds before the group gives a silent (e.g. killed) worker's partitions to the others.
+        self.session_timeout = session_timeout or settings.session_timeout
         self.partitions = settings.partitions
-        self.decider_group = f"{app_id}-decider"
-        self.coordinator_group = f"{app_id}-coordinator"
+        self.decider_group = f"{self.app_id}-decider"
+        self.coordinator_group = f"{self.app_id}-coordinator"
         self.projector = Projector(self.store)
         self.deciders: dict[int, _Part] = {}
         self.coordinators: dict[int, _Part] = {}
@@ -459,13 +458,13 @@ class ClusterService:
     """What the HTTP API needs, on Kafka: commands out, outcomes from the events stream, reads.
 
     Runs an in-process ``FaustWorker`` unless ``worker=False`` (then other processes run
-    ``agentbus worker``).
+    ``agentbus worker``). ``topics``, ``app_id`` and ``session_timeout`` default to the settings' own.
     """
 
     def __init__(self, settings: Settings, *, worker: bool = True, topics: Topics | None = None,
-                 app_id: str = DEFAULT_APP_ID, session_timeout: float = SESSION_TIMEOUT_S) -> None:
+                 app_id: str | None = None, session_timeout: float | None = None) -> None:
         self.settings = settings
-        self.topics = topics or Topics()
+        self.topics = topics or settings.topics
         self.log: EventLog = open_log(settings.broker)
         self.store = ProjectionStore(settings.database)
         self.outcomes = Outcomes()

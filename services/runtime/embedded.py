@@ -30,7 +30,7 @@ from services.runtime.projector import ProjectorLoop
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService, run_timers
 from services.runtime.topics import COMMANDS, EVENTS, Topics
-from services.runtime.webhook import WebhookRelay, url_from_env
+from services.runtime.webhook import WebhookRelay
 
 log = logging.getLogger("agentbus.runner")
 
@@ -54,7 +54,7 @@ def tune_gc() -> None:
 class Runner:
     """All of agentbus in one process on the configured log and read-model database.
 
-    ``scaling_webhook`` (default: ``AGENTBUS_SCALING_WEBHOOK``) POSTs each ScalingDecided event
+    ``scaling_webhook`` (default: the ``scaling_webhook`` setting) POSTs each ScalingDecided event
     there (``services.runtime.webhook``); ``webhook_transport`` replaces the network in tests.
     """
 
@@ -67,11 +67,12 @@ class Runner:
         self.outcomes = Outcomes()
         self.cache = EnvelopeCache()
         self.partitions = settings.partitions
+        # The loops below use the plain names, on any log; the topic prefix is a cluster setting.
         self.topics = Topics()
         self.deciders: list[PartitionDecider] = []
         self.coordinator: CoordinatorLoop | None = None
         self.timers: list[TimerService] = []
-        self.webhook_url = scaling_webhook or url_from_env()
+        self.webhook_url = scaling_webhook or settings.scaling_webhook
         self.webhook: WebhookRelay | None = None
         self._webhook_transport = webhook_transport
         self._want = (deciders, coordinator, projector)
@@ -135,8 +136,8 @@ class Runner:
         waits = [asyncio.create_task(ev.wait()) for ev in events]
         fail = asyncio.create_task(self.failed.wait())
         try:
-            done, _ = await asyncio.wait([asyncio.gather(*waits), fail], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [asyncio.gather(*waits), fail]
+            done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             fail.cancel()
         if self.failure is not None:

@@ -1,48 +1,112 @@
-"""Settings from ``AGENTBUS_*`` environment variables; CLI flags override them."""
+"""Every setting of a deployment, each with its one default: ``AGENTBUS_*`` variables, flags override.
+
+``Settings`` is the only place a default is written. The CLI, the HTTP app, the runtimes and the
+bench read it; a command-line flag only overrides what the user passed (flag > environment >
+default), so every command points at the same deployment as ``serve`` and ``worker``.
+
+This module must never open anything (log, database, network): it only names where things are.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import Field, PrivateAttr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts import DEFAULT_POOL
 from services.domain.decider import DEFAULT_PRICES, DeciderConfig
+from services.runtime.topics import Topics
 
+ENV_PREFIX = "AGENTBUS_"
 MAX_BODY_BYTES = 1024 * 1024
+# Named once: the server listens here and a client looks for it here unless told otherwise.
+_HOST, _PORT = "127.0.0.1", 8080
 
 
-def _prices() -> dict[str, tuple[float, float]]:
-    """The model price table: defaults, overlaid by the JSON file named in AGENTBUS_PRICES.
+def load_prices(path: Path | None) -> dict[str, tuple[float, float]]:
+    """The model price table: the built-in one, overlaid by the JSON file at ``path`` if any.
 
     The file maps a model name to ``{"input_per_1k": x, "output_per_1k": y}``.
     """
     prices = dict(DEFAULT_PRICES)
-    path = os.environ.get("AGENTBUS_PRICES")
-    if path:
-        raw = json.loads(Path(path).read_text())
-        for model, p in raw.items():
+    if path is not None:
+        for model, p in json.loads(Path(path).read_text()).items():
             prices[model] = (float(p["input_per_1k"]), float(p["output_per_1k"]))
     return prices
 
 
-@dataclass
-class Settings:
-    """Where the log and read models live, and how the service listens."""
+class Settings(BaseSettings):
+    """Where the log and read models live, how the service listens, and how a client finds it.
 
-    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("AGENTBUS_DATA", "agentbus-data")))
-    broker: str = ""
-    database: str = ""
-    host: str = field(default_factory=lambda: os.environ.get("AGENTBUS_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(os.environ.get("AGENTBUS_PORT", "8080")))
-    partitions: int = field(default_factory=lambda: int(os.environ.get("AGENTBUS_PARTITIONS", "1")))
-    decider: DeciderConfig = field(default_factory=lambda: DeciderConfig(prices=_prices()))
-    max_body_bytes: int = MAX_BODY_BYTES
+    Construct with keywords (``Settings(data_dir=..., broker=...)``): they win over the
+    environment. An empty ``broker`` or ``database`` means the SQLite file in ``data_dir``.
+    """
 
-    def __post_init__(self) -> None:
-        self.broker = self.broker or os.environ.get("AGENTBUS_BROKER") or f"sqlite:///{self.data_dir}/log.db"
-        self.database = (
-            self.database
-            or os.environ.get("AGENTBUS_DATABASE")
-            or f"sqlite+aiosqlite:///{self.data_dir}/read.db"
-        )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, env_ignore_empty=True)
+
+    data_dir: Path = Field(Path("agentbus-data"), validation_alias=f"{ENV_PREFIX}DATA",
+                           description="Directory of the default SQLite log and read models.")
+    broker: str = Field("", description="Log URL: sqlite:///path/log.db or kafka://host:9092 "
+                                        "(default: sqlite:///DATA_DIR/log.db).")
+    database: str = Field("", description="Read-model URL: sqlite+aiosqlite:///path/read.db or "
+                                          "postgresql+asyncpg://... (default: beside the log in DATA_DIR).")
+    host: str = Field(_HOST, description="Address the HTTP API listens on.")
+    port: int = Field(_PORT, ge=0, le=65535, description="Port the HTTP API listens on.")
+    partitions: int = Field(1, ge=1, description="Partitions of new topics (existing topics keep theirs).")
+    topic_prefix: str = Field("", description="Kafka: prefix of the topic names (several deployments on "
+                                              "one broker).")
+    app_id: str = Field("agentbus", min_length=1,
+                        description="Kafka: the Faust app id (its consumer group; ours derive from it).")
+    session_timeout: float = Field(10.0, ge=1, description="Kafka: seconds of silence before a worker's "
+                                                           "partitions move to others.")
+    scaling_webhook: str | None = Field(None, description="POST each ScalingDecided event (a CloudEvent) "
+                                                          "to this URL, at least once.")
+    access_log: bool = Field(False, description="Log every HTTP request (costs throughput; the event log "
+                                                "is the audit).")
+    prices: Path | None = Field(None, description="JSON file of model prices per 1K input and output "
+                                                  "tokens, overlaid on the built-in table.")
+    url: str = Field(f"http://{_HOST}:{_PORT}", description="Base URL of a running agentbus server.")
+    pool: str = Field(DEFAULT_POOL, description="Pool the command or query is about.")
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="Largest request body the HTTP API "
+                                                                  "accepts, in bytes.")
+
+    _decider: DeciderConfig | None = PrivateAttr(None)
+
+    @field_validator("scaling_webhook")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, not {url!r}")
+        return url
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.broker = self.broker or f"sqlite:///{self.data_dir}/log.db"
+        self.database = self.database or f"sqlite+aiosqlite:///{self.data_dir}/read.db"
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of the setting ``name``, e.g. ``data_dir`` -> ``AGENTBUS_DATA``."""
+        alias = cls.model_fields[name].validation_alias
+        return alias if isinstance(alias, str) else f"{ENV_PREFIX}{name.upper()}"
+
+    @property
+    def kafka(self) -> bool:
+        """True when the log is Kafka, which the cluster runtime runs on."""
+        return self.broker.split(":", 1)[0].lower() == "kafka"
+
+    @property
+    def topics(self) -> Topics:
+        """The topic names this deployment's prefix gives."""
+        return Topics.prefixed(self.topic_prefix)
+
+    @property
+    def decider(self) -> DeciderConfig:
+        """What the decider reads: the price table (the prices file is read once, when first needed)."""
+        if self._decider is None:
+            self._decider = DeciderConfig(prices=load_prices(self.prices))
+        return self._decider

@@ -1,0 +1,168 @@
+"""What every command module of the CLI shares: settings from flags, failing cleanly, printing.
+
+``settings_options`` turns fields of ``services.runtime.settings.Settings`` into flags (help,
+environment variable and default come from the field, never written here) and hands the command
+one ``Settings``: a flag the user passed wins, then ``AGENTBUS_*``, then the field's default.
+
+This module must never decide, project or open anything itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import httpx
+import orjson
+import pydantic
+
+from events import LogError, UnknownTopic
+from services.runtime.settings import Settings
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Long enough for the server's longest outcome wait (60 s) plus the round trip.
+HTTP_TIMEOUT_S = 75.0
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def dumps(obj: Any, *, indent: bool = False) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``agentbus: message`` on stderr and exit 1."""
+    click.echo(f"agentbus: {message}", err=True)
+    sys.exit(1)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings with the flags the user passed (``None``: not passed) over ``AGENTBUS_*`` and defaults."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{_named(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                             for err in exc.errors())
+        fail(f"invalid settings: {problems}")
+
+
+def _named(loc: tuple[int | str, ...]) -> str:
+    """A setting as the user wrote it: its flag and its environment variable."""
+    name = str(loc[0]) if loc else ""
+    if name not in Settings.model_fields:
+        return name or "settings"
+    return f"{_flag(name)} / {Settings.env_name(name)}"
+
+
+def _click_type(name: str) -> Any:
+    """The click type of a setting, with the field's bounds (a bad flag is a usage error, not a traceback)."""
+    field = Settings.model_fields[name]
+    low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+    if field.annotation is int:
+        return click.IntRange(min=low, max=high)
+    if field.annotation is float:
+        return click.FloatRange(min=low, max=high)
+    if field.annotation in (Path, Path | None):
+        return click.Path(path_type=Path)
+    return str
+
+
+def setting_option(name: str) -> Callable[[F], F]:
+    """The flag of the setting ``name`` (``data_dir`` -> ``--data-dir``); ``None`` when not passed."""
+    field = Settings.model_fields[name]
+    flag = _flag(name)
+    extras = [f"env var: {Settings.env_name(name)}"]
+    if isinstance(field.default, bool):
+        extras.append(f"default: {'on' if field.default else 'off'}")
+    elif field.default not in (None, ""):
+        extras.append(f"default: {field.default}")
+    help_text = f"{field.description} [{'; '.join(extras)}]"
+    if field.annotation is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    return click.option(flag, name, type=_click_type(name), default=None, help=help_text)
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def settings_options(*names: str) -> Callable[[F], F]:
+    """A flag per named setting; the command receives ``settings`` instead of the flags' values."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            flags = {name: kwargs.pop(name) for name in names}
+            return fn(settings=load_settings(**flags), **kwargs)
+
+        for name in reversed(names):
+            command = setting_option(name)(command)
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+# The settings that name a deployment: what every command pointed at one takes.
+DEPLOYMENT = ("data_dir", "broker", "database", "partitions", "topic_prefix", "app_id")
+
+
+# --- the log ------------------------------------------------------------------------------------
+
+
+def log_errors(broker: str) -> contextlib.AbstractContextManager[None]:
+    """LogError (corrupt record, missing topic) -> exit 1 naming it, not a traceback."""
+
+    @contextlib.contextmanager
+    def handler() -> Iterator[None]:
+        try:
+            yield
+        except UnknownTopic as exc:
+            fail(f"no topic {exc} in {broker}: nothing was written there yet (check --broker/--data-dir)")
+        except LogError as exc:
+            fail(str(exc) or type(exc).__name__)
+
+    return handler()
+
+
+def logging_to_stderr(*quiet: str) -> None:
+    """Log INFO and up to stderr; the named loggers only WARNING and up."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --- transports a test injects ------------------------------------------------------------------
+
+
+def _injected(key: str) -> Any:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(dict) if ctx is not None else None
+    return obj.get(key) if obj else None
+
+
+def transport() -> httpx.BaseTransport | None:
+    """A transport the caller injected through ``obj={"transport": ...}`` (tests), else the network."""
+    t = _injected("transport")
+    return t if isinstance(t, httpx.BaseTransport) else None
+
+
+def async_transport() -> httpx.AsyncBaseTransport | None:
+    """An async transport the caller injected through ``obj={"async_transport": ...}`` (tests)."""
+    t = _injected("async_transport")
+    return t if isinstance(t, httpx.AsyncBaseTransport) else None

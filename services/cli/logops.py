@@ -1,0 +1,278 @@
+"""Commands that work on a deployment's log and read models directly, with no server running.
+
+``events tail|export|import`` read and write the events topic, ``projections rebuild`` rebuilds
+the read models from it, ``replay`` rebuilds the deciders' state and reports it, and
+``contracts export`` publishes the schemas. Each takes the deployment settings ``serve`` takes,
+and reads the topics the runtime those settings choose writes (``services.runtime.service.topics_of``:
+the prefixed names on Kafka).
+
+This module must never decide or project anything itself: it calls ``events.export``,
+``projections.rebuild`` and the runtime's ``PartitionDecider``, so it cannot disagree with the
+service about the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from contracts import REGISTRY
+from events import EventLog, open_log, partition_for
+from events.codec import envelope_dict, from_record
+from services.cli.common import DEPLOYMENT, dumps, fail, log_errors, run, settings_options
+from services.runtime.service import topics_of
+from services.runtime.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def _open_log(broker: str) -> AsyncIterator[EventLog]:
+    log = open_log(broker)
+    await log.start()
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+def _progress(label: str, total: int | None) -> contextlib.AbstractContextManager[Callable[[int], object]]:
+    """Progress on a terminal (a bar when the total is known, a counter otherwise); silent when piped."""
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Callable[[int], object]]:
+        if not sys.stdout.isatty():
+            yield lambda n: None  # logs and pipes get the one-line summary only
+            return
+        if total:
+            with click.progressbar(length=total, label=label, show_pos=True) as pb:
+                yield pb.update
+            return
+        done = 0
+
+        def count(n: int) -> None:
+            nonlocal done
+            done += n
+            click.echo(f"\r{label} {done}", nl=False)
+
+        yield count
+        if done:
+            click.echo()
+
+    return bar()
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@click.group("events")
+def events_group() -> None:
+    """Read, export and import the event log directly (no server needed)."""
+
+
+@events_group.command("tail")
+@click.option("--from", "from_offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First offset to print (in each partition).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--type", "type_", help="Only events of this type.")
+@click.option("--pool", help="Only this pool's events (reads just its partition).")
+@settings_options(*DEPLOYMENT)
+def events_tail(from_offset: int, follow: bool, type_: str | None, pool: str | None,
+                settings: Settings) -> None:
+    """Print events as JSON lines, each with its partition and position."""
+    events = topics_of(settings).events
+
+    async def go() -> None:
+        async with _open_log(settings.broker) as log:
+            count = await log.partitions(events)
+            parts = [partition_for(pool, count)] if pool is not None else list(range(count))
+            await asyncio.gather(*(_tail(log, events, p, from_offset, follow, type_, pool) for p in parts))
+
+    with log_errors(settings.broker), contextlib.suppress(KeyboardInterrupt):
+        run(go())
+
+
+async def _tail(log: EventLog, topic: str, partition: int, offset: int, follow: bool, type_: str | None,
+                pool: str | None) -> None:
+    def emit(batch: list[Any]) -> None:
+        for rec in batch:
+            env = from_record(rec)
+            if (type_ is None or env.type == type_) and (pool is None or env.pool == pool):
+                click.echo(dumps({"position": rec.offset, "partition": partition, **envelope_dict(env)}))
+
+    if follow:
+        async for batch in log.subscribe(topic, partition, offset):
+            emit(batch)
+        return
+    while batch := await log.read(topic, partition, offset, 1000):
+        emit(batch)
+        offset = batch[-1].offset + 1
+
+
+@events_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "from_offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First offset to export (in each partition).")
+@settings_options(*DEPLOYMENT)
+def events_export(file: Path, from_offset: int, settings: Settings) -> None:
+    """Write the events topic to FILE (lz4-compressed NDJSON, one CloudEvent per line)."""
+    from events.export import export_log
+
+    events = topics_of(settings).events
+
+    async def go() -> tuple[int, float]:
+        async with _open_log(settings.broker) as log:
+            total = 0
+            for p in range(await log.partitions(events)):
+                total += max(0, await log.end_offset(events, p) - from_offset)
+            started = time.perf_counter()
+            with _progress("exporting", total) as progress:
+                n = await export_log(log, events, file, from_offset=from_offset, progress=progress)
+            return n, time.perf_counter() - started
+
+    with log_errors(settings.broker):
+        n, seconds = run(go())
+    click.echo(f"exported {n} events to {file} in {seconds:.2f} s")
+
+
+@events_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@settings_options(*DEPLOYMENT)
+def events_import(file: Path, settings: Settings) -> None:
+    """Append the events in FILE (from ``events export``); events already present are skipped.
+
+    Import into a stopped service (or a fresh log): a running decider does not see imported events.
+    """
+    from events.export import ImportFileError, import_log
+
+    topics = topics_of(settings)
+
+    async def go() -> Any:
+        async with _open_log(settings.broker) as log:
+            # A fresh log has no topics yet: create them as the service would.
+            await log.ensure_topic(topics.commands, settings.partitions)
+            await log.ensure_topic(topics.events, settings.partitions, retention_ms=-1)
+            with _progress("importing", None) as progress:
+                return await import_log(log, topics.events, file, progress=progress)
+
+    try:
+        with log_errors(settings.broker):
+            result = run(go())
+    except ImportFileError as exc:
+        fail(str(exc))
+    click.echo(f"imported {result.appended} events from {file} ({result.duplicates} already present)")
+
+
+# --- read models and replay ---------------------------------------------------------------------
+
+
+@click.group("projections")
+def projections_group() -> None:
+    """Maintain the read models."""
+
+
+@projections_group.command("rebuild")
+@settings_options(*DEPLOYMENT)
+def projections_rebuild(settings: Settings) -> None:
+    """Drop the read models and rebuild them from offset 0 of the event log.
+
+    Stop the service first: the rebuild drops the tables a live projector writes to.
+    """
+    from projections import ProjectionStore, rebuild
+
+    events = topics_of(settings).events
+
+    async def go() -> tuple[int, float]:
+        store = ProjectionStore(settings.database)
+        await store.start()
+        try:
+            async with _open_log(settings.broker) as log:
+                started = time.perf_counter()
+                n = await rebuild(log, store, events)
+                return n, time.perf_counter() - started
+        finally:
+            await store.close()
+
+    with log_errors(settings.broker):
+        n, seconds = run(go())
+    click.echo(f"rebuilt the read models: {n} events applied in {seconds:.2f} s")
+
+
+@click.command()
+@settings_options(*DEPLOYMENT)
+@click.option("--pool", help="Only report this pool.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def replay(settings: Settings, pool: str | None, as_json: bool) -> None:
+    """Rebuild the deciders' state from the log and report how fast, and what it holds.
+
+    Read-only: safe beside a running service.
+    """
+    from services.runtime.decider import PartitionDecider
+    from services.runtime.outcomes import Outcomes
+
+    topics = topics_of(settings)
+
+    async def go() -> dict[str, Any]:
+        pools: dict[str, dict[str, Any]] = {}
+        total, seconds = 0, 0.0
+        async with _open_log(settings.broker) as log:
+            for p in range(await log.partitions(topics.events)):
+                decider = PartitionDecider(log, p, Outcomes(), settings.decider, topics=topics)
+                await decider.rebuild()
+                total += decider.replay.events
+                seconds += decider.replay.seconds
+                for name, state in decider.states.items():
+                    statuses: dict[str, int] = {}
+                    for t in state.tasks.values():
+                        statuses[t.status] = statuses.get(t.status, 0) + 1
+                    pools[name] = {
+                        "partition": p,
+                        "events": state.sequence,
+                        "agents_active": sum(1 for a in state.agents.values() if a.active),
+                        "agents_total": len(state.agents),
+                        "tasks": dict(sorted(statuses.items())),
+                    }
+        return {"events": total, "seconds": round(seconds, 6),
+                "events_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
+                "pools": {k: v for k, v in sorted(pools.items()) if pool is None or k == pool}}
+
+    with log_errors(settings.broker):
+        result = run(go())
+    if as_json:
+        click.echo(dumps(result))
+        return
+    click.echo(f"replayed {result['events']} events in {result['seconds']:.3f} s "
+               f"({result['events_per_s']:,.0f} events/s)")
+    for name, p in result["pools"].items():
+        tasks = ", ".join(f"{k} {v}" for k, v in p["tasks"].items()) or "none"
+        click.echo(f"pool {name}: {p['agents_active']} agents active ({p['agents_total']} registered); "
+                   f"tasks: {tasks}")
+
+
+# --- contracts ----------------------------------------------------------------------------------
+
+
+@click.group("contracts")
+def contracts_group() -> None:
+    """Publish the public contracts."""
+
+
+@contracts_group.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def contracts_export(directory: Path) -> None:
+    """Write one JSON Schema per command and event type, plus index.json, into DIRECTORY."""
+    directory.mkdir(parents=True, exist_ok=True)
+    index = []
+    for name, schema in sorted(REGISTRY.json_schemas().items()):
+        (directory / f"{name}.json").write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
+        contract = REGISTRY[name]
+        index.append({"type": name, "kind": contract.kind, "version": contract.version,
+                      "dataschema": contract.dataschema, "file": f"{name}.json"})
+    (directory / "index.json").write_bytes(orjson.dumps({"types": index}, option=orjson.OPT_INDENT_2))
+    click.echo(f"wrote {len(index)} schemas and index.json to {directory}")
