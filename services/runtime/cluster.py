@@ -55,7 +55,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from contracts import Envelope
-from events import EventLog, LogError, StoredRecord, open_log, partition_for
+from events import EventLog, LogError, StoredRecord, TransactionalLog, open_log, partition_for
 from events.cache import EnvelopeCache
 from events.codec import to_record
 from events.kafka import Fenced, KafkaLog
@@ -205,8 +205,11 @@ class FaustWorker:
         self.settings = settings
         self.topics = topics or settings.topics
         self.app_id = app_id or settings.app_id
-        self.log: EventLog = log or open_log(settings.broker)
         self._own_log = log is None
+        log = log or open_log(settings.broker)
+        if not isinstance(log, TransactionalLog):  # claims partition writers, dead-letters in one transaction
+            raise ValueError(f"the Faust runner needs a transactional log (kafka://), not {log.url!r}")
+        self.log: TransactionalLog = log
         self.store = store or ProjectionStore(settings.database)
         self._own_store = store is None
         self.outcomes = outcomes or Outcomes()
@@ -364,7 +367,7 @@ class FaustWorker:
 
     async def _release(self, part: _Part, group: str | None, topic: str, partition: int) -> None:
         await part.stop()  # after its last batch
-        if group is not None and isinstance(self.log, KafkaLog):
+        if group is not None:
             await self.log.release(group, topic, partition)
 
     def _background(self, work: Awaitable[None]) -> None:
@@ -381,7 +384,6 @@ class FaustWorker:
         holder: dict[str, PartitionDecider] = {}
 
         async def build() -> int:
-            assert isinstance(self.log, KafkaLog)
             await self.log.claim(self.decider_group, self.topics.commands, p)  # fence, THEN read
             d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache,
                                  topics=self.topics, group=self.decider_group, dead_letters=True,
@@ -401,7 +403,6 @@ class FaustWorker:
         holder: dict[str, PartitionCoordinator] = {}
 
         async def build() -> int:
-            assert isinstance(self.log, KafkaLog)
             await self.log.claim(self.coordinator_group, self.topics.events, p)
             c = PartitionCoordinator(self.log, p, self.topics, self.coordinator_group, self.cache)
             holder["c"] = c
