@@ -1,5 +1,8 @@
 """Running agentbus: settings, topics, and the loops that feed the pure parts from the log.
 
+``settings`` holds every setting with its one default (``AGENTBUS_*``); ``service`` declares the
+``Service`` protocol and ``open_service``, which picks the runtime from the log URL.
+
 ``decider``, ``coordinator``, ``projector`` and ``timers`` are the loops of one partition;
 ``outcomes`` indexes where each command's events are; ``tracker`` follows them on Kafka;
 ``webhook`` relays scaling decisions. ``embedded`` runs everything in one process on any log;

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,13 +28,8 @@ from events.codec import encode
 log = logging.getLogger("agentbus.webhook")
 
 WEBHOOK_GROUP = "webhook"
-ENV_VAR = "AGENTBUS_SCALING_WEBHOOK"
 CONTENT_TYPE = "application/cloudevents+json"
 
-
-def url_from_env() -> str | None:
-    """The webhook URL from ``AGENTBUS_SCALING_WEBHOOK`` (None when unset or empty)."""
-    return os.environ.get(ENV_VAR) or None
 
 
 @dataclass
