@@ -259,6 +259,17 @@ CRASH_WRITER = textwrap.dedent(
 )
 
 
+def complete_lines(output: bytes) -> list[bytes]:
+    """The newline-terminated lines of ``output``; an unterminated last line is dropped."""
+    return output.split(b"\n")[:-1]
+
+
+def test_a_line_cut_by_the_kill_is_not_an_acknowledgement() -> None:
+    assert complete_lines(b"0-249 0 249\n0-250") == [b"0-249 0 249"]
+    assert complete_lines(b"0-249 0 249\n") == [b"0-249 0 249"]
+    assert complete_lines(b"") == []
+
+
 @pytest.mark.slow
 async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
@@ -271,13 +282,15 @@ async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None
     acked: dict[str, tuple[int, int]] = {}
 
     def ack(line: bytes) -> None:
+        # A line is an acknowledgement only with its newline: the writer may be killed in the
+        # middle of printing one, and "0-250" without the rest was never acknowledged.
         rid, partition, offset = line.decode().split()
         acked[rid] = (int(partition), int(offset))
 
     try:
         while len(acked) < 2000:
             line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 30)
-            assert line, f"writer exited early with {proc.wait()}"
+            assert line.endswith(b"\n"), f"writer exited early with {proc.wait()}"
             ack(line)
         proc.send_signal(signal.SIGKILL)  # mid-way: 8 writers are appending right now
         rest = await asyncio.wait_for(asyncio.to_thread(stdout.read), 30)
@@ -287,7 +300,7 @@ async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None
         proc.wait(timeout=30)
         stdout.close()
     assert proc.returncode == -signal.SIGKILL
-    for line in rest.splitlines():  # acknowledged before the kill landed
+    for line in complete_lines(rest):  # acknowledged before the kill landed
         ack(line)
 
     log = SqliteLog(url)
