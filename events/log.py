@@ -87,11 +87,19 @@ class UnknownTopic(LogError):
     """The topic has not been created (``ensure_topic``)."""
 
 
+# What an operator does about a record that cannot be read: the log is never edited in place.
+REPAIR_HINT = (
+    "to repair: stop the service, run `agentbus events export FILE` (it copies every record as "
+    "stored, this one included), correct or remove that line of FILE (`lz4cat FILE`), and run "
+    "`agentbus events import FILE` into a new data directory or topic prefix (README: Repairing a log)"
+)
+
+
 class CorruptRecord(LogError):
-    """A stored record cannot be read. Names its position; it is never silently skipped."""
+    """A stored record cannot be read. Names its position and the way out; never silently skipped."""
 
     def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
-        super().__init__(f"corrupt record at {topic}[{partition}]@{offset}: {reason}")
+        super().__init__(f"corrupt record at {topic}[{partition}]@{offset}: {reason}; {REPAIR_HINT}")
         self.topic, self.partition, self.offset, self.reason = topic, partition, offset, reason
 
 
