@@ -1,9 +1,13 @@
-"""The coordinator loops: the coordinator reactor fed from the events topic, its commands appended
+"""The coordinator driver: the coordinator reactor fed from an events topic, its commands appended
 to the commands topic with its events offset in one transaction.
 
-``PartitionCoordinator`` runs over ONE events partition (the cluster: one per assigned
-partition); ``CoordinatorLoop`` over every partition of the embedded log. The choice itself is
-``services.coordination``; this module only reads, feeds and appends.
+One driver for both runtimes, told its topics, consumer group and the events partitions it covers:
+the embedded runner runs one over every partition (``run``: rebuild, then tail each partition);
+the Faust worker makes one per assigned partition and drives it itself (``rebuild``, ``react``).
+Each partition has its own ``Coordinator``: a pool lives in one partition, so no decision needs
+another's state, and a partition is rebuilt on its own when it changes owner.
+
+The choice itself is ``services.coordination``; this module only reads, feeds and appends.
 """
 
 from __future__ import annotations
@@ -17,11 +21,76 @@ from events.cache import EnvelopeCache, tail
 from events.codec import from_record, to_record
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.ingest import command_envelope
-from services.runtime.topics import BATCH, COMMANDS, COORDINATOR_GROUP, EVENTS, Topics
+from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
 
 
-async def observe_history(log: EventLog, coordinator: Coordinator, topic: str, partition: int,
-                          end: int) -> None:
+@dataclass
+class CoordinatorDriver:
+    """The coordinator reactor over the events partitions in ``partitions``.
+
+    A partition's view is rebuilt from its events below the group's committed offset; from there
+    on it reacts to each batch, appending its commands to the same partition of the commands topic
+    (a pool maps to the same partition in both) with the batch's events offset.
+    """
+
+    log: EventLog
+    partitions: tuple[int, ...]
+    topics: Topics = field(default_factory=Topics)
+    group: str = COORDINATOR_GROUP
+    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
+    # Kafka cluster: even a bare offset commit goes through the partition's fenced writer, so a
+    # worker that lost the partition can no longer move it.
+    fenced: bool = False
+    coordinators: dict[int, Coordinator] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        """Rebuild every partition, then react to each one's new events until cancelled."""
+        starts = await self.rebuild()
+        await asyncio.gather(*(self._tail(p, start) for p, start in starts.items()))
+
+    async def rebuild(self) -> dict[int, int]:
+        """Rebuild each partition's view and re-issue assignments lost in flight; returns, per
+        partition, the offset to go on from."""
+        starts = {}
+        for p in self.partitions:
+            coordinator = self.coordinators[p] = Coordinator()
+            end = await self.log.committed(self.group, self.topics.events, p)
+            await _observe_history(self.log, coordinator, self.topics.events, p, end)
+            # Same ids as the lost ones (derived from history), so the decider drops any repeats.
+            await self._emit(p, Commit(self.group, self.topics.events, p, end))
+            starts[p] = end
+        self.ready.set()
+        return starts
+
+    async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
+        """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
+        coordinator = self.coordinators[partition]
+        for _, env in batch:
+            coordinator.observe(env)
+        await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
+
+    async def _tail(self, partition: int, start: int) -> None:
+        async for batch in tail(self.log, self.cache, self.topics.events, partition, start, limit=BATCH):
+            await self.react(partition, batch)
+
+    async def _emit(self, partition: int, commit: Commit) -> None:
+        """Append the commands the partition's coordinator wants now, with ``commit`` in the same
+        transaction."""
+        assignments = self.coordinators[partition].schedule()
+        if assignments:
+            envs = [_assignment_envelope(a) for a in assignments]
+            appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs],
+                                             partition=partition, commit=commit)
+            self.cache.put(self.topics.commands, appended, envs)
+        elif self.fenced:
+            await self.log.append(self.topics.commands, [], partition=partition, commit=commit)
+        else:
+            await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+
+
+async def _observe_history(log: EventLog, coordinator: Coordinator, topic: str, partition: int,
+                           end: int) -> None:
     """Fold events [0, end) of one partition into the coordinator's view, without acting on them."""
     offset = 0
     while offset < end:
@@ -33,87 +102,33 @@ async def observe_history(log: EventLog, coordinator: Coordinator, topic: str, p
         offset = batch[-1].offset + 1
 
 
-async def emit_assignments(log: EventLog, cache: EnvelopeCache, coordinator: Coordinator, topic: str,
-                           commit: Commit | None, partition: int | None = None) -> None:
-    """Append the assignments the coordinator wants now, with ``commit`` in the same transaction."""
-    assignments = coordinator.schedule()
-    if assignments:
-        envs = [_assignment_envelope(a) for a in assignments]
-        appended = await log.append(topic, [to_record(x) for x in envs], partition=partition, commit=commit)
-        cache.put(topic, appended, envs)
-    elif commit is not None:
-        if partition is not None:  # through the partition's (fenced) writer
-            await log.append(topic, [], partition=partition, commit=commit)
-        else:
-            await log.commit(commit.group, commit.topic, commit.partition, commit.offset)
-
-
-@dataclass
-class PartitionCoordinator:
-    """The coordinator reactor over ONE events partition (the Faust runner: one per assignment).
-
-    Its view is rebuilt from the partition's events below its committed offset; then it reacts to
-    the events from there on, appending its commands to the same partition of the commands topic
-    (a pool maps to the same partition in both) with its events offset in one transaction.
-    """
-
-    log: EventLog
-    partition: int
-    topics: Topics = field(default_factory=Topics)
-    group: str = COORDINATOR_GROUP
-    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
-    coordinator: Coordinator = field(default_factory=Coordinator)
-
-    async def rebuild(self) -> int:
-        """Rebuild the view; re-issue assignments lost in flight; returns the offset to go on from."""
-        end = await self.log.committed(self.group, self.topics.events, self.partition)
-        await observe_history(self.log, self.coordinator, self.topics.events, self.partition, end)
-        # Same ids as the lost ones (derived from history), so the decider drops any repeats.
-        await emit_assignments(self.log, self.cache, self.coordinator, self.topics.commands,
-                               Commit(self.group, self.topics.events, self.partition, end), self.partition)
-        return end
-
-    async def react(self, batch: list[tuple[int, Envelope]]) -> None:
-        for _, env in batch:
-            self.coordinator.observe(env)
-        await emit_assignments(self.log, self.cache, self.coordinator, self.topics.commands,
-                               Commit(self.group, self.topics.events, self.partition, batch[-1][0] + 1),
-                               self.partition)
-
-
-@dataclass
-class CoordinatorLoop:
-    """Runs the coordinator reactor over every events partition."""
-
-    log: EventLog
-    partitions: int
-    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
-    coordinator: Coordinator = field(default_factory=Coordinator)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def run(self) -> None:
-        starts = []
-        for p in range(self.partitions):
-            end = await self.log.committed(COORDINATOR_GROUP, EVENTS, p)
-            await observe_history(self.log, self.coordinator, EVENTS, p, end)
-            starts.append(end)
-        await self._emit(None)  # queued tasks whose assignment was lost in flight
-        self.ready.set()
-        await asyncio.gather(*(self._tail(p, starts[p]) for p in range(self.partitions)))
-
-    async def _tail(self, partition: int, start: int) -> None:
-        async for batch in tail(self.log, self.cache, EVENTS, partition, start, limit=BATCH):
-            async with self._lock:
-                for _, env in batch:
-                    self.coordinator.observe(env)
-                await self._emit(Commit(COORDINATOR_GROUP, EVENTS, partition, batch[-1][0] + 1))
-
-    async def _emit(self, commit: Commit | None) -> None:
-        await emit_assignments(self.log, self.cache, self.coordinator, COMMANDS, commit)
-
-
 def _assignment_envelope(a: Assignment) -> Envelope:
     return command_envelope(a.command, pool=a.pool, command_id=a.command_id,
                             source="urn:agentbus:coordinator", actor="coordinator",
                             correlation_id=a.correlation)
+
+
+# -- the names the runtimes used before there was one driver --------------------------------------
+
+
+class CoordinatorLoop(CoordinatorDriver):
+    """The driver over every partition of the embedded log, on the plain topic names."""
+
+    def __init__(self, log: EventLog, partitions: int, cache: EnvelopeCache | None = None) -> None:
+        super().__init__(log, tuple(range(partitions)), cache=EnvelopeCache() if cache is None else cache)
+
+
+class PartitionCoordinator:
+    """The driver over ONE events partition of a Kafka cluster, under its former interface."""
+
+    def __init__(self, log: EventLog, partition: int, topics: Topics | None = None,
+                 group: str = COORDINATOR_GROUP, cache: EnvelopeCache | None = None) -> None:
+        self.partition = partition
+        self.driver = CoordinatorDriver(log, (partition,), Topics() if topics is None else topics, group,
+                                        EnvelopeCache() if cache is None else cache, fenced=True)
+
+    async def rebuild(self) -> int:
+        return (await self.driver.rebuild())[self.partition]
+
+    async def react(self, batch: list[tuple[int, Envelope]]) -> None:
+        await self.driver.react(self.partition, batch)

@@ -1,9 +1,9 @@
 """A pool in memory with a clock: decider + coordinator + timer book, for tests of timing rules.
 
 Like ``tests.gwt.Loop``, commands are decided in FIFO order (one commands partition) and the
-coordinator's commands join the back of the queue, but every decision is stamped with the
-world's clock (as ingest stamps commands), and due timers are fired as ``FireTimer`` commands
-with the timer service's deterministic ids. Test-only; no I/O.
+coordinator's commands join the back of the queue, but every command is stamped with the world's
+clock (as ingest stamps commands), its events are wrapped as the runner wraps them, and due timers
+are fired as ``FireTimer`` commands with the timer service's deterministic ids. Test-only; no I/O.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from contracts import REGISTRY, Envelope, Payload
-from contracts import event_types as e
+from contracts import Envelope, Payload
 from services.coordination.coordinator import Coordinator, PoolView
 from services.coordination.timers import TimerBook
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
+from services.domain.envelopes import event_envelopes, rejection
 from services.domain.state import PoolState
-from tests.gwt import rejection
+from services.runtime.ingest import command_envelope
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -34,29 +34,22 @@ def stamp(
     command_subject: str | None = None,
     correlation_id: str | None = None,
 ) -> list[Envelope]:
-    """Envelopes for one decision's events at time ``at`` (as the runner wraps them)."""
-    out = []
-    for seq, ev in enumerate(events, start=start + 1):
-        contract = REGISTRY[type(ev).__name__]
-        subject = command_subject if isinstance(ev, e.CommandRejected) else ev.subject()
-        out.append(
-            Envelope.trusted(
-                id=f"{command_id}#{seq}",
-                source="urn:agentbus:decider",
-                type=contract.name,
-                time=at,
-                subject=subject,
-                dataschema=contract.dataschema,
-                schemaversion=contract.version,
-                pool=pool,
-                sequence=seq,
-                commandid=command_id,
-                causationid=command_id,
-                correlationid=correlation_id or command_id,
-                data=ev,
-            )
-        )
-    return out
+    """Envelopes for one decision's events at time ``at``, numbered from ``start + 1``.
+
+    Wrapped by the runner's own ``event_envelopes``; the decision they belong to stands in for a
+    command (time, pool, ids and, for a rejection, its subject are all an event takes from it).
+    """
+    decision = Envelope.trusted(
+        id=command_id,
+        type="decision",
+        time=at,
+        subject=command_subject,
+        pool=pool,
+        commandid=command_id,
+        correlationid=correlation_id or command_id,
+        data={},
+    )
+    return event_envelopes(decision, list(events), PoolState(pool, sequence=start))
 
 
 class Feed:
@@ -120,18 +113,12 @@ class World:
         cid, cmd, _ = self.queue.popleft()
         if cid in self.state.seen:
             return []
+        command = command_envelope(cmd, pool=self.pool, command_id=cid, time=self.now)  # as ingest stamps it
         try:
             events: list[Payload] = decide(self.state, cmd, self.config)
         except Rejected as exc:
-            events = [rejection(type(cmd).__name__, exc, cmd.subject())]
-        envs = stamp(
-            events,
-            pool=self.pool,
-            start=self.state.sequence,
-            command_id=cid,
-            at=self.now,
-            command_subject=cmd.subject(),
-        )
+            events = [rejection(command.type, exc, command.subject)]
+        envs = event_envelopes(command, events, self.state)
         self.decided += 1
         for env in envs:
             evolve(self.state, env)

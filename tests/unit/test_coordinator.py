@@ -1,8 +1,10 @@
-"""The coordinator reactor: capability match, least loaded, capacity, priority, rejections, ids, audit."""
+"""The coordinator reactor: capability match, least loaded, capacity, priority, rejections, ids, audit;
+and the driver that runs it on a log."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,11 @@ import pytest
 from contracts import Envelope, Payload
 from contracts import commands as c
 from contracts import event_types as e
+from events import open_log, partition_for
+from events.codec import from_record, to_record
 from services.coordination.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
+from services.runtime.coordinator import CoordinatorDriver
+from services.runtime.topics import Topics
 from tests.gwt import Loop, wrap
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -86,7 +92,9 @@ def test_a_task_nobody_can_serve_waits_until_a_capable_agent_registers() -> None
     f(agent("a", ("x",), 3), task("t", ("gpu",)))
     # Nobody registered has "gpu": the coordinator asks for the task to be marked unassignable.
     [mark] = f.schedule()
-    assert mark.command == c.MarkTaskUnassignable(task_id="t", missing=("gpu",), best_match=0.0, threshold=1.0)
+    assert mark.command == c.MarkTaskUnassignable(
+        task_id="t", missing=("gpu",), best_match=0.0, threshold=1.0
+    )
     assert mark.command_id == "unassignable:default:t:0:0"
     f(e.TaskUnassignable(task_id="t", missing=("gpu",)), command_id=mark.command_id)
     assert f.schedule() == []
@@ -540,3 +548,41 @@ def test_a_budget_rejected_assignment_waits_for_the_budget_without_a_retry_storm
     loop.run(limit=50)  # settles: at most a bounded number of rejected attempts
     loop.do(c.SetBudget(limit_usd=10))
     assert loop.state.tasks["t2"].status == "assigned"
+
+
+# -- the driver: one for both runtimes, on a real SQLite log ---------------------------------------
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["embedded", "cluster"])
+async def test_the_driver_appends_to_the_pools_partition_and_reissues_the_same_ids_after_a_crash(
+    tmp_path: Path, fenced: bool
+) -> None:
+    topics = Topics.prefixed("x.")
+    log = open_log(f"sqlite:///{tmp_path}/log.db")
+    await log.start()
+    try:
+        await log.ensure_topic(topics.commands, 2)
+        await log.ensure_topic(topics.events, 2, retention_ms=-1)
+        p = partition_for("default", 2)
+        envs = [env for i, ev in enumerate([agent("a"), task("t1")])
+                for env in wrap([ev], pool="default", start=i, command_id=f"c{i}")]
+        await log.append(topics.events, [to_record(x) for x in envs], partition=p)
+
+        driver = CoordinatorDriver(log, (0, 1), topics, "g", fenced=fenced)
+        assert await driver.rebuild() == {0: 0, 1: 0}  # nothing committed yet: nothing known
+        assert driver.ready.is_set()
+        await driver.react(p, [(r.offset, from_record(r)) for r in await log.read(topics.events, p, 0, 10)])
+        [cmd] = await log.read(topics.commands, p, 0, 10)
+        assert cmd.id == "assign:default:t1:0:0"
+        assert await log.read(topics.commands, 1 - p, 0, 10) == []
+        assert await log.committed("g", topics.events, p) == 2
+
+        # The AssignTask was never decided: a driver rebuilt from the log issues it again, same id
+        # (which the log and the decider drop as a repeat).
+        again = CoordinatorDriver(log, (p,), topics, "g", fenced=fenced)
+        assert await again.rebuild() == {p: 2}
+        assert again.coordinators[p].view("default").tasks["t1"].pending == (cmd.id, "a")
+        assert [r.id for r in await log.read(topics.commands, p, 0, 10)] == [cmd.id]
+        assert await log.committed("g", topics.events, p) == 2
+    finally:
+        await log.close()

@@ -15,7 +15,9 @@ from events import EventLog, open_log
 from events.codec import from_record, to_record
 from services.coordination.timers import TimerBook
 from services.domain.decider import decide, evolve
+from services.domain.envelopes import event_envelopes
 from services.domain.state import PoolState
+from services.runtime.ingest import command_envelope
 from services.runtime.timers import TimerService
 from services.runtime.topics import COMMANDS, EVENTS
 from tests.unit.fleet import T0, stamp
@@ -99,8 +101,8 @@ class MiniDecider:
         self.log, self.state, self.offset = log, PoolState("default"), 0
 
     async def append(self, cmd: Payload, command_id: str, t: datetime) -> None:
-        events = decide(self.state, cmd)
-        envs = stamp(events, pool="default", start=self.state.sequence, command_id=command_id, at=t)
+        command = command_envelope(cmd, command_id=command_id, time=t)
+        envs = event_envelopes(command, decide(self.state, cmd), self.state)
         for env in envs:
             evolve(self.state, env)
         if envs:

@@ -1,0 +1,286 @@
+"""How each event changes the coordinator's view of a pool: one handler per event type.
+
+``HANDLERS`` maps an event type to ``handler(view, envelope, event)``; ``PoolView.observe`` looks
+the handler up and calls it, and event types absent from the table leave the view as it is.
+Adding an event the coordinator cares about is adding a function and a row.
+
+Handlers only fold an event in: they never decide what to issue (that is ``choice``), never read
+a clock (time is the event's) and never do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from contracts import Envelope
+from contracts import event_types as e
+from contracts.budgets import cost_scopes, workflow_of
+from contracts.commands import PoolPolicy
+from services.coordination.records import Agent, Task
+
+if TYPE_CHECKING:
+    from services.coordination.view import PoolView
+
+# The coordinator's own commands: a rejection of one of these is taken back into the view.
+_OWN_COMMANDS = frozenset({"AssignTask", "MarkTaskUnassignable", "DeferTask"})
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+def _task_submitted(v: PoolView, env: Envelope, ev: e.TaskSubmitted) -> None:
+    v.arrivals += 1
+    named = ev.data.get("agent_kind")
+    task = Task(ev.task_id, frozenset(ev.required_capabilities), ev.priority, v.arrivals,
+                env.correlationid, workflow_of(ev.data), strategy=ev.strategy,
+                preferred=frozenset(ev.inferred_capabilities), kind=None if named is None else str(named))
+    v.tasks[ev.task_id] = task
+    v.enqueue(task)
+
+
+def _task_assigned(v: PoolView, env: Envelope, ev: e.TaskAssigned) -> None:
+    task = v.tasks[ev.task_id]
+    task.assigned = ev.attempt
+    task.flagged = False
+    # Our own assignment, confirmed: its load was counted when it was issued.
+    counted = task.pending is not None and task.pending[1] == ev.agent_id
+    if task.pending is not None and not counted:
+        v.add_load(task.pending[1], -1)
+    task.pending = None
+    task.status, task.agent_id = "held", ev.agent_id
+    if not counted:
+        agent = v.agents.get(ev.agent_id)
+        if agent is not None:
+            v.tick += 1
+            agent.picked = v.tick
+            if v.limiter:
+                v.limiter.on_assign(agent.agent_id, agent.model, v.now)
+        v.add_load(ev.agent_id, +1)
+
+
+def _task_ended(v: PoolView, env: Envelope, ev: e.TaskCompleted | e.TaskFailed | e.TaskCancelled) -> None:
+    task = v.tasks[ev.task_id]
+    if task.status == "held":
+        v.add_load(task.agent_id, -1)
+    task.status = "done"
+
+
+def _task_retry_scheduled(v: PoolView, env: Envelope, ev: e.TaskRetryScheduled) -> None:
+    task = v.tasks[ev.task_id]
+    if task.status == "held":
+        v.add_load(task.agent_id, -1)
+    task.status = "waiting"
+
+
+def _task_requeued(v: PoolView, env: Envelope, ev: e.TaskRequeued | e.TaskReassigned) -> None:
+    task = v.tasks[ev.task_id]
+    if task.status == "held":
+        v.add_load(task.agent_id, -1)
+    v.enqueue(task)
+
+
+def _task_unassignable(v: PoolView, env: Envelope, ev: e.TaskUnassignable) -> None:
+    task = v.tasks[ev.task_id]
+    task.marks += 1
+    task.marking = None
+    task.flagged = True
+
+
+def _task_deferred(v: PoolView, env: Envelope, ev: e.TaskDeferred) -> None:
+    task = v.tasks[ev.task_id]
+    task.deferred += 1
+    task.deferring = None
+
+
+# -- agents --------------------------------------------------------------------------------------
+def _agent_registered(v: PoolView, env: Envelope, ev: e.AgentRegistered) -> None:
+    agent = v.agents.get(ev.agent_id)
+    lost = False
+    if agent is None:
+        v.registrations += 1
+        agent = Agent(ev.agent_id, frozenset(ev.capabilities), ev.capacity, order=v.registrations)
+        v.agents[ev.agent_id] = agent
+    else:
+        # Re-registration: keep load (assignments may be in flight) and the version counter, so
+        # heap entries from its former life stay invalid.
+        if agent.active:
+            v.groups[agent.caps].size -= 1
+            v.groups[agent.caps].members.discard(agent.agent_id)
+            lost = True
+        if agent.model is not None and agent.model in v.model_load:
+            v.model_load[agent.model] -= agent.load
+        agent.caps, agent.capacity, agent.active = frozenset(ev.capabilities), ev.capacity, True
+        agent.healthy, agent.breaker = True, "closed"
+    model = ev.metadata.get("model")
+    agent.kind, agent.weight = ev.kind, ev.weight
+    agent.model = model if isinstance(model, str) else None
+    agent.limit = v.limiter.concurrency("agent", agent.agent_id)
+    if agent.model is not None and v.limiter.concurrency("model", agent.model) is not None:
+        v.model_load[agent.model] = v.model_load.get(agent.model, 0) + agent.load
+    agent.perf = v.score(agent.agent_id)
+    group = v.group_for(agent.caps)
+    group.size += 1
+    group.members.add(agent.agent_id)
+    v.touch(agent)
+    if lost:
+        v.coverage_lost()
+
+
+def _agent_deregistered(v: PoolView, env: Envelope, ev: e.AgentDeregistered) -> None:
+    agent = v.agents[ev.agent_id]
+    if agent.active:
+        agent.active = False
+        v.groups[agent.caps].size -= 1
+        v.groups[agent.caps].members.discard(agent.agent_id)
+    agent.version += 1
+    v.coverage_lost()
+
+
+def _agent_unhealthy(v: PoolView, env: Envelope, ev: e.AgentMarkedUnhealthy) -> None:
+    agent = v.agents[ev.agent_id]
+    agent.healthy = False
+    agent.version += 1
+
+
+def _agent_healthy(v: PoolView, env: Envelope, ev: e.AgentMarkedHealthy) -> None:
+    agent = v.agents[ev.agent_id]
+    agent.healthy = True
+    v.touch(agent)
+
+
+def _circuit_opened(v: PoolView, env: Envelope, ev: e.CircuitOpened) -> None:
+    agent = v.agents[ev.agent_id]
+    agent.breaker = "open"
+    agent.version += 1
+
+
+def _circuit_half_opened(v: PoolView, env: Envelope, ev: e.CircuitHalfOpened) -> None:
+    agent = v.agents[ev.agent_id]
+    agent.breaker = "half_open"
+    v.touch(agent)
+
+
+def _circuit_closed(v: PoolView, env: Envelope, ev: e.CircuitClosed) -> None:
+    agent = v.agents[ev.agent_id]
+    agent.breaker = "closed"
+    v.touch(agent)
+
+
+def _agent_heartbeat(v: PoolView, env: Envelope, ev: e.AgentHeartbeatReceived) -> None:
+    agent = v.agents.get(ev.agent_id)
+    if agent is not None and (ev.cpu is not None or ev.memory is not None):
+        agent.cpu = ev.cpu if ev.cpu is not None else agent.cpu
+        agent.memory = ev.memory if ev.memory is not None else agent.memory
+        group = v.groups.get(agent.caps)
+        if group is not None and "resource_based" in group.heaps:
+            v.touch(agent)
+
+
+# -- pool policy and rate limits -----------------------------------------------------------------
+def _pool_policy_set(v: PoolView, env: Envelope, ev: e.PoolPolicySet) -> None:
+    old = v.policy
+    v.policy = PoolPolicy.model_validate(ev.model_dump())
+    v.forget_matches()
+    for group in v.groups.values():
+        group.heaps.clear()  # keys may depend on the weights: rebuilt on next use
+    if old.performance != v.policy.performance:
+        for agent in v.agents.values():
+            agent.perf = v.score(agent.agent_id)
+    v.work.update(req for req, q in v.queues.items() if q.heap)
+    if v.policy.min_capability_match > old.min_capability_match:
+        v.coverage_lost()
+
+
+def _rate_limit_set(v: PoolView, env: Envelope, ev: e.RateLimitSet) -> None:
+    v.limiter.set(ev, v.now)
+    parked, v.limited = v.limited, []  # limits changed: everyone parked tries again
+    for _, agent_id, version in parked:
+        agent = v.agents[agent_id]
+        v.groups[agent.caps].limited = 0
+        if agent.version == version + 1:
+            v.touch(agent)
+    for agent_id in sorted(v.model_blocked.pop(ev.scope_id, ())):
+        v.touch(v.agents[agent_id])
+    if ev.scope == "agent":
+        target = v.agents.get(ev.scope_id)
+        if target is not None:
+            target.limit = ev.concurrent
+            v.touch(target)
+    elif ev.concurrent is not None:
+        v.model_load[ev.scope_id] = sum(a.load for a in v.agents.values() if a.model == ev.scope_id)
+    v.work.update(req for req, q in v.queues.items() if q.heap)
+
+
+# -- budgets -------------------------------------------------------------------------------------
+def _cost_recorded(v: PoolView, env: Envelope, ev: e.CostRecorded) -> None:
+    task = v.tasks.get(ev.task_id) if ev.task_id is not None else None
+    for key in cost_scopes(v.pool, ev.agent_id, None if task is None else task.workflow):
+        v.spent[key] = v.spent.get(key, 0.0) + ev.cost_usd
+    if v.limiter:
+        v.limiter.on_tokens(ev.agent_id, ev.model, ev.input_tokens + ev.output_tokens, v.now)
+
+
+def _budget_exceeded(v: PoolView, env: Envelope, ev: e.BudgetExceeded) -> None:
+    v.exhausted.add((ev.scope, ev.scope_id))
+
+
+def _budget_set(v: PoolView, env: Envelope, ev: e.BudgetSet) -> None:
+    key = (ev.scope, ev.scope_id)
+    v.limits[key] = ev.limit_usd
+    if key in v.exhausted and v.spent.get(key, 0.0) < ev.limit_usd:
+        v.budget_restored(key)
+
+
+# -- the decider's answer to our own commands ----------------------------------------------------
+def _command_rejected(v: PoolView, env: Envelope, ev: e.CommandRejected) -> None:
+    if ev.command_type not in _OWN_COMMANDS:
+        return
+    task_id = ev.details.get("task_id") or ev.details.get("subject") or env.subject
+    task = v.tasks.get(str(task_id))
+    if task is None:
+        return
+    if ev.command_type == "MarkTaskUnassignable":
+        if task.marking == env.commandid:
+            task.marking = None
+            task.marks += 1
+    elif ev.command_type == "DeferTask":
+        if task.deferring == env.commandid:
+            task.deferring = None
+            task.deferred += 1
+    else:
+        task.rejected += 1
+        if task.pending is not None and task.pending[0] == env.commandid:
+            agent = v.agents.get(task.pending[1])
+            if agent is not None and v.limiter:
+                v.limiter.on_refund(agent.agent_id, agent.model, v.now)
+            v.add_load(task.pending[1], -1)
+            task.pending = None
+            if task.status == "queued":
+                v.enqueue(task)
+
+
+HANDLERS: dict[type[Any], Callable[[PoolView, Envelope, Any], None]] = {
+    e.TaskSubmitted: _task_submitted,
+    e.TaskAssigned: _task_assigned,
+    e.TaskCompleted: _task_ended,
+    e.TaskFailed: _task_ended,
+    e.TaskCancelled: _task_ended,
+    e.TaskRetryScheduled: _task_retry_scheduled,
+    e.TaskRequeued: _task_requeued,
+    e.TaskReassigned: _task_requeued,
+    e.TaskUnassignable: _task_unassignable,
+    e.TaskDeferred: _task_deferred,
+    e.AgentRegistered: _agent_registered,
+    e.AgentDeregistered: _agent_deregistered,
+    e.AgentMarkedUnhealthy: _agent_unhealthy,
+    e.AgentMarkedHealthy: _agent_healthy,
+    e.CircuitOpened: _circuit_opened,
+    e.CircuitHalfOpened: _circuit_half_opened,
+    e.CircuitClosed: _circuit_closed,
+    e.AgentHeartbeatReceived: _agent_heartbeat,
+    e.PoolPolicySet: _pool_policy_set,
+    e.RateLimitSet: _rate_limit_set,
+    e.CostRecorded: _cost_recorded,
+    e.BudgetExceeded: _budget_exceeded,
+    e.BudgetSet: _budget_set,
+    e.CommandRejected: _command_rejected,
+}
