@@ -1,8 +1,9 @@
 """Given / when / then for the pool decider, and a tiny in-memory decider + coordinator loop.
 
 ``given(*events).when(command).then(*events)`` or ``.rejects(Reason.X)``: the state is built by
-``evolve`` over envelopes wrapped the way ``services.runner.event_envelopes`` wraps a decision
-(sequence within the pool, command id), then ``decide`` runs once. Test-only: no I/O, no clock.
+``evolve`` over envelopes wrapped by the runner's ``services.domain.envelopes.event_envelopes``
+(sequence within the pool, command id), then ``decide`` runs once. Rejections are the runner's
+``rejection`` too. Test-only: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts import REGISTRY, Envelope, Payload, Reason
+from contracts import Envelope, Payload, Reason
 from contracts import commands as c
 from contracts import event_types as e
 from services.coordination.coordinator import Assignment, Coordinator
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
+from services.domain.envelopes import event_envelopes, rejection
 from services.domain.state import PoolState
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -33,43 +35,25 @@ def wrap(
     correlation_id: str | None = None,
     command_subject: str | None = None,
 ) -> list[Envelope]:
-    """Envelopes for one decision's events, numbered from ``start + 1`` (as the runner does).
+    """Envelopes for one decision's events, numbered from ``start + 1``, by the runner's own
+    ``event_envelopes`` (a CommandRejected takes the subject of the command it rejects).
 
-    A CommandRejected takes the subject of the command it rejects, as in the runner.
+    The decision stands in for its command (time, pool, ids and subject are all an event takes
+    from it). Event ids are ``<command id>#<sequence>`` instead of fresh UUIDs, so a recorded
+    history is the same bytes every time.
     """
-    out = []
-    for seq, ev in enumerate(events, start=start + 1):
-        contract = REGISTRY[type(ev).__name__]
-        subject = command_subject if isinstance(ev, e.CommandRejected) else ev.subject()
-        out.append(
-            Envelope.model_construct(
-                specversion="1.0",
-                id=f"{command_id}#{seq}",
-                source="urn:agentbus:decider",
-                type=contract.name,
-                time=T0,
-                subject=subject,
-                datacontenttype="application/json",
-                dataschema=contract.dataschema,
-                schemaversion=contract.version,
-                pool=pool,
-                sequence=seq,
-                commandid=command_id,
-                causationid=command_id,
-                correlationid=correlation_id or command_id,
-                actor=None,
-                data=ev,
-            )
-        )
-    return out
-
-
-def rejection(cmd_type: str, exc: Rejected, subject: str | None) -> e.CommandRejected:
-    """The CommandRejected the runner makes of ``exc`` (mirrors ``services.runner.rejection``)."""
-    details = dict(exc.details)
-    if subject is not None:
-        details.setdefault("subject", subject)
-    return e.CommandRejected(command_type=cmd_type, code=exc.code.value, message=exc.message, details=details)
+    decision = Envelope.trusted(
+        id=command_id,
+        type="decision",
+        time=T0,
+        subject=command_subject,
+        pool=pool,
+        commandid=command_id,
+        correlationid=correlation_id or command_id,
+        data={},
+    )
+    envs = event_envelopes(decision, list(events), PoolState(pool, sequence=start))
+    return [env.model_copy(update={"id": f"{command_id}#{env.sequence}"}) for env in envs]
 
 
 def build_state(events: Iterable[Payload], pool: str = "default") -> PoolState:
@@ -184,7 +168,7 @@ class Loop:
     Commands are decided in FIFO order, like one partition of the commands topic; the
     coordinator's AssignTask commands join the back of the same queue. Repeated command ids are
     skipped and rejections become CommandRejected events exactly as ``PartitionDecider.decide_one``
-    does it (``services.runner.rejection``: the details gain the command's ``subject``).
+    does it (``services.domain.envelopes.rejection``: the details gain the command's ``subject``).
     ``issued`` maps each coordinator command id to the index of the decision after which it was
     issued; ``on_schedule`` (if set) sees every non-empty batch of new assignments once queued.
     """

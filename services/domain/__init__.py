@@ -1,10 +1,28 @@
 """The pool decider: ``decide(state, command) -> events`` and ``evolve(state, event)``.
 
-What a pool's state is (``state``), the rules that accept or reject each command (``decider``),
-capability inference and matching (``capabilities``), retry schedules (``retries``) and how a
-decision is wrapped into event envelopes (``envelopes``).
+``decider`` dispatches each command by its type to one handler, found in the module of its family:
+``agents``, ``tasks``, ``resources``, ``budgets``, ``policies`` and ``timers``, which share the
+lookups, the rejection and the decision builder of ``decision``. ``evolution`` folds events into
+the ``state`` of a pool the same way, one handler per event type. Around them: capability
+inference and matching (``capabilities``), retry schedules (``retries``) and how a decision is
+wrapped into event envelopes (``envelopes``).
 
 Pure: no I/O, no clock, no randomness. Time comes from the command envelope, so the same history
 always yields the same decisions, in the embedded runner, on Kafka workers and in replay. This
 package must never import ``events``, ``projections`` or any other ``services`` package.
 """
+
+from services.domain.decider import DEFAULT_PRICES, DeciderConfig, Rejected, decide, evolve
+from services.domain.envelopes import event_envelopes, rejection
+from services.domain.state import PoolState
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "DeciderConfig",
+    "PoolState",
+    "Rejected",
+    "decide",
+    "event_envelopes",
+    "evolve",
+    "rejection",
+]

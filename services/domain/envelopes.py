@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contracts import REGISTRY, Envelope, Payload, new_id
 from contracts import event_types as e
-from services.domain.decider import Rejected
+from services.domain.decision import Rejected
 from services.domain.state import PoolState
 
 

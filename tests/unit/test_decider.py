@@ -12,8 +12,9 @@ from contracts import commands as c
 from contracts import event_types as e
 from events.codec import to_record
 from events.log import StoredRecord
-from services.domain.decider import DEFAULT_PRICES, DeciderConfig, Rejected, decide, evolve
+from services.domain.decider import COMMAND_HANDLERS, DEFAULT_PRICES, DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
+from services.domain.evolution import EVENT_HANDLERS, STATELESS_EVENTS
 from services.domain.state import PoolState
 from services.runtime.decider import PartitionDecider
 from services.runtime.ingest import command_envelope
@@ -885,6 +886,18 @@ class Frobnicate(c.Command):
 @pytest.mark.parametrize("cmd", [Frobnicate(), e.TaskStarted(task_id="t", agent_id="a")])
 def test_unknown_command(cmd: Any) -> None:
     given(A, T).when(cmd).rejects(Reason.UNKNOWN_COMMAND)
+
+
+# -- the dispatch tables: every contract has its row ------------------------------------------------
+
+
+def test_every_command_has_a_handler() -> None:
+    assert set(COMMAND_HANDLERS) == set(c.ALL)
+
+
+def test_every_event_changes_the_state_or_is_declared_stateless() -> None:
+    assert not set(EVENT_HANDLERS) & STATELESS_EVENTS
+    assert set(EVENT_HANDLERS) | STATELESS_EVENTS == set(e.ALL)
 
 
 # -- evolve bookkeeping ----------------------------------------------------------------------------
