@@ -1,6 +1,10 @@
 """agentbus read models: SQLAlchemy tables, the projector, queries and rebuild.
 
-Depends on ``contracts`` and ``events`` only; never imports ``services``.
+``tables`` is the schema and ``store`` the database chosen by URL. ``projector`` applies event
+batches: ``loading`` reads the rows a batch needs, ``handlers`` (one per event type, by family)
+change them, ``batch`` holds them meanwhile and ``sql`` writes them back with the position.
+``queries`` answers reads, ``rebuild`` replays the log, ``performance`` is the pure profile fold
+the coordinator shares. Depends on ``contracts`` and ``events`` only; never imports ``services``.
 """
 
 from projections import queries, tables

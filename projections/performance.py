@@ -13,8 +13,8 @@ coordinator (services) scores agents with the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from contracts import Envelope
@@ -76,6 +76,15 @@ class Profile:
     def _result(self, ok: bool) -> None:
         self.success_rate += ALPHA * ((1.0 if ok else 0.0) - self.success_rate)
         self.error_rate += ALPHA * ((0.0 if ok else 1.0) - self.error_rate)
+
+
+# The profile's fields, stored as columns of the same names in the agent_performance table.
+PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Profile))
+
+
+def profile_from_row(row: Mapping[Any, Any]) -> Profile:
+    """The profile held by a stored agent_performance row."""
+    return Profile(**{f: row[f] for f in PROFILE_FIELDS})
 
 
 def report(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.commands import PoolPolicy
 from projections import tables
-from projections.performance import Profile, report
+from projections.performance import profile_from_row, report
 from projections.store import ProjectionStore
 
 MAX_PAGE_SIZE = 1000
@@ -23,7 +23,6 @@ _RESOURCES = ("cpu_cores", "memory_mb", "disk_mb", "network_mbps")
 # A resource, the agent count or the task slots count as a bottleneck above this share of their
 # limit (capacity).
 BOTTLENECK_UTILIZATION = 0.8
-_PROFILE_FIELDS = tuple(Profile.__dataclass_fields__)
 
 
 def _jsonable(row: sa.RowMapping | dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +311,7 @@ async def agent_performance(
         if stored is None:
             return None
         pool_row = await _pool_row(conn, pool)
-    profile = Profile(**{f: stored[f] for f in _PROFILE_FIELDS})
+    profile = profile_from_row(stored)
     weights = _policy(pool_row).performance
     as_of = None if pool_row is None else pool_row["last_event_at"]
     now = None if as_of is None else as_of.timestamp()

@@ -1,0 +1,217 @@
+"""Task rows and the assignment trail: submission, assignment, runs, outcomes, retries, deferrals.
+
+A task that moves holds or frees its agent (the agent's load) through ``Batch.hold``; each
+assignment appends its audit row, with the position it was decided at.
+"""
+
+from __future__ import annotations
+
+from contracts import Envelope
+from contracts import event_types as ev
+from projections.batch import Batch, after
+from projections.handlers.registry import Registry
+from projections.loading import AGENT, NEW_TASK, TASK
+
+handlers = Registry()
+
+
+@handlers.on(ev.TaskSubmitted, reads=(NEW_TASK,))
+def _task_submitted(b: Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
+    key = (env.pool, d.task_id)
+    if key in b.tasks.rows:
+        raise b.fail(f"task {d.task_id!r} was already submitted")
+    b.tasks.put(
+        key,
+        {
+            "pool": env.pool,
+            "task_id": d.task_id,
+            "type": d.type,
+            "priority": d.priority,
+            "required_capabilities": list(d.required_capabilities),
+            "data": d.data,
+            "strategy": d.strategy,
+            "inferred_capabilities": list(d.inferred_capabilities),
+            "retry": None if d.retry is None else d.retry.model_dump(mode="json"),
+            "timeout_s": d.timeout_s,
+            "status": "queued",
+            "agent_id": None,
+            "attempts": 0,
+            "failures": 0,
+            "timeouts": 0,
+            "reassignments": 0,
+            "requeue_reason": None,
+            "next_attempt_at": None,
+            "capability_gap": [],
+            "unassignable": None,
+            "unassignable_at": None,
+            "deferred_reason": None,
+            "deferred_until": None,
+            "budget_flag": None,
+            "budget_flagged_at": None,
+            "submitted_at": env.time,
+            "assigned_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "result": None,
+            "last_seq": env.sequence,
+        },
+    )
+
+
+@handlers.on(ev.TaskAssigned, reads=(TASK, AGENT))
+def _task_assigned(b: Batch, env: Envelope, d: ev.TaskAssigned) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, d.agent_id)
+    task.update(
+        status="assigned",
+        agent_id=d.agent_id,
+        attempts=d.attempt,
+        assigned_at=env.time,
+        started_at=None,
+        finished_at=None,
+        next_attempt_at=None,
+        capability_gap=list(d.capability_gap),
+        # Assigned: no longer waiting for a capable or unlimited agent (as the decider clears it).
+        unassignable=None,
+        unassignable_at=None,
+        deferred_reason=None,
+        deferred_until=None,
+        last_seq=env.sequence,
+    )
+    audit = d.audit
+    b.assignments.append(
+        {
+            "pool": env.pool,
+            "position": b.offset,
+            "task_id": d.task_id,
+            "agent_id": d.agent_id,
+            "attempt": d.attempt,
+            "strategy": audit.strategy if audit else task["strategy"],
+            "candidates": [c.model_dump() for c in audit.candidates] if audit else [],
+            "eligible": audit.eligible if audit else None,
+            "considered": audit.considered if audit else None,
+            "decision_us": audit.decision_us if audit else None,
+            "capability_gap": list(d.capability_gap),
+            "preferred": list(audit.preferred) if audit else [],
+            "skipped": dict(audit.skipped) if audit else {},
+            "assigned_at": env.time,
+            "event_id": env.id,
+        }
+    )
+
+
+@handlers.on(ev.TaskStarted, reads=(TASK, AGENT))
+def _task_started(b: Batch, env: Envelope, d: ev.TaskStarted) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, d.agent_id)
+    task.update(status="running", agent_id=d.agent_id, started_at=env.time, last_seq=env.sequence)
+
+
+@handlers.on(ev.TaskCompleted, reads=(TASK, AGENT))
+def _task_completed(b: Batch, env: Envelope, d: ev.TaskCompleted) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    agent = b.agent(env.pool, d.agent_id)
+    agent["tasks_completed"] += 1
+    agent["consecutive_failures"] = 0
+    task.update(
+        status="completed",
+        agent_id=d.agent_id,
+        result=d.result,
+        finished_at=env.time,
+        last_seq=env.sequence,
+    )
+
+
+@handlers.on(ev.TaskFailed, reads=(TASK, AGENT))
+def _task_failed(b: Batch, env: Envelope, d: ev.TaskFailed) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    if d.agent_id is not None:
+        agent = b.agent(env.pool, d.agent_id)
+        agent["tasks_failed"] += 1
+        agent["consecutive_failures"] += 1
+        task["agent_id"] = d.agent_id
+    task["failures"] += 1
+    task.update(status="failed", error=d.error, finished_at=env.time, last_seq=env.sequence)
+
+
+@handlers.on(ev.TaskCancelled, reads=(TASK, AGENT))
+def _task_cancelled(b: Batch, env: Envelope, d: ev.TaskCancelled) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    task.update(status="cancelled", finished_at=env.time, next_attempt_at=None, last_seq=env.sequence)
+    if d.reason is not None:
+        task["error"] = d.reason
+
+
+@handlers.on(ev.TaskRequeued, reads=(TASK, AGENT))
+def _task_requeued(b: Batch, env: Envelope, d: ev.TaskRequeued | ev.TaskReassigned) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    task.update(
+        status="queued",
+        agent_id=None,
+        assigned_at=None,
+        started_at=None,
+        finished_at=None,
+        next_attempt_at=None,
+        requeue_reason=d.reason,
+        last_seq=env.sequence,
+    )
+
+
+@handlers.on(ev.TaskReassigned, reads=(TASK, AGENT))
+def _task_reassigned(b: Batch, env: Envelope, d: ev.TaskReassigned) -> None:
+    _task_requeued(b, env, d)
+    b.task(env.pool, d.task_id)["reassignments"] += 1
+
+
+@handlers.on(ev.TaskTimedOut, reads=(TASK,))
+def _task_timed_out(b: Batch, env: Envelope, d: ev.TaskTimedOut) -> None:
+    # The failure itself (retry or final) follows as its own event.
+    task = b.task(env.pool, d.task_id)
+    task["timeouts"] += 1
+    task["last_seq"] = env.sequence
+
+
+@handlers.on(ev.TaskRetryScheduled, reads=(TASK, AGENT))
+def _task_retry_scheduled(b: Batch, env: Envelope, d: ev.TaskRetryScheduled) -> None:
+    task = b.task(env.pool, d.task_id)
+    b.hold(task, None)
+    if d.agent_id is not None:
+        b.agent(env.pool, d.agent_id)["consecutive_failures"] += 1
+        task["agent_id"] = d.agent_id
+    task["failures"] += 1
+    task.update(
+        status="retrying",
+        error=d.error,
+        next_attempt_at=after(env.time, d.delay_s),
+        last_seq=env.sequence,
+    )
+
+
+@handlers.on(ev.TaskUnassignable, reads=(TASK,))
+def _task_unassignable(b: Batch, env: Envelope, d: ev.TaskUnassignable) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(
+        unassignable={"missing": list(d.missing), "best_match": d.best_match,
+                      "threshold": d.threshold},
+        unassignable_at=env.time,
+        last_seq=env.sequence,
+    )
+
+
+@handlers.on(ev.TaskDeferred, reads=(TASK,))
+def _task_deferred(b: Batch, env: Envelope, d: ev.TaskDeferred) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(deferred_reason=d.reason, deferred_until=after(env.time, d.delay_s),
+                last_seq=env.sequence)
+
+
+@handlers.on(ev.TaskBudgetFlagged, reads=(TASK,))
+def _task_budget_flagged(b: Batch, env: Envelope, d: ev.TaskBudgetFlagged) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(budget_flag={"scope": d.scope, "scope_id": d.scope_id},
+                budget_flagged_at=env.time, last_seq=env.sequence)

@@ -1,0 +1,141 @@
+"""What a batch reads before it applies anything: the stored rows its events will touch, once.
+
+Each handler declares the rows its event reads (``reads=(TASK, AGENT)`` in
+``projections.handlers``): the kinds below name a row by the event's fields. ``load`` gathers the
+keys of every event of the batch, then reads each table once; the rows that follow from other
+rows (the agent a loaded task holds, the budgets a cost counts toward) are added on the way.
+Only reads: nothing here changes a row or decides what an event means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import event_types as ev
+from contracts.budgets import workflow_of
+from projections import sql
+from projections.batch import HOLDING, PROFILE_EVENTS, Batch, Item, Key, budget_key, cost_budget_keys
+
+
+class Wanted:
+    """The keys of the stored rows one batch needs, per table, gathered from its events."""
+
+    __slots__ = ("agents", "allocations", "budgets", "costs", "new_tasks", "tasks", "timers",
+                 "workflows")
+
+    def __init__(self) -> None:
+        self.tasks: set[Key] = set()
+        # Tasks the batch submits before mentioning them otherwise: new (the decider never
+        # submits a task id twice), so not read; the INSERT would fail if one existed.
+        self.new_tasks: set[Key] = set()
+        self.workflows: dict[Key, str | None] = {}  # task key -> workflow of in-batch submissions
+        self.agents: set[Key] = set()
+        self.allocations: set[Key] = set()
+        self.timers: set[Key] = set()
+        self.budgets: set[Key] = set()  # budgets the events name (set or exceeded)
+        self.costs: list[tuple[str, ev.CostRecorded]] = []
+
+
+# A kind of row an event reads: (wanted, pool, payload) -> adds the row's key.
+Need = Callable[[Wanted, str, Any], None]
+
+
+def _agent(w: Wanted, pool: str, d: Any) -> None:
+    if d.agent_id is not None:
+        w.agents.add((pool, d.agent_id))
+
+
+def _task(w: Wanted, pool: str, d: Any) -> None:
+    if d.task_id is not None:
+        key = (pool, d.task_id)
+        if key not in w.new_tasks:
+            w.tasks.add(key)
+
+
+def _new_task(w: Wanted, pool: str, d: ev.TaskSubmitted) -> None:
+    key = (pool, d.task_id)
+    if key not in w.tasks:
+        w.new_tasks.add(key)
+    w.workflows[key] = workflow_of(d.data)
+
+
+def _timer(w: Wanted, pool: str, d: Any) -> None:
+    w.timers.add((pool, d.timer_id))
+
+
+def _allocation(w: Wanted, pool: str, d: Any) -> None:
+    w.allocations.add((pool, d.allocation_id))
+
+
+def _budget(w: Wanted, pool: str, d: ev.BudgetSet | ev.BudgetExceeded) -> None:
+    w.budgets.add(budget_key(pool, d))
+
+
+def _cost_budgets(w: Wanted, pool: str, d: ev.CostRecorded) -> None:
+    w.costs.append((pool, d))
+
+
+AGENT: Need = _agent  # the agent named by ``agent_id`` (if set)
+TASK: Need = _task  # the task named by ``task_id`` (if set)
+NEW_TASK: Need = _new_task  # the task ``TaskSubmitted`` creates
+TIMER: Need = _timer  # the timer named by ``timer_id``
+ALLOCATION: Need = _allocation  # the allocation named by ``allocation_id``
+BUDGET: Need = _budget  # the budget named by ``scope`` and ``scope_id``
+COST_BUDGETS: Need = _cost_budgets  # the budgets a cost counts toward (read with TASK)
+
+
+async def load(
+    conn: AsyncConnection, b: Batch, items: Sequence[Item], needs: Mapping[type[Any], tuple[Need, ...]]
+) -> None:
+    """Read every stored row the batch's events may touch into ``b``, each table once.
+
+    ``needs`` maps each handled event type to the rows it reads; every handled event also reads
+    its pool's row and, if it changes a performance profile, that profile.
+    """
+    w = Wanted()
+    pools: set[Key] = set()
+    profiles: set[Key] = set()
+    for _, env in items:
+        data: Any = env.data
+        kind = type(data)
+        reads = needs.get(kind)
+        if reads is None:
+            continue
+        pool = env.pool
+        pools.add((pool,))
+        if kind in PROFILE_EVENTS and data.agent_id is not None:
+            profiles.add((pool, data.agent_id))
+        for need in reads:
+            need(w, pool, data)
+
+    await sql.select_rows(conn, b.tasks, w.tasks)
+    await sql.select_rows(conn, b.allocations, w.allocations)
+    await sql.select_rows(conn, b.pools, pools)
+    await sql.select_rows(conn, b.timers, w.timers)
+    await sql.select_rows(conn, b.performance, profiles)
+    b.resume_books()
+    # Agents a loaded task holds lose that hold when the task moves on.
+    for held in b.tasks.rows.values():
+        if held["status"] in HOLDING and held["agent_id"] is not None:
+            w.agents.add((held["pool"], held["agent_id"]))
+    await sql.select_rows(conn, b.agents, w.agents)
+
+    # A cost's budgets follow from its task's workflow: the stored task's, or that of the task's
+    # submission earlier in this batch.
+    budgets = set(w.budgets)
+    for pool, cost in w.costs:
+        task_key = (pool, cost.task_id) if cost.task_id is not None else None
+        task = b.tasks.rows.get(task_key) if task_key else None
+        candidates = {None if task is None else workflow_of(task["data"])}
+        if task_key in w.workflows:
+            candidates.add(w.workflows[task_key])
+        for workflow_id in candidates:
+            budgets.update(cost_budget_keys(pool, cost.agent_id, workflow_id))
+    await sql.select_rows(conn, b.budgets, budgets)
+
+    # Budgets created in this batch start from the costs already in the database.
+    for key in w.budgets - b.budgets.rows.keys():
+        b.prior_costs[key] = await sql.cost_amounts(conn, key)

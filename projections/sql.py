@@ -1,0 +1,165 @@
+"""Every statement the projector runs, and the places where SQLite and PostgreSQL differ.
+
+Rows are read in bulk (``IN`` lists on SQLite, one array parameter on PostgreSQL) and written in
+bulk (executemany INSERT, or INSERT .. ON CONFLICT DO UPDATE in each dialect's own syntax); the
+position moves by a conditional upsert. Statements are built once per table and cached. Nothing
+here decides what a row holds: that is the handlers' work. Never one statement per event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from projections import tables
+from projections.batch import Key, Row, Rows
+
+# IN-list size per SELECT: well under SQLite's bound-parameter limit. PostgreSQL gets one array
+# parameter per SELECT instead, so its chunks only bound the size of one query.
+_CHUNK = 500
+_PG_CHUNK = 10_000
+
+
+def _insert(dialect: str) -> Callable[[sa.Table], Any]:
+    """The dialect's INSERT construct, the one that knows ON CONFLICT."""
+    return sqlite.insert if dialect == "sqlite" else postgresql.insert
+
+
+# --- reading ---
+
+
+def _member_of(column: sa.Column[Any], values: list[str], dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL as ``= ANY(array)``: one parameter, so one prepared
+    statement whatever the number of values (asyncpg prepares each distinct SQL text anew)."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.literal(values, postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+async def select_rows(conn: AsyncConnection, rows: Rows, keys: Iterable[Key]) -> None:
+    """SELECT the existing rows for ``keys`` into ``rows``: one query per key prefix and chunk."""
+    table = rows.table
+    dialect = conn.dialect.name
+    cols = [table.c[c.name] for c in table.primary_key.columns]
+    by_prefix: dict[Key, list[str]] = defaultdict(list)
+    for key in keys:
+        if key not in rows.rows:
+            by_prefix[key[:-1]].append(key[-1])
+    chunk = _CHUNK if dialect == "sqlite" else _PG_CHUNK
+    for prefix, last in by_prefix.items():
+        where = [col == value for col, value in zip(cols, prefix, strict=False)]
+        for i in range(0, len(last), chunk):
+            stmt = sa.select(table).where(*where, _member_of(cols[-1], last[i : i + chunk], dialect))
+            for r in await conn.execute(stmt):
+                row = dict(r._mapping)
+                key = tuple(row[c.name] for c in cols)
+                rows.rows[key] = row
+                rows.stored.add(key)
+
+
+# The cost column naming the id of each budget scope: the SQL side of
+# ``contracts.budgets.cost_scopes`` (a pool budget takes every cost of its pool).
+_SCOPE_COLUMN = {"agent": tables.costs.c.agent_id, "workflow": tables.costs.c.workflow_id}
+
+
+async def cost_amounts(conn: AsyncConnection, budget: Key) -> list[float]:
+    """The amounts of the stored costs that count toward the budget row ``budget``."""
+    pool, scope, scope_id = budget
+    c = tables.costs.c
+    query = sa.select(c.cost_usd).where(c.pool == pool)
+    column = _SCOPE_COLUMN.get(scope)
+    if column is not None:
+        query = query.where(column == scope_id)
+    return list((await conn.scalars(query)).all())
+
+
+# --- writing ---
+
+
+_UPSERTS: dict[tuple[str, str], Any] = {}
+
+
+def _upsert(dialect: str, table: sa.Table) -> Any:
+    """INSERT .. ON CONFLICT (primary key) DO UPDATE SET every other column (cached)."""
+    stmt = _UPSERTS.get((dialect, table.name))
+    if stmt is None:
+        ins = _insert(dialect)(table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[c.name for c in table.primary_key.columns],
+            set_={c.name: ins.excluded[c.name] for c in table.columns if not c.primary_key},
+        )
+        _UPSERTS[(dialect, table.name)] = stmt
+    return stmt
+
+
+_DRIVER: dict[tuple[str, str, bool], tuple[str, Callable[[Row], tuple[Any, ...]]]] = {}
+
+
+def _driver_statement(
+    dialect: sa.Dialect, table: sa.Table, upsert: bool
+) -> tuple[str, Callable[[Row], tuple[Any, ...]]]:
+    """The compiled SQL of the insert/upsert and a row -> driver parameters function (cached).
+
+    SQLite only: SQLAlchemy's per-row parameter handling costs more than SQLite's own work for
+    these executemany calls, so rows go to the driver as tuples, converted by the column types'
+    own bind processors (identical storage to what SQLAlchemy writes and reads back). Cached per
+    dialect name: every ProjectionStore configures the same JSON serializer.
+    """
+    key = (dialect.name, table.name, upsert)
+    cached = _DRIVER.get(key)
+    if cached is not None:
+        return cached
+    stmt = _upsert(dialect.name, table) if upsert else sa.insert(table)
+    compiled = stmt.compile(dialect=dialect, column_keys=[c.name for c in table.columns])
+    order = list(compiled.positiontup or ())
+    procs = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
+    plan = list(zip(order, procs, strict=True))
+
+    def to_params(row: Row) -> tuple[Any, ...]:
+        return tuple(row[n] if p is None else p(row[n]) for n, p in plan)
+
+    cached = _DRIVER[key] = (str(compiled), to_params)
+    return cached
+
+
+async def write_rows(conn: AsyncConnection, table: sa.Table, rows: list[Row], upsert: bool) -> None:
+    """INSERT (or upsert) ``rows`` into ``table`` in one executemany."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        sql, to_params = _driver_statement(conn.dialect, table, upsert)
+        await conn.exec_driver_sql(sql, [to_params(row) for row in rows])
+    elif upsert:
+        await conn.execute(_upsert(conn.dialect.name, table), rows)
+    else:
+        await conn.execute(sa.insert(table), rows)
+
+
+async def move_position(
+    conn: AsyncConnection, projector: str, topic: str, partition: int, start: int, end: int
+) -> bool:
+    """Move the stored position from ``start`` to ``end``; False if it was not at ``start``."""
+    p = tables.positions
+    ins = _insert(conn.dialect.name)(p).values(
+        projector=projector, topic=topic, partition=partition, next_offset=end
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["projector", "topic", "partition"],
+        set_={"next_offset": ins.excluded.next_offset},
+        where=p.c.next_offset == start,
+    )
+    result = await conn.execute(stmt)
+    return bool(result.rowcount == 1)
+
+
+async def analyze(engine: AsyncEngine) -> None:
+    """PostgreSQL only: refresh the planner statistics of every table the projector writes."""
+    names = ", ".join(f'"{t.name}"' for t in (*tables.READ_MODELS, tables.positions))
+    async with engine.connect() as conn:
+        await conn.execute(sa.text(f"ANALYZE {names}"))
+        await conn.commit()
