@@ -106,29 +106,3 @@ def _assignment_envelope(a: Assignment) -> Envelope:
     return command_envelope(a.command, pool=a.pool, command_id=a.command_id,
                             source="urn:agentbus:coordinator", actor="coordinator",
                             correlation_id=a.correlation)
-
-
-# -- the names the runtimes used before there was one driver --------------------------------------
-
-
-class CoordinatorLoop(CoordinatorDriver):
-    """The driver over every partition of the embedded log, on the plain topic names."""
-
-    def __init__(self, log: EventLog, partitions: int, cache: EnvelopeCache | None = None) -> None:
-        super().__init__(log, tuple(range(partitions)), cache=EnvelopeCache() if cache is None else cache)
-
-
-class PartitionCoordinator:
-    """The driver over ONE events partition of a Kafka cluster, under its former interface."""
-
-    def __init__(self, log: EventLog, partition: int, topics: Topics | None = None,
-                 group: str = COORDINATOR_GROUP, cache: EnvelopeCache | None = None) -> None:
-        self.partition = partition
-        self.driver = CoordinatorDriver(log, (partition,), Topics() if topics is None else topics, group,
-                                        EnvelopeCache() if cache is None else cache, fenced=True)
-
-    async def rebuild(self) -> int:
-        return (await self.driver.rebuild())[self.partition]
-
-    async def react(self, batch: list[tuple[int, Envelope]]) -> None:
-        await self.driver.react(self.partition, batch)
