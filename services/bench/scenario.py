@@ -1,4 +1,5 @@
-"""``agentbus bench``: the fixed scenario, measured end to end on the configured backend.
+"""The fixed benchmark scenario, measured end to end on the configured backend (``agentbus bench``
+is its command, in ``services.cli.bench``).
 
 1,000 agents; N tasks through submit -> assign -> complete with a cost each. Reports commands/s
 until the read models have caught up, submit-accepted -> TaskAssigned latency (saturated and at
@@ -9,22 +10,17 @@ concurrent clients against a real ``agentbus serve`` process. Measures; never as
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import click
 
 from contracts import Envelope
 from contracts import commands as c
@@ -32,7 +28,6 @@ from contracts import event_types as e
 from events.cache import tail
 from events.codec import to_record
 from services.runtime.decider import PartitionDecider
-from services.runtime.embedded import tune_gc
 from services.runtime.ingest import command_envelope
 from services.runtime.outcomes import Outcomes
 from services.runtime.service import open_service
@@ -55,16 +50,50 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_namespace(settings: Settings) -> Settings:
+    """The settings of one bench run on Kafka: topics and consumer groups of its own, nested under
+    the deployment's topic prefix and app id, so a run never reads or writes a deployment's topics
+    (nor another run's) and stays inside whatever the deployment's prefix is allowed on the broker."""
+    tag = f"bench-{os.getpid()}-{int(time.time())}"
+    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{tag}.",
+                                       "app_id": f"{settings.app_id}-{tag}"})
+
+
+class UsedLog(ValueError):
+    """The log the bench was pointed at holds records already."""
+
+
+async def refuse_a_used_log(settings: Settings) -> None:
+    """The embedded runner has no topic prefix: a log that holds records is a deployment's, and the
+    scenario must not write into it."""
+    from events import UnknownTopic, open_log
+
+    log = open_log(settings.broker)
+    await log.start()
+    try:
+        for topic in (Topics().commands, Topics().events):
+            try:
+                count = await log.partitions(topic)
+            except UnknownTopic:
+                continue
+            for p in range(count):
+                if await log.end_offset(topic, p) > 0:
+                    raise UsedLog(f"{settings.broker} already holds records: the bench writes its "
+                                  "scenario into a fresh log (leave --broker out for a temporary one, or "
+                                  "name a new file)")
+    finally:
+        await log.close()
+
+
 class Target:
     """What the scenario drives: the runtime ``open_service`` picks from the settings. On Kafka, the
     cluster service with an in-process Faust worker, or ``workers`` separate ``agentbus worker``
-    processes; each run gets its own topic prefix and app id, so runs never mix."""
+    processes; each run gets its own topic prefix and app id (``run_namespace``), so runs never mix."""
 
     def __init__(self, settings: Settings, workers: int = 0) -> None:
         self.kafka = settings.kafka
         if self.kafka:
-            tag = f"bench-{os.getpid()}-{int(time.time())}"
-            settings = settings.model_copy(update={"topic_prefix": f"{tag}.", "app_id": tag})
+            settings = run_namespace(settings)
         self.settings = settings
         self.app_id = settings.app_id
         self.workers = workers if self.kafka else 0  # the embedded runner is one process
@@ -73,6 +102,8 @@ class Target:
         self.topics: Topics = self.service.topics
 
     async def start(self) -> None:
+        if not self.kafka:
+            await refuse_a_used_log(self.settings)
         await self.service.start()
         for _ in range(self.workers):
             env = {**os.environ, "AGENTBUS_BROKER": self.settings.broker,
@@ -269,6 +300,7 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
         replay_s += d.replay.seconds
     await target.stop()
     return {
+        **({"topic_prefix": target.settings.topic_prefix, "app_id": target.app_id} if target.kafka else {}),
         "agents": agents,
         "tasks": tasks,
         "commands": commands,
@@ -351,97 +383,41 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
     }
 
 
-@click.command("bench")
-@click.option("--agents", default=1000, show_default=True, help="Agents registered.")
-@click.option("--tasks", default=50_000, show_default=True, help="Tasks through submit->assign->complete.")
-@click.option("--rate", default=1000.0, show_default=True, help="Offered commands/s in the latency phase.")
-@click.option("--paced-seconds", default=5.0, show_default=True, help="Length of the latency phase.")
-@click.option("--http/--no-http", default=True, show_default=True, help="Also measure the HTTP path.")
-@click.option("--http-requests", default=20_000, show_default=True)
-@click.option("--http-clients", default=64, show_default=True)
-@click.option("--broker", default=None,
-              help="Log URL (or AGENTBUS_BROKER); default a fresh SQLite log in a temporary directory.")
-@click.option("--database", default=None,
-              help="Read-model URL (or AGENTBUS_DATABASE); default a fresh SQLite database beside the log.")
-@click.option("--workers", default=0, show_default=True,
-              help="Kafka: separate `agentbus worker` processes (0: one worker in the bench process).")
-@click.option("--partitions", default=None, type=int,
-              help="Partitions of the benchmark's topics (default: the partitions setting, "
-                   "AGENTBUS_PARTITIONS).")
-@click.option("--raw-records", default=200_000, show_default=True,
-              help="Kafka: records the raw aiokafka producer->consumer baseline moves.")
-@click.option("--coordinator-agents", default=0, show_default=True,
-              help="Also time the coordinator's decision per assignment, per strategy, at this many "
-                   "agents (e.g. 10000); 0 skips it.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
-                  http_requests: int, http_clients: int, broker: str | None, database: str | None,
-                  workers: int, partitions: int | None, raw_records: int, coordinator_agents: int,
-                  as_json: bool) -> None:
-    """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
+def measure(settings: Settings, scratch: Path, *, agents: int, tasks: int, rate: float, paced_seconds: float,
+            workers: int = 0, http: bool = True, http_requests: int = 20_000, http_clients: int = 64,
+            raw_records: int = 200_000, coordinator_agents: int = 0) -> dict[str, Any]:
+    """Every measurement the settings' backend allows; ``scratch`` holds the HTTP server's data.
 
-    On Kafka (--broker kafka://...) it also moves the same number of records with a raw aiokafka
-    producer -> consumer on the same broker and reports the ratio (the client's limit). Each run
-    uses fresh topics (a unique prefix), so runs never mix.
+    Raises ``UsedLog`` when an embedded log already holds records.
     """
-    tune_gc()  # as `agentbus serve` does
-    tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
-    try:
-        # Flags over AGENTBUS_* over the defaults, as every command; the data always in a fresh directory.
-        overrides: dict[str, Any] = {"broker": broker, "database": database, "partitions": partitions}
-        settings = Settings(data_dir=tmp, **{k: v for k, v in overrides.items() if v is not None})
-        kafka = settings.kafka
-        result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
-        result["broker"] = settings.broker.split("?")[0]
-        result["database"] = settings.database.split("://")[0]
-        if kafka:
-            # The raw baseline moves as many records as the scenario wrote: commands + events.
-            raw = asyncio.run(raw_kafka_rate(settings.broker, raw_records))
-            result.update(raw)
-            result["records_per_command"] = 2
-            result["ratio_to_raw"] = round(result["commands_per_s"] * 2 / raw["raw_records_per_s"], 3)
-        if http and not kafka:
-            result.update(asyncio.run(bench_http(tmp / "http", http_requests, http_clients, 100)))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
+    result["broker"] = settings.broker.split("?")[0]
+    result["database"] = settings.database.split("://")[0]
+    if settings.kafka:
+        # The raw baseline moves as many records as the scenario wrote: commands + events.
+        raw = asyncio.run(raw_kafka_rate(settings.broker, raw_records, topic=f"{result['topic_prefix']}raw"))
+        result.update(raw)
+        result["records_per_command"] = 2
+        result["ratio_to_raw"] = round(result["commands_per_s"] * 2 / raw["raw_records_per_s"], 3)
+    elif http:
+        result.update(asyncio.run(bench_http(scratch / "http", http_requests, http_clients, 100)))
     if coordinator_agents > 0:
         from services.bench.coordinator import run_all
 
         result["coordinator"] = run_all(agents=coordinator_agents)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"backend           {result['broker']}")
-    click.echo(f"scenario          {agents} agents, {tasks} tasks, {result['commands']} commands")
-    click.echo(f"throughput        {result['commands_per_s']:,.0f} commands/s end to end "
-               f"({result['seconds']} s, read models caught up)")
-    click.echo(f"submit->assigned  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at "
-               f"{rate:,.0f} commands/s offered (saturated: p50 {result['saturated_p50_ms']} ms, "
-               f"p99 {result['saturated_p99_ms']} ms)")
-    click.echo(f"replay            {result['replay_events_per_s']:,.0f} events/s "
-               f"({result['replay_events']} events)")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
-    if "raw_records_per_s" in result:
-        click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
-                   f"agentbus moves 2 records per command (command + event): "
-                   f"{result['ratio_to_raw']:.0%} of the raw rate")
-    if "http_commands_per_s" in result:
-        click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
-                   f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
-                   f"{result['http_errors']} errors)")
-    for row in result.get("coordinator", []):
-        click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
-                   f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
+    return result
 
 
-async def raw_kafka_rate(url: str, records: int = 200_000, value_bytes: int = 400) -> dict[str, Any]:
+async def raw_kafka_rate(url: str, records: int = 200_000, value_bytes: int = 400, *,
+                         topic: str | None = None) -> dict[str, Any]:
     """The client's limit on this broker: a plain aiokafka producer -> consumer moving the same
-    number of records of the same size, with the same settings (idempotent, acks=all, lz4)."""
+    number of records of the same size, with the same settings (idempotent, acks=all, lz4), through
+    ``topic`` (created and deleted here; default a name of its own)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
     bootstrap = url.split("://", 1)[1].split("?", 1)[0]
-    topic = f"agentbus-bench-raw-{os.getpid()}-{int(time.time())}"
+    topic = topic or f"agentbus-bench-raw-{os.getpid()}-{int(time.time())}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

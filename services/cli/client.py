@@ -2,44 +2,65 @@
 
 Each builds one request from its arguments, sends it to the ``url`` setting for the ``pool``
 setting, prints the JSON answer, and exits 1 with the server's message on 4xx/5xx. Writes wait
-for their outcome (``?wait=true``). ``agent run`` (a long-running local agent) lives beside the
-agent it runs, in ``services.cli.local_agent``.
+for their outcome (``?wait=true``). The ``url`` setting defaults to the server the ``host`` and
+``port`` settings name, so a shell that runs ``serve`` with ``AGENTBUS_PORT`` finds it without more.
+``agent run`` (a long-running local agent) lives beside the agent it runs, in
+``services.cli.local_agent``.
+
+A write's flags are its command's fields (``contracts.commands``), each typed and bounded by the
+contract's own field (``field_option``), so a flag the server would refuse is a usage error here.
 
 This module must never decide anything: the server validates and decides every command.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import httpx
-import orjson
+from pydantic import BaseModel
 
-from services.cli.common import HTTP_TIMEOUT_S, dumps, fail, settings_options, transport
+from contracts import commands as c
+from services.cli.common import (
+    HTTP_TIMEOUT_S,
+    dumps,
+    fail,
+    field_type,
+    json_object,
+    settings_options,
+    transport,
+)
 from services.cli.local_agent import run_command
 from services.runtime.settings import Settings
 
 _client = settings_options("url", "pool")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Said once in every group's help: how a client command finds the server.
+FINDS_THE_SERVER = ("Talks to a running server: --url or AGENTBUS_URL; without them "
+                    "http://AGENTBUS_HOST:AGENTBUS_PORT (the address `agentbus serve` listens on, "
+                    "default http://127.0.0.1:8080).")
 
 
-def _json_arg(text: str | None, what: str) -> Any:
-    """The JSON value of an argument; a usage error naming ``what`` when it is not JSON."""
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
+def field_option(model: type[BaseModel], name: str, flag: str, *, dest: str | None = None,
+                 **kwargs: Any) -> Callable[[F], F]:
+    """``flag`` for the field ``name`` of a command contract, typed and bounded by that field; the
+    command receives it as ``dest`` (default: the field's name)."""
+    return click.option(flag, dest or name, type=field_type(model, name), **kwargs)
+
+
+_command_id = click.option("--command-id", help="Idempotency key: a repeat returns the first outcome.")
 
 
 def _request(url: str, method: str, path: str, *, params: dict[str, Any] | None = None,
-             body: dict[str, Any] | None = None) -> None:
+             body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
     """Send one request, print the JSON answer; exit 1 with the server's message on 4xx/5xx."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
     try:
         with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S, transport=transport()) as client:
-            resp = client.request(method, path, params=query, json=body)
+            resp = client.request(method, path, params=query, json=body, headers=headers)
     except httpx.HTTPError as exc:
         fail(f"cannot reach agentbus at {url}: {exc}")
     try:
@@ -74,31 +95,39 @@ def _write(settings: Settings, method: str, path: str, body: dict[str, Any] | No
     _request(settings.url, method, path, params={"wait": "true"}, body=body)
 
 
-@click.group()
+def _retry(policy: str | None, **fields: Any) -> dict[str, Any] | None:
+    """The retry policy: the ``--retry`` JSON object, with the single-field flags over it."""
+    merged = {**(json_object(policy, "--retry") or {}), **{k: v for k, v in fields.items() if v is not None}}
+    return merged or None
+
+
+@click.group(help=f"Register, list, inspect and remove agents. {FINDS_THE_SERVER}")
 def agent() -> None:
-    """Register, list, inspect and remove agents (talks to a running server)."""
+    pass
 
 
 @agent.command("register")
 @click.argument("name")
 @click.option("--capability", "-c", "capabilities", multiple=True, help="A capability (repeatable).")
-@click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
+@field_option(c.RegisterAgent, "capacity", "--capacity", default=1, show_default=True,
               help="Tasks it can hold at once.")
-@click.option("--kind", default="generic", show_default=True)
+@click.option("--kind", default="generic", show_default=True, help="Agent kind (what scaling policies name).")
 @click.option("--id", "agent_id", help="Agent id (default: generated).")
-@click.option("--heartbeat-timeout", type=float,
-              help="Seconds without a heartbeat before it is presumed gone.")
+@field_option(c.RegisterAgent, "heartbeat_timeout_s", "--heartbeat-timeout",
+              help="Seconds without a heartbeat before it is presumed gone (server default: 30).")
+@field_option(c.RegisterAgent, "weight", "--weight",
+              help="Share of work under the weighted strategy, relative to other agents (server default: 1).")
 @click.option("--metadata", help="JSON object of extra facts about the agent.")
-@click.option("--command-id", help="Idempotency key: a repeat returns the first outcome.")
+@_command_id
 @_client
 def agent_register(name: str, capabilities: tuple[str, ...], capacity: int, kind: str, agent_id: str | None,
-                   heartbeat_timeout: float | None, metadata: str | None, command_id: str | None,
-                   settings: Settings) -> None:
+                   heartbeat_timeout_s: float | None, weight: float | None, metadata: str | None,
+                   command_id: str | None, settings: Settings) -> None:
     """Register an agent called NAME."""
     _write(settings, "POST", "/v1/agents", {
         "agent_id": agent_id, "name": name, "kind": kind, "capabilities": list(capabilities),
-        "capacity": capacity,
-        "heartbeat_timeout_s": heartbeat_timeout, "metadata": _json_arg(metadata, "--metadata"),
+        "capacity": capacity, "heartbeat_timeout_s": heartbeat_timeout_s, "weight": weight,
+        "metadata": json_object(metadata, "--metadata"),
     }, command_id)
 
 
@@ -120,48 +149,70 @@ def agent_show(agent_id: str, settings: Settings) -> None:
 
 @agent.command("heartbeat")
 @click.argument("agent_id")
-@click.option("--load", type=float)
-@click.option("--cpu", type=float)
-@click.option("--memory", type=float)
-@click.option("--queue", type=int)
+@field_option(c.AgentHeartbeat, "load", "--load", help="Share of its capacity in use.")
+@field_option(c.AgentHeartbeat, "cpu", "--cpu", help="CPU use it reports.")
+@field_option(c.AgentHeartbeat, "memory", "--memory", help="Memory use it reports.")
+@field_option(c.AgentHeartbeat, "queue", "--queue", help="Tasks waiting on its side.")
+@_command_id
 @_client
 def agent_heartbeat(agent_id: str, load: float | None, cpu: float | None, memory: float | None,
-                    queue: int | None, settings: Settings) -> None:
+                    queue: int | None, command_id: str | None, settings: Settings) -> None:
     """Report AGENT_ID alive."""
     _write(settings, "POST", f"/v1/agents/{agent_id}/heartbeat",
-           {"load": load, "cpu": cpu, "memory": memory, "queue": queue})
+           {"load": load, "cpu": cpu, "memory": memory, "queue": queue}, command_id)
 
 
 @agent.command("remove")
 @click.argument("agent_id")
 @click.option("--reason")
+@_command_id
 @_client
-def agent_remove(agent_id: str, reason: str | None, settings: Settings) -> None:
+def agent_remove(agent_id: str, reason: str | None, command_id: str | None, settings: Settings) -> None:
     """Deregister AGENT_ID; its unfinished tasks go back to the queue."""
     _request(settings.url, "DELETE", f"/v1/agents/{agent_id}",
-             params={"wait": "true", "pool": settings.pool, "reason": reason})
+             params={"wait": "true", "pool": settings.pool, "reason": reason},
+             headers=None if command_id is None else {"Idempotency-Key": command_id})
 
 
-@click.group()
+@click.group(help=f"Submit, list, inspect and drive tasks. {FINDS_THE_SERVER}")
 def task() -> None:
-    """Submit, list, inspect and drive tasks (talks to a running server)."""
+    pass
 
 
 @task.command("submit")
 @click.argument("type_", metavar="TYPE")
-@click.option("--priority", type=click.IntRange(1, 10), default=5, show_default=True)
+@field_option(c.SubmitTask, "priority", "--priority", default=5, show_default=True,
+              help="Higher goes first.")
 @click.option("--require", "-r", "required", multiple=True, help="A required capability (repeatable).")
 @click.option("--data", help="JSON object: the task's input.")
 @click.option("--id", "task_id", help="Task id (default: generated).")
-@click.option("--strategy", help="Assignment strategy hint.")
-@click.option("--command-id", help="Idempotency key: a repeat returns the first outcome.")
+@click.option("--strategy", type=click.Choice(c.STRATEGIES),
+              help="How the coordinator picks its agent (default: the pool policy's).")
+@field_option(c.SubmitTask, "timeout_s", "--timeout",
+              help="Seconds an assignment may run before it counts as failed (and is retried per the "
+                   "retry policy).")
+@click.option("--retry", "retry_json",
+              help='Retry policy as a JSON object, e.g. \'{"max_attempts": 3, "strategy": "linear"}\'; '
+                   "the --max-attempts and --retry-* flags override its fields.")
+@field_option(c.RetryPolicy, "max_attempts", "--max-attempts", help="Runs in all, the first included.")
+@field_option(c.RetryPolicy, "strategy", "--retry-strategy", dest="retry_strategy",
+              help="How the delay between runs grows.")
+@field_option(c.RetryPolicy, "base_delay_s", "--retry-base-delay", help="Seconds before the first retry.")
+@field_option(c.RetryPolicy, "max_delay_s", "--retry-max-delay", help="Longest delay between runs, seconds.")
+@field_option(c.RetryPolicy, "jitter", "--retry-jitter", help="Share of the delay spread either way.")
+@_command_id
 @_client
 def task_submit(type_: str, priority: int, required: tuple[str, ...], data: str | None, task_id: str | None,
-                strategy: str | None, command_id: str | None, settings: Settings) -> None:
+                strategy: str | None, timeout_s: float | None, retry_json: str | None,
+                max_attempts: int | None, retry_strategy: str | None, base_delay_s: float | None,
+                max_delay_s: float | None, jitter: float | None, command_id: str | None,
+                settings: Settings) -> None:
     """Submit a task of type TYPE."""
+    retry = _retry(retry_json, max_attempts=max_attempts, strategy=retry_strategy,
+                   base_delay_s=base_delay_s, max_delay_s=max_delay_s, jitter=jitter)
     _write(settings, "POST", "/v1/tasks", {
         "task_id": task_id, "type": type_, "priority": priority, "required_capabilities": list(required),
-        "data": _json_arg(data, "--data"), "strategy": strategy,
+        "data": json_object(data, "--data"), "strategy": strategy, "timeout_s": timeout_s, "retry": retry,
     }, command_id)
 
 
@@ -189,66 +240,76 @@ def task_show(task_id: str, settings: Settings) -> None:
     _request(settings.url, "GET", f"/v1/tasks/{task_id}", params={"pool": settings.pool})
 
 
+_holder = click.option("--agent", "agent_id", help="The agent that holds it (checked by the decider).")
+
+
 @task.command("start")
 @click.argument("task_id")
-@click.option("--agent", "agent_id", help="The agent that holds it (checked by the decider).")
+@_holder
+@_command_id
 @_client
-def task_start(task_id: str, agent_id: str | None, settings: Settings) -> None:
+def task_start(task_id: str, agent_id: str | None, command_id: str | None, settings: Settings) -> None:
     """Mark TASK_ID as started by its agent."""
-    _write(settings, "POST", f"/v1/tasks/{task_id}/start", {"agent_id": agent_id})
+    _write(settings, "POST", f"/v1/tasks/{task_id}/start", {"agent_id": agent_id}, command_id)
 
 
 @task.command("complete")
 @click.argument("task_id")
-@click.option("--agent", "agent_id", help="The agent that holds it (checked by the decider).")
+@_holder
 @click.option("--result", help="JSON object: the task's output.")
+@_command_id
 @_client
-def task_complete(task_id: str, agent_id: str | None, result: str | None, settings: Settings) -> None:
+def task_complete(task_id: str, agent_id: str | None, result: str | None, command_id: str | None,
+                  settings: Settings) -> None:
     """Mark TASK_ID as completed."""
     _write(settings, "POST", f"/v1/tasks/{task_id}/complete",
-           {"agent_id": agent_id, "result": _json_arg(result, "--result")})
+           {"agent_id": agent_id, "result": json_object(result, "--result")}, command_id)
 
 
 @task.command("fail")
 @click.argument("task_id")
-@click.option("--agent", "agent_id", help="The agent that holds it (checked by the decider).")
+@_holder
 @click.option("--error", default="failed", show_default=True)
+@_command_id
 @_client
-def task_fail(task_id: str, agent_id: str | None, error: str, settings: Settings) -> None:
+def task_fail(task_id: str, agent_id: str | None, error: str, command_id: str | None,
+              settings: Settings) -> None:
     """Mark TASK_ID as failed."""
-    _write(settings, "POST", f"/v1/tasks/{task_id}/fail", {"agent_id": agent_id, "error": error})
+    _write(settings, "POST", f"/v1/tasks/{task_id}/fail", {"agent_id": agent_id, "error": error}, command_id)
 
 
 @task.command("cancel")
 @click.argument("task_id")
 @click.option("--reason")
+@_command_id
 @_client
-def task_cancel(task_id: str, reason: str | None, settings: Settings) -> None:
+def task_cancel(task_id: str, reason: str | None, command_id: str | None, settings: Settings) -> None:
     """Cancel TASK_ID."""
-    _write(settings, "POST", f"/v1/tasks/{task_id}/cancel", {"reason": reason})
+    _write(settings, "POST", f"/v1/tasks/{task_id}/cancel", {"reason": reason}, command_id)
 
 
-@click.group()
+@click.group(help=f"Record costs and read the spend. {FINDS_THE_SERVER}")
 def cost() -> None:
-    """Record costs and read the spend (talks to a running server)."""
+    pass
 
 
 @cost.command("record")
 @click.option("--agent", "agent_id", required=True)
 @click.option("--model", required=True)
-@click.option("--input-tokens", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--output-tokens", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--cost-usd", type=click.FloatRange(min=0), help="Default: priced from the model price table.")
+@field_option(c.RecordCost, "input_tokens", "--input-tokens", default=0, show_default=True)
+@field_option(c.RecordCost, "output_tokens", "--output-tokens", default=0, show_default=True)
+@field_option(c.RecordCost, "cost_usd", "--cost-usd", help="Default: priced from the model price table.")
 @click.option("--task", "task_id")
 @click.option("--id", "cost_id", help="Cost id (default: generated).")
+@_command_id
 @_client
 def cost_record(agent_id: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None,
-                task_id: str | None, cost_id: str | None, settings: Settings) -> None:
+                task_id: str | None, cost_id: str | None, command_id: str | None, settings: Settings) -> None:
     """Record what one model call cost."""
     _write(settings, "POST", "/v1/costs", {
         "cost_id": cost_id, "agent_id": agent_id, "task_id": task_id, "model": model,
         "input_tokens": input_tokens, "output_tokens": output_tokens, "cost_usd": cost_usd,
-    })
+    }, command_id)
 
 
 @cost.command("summary")
@@ -258,17 +319,14 @@ def cost_summary(settings: Settings) -> None:
     _request(settings.url, "GET", "/v1/costs/summary", params={"pool": settings.pool})
 
 
-@click.command()
+@click.command(epilog=FINDS_THE_SERVER)
 @click.argument("type_name")
 @click.argument("data", default="{}")
-@click.option("--command-id", help="Idempotency key: a repeat returns the first outcome.")
+@_command_id
 @_client
 def send(type_name: str, data: str, command_id: str | None, settings: Settings) -> None:
     """Send any command TYPE_NAME with DATA (a JSON object), e.g. SetBudget '{"limit_usd": 5}'."""
-    payload = _json_arg(data, "DATA")
-    if not isinstance(payload, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="DATA")
-    body: dict[str, Any] = {"type": type_name, "data": payload, "pool": settings.pool}
+    body: dict[str, Any] = {"type": type_name, "data": json_object(data, "DATA"), "pool": settings.pool}
     if command_id is not None:
         body["command_id"] = command_id
     _request(settings.url, "POST", "/v1/commands", params={"wait": "true"}, body=body)

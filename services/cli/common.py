@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import functools
 import sys
+import types
+import typing
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -38,6 +40,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def dumps(obj: Any, *, indent: bool = False) -> str:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+
+
+def json_arg(text: str | None, what: str) -> Any:
+    """The JSON value of an argument; a usage error naming ``what`` when it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
+
+
+def json_object(text: str | None, what: str) -> dict[str, Any] | None:
+    """The JSON object of an argument; a usage error naming ``what`` when it is anything else."""
+    value = json_arg(text, what)
+    if text is None:
+        return None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=what)
+    return value
 
 
 def fail(message: str) -> NoReturn:
@@ -67,16 +89,31 @@ def _named(loc: tuple[int | str, ...]) -> str:
     return f"{_flag(name)} / {Settings.env_name(name)}"
 
 
-def _click_type(name: str) -> Any:
-    """The click type of a setting, with the field's bounds (a bad flag is a usage error, not a traceback)."""
-    field = Settings.model_fields[name]
-    low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
-    high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
-    if field.annotation is int:
-        return click.IntRange(min=low, max=high)
-    if field.annotation is float:
-        return click.FloatRange(min=low, max=high)
-    if field.annotation in (Path, Path | None):
+def field_type(model: type[pydantic.BaseModel], name: str) -> Any:
+    """The click type of a model's field, with the field's bounds and choices.
+
+    A bad flag is then a usage error naming the allowed values, not a traceback; the bounds stay
+    written once, on the field (a setting's, or a command contract's).
+    """
+    field = model.model_fields[name]
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kinds = [k for k in typing.get_args(kind) if k is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 else kind
+    if typing.get_origin(kind) is typing.Literal:
+        return click.Choice([str(v) for v in typing.get_args(kind)])
+    bounds: dict[str, Any] = {}
+    for m in field.metadata:
+        for attr, key, is_open in (("ge", "min", False), ("gt", "min", True), ("le", "max", False),
+                                   ("lt", "max", True)):
+            if getattr(m, attr, None) is not None:
+                bounds[key] = getattr(m, attr)
+                bounds[f"{key}_open"] = is_open
+    if kind is int:
+        return click.IntRange(**bounds)
+    if kind is float:
+        return click.FloatRange(**bounds)
+    if kind is Path:
         return click.Path(path_type=Path)
     return str
 
@@ -93,7 +130,7 @@ def setting_option(name: str) -> Callable[[F], F]:
     help_text = f"{field.description} [{'; '.join(extras)}]"
     if field.annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
-    return click.option(flag, name, type=_click_type(name), default=None, help=help_text)
+    return click.option(flag, name, type=field_type(Settings, name), default=None, help=help_text)
 
 
 def _flag(name: str) -> str:

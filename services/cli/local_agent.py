@@ -29,6 +29,7 @@ import click
 import httpx
 
 from contracts import DEFAULT_POOL, new_id
+from contracts.commands import RegisterAgent
 from services.cli import common
 from services.runtime.settings import Settings
 
@@ -36,6 +37,7 @@ log = logging.getLogger("agentbus.agent")
 
 POLL_S = 0.2  # longest pause between looks at the assigned tasks
 RETRY_S = 1.0  # pause after a failed request before the loop tries again
+FINISHED_KEPT = 10_000  # finished runs remembered; far more than the read model can lag behind
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class AgentConfig:
     input_tokens: int = 500
     output_tokens: int = 200
     seed: int | None = None
+    weight: float | None = None  # None: the server's default
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def heartbeat_timeout_s(self) -> float:
@@ -77,6 +81,10 @@ class LocalAgent:
     completed: int = 0
     failed: int = 0
     working: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Runs (task:attempt) already worked. The read model may still list a finished run as assigned
+    # for a moment; working it again would send a stale outcome, which the decider (it knows no
+    # attempt numbers) would apply to the task's next attempt.
+    finished: dict[str, None] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=random.Random)
     _generation: int = 0
 
@@ -100,7 +108,8 @@ class LocalAgent:
         resp = await self._write("POST", "/v1/agents", {
             "agent_id": self.agent_id, "name": c.name, "kind": c.kind, "capabilities": list(c.capabilities),
             "capacity": c.capacity, "heartbeat_timeout_s": c.heartbeat_timeout_s,
-            "metadata": {"process": "agentbus agent run"},
+            "metadata": {"process": "agentbus agent run", **c.metadata},
+            **({} if c.weight is None else {"weight": c.weight}),
         }, f"agent:{self.agent_id}:register:{self._generation}:{new_id()}")
         if resp.status_code != 201:
             raise AgentError(f"registration refused: HTTP {resp.status_code} {resp.text[:500]}")
@@ -162,7 +171,11 @@ class LocalAgent:
         try:
             await self.work(task)
         except httpx.HTTPError as exc:
-            log.warning("task %s: %s", key, exc)
+            log.warning("task %s: %s", key, exc)  # not finished: the next look at it tries again
+        else:
+            self.finished[key] = None
+            while len(self.finished) > FINISHED_KEPT:
+                del self.finished[next(iter(self.finished))]
         finally:
             self.working.pop(key, None)
 
@@ -182,7 +195,7 @@ class LocalAgent:
             try:
                 for task in await self.assigned():
                     key = f"{task['task_id']}:{task['attempts']}"
-                    if key not in self.working:
+                    if key not in self.working and key not in self.finished:
                         self.working[key] = asyncio.create_task(self._work_guarded(key, task))
             except httpx.HTTPError as exc:
                 log.warning("cannot read assigned tasks: %s", exc)
@@ -236,10 +249,14 @@ _DEFAULT = {f.name: f.default for f in fields(AgentConfig)}
 @click.option("--output-tokens", type=click.IntRange(min=0), default=_DEFAULT["output_tokens"],
               show_default=True)
 @click.option("--seed", type=int, help="Seed of the simulated failures (default: random).")
+@click.option("--weight", type=common.field_type(RegisterAgent, "weight"),
+              help="Share of work under the weighted strategy (server default: 1).")
+@click.option("--metadata", help="JSON object of extra facts about the agent.")
 @common.settings_options("url", "pool")
 def run_command(name: str, capabilities: tuple[str, ...], capacity: int, kind: str, agent_id: str | None,
                 heartbeat_s: float, work_s: float, fail_rate: float, model: str, input_tokens: int,
-                output_tokens: int, seed: int | None, settings: Settings) -> None:
+                output_tokens: int, seed: int | None, weight: float | None, metadata: str | None,
+                settings: Settings) -> None:
     """Run a local agent process: register (its id is printed), heartbeat, work assigned tasks.
 
     Stops on SIGTERM/SIGINT: deregisters (its unfinished tasks go back to the queue), exits 0.
@@ -247,11 +264,12 @@ def run_command(name: str, capabilities: tuple[str, ...], capacity: int, kind: s
     import signal
 
     url = settings.url
+    facts = common.json_object(metadata, "--metadata") or {}
     common.logging_to_stderr("httpx")
     config = AgentConfig(url=url, name=name, capabilities=capabilities, capacity=capacity, kind=kind,
                          pool=settings.pool, agent_id=agent_id, heartbeat_s=heartbeat_s, work_s=work_s,
                          fail_rate=fail_rate, model=model, input_tokens=input_tokens,
-                         output_tokens=output_tokens, seed=seed)
+                         output_tokens=output_tokens, seed=seed, weight=weight, metadata=facts)
 
     def registered(agent: str) -> None:
         click.echo(agent)  # first line of stdout: the id, for scripts

@@ -5,7 +5,7 @@
   (``agent run`` is in ``services.cli.local_agent``, beside the agent process it runs);
 * ``services.cli.logops``: ``events``, ``projections``, ``replay``, ``contracts`` work on the log,
   the read models and the contracts directly;
-* ``services.bench``: ``bench``.
+* ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``).
 
 Every command takes its settings from one ``services.runtime.settings.Settings``: a flag wins over
 ``AGENTBUS_*``, which wins over the default (``services.cli.common.settings_options``).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from services.bench.scenario import bench_command
+from services.cli.bench import bench_command
 from services.cli.client import agent, cost, send, task
 from services.cli.logops import contracts_group, events_group, projections_group, replay
 from services.cli.server import serve, worker
@@ -25,7 +25,12 @@ from services.cli.server import serve, worker
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentbus")
 def main() -> None:
-    """agentbus: an event-sourced control plane for fleets of AI agents."""
+    """agentbus: an event-sourced control plane for fleets of AI agents.
+
+    Settings come from flags, then AGENTBUS_* variables, then defaults. The client commands
+    (agent, task, cost, send) find the server at --url / AGENTBUS_URL, else at
+    http://AGENTBUS_HOST:AGENTBUS_PORT, where `agentbus serve` listens (default http://127.0.0.1:8080).
+    """
 
 
 for command, name in (

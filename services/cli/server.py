@@ -4,6 +4,11 @@
 the settings (the embedded runner, or the cluster service on Kafka). ``worker`` runs one Faust
 worker of a Kafka deployment. Both take every setting from one ``Settings``.
 
+Both stop on SIGTERM or SIGINT within ``services.cli.signals.EXIT_WITHIN_S`` in every state
+(starting, rebalancing, under load); a second signal exits at once (``services.cli.signals``).
+``serve`` first drains HTTP for up to ``HTTP_DRAIN_S`` (requests in flight are answered, the
+service still running), then stops the service.
+
 This module must never choose a runtime itself (``open_service`` does) nor decide anything.
 """
 
@@ -11,14 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
+from typing import Any
 
 import click
 
 from services.cli.common import DEPLOYMENT, fail, log_errors, logging_to_stderr, run, settings_options
-from services.runtime.service import SettingsError, check_service, open_service
+from services.cli.signals import SIGNALS, StopOnSignals
+from services.runtime.service import SettingsError, StartCancelled, check_service, ended, open_service
 from services.runtime.settings import Settings
 
 _QUIET = ("aiokafka", "faust", "mode")
+# Requests in flight when the stop begins get this long to be answered before they are cut off
+# (a long-poll or a stream would otherwise hold the stop open for ever).
+HTTP_DRAIN_S = 5.0
 
 
 @click.command()
@@ -29,9 +40,9 @@ def serve(settings: Settings, no_worker: bool) -> None:
     """Run the HTTP API with the embedded runner, or on Kafka with an in-process Faust worker.
 
     Exits with status 1, naming the cause, when the runner fails (e.g. a corrupt log record).
+    Stops on SIGTERM/SIGINT within 30 s in any state (requests in flight get 5 s to be answered);
+    a second signal exits at once.
     """
-    import uvicorn
-
     from services.http.app import create_app
     from services.runtime.embedded import tune_gc
 
@@ -45,9 +56,9 @@ def serve(settings: Settings, no_worker: bool) -> None:
     app = create_app(settings=settings, open_service=functools.partial(open_service, worker=not no_worker))
     # loop/http "auto": uvloop and httptools when installed (they are dependencies), which cut
     # the per-request cost of the event loop and the HTTP parser several times over.
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                                           lifespan="on", access_log=settings.access_log, loop="auto",
-                                           http="auto"))
+    server = _server(app, host=settings.host, port=settings.port, log_level="info", lifespan="on",
+                     access_log=settings.access_log, loop="auto", http="auto",
+                     timeout_graceful_shutdown=HTTP_DRAIN_S)
 
     def stop_server(exc: BaseException) -> None:
         # A dead worker means stale reads and undecided commands: stop serving rather than lie.
@@ -62,10 +73,49 @@ def serve(settings: Settings, no_worker: bool) -> None:
         exit_code = exc.code
     service = getattr(app.state, "service", None) or getattr(app.state, "runner", None)
     failure = getattr(service, "failure", None) or getattr(app.state, "startup_error", None)
+    if server.signals.requested:
+        if failure is not None and not isinstance(failure, StartCancelled):
+            click.echo(f"agentbus: stopped while starting; the start had failed: {failure}", err=True)
+        elif exit_code not in (0, None):
+            click.echo("agentbus: stopped before the service was ready", err=True)
+        server.signals.exit_as_signalled()
     if failure is not None:
         fail(f"the service stopped: {failure}")
     if exit_code not in (0, None):
         fail(f"the server did not start on {settings.host}:{settings.port} (exit code {exit_code})")
+
+
+def _server(app: Any, **config: Any) -> Any:
+    """uvicorn's server with the stop of ``services.cli.signals``: a signal while the service is
+    still starting cancels the start rather than waiting for it (a Kafka consumer group may take
+    a session timeout to rebalance), and a second signal exits at once."""
+    import uvicorn  # here, not at the top: the other commands start faster without it
+
+    class Server(uvicorn.Server):
+        def __init__(self) -> None:
+            super().__init__(uvicorn.Config(app, **config))
+            self.signals = StopOnSignals("serve", self._stop)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.signals.handle(sig, frame)
+
+        def _stop(self, sig: int) -> None:
+            super().handle_exit(sig, None)  # should_exit, and the signal re-raised at the end
+            if not self.started:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # not serving yet, or any more: nothing is starting
+                    return
+                loop.call_soon_threadsafe(self._cancel_start, 100)
+
+        def _cancel_start(self, tries: int) -> None:
+            service = getattr(app.state, "service", None)
+            if service is not None:
+                service.cancel_start()
+            elif tries > 0 and not self.started:  # the lifespan has not opened it yet
+                asyncio.get_running_loop().call_later(0.1, self._cancel_start, tries - 1)
+
+    return Server()
 
 
 @click.command()
@@ -74,10 +124,9 @@ def worker(settings: Settings) -> None:
     """Run a Faust worker: deciders, coordinator and projector for the partitions Kafka gives it.
 
     Start as many as there are partitions; Kafka's group protocol spreads the partitions over them
-    and moves them when one stops or dies. Stops on SIGTERM/SIGINT.
+    and moves them when one stops or dies. Stops on SIGTERM/SIGINT within 30 s in any state; a
+    second signal exits at once.
     """
-    import signal
-
     from services.runtime.cluster import FaustWorker
     from services.runtime.embedded import tune_gc
 
@@ -87,20 +136,32 @@ def worker(settings: Settings) -> None:
     tune_gc()
     logging_to_stderr(*_QUIET)
 
+    stop = asyncio.Event()
+    signals = StopOnSignals("worker", lambda sig: stop.set())
+
     async def go() -> None:
         w = FaustWorker(settings)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, signals.handle, sig)
+        # Started beside the wait for a signal: joining a group that is rebalancing can take a
+        # session timeout, and a stop asked for meanwhile must not wait for it.
+        starting = asyncio.ensure_future(w.start())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await w.start()
-            click.echo(f"agentbus worker {w.app_id} running on {settings.broker}", err=True)
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(w.failed.wait())]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for t in waits:
-                t.cancel()
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                click.echo(f"agentbus worker {w.app_id} running on {settings.broker}", err=True)
+                failed = asyncio.ensure_future(w.failed.wait())
+                await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
+                failed.cancel()
+            else:
+                starting.cancel()
+                await ended([starting])
+                click.echo("agentbus: worker stopped before it was running", err=True)
         finally:
+            stopping.cancel()
             await w.stop()
         if w.failure is not None:
             raise w.failure
@@ -109,4 +170,7 @@ def worker(settings: Settings) -> None:
         with log_errors(settings.broker):
             run(go())
     except Exception as exc:
-        fail(f"the worker stopped: {exc}")
+        click.echo(f"agentbus: the worker stopped: {exc}", err=True)
+        signals.exit_if_threads_linger(1)
+        sys.exit(1)
+    signals.exit_if_threads_linger(0)

@@ -2,7 +2,7 @@
 
 faust-streaming does membership, partition assignment and rebalancing (one consumer group, the
 app id); the work is done by the same code as the embedded runner (``PartitionDecider``,
-``PartitionCoordinator``, ``Projector``). Per partition, the state of each role is built when
+``CoordinatorDriver``, ``Projector``). Per partition, the state of each role is built when
 Faust assigns the partition and dropped when it is revoked:
 
 * decider (commands partition p): claims p's transactional writer (fencing the previous owner),
@@ -60,9 +60,10 @@ from events.cache import EnvelopeCache
 from events.codec import to_record
 from events.kafka import Fenced, KafkaLog
 from projections import ProjectionStore, Projector
-from services.runtime.coordinator import PartitionCoordinator
+from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.service import Starting, StopDeadline, ended
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService
 from services.runtime.topics import BATCH, Topics
@@ -74,6 +75,7 @@ HEARTBEAT_S = 1.0
 # The read models take bigger batches: one database transaction per batch.
 PROJECTOR_BATCH = 5000
 RETRY_MAX_S = 5.0
+UNSTARTED_APP_STOP_S = 3.0
 
 
 # --- Faust's consumer, read_committed -----------------------------------------------------------
@@ -173,8 +175,7 @@ class _Part:
             return
         async with self.lock:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await ended([task])
 
     async def _apply(self, recs: list[StoredRecord]) -> None:
         if recs[0].offset < self.next:  # never apply below our own committed position
@@ -248,26 +249,40 @@ class FaustWorker:
         await self.app.start()
         self.started.set()
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: StopDeadline | None = None) -> None:
+        """Stop the roles (each after its batch), leave the group, close what is ours; within
+        ``deadline`` (default: a ``STOP_TIMEOUT_S`` of its own), abandoning what has not finished."""
+        deadline = deadline or StopDeadline()
         app, self.app = self.app, None
-        for task in list(self._preparing):
-            task.cancel()
-        for task in self.timers.values():
+        background = [*self._preparing, *self.timers.values()]
+        for task in background:
             task.cancel()
         self.timers.clear()
         parts = [p for ps in (self.deciders, self.coordinators, self.projectors) for p in ps.values()]
+        running = [p.task for p in parts if p.task is not None]
         for part in parts:
             part.closed = True
-        await asyncio.gather(*(part.stop() for part in parts))
         for ps in (self.deciders, self.coordinators, self.projectors):
             ps.clear()
+        if background:
+            await deadline.step("the timers", ended(background))
+        # A role building its state holds its lock (claiming a writer, reading the log) for as
+        # long as that takes: past the deadline it is cancelled where it stands. Its transaction,
+        # if one is open, is never committed: the broker aborts it.
+        stopped = await deadline.step("the partition roles", asyncio.gather(*(p.stop() for p in parts)))
+        if not stopped:
+            for task in running:
+                task.cancel()
         if app is not None:
-            with contextlib.suppress(Exception):
-                await app.stop()
+            # Leaving the group hands our partitions over at once instead of after the session
+            # timeout. A start cut short left nothing to hand over, and Faust may then wait for
+            # parts of it that never started: a few seconds, not the whole budget.
+            await deadline.step("leaving the consumer group", app.stop(),
+                                at_most=None if self.started.is_set() else UNSTARTED_APP_STOP_S)
         if self._own_log:
-            await self.log.close()
+            await deadline.step("the log", self.log.close())
         if self._own_store:
-            await self.store.close()
+            await deadline.step("the read models", self.store.close())
         self._datadir.cleanup()
 
     # -- the Faust app --------------------------------------------------------------------------
@@ -400,17 +415,18 @@ class FaustWorker:
         return _Part("decider", self.topics.commands, p, build, step, self.log)
 
     def _coordinator(self, p: int) -> _Part:
-        holder: dict[str, PartitionCoordinator] = {}
+        holder: dict[str, CoordinatorDriver] = {}
 
         async def build() -> int:
             await self.log.claim(self.coordinator_group, self.topics.events, p)
-            c = PartitionCoordinator(self.log, p, self.topics, self.coordinator_group, self.cache)
+            c = CoordinatorDriver(self.log, (p,), self.topics, self.coordinator_group, self.cache,
+                                  fenced=True)
             holder["c"] = c
-            return await c.rebuild()
+            return (await c.rebuild())[p]
 
         async def step(recs: list[StoredRecord]) -> None:
             decode = self.cache.decode
-            await holder["c"].react([(r.offset, decode(r)) for r in recs])
+            await holder["c"].react(p, [(r.offset, decode(r)) for r in recs])
 
         return _Part("coordinator", self.topics.events, p, build, step, self.log)
 
@@ -477,6 +493,7 @@ class ClusterService:
         self.tracker: OutcomeTracker | None = None
         self.on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._starting = Starting()
 
     @property
     def failure(self) -> BaseException | None:
@@ -487,6 +504,13 @@ class ClusterService:
         return None
 
     async def start(self) -> None:
+        with self._starting.running():
+            await self._start()
+
+    def cancel_start(self) -> None:
+        self._starting.cancel()
+
+    async def _start(self) -> None:
         await self.log.start()
         await provision(self.log, self.topics, self.partitions)
         self.partitions = await self.log.partitions(self.topics.events)
@@ -508,18 +532,21 @@ class ClusterService:
     async def ready(self, timeout: float = 60.0) -> None:
         """Wait until the outcome tracker has read the events that existed at start."""
         assert self.tracker is not None
-        async with asyncio.timeout(timeout):
-            await self.tracker.caught_up.wait()
+        with self._starting.running():
+            async with asyncio.timeout(timeout):
+                await self.tracker.caught_up.wait()
 
     async def stop(self) -> None:
+        """Stop the worker, the tracker, the log and the store within ``STOP_TIMEOUT_S``."""
+        deadline = StopDeadline()
         if self._watch is not None:
             self._watch.cancel()
         if self.worker is not None:
-            await self.worker.stop()
+            await self.worker.stop(deadline)
         if self.tracker is not None:
-            await self.tracker.stop()
-        await self.log.close()
-        await self.store.close()
+            await deadline.step("the outcome tracker", self.tracker.stop())
+        await deadline.step("the log", self.log.close())
+        await deadline.step("the read models", self.store.close())
 
     def partition_of(self, pool: str) -> int:
         return partition_for(pool, self.partitions)

@@ -4,13 +4,13 @@ timer services from their rebuilt books) after a restart.
 
 Exactly-once: the decider appends a batch's events and commits its commands offset in one
 transaction; the coordinator appends its commands and commits its events offset in one; the
-projector stores its position with its rows. A restart therefore neither loses nor repeats.
+projector stores its position with its rows. A restart therefore neither loses nor repeats, and a
+stop may cancel a loop anywhere (``stop()`` is bounded: ``services.runtime.service.StopDeadline``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,10 +23,11 @@ from events import EventLog, open_log, partition_for
 from events.cache import EnvelopeCache
 from events.codec import to_record
 from projections import ProjectionStore, Projector
-from services.runtime.coordinator import CoordinatorLoop
+from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
+from services.runtime.service import Starting, StopDeadline, ended
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService, run_timers
 from services.runtime.topics import COMMANDS, EVENTS, Topics
@@ -70,7 +71,7 @@ class Runner:
         # The loops below use the plain names, on any log; the topic prefix is a cluster setting.
         self.topics = Topics()
         self.deciders: list[PartitionDecider] = []
-        self.coordinator: CoordinatorLoop | None = None
+        self.coordinator: CoordinatorDriver | None = None
         self.timers: list[TimerService] = []
         self.webhook_url = scaling_webhook or settings.scaling_webhook
         self.webhook: WebhookRelay | None = None
@@ -80,8 +81,16 @@ class Runner:
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self.on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None
+        self._starting = Starting()
 
     async def start(self) -> None:
+        with self._starting.running():
+            await self._start()
+
+    def cancel_start(self) -> None:
+        self._starting.cancel()
+
+    async def _start(self) -> None:
         if self.settings.broker.startswith("sqlite:"):
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.start()
@@ -101,7 +110,8 @@ class Runner:
                 self.timers.append(t)
                 self._spawn(run_timers(d, t), f"timers[{p}]")
         if want_coordinator:
-            self.coordinator = CoordinatorLoop(self.log, self.partitions, self.cache)
+            self.coordinator = CoordinatorDriver(self.log, tuple(range(self.partitions)), self.topics,
+                                                 cache=self.cache)
             self._spawn(self.coordinator.run(), "coordinator")
         if want_projector:
             self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
@@ -130,6 +140,10 @@ class Runner:
 
     async def ready(self, timeout: float = 60.0) -> None:
         """Wait until deciders and the coordinator have rebuilt their state."""
+        with self._starting.running():
+            await self._ready(timeout)
+
+    async def _ready(self, timeout: float) -> None:
         events = [d.ready for d in self.deciders]
         if self.coordinator is not None:
             events.append(self.coordinator.ready)
@@ -148,14 +162,15 @@ class Runner:
             gc.freeze()
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        """Cancel the loops, then close the log and the read models, within ``STOP_TIMEOUT_S``."""
+        deadline = StopDeadline()
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
-        await self.log.close()
-        await self.store.close()
+        if tasks:
+            await deadline.step("the loops", ended(tasks))
+        await deadline.step("the log", self.log.close())
+        await deadline.step("the read models", self.store.close())
 
     def partition_of(self, pool: str) -> int:
         return partition_for(pool, self.partitions)

@@ -4,12 +4,24 @@ Two runtimes implement it: the embedded ``Runner`` (one process, any log) and ``
 (Kafka, with workers in this process or elsewhere). The log URL in the settings chooses; ``serve``
 and the bench open their service here and nowhere else, so they cannot disagree about it.
 
+How a service stops is part of the protocol, so a process can promise to exit in bounded time:
+``stop()`` returns within ``STOP_TIMEOUT_S`` whatever state the service is in (starting,
+rebalancing, under load). Each of its steps gets what is left of one ``StopDeadline``; a step that
+has not finished by then is abandoned, which is safe: a Kafka transaction not committed is never
+seen (the broker aborts it, at once when the partition's next owner claims it), and a SQLite
+transaction is all or nothing. ``cancel_start()`` cancels a ``start()`` or ``ready()`` still in
+progress, so a stop asked for while starting does not wait for the start to finish.
+
 This module must never start anything: ``open_service`` creates, the caller starts and stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from contracts import Envelope
@@ -18,6 +30,97 @@ from projections import ProjectionStore
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.settings import Settings
 from services.runtime.topics import Topics
+
+log = logging.getLogger("agentbus.stop")
+
+# A service's stop() returns within this many seconds, in any state. ``serve`` and ``worker``
+# add the HTTP drain and the interpreter's exit and promise to be gone 30 s after SIGTERM.
+STOP_TIMEOUT_S = 15.0
+# Even a step that starts after the deadline gets this long (to close a socket, say).
+_LAST_CHANCE_S = 0.2
+
+
+class StopDeadline:
+    """One time budget shared by the steps of a stop: each step gets what is left, then is abandoned."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        # The module global, read on each call, so a test can shorten it.
+        self.until = time.monotonic() + (STOP_TIMEOUT_S if seconds is None else seconds)
+
+    def left(self) -> float:
+        return max(self.until - time.monotonic(), _LAST_CHANCE_S)
+
+    async def step(self, what: str, work: Awaitable[Any], *, at_most: float | None = None) -> bool:
+        """Await ``work`` within what is left (and ``at_most`` seconds); False (logged, never
+        raised) when it failed or was abandoned, so the steps after it still run."""
+        budget = self.left() if at_most is None else min(self.left(), at_most)
+        try:
+            async with asyncio.timeout(budget) as timeout:
+                await work
+        except TimeoutError:
+            log.warning("stopping: %s did not finish in %.1f s; abandoned", what, budget)
+            return False
+        except Exception as exc:
+            log.warning("stopping: %s failed: %r", what, exc)
+            return False
+        if timeout.expired():  # the work swallowed the cancellation and returned
+            log.warning("stopping: %s did not finish in %.1f s; cut short", what, budget)
+            return False
+        return True
+
+
+async def ended(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Wait until ``tasks`` (cancelled by the caller) have ended.
+
+    Unlike ``await task`` under ``suppress(CancelledError)``, a cancellation of the caller itself
+    comes through, so a ``StopDeadline`` can abandon the wait. Failures are taken out of the tasks
+    (they were reported where they happened), so none is logged again as never retrieved.
+    """
+    pending = list(tasks)
+    if not pending:
+        return
+    await asyncio.wait(pending)
+    for task in pending:
+        if not task.cancelled():
+            task.exception()
+
+
+class StartCancelled(RuntimeError):
+    """A stop was asked for while the service was starting: it stopped before it was ready."""
+
+
+class Starting:
+    """Which task is starting a service right now, so that ``cancel()`` can interrupt it.
+
+    Used around ``start()`` and ``ready()``: a cancellation asked for here comes out of them as
+    ``StartCancelled``; any other cancellation passes unchanged. Once cancelled, a later start
+    is refused at once.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        if self.cancelled:
+            raise StartCancelled("a stop was asked for before the service started")
+        task = asyncio.current_task()
+        self._task = task
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self.cancelled and task is not None and task.uncancel() == 0:
+                raise StartCancelled("a stop was asked for while the service was starting") from None
+            raise
+        finally:
+            self._task = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
 
 
 class Service(Protocol):
@@ -38,7 +141,11 @@ class Service(Protocol):
 
     async def ready(self, timeout: float = 60.0) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop everything, within ``STOP_TIMEOUT_S`` whatever the state (see the module docstring)."""
+
+    def cancel_start(self) -> None:
+        """Interrupt a ``start()`` or ``ready()`` in progress: it raises ``StartCancelled``."""
 
     def partition_of(self, pool: str) -> int: ...
 

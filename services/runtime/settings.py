@@ -24,6 +24,8 @@ ENV_PREFIX = "AGENTBUS_"
 MAX_BODY_BYTES = 1024 * 1024
 # Named once: the server listens here and a client looks for it here unless told otherwise.
 _HOST, _PORT = "127.0.0.1", 8080
+# A server bound to every interface is reached on the loopback one.
+_ANY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
 def load_prices(path: Path | None) -> dict[str, tuple[float, float]]:
@@ -36,6 +38,14 @@ def load_prices(path: Path | None) -> dict[str, tuple[float, float]]:
         for model, p in json.loads(Path(path).read_text()).items():
             prices[model] = (float(p["input_per_1k"]), float(p["output_per_1k"]))
     return prices
+
+
+def server_url(host: str, port: int) -> str:
+    """Where a client reaches a server listening on ``host``:``port``."""
+    host = _ANY_ADDRESS.get(host.strip(), host.strip())
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 class Settings(BaseSettings):
@@ -68,7 +78,8 @@ class Settings(BaseSettings):
                                                 "is the audit).")
     prices: Path | None = Field(None, description="JSON file of model prices per 1K input and output "
                                                   "tokens, overlaid on the built-in table.")
-    url: str = Field(f"http://{_HOST}:{_PORT}", description="Base URL of a running agentbus server.")
+    url: str = Field("", description="Base URL of a running agentbus server (default: the server the host "
+                                      "and port settings name, http://AGENTBUS_HOST:AGENTBUS_PORT).")
     pool: str = Field(DEFAULT_POOL, description="Pool the command or query is about.")
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="Largest request body the HTTP API "
                                                                   "accepts, in bytes.")
@@ -87,6 +98,7 @@ class Settings(BaseSettings):
     def model_post_init(self, context: Any, /) -> None:
         self.broker = self.broker or f"sqlite:///{self.data_dir}/log.db"
         self.database = self.database or f"sqlite+aiosqlite:///{self.data_dir}/read.db"
+        self.url = self.url or server_url(self.host, self.port)
 
     @classmethod
     def env_name(cls, name: str) -> str:

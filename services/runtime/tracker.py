@@ -23,6 +23,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from events.kafka import read_committed_consumer
 from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.service import ended
 
 log = logging.getLogger("agentbus.tracker")
 
@@ -56,8 +57,7 @@ class OutcomeTracker:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await ended([task])
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from services.bench.scenario import run_namespace
 from services.cli import main
 from services.runtime.cluster import ClusterService
 from services.runtime.embedded import Runner
@@ -87,6 +88,30 @@ def test_client_commands_take_url_and_pool_from_flags_then_environment_then_defa
     assert (req.url.host, req.url.port, req.url.params["pool"]) == ("flag.test", 2, "cpu")
 
 
+def test_without_a_url_the_client_looks_where_host_and_port_say_the_server_listens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def sent() -> httpx.URL:
+        seen: list[httpx.Request] = []
+        transport = httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200, json={"items": []}))
+        result = CliRunner().invoke(main, ["agent", "list"], obj={"transport": transport})
+        assert result.exit_code == 0, result.output
+        return seen[0].url
+
+    monkeypatch.setenv("AGENTBUS_PORT", "18080")
+    assert (sent().host, sent().port) == ("127.0.0.1", 18080)
+    monkeypatch.setenv("AGENTBUS_HOST", "agentbus.internal")
+    assert (sent().host, sent().port) == ("agentbus.internal", 18080)
+    # A server listening on every interface is reached on the loopback one.
+    monkeypatch.setenv("AGENTBUS_HOST", "0.0.0.0")
+    assert sent().host == "127.0.0.1"
+    monkeypatch.setenv("AGENTBUS_HOST", "::")
+    assert (sent().host, sent().port) == ("::1", 18080)
+    assert Settings(host="10.0.0.5", port=9).url == "http://10.0.0.5:9"
+    monkeypatch.setenv("AGENTBUS_URL", "http://given.test:1")
+    assert (sent().host, sent().port) == ("given.test", 1)
+    assert "AGENTBUS_HOST" in CliRunner().invoke(main, ["task", "--help"]).output
+
+
 def test_a_bad_setting_is_named_with_its_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTBUS_PARTITIONS", "0")
     result = CliRunner().invoke(main, ["replay"])
@@ -104,6 +129,26 @@ def test_every_deployment_command_takes_the_same_settings() -> None:
                           ("--data-dir", "AGENTBUS_DATA"), ("--topic-prefix", "AGENTBUS_TOPIC_PREFIX"),
                           ("--app-id", "AGENTBUS_APP_ID")):
             assert flag in out and env in out, (command, flag)
+
+
+def test_bench_takes_the_deployment_settings_and_nests_its_run_under_them(tmp_path: Path) -> None:
+    out = CliRunner().invoke(main, ["bench", "--help"]).output
+    for flag, env in (("--broker", "AGENTBUS_BROKER"), ("--database", "AGENTBUS_DATABASE"),
+                      ("--topic-prefix", "AGENTBUS_TOPIC_PREFIX"), ("--app-id", "AGENTBUS_APP_ID"),
+                      ("--partitions", "AGENTBUS_PARTITIONS")):
+        assert flag in out and env in out, flag
+    run = run_namespace(Settings(broker="kafka://127.0.0.1:9", topic_prefix="blue.", app_id="blue"))
+    assert run.topic_prefix.startswith("blue.bench-") and run.topic_prefix.endswith(".")
+    assert run.app_id.startswith("blue-bench-")
+    assert run.topics.commands == f"{run.topic_prefix}commands"
+
+
+def test_bench_refuses_an_embedded_log_that_holds_records(history: tuple[Path, object]) -> None:
+    data, _ = history
+    result = CliRunner().invoke(main, ["bench", "--broker", f"sqlite:///{data}/log.db", "--agents", "1",
+                                       "--tasks", "1", "--no-http"])
+    assert result.exit_code == 1, result.output
+    assert "already holds records" in result.output
 
 
 def test_the_factory_picks_the_runtime_from_the_log_url(tmp_path: Path) -> None:

@@ -1,0 +1,97 @@
+"""``agentbus bench``: run the fixed scenario (``services.bench.scenario``) and print its figures.
+
+Takes the deployment settings every command takes; the log and read models default to fresh
+files in a temporary directory, and on Kafka each run's topics and consumer groups are its own,
+nested under the deployment's topic prefix and app id (``services.bench.scenario.run_namespace``).
+
+This module must never measure anything itself: it builds the settings and prints the result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from services.cli.common import fail, load_settings, setting_option
+
+
+@click.command("bench")
+@click.option("--agents", default=1000, show_default=True, help="Agents registered.")
+@click.option("--tasks", default=50_000, show_default=True, help="Tasks through submit->assign->complete.")
+@click.option("--rate", default=1000.0, show_default=True, help="Offered commands/s in the latency phase.")
+@click.option("--paced-seconds", default=5.0, show_default=True, help="Length of the latency phase.")
+@click.option("--http/--no-http", default=True, show_default=True, help="Also measure the HTTP path.")
+@click.option("--http-requests", default=20_000, show_default=True)
+@click.option("--http-clients", default=64, show_default=True)
+@setting_option("broker")
+@setting_option("database")
+@setting_option("topic_prefix")
+@setting_option("app_id")
+@setting_option("partitions")
+@click.option("--workers", default=0, show_default=True,
+              help="Kafka: separate `agentbus worker` processes (0: one worker in the bench process).")
+@click.option("--raw-records", default=200_000, show_default=True,
+              help="Kafka: records the raw aiokafka producer->consumer baseline moves.")
+@click.option("--coordinator-agents", default=0, show_default=True,
+              help="Also time the coordinator's decision per assignment, per strategy, at this many "
+                   "agents (e.g. 10000); 0 skips it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
+                  http_requests: int, http_clients: int, broker: str | None, database: str | None,
+                  topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
+                  raw_records: int, coordinator_agents: int, as_json: bool) -> None:
+    """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
+
+    The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
+    that already holds records is refused (the embedded runner has no topic prefix). On Kafka
+    (--broker kafka://...) each run uses topics and consumer groups of its own, nested under the
+    deployment's --topic-prefix and --app-id (reported as topic_prefix and app_id), so a run never
+    touches a deployment's topics nor another run's. It also moves the same number of records with
+    a raw aiokafka producer -> consumer on the same broker and reports the ratio (the client's limit).
+    """
+    from services.bench.scenario import UsedLog, measure
+    from services.runtime.embedded import tune_gc
+
+    tune_gc()  # as `agentbus serve` does
+    tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
+    try:
+        # Flags over AGENTBUS_* over the defaults, as every command; the data always in a fresh directory.
+        settings = load_settings(data_dir=tmp, broker=broker, database=database, partitions=partitions,
+                                 topic_prefix=topic_prefix, app_id=app_id)
+        result = measure(settings, tmp, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
+                         workers=workers, http=http, http_requests=http_requests, http_clients=http_clients,
+                         raw_records=raw_records, coordinator_agents=coordinator_agents)
+    except UsedLog as exc:
+        fail(str(exc))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"backend           {result['broker']}")
+    if "topic_prefix" in result:
+        click.echo(f"topics            {result['topic_prefix']}* (app id {result['app_id']})")
+    click.echo(f"scenario          {agents} agents, {tasks} tasks, {result['commands']} commands")
+    click.echo(f"throughput        {result['commands_per_s']:,.0f} commands/s end to end "
+               f"({result['seconds']} s, read models caught up)")
+    click.echo(f"submit->assigned  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at "
+               f"{rate:,.0f} commands/s offered (saturated: p50 {result['saturated_p50_ms']} ms, "
+               f"p99 {result['saturated_p99_ms']} ms)")
+    click.echo(f"replay            {result['replay_events_per_s']:,.0f} events/s "
+               f"({result['replay_events']} events)")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    if "raw_records_per_s" in result:
+        click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
+                   f"agentbus moves 2 records per command (command + event): "
+                   f"{result['ratio_to_raw']:.0%} of the raw rate")
+    if "http_commands_per_s" in result:
+        click.echo(f"HTTP              {result['http_commands_per_s']:,.0f} commands/s with "
+                   f"{http_clients} clients (p50 {result['http_p50_ms']} ms, p99 {result['http_p99_ms']} ms, "
+                   f"{result['http_errors']} errors)")
+    for row in result.get("coordinator", []):
+        click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
+                   f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
