@@ -1,4 +1,4 @@
-"""The local agent (services.cli.local_agent) in-process against a real runner over ASGI: it works its
+"""The local agent (services.cli.local_agent) in-process against a real service over ASGI: it works its
 tasks, records a cost per run, comes back after the server declared it gone, and leaves cleanly."""
 
 from __future__ import annotations
@@ -9,20 +9,20 @@ import httpx
 
 from services.cli.local_agent import AgentConfig, LocalAgent
 from services.http.app import create_app
-from services.runtime.embedded import Runner
+from services.runtime.service import Service
 from tests.api.conftest import poll
 
 
-def _agent(runner: Runner, **overrides: object) -> LocalAgent:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=runner)), base_url="http://t")
+def _agent(service: Service, **overrides: object) -> LocalAgent:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=service)), base_url="http://t")
     config = AgentConfig(**{"url": "http://t", "name": "w", "capabilities": ("text",), "capacity": 2,
                             "kind": "llm", "heartbeat_s": 0.1, "work_s": 0.01, "seed": 7,
                             **overrides})  # type: ignore[arg-type]
     return LocalAgent(config, client)
 
 
-async def test_the_agent_works_its_tasks_and_leaves(runner: Runner, client: httpx.AsyncClient) -> None:
-    agent = _agent(runner, agent_id="w1", fail_rate=0.3)
+async def test_the_agent_works_its_tasks_and_leaves(service: Service, client: httpx.AsyncClient) -> None:
+    agent = _agent(service, agent_id="w1", fail_rate=0.3)
     stop = asyncio.Event()
     ids: list[str] = []
     run = asyncio.create_task(agent.run(stop, on_registered=ids.append))
@@ -48,9 +48,9 @@ async def test_the_agent_works_its_tasks_and_leaves(runner: Runner, client: http
     assert gone["agent_id"] == "w1"
 
 
-async def test_the_agent_registers_again_when_the_server_removed_it(runner: Runner,
+async def test_the_agent_registers_again_when_the_server_removed_it(service: Service,
                                                                      client: httpx.AsyncClient) -> None:
-    agent = _agent(runner, agent_id="w2")
+    agent = _agent(service, agent_id="w2")
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
     try:

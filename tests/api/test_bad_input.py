@@ -7,21 +7,24 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
-from services.runtime.embedded import Runner
+from services.runtime.service import Service
 from services.runtime.settings import MAX_BODY_BYTES
-from tests.api.conftest import end_offsets, event_count, settle
+from tests.api.conftest import LOOP, end_offsets, event_count, settle
+
+pytestmark = pytest.mark.http_layer
 
 
-@pytest.fixture
-async def unchanged(client: httpx.AsyncClient, runner: Runner) -> AsyncIterator[None]:
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def unchanged(client: httpx.AsyncClient, service: Service) -> AsyncIterator[None]:
     """Asserts after the test that neither topic grew and the API lists the same events."""
     seed = await client.post("/v1/tasks", params={"wait": "true"}, json={"task_id": "seed", "type": "x"})
     assert seed.status_code == 201
-    await settle(runner)  # the coordinator marks the task unassignable (no agents): let it
-    offsets, events = await end_offsets(runner), await event_count(client)
+    await settle(service)  # the coordinator marks the task unassignable (no agents): let it
+    offsets, events = await end_offsets(service), await event_count(client)
     yield
-    assert await end_offsets(runner) == offsets
+    assert await end_offsets(service) == offsets
     assert await event_count(client) == events
 
 

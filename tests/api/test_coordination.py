@@ -16,6 +16,7 @@ import pytest
 
 from services.http.app import create_app
 from services.runtime.embedded import Runner
+from services.runtime.service import Service
 from services.runtime.settings import Settings
 from tests.api.conftest import end_offsets, poll, settle
 
@@ -44,31 +45,32 @@ async def test_pool_policy_is_set_and_replaced(client: httpx.AsyncClient) -> Non
     assert reset.json()["events"][0]["data"]["default_strategy"] == "least_loaded"
 
 
+@pytest.mark.http_layer
 async def test_pool_policy_bad_input_is_422_and_appends_nothing(client: httpx.AsyncClient,
-                                                               runner: Runner) -> None:
-    before = await end_offsets(runner)
+                                                               service: Service) -> None:
+    before = await end_offsets(service)
     assert ("body", "default_strategy") in _errors(
         await client.put("/v1/pools/policy", json={"default_strategy": "fastest"}))
     assert ("body", "min_capability_match") in _errors(
         await client.put("/v1/pools/policy", json={"min_capability_match": 1.5}))
     assert ("body", "weights", "load") in _errors(
         await client.put("/v1/pools/policy", json={"weights": {"load": -1}}))
-    assert await end_offsets(runner) == before
+    assert await end_offsets(service) == before
 
 
-async def test_rate_limit_is_set(client: httpx.AsyncClient, runner: Runner) -> None:
+async def test_rate_limit_is_set(client: httpx.AsyncClient, service: Service) -> None:
     resp = await client.put("/v1/rate-limits", params=WAIT, json={
         "scope": "model", "scope_id": "gpt-4o", "requests_per_min": 60, "tokens_per_min": 90000})
     assert resp.status_code == 200, resp.text
     [event] = resp.json()["events"]
     assert event["type"] == "RateLimitSet" and event["subject"] == "gpt-4o"
-    before = await end_offsets(runner)
+    before = await end_offsets(service)
     assert ("body", "scope_id") in _errors(await client.put("/v1/rate-limits", json={"scope": "agent"}))
     assert ("body", "scope") in _errors(
         await client.put("/v1/rate-limits", json={"scope": "team", "scope_id": "x"}))
     assert ("body", "requests_per_min") in _errors(
         await client.put("/v1/rate-limits", json={"scope_id": "a1", "requests_per_min": 0}))
-    assert await end_offsets(runner) == before
+    assert await end_offsets(service) == before
 
 
 async def test_scaling_policy_decides_and_the_stream_carries_it(client: httpx.AsyncClient) -> None:
@@ -88,8 +90,9 @@ async def test_scaling_policy_decides_and_the_stream_carries_it(client: httpx.As
     assert "min_agents" in decided["data"]["reason"] and "queue_depth" in decided["data"]["metrics"]
 
 
-async def test_scaling_policy_bad_input(client: httpx.AsyncClient, runner: Runner) -> None:
-    before = await end_offsets(runner)
+@pytest.mark.http_layer
+async def test_scaling_policy_bad_input(client: httpx.AsyncClient, service: Service) -> None:
+    before = await end_offsets(service)
     resp = await client.put("/v1/scaling/policies",
                             json={"agent_kind": "llm", "min_agents": 5, "max_agents": 2})
     assert _errors(resp) == [("body",)]
@@ -97,7 +100,7 @@ async def test_scaling_policy_bad_input(client: httpx.AsyncClient, runner: Runne
     assert ("body", "agent_kind") in _errors(await client.put("/v1/scaling/policies", json={}))
     assert ("body", "target_utilization") in _errors(
         await client.put("/v1/scaling/policies", json={"agent_kind": "llm", "target_utilization": 0}))
-    assert await end_offsets(runner) == before
+    assert await end_offsets(service) == before
 
 
 async def test_agents_take_weight_and_heartbeat_timeout(client: httpx.AsyncClient) -> None:
@@ -134,6 +137,7 @@ async def test_unknown_strategy_is_rejected_by_the_decider(client: httpx.AsyncCl
     assert (await client.get("/v1/tasks/t1")).status_code == 404
 
 
+@pytest.mark.http_layer
 @pytest.mark.parametrize(("retry", "loc"), [
     ({"max_attempts": 0}, ("body", "retry", "max_attempts")),
     ({"strategy": "fibonacci"}, ("body", "retry", "strategy")),
@@ -143,14 +147,15 @@ async def test_unknown_strategy_is_rejected_by_the_decider(client: httpx.AsyncCl
     ("three times", ("body", "retry")),
 ])
 async def test_invalid_retry_policy_is_422_with_field_errors(
-    client: httpx.AsyncClient, runner: Runner, retry: Any, loc: tuple[str, ...]
+    client: httpx.AsyncClient, service: Service, retry: Any, loc: tuple[str, ...]
 ) -> None:
-    before = await end_offsets(runner)
+    before = await end_offsets(service)
     resp = await client.post("/v1/tasks", json={"task_id": "t1", "type": "x", "retry": retry})
     assert loc in _errors(resp)
-    assert await end_offsets(runner) == before
+    assert await end_offsets(service) == before
 
 
+@pytest.mark.http_layer
 async def test_invalid_timeout_is_422(client: httpx.AsyncClient) -> None:
     assert ("body", "timeout_s") in _errors(
         await client.post("/v1/tasks", json={"task_id": "t1", "type": "x", "timeout_s": 0}))
@@ -159,7 +164,7 @@ async def test_invalid_timeout_is_422(client: httpx.AsyncClient) -> None:
 # --- the assignment audit exports ---------------------------------------------------------------
 
 
-async def _two_assignments(client: httpx.AsyncClient, runner: Runner) -> None:
+async def _two_assignments(client: httpx.AsyncClient, service: Service) -> None:
     await client.put("/v1/pools/policy", params=WAIT, json={"default_strategy": "performance_weighted"})
     for agent_id, caps in (("a1", ["text"]), ("a2", ["text", "code"]), ("a3", ["text"])):
         resp = await client.post("/v1/agents", params=WAIT, json={
@@ -170,11 +175,11 @@ async def _two_assignments(client: httpx.AsyncClient, runner: Runner) -> None:
             "task_id": task_id, "type": "x", "required_capabilities": ["text"], "data": {"n": task_id}})
         assert resp.status_code == 201
     await poll(client, "/v1/audit/assignments", lambda j: len(j["items"]) == 2)
-    await settle(runner)
+    await settle(service)
 
 
-async def test_audit_assignments_json_is_the_default(client: httpx.AsyncClient, runner: Runner) -> None:
-    await _two_assignments(client, runner)
+async def test_audit_assignments_json_is_the_default(client: httpx.AsyncClient, service: Service) -> None:
+    await _two_assignments(client, service)
     resp = await client.get("/v1/audit/assignments")
     assert resp.headers["content-type"] == "application/json"
     assert resp.json() == (await client.get("/v1/audit/assignments", params={"format": "json"})).json()
@@ -184,8 +189,8 @@ async def test_audit_assignments_json_is_the_default(client: httpx.AsyncClient, 
 
 
 async def test_audit_assignments_csv_has_a_row_per_candidate(client: httpx.AsyncClient,
-                                                             runner: Runner) -> None:
-    await _two_assignments(client, runner)
+                                                             service: Service) -> None:
+    await _two_assignments(client, service)
     items = (await client.get("/v1/audit/assignments")).json()["items"]
     resp = await client.get("/v1/audit/assignments", params={"format": "csv"})
     assert resp.status_code == 200
@@ -209,8 +214,8 @@ async def test_audit_assignments_csv_has_a_row_per_candidate(client: httpx.Async
         assert sum(r["candidate_chosen"] == "true" for r in mine) == 1
 
 
-async def test_audit_assignments_xml_is_well_formed(client: httpx.AsyncClient, runner: Runner) -> None:
-    await _two_assignments(client, runner)
+async def test_audit_assignments_xml_is_well_formed(client: httpx.AsyncClient, service: Service) -> None:
+    await _two_assignments(client, service)
     items = (await client.get("/v1/audit/assignments")).json()["items"]
     resp = await client.get("/v1/audit/assignments", params={"format": "xml"})
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/xml"
@@ -244,6 +249,7 @@ async def test_audit_export_of_hostile_ids_stays_well_formed(client: httpx.Async
     assert rows[0]["agent_id"] == hostile
 
 
+@pytest.mark.http_layer
 async def test_audit_assignments_unknown_format_is_422(client: httpx.AsyncClient) -> None:
     resp = await client.get("/v1/audit/assignments", params={"format": "yaml"})
     assert resp.status_code == 422
@@ -290,6 +296,9 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+# The scaling webhook runs with the embedded runner only (on Kafka, ScalingDecided is consumed
+# from the events topic), and these tests restart it.
+@pytest.mark.embedded
 async def test_scaling_webhook_posts_cloudevents_at_least_once(tmp_path: Path) -> None:
     receiver = Receiver(failures=3)
     r = await _runner(tmp_path, receiver)
@@ -323,6 +332,7 @@ async def test_scaling_webhook_posts_cloudevents_at_least_once(tmp_path: Path) -
         await r.stop()
 
 
+@pytest.mark.embedded
 async def test_scaling_webhook_resends_what_was_not_acknowledged_before_a_restart(tmp_path: Path) -> None:
     down = Receiver(failures=10**9)  # the autoscaler is down the whole time this runner lives
     r = await _runner(tmp_path, down)
@@ -348,6 +358,7 @@ async def test_scaling_webhook_resends_what_was_not_acknowledged_before_a_restar
         await r.stop()
 
 
+@pytest.mark.embedded
 async def test_no_webhook_without_a_url(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.webhook is None
     monkeypatch.setenv("AGENTBUS_SCALING_WEBHOOK", "http://127.0.0.1:9/hook")

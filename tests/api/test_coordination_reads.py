@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-import services.http.app
+import services.http.deps
 from tests.api.conftest import last_position, poll
 
 WAIT = {"wait": "true"}
@@ -87,6 +87,6 @@ async def test_timers_lists_pending_timers(client: httpx.AsyncClient) -> None:
     "/v1/timers", "/v1/agents/a1/performance"])
 async def test_reads_wait_for_min_position(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
                                            path: str) -> None:
-    monkeypatch.setattr(services.http.app, "READ_WAIT_S", 0.2)
+    monkeypatch.setattr(services.http.deps, "READ_WAIT_S", 0.2)
     resp = await client.get(path, params={"min_position": 1000})
     assert resp.status_code == 504 and "has not reached position 1000 yet" in resp.json()["detail"]

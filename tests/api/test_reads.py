@@ -1,4 +1,5 @@
-"""Reads: the event log over HTTP, read-your-writes, health, OpenAPI, and the app's own runner."""
+"""Reads: the event log over HTTP, read-your-writes, health, OpenAPI; and the embedded runner an app
+starts itself, or finds corrupt."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-import services.http.app
+import services.http.deps
+import services.http.reads
 from services.http.app import create_app
 from services.runtime.embedded import Runner
+from services.runtime.service import Service
 from services.runtime.settings import Settings
 from tests.api.conftest import last_position, settle
 
 
-async def seed(client: httpx.AsyncClient, runner: Runner) -> None:
+async def seed(client: httpx.AsyncClient, service: Service) -> None:
     """Five tasks in the default pool, one agent in another; no agent can take the tasks, so the
     coordinator marks each unassignable. Returns once it has."""
     for i in range(5):
@@ -27,9 +30,11 @@ async def seed(client: httpx.AsyncClient, runner: Runner) -> None:
         assert resp.status_code == 201
     other = await client.post("/v1/agents", params={"wait": "true"}, json={"name": "x", "pool": "other"})
     assert other.status_code == 201
-    await settle(runner)
+    await settle(service)
 
 
+# Kafka's transaction markers take offsets too, so only the embedded log's positions are dense.
+@pytest.mark.embedded
 async def test_events_are_listed_with_positions(client: httpx.AsyncClient, runner: Runner) -> None:
     await seed(client, runner)
     body = (await client.get("/v1/events")).json()
@@ -46,8 +51,8 @@ async def test_events_are_listed_with_positions(client: httpx.AsyncClient, runne
     assert [e["type"] for e in other["items"]] == ["AgentRegistered"]
 
 
-async def test_events_paging_and_filters(client: httpx.AsyncClient, runner: Runner) -> None:
-    await seed(client, runner)
+async def test_events_paging_and_filters(client: httpx.AsyncClient, service: Service) -> None:
+    await seed(client, service)
     everything = [e["position"] for e in (await client.get("/v1/events")).json()["items"]]
     page1 = (await client.get("/v1/events", params={"limit": 2})).json()
     assert [e["position"] for e in page1["items"]] == everything[:2] and page1["next_after"] == everything[1]
@@ -68,8 +73,8 @@ async def test_events_paging_and_filters(client: httpx.AsyncClient, runner: Runn
     assert [e["data"]["code"] for e in by_type["items"]] == ["UNKNOWN_TASK"]
 
 
-async def test_tasks_are_paged_and_filtered(client: httpx.AsyncClient, runner: Runner) -> None:
-    await seed(client, runner)
+async def test_tasks_are_paged_and_filtered(client: httpx.AsyncClient, service: Service) -> None:
+    await seed(client, service)
     params = {"page_size": 2, "min_position": 5}
     page = (await client.get("/v1/tasks", params=params)).json()
     assert [t["task_id"] for t in page["items"]] == ["t0", "t1"] and page["total"] == 5
@@ -96,7 +101,7 @@ async def test_min_position_reads_your_writes(client: httpx.AsyncClient) -> None
 async def test_min_position_not_reached_is_504(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services.http.app, "READ_WAIT_S", 0.2)
+    monkeypatch.setattr(services.http.deps, "READ_WAIT_S", 0.2)
     for path in (
         "/v1/agents",
         "/v1/tasks",
@@ -123,14 +128,15 @@ async def test_empty_pool_reads(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/events")).json() == {"items": [], "next_after": -1}
 
 
-async def test_health(client: httpx.AsyncClient, runner: Runner) -> None:
+async def test_health(client: httpx.AsyncClient, service: Service) -> None:
     resp = await client.get("/v1/health")
     assert resp.status_code == 200
     body = resp.json()
     assert body["status"] == "ok" and body["deciders_ready"] is True and body["partitions"] == 1
-    assert body["log"] == runner.settings.broker and body["database"] == runner.settings.database
+    assert body["log"] == service.settings.broker and body["database"] == service.settings.database
 
 
+@pytest.mark.http_layer
 async def test_openapi_documents_the_contract_bodies(client: httpx.AsyncClient) -> None:
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
@@ -150,10 +156,11 @@ async def test_openapi_documents_the_contract_bodies(client: httpx.AsyncClient) 
     assert "/v1/commands" in spec["paths"] and "/v1/events" in spec["paths"]
 
 
+@pytest.mark.embedded
 async def test_app_without_a_runner_starts_and_stops_its_own(tmp_path: Path) -> None:
     app = create_app(settings=Settings(data_dir=tmp_path))
     async with app.router.lifespan_context(app):
-        runner = app.state.runner
+        runner = app.state.service
         assert isinstance(runner, Runner)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -163,6 +170,7 @@ async def test_app_without_a_runner_starts_and_stops_its_own(tmp_path: Path) -> 
     assert (tmp_path / "log.db").exists()
 
 
+@pytest.mark.embedded
 async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     async with Runner(settings) as first:
@@ -193,7 +201,7 @@ async def test_corrupt_log_makes_health_503_and_writes_refused(tmp_path: Path) -
 
 
 def test_health_never_shows_a_database_password() -> None:
-    assert services.http.app._redact("postgresql+asyncpg://agentbus:s3cret@db:5432/x") == (
+    assert services.http.reads._redact("postgresql+asyncpg://agentbus:s3cret@db:5432/x") == (
         "postgresql+asyncpg://agentbus:***@db:5432/x"
     )
-    assert services.http.app._redact("sqlite:///data/log.db") == "sqlite:///data/log.db"
+    assert services.http.reads._redact("sqlite:///data/log.db") == "sqlite:///data/log.db"

@@ -1,12 +1,14 @@
-"""Writes through the HTTP API against a real runner: outcomes, statuses, the coordinator, rules."""
+"""Writes through the HTTP API against a real service: outcomes, statuses, the coordinator, rules."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import pytest
 
 from services.runtime.embedded import Runner
+from services.runtime.service import Service
 from tests.api.conftest import end_offsets, event_count, last_position, poll, settle
 
 AGENT = {
@@ -287,8 +289,11 @@ async def test_spent_budget_rejects_new_tasks(client: httpx.AsyncClient) -> None
     assert [r["code"] for r in rejected["items"]] == ["BUDGET_EXCEEDED"]
 
 
+# On Kafka a repeat is appended again (Kafka cannot refuse an id) and the decider drops it: the
+# commands topic grows there (tests/cluster/test_service.py pins that).
+@pytest.mark.embedded
 async def test_idempotency_key_header_returns_the_first_outcome(
-    client: httpx.AsyncClient, runner: Runner
+    client: httpx.AsyncClient, service: Service
 ) -> None:
     # Once settled (the coordinator marks the task unassignable: no agents), the log's ends move
     # only through these requests.
@@ -298,9 +303,9 @@ async def test_idempotency_key_header_returns_the_first_outcome(
     )
     assert first.status_code == 201 and first.json()["command_id"] == "submit-t1-once"
     assert first.json()["duplicate"] is False
-    await settle(runner)
+    await settle(service)
     before_events = await event_count(client)
-    before_offsets = await end_offsets(runner)
+    before_offsets = await end_offsets(service)
 
     again = await client.post(
         "/v1/tasks", params={"wait": "true"}, headers=headers, json={"task_id": "t1", "type": "x"}
@@ -311,10 +316,13 @@ async def test_idempotency_key_header_returns_the_first_outcome(
     # Even a different body under the same key is the same command: the first one stands.
     other = await client.post("/v1/tasks", headers=headers, json={"task_id": "t9", "type": "y"})
     assert other.status_code == 202 and other.json()["duplicate"] is True
-    assert await end_offsets(runner) == before_offsets
+    assert await end_offsets(service) == before_offsets
     assert await event_count(client) == before_events
 
 
+# The embedded log refuses a repeated command id and answers the first command's position. Kafka
+# cannot refuse one: the repeat is appended again and the decider drops it (tests/cluster).
+@pytest.mark.embedded
 async def test_repeated_command_id_is_a_duplicate_with_the_first_position(
     client: httpx.AsyncClient, runner: Runner
 ) -> None:
@@ -365,6 +373,9 @@ async def test_pool_in_the_body_is_the_envelope_pool(client: httpx.AsyncClient) 
     assert hb.status_code == 200 and hb.json()["events"][0]["pool"] == "gpu"
 
 
+# A repeat without wait answers the first command's position here; on Kafka, where the repeat is
+# appended again, it answers the repeat's own.
+@pytest.mark.embedded
 async def test_commands_endpoint_by_type_name(client: httpx.AsyncClient) -> None:
     resp = await client.post(
         "/v1/commands",
@@ -420,6 +431,8 @@ async def test_commands_endpoint_accepts_a_structured_cloudevent(client: httpx.A
     assert again.json()["duplicate"] is True and again.json()["events"] == body["events"]
 
 
+# The next three construct runners themselves: without deciders, restarted, with four partitions.
+@pytest.mark.embedded
 async def test_wait_times_out_as_pending(tmp_path: Any) -> None:
     from services.http.app import create_app
     from services.runtime.settings import Settings
@@ -439,6 +452,7 @@ async def test_wait_times_out_as_pending(tmp_path: Any) -> None:
         await r.stop()
 
 
+@pytest.mark.embedded
 async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
     from services.http.app import create_app
     from services.runtime.settings import Settings
@@ -461,6 +475,7 @@ async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
     assert second.json()["events"] == first.json()["events"]
 
 
+@pytest.mark.embedded
 async def test_pools_on_several_partitions(tmp_path: Any) -> None:
     from services.http.app import create_app
     from services.runtime.settings import Settings

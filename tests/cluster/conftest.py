@@ -4,7 +4,8 @@ The broker comes from ``AGENTBUS_TEST_KAFKA`` (``deploy/kafka/up.sh``), PostgreS
 ``AGENTBUS_TEST_DATABASE`` (``deploy/postgres/up.sh``). Without them these tests skip locally,
 saying how to start them, and fail in CI (``CI=true``). Every test gets its own topic prefix,
 Faust app id (consumer groups) and database, so tests never see each other's records or rows and
-can share the broker with other engineers' runs.
+can share the broker with other engineers' runs. ``running_service`` runs the cluster service in
+this process, in such a namespace (here and as the API suite's kafka runtime, tests/api).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from typing import Any, NoReturn
 
 import httpx
 import pytest
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy.engine import make_url
+
+from services.runtime.service import Service, open_service
+from services.runtime.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_ENV = "AGENTBUS_TEST_KAFKA"
@@ -169,26 +174,95 @@ async def namespace(kafka: str, partitions: int = 2) -> AsyncIterator[Cluster]:
         await admin.close()
 
 
+# The broker is asked once per session whether it answers: each check is a client connecting and
+# closing, and later tests skip (fail in CI) at once rather than wait for a broker known missing.
+_broker_checked = False
+_broker_down: str | None = None
+
+
 async def _broker_answers(bootstrap: str) -> None:
+    global _broker_checked, _broker_down
     from aiokafka.admin import AIOKafkaAdminClient
 
+    if _broker_down is not None:
+        unavailable(_broker_down)
+    if _broker_checked:
+        return
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
         await asyncio.wait_for(admin.start(), 15)
     except Exception as exc:
-        unavailable(f"Kafka at {bootstrap} does not answer: {exc!r}")
+        _broker_down = f"Kafka at {bootstrap} does not answer: {exc!r}"
+        unavailable(_broker_down)
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+    _broker_checked = True
+
+
+@contextlib.asynccontextmanager
+async def private_namespace(partitions: int = 2) -> AsyncIterator[Cluster]:
+    """A private namespace on the test broker and PostgreSQL; skips (fails in CI) without them."""
+    url = kafka_url()
+    await _broker_answers(bootstrap_of(url))
+    async with namespace(url, partitions) as c:
+        yield c
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
     """A private namespace (topics, app id, database) on the shared test broker and PostgreSQL."""
-    url = kafka_url()
-    await _broker_answers(bootstrap_of(url))
-    async with namespace(url) as c:
+    async with private_namespace() as c:
         yield c
+
+
+class _Given(Settings):
+    """Settings from the arguments and defaults alone: the shell running the tests never reaches a
+    service started in this process (a variable a developer exported, or one a test sets)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def service_settings(cluster: Cluster, data_dir: Path) -> Settings:
+    """The settings of a deployment in ``cluster``'s namespace: its topics, app id and database."""
+    return _Given(data_dir=data_dir, broker=cluster.kafka, database=cluster.database,
+                  partitions=cluster.partitions, topic_prefix=cluster.prefix, app_id=cluster.app_id)
+
+
+async def owns_every_partition(service: Service, timeout: float = 60) -> None:
+    """Until the in-process worker was given every partition and rebuilt its deciders and coordinators
+    there: the moment the embedded runner's ``ready()`` stands for."""
+    deadline = time.monotonic() + timeout
+    every = list(range(service.partitions))
+    while True:
+        state = service.readiness()
+        assigned = state.get("assigned") or {}
+        if (assigned.get("commands") == every and assigned.get("events") == every
+                and state["deciders_ready"] and state["coordinator_ready"]):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the worker did not take every partition in {timeout}s: {state}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_service(cluster: Cluster, data_dir: Path) -> AsyncIterator[Service]:
+    """The cluster service (with an in-process Faust worker) of ``cluster``, started, ready, and
+    owning every partition; stopped afterwards."""
+    service = open_service(service_settings(cluster, data_dir))
+    await service.start()
+    try:
+        await service.ready()
+        await owns_every_partition(service)
+        yield service
+    finally:
+        await service.stop()
 
 
 def free_port() -> int:

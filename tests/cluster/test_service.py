@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,23 +25,16 @@ from events import partition_for
 from events.kafka import KafkaLog
 from services.http.app import create_app
 from services.runtime.cluster import ClusterService
-from services.runtime.settings import Settings
-from services.runtime.topics import Topics
-from tests.cluster.conftest import Cluster, outcome_runs, read_topic
+from tests.cluster.conftest import Cluster, outcome_runs, read_topic, running_service
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
 @pytest.fixture
-async def service(cluster: Cluster) -> AsyncIterator[ClusterService]:
-    settings = Settings(broker=cluster.kafka, database=cluster.database, partitions=cluster.partitions)
-    svc = ClusterService(settings, topics=Topics.prefixed(cluster.prefix), app_id=cluster.app_id)
-    await svc.start()
-    try:
-        await svc.ready()
+async def service(cluster: Cluster, tmp_path: Path) -> AsyncIterator[ClusterService]:
+    async with running_service(cluster, tmp_path) as svc:
+        assert isinstance(svc, ClusterService)
         yield svc
-    finally:
-        await svc.stop()
 
 
 @pytest.fixture
@@ -216,8 +210,9 @@ async def test_records_of_an_aborted_transaction_are_never_decided(
 
 async def test_durable_timers_fire_on_kafka(client: httpx.AsyncClient) -> None:
     """Heartbeat expiry and task timeouts are timers: the Faust worker fires them too."""
-    r = await client.post("/v1/agents?wait=true", json={"agent_id": "a1", "name": "a", "capabilities": ["text"],
-                                                        "capacity": 2, "heartbeat_timeout_s": 1})
+    r = await client.post("/v1/agents?wait=true", json={"agent_id": "a1", "name": "a",
+                                                        "capabilities": ["text"], "capacity": 2,
+                                                        "heartbeat_timeout_s": 1})
     assert r.status_code == 201, r.text
     assert (await client.post("/v1/agents/a1/heartbeat?wait=true", json={"load": 0.1})).status_code == 200
     r = await client.post("/v1/tasks?wait=true", json={"task_id": "tt", "type": "x", "timeout_s": 1,
