@@ -164,10 +164,14 @@ class Reader:
         consumer = self._consumer(fetch_wait_ms)
         try:
             await consumer.start()
-        except kerr.KafkaError as exc:
+        except BaseException as exc:
+            # Also on a cancelled start (a stop while connecting): a started-but-unstopped consumer
+            # leaks its connections and fetch task.
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            raise LogError(f"cannot connect a consumer to {self.settings.servers}: {exc!r}") from exc
+            if isinstance(exc, kerr.KafkaError):
+                raise LogError(f"cannot connect a consumer to {self.settings.servers}: {exc!r}") from exc
+            raise
         return consumer
 
     async def _checkin(self, tp: TopicPartition, consumer: AIOKafkaConsumer, end: int) -> None:

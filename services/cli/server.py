@@ -64,14 +64,13 @@ def serve(settings: Settings, no_worker: bool) -> None:
         # A dead worker means stale reads and undecided commands: stop serving rather than lie.
         server.should_exit = True
 
-    # Both names while the HTTP app moves from "runner" to "service".
-    app.state.on_service_failure = app.state.on_runner_failure = stop_server
+    app.state.on_service_failure = stop_server
     exit_code: object = 0
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits with its own code when startup fails
         exit_code = exc.code
-    service = getattr(app.state, "service", None) or getattr(app.state, "runner", None)
+    service = getattr(app.state, "service", None)
     failure = getattr(service, "failure", None) or getattr(app.state, "startup_error", None)
     if server.signals.requested:
         if failure is not None and not isinstance(failure, StartCancelled):
