@@ -9,7 +9,8 @@ however they are batched. Rules, per kind with a policy:
 - otherwise desired = ceil(agents * utilization / target_utilization) (as Kubernetes' HPA), raised
   to cover the queue beyond ``queue_threshold`` at the kind's mean capacity, within the bounds;
 - scale up at once; scale down only after it was recommended for ``stability_window_s`` without a
-  break, to the highest count recommended in that window;
+  break, to the highest count recommended in that window; a scale-up to fewer agents than the
+  previous decision asked for (still on their way) lowers the target too, so it also waits;
 - never within ``cooldown_s`` of the previous decision for the kind, never one in flight, and never
   the same target twice in a row (the fleet has been told; external autoscalers act on it).
 
@@ -242,6 +243,12 @@ class Scaler:
             return
         if k.last is not None and k.last[1] == target:
             return  # already asked for: the fleet is on its way (or an operator holds it back)
+        if (k.last is not None and k.last_at is not None and cur < target < k.last[1]
+                and now - k.last_at < p.stability_window_s):
+            # More were asked for and are still on their way (an autoscaler takes a while to start
+            # them): a smaller ask now would lower the fleet's target, a scale-down, so it waits
+            # out the stability window like any other (HPA's scale-down stabilization).
+            return
         command_id = f"scale:{self.pool}:{name}:{k.decided}:{k.rejected}"
         k.pending = command_id
         self.out.append(

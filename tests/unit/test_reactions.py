@@ -348,6 +348,21 @@ def test_scaling_down_needs_a_stable_window_and_goes_to_the_highest_recommendati
     assert "below target" in d.reason
 
 
+def test_a_smaller_ask_while_more_agents_are_on_their_way_waits_for_the_window() -> None:
+    """1 -> 3 was decided; before the autoscaler started them the queue shrank: asking 1 -> 2 now
+    would lower the target (flapping 1, 3, 2, 3), so it waits out the stability window."""
+    s = Scaled(min_agents=1, max_agents=6, target_utilization=0.8, queue_threshold=4, cooldown_s=0,
+               stability_window_s=60)
+    s(0, llm("a"))
+    for i in range(9):
+        s(1, e.TaskSubmitted(task_id=f"t{i}", type="w", priority=5, required_capabilities=("text",)))
+    assert [(d.from_agents, d.to_agents) for d in s.decisions][1:] == [(1, 2), (1, 3), (1, 4)]
+    s(5, e.TaskCancelled(task_id="t0"), e.TaskCancelled(task_id="t1"), e.TaskCancelled(task_id="t2"))
+    assert s.decisions[-1].to_agents == 4  # queue 6 would ask 1 -> 2: held back
+    s(70, e.AgentHeartbeatReceived(agent_id="a"))  # the window passed and none came: ask anew
+    assert (s.decisions[-1].from_agents, s.decisions[-1].to_agents) == (1, 2)
+
+
 def test_utilization_above_target_scales_up() -> None:
     s = Scaled(min_agents=0, max_agents=10, target_utilization=0.5, queue_threshold=100, cooldown_s=0)
     s(
