@@ -243,11 +243,12 @@ class Scaler:
             return
         if k.last is not None and k.last[1] == target:
             return  # already asked for: the fleet is on its way (or an operator holds it back)
-        if (k.last is not None and k.last_at is not None and cur < target < k.last[1]
+        if (k.last is not None and k.last_at is not None and p.min_agents <= cur < target < k.last[1]
                 and now - k.last_at < p.stability_window_s):
             # More were asked for and are still on their way (an autoscaler takes a while to start
             # them): a smaller ask now would lower the fleet's target, a scale-down, so it waits
-            # out the stability window like any other (HPA's scale-down stabilization).
+            # out the stability window like any other (HPA's scale-down stabilization). Below
+            # min_agents the bound applies at once.
             return
         command_id = f"scale:{self.pool}:{name}:{k.decided}:{k.rejected}"
         k.pending = command_id

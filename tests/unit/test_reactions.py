@@ -361,6 +361,8 @@ def test_a_smaller_ask_while_more_agents_are_on_their_way_waits_for_the_window()
     assert s.decisions[-1].to_agents == 4  # queue 6 would ask 1 -> 2: held back
     s(70, e.AgentHeartbeatReceived(agent_id="a"))  # the window passed and none came: ask anew
     assert (s.decisions[-1].from_agents, s.decisions[-1].to_agents) == (1, 2)
+    s(71, e.AgentDeregistered(agent_id="a"))  # below min_agents: the bound applies at once
+    assert (s.decisions[-1].from_agents, s.decisions[-1].to_agents) == (0, 1)
 
 
 def test_utilization_above_target_scales_up() -> None:
