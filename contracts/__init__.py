@@ -1,6 +1,6 @@
 """agentbus contracts: the public language of commands, events and their envelope. No I/O."""
 
-from contracts import commands, event_types
+from contracts import commands, event_types, roundtrip, values
 from contracts.base import Command, Event, Model, Payload
 from contracts.envelope import DEFAULT_POOL, Envelope, new_id, utcnow
 from contracts.registry import REGISTRY, Contract, Registry, UnknownType
@@ -21,5 +21,7 @@ __all__ = [
     "commands",
     "event_types",
     "new_id",
+    "roundtrip",
     "utcnow",
+    "values",
 ]

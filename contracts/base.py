@@ -15,7 +15,9 @@ Kind = Literal["command", "event"]
 class Model(BaseModel):
     """A frozen, strict model: unknown fields are errors, values never change after creation."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity in any float field: JSON has no such numbers (they would be written as
+    # null and never read back as what was meant).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Payload(Model):
@@ -23,6 +25,8 @@ class Payload(Model):
 
     # Name of the field whose value becomes the envelope ``subject`` (the entity it is about).
     subject_field: ClassVar[str | None] = None
+    # "command" or "event": set by ``Command`` and ``Event``.
+    message_kind: ClassVar[Kind]
 
     def subject(self) -> str | None:
         """The id of the entity this payload is about, if any."""

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from datetime import datetime
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from contracts.base import Command, Model
+from contracts.money import MAX_COST_USD, MAX_LIMIT_USD, MAX_PRICE_PER_1K_USD, MAX_PRICED_MODELS, MAX_TOKENS
+from contracts.values import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_ID_LENGTH,
+    Capabilities,
+    Id,
+    JSONObject,
+    Key,
+    Name,
+    Text,
+)
 
-Id = str  # ids are client-chosen strings (or generated UUIDv7s); 1-200 chars
+# Ids are client-chosen (or generated UUIDv7s): 1-200 characters a URL path segment carries as
+# typed (contracts.values.Id). Every bound below is documented in the field's schema; a value
+# outside one is refused before anything is appended.
 _ID = Field(min_length=1, max_length=200)
-Capabilities = tuple[str, ...]
+# Bounds shared by several commands. Counts that land in a PostgreSQL ``integer`` column stay
+# within INT32_MAX; amounts are finite floats (contracts.base refuses NaN and infinity).
+MAX_SECONDS = 86_400.0  # one day: heartbeat timeouts, delays, cooldowns
+MAX_AGENTS = 1_000_000  # agents in a pool, a fleet or a scaling decision
+MAX_CPU_CORES = 1_000_000.0
+MAX_MEGABYTES = 1e12  # memory and disk in MB: an exabyte
+MAX_NETWORK_MBPS = 1e9  # a petabit per second
+MAX_SCORE = 1e9  # a coordinator score, or a part of one
+MAX_METRIC = 1e15  # a scaling metric (utilization, queue length, rates)
+MAX_TIMER_ID = MAX_ID_LENGTH + 50  # a timer id is a short purpose prefix and an entity id
+Score = Annotated[float, Field(ge=-MAX_SCORE, le=MAX_SCORE)]
+Metric = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class RegisterAgent(Command):
@@ -18,12 +45,12 @@ class RegisterAgent(Command):
 
     subject_field = "agent_id"
     agent_id: Id = _ID
-    name: str = Field(min_length=1, max_length=200)
-    kind: str = Field(default="generic", min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=200)
+    kind: Name = Field(default="generic", max_length=100)
     capabilities: Capabilities = ()
     capacity: int = Field(default=1, ge=1, le=10_000)
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
+    metadata: JSONObject = Field(default_factory=dict)
     # Share of work under the ``weighted`` strategy (relative to other agents' weights).
     weight: float = Field(default=1.0, gt=0, le=1_000_000)
 
@@ -33,10 +60,15 @@ class AgentHeartbeat(Command):
 
     subject_field = "agent_id"
     agent_id: Id = _ID
-    load: float | None = Field(default=None, ge=0)
-    cpu: float | None = Field(default=None, ge=0)
-    memory: float | None = Field(default=None, ge=0)
-    queue: int | None = Field(default=None, ge=0)
+    load: float | None = Field(default=None, ge=0, le=1_000_000,
+                               description="A load figure (a ratio or a load average), at most 1,000,000.")
+    # Percentages (100: one full core, all memory); several cores may report more than 100.
+    cpu: float | None = Field(default=None, ge=0, le=100_000,
+                              description="CPU use in percent, at most 100,000.")
+    memory: float | None = Field(default=None, ge=0, le=100_000,
+                                 description="Memory use in percent, at most 100,000.")
+    queue: int | None = Field(default=None, ge=0, le=INT32_MAX,
+                              description="Work waiting in the agent, at most 2**31-1.")
 
 
 class DeregisterAgent(Command):
@@ -44,7 +76,7 @@ class DeregisterAgent(Command):
 
     subject_field = "agent_id"
     agent_id: Id = _ID
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Text | None = Field(default=None, max_length=1000)
 
 
 # Selection strategies the coordinator knows. ``least_loaded`` (capability match, then the lowest
@@ -67,8 +99,8 @@ class RetryPolicy(Model):
 
     max_attempts: int = Field(default=1, ge=1, le=100)
     strategy: RetryStrategy = "exponential"
-    base_delay_s: float = Field(default=1.0, ge=0, le=86_400)
-    max_delay_s: float = Field(default=300.0, ge=0, le=86_400)
+    base_delay_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
+    max_delay_s: float = Field(default=300.0, ge=0, le=MAX_SECONDS)
     # Fraction of the delay spread either way, derived from (task id, attempt): replay-stable.
     jitter: float = Field(default=0.0, ge=0, le=1)
 
@@ -78,11 +110,12 @@ class SubmitTask(Command):
 
     subject_field = "task_id"
     task_id: Id = _ID
-    type: str = Field(min_length=1, max_length=200)
+    type: Text = Field(min_length=1, max_length=200)
     priority: int = Field(default=5, ge=1, le=10)
     required_capabilities: Capabilities = ()
-    data: dict[str, Any] = Field(default_factory=dict)
-    strategy: str | None = Field(default=None, max_length=50)
+    data: JSONObject = Field(default_factory=dict)
+    # Refused at the door when unknown (the 422 lists the names); None: the pool policy's.
+    strategy: Strategy | None = None
     retry: RetryPolicy | None = None
     # Seconds an assignment may run before it counts as a failure (then retried per ``retry``).
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
@@ -91,29 +124,31 @@ class SubmitTask(Command):
 class Candidate(Model):
     """One agent the coordinator considered, with its score (higher is better)."""
 
-    agent_id: Id
-    score: float
-    load: int
-    capacity: int
-    capability_match: float = 1.0
+    # Strings in an audit are as the coordinator wrote them (events reuse this model, so it stays
+    # as lenient as the logs already written); ingest still refuses text no store can hold.
+    agent_id: str
+    score: float = Field(ge=-MAX_SCORE, le=MAX_SCORE)
+    load: int = Field(ge=0, le=INT32_MAX)
+    capacity: int = Field(ge=0, le=INT32_MAX)
+    capability_match: float = Field(default=1.0, ge=0, le=1)
     # The parts of the score, e.g. capability, performance, specialization, load (strategy-specific).
-    components: dict[str, float] = Field(default_factory=dict)
+    components: dict[str, Score] = Field(default_factory=dict, max_length=100)
 
 
 class SelectionAudit(Model):
     """Why an agent was chosen: the best candidates, the strategy and the time the choice took."""
 
-    strategy: str
-    candidates: tuple[Candidate, ...] = ()
-    eligible: int = 0
-    considered: int = 0
-    decision_us: float = 0.0
+    strategy: str = Field(max_length=50)
+    candidates: tuple[Candidate, ...] = Field(default=(), max_length=1000)
+    eligible: int = Field(default=0, ge=0, le=INT32_MAX)
+    considered: int = Field(default=0, ge=0, le=INT32_MAX)
+    decision_us: float = Field(default=0.0, ge=0, le=1e12)  # at most ~11.6 days
     # Required capabilities the chosen agent lacks (a partial-match fallback), and the ones
     # inferred from the task data that count towards specialization.
     capability_gap: tuple[str, ...] = ()
     preferred: tuple[str, ...] = ()
     # Agents passed over on the way, by reason (rate_limited, ...).
-    skipped: dict[str, int] = Field(default_factory=dict)
+    skipped: dict[str, Count] = Field(default_factory=dict, max_length=100)
 
 
 class AssignTask(Command):
@@ -142,7 +177,7 @@ class CompleteTask(Command):
     subject_field = "task_id"
     task_id: Id = _ID
     agent_id: Id | None = None
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: JSONObject = Field(default_factory=dict)
 
 
 class FailTask(Command):
@@ -151,7 +186,7 @@ class FailTask(Command):
     subject_field = "task_id"
     task_id: Id = _ID
     agent_id: Id | None = None
-    error: str = Field(default="failed", max_length=10_000)
+    error: Text = Field(default="failed", max_length=10_000)
 
 
 class CancelTask(Command):
@@ -159,17 +194,17 @@ class CancelTask(Command):
 
     subject_field = "task_id"
     task_id: Id = _ID
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Text | None = Field(default=None, max_length=1000)
 
 
 class SetResourceLimits(Command):
     """Set the pool's total resource limits; allocations may never exceed them."""
 
-    max_cpu_cores: float = Field(ge=0)
-    max_memory_mb: float = Field(ge=0)
-    max_disk_mb: float = Field(ge=0)
-    max_network_mbps: float = Field(ge=0)
-    max_agents: int | None = Field(default=None, ge=0)
+    max_cpu_cores: float = Field(ge=0, le=MAX_CPU_CORES)
+    max_memory_mb: float = Field(ge=0, le=MAX_MEGABYTES)
+    max_disk_mb: float = Field(ge=0, le=MAX_MEGABYTES)
+    max_network_mbps: float = Field(ge=0, le=MAX_NETWORK_MBPS)
+    max_agents: int | None = Field(default=None, ge=0, le=MAX_AGENTS)
 
 
 class AllocateResources(Command):
@@ -178,10 +213,10 @@ class AllocateResources(Command):
     subject_field = "allocation_id"
     allocation_id: Id = _ID
     agent_id: Id = _ID
-    cpu_cores: float = Field(default=0, ge=0)
-    memory_mb: float = Field(default=0, ge=0)
-    disk_mb: float = Field(default=0, ge=0)
-    network_mbps: float = Field(default=0, ge=0)
+    cpu_cores: float = Field(default=0, ge=0, le=MAX_CPU_CORES)
+    memory_mb: float = Field(default=0, ge=0, le=MAX_MEGABYTES)
+    disk_mb: float = Field(default=0, ge=0, le=MAX_MEGABYTES)
+    network_mbps: float = Field(default=0, ge=0, le=MAX_NETWORK_MBPS)
 
 
 class ReleaseResources(Command):
@@ -199,9 +234,10 @@ class RecordCost(Command):
     agent_id: Id = _ID
     task_id: Id | None = None
     model: str = Field(min_length=1, max_length=200)
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0)
+    # Bounds: contracts.money (a finite cost of at most 1,000,000 USD; at most 10**9 tokens each way).
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    cost_usd: float | None = Field(default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False)
 
 
 BudgetScope = Literal["pool", "agent", "workflow"]
@@ -213,7 +249,7 @@ class SetBudget(Command):
     subject_field = "scope_id"
     scope: BudgetScope = "pool"
     scope_id: Id | None = None
-    limit_usd: float = Field(ge=0)
+    limit_usd: float = Field(ge=0, le=MAX_LIMIT_USD, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _scope_id_required(self) -> SetBudget:
@@ -242,7 +278,7 @@ class PerformanceWeights(Model):
     availability: float = Field(default=0.2, ge=0, le=1000)
     errors: float = Field(default=0.1, ge=0, le=1000)
     # Speed score = reference / (reference + mean duration): 0.5 at the reference duration.
-    reference_duration_s: float = Field(default=60.0, gt=0, le=86_400)
+    reference_duration_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
 
 
 class InferenceRule(Model):
@@ -250,6 +286,7 @@ class InferenceRule(Model):
     agents with ``capability``. ``key`` may be dotted to reach into nested objects."""
 
     key: str = Field(min_length=1, max_length=200)
+    # Events reuse this model: free-form but storable JSON, checked again at ingest.
     equals: Any = None
     capability: str = Field(min_length=1, max_length=200)
 
@@ -261,14 +298,14 @@ class PoolPolicy(Model):
     weights: ScoreWeights = Field(default_factory=ScoreWeights)
     performance: PerformanceWeights = Field(default_factory=PerformanceWeights)
     # None: the built-in rules (services.inference.DEFAULT_RULES); () turns inference off.
-    inference_rules: tuple[InferenceRule, ...] | None = None
+    inference_rules: tuple[InferenceRule, ...] | None = Field(default=None, max_length=1000)
     # Lowest share of required capabilities an agent may have and still be given a task when no
     # full match is free (the fallback). 1.0: full matches only. Below it for every agent, the
     # task is marked unassignable.
     min_capability_match: float = Field(default=1.0, ge=0, le=1)
     # Circuit breaker: open after this many consecutive failures (None: off), for cooldown_s.
     breaker_threshold: int | None = Field(default=None, ge=1, le=1000)
-    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86_400)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # An unhealthy agent is declared dead (deregistered, allocations released) after this many
     # further heartbeat timeouts without a heartbeat.
     dead_after_timeouts: float = Field(default=3.0, gt=0, le=1000)
@@ -282,8 +319,9 @@ class FireTimer(Command):
     """Issued by the timer service when a durable timer is due (one id per arming: idempotent)."""
 
     subject_field = "timer_id"
-    timer_id: Id = _ID
-    generation: int = Field(ge=0)
+    # Derived from an entity id (``heartbeat:<agent id>``...): the id rules, a few characters longer.
+    timer_id: Key = Field(max_length=MAX_TIMER_ID)
+    generation: int = Field(ge=0, le=INT64_MAX)
 
 
 class MarkTaskUnassignable(Command):
@@ -301,8 +339,8 @@ class DeferTask(Command):
 
     subject_field = "task_id"
     task_id: Id = _ID
-    reason: str = Field(default="RATE_LIMITED", min_length=1, max_length=100)
-    delay_s: float = Field(default=1.0, ge=0, le=86_400)
+    reason: Name = Field(default="RATE_LIMITED", max_length=100)
+    delay_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
 
 
 RateLimitScope = Literal["agent", "model"]
@@ -313,24 +351,26 @@ class SetRateLimit(Command):
 
     subject_field = "scope_id"
     scope: RateLimitScope = "agent"
-    scope_id: Id = _ID
-    requests_per_min: float | None = Field(default=None, gt=0)
-    tokens_per_min: float | None = Field(default=None, gt=0)
-    concurrent: int | None = Field(default=None, ge=0)
+    # An agent id, or a model name, which may contain '/' ("meta-llama/Llama-3.1-70B").
+    scope_id: Key = _ID
+    requests_per_min: float | None = Field(default=None, gt=0, le=1e9)
+    tokens_per_min: float | None = Field(default=None, gt=0, le=1e12)
+    concurrent: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class SetScalingPolicy(Command):
     """How many agents of a kind the fleet should have, evaluated by the scaling reactor."""
 
     subject_field = "agent_kind"
-    agent_kind: str = Field(min_length=1, max_length=100)
+    agent_kind: Name = Field(max_length=100)
     min_agents: int = Field(default=0, ge=0, le=100_000)
     max_agents: int = Field(default=10, ge=0, le=100_000)
     target_utilization: float = Field(default=0.75, gt=0, le=1)
-    queue_threshold: int = Field(default=10, ge=0)
-    cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Queued tasks per agent that call for one more agent.
+    queue_threshold: int = Field(default=10, ge=0, le=1_000_000)
+    cooldown_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
     # A scale-down must be recommended for this long before it is decided.
-    stability_window_s: float = Field(default=120.0, ge=0, le=86_400)
+    stability_window_s: float = Field(default=120.0, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _bounds(self) -> SetScalingPolicy:
@@ -343,11 +383,67 @@ class DecideScaling(Command):
     """Issued by the scaling reactor; the decider checks it against the policy and records it."""
 
     subject_field = "agent_kind"
-    agent_kind: str = Field(min_length=1, max_length=100)
-    from_agents: int = Field(ge=0)
-    to_agents: int = Field(ge=0)
-    reason: str = Field(max_length=1000)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    agent_kind: Name = Field(max_length=100)
+    from_agents: int = Field(ge=0, le=MAX_AGENTS)
+    to_agents: int = Field(ge=0, le=MAX_AGENTS)
+    reason: Text = Field(max_length=1000)
+    metrics: dict[Text, Metric] = Field(default_factory=dict, max_length=100)
+
+
+class ModelPrice(Model):
+    """What a model costs: USD per 1,000 input and output tokens (kept to the nano-dollar)."""
+
+    input_per_1k: float = Field(ge=0, le=MAX_PRICE_PER_1K_USD, allow_inf_nan=False)
+    output_per_1k: float = Field(ge=0, le=MAX_PRICE_PER_1K_USD, allow_inf_nan=False)
+
+
+class SetPrices(Command):
+    """Change the pool's model prices. ``models`` is merged into the pool's current prices (a model
+    set to null goes back to its built-in price); ``default`` prices a model found in no table and
+    ``strict`` rejects such a model instead (null or absent: unchanged); ``reset`` first forgets
+    every earlier change (the built-in table, default and strictness again)."""
+
+    models: dict[str, ModelPrice | None] = Field(default_factory=dict, max_length=MAX_PRICED_MODELS)
+    default: ModelPrice | None = None
+    strict: bool | None = None
+    reset: bool = False
+
+    @model_validator(mode="after")
+    def _model_names(self) -> SetPrices:
+        for name in self.models:
+            if not name.strip() or len(name) > 200:
+                raise ValueError(f"model names are 1-200 characters, not blank: {name[:50]!r}")
+        return self
+
+
+# Why a queued (or retrying) task waits: ``waiting_reason.code`` of a task read.
+WaitingCode = Literal[
+    "no_capable_agent",
+    "all_capable_agents_busy",
+    "rate_limited",
+    "budget_exceeded",
+    "circuit_open",
+    "agents_unhealthy",
+    "retry_backoff",
+]
+WAITING_CODES: tuple[str, ...] = get_args(WaitingCode)
+MAX_WAITING_AGENTS = 10  # capable agents named in a NoteTaskWaiting
+
+
+class NoteTaskWaiting(Command):
+    """Issued by the coordinator when why a queued task waits changes: the budget of its pool, its
+    workflow or every capable agent is spent, every capable agent's circuit is open or it is
+    unhealthy, or (back to the ordinary case) all capable agents are busy."""
+
+    subject_field = "task_id"
+    task_id: Id = _ID
+    code: WaitingCode
+    # budget_exceeded: the spent budget's scope and id (a pool's name, or ids as already logged).
+    scope: BudgetScope | None = None
+    scope_id: Key | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    # The capable agents it waits for (ids as they were registered).
+    agents: tuple[Key, ...] = Field(default=(), max_length=MAX_WAITING_AGENTS)
+    until: datetime | None = None  # circuit_open: when the first of their breakers half-opens
 
 
 ALL: tuple[type[Command], ...] = (
@@ -372,4 +468,6 @@ ALL: tuple[type[Command], ...] = (
     SetRateLimit,
     SetScalingPolicy,
     DecideScaling,
+    SetPrices,
+    NoteTaskWaiting,
 )

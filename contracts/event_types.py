@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field
@@ -9,13 +10,18 @@ from pydantic import Field
 from contracts.base import Event
 from contracts.commands import (
     BudgetScope,
-    Capabilities,
-    Id,
+    ModelPrice,
     PoolPolicy,
     RateLimitScope,
     RetryPolicy,
     SelectionAudit,
 )
+from contracts.money import MAX_COST_USD, MAX_LIMIT_USD, MAX_SPEND_USD
+
+# Lenient on purpose: every log ever written must read back. What the decider appends now is
+# checked by contracts.roundtrip; what a command may carry, by the commands' own types.
+from contracts.values import LooseCapabilities as Capabilities
+from contracts.values import LooseId as Id
 
 
 class AgentRegistered(Event):
@@ -145,7 +151,9 @@ class CostRecorded(Event):
     model: str
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    # Amounts are bounded as in the commands (contracts.money), so every total the decider and the
+    # read models keep stays exact and storable; a record outside them is a bad record.
+    cost_usd: float = Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)
     priced_from_table: bool = False
 
 
@@ -153,15 +161,15 @@ class BudgetSet(Event):
     subject_field = "scope_id"
     scope: BudgetScope
     scope_id: Id
-    limit_usd: float
+    limit_usd: float = Field(ge=0, le=MAX_LIMIT_USD, allow_inf_nan=False)
 
 
 class BudgetExceeded(Event):
     subject_field = "scope_id"
     scope: BudgetScope
     scope_id: Id
-    limit_usd: float
-    spent_usd: float
+    limit_usd: float = Field(ge=0, le=MAX_LIMIT_USD, allow_inf_nan=False)
+    spent_usd: float = Field(ge=0, le=MAX_SPEND_USD, allow_inf_nan=False)
 
 
 class CommandRejected(Event):
@@ -324,6 +332,29 @@ class ScalingDecided(Event):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class PricesSet(Event):
+    """The pool's prices from now on, replacing the previous ones whole: the models it prices over
+    the built-in table (names in lower case), the price of a model found in no table (None: the
+    built-in default), and whether such a model is rejected instead."""
+
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    default: ModelPrice | None = None
+    strict: bool = False
+
+
+class TaskWaiting(Event):
+    """Why a queued task waits changed (``NoteTaskWaiting``); the coordinator's other reasons are
+    ``TaskUnassignable``, ``TaskDeferred`` and ``TaskRetryScheduled``."""
+
+    subject_field = "task_id"
+    task_id: Id
+    code: str
+    scope: str | None = None
+    scope_id: Id | None = None
+    agents: tuple[Id, ...] = ()
+    until: datetime | None = None
+
+
 ALL: tuple[type[Event], ...] = (
     AgentRegistered,
     AgentHeartbeatReceived,
@@ -360,4 +391,6 @@ ALL: tuple[type[Event], ...] = (
     TaskBudgetFlagged,
     ScalingPolicySet,
     ScalingDecided,
+    PricesSet,
+    TaskWaiting,
 )

@@ -105,8 +105,8 @@ class Registry:
 REGISTRY = Registry()
 for _model in commands.ALL:
     REGISTRY.register(_model)
-for _model in event_types.ALL:
-    REGISTRY.register(_model, version=2 if _model is event_types.CostRecorded else 1)
+for _event in event_types.ALL:
+    REGISTRY.register(_event, version=2 if _event is event_types.CostRecorded else 1)
 
 
 @REGISTRY.upcaster("CostRecorded", from_version=1)

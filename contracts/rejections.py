@@ -30,3 +30,9 @@ class Reason(StrEnum):
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
     UNKNOWN_SCALING_POLICY = "UNKNOWN_SCALING_POLICY"
     SCALING_OUT_OF_BOUNDS = "SCALING_OUT_OF_BOUNDS"
+    # A priced cost above the largest one a call may record, or one that would take the pool's
+    # recorded costs past what they may add up to (contracts.money).
+    COST_OUT_OF_RANGE = "COST_OUT_OF_RANGE"
+    # The command would append an event that does not read back as written (a value no store can
+    # hold, or one the event's contract refuses): rejected instead of appended (contracts.roundtrip).
+    UNREADABLE_EVENT = "UNREADABLE_EVENT"

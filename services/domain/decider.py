@@ -3,7 +3,9 @@
 ``decide`` looks the command's exact type up in ``COMMAND_HANDLERS``, one row per command, and
 runs its handler; the handlers live with their family (``agents``, ``tasks``, ``resources``,
 ``budgets``, ``policies``, ``timers``) and ``evolve`` with its own table in ``evolution``.
-Adding a command is adding a handler and its row.
+Adding a command is adding a handler and its row. Every event a handler returns is checked
+against its contract (``contracts.roundtrip``): one that would not read back as written rejects
+the command (``UNREADABLE_EVENT``) instead of being appended.
 
 Pure: no I/O, no clock, no randomness. Time and ids come from the envelopes the runner passes
 in, so the same history always yields the same decisions, in the embedded runner and on Faust.
@@ -14,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from contracts import Payload, Reason
+from pydantic import ValidationError
+
+from contracts import Payload, Reason, roundtrip
 from contracts import commands as c
+from contracts.roundtrip import Unreadable
 from services.domain import agents, budgets, policies, resources, tasks, timers
-from services.domain.decision import DEFAULT_PRICES, DeciderConfig, Rejected
+from services.domain.decision import DeciderConfig, Rejected
 from services.domain.evolution import evolve
 from services.domain.state import PoolState
 
@@ -36,6 +41,7 @@ COMMAND_HANDLERS: dict[type[Any], CommandHandler] = {
     c.CancelTask: tasks.cancel,
     c.MarkTaskUnassignable: tasks.mark_unassignable,
     c.DeferTask: tasks.defer,
+    c.NoteTaskWaiting: tasks.note_waiting,
     c.SetResourceLimits: resources.set_limits,
     c.AllocateResources: resources.allocate,
     c.ReleaseResources: resources.release,
@@ -45,6 +51,7 @@ COMMAND_HANDLERS: dict[type[Any], CommandHandler] = {
     c.SetRateLimit: policies.set_rate_limit,
     c.SetScalingPolicy: policies.set_scaling_policy,
     c.DecideScaling: policies.decide_scaling,
+    c.SetPrices: budgets.set_prices,
     c.FireTimer: timers.fire,
 }
 
@@ -56,12 +63,31 @@ def decide(state: PoolState, cmd: Payload, config: DeciderConfig | None = None) 
     handler = COMMAND_HANDLERS.get(type(cmd))
     if handler is None:
         raise Rejected(Reason.UNKNOWN_COMMAND, f"{type(cmd).__name__} is not a command this pool accepts")
-    return list(handler(state, cmd, _DEFAULT_CONFIG if config is None else config))
+    try:
+        events = list(handler(state, cmd, _DEFAULT_CONFIG if config is None else config))
+    except ValidationError as exc:
+        # An event's own contract refused a value the command led to (e.g. an amount out of range).
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise _unreadable(cmd, exc.title, field, err["msg"]) from None
+    for event in events:
+        try:
+            roundtrip.check(event)
+        except Unreadable as exc:
+            raise _unreadable(cmd, exc.type_name, exc.where, exc.problem) from None
+    return events
+
+
+def _unreadable(cmd: Payload, event_type: str, field: str, problem: str) -> Rejected:
+    # Never appended: a record nothing can read would stop every replay and projector after it.
+    where = f"{event_type}.{field}" if field else event_type
+    return Rejected(Reason.UNREADABLE_EVENT,
+                    f"{type(cmd).__name__} would append a {event_type} that cannot be read back "
+                    f"({where}: {problem})", event_type=event_type, field=field)
 
 
 __all__ = [
     "COMMAND_HANDLERS",
-    "DEFAULT_PRICES",
     "CommandHandler",
     "DeciderConfig",
     "Rejected",

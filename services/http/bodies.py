@@ -14,6 +14,8 @@ This module must never accept a body the contract model would refuse, and never 
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar, cast
 
@@ -26,6 +28,7 @@ from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
 from contracts import DEFAULT_POOL, REGISTRY, Command
+from contracts.values import text_problem
 from services.http.errors import NotAnObject, field_errors, invalid
 
 __all__ = [
@@ -66,11 +69,28 @@ class JSONObjectRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            obj = orjson.loads(await self.body())
+            raw = await self.body()
+            obj = orjson.loads(raw)
+            if _LONG_NUMBER.search(raw):
+                obj = _exact(raw)
             if not isinstance(obj, dict):
                 raise NotAnObject(type(obj).__name__)
             self._json = obj
         return self._json
+
+
+# orjson reads an integer beyond 64 bits as a rounded float: 2**70 would be kept as 1.18e21 without
+# a word. A body with a run of 19 digits (rare) is read again by the standard library, which keeps
+# integers exact, so the contract refuses one out of range by name.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _exact(raw: bytes) -> Any:
+    return json.loads(raw, parse_constant=_no_constant)
 
 
 class JSONBodyRoute(APIRoute):
@@ -92,6 +112,9 @@ def _envelope_id(value: Any) -> Any:
     # One message for every way a pool or command id can be wrong, as the API has always said it.
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID:
         raise PydanticCustomError("string_type", f"must be a string of 1 to {MAX_ID} characters")
+    problem = text_problem(value)  # lands in text columns: PostgreSQL refuses NUL
+    if problem is not None:
+        raise PydanticCustomError("text_unstorable", problem)
     return value
 
 

@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from contracts.roundtrip import Unreadable
+from contracts.values import json_problem
 from events.log import LogError
 from services.http.responses import JSONBytesResponse, json_response
 
@@ -65,12 +67,32 @@ def _item(err: dict[str, Any], cause: BaseException | None) -> dict[str, Any]:
             item["msg"] = f"JSON decode error: {cause.msg} (line {cause.lineno}, column {cause.colno})"
     elif item["type"] == "missing" and item["loc"] == ["body"]:
         item["msg"] = "a JSON object body is required"
+    elif item["type"] in ("tuple_type", "list_type") and isinstance(item["input"], str):
+        # "Input should be a valid tuple" says nothing to someone who sent "text" for ["text"].
+        field = next((p for p in reversed(item["loc"]) if isinstance(p, str)), "the value")
+        example = item["input"] if item["input"] else "text"
+        item["msg"] = f'{field} must be a list of strings, e.g. ["{example}"]'
     return item
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONBytesResponse:
     assert isinstance(exc, RequestValidationError)
-    return json_response({"detail": [_item(err, exc.__cause__) for err in exc.errors()]}, 422)
+    items = [_item(err, exc.__cause__) for err in exc.errors()]
+    try:
+        return json_response({"detail": items}, 422)
+    except TypeError:
+        # The refused input itself is no JSON (an integer past 64 bits): echoed as text instead.
+        for item in items:
+            if json_problem(item["input"]) is not None:
+                item["input"] = repr(item["input"])[:1000]
+        return json_response({"detail": items}, 422)
+
+
+async def _unreadable(request: Request, exc: Exception) -> JSONBytesResponse:
+    # A command the contract accepted but no store could read back (ingest refused to wrap it).
+    assert isinstance(exc, Unreadable)
+    loc: list[str | int] = ["body", *exc.where.split(".")] if exc.where else ["body"]
+    return json_response({"detail": [error_item(tuple(loc), "unreadable", str(exc))]}, 422)
 
 
 async def _log_failed(request: Request, exc: Exception) -> JSONBytesResponse:
@@ -81,4 +103,5 @@ async def _log_failed(request: Request, exc: Exception) -> JSONBytesResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Render refused requests and log failures as the API's documented responses."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Unreadable, _unreadable)
     app.add_exception_handler(LogError, _log_failed)

@@ -1,11 +1,18 @@
-"""Turning a validated command into its envelope, stamped with id and time at ingest."""
+"""Turning a validated command into its envelope, stamped with id and time at ingest.
+
+Never wraps a command that would not read back as written (``contracts.roundtrip``): it raises
+``Unreadable`` instead, which the HTTP API answers with a 422 naming the field.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from contracts import REGISTRY, Command, Envelope, new_id, utcnow
+from contracts import REGISTRY, Command, Envelope, new_id, roundtrip, utcnow
+from contracts.roundtrip import Unreadable
+
+__all__ = ["Unreadable", "command_envelope", "parse_command"]
 
 
 def command_envelope(
@@ -18,11 +25,14 @@ def command_envelope(
     correlation_id: str | None = None,
     causation_id: str | None = None,
     time: datetime | None = None,
+    digest: str | None = None,
 ) -> Envelope:
     """The envelope for ``cmd``: its CloudEvents id is the command id (client-chosen or new).
 
     ``time`` defaults to now (ingest stamps it); the timer service passes the time it fired.
+    ``digest`` is what the client asked for (``services.runtime.outcomes.command_digest``).
     """
+    roundtrip.check(cmd)  # raises Unreadable: nothing is appended
     cid = command_id or new_id()
     contract = REGISTRY[type(cmd).__name__]
     return Envelope.trusted(
@@ -41,6 +51,7 @@ def command_envelope(
         causationid=causation_id,
         correlationid=correlation_id or cid,
         actor=actor,
+        commanddigest=digest,
         data=cmd,
     )
 

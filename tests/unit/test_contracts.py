@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from contracts import REGISTRY, Envelope, Payload
 from contracts import commands as c
@@ -30,6 +31,20 @@ INT64 = (-(2**63), 2**63 - 1)
 
 def text(min_size: int = 0, max_size: int = 24) -> st.SearchStrategy[str]:
     return st.text(TEXT, min_size=min_size, max_size=max_size)
+
+
+# Ids, names and capabilities: no '/', no whitespace at either end (contracts.values).
+NAME_CHARS = st.characters(categories=("L", "N"), include_characters="-_:.")
+
+
+def name_text(min_size: int = 1, max_size: int = 24) -> st.SearchStrategy[str]:
+    names = st.text(NAME_CHARS, min_size=max(min_size, 1), max_size=max_size)
+    return names.filter(lambda s: s not in (".", ".."))
+
+
+def _is_name(metadata: list[Any]) -> bool:
+    return any(getattr(getattr(m, "func", None), "__name__", "") in ("_id", "_name", "_capabilities")
+               for m in metadata)
 
 
 JSON: st.SearchStrategy[Any] = st.recursive(
@@ -63,6 +78,12 @@ def _bounds(metadata: list[Any]) -> dict[str, Any]:
 
 def for_type(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
     """A strategy for values of ``tp`` within the annotated constraints."""
+    if typing.get_origin(tp) is typing.Annotated:
+        inner, *extra = typing.get_args(tp)
+        flat: list[Any] = []
+        for m in extra:  # a Field(...) inside Annotated carries its constraints as metadata
+            flat.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+        return for_type(inner, [*metadata, *flat])
     b = _bounds(metadata)
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -78,6 +99,8 @@ def for_type(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
     if tp is bool:
         return st.booleans()
     if tp is str:
+        if _is_name(metadata):
+            return name_text(b.get("min_size", 1), min(b.get("max_size", 24), 24))
         return text(b.get("min_size", 0), min(b.get("max_size", 24), 24))
     if tp is int:
         lo = b["ge"] if "ge" in b else b["gt"] + 1 if "gt" in b else INT64[0]
@@ -95,13 +118,15 @@ def for_type(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
     if origin is tuple:
         item, ellipsis = typing.get_args(tp)
         assert ellipsis is Ellipsis
-        return st.lists(for_type(item, []), max_size=3).map(tuple)
+        return st.lists(for_type(item, [m for m in metadata if _is_name([m])]), max_size=3).map(tuple)
     if origin is dict:
         key, value = typing.get_args(tp)
-        assert key is str
+        assert key is str or typing.get_args(key)[0] is str
         return st.dictionaries(text(max_size=8), for_type(value, []), max_size=3)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return model_strategy(tp)
+    if tp is datetime:
+        return TIMES
     raise NotImplementedError(f"no strategy for {tp!r}")
 
 
