@@ -92,14 +92,15 @@ class Batch:
         self.performance = Rows(tables.agent_performance)
         self.rate_limits = Rows(tables.rate_limits, upsert_all=True)
         self.scaling_policies = Rows(tables.scaling_policies, upsert_all=True)
+        self.prices = Rows(tables.prices, upsert_all=True)
         self.costs: list[Row] = []
         self.assignments: list[Row] = []
         self.rejections: list[Row] = []
         self.scaling_decisions: list[Row] = []
         # Per pool: the coordinator's own performance fold, resumed from the stored profiles.
         self.books: dict[str, PerformanceBook] = {}
-        # Cost amounts already in the database for budgets created in this batch (see BudgetSet).
-        self.prior_costs: dict[Key, list[float]] = {}
+        # Cost amounts (micro-dollars) already in the database for budgets created in this batch.
+        self.prior_costs: dict[Key, list[int]] = {}
         self.offset = 0
         self.env: Envelope | None = None
 
@@ -189,7 +190,7 @@ class Batch:
         writes: list[tuple[sa.Table, list[Row], bool]] = []
         for state in (self.agents, self.tasks, self.allocations, self.budgets, self.limits,
                       self.pools, self.timers, self.performance, self.rate_limits,
-                      self.scaling_policies):
+                      self.scaling_policies, self.prices):
             inserts, upserts = state.changes()
             writes += [(state.table, inserts, False), (state.table, upserts, True)]
         writes += [

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.commands import PoolPolicy
+from contracts.money import to_usd
 from projections import tables
 from projections.performance import profile_from_row, report
 from projections.store import ProjectionStore
@@ -146,14 +147,14 @@ async def cost_summary(store: ProjectionStore, pool: str) -> dict[str, Any]:
 
         async def by(column: sa.Column[Any]) -> dict[str, float]:
             rows = await conn.execute(
-                sa.select(column, sa.func.sum(c.c.cost_usd))
+                sa.select(column, sa.func.sum(c.c.cost_micros))
                 .where(c.c.pool == pool, column.is_not(None))
                 .group_by(column)
                 .order_by(column)
             )
-            return {key: float(total) for key, total in rows}
+            return {key: to_usd(int(total)) for key, total in rows}
 
-        total = await conn.scalar(sa.select(sa.func.sum(c.c.cost_usd)).where(c.c.pool == pool))
+        total = await conn.scalar(sa.select(sa.func.sum(c.c.cost_micros)).where(c.c.pool == pool))
         by_agent = await by(c.c.agent_id)
         by_model = await by(c.c.model)
         by_task = await by(c.c.task_id)
@@ -162,26 +163,42 @@ async def cost_summary(store: ProjectionStore, pool: str) -> dict[str, Any]:
                 sa.select(bu).where(bu.c.pool == pool).order_by(bu.c.scope, bu.c.scope_id)
             )
         ).mappings()
-        budgets = [
-            {
-                "scope": b["scope"],
-                "scope_id": b["scope_id"],
-                "limit_usd": b["limit_usd"],
-                "spent_usd": b["spent_usd"],
-                # Never negative: an overspend shows as exceeded, not as a negative allowance.
-                "left_usd": max(b["limit_usd"] - b["spent_usd"], 0.0),
-                "exceeded": b["exceeded"],
-                "updated_at": b["updated_at"].isoformat(),
-            }
-            for b in budget_rows
-        ]
+        budgets = [_budget(b) for b in budget_rows]
     return {
-        "total_usd": float(total or 0.0),
+        "total_usd": to_usd(int(total or 0)),
         "by_agent": by_agent,
         "by_model": by_model,
         "by_task": by_task,
         "budgets": budgets,
     }
+
+
+def _budget(b: sa.RowMapping) -> dict[str, Any]:
+    """A budget row in USD (stored in micro-dollars, so what is left is exact)."""
+    return {
+        "scope": b["scope"],
+        "scope_id": b["scope_id"],
+        "limit_usd": to_usd(b["limit_micros"]),
+        "spent_usd": to_usd(b["spent_micros"]),
+        # Never negative: an overspend shows as exceeded, not as a negative allowance.
+        "left_usd": to_usd(max(b["limit_micros"] - b["spent_micros"], 0)),
+        "exceeded": b["exceeded"],
+        "updated_at": b["updated_at"].isoformat(),
+    }
+
+
+async def budgets(store: ProjectionStore, pool: str) -> list[dict[str, Any]]:
+    """The pool's budgets, each with what is spent and left, by scope and scope id."""
+    bu = tables.budgets
+    stmt = sa.select(bu).where(bu.c.pool == pool).order_by(bu.c.scope, bu.c.scope_id)
+    async with store.engine.connect() as conn:
+        return [_budget(b) for b in (await conn.execute(stmt)).mappings()]
+
+
+async def prices(store: ProjectionStore, pool: str) -> dict[str, Any] | None:
+    """The pool's own prices as its last PricesSet left them (None: it never set any)."""
+    row = await _one(store, sa.select(tables.prices).where(tables.prices.c.pool == pool))
+    return None if row is None else _without_pool(row)
 
 
 # --- audit trails ---

@@ -67,11 +67,11 @@ async def select_rows(conn: AsyncConnection, rows: Rows, keys: Iterable[Key]) ->
 _SCOPE_COLUMN = {"agent": tables.costs.c.agent_id, "workflow": tables.costs.c.workflow_id}
 
 
-async def cost_amounts(conn: AsyncConnection, budget: Key) -> list[float]:
-    """The amounts of the stored costs that count toward the budget row ``budget``."""
+async def cost_amounts(conn: AsyncConnection, budget: Key) -> list[int]:
+    """The amounts (micro-dollars) of the stored costs that count toward the budget row ``budget``."""
     pool, scope, scope_id = budget
     c = tables.costs.c
-    query = sa.select(c.cost_usd).where(c.pool == pool)
+    query = sa.select(c.cost_micros).where(c.pool == pool)
     column = _SCOPE_COLUMN.get(scope)
     if column is not None:
         query = query.where(column == scope_id)

@@ -1,4 +1,5 @@
-"""The commands that talk to a running server over HTTP: ``agent``, ``task``, ``cost``, ``send``.
+"""The commands that talk to a running server over HTTP: ``agent``, ``task``, ``cost``, ``prices``,
+``send``.
 
 Each builds one request from its arguments, sends it to the ``url`` setting for the ``pool``
 setting, prints the JSON answer, and exits 1 with the server's message on 4xx/5xx. Writes wait
@@ -16,6 +17,7 @@ This module must never decide anything: the server validates and decides every c
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -298,7 +300,8 @@ def cost() -> None:
 @click.option("--model", required=True)
 @field_option(c.RecordCost, "input_tokens", "--input-tokens", default=0, show_default=True)
 @field_option(c.RecordCost, "output_tokens", "--output-tokens", default=0, show_default=True)
-@field_option(c.RecordCost, "cost_usd", "--cost-usd", help="Default: priced from the model price table.")
+@field_option(c.RecordCost, "cost_usd", "--cost-usd",
+              help="Default: priced from the pool's prices (`agentbus prices get`).")
 @click.option("--task", "task_id")
 @click.option("--id", "cost_id", help="Cost id (default: generated).")
 @_command_id
@@ -317,6 +320,93 @@ def cost_record(agent_id: str, model: str, input_tokens: int, output_tokens: int
 def cost_summary(settings: Settings) -> None:
     """Spend by agent, model and task, and the budgets."""
     _request(settings.url, "GET", "/v1/costs/summary", params={"pool": settings.pool})
+
+
+@cost.command("budgets")
+@_client
+def cost_budgets(settings: Settings) -> None:
+    """The pool's budgets, with what is spent and left."""
+    _request(settings.url, "GET", "/v1/budgets", params={"pool": settings.pool})
+
+
+@click.group(help="Read and change the model prices costs are priced at: the built-in table (list "
+                  "prices, USD per 1K input and output tokens) with the pool's own changes over it. "
+                  f"Every change is a command on the log. {FINDS_THE_SERVER}")
+def prices() -> None:
+    pass
+
+
+@prices.command("get")
+@_client
+def prices_get(settings: Settings) -> None:
+    """The pool's effective prices: every model, the default for a model in no table, strict."""
+    _request(settings.url, "GET", "/v1/prices", params={"pool": settings.pool})
+
+
+def _price(input_per_1k: float | None, output_per_1k: float | None, what: str) -> dict[str, float] | None:
+    """A price from its two flags: both or neither."""
+    if input_per_1k is None and output_per_1k is None:
+        return None
+    if input_per_1k is None or output_per_1k is None:
+        raise click.UsageError(f"{what} needs both its input and its output price")
+    return {"input_per_1k": input_per_1k, "output_per_1k": output_per_1k}
+
+
+def _prices_file(path: str) -> dict[str, Any]:
+    """A prices file: a PUT /v1/prices body, or a plain map of model name to price."""
+    try:
+        body = json_object(Path(path).read_text(), "--file")
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--file") from None
+    assert body is not None
+    known = {"models", "default", "strict", "reset"}
+    return body if set(body) & known else {"models": body}
+
+
+@prices.command("set")
+@click.option("--model", help="A model to price (with --input-per-1k and --output-per-1k).")
+@field_option(c.ModelPrice, "input_per_1k", "--input-per-1k", help="USD per 1,000 input tokens of --model.")
+@field_option(c.ModelPrice, "output_per_1k", "--output-per-1k",
+              help="USD per 1,000 output tokens of --model.")
+@click.option("--remove", "removed", multiple=True,
+              help="A model to give back its built-in price (or none) (repeatable).")
+@field_option(c.ModelPrice, "input_per_1k", "--default-input", dest="default_input",
+              help="USD per 1,000 input tokens of a model in no table.")
+@field_option(c.ModelPrice, "output_per_1k", "--default-output", dest="default_output",
+              help="USD per 1,000 output tokens of a model in no table.")
+@click.option("--strict/--no-strict", default=None,
+              help="Reject a cost of a model in no table (UNKNOWN_MODEL_PRICE) instead of pricing it at "
+                   "the default. Unchanged when not given.")
+@click.option("--reset", is_flag=True, help="Forget the pool's earlier changes first.")
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
+              help='JSON file: {"models": {"gpt-4": {"input_per_1k": 0.03, "output_per_1k": 0.06}}, '
+                   '"default": ..., "strict": ...}, or just the "models" object. The flags win over it.')
+@_command_id
+@_client
+def prices_set(model: str | None, input_per_1k: float | None, output_per_1k: float | None,
+               removed: tuple[str, ...], default_input: float | None, default_output: float | None,
+               strict: bool | None, reset: bool, file_: str | None, command_id: str | None,
+               settings: Settings) -> None:
+    """Change the pool's prices; models not named keep theirs."""
+    body: dict[str, Any] = _prices_file(file_) if file_ is not None else {}
+    models: dict[str, Any] = dict(body.get("models") or {})
+    if model is not None:
+        price = _price(input_per_1k, output_per_1k, "--model")
+        if price is None:
+            raise click.UsageError("--model needs --input-per-1k and --output-per-1k")
+        models[model] = price
+    elif input_per_1k is not None or output_per_1k is not None:
+        raise click.UsageError("--input-per-1k and --output-per-1k price the --model")
+    models.update(dict.fromkeys(removed))
+    body["models"] = models
+    default = _price(default_input, default_output, "the default price")
+    if default is not None:
+        body["default"] = default
+    if strict is not None:
+        body["strict"] = strict
+    if reset:
+        body["reset"] = True
+    _write(settings, "PUT", "/v1/prices", body, command_id)
 
 
 @click.command(epilog=FINDS_THE_SERVER)

@@ -1,7 +1,7 @@
 """The ``agentbus`` command: the root group, and where each command group comes from.
 
 * ``services.cli.server``: ``serve`` and ``worker`` run the service;
-* ``services.cli.client``: ``agent``, ``task``, ``cost``, ``send`` talk to a running server
+* ``services.cli.client``: ``agent``, ``task``, ``cost``, ``prices``, ``send`` talk to a running server
   (``agent run`` is in ``services.cli.local_agent``, beside the agent process it runs);
 * ``services.cli.logops``: ``events``, ``projections``, ``replay``, ``contracts`` work on the log,
   the read models and the contracts directly;
@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from services.cli.bench import bench_command
-from services.cli.client import agent, cost, send, task
+from services.cli.client import agent, cost, prices, send, task
 from services.cli.logops import contracts_group, events_group, projections_group, replay
 from services.cli.server import serve, worker
 
@@ -28,7 +28,7 @@ def main() -> None:
     """agentbus: an event-sourced control plane for fleets of AI agents.
 
     Settings come from flags, then AGENTBUS_* variables, then defaults. The client commands
-    (agent, task, cost, send) find the server at --url / AGENTBUS_URL, else at
+    (agent, task, cost, prices, send) find the server at --url / AGENTBUS_URL, else at
     http://AGENTBUS_HOST:AGENTBUS_PORT, where `agentbus serve` listens (default http://127.0.0.1:8080).
     """
 
@@ -39,6 +39,7 @@ for command, name in (
     (agent, "agent"),
     (task, "task"),
     (cost, "cost"),
+    (prices, "prices"),
     (send, "send"),
     (events_group, "events"),
     (projections_group, "projections"),

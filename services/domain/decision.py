@@ -6,8 +6,7 @@ Pure: no I/O, no clock. Lookups read the state and never change it; only ``evolv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from contracts import Payload, Reason
@@ -15,25 +14,11 @@ from contracts import event_types as e
 from contracts.budgets import workflow_of
 from services.domain.state import AgentState, PoolState, TaskState
 
-# USD per 1,000 input and output tokens; override with AGENTBUS_PRICES (a JSON file).
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (0.0025, 0.01),
-    "gpt-4o-mini": (0.00015, 0.0006),
-    "gpt-4.1": (0.002, 0.008),
-    "o3": (0.002, 0.008),
-    "claude-sonnet-4": (0.003, 0.015),
-    "claude-haiku-3.5": (0.0008, 0.004),
-    "claude-opus-4": (0.015, 0.075),
-    "gemini-2.5-pro": (0.00125, 0.01),
-    "llama-3.1-70b": (0.00088, 0.00088),
-}
-
 
 @dataclass(frozen=True)
 class DeciderConfig:
-    """Deterministic settings the decider reads (never changes mid-history)."""
-
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=lambda: DEFAULT_PRICES)
+    """Deterministic settings the decider reads (never changes mid-history). Empty: whatever a
+    decision depends on is in the log (prices are the pool's, ``services.domain.prices``)."""
 
 
 # Resource amounts are floats: compare with a tolerance and keep sums rounded, so that allocating

@@ -17,7 +17,9 @@ from contracts import Envelope
 from contracts import event_types as e
 from contracts.budgets import cost_scopes
 from contracts.commands import PoolPolicy
+from contracts.money import to_micros
 from services.domain.decision import ROUND, task_workflow
+from services.domain.prices import Prices
 from services.domain.state import AgentState, Allocation, PoolState, TaskState, TimerState
 
 
@@ -191,19 +193,26 @@ def _released(state: PoolState, ev: e.ResourcesReleased) -> None:
 def _cost_recorded(state: PoolState, ev: e.CostRecorded) -> None:
     state.costs.add(ev.cost_id)
     task = state.tasks.get(ev.task_id) if ev.task_id is not None else None
+    # Whole micro-dollars: ten costs of 0.1 are exactly 1. Older events carry floats with more
+    # decimals; they count to the nearest micro-dollar.
+    cost = to_micros(ev.cost_usd)
     for key in cost_scopes(state.pool, ev.agent_id, task_workflow(task)):
-        state.spent[key] = state.spent.get(key, 0.0) + ev.cost_usd
+        state.spent[key] = state.spent.get(key, 0) + cost
 
 
 def _budget_set(state: PoolState, ev: e.BudgetSet) -> None:
     key = (ev.scope, ev.scope_id)
-    state.budgets[key] = ev.limit_usd
-    if state.spent.get(key, 0.0) < ev.limit_usd:
+    limit = state.budgets[key] = to_micros(ev.limit_usd)
+    if state.spent.get(key, 0) < limit:
         state.exceeded.discard(key)
 
 
 def _budget_exceeded(state: PoolState, ev: e.BudgetExceeded) -> None:
     state.exceeded.add((ev.scope, ev.scope_id))
+
+
+def _prices_set(state: PoolState, ev: e.PricesSet) -> None:
+    state.prices = Prices.of(ev)
 
 
 # Event type -> how it changes the state. Types not listed change nothing the decider checks:
@@ -239,6 +248,7 @@ EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
     e.CostRecorded: _cost_recorded,
     e.BudgetSet: _budget_set,
     e.BudgetExceeded: _budget_exceeded,
+    e.PricesSet: _prices_set,
 }
 
 # Events that change nothing the decider checks (listed so every event type has its row).
@@ -246,6 +256,7 @@ STATELESS_EVENTS: frozenset[type[Any]] = frozenset({
     e.AgentHeartbeatReceived,
     e.TaskTimedOut,
     e.TaskDeferred,
+    e.TaskWaiting,
     e.RateLimitSet,
     e.TaskBudgetFlagged,
     e.CommandRejected,

@@ -11,6 +11,7 @@ from typing import Any
 
 from contracts import event_types as e
 from contracts.commands import PoolPolicy, RetryPolicy
+from services.domain.prices import BUILTIN, Prices
 
 DEFAULT_POLICY = PoolPolicy()
 
@@ -90,8 +91,10 @@ class PoolState:
     used: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     allocations: dict[str, Allocation] = field(default_factory=dict)
     costs: set[str] = field(default_factory=set)
-    spent: dict[tuple[str, str], float] = field(default_factory=dict)  # (scope, id) -> usd
-    budgets: dict[tuple[str, str], float] = field(default_factory=dict)  # (scope, id) -> limit
+    # Money in whole micro-dollars (contracts.money): sums stay exact and bounded.
+    spent: dict[tuple[str, str], int] = field(default_factory=dict)  # (scope, id) -> micros
+    budgets: dict[tuple[str, str], int] = field(default_factory=dict)  # (scope, id) -> limit micros
+    prices: Prices = BUILTIN
     exceeded: set[tuple[str, str]] = field(default_factory=set)
     seen: set[str] = field(default_factory=set)  # command ids already decided
     policy: PoolPolicy = DEFAULT_POLICY

@@ -9,15 +9,14 @@ This module must never open anything (log, database, network): it only names whe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts import DEFAULT_POOL
-from services.domain.decider import DEFAULT_PRICES, DeciderConfig
+from services.domain.decider import DeciderConfig
 from services.runtime.topics import Topics
 
 ENV_PREFIX = "AGENTBUS_"
@@ -28,16 +27,7 @@ _HOST, _PORT = "127.0.0.1", 8080
 _ANY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
-def load_prices(path: Path | None) -> dict[str, tuple[float, float]]:
-    """The model price table: the built-in one, overlaid by the JSON file at ``path`` if any.
-
-    The file maps a model name to ``{"input_per_1k": x, "output_per_1k": y}``.
-    """
-    prices = dict(DEFAULT_PRICES)
-    if path is not None:
-        for model, p in json.loads(Path(path).read_text()).items():
-            prices[model] = (float(p["input_per_1k"]), float(p["output_per_1k"]))
-    return prices
+_DECIDER = DeciderConfig()
 
 
 def server_url(host: str, port: int) -> str:
@@ -76,15 +66,11 @@ class Settings(BaseSettings):
                                                           "to this URL, at least once.")
     access_log: bool = Field(False, description="Log every HTTP request (costs throughput; the event log "
                                                 "is the audit).")
-    prices: Path | None = Field(None, description="JSON file of model prices per 1K input and output "
-                                                  "tokens, overlaid on the built-in table.")
     url: str = Field("", description="Base URL of a running agentbus server (default: the server the host "
                                       "and port settings name, http://AGENTBUS_HOST:AGENTBUS_PORT).")
     pool: str = Field(DEFAULT_POOL, description="Pool the command or query is about.")
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="Largest request body the HTTP API "
                                                                   "accepts, in bytes.")
-
-    _decider: DeciderConfig | None = PrivateAttr(None)
 
     @field_validator("scaling_webhook")
     @classmethod
@@ -118,7 +104,7 @@ class Settings(BaseSettings):
 
     @property
     def decider(self) -> DeciderConfig:
-        """What the decider reads: the price table (the prices file is read once, when first needed)."""
-        if self._decider is None:
-            self._decider = DeciderConfig(prices=load_prices(self.prices))
-        return self._decider
+        """What the decider reads besides the log: nothing a deployment sets. Model prices are
+        each pool's, changed by SetPrices commands (``agentbus prices set``), never by a setting,
+        so replay decides as the live service did."""
+        return _DECIDER

@@ -44,12 +44,14 @@ def test_keywords_beat_the_environment_which_beats_the_defaults(monkeypatch: pyt
     assert (given.port, given.app_id, given.topic_prefix) == (9002, "green", "blue.")
 
 
-def test_prices_come_from_the_file_the_settings_name(tmp_path: Path) -> None:
+def test_prices_are_no_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Prices are each pool's, changed by commands on the log (``agentbus prices set``): a file named
+    by a variable could change under a replay."""
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"house-model": {"input_per_1k": 0.5, "output_per_1k": 1.5}}))
-    config = Settings(prices=prices).decider
-    assert config.prices["house-model"] == (0.5, 1.5)
-    assert set(Settings().decider.prices) < set(config.prices)  # the built-in table, overlaid
+    monkeypatch.setenv("AGENTBUS_PRICES", str(prices))
+    assert "prices" not in Settings.model_fields
+    assert Settings().decider == Settings(data_dir=tmp_path).decider
 
 
 def test_a_flag_beats_the_environment_which_beats_the_default(monkeypatch: pytest.MonkeyPatch,

@@ -282,6 +282,9 @@ def realistic_history() -> list[Envelope]:
     s.add(ev.BudgetSet(scope="pool", scope_id="ignored-for-pool-scope", limit_usd=1.0), pool="blue")
     s.add(ev.BudgetExceeded(scope="pool", scope_id="blue", limit_usd=1.0, spent_usd=1.5),
           pool="blue")
+    s.add(ev.PricesSet(models={"house": c.ModelPrice(input_per_1k=0.5, output_per_1k=1.0)}, strict=True),
+          pool="blue")
+    s.add(ev.PricesSet(default=c.ModelPrice(input_per_1k=0.001, output_per_1k=0.002)), pool="blue")
     # A third pool, made by the decider: health, retries, breakers, timers, policies, scaling.
     coordination_history(into=s)
     return s.envelopes

@@ -239,7 +239,7 @@ async def test_costs_and_budgets_in_every_scope(store: ProjectionStore) -> None:
     assert cost is not None
     assert (cost["agent_id"], cost["task_id"], cost["workflow_id"]) == ("a1", "t1", "wf1")
     assert (cost["model"], cost["input_tokens"], cost["output_tokens"]) == ("gpt-4o", 1000, 200)
-    assert cost["cost_usd"] == 0.125 and cost["priced_from_table"] is False
+    assert cost["cost_micros"] == 125_000 and cost["priced_from_table"] is False
     assert cost["recorded_at"] == s.envelopes[9].time
 
     async def budget(scope: str, scope_id: str) -> dict[str, Any]:
@@ -247,10 +247,11 @@ async def test_costs_and_budgets_in_every_scope(store: ProjectionStore) -> None:
         assert found is not None
         return found
 
-    assert (await budget("pool", "default"))["spent_usd"] == 0.5 + 0.25 + 0.125 + 2.0
-    assert (await budget("agent", "a1"))["spent_usd"] == 0.625
+    # Whole micro-dollars: exact, whatever the order and batching.
+    assert (await budget("pool", "default"))["spent_micros"] == 2_875_000
+    assert (await budget("agent", "a1"))["spent_micros"] == 625_000
     wf = await budget("workflow", "wf1")
-    assert (wf["spent_usd"], wf["limit_usd"], wf["exceeded"]) == (0.625, 0.6, False)
+    assert (wf["spent_micros"], wf["limit_micros"], wf["exceeded"]) == (625_000, 600_000, False)
 
     s.add(ev.BudgetExceeded(scope="workflow", scope_id="wf1", limit_usd=0.6, spent_usd=0.625))
     await apply(store, s, 11)
@@ -261,7 +262,7 @@ async def test_costs_and_budgets_in_every_scope(store: ProjectionStore) -> None:
     s.add(ev.BudgetSet(scope="workflow", scope_id="wf1", limit_usd=5))  # lifts it
     await apply(store, s, 13)
     wf = await budget("workflow", "wf1")
-    assert (wf["exceeded"], wf["limit_usd"], wf["spent_usd"]) == (False, 5.0, 0.625)
+    assert (wf["exceeded"], wf["limit_micros"], wf["spent_micros"]) == (False, 5_000_000, 625_000)
     assert wf["updated_at"] == s.envelopes[13].time
 
 
@@ -272,7 +273,7 @@ async def test_pool_budget_is_keyed_by_the_pool(store: ProjectionStore) -> None:
     s.cost("c1", "a1", 1.0)
     await apply(store, s)
     found = await row(store, tables.budgets, pool="blue", scope="pool", scope_id="blue")
-    assert found is not None and found["spent_usd"] == 1.0
+    assert found is not None and found["spent_micros"] == 1_000_000
 
 
 async def test_command_rejected_is_kept_for_audit(store: ProjectionStore) -> None:

@@ -39,6 +39,7 @@ import pytest
 from contracts import Envelope, Payload
 from contracts import commands as c
 from contracts import event_types as e
+from contracts.money import to_usd
 from events.codec import decode, encode, envelope_dict, from_record
 from events.log import StoredRecord
 from services.coordination.coordinator import Coordinator
@@ -241,8 +242,9 @@ def summary(envelopes: list[Envelope]) -> dict[str, Any]:
             },
             "resources": {"limits": None if st.limits is None else list(st.limits), "used": list(st.used)},
             "costs": len(st.costs),
-            "spent": {_key(k): v for k, v in sorted(st.spent.items())},
-            "budgets": {_key(k): v for k, v in sorted(st.budgets.items())},
+            # Kept in micro-dollars, shown in USD as the API shows them.
+            "spent": {_key(k): to_usd(v) for k, v in sorted(st.spent.items())},
+            "budgets": {_key(k): to_usd(v) for k, v in sorted(st.budgets.items())},
             "exceeded": sorted(_key(k) for k in st.exceeded),
             "coordinator": {
                 "loads": {a.agent_id: a.load for a in sorted(view.agents.values(), key=lambda a: a.agent_id)},

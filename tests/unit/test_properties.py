@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from decimal import ROUND_HALF_UP, Decimal
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -35,8 +36,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from contracts import Payload
 from contracts import commands as c
 from contracts import event_types as e
+from contracts.money import to_usd
 from services.coordination.coordinator import AUDIT_TOP, STRATEGY, Assignment, Coordinator, PoolView
-from services.domain.decider import DEFAULT_PRICES, Rejected, decide, evolve
+from services.domain.decider import Rejected, decide, evolve
+from services.domain.prices import BUILTIN, BUILTIN_PRICES
 from services.domain.state import PoolState
 from tests.gwt import Loop, wrap
 
@@ -44,7 +47,7 @@ AGENTS = {"a0": (), "a1": ("x",), "a2": ("x", "y"), "a3": ("y",), "a4": ("x",)} 
 PROFILES = [(), ("x",), ("y",), ("x", "y")]  # what a re-registration may bring instead
 REQS = [(), ("x",), ("y",), ("x", "y"), ("z",)]
 WORKFLOWS = ["w1", "w2"]
-MODELS = [*sorted(DEFAULT_PRICES), "unpriced-model"]
+MODELS = ["gpt-4", "gpt-4o", "claude-sonnet-4", "openai/gpt-4o-mini-2024-07-18", "unpriced-model"]
 AMOUNT = st.sampled_from([0, 0.5, 1, 2, 4]) | st.floats(0, 8, allow_nan=False)
 # Budgets: mostly enough for a few costs (up to 5 USD each), sometimes spent at once.
 LIMIT = st.sampled_from([0, 1, 5, 10, 20, 100]) | st.floats(0, 20, allow_nan=False)
@@ -238,7 +241,7 @@ class PoolMachine(RuleBasedStateMachine):
     def raise_budget(self, data: st.DataObject, extra: float) -> None:
         """Lift a spent budget above what it has spent (as the decider knows it now)."""
         scope, scope_id = data.draw(st.sampled_from(sorted(self.loop.state.exceeded)))
-        limit = self.loop.state.spent.get((scope, scope_id), 0.0) + extra
+        limit = to_usd(self.loop.state.spent.get((scope, scope_id), 0)) + extra
         self.loop.send(c.SetBudget(scope=scope, scope_id=scope_id, limit_usd=limit))  # type: ignore[arg-type]
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -351,30 +354,27 @@ class PoolMachine(RuleBasedStateMachine):
         state = self.loop.state
         costs = [env.data for env in self.loop.log if isinstance(env.data, e.CostRecorded)]
         assert len({x.cost_id for x in costs}) == len(costs) == len(state.costs)
-        spent: dict[tuple[str, str], float] = {}
-        for x in costs:  # same order as evolve: exact float equality
+        spent: dict[tuple[str, str], Decimal] = {}
+        for x in costs:  # in decimal: money sums are exact, whatever the order
             wf = state.tasks[x.task_id].data.get("workflow_id") if x.task_id else None
             keys = [("pool", "default"), ("agent", x.agent_id)] + ([("workflow", str(wf))] if wf else [])
             for key in keys:
-                spent[key] = spent.get(key, 0.0) + x.cost_usd
-        assert spent == state.spent
+                spent[key] = spent.get(key, Decimal(0)) + Decimal(str(x.cost_usd))
+        assert {k: v * 1_000_000 for k, v in spent.items()} == state.spent
         for x in costs:
             if x.priced_from_table:
-                p_in, p_out = DEFAULT_PRICES[x.model]
-                assert math.isclose(
-                    x.cost_usd,
-                    x.input_tokens / 1000 * p_in + x.output_tokens / 1000 * p_out,
-                    rel_tol=1e-12,
-                    abs_tol=1e-10,
-                )
+                p_in, p_out = BUILTIN_PRICES.get(BUILTIN.match(x.model) or "", (0.01, 0.03))
+                exact = Decimal(x.input_tokens) * Decimal(str(p_in)) / 1000 + Decimal(
+                    x.output_tokens) * Decimal(str(p_out)) / 1000
+                assert Decimal(str(x.cost_usd)) == exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
     @invariant()
     def budgets_are_exceeded_exactly_when_spent(self) -> None:
         state = self.loop.state
         for key in state.exceeded:
-            assert key in state.budgets and state.spent.get(key, 0.0) >= state.budgets[key], key
+            assert key in state.budgets and state.spent.get(key, 0) >= state.budgets[key], key
         for key, limit in state.budgets.items():
-            if state.spent.get(key, 0.0) >= limit:
+            if state.spent.get(key, 0) >= limit:
                 assert key in state.exceeded, (key, limit, state.spent.get(key))
 
     @invariant()

@@ -228,7 +228,7 @@ class CoordinationMachine(RuleBasedStateMachine):
             cost = getattr(env.data, "cost_usd", None)
             if type(env.data).__name__ == "CostRecorded" and cost is not None:
                 total += cost
-        assert math.isclose(state.spent.get(("pool", "default"), 0.0), total, abs_tol=1e-9)
+        assert math.isclose(state.spent.get(("pool", "default"), 0) / 1_000_000, total, abs_tol=1e-9)
 
     @invariant()
     def timers_belong_to_live_subjects(self) -> None:
