@@ -30,6 +30,7 @@ _ATTRS = (
     "causationid",
     "correlationid",
     "actor",
+    "commanddigest",
 )
 _ATTR_SET = frozenset(_ATTRS)
 

@@ -4,8 +4,9 @@ service, and its lifespan starts and stops a service of its own when it was give
 Where things are: ``writes`` (commands in), ``reads`` (read models out), ``exports`` (the log's
 events and the audit trail out), ``bodies`` (request models from the contract registry) and
 ``commands`` (the body of POST /v1/commands), ``responses`` and ``read_schemas`` (what is
-answered), ``deps`` (the service, write options, the min_position wait), ``middleware`` (the body
-size limit), ``errors`` (422 and 503 shapes).
+answered), ``deps`` (the service, write options, the min_position wait), ``docs`` (/docs and
+/redoc with their assets, no CDN), ``middleware`` (the body size limit), ``errors`` (422 and 503
+shapes).
 
 This module must never hold an endpoint or a rule of its own: it only puts the parts together.
 """
@@ -16,14 +17,16 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
-from services.http import exports, reads, writes
+from services.http import costs, exports, reads, writes
 from services.http.bodies import inline_request_bodies
+from services.http.deps import PositionBeyondEnd
+from services.http.docs import install_docs
 from services.http.errors import install_error_handlers
 from services.http.middleware import BodyLimitMiddleware
-from services.http.responses import JSONBytesResponse
+from services.http.responses import JSONBytesResponse, json_response
 from services.runtime.embedded import Runner
 from services.runtime.service import Service
 from services.runtime.settings import Settings
@@ -71,20 +74,26 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
         version="0.1.0",
         summary="Event-sourced control plane for fleets of AI agents",
         description="Writes append commands (202, or the outcome with ?wait=true); reads come from the "
-                    "read models. Pass min_position (an events position) to read your own writes.",
+                    "read models. Pass the position a write answered as min_position to any read of its "
+                    "pool to read your own writes.",
         default_response_class=JSONBytesResponse,
         lifespan=lifespan,
+        # Served by install_docs from the package: FastAPI's own pages load a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    app.add_exception_handler(PositionBeyondEnd, _beyond_end)
+    install_docs(app)
     # The routers' routes join the app's own list rather than app.include_router(): FastAPI 0.165
     # matches an included router's routes through a context switch per route tried, which took
     # 1,327 against 1,118 Python function calls per POST /v1/tasks through the ASGI app (cProfile,
     # service stubbed). The routers set everything their routes need themselves (tags,
     # responses, route class, content type rule).
-    for router in (writes.router, reads.router, exports.router, reads.health_router):
+    for router in (writes.router, reads.router, costs.router, exports.router, reads.health_router):
         app.router.routes.extend(router.routes)
 
     def openapi() -> dict[str, Any]:
@@ -96,3 +105,9 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def _beyond_end(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PositionBeyondEnd)
+    return json_response({"detail": str(exc), "position": exc.position, "partition": exc.partition,
+                          "end": exc.end}, 409)

@@ -33,15 +33,18 @@ from services.http.read_schemas import (
     TaskPage,
     Timer,
 )
-from services.http.responses import Error, ValidationErrors, json_response
+from services.http.responses import BeyondEnd, Error, ValidationErrors, json_response
 
 __all__ = ["READ_RESPONSES", "health_router", "router"]
 
 # The failures any read may answer, besides its own 200 and 404.
 READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": BeyondEnd, "description": "min_position is at or past the end of the commands log "
+                                             "(no write answered it); the body names the end."},
     422: {"model": ValidationErrors, "description": "An invalid query parameter."},
     503: {"model": Error, "description": "The service is starting, has failed, or cannot reach its log."},
-    504: {"model": Error, "description": "min_position was not reached in time."},
+    504: {"model": Error, "description": "min_position: the command was not decided, or its outcome "
+                                         "not read into what is read, within 5 s."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such entity."}}
 

@@ -21,6 +21,7 @@ from contracts import Reason
 
 __all__ = [
     "Accepted",
+    "BeyondEnd",
     "Error",
     "EventRecord",
     "FieldError",
@@ -68,6 +69,13 @@ class _Doc(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+_POSITION = (
+    "The read-your-writes token: pass it as min_position to any read of the pool, which then "
+    "reflects this command's outcome. It is the command's offset on the commands topic of its "
+    "partition; for a duplicate, the first command's (the embedded log) or that of a command "
+    "decided after it (Kafka, which cannot look a command up by id).")
+
+
 class Accepted(_Doc):
     """The command is on the log; the decider has not answered yet (or not within ?timeout)."""
 
@@ -76,8 +84,7 @@ class Accepted(_Doc):
     status: Literal["accepted", "pending"] = Field(
         description="accepted: appended; pending: appended, and wait=true timed out before the outcome.")
     partition: int = Field(ge=0, description="The log partition of the command's pool.")
-    position: int = Field(ge=0, description="The command's offset on the commands topic (for a duplicate, "
-                                            "the first command's).")
+    position: int = Field(ge=0, description=_POSITION)
     duplicate: bool = Field(description="The command id was seen before; nothing new was appended.")
 
 
@@ -101,6 +108,9 @@ class EventRecord(_Doc):
     causationid: str | None = None
     correlationid: str | None = None
     actor: str | None = None
+    commanddigest: str | None = Field(
+        default=None, description="On the first event of an outcome: a digest of the command's type, "
+                                  "pool and payload, to tell a retry from a reused key.")
     data: dict[str, Any] = Field(description="The event's payload, as its contract type defines it.")
 
 
@@ -109,6 +119,8 @@ class Outcome(_Doc):
 
     command_id: str
     status: Literal["applied"]
+    partition: int = Field(ge=0, description="The log partition of the command's pool.")
+    position: int = Field(ge=0, description=_POSITION)
     duplicate: bool = Field(description="The command id was seen before: this is the first outcome.")
     events: list[EventRecord]
 
@@ -121,6 +133,8 @@ class Rejection(_Doc):
     code: Reason = Field(description="A stable reason code clients may switch on.")
     message: str
     details: dict[str, Any]
+    partition: int = Field(ge=0, description="The log partition of the command's pool.")
+    position: int = Field(ge=0, description=_POSITION)
     duplicate: bool
     events: list[EventRecord] = Field(description="The CommandRejected event.")
 
@@ -129,6 +143,15 @@ class Error(_Doc):
     """A failure named in one sentence."""
 
     detail: str
+
+
+class BeyondEnd(_Doc):
+    """min_position is at or past the end of the pool's commands partition: no write answered it."""
+
+    detail: str
+    position: int = Field(description="The min_position asked for.")
+    partition: int = Field(ge=0, description="The commands partition of the pool read.")
+    end: int = Field(ge=0, description="The end of that partition now: positions below it exist.")
 
 
 class FieldError(_Doc):

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Response
 from contracts import Reason, new_id
 from contracts.base import Command
 from contracts.commands import DeregisterAgent, ReleaseResources
+from contracts.values import Id, Text
 from events.codec import envelope_dict
 from services.http.bodies import MAX_ID, JSONBodyRoute, body_model, command_from, command_model
 from services.http.commands import CommandRequest, parse_any_command
@@ -37,6 +38,7 @@ from services.http.responses import (
     json_response,
 )
 from services.runtime.ingest import command_envelope
+from services.runtime.outcomes import KeyReused, command_digest
 from services.runtime.service import Service
 
 __all__ = ["ENDPOINTS", "router", "submit"]
@@ -53,7 +55,9 @@ router = APIRouter(tags=["commands"], route_class=JSONBodyRoute, strict_content_
                                              "names no agent, task or allocation."},
     409: {"model": Rejection, "description": "wait=true: the decider rejected the command."},
     413: {"model": Error, "description": "The body is larger than the configured limit."},
-    422: {"model": ValidationErrors, "description": "Invalid input; nothing was appended."},
+    422: {"model": ValidationErrors, "description": "Invalid input, or an Idempotency-Key (command_id) "
+                                                    "already used with another request "
+                                                    "(type idempotency_key_reused); nothing was appended."},
     503: {"model": Error, "description": "The service is starting, has failed, or cannot reach its log."},
 })
 
@@ -69,18 +73,45 @@ _ACCEPTED = "Accepted: on the log, not yet decided (or still pending when wait=t
 async def submit(service: Service, opts: WriteOptions, cmd: Command, *, pool: str | None,
                  command_id: str | None, source: str = "urn:agentbus:api",
                  correlation_id: str | None = None, causation_id: str | None = None,
-                 actor: str | None = None) -> JSONBytesResponse:
-    """Append ``cmd`` and answer 202, or with wait=true its outcome (201/200, 409/404, 202 pending)."""
+                 actor: str | None = None, generated: str | None = None) -> JSONBytesResponse:
+    """Append ``cmd`` and answer 202, or with wait=true its outcome (201/200, 409/404, 202 pending).
+
+    ``generated`` names the id field the API made up because the body left it out: a retry makes
+    up another, so it is not part of what the client asked for (the command's digest).
+    A command id seen before with another digest is refused (422, nothing appended); with the
+    same, the first outcome is answered and nothing is appended.
+    """
     if service.failure is not None:
         raise HTTPException(503, f"agentbus has failed: {service.failure}")
     # The header wins: clients retry with the same key whatever they put in the body.
     cid = opts.idempotency_key or command_id or new_id()
-    env = command_envelope(cmd, pool=pool or opts.pool or "default", command_id=cid, source=source,
-                           actor=opts.actor or actor, correlation_id=opts.correlation_id or correlation_id,
-                           causation_id=causation_id)
-    partition, position, duplicate = await service.submit(env)
-    accepted = {"command_id": cid, "status": "accepted", "partition": partition, "position": position,
-                "duplicate": duplicate}
+    pool = pool or opts.pool or "default"
+    contract = type(cmd).__name__
+    payload = cmd.__pydantic_serializer__.to_json(cmd, exclude={generated} if generated else None)
+    digest = command_digest(contract, pool, payload)
+    try:
+        ref, seen = service.outcomes.admit(cid, digest)
+    except KeyReused as exc:
+        where = ("header", "Idempotency-Key") if opts.idempotency_key else ("body", "command_id")
+        invalid([error_item(where, "idempotency_key_reused", str(exc), cid)])
+    position = -1
+    if ref is not None and not service.log.dedupes_ids:
+        # A retry of a decided command: its outcome stands, and a log that cannot refuse a repeated
+        # id would store it again. Any decided position is a token that reads reflect it with.
+        partition, position, duplicate = ref.partition, await service.decided_position(ref.partition), True
+    if position < 0:
+        env = command_envelope(cmd, pool=pool, command_id=cid, source=source, actor=opts.actor or actor,
+                               correlation_id=opts.correlation_id or correlation_id,
+                               causation_id=causation_id, digest=digest)
+        try:
+            partition, position, duplicate = await service.submit(env)
+        except BaseException:
+            if not seen:
+                service.outcomes.forget(cid)
+            raise
+        duplicate = duplicate or seen
+    token = {"partition": partition, "position": position}
+    accepted = {"command_id": cid, "status": "accepted", **token, "duplicate": duplicate}
     if not opts.wait:
         return json_response(accepted, 202)
     ref = await service.outcomes.wait(cid, opts.timeout)
@@ -91,11 +122,11 @@ async def submit(service: Service, opts: WriteOptions, cmd: Command, *, pool: st
     if len(events) == 1 and events[0]["type"] == "CommandRejected":
         data = events[0]["data"]
         body = {"command_id": cid, "status": "rejected", "code": data["code"], "message": data["message"],
-                "details": data.get("details", {}), "duplicate": duplicate, "events": events}
+                "details": data.get("details", {}), **token, "duplicate": duplicate, "events": events}
         return json_response(body, 404 if data["code"] in NOT_FOUND else 409)
-    status = 201 if env.type in CREATED else 200
-    return json_response({"command_id": cid, "status": "applied", "duplicate": duplicate, "events": events},
-                         status)
+    status = 201 if contract in CREATED else 200
+    return json_response({"command_id": cid, "status": "applied", **token, "duplicate": duplicate,
+                          "events": events}, status)
 
 
 # --- entity endpoints ---------------------------------------------------------------------------
@@ -136,9 +167,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              body_required=False),
     Endpoint("PUT", "/v1/rate-limits", "SetRateLimit", "Set an agent's or a model's token buckets"),
     Endpoint("PUT", "/v1/scaling/policies", "SetScalingPolicy", "Set the scaling policy of an agent kind"),
+    Endpoint("PUT", "/v1/prices", "SetPrices", "Change the pool's model prices (merged into its table)"),
 )
 
-PathId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
+# The contract's id rules (no '/', no control characters...): a bad id is a 422, never a 500.
+PathId = Annotated[Id, Path(min_length=1, max_length=MAX_ID)]
 
 
 def _entity_endpoint(spec: Endpoint) -> Callable[..., Awaitable[Response]]:
@@ -160,10 +193,13 @@ def _entity_endpoint(spec: Endpoint) -> Callable[..., Awaitable[Response]]:
                 invalid([error_item(("body", name), "value_error",
                                     f"{name} {sent!r} differs from the path's {value!r}", sent)])
             values[name] = value
+        generated = None
         if spec.generated is not None and getattr(body, spec.generated) is None:
             values[spec.generated] = new_id()
+            generated = spec.generated
         cmd = command_from(body, contract, **values)
-        return await submit(service, opts, cmd, pool=body.pool, command_id=body.command_id)  # type: ignore[attr-defined]
+        return await submit(service, opts, cmd, pool=body.pool, command_id=body.command_id,  # type: ignore[attr-defined]
+                            generated=generated)
 
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("service", kw, annotation=ServiceDep),
@@ -195,7 +231,7 @@ for _spec in ENDPOINTS:
 @router.delete("/v1/agents/{agent_id}", summary="Deregister an agent", status_code=202,
                response_model=Accepted, response_description=_ACCEPTED, responses=_applied(200))
 async def deregister_agent(agent_id: PathId, service: ServiceDep, opts: Write,
-                           reason: Annotated[str | None, Query(max_length=1000)] = None) -> Response:
+                           reason: Annotated[Text | None, Query(max_length=1000)] = None) -> Response:
     return await submit(service, opts, DeregisterAgent(agent_id=agent_id, reason=reason), pool=None,
                         command_id=None)
 

@@ -63,7 +63,7 @@ from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.outcomes import OutcomeRef, Outcomes
-from services.runtime.service import Starting, StopDeadline, ended
+from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService
 from services.runtime.topics import BATCH, Topics
@@ -75,6 +75,9 @@ HEARTBEAT_S = 1.0
 # The read models take bigger batches: one database transaction per batch.
 PROJECTOR_BATCH = 5000
 RETRY_MAX_S = 5.0
+# After a fence, how long a partition loop waits for a rebalance to revoke it before claiming the
+# partition again (longer than a rebalance takes with group.initial.rebalance.delay.ms=0).
+FENCED_RETRY_S = 5.0
 UNSTARTED_APP_STOP_S = 3.0
 
 
@@ -156,10 +159,17 @@ class _Part:
             except asyncio.CancelledError:
                 raise
             except Fenced as exc:
-                # Another worker owns this partition now; Faust will revoke it from us shortly.
-                log.warning("%s[%d] fenced, dropping its state: %s", self.role, self.partition, exc)
-                self.closed = True
-                return
+                # Either another worker owns this partition now (Faust revokes it from us within a
+                # rebalance), or the broker aborted a transaction of ours that outlived its timeout
+                # (a broker restart): then nobody else will take the partition and closing would
+                # leave its pools undecided for good. So wait past a rebalance and, if still ours,
+                # claim it again: registering the transactional.id fences any other holder and
+                # aborts its open transaction, and the rebuild reads only committed records, so
+                # nothing is applied twice either way.
+                log.warning("%s[%d] fenced (%s); claiming it again in %.0f s unless revoked",
+                            self.role, self.partition, exc, FENCED_RETRY_S)
+                self.dirty = True
+                await asyncio.sleep(FENCED_RETRY_S)
             except Exception as exc:  # broker away, a timeout: rebuild from the log and retry
                 log.warning("%s[%d] failed (%r); rebuilding and retrying in %.1f s",
                             self.role, self.partition, exc, delay)
@@ -490,6 +500,8 @@ class ClusterService:
         self.worker = (FaustWorker(settings, topics=self.topics, app_id=app_id, log=self.log,
                                    store=self.store, cache=self.cache, session_timeout=session_timeout)
                        if worker else None)
+        # The deciders' consumer group, wherever they run (read-your-writes waits on its offsets).
+        self.decider_group = f"{app_id or settings.app_id}-decider"
         self.tracker: OutcomeTracker | None = None
         self.on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -565,6 +577,24 @@ class ClusterService:
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:
         recs = await self.log.read(self.topics.events, ref.partition, ref.offset, ref.count)
         return [(r.offset, self.cache.decode(r)) for r in recs]
+
+    async def wait_decided(self, partition: int, position: int, timeout: float) -> int | None:
+        """See ``Service.wait_decided``. The decider commits its commands offset in the transaction
+        of the events it appended, so once the offset is past ``position`` those events are
+        committed and below the events partition's stable end; the tracker, which has read that
+        far, names the last record there (a transaction marker takes the offset after it).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not await wait_committed(self.log, self.decider_group, self.topics.commands, partition, position,
+                                    timeout, sparse=True):
+            return None
+        assert self.tracker is not None
+        end = await self.log.end_offset(self.topics.events, partition)
+        return await self.tracker.reached(partition, end, max(deadline - loop.time(), 0.0))
+
+    async def decided_position(self, partition: int) -> int:
+        return await self.log.committed(self.decider_group, self.topics.commands, partition) - 1
 
     def readiness(self) -> dict[str, Any]:
         w = self.worker

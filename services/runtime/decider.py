@@ -10,6 +10,7 @@ such as Kafka, dead-lettered in the same transaction). It never decides anything
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -66,6 +67,10 @@ class PartitionDecider:
     # so both need a TransactionalLog (the Faust runner on Kafka sets them).
     dead_letters: bool = False
     partitions: int | None = None
+    # The next commands offset to decide (everything below is decided, its events durable), for
+    # readers in this process waiting to read their writes (``wait_decided``).
+    decided: int = field(default=0, init=False)
+    _advanced: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def state(self, pool: str) -> PoolState:
         st = self.states.get(pool)
@@ -80,6 +85,7 @@ class PartitionDecider:
         last_cmd: str | None = None
         first = 0
         n_of_cmd = 0
+        digest: str | None = None
         while True:
             batch = await self.log.read(self.topics.events, self.partition, offset, 5000)
             if not batch:
@@ -90,13 +96,13 @@ class PartitionDecider:
                 cid = env.commandid
                 if cid != last_cmd:
                     if last_cmd is not None:
-                        self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
-                    last_cmd, first, n_of_cmd = cid, rec.offset, 0
+                        self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd, digest))
+                    last_cmd, first, n_of_cmd, digest = cid, rec.offset, 0, env.commanddigest
                 n_of_cmd += 1
             count += len(batch)
             offset = batch[-1].offset + 1
         if last_cmd is not None:
-            self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd))
+            self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd, digest))
         self.replay = ReplayStats(count, time.perf_counter() - started)
 
     def decide_one(self, item: StoredRecord | Envelope) -> tuple[str, list[Envelope]]:
@@ -145,6 +151,9 @@ class PartitionDecider:
             if exc.code is Reason.UNKNOWN_COMMAND:
                 dead = f"{exc.code.value}: {exc.message}"
         wrapped = event_envelopes(cmd, events, state)
+        if cmd.commanddigest is not None:
+            # On the outcome's first event only: that is where every reader of outcomes looks.
+            wrapped[0] = wrapped[0].replaced(commanddigest=cmd.commanddigest)
         for env in wrapped:
             evolve(state, env)
         return cid, wrapped, dead
@@ -165,6 +174,7 @@ class PartitionDecider:
         await self.rebuild()
         self.ready.set()
         start = await self.log.committed(self.group, self.topics.commands, self.partition)
+        self._decided(start)
         async for batch in tail_raw(self.log, self.cache, self.topics.commands, self.partition, start,
                                     limit=BATCH):
             await self.process(batch)
@@ -172,7 +182,7 @@ class PartitionDecider:
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""
         out: list[Envelope] = []
-        decided: list[tuple[str, int]] = []
+        decided: list[tuple[str, int, str | None]] = []
         dead: list[Record] = []
         forward: list[Record] = []
         for _, item in batch:
@@ -184,7 +194,7 @@ class PartitionDecider:
             if error is not None and self.dead_letters and isinstance(item, StoredRecord):
                 dead.append(dead_letter(item, error))
             if envs:
-                decided.append((cid, len(envs)))
+                decided.append((cid, len(envs), envs[0].commanddigest))
                 out.extend(envs)
         commit = Commit(self.group, self.topics.commands, self.partition, batch[-1][0] + 1)
         extra: list[Extra] = []
@@ -205,10 +215,30 @@ class PartitionDecider:
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        # Decided before the outcomes are known: whoever sees an outcome may take it as decided.
+        self._decided(commit.offset)
         i = 0
-        for cid, n in decided:
-            self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n))
+        for cid, n, digest in decided:
+            self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n, digest))
             i += n
+
+    def _decided(self, offset: int) -> None:
+        self.decided = offset
+        woken, self._advanced = self._advanced, asyncio.Event()
+        woken.set()
+
+    async def wait_decided(self, position: int, timeout: float) -> bool:
+        """True once the command at ``position`` of this commands partition is decided (its events,
+        and every earlier command's, appended durably); False after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.decided <= position:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True
 
     def _transactional(self) -> TransactionalLog:
         """The log, for a batch whose transaction also carries dead letters or forwarded commands."""

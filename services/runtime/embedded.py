@@ -27,10 +27,10 @@ from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
-from services.runtime.service import Starting, StopDeadline, ended
+from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService, run_timers
-from services.runtime.topics import COMMANDS, EVENTS, Topics
+from services.runtime.topics import COMMANDS, DECIDER_GROUP, EVENTS, Topics
 from services.runtime.webhook import WebhookRelay
 
 log = logging.getLogger("agentbus.runner")
@@ -196,6 +196,23 @@ class Runner:
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:
         recs = await self.log.read(EVENTS, ref.partition, ref.offset, ref.count)
         return [(r.offset, self.cache.decode(r)) for r in recs]
+
+    async def wait_decided(self, partition: int, position: int, timeout: float) -> int | None:
+        """See ``Service.wait_decided``: woken by this process's decider (the log is polled when
+        this runner runs none). Its events and offset commit in one transaction, so the events
+        end read just after is exact."""
+        if self.deciders:
+            decided = await self.deciders[partition].wait_decided(position, timeout)
+        else:
+            decided = await wait_committed(self.log, DECIDER_GROUP, COMMANDS, partition, position, timeout)
+        if not decided:
+            return None
+        return await self.log.end_offset(EVENTS, partition) - 1
+
+    async def decided_position(self, partition: int) -> int:
+        if self.deciders:
+            return self.deciders[partition].decided - 1
+        return await self.log.committed(DECIDER_GROUP, COMMANDS, partition) - 1
 
     async def __aenter__(self) -> Runner:
         await self.start()

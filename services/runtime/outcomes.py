@@ -1,35 +1,77 @@
-"""Where a command's outcome is: command id -> (partition, first event offset, event count).
+"""Where a command's outcome is: command id -> (partition, first event offset, event count, digest).
 
-Lets the API answer ``?wait=true`` and repeated command ids with the first outcome.
+Lets the API answer ``?wait=true`` and repeated command ids with the first outcome, and refuse a
+command id repeated with other parameters (``admit``). Ids are remembered for as long as the
+log keeps their events (for ever: the events topic is never compacted or expired), like the
+decider's own ``seen`` set, which is what finally keeps a repeat from being decided twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
+
+__all__ = ["KeyReused", "OutcomeRef", "Outcomes", "command_digest"]
 
 
 @dataclass(frozen=True, slots=True)
 class OutcomeRef:
-    """The events a command produced: ``count`` records from ``offset`` in ``partition``."""
+    """The events a command produced: ``count`` records from ``offset`` in ``partition``.
+
+    ``digest`` is the command's ``commanddigest`` (None for commands nobody stamped, e.g. the
+    coordinator's, or ones ingested before digests existed).
+    """
 
     partition: int
     offset: int
     count: int
+    digest: str | None = None
+
+
+class KeyReused(Exception):
+    """A command id already used for a command with other parameters."""
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(f"the key {command_id!r} was already used for a request with other parameters "
+                         "(type, pool or body); use a new key for a new request")
+        self.command_id = command_id
+
+
+def command_digest(type_name: str, pool: str, payload_json: bytes) -> str:
+    """The digest of a command as its client asked for it: its type, pool and canonical payload.
+
+    The payload is the contract model's JSON (pydantic writes the fields in declaration order, so
+    equal payloads give equal bytes). 128 bits: it only has to tell two requests under one key apart.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type_name.encode())
+    h.update(b"\0")
+    h.update(pool.encode())
+    h.update(b"\0")
+    h.update(payload_json)
+    return h.hexdigest()
 
 
 class Outcomes:
-    """Outcome index plus waiters; filled by the decider loop after its events are durable."""
+    """Outcome index plus waiters; filled by the decider loop after its events are durable.
+
+    It also holds the digests of the commands this process appended whose outcome is not known
+    yet, so a repeat racing its first command is checked too.
+    """
 
     def __init__(self) -> None:
         self._index: dict[str, OutcomeRef] = {}
         self._waiters: dict[str, list[asyncio.Future[OutcomeRef]]] = {}
+        self._in_flight: dict[str, str | None] = {}
 
     def __len__(self) -> int:
         return len(self._index)
 
     def record(self, command_id: str, ref: OutcomeRef) -> None:
         self._index.setdefault(command_id, ref)
+        if self._in_flight:
+            self._in_flight.pop(command_id, None)
         waiters = self._waiters.pop(command_id, None)
         if waiters:
             for fut in waiters:
@@ -38,6 +80,30 @@ class Outcomes:
 
     def get(self, command_id: str) -> OutcomeRef | None:
         return self._index.get(command_id)
+
+    def admit(self, command_id: str, digest: str | None) -> tuple[OutcomeRef | None, bool]:
+        """Before appending a command: (its first outcome if decided, whether the id was seen).
+
+        Raises ``KeyReused`` when the id was seen with another digest (an unknown digest, on
+        either side, is not a difference). A new id is remembered as in flight until
+        ``record`` or ``forget``.
+        """
+        ref = self._index.get(command_id)
+        if ref is not None:
+            if digest is not None and ref.digest is not None and ref.digest != digest:
+                raise KeyReused(command_id)
+            return ref, True
+        if command_id in self._in_flight:
+            seen = self._in_flight[command_id]
+            if digest is not None and seen is not None and seen != digest:
+                raise KeyReused(command_id)
+            return None, True
+        self._in_flight[command_id] = digest
+        return None, False
+
+    def forget(self, command_id: str) -> None:
+        """The append of an admitted command failed: it is not in flight."""
+        self._in_flight.pop(command_id, None)
 
     async def wait(self, command_id: str, timeout: float) -> OutcomeRef | None:
         """The outcome of ``command_id``, waiting up to ``timeout`` seconds; None on timeout."""

@@ -153,7 +153,44 @@ class Service(Protocol):
 
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]: ...
 
+    async def wait_decided(self, partition: int, position: int, timeout: float) -> int | None:
+        """Wait until the command at ``position`` of the commands partition is decided and the
+        events appended until then are readable here; the offset of the last of those events on
+        the events partition (-1: none), or None after ``timeout`` seconds."""
+
+    async def decided_position(self, partition: int) -> int:
+        """The position of a command of the commands partition that is decided, with every one
+        before it (-1: none yet): a read-your-writes token for outcomes already known."""
+
     def readiness(self) -> dict[str, Any]: ...
+
+
+async def wait_committed(log: EventLog, group: str, topic: str, partition: int, position: int,
+                         timeout: float, *, sparse: bool = False) -> bool:
+    """True once ``group`` has processed every record of the partition up to ``position`` (which
+    must be below the partition's end); False after ``timeout``.
+
+    ``sparse``: offsets may hold no record (Kafka's transaction markers), so a committed offset
+    at or below ``position`` still covers it when no record lies between the two.
+    Polls: a group in another process says nothing when it commits. The first polls are quick
+    (a read-your-writes wait is usually over in milliseconds), later ones back off.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.001
+    while True:
+        committed = await log.committed(group, topic, partition)
+        if committed > position:
+            return True
+        if sparse:
+            left = await log.read(topic, partition, committed, 1)
+            if not left or left[0].offset > position:
+                return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
 
 
 class SettingsError(ValueError):

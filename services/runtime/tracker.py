@@ -40,8 +40,11 @@ class OutcomeTracker:
         self.failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        # partition -> [command id, first offset, count] of the run not yet known to be complete
+        # partition -> [command id, first offset, count, digest] of the run not yet known complete
         self._open: dict[int, list[Any]] = {}
+        # partition -> offset of the last record read there; and an event set after every fetch
+        self._last: dict[int, int] = {}
+        self._moved = asyncio.Event()
 
     async def start(self) -> None:
         consumer = read_committed_consumer(self.bootstrap, FETCH_WAIT_MS)
@@ -71,7 +74,11 @@ class OutcomeTracker:
                 got = await consumer.getmany(timeout_ms=20 if self._open else 200, max_records=MAX_RECORDS)
                 for tp, records in got.items():
                     self._index(tp.partition, records)
+                    if records:
+                        self._last[tp.partition] = records[-1].offset
                 await self._close_finished(consumer)
+                moved, self._moved = self._moved, asyncio.Event()
+                moved.set()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -79,19 +86,42 @@ class OutcomeTracker:
             self.failure = exc
             raise
 
+    async def reached(self, partition: int, end: int, timeout: float) -> int | None:
+        """Once this tracker has read ``partition`` up to ``end``: the offset of the last record
+        read there (-1: none; at or past ``end`` when it read further), or None after ``timeout``.
+
+        A read_committed position, so every committed record below ``end`` has been read.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("the outcome tracker is not started")
+        tp = TopicPartition(self.topic, partition)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            moved = self._moved
+            if await consumer.position(tp) >= end:
+                return self._last.get(partition, -1)
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.failure is not None:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), remaining)
+
     def _index(self, partition: int, records: list[Any]) -> None:
         run = self._open.get(partition)
         for r in records:
             try:
-                cid = orjson.loads(r.value).get("commandid")
+                obj = orjson.loads(r.value)
+                cid, digest = obj.get("commandid"), obj.get("commanddigest")
             except (orjson.JSONDecodeError, AttributeError, TypeError):
-                cid = None
+                cid = digest = None
             if run is not None and run[0] == cid and run[1] + run[2] == r.offset:
                 run[2] += 1
                 continue
             if run is not None and run[0] is not None:
-                self.outcomes.record(run[0], OutcomeRef(partition, run[1], run[2]))
-            run = [cid, r.offset, 1]
+                self.outcomes.record(run[0], OutcomeRef(partition, run[1], run[2], run[3]))
+            run = [cid, r.offset, 1, digest]
         if run is not None:
             self._open[partition] = run
 
@@ -100,9 +130,9 @@ class OutcomeTracker:
             tp = TopicPartition(self.topic, partition)
             lso = consumer.last_stable_offset(tp)
             if lso is not None and await consumer.position(tp) >= lso:
-                cid, first, count = self._open.pop(partition)
+                cid, first, count, digest = self._open.pop(partition)
                 if cid is not None:
-                    self.outcomes.record(cid, OutcomeRef(partition, first, count))
+                    self.outcomes.record(cid, OutcomeRef(partition, first, count, digest))
         if not self.caught_up.is_set():
             for tp, target in self._targets.items():
                 if await consumer.position(tp) < target:

@@ -137,8 +137,8 @@ def patience(of: httpx.AsyncClient | Service) -> float:
 
 
 async def last_position(resp: httpx.Response) -> int:
-    """The position of the last event of an applied (wait=true) write."""
-    return int(resp.json()["events"][-1]["position"])
+    """The read-your-writes token of a write (202 or wait=true): its ``position``."""
+    return int(resp.json()["position"])
 
 
 async def poll(

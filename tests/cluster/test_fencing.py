@@ -7,6 +7,7 @@ transaction.timeout.ms) and fail its later appends with Fenced.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import Commit, Record, open_log
+from events import Commit, Record, StoredRecord, open_log
 from events.kafka import Fenced, KafkaLog
+from services.runtime import cluster
 from tests.cluster.conftest import bootstrap_of, drop_topics, kafka_url
 
 pytestmark = pytest.mark.kafka
@@ -63,3 +65,54 @@ async def test_a_new_owner_fences_the_old_one_and_aborts_its_open_transaction(to
         await old.close()
         await new.close()
         await drop_topics(new.bootstrap, source)
+
+
+async def test_a_fenced_partition_loop_still_assigned_claims_again_and_applies_each_record_once(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker restart can outlast a transaction's timeout: the broker then aborts it and bumps the
+    epoch, so the owner's next append fails with Fenced although no other worker took the
+    partition. The loop must claim it again (not stop for good), and apply each record once."""
+    monkeypatch.setattr(cluster, "FENCED_RETRY_S", 0.2)
+    log, other = await _log(), await _log()
+    source = f"{topic}-in"
+    part: cluster._Part | None = None
+    try:
+        await log.ensure_topic(topic, 1)
+        await log.ensure_topic(source, 1)
+        await log.claim("g", source, 0)
+
+        async def build() -> int:
+            return await log.committed("g", source, 0)
+
+        async def step(recs: list[StoredRecord]) -> None:
+            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
+                             commit=Commit("g", source, 0, recs[-1].offset + 1))
+
+        async def copied(n: int) -> list[bytes]:
+            deadline = time.monotonic() + 60
+            while True:
+                got = [r.value for r in await log.read(topic, 0, 0, 1000)]
+                if len(got) >= n or time.monotonic() > deadline:
+                    return got
+                await asyncio.sleep(0.1)
+
+        part = cluster._Part(role="copy", topic=source, partition=0, build=build, step=step, log=log)
+        part.task = asyncio.create_task(part.run())
+        await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
+        assert await copied(3) == [b"0", b"1", b"2"]
+        # What the broker does to a timed-out transaction: a newer epoch of the same id.
+        await other.claim("g", source, 0)
+        await log.append(source, [Record("k", f"{i}".encode()) for i in range(3, 6)])
+        assert await copied(6) == [f"{i}".encode() for i in range(6)]
+        await asyncio.sleep(0.5)  # nothing more arrives: no record is copied twice
+        assert [r.value for r in await log.read(topic, 0, 0, 1000)] == [f"{i}".encode() for i in range(6)]
+        assert not part.closed
+        last = (await log.read(source, 0, 0, 1000))[-1].offset
+        assert await log.committed("g", source, 0) == last + 1
+    finally:
+        if part is not None:
+            await part.stop()
+        await log.close()
+        await other.close()
+        await drop_topics(log.bootstrap, source)

@@ -624,9 +624,11 @@ async def wait_quiet(server: Server, load: Load) -> dict[int, int]:
         previous = snap
         await asyncio.sleep(0.25)
     ends = {p: end for (topic, p), end in snap["ends"].items() if topic == "events"}
-    # Read-your-writes through the API as well: the projector has the last event of every pool.
+    # Read-your-writes through the API as well: a read at the last command of every pool's
+    # partition (a min_position is a commands position) sees it decided and projected.
+    commands = {p: end for (topic, p), end in snap["ends"].items() if topic == "commands"}
     for pool in POOLS:
-        position = ends.get(partition_for(pool, server.partitions or 1), 0) - 1
+        position = commands.get(partition_for(pool, server.partitions or 1), 0) - 1
         page = await load.get("/v1/tasks", pool=pool, min_position=position, page_size=1)
         assert page is not None, f"GET /v1/tasks?pool={pool}&min_position={position} did not answer 200"
     return ends
