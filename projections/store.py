@@ -211,13 +211,16 @@ async def read_position(conn: AsyncConnection, projector: str, topic: str, parti
 
 
 def _stale_tables(conn: sa.Connection) -> list[str]:
-    """Existing tables whose columns differ from this version's schema."""
+    """Existing tables whose columns differ from this version's schema: other names, or a
+    length-capped text column (VARCHAR(n)) where this version has unbounded TEXT."""
     inspector = sa.inspect(conn)
     stale = []
     for table in tables.metadata.sorted_tables:
         if inspector.has_table(table.name):
-            columns = {c["name"] for c in inspector.get_columns(table.name)}
-            if columns != set(table.columns.keys()):
+            found = {c["name"]: c for c in inspector.get_columns(table.name)}
+            capped = any(type(col.type) is sa.Text and getattr(found[col.name]["type"], "length", None)
+                         for col in table.columns if col.name in found)
+            if set(found) != set(table.columns.keys()) or capped:
                 stale.append(table.name)
     return stale
 

@@ -19,7 +19,10 @@ from sqlalchemy.engine import Dialect
 
 metadata = sa.MetaData()
 
-_ID = sa.String(200)  # contracts cap ids at 200 characters
+# Ids are TEXT, not VARCHAR(200): the contracts cap client ids at 200 characters, but ids derived
+# from them (timer ids such as "heartbeat:<agent id>", reactors' command ids) are longer, and
+# PostgreSQL refuses a value longer than a VARCHAR's length: one such row would stop the projector.
+_ID = sa.Text()
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -111,7 +114,7 @@ tasks = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("required_capabilities", _json(), nullable=False),
     sa.Column("data", _json(), nullable=False),
-    sa.Column("strategy", sa.String(50)),
+    sa.Column("strategy", sa.Text),
     # Preferred capabilities the pool's inference rules derived from ``data``.
     sa.Column("inferred_capabilities", _json(), nullable=False),
     sa.Column("retry", _json()),  # the task's retry policy, if any
@@ -136,6 +139,11 @@ tasks = sa.Table(
     # The last deferral (e.g. RATE_LIMITED) and until when (cleared on assignment).
     sa.Column("deferred_reason", sa.String(100)),
     sa.Column("deferred_until", UTCDateTime),
+    # Why it waits while queued or retrying (None otherwise): {"code", "since", and per code
+    # "until", "scope", "scope_id", "agents", "missing", ...}; codes: contracts.commands.WaitingCode.
+    # "all_capable_agents_busy" is the default the projection gives a task back in the queue; the
+    # others come from TaskUnassignable, TaskDeferred, TaskRetryScheduled and TaskWaiting.
+    sa.Column("waiting_reason", _json()),
     # {"scope", "scope_id"} of a spent budget covering the task while it ran.
     sa.Column("budget_flag", _json()),
     sa.Column("budget_flagged_at", UTCDateTime),
@@ -192,7 +200,8 @@ costs = sa.Table(
     sa.Column("model", sa.String(200), nullable=False),
     sa.Column("input_tokens", sa.BigInteger, nullable=False),
     sa.Column("output_tokens", sa.BigInteger, nullable=False),
-    sa.Column("cost_usd", sa.Float, nullable=False),
+    # Money in whole micro-dollars (contracts.money): sums are exact and fit 64 bits.
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
     sa.Column("priced_from_table", sa.Boolean, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Index("ix_costs_pool_agent", "pool", "agent_id"),
@@ -206,9 +215,22 @@ budgets = sa.Table(
     sa.Column("pool", _ID, primary_key=True),
     sa.Column("scope", sa.String(20), primary_key=True),  # 'pool' | 'agent' | 'workflow'
     sa.Column("scope_id", _ID, primary_key=True),
-    sa.Column("limit_usd", sa.Float, nullable=False),
-    sa.Column("spent_usd", sa.Float, nullable=False),
+    sa.Column("limit_micros", sa.BigInteger, nullable=False),
+    sa.Column("spent_micros", sa.BigInteger, nullable=False),
     sa.Column("exceeded", sa.Boolean, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A pool's own prices (its last PricesSet): the models it prices over the built-in table, in USD
+# per 1K input and output tokens, its default price (None: the built-in one) and strictness. The
+# built-in table is code, not data: the read adds it.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("models", _json(), nullable=False),
+    sa.Column("default_price", _json()),
+    sa.Column("strict", sa.Boolean, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -223,7 +245,7 @@ assignments = sa.Table(
     sa.Column("task_id", _ID, nullable=False),
     sa.Column("agent_id", _ID, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("strategy", sa.String(50)),
+    sa.Column("strategy", sa.Text),
     sa.Column("candidates", _json(), nullable=False),
     sa.Column("eligible", sa.Integer),
     sa.Column("considered", sa.Integer),
@@ -244,7 +266,7 @@ rejections = sa.Table(
     metadata,
     sa.Column("pool", _ID, primary_key=True),
     sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("command_id", sa.String(200)),
+    sa.Column("command_id", _ID),
     sa.Column("command_type", sa.String(200), nullable=False),
     sa.Column("code", sa.String(100), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
@@ -371,6 +393,7 @@ READ_MODELS: tuple[sa.Table, ...] = (
     allocations,
     costs,
     budgets,
+    prices,
     assignments,
     rejections,
     pools,
@@ -393,6 +416,7 @@ __all__ = [
     "metadata",
     "pools",
     "positions",
+    "prices",
     "rate_limits",
     "rejections",
     "resource_limits",

@@ -2,9 +2,18 @@
 
 A task that moves holds or frees its agent (the agent's load) through ``Batch.hold``; each
 assignment appends its audit row, with the position it was decided at.
+
+A queued or retrying task says why it waits (``waiting_reason``). Back in the queue it waits for
+a busy agent: the default, which the coordinator never puts on the log for each task (a queue of
+thousands behind busy agents would cost thousands of events). Every other reason is the
+coordinator's or the decider's event: TaskUnassignable, TaskDeferred, TaskRetryScheduled and
+TaskWaiting (budgets spent, circuits open, agents unhealthy, or back to busy).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from contracts import Envelope
 from contracts import event_types as ev
@@ -13,6 +22,22 @@ from projections.handlers.registry import Registry
 from projections.loading import AGENT, NEW_TASK, TASK
 
 handlers = Registry()
+
+BUSY = "all_capable_agents_busy"
+
+
+def waiting(code: str, since: datetime, **details: Any) -> dict[str, Any]:
+    """A ``waiting_reason``: its code, since when, and the details that apply (times as ISO 8601)."""
+    out: dict[str, Any] = {"code": code, "since": since.isoformat()}
+    for key, value in details.items():
+        if value is None or value == ():
+            continue
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
 
 
 @handlers.on(ev.TaskSubmitted, reads=(NEW_TASK,))
@@ -46,6 +71,7 @@ def _task_submitted(b: Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
             "unassignable_at": None,
             "deferred_reason": None,
             "deferred_until": None,
+            "waiting_reason": waiting(BUSY, env.time),
             "budget_flag": None,
             "budget_flagged_at": None,
             "submitted_at": env.time,
@@ -77,6 +103,7 @@ def _task_assigned(b: Batch, env: Envelope, d: ev.TaskAssigned) -> None:
         unassignable_at=None,
         deferred_reason=None,
         deferred_until=None,
+        waiting_reason=None,
         last_seq=env.sequence,
     )
     audit = d.audit
@@ -120,6 +147,7 @@ def _task_completed(b: Batch, env: Envelope, d: ev.TaskCompleted) -> None:
         agent_id=d.agent_id,
         result=d.result,
         finished_at=env.time,
+        waiting_reason=None,
         last_seq=env.sequence,
     )
 
@@ -134,14 +162,16 @@ def _task_failed(b: Batch, env: Envelope, d: ev.TaskFailed) -> None:
         agent["consecutive_failures"] += 1
         task["agent_id"] = d.agent_id
     task["failures"] += 1
-    task.update(status="failed", error=d.error, finished_at=env.time, last_seq=env.sequence)
+    task.update(status="failed", error=d.error, finished_at=env.time, waiting_reason=None,
+                last_seq=env.sequence)
 
 
 @handlers.on(ev.TaskCancelled, reads=(TASK, AGENT))
 def _task_cancelled(b: Batch, env: Envelope, d: ev.TaskCancelled) -> None:
     task = b.task(env.pool, d.task_id)
     b.hold(task, None)
-    task.update(status="cancelled", finished_at=env.time, next_attempt_at=None, last_seq=env.sequence)
+    task.update(status="cancelled", finished_at=env.time, next_attempt_at=None, waiting_reason=None,
+                last_seq=env.sequence)
     if d.reason is not None:
         task["error"] = d.reason
 
@@ -158,6 +188,7 @@ def _task_requeued(b: Batch, env: Envelope, d: ev.TaskRequeued | ev.TaskReassign
         finished_at=None,
         next_attempt_at=None,
         requeue_reason=d.reason,
+        waiting_reason=waiting(BUSY, env.time),
         last_seq=env.sequence,
     )
 
@@ -184,10 +215,12 @@ def _task_retry_scheduled(b: Batch, env: Envelope, d: ev.TaskRetryScheduled) -> 
         b.agent(env.pool, d.agent_id)["consecutive_failures"] += 1
         task["agent_id"] = d.agent_id
     task["failures"] += 1
+    until = after(env.time, d.delay_s)
     task.update(
         status="retrying",
         error=d.error,
-        next_attempt_at=after(env.time, d.delay_s),
+        next_attempt_at=until,
+        waiting_reason=waiting("retry_backoff", env.time, until=until, attempt=d.attempt),
         last_seq=env.sequence,
     )
 
@@ -199,6 +232,8 @@ def _task_unassignable(b: Batch, env: Envelope, d: ev.TaskUnassignable) -> None:
         unassignable={"missing": list(d.missing), "best_match": d.best_match,
                       "threshold": d.threshold},
         unassignable_at=env.time,
+        waiting_reason=waiting("no_capable_agent", env.time, missing=d.missing, best_match=d.best_match,
+                               threshold=d.threshold),
         last_seq=env.sequence,
     )
 
@@ -206,7 +241,20 @@ def _task_unassignable(b: Batch, env: Envelope, d: ev.TaskUnassignable) -> None:
 @handlers.on(ev.TaskDeferred, reads=(TASK,))
 def _task_deferred(b: Batch, env: Envelope, d: ev.TaskDeferred) -> None:
     task = b.task(env.pool, d.task_id)
-    task.update(deferred_reason=d.reason, deferred_until=after(env.time, d.delay_s),
+    until = after(env.time, d.delay_s)
+    # Deferred: capable agents exist, but none may take it until then (the coordinator defers
+    # for rate limits; another reason is kept as given).
+    reason = None if d.reason == "RATE_LIMITED" else d.reason
+    task.update(deferred_reason=d.reason, deferred_until=until,
+                waiting_reason=waiting("rate_limited", env.time, until=until, reason=reason),
+                last_seq=env.sequence)
+
+
+@handlers.on(ev.TaskWaiting, reads=(TASK,))
+def _task_waiting(b: Batch, env: Envelope, d: ev.TaskWaiting) -> None:
+    task = b.task(env.pool, d.task_id)
+    task.update(waiting_reason=waiting(d.code, env.time, scope=d.scope, scope_id=d.scope_id,
+                                       agents=d.agents, until=d.until),
                 last_seq=env.sequence)
 
 

@@ -5,7 +5,7 @@
   decisions; ``handlers``: how each event type changes it (one function per type, in a table);
   ``records``: what it remembers per agent, task, capability group and queue.
 - ``choice``: what to issue now: ``AssignTask`` (with its selection audit), ``DeferTask``,
-  ``MarkTaskUnassignable`` and, through ``scaling``, ``DecideScaling``.
+  ``MarkTaskUnassignable``, ``NoteTaskWaiting`` and, through ``scaling``, ``DecideScaling``.
 - ``strategies`` ranks candidates; ``ratelimit`` keeps token buckets on event time; ``scaling``
   is the scaling reactor; ``timers`` is the book of pending durable timers.
 

@@ -5,7 +5,10 @@ each it pops the best few agents of every eligible group under the task's strate
 pool's default, ``strategies``), so a decision costs O(groups * log agents), not O(agents). It
 issues ``AssignTask`` with its selection audit, ``MarkTaskUnassignable`` (no registered agent
 matches enough of a task's capabilities), ``DeferTask`` (capable agents exist but all are rate
-limited) and, from the scaling reactor, ``DecideScaling``.
+limited), ``NoteTaskWaiting`` (why queued tasks wait changed: budgets spent, breakers open, agents
+unhealthy, or back to busy agents; never one per task for busy agents, the read model's default)
+and, from the scaling reactor, ``DecideScaling``. Every strategy ranks the agents covering more of
+a task's inferred capabilities first, then by its own order.
 
 Command ids are derived from the history (task, assignments so far, rejections so far), so a
 coordinator rebuilt after a crash re-issues the same ids and the decider's idempotency drops the
@@ -17,14 +20,15 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contracts import Command
 from contracts import commands as c
 from services.coordination import strategies
-from services.coordination.records import Agent, Group, Queue, Task
+from services.coordination.records import Agent, Group, Queue, Task, Waiting
 from services.domain.capabilities import specialization
 
 if TYPE_CHECKING:
@@ -33,6 +37,11 @@ if TYPE_CHECKING:
 STRATEGY = "capability_match+least_loaded"  # the audit label of the default strategy
 AUDIT_TOP = 3  # candidates kept in each assignment's audit (the winner and the runners-up)
 RATE_LIMITED = "RATE_LIMITED"
+BUSY = "all_capable_agents_busy"  # the default reason: never noted but to replace another
+# No capable agent is registered: MarkTaskUnassignable says so (TaskUnassignable).
+_NO_CAPABLE = Waiting("no_capable_agent")
+# Why capable agents may not take a task, in the order that breaks a tie between equal counts.
+_BLOCKED = ("budget_exceeded", "circuit_open", "agents_unhealthy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +71,17 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
         out += _marks(v)
     out += v.scaler.take()  # type: ignore[arg-type]
     if ("pool", v.pool) in v.exhausted:
-        return out  # nothing new starts until the pool's budget is raised
+        # Nothing new starts until the pool's budget is raised; its queued tasks say so.
+        spent = Waiting("budget_exceeded", "pool", v.pool)
+        for req in sorted(v.work, key=sorted):
+            out += reconcile(v, v.queues[req], spent)
+        v.work.clear()  # back when the budget is raised (PoolView.budget_restored)
+        return out
     while v.work:
         best: tuple[tuple[int, int], Queue, Task] | None = None
         for req in list(v.work):
             queue = v.queues[req]
-            head = _head(v, queue)
+            head = _head(v, queue, out)
             if head is None:
                 v.work.discard(req)
             elif best is None or (-head.priority, head.arrival) < best[0]:
@@ -100,9 +114,12 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
             v.work.discard(queue.req)  # nothing free can take these until capacity frees
             if skipped.get("rate_limited") or any(g.limited for g in groups):
                 out += _defer(v, task)
+            else:
+                out += reconcile(v, queue, _why(v, task.req, groups))
             continue
         agent = picks[0].agent
         weights = v.policy.weights
+        inferred = bool(task.preferred)
         # Built without validation (model_construct): every value is typed here, and the audit
         # is a large share of a decision's cost at 10k agents.
         audit = c.SelectionAudit.model_construct(
@@ -115,7 +132,10 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
                             components={"capability": round(p.match, 6),
                                         "performance": round(p.agent.perf, 6),
                                         "specialization": round(p.spec, 6),
-                                        "load": round(p.agent.load / p.agent.capacity, 6)})
+                                        "load": round(p.agent.load / p.agent.capacity, 6),
+                                        # The share of the inferred capabilities it covers, which
+                                        # every strategy ranks by first.
+                                        **({"preferred": round(p.spec, 6)} if inferred else {})})
                 for p in picks
             ),
             eligible=eligible,
@@ -182,6 +202,9 @@ def _pick(v: PoolView, strategy: str, req: frozenset[str], preferred: frozenset[
         heap: list[tuple[Any, str, int]] = v.strategy_heap(group, strategy) if own_heap else group.heap
         spec = specialization(req, preferred, group.caps)
         part = strategies.group_part(strategy, match, spec, weights)
+        # Every strategy first prefers the groups covering more of the capabilities inferred from
+        # the task's data (a specialist over a generalist), then applies its own order.
+        tier = -spec if preferred else 0.0
         taken: list[tuple[Any, str, int]] = []
         while heap and len(taken) < k:
             entry = heapq.heappop(heap)
@@ -195,18 +218,19 @@ def _pick(v: PoolView, strategy: str, req: frozenset[str], preferred: frozenset[
             heapq.heappush(heap, entry)
             a = agents[entry[1]]
             if strategy == "performance_weighted":
-                rank: tuple[Any, ...] = (-(part - entry[0]), entry[1])
+                rank: tuple[Any, ...] = (tier, -(part - entry[0]), entry[1])
             elif strategy == "capability_based":
                 rank = (-part, entry[0], entry[1])
             else:
-                rank = (entry[0], entry[1])
+                rank = (tier, entry[0], entry[1])
             best.append(_Pick(a, rank, match, spec))
     best.sort(key=lambda p: p.rank)
     return best[:k]
 
 
-def _head(v: PoolView, queue: Queue) -> Task | None:
-    """The best schedulable task of ``queue``, dropping stale entries on the way."""
+def _head(v: PoolView, queue: Queue, out: list[Assignment]) -> Task | None:
+    """The best schedulable task of ``queue``, dropping stale entries on the way (and parking the
+    tasks of a workflow whose budget is spent, noting why they wait)."""
     heap = queue.heap
     while heap:
         _, _, task_id, version = heap[0]
@@ -217,6 +241,9 @@ def _head(v: PoolView, queue: Queue) -> Task | None:
         if task.workflow is not None and ("workflow", task.workflow) in v.exhausted:
             heapq.heappop(heap)  # waits, parked, until the workflow's budget is raised
             v.parked.setdefault(task.workflow, []).append(task)
+            spent = Waiting("budget_exceeded", "workflow", task.workflow)
+            if task.waiting != spent and not task.flagged:  # no capable agent says more
+                out.append(_note(v, task, spent))
             continue
         return task
     return None
@@ -265,3 +292,80 @@ def _defer(v: PoolView, task: Task) -> list[Assignment]:
     task.deferring = command_id
     cmd = c.DeferTask(task_id=task.task_id, reason=RATE_LIMITED, delay_s=delay)
     return [Assignment(v.pool, command_id, cmd, task.correlation)]
+
+
+def _why(v: PoolView, req: frozenset[str], groups: list[Group]) -> Waiting | None:
+    """Why no capable agent took a task of ``req`` just now: None when one of them is busy (it
+    will free up: the ordinary case, found at the first such agent), else what holds them all."""
+    blocked: dict[str, list[Agent]] = {}
+    levels = [g for _, g in v.partial_groups(req)] if v.policy.min_capability_match < 1.0 else []
+    for group in (*groups, *levels):
+        for agent_id in group.members:
+            a = v.agents[agent_id]
+            if not a.healthy:
+                blocked.setdefault("agents_unhealthy", []).append(a)
+            elif a.breaker == "open":
+                blocked.setdefault("circuit_open", []).append(a)
+            elif v.exhausted and ("agent", agent_id) in v.exhausted:
+                blocked.setdefault("budget_exceeded", []).append(a)
+            else:
+                return None  # full, running its half-open trial, or at a concurrency limit
+    if not blocked:
+        return _NO_CAPABLE
+    code = max(_BLOCKED, key=lambda k: (len(blocked.get(k, ())), -_BLOCKED.index(k)))
+    agents = sorted(blocked[code], key=lambda a: a.agent_id)
+    names = tuple(a.agent_id for a in agents[:c.MAX_WAITING_AGENTS])
+    if code == "budget_exceeded":
+        return Waiting(code, "agent", names[0] if len(agents) == 1 else None, names)
+    if code == "circuit_open":
+        return Waiting(code, agents=names, until=min(a.reopen_at for a in agents))
+    return Waiting(code, agents=names)
+
+
+def reconcile(v: PoolView, queue: Queue, why: Waiting | None) -> list[Assignment]:
+    """Put on the log why the queued tasks of ``queue`` wait, for those whose reason changed.
+
+    All of them when the queue's reason changed (a budget spent or raised, circuits opening or
+    closing: rare), else only those queued or given another reason since the last look. The
+    ordinary reason, every capable agent busy, is the read model's default: a queue of busy agents
+    costs no events at all, however many tasks wait in it.
+    """
+    if why != queue.waiting:
+        queue.waiting = why
+        queue.fresh.clear()
+        live = ((v.tasks[task_id], version) for _, _, task_id, version in queue.heap)
+        tasks: Iterable[Task] = (t for t, version in live if t.qversion == version)
+    elif queue.fresh:
+        tasks, queue.fresh = queue.fresh, []
+    else:
+        return []
+    # No capable agent: MarkTaskUnassignable tells each task first (TaskUnassignable); a note
+    # only gives that reason back to a marked task that has since been given another.
+    marked = why == _NO_CAPABLE
+    waiting = [t for t in tasks if t.status == "queued" and t.pending is None and t.waiting != why
+               and (t.flagged or not marked) and not _parked(v, t)]
+    waiting.sort(key=lambda t: (-t.priority, t.arrival))
+    out: list[Assignment] = []
+    for task in waiting:
+        if task.waiting != why:  # a task may be listed twice
+            out.append(_note(v, task, why))
+    return out
+
+
+def _parked(v: PoolView, task: Task) -> bool:
+    """Held back by its workflow's spent budget (``_head`` noted that reason when parking it)."""
+    return task.workflow is not None and bool(v.exhausted) and ("workflow", task.workflow) in v.exhausted
+
+
+def _note(v: PoolView, task: Task, why: Waiting | None) -> Assignment:
+    """NoteTaskWaiting: ``why`` (None: all capable agents busy) is now the task's reason."""
+    command_id = f"waiting:{v.pool}:{task.task_id}:{task.assigned}:{task.notes + task.noting}"
+    task.noting += 1
+    task.waiting = why
+    if why is None:
+        cmd = c.NoteTaskWaiting(task_id=task.task_id, code=BUSY)
+    else:
+        cmd = c.NoteTaskWaiting(
+            task_id=task.task_id, code=why.code, scope=why.scope, scope_id=why.scope_id,
+            agents=why.agents, until=None if why.until is None else datetime.fromtimestamp(why.until, UTC))
+    return Assignment(v.pool, command_id, cmd, task.correlation)

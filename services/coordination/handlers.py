@@ -17,13 +17,17 @@ from contracts import Envelope
 from contracts import event_types as e
 from contracts.budgets import cost_scopes, workflow_of
 from contracts.commands import PoolPolicy
-from services.coordination.records import Agent, Task
+from contracts.money import to_micros
+from services.coordination.records import Agent, Task, Waiting
 
 if TYPE_CHECKING:
     from services.coordination.view import PoolView
 
 # The coordinator's own commands: a rejection of one of these is taken back into the view.
-_OWN_COMMANDS = frozenset({"AssignTask", "MarkTaskUnassignable", "DeferTask"})
+_OWN_COMMANDS = frozenset({"AssignTask", "MarkTaskUnassignable", "DeferTask", "NoteTaskWaiting"})
+# The reasons the decider's own events give for a task's wait (see ``choice.reconcile``).
+NO_CAPABLE_AGENT = Waiting("no_capable_agent")
+RATE_LIMITED = Waiting("rate_limited")
 
 
 # -- tasks ---------------------------------------------------------------------------------------
@@ -41,6 +45,7 @@ def _task_assigned(v: PoolView, env: Envelope, ev: e.TaskAssigned) -> None:
     task = v.tasks[ev.task_id]
     task.assigned = ev.attempt
     task.flagged = False
+    task.waiting = None
     # Our own assignment, confirmed: its load was counted when it was issued.
     counted = task.pending is not None and task.pending[1] == ev.agent_id
     if task.pending is not None and not counted:
@@ -75,6 +80,7 @@ def _task_requeued(v: PoolView, env: Envelope, ev: e.TaskRequeued | e.TaskReassi
     task = v.tasks[ev.task_id]
     if task.status == "held":
         v.add_load(task.agent_id, -1)
+    task.waiting = None  # back in the queue: busy agents until said otherwise
     v.enqueue(task)
 
 
@@ -83,12 +89,23 @@ def _task_unassignable(v: PoolView, env: Envelope, ev: e.TaskUnassignable) -> No
     task.marks += 1
     task.marking = None
     task.flagged = True
+    v.waits(task, NO_CAPABLE_AGENT)
 
 
 def _task_deferred(v: PoolView, env: Envelope, ev: e.TaskDeferred) -> None:
     task = v.tasks[ev.task_id]
     task.deferred += 1
     task.deferring = None
+    v.waits(task, RATE_LIMITED, look=False)
+
+
+def _task_waiting(v: PoolView, env: Envelope, ev: e.TaskWaiting) -> None:
+    task = v.tasks[ev.task_id]
+    task.notes += 1
+    task.noting = max(0, task.noting - 1)
+    # While a newer note is on its way, the view already holds its reason (``waits`` keeps it).
+    v.waits(task, None if ev.code == "all_capable_agents_busy" else Waiting(
+        ev.code, ev.scope, ev.scope_id, tuple(ev.agents), None if ev.until is None else ev.until.timestamp()))
 
 
 # -- agents --------------------------------------------------------------------------------------
@@ -121,6 +138,7 @@ def _agent_registered(v: PoolView, env: Envelope, ev: e.AgentRegistered) -> None
     group.size += 1
     group.members.add(agent.agent_id)
     v.touch(agent)
+    v.recheck(agent.caps, blocked=False)
     if lost:
         v.coverage_lost()
 
@@ -133,36 +151,43 @@ def _agent_deregistered(v: PoolView, env: Envelope, ev: e.AgentDeregistered) -> 
         v.groups[agent.caps].members.discard(agent.agent_id)
     agent.version += 1
     v.coverage_lost()
+    v.recheck(agent.caps)
 
 
 def _agent_unhealthy(v: PoolView, env: Envelope, ev: e.AgentMarkedUnhealthy) -> None:
     agent = v.agents[ev.agent_id]
     agent.healthy = False
     agent.version += 1
+    v.recheck(agent.caps)
 
 
 def _agent_healthy(v: PoolView, env: Envelope, ev: e.AgentMarkedHealthy) -> None:
     agent = v.agents[ev.agent_id]
     agent.healthy = True
     v.touch(agent)
+    v.recheck(agent.caps, blocked=False)
 
 
 def _circuit_opened(v: PoolView, env: Envelope, ev: e.CircuitOpened) -> None:
     agent = v.agents[ev.agent_id]
     agent.breaker = "open"
+    agent.reopen_at = v.now + ev.cooldown_s
     agent.version += 1
+    v.recheck(agent.caps)
 
 
 def _circuit_half_opened(v: PoolView, env: Envelope, ev: e.CircuitHalfOpened) -> None:
     agent = v.agents[ev.agent_id]
     agent.breaker = "half_open"
     v.touch(agent)
+    v.recheck(agent.caps, blocked=False)
 
 
 def _circuit_closed(v: PoolView, env: Envelope, ev: e.CircuitClosed) -> None:
     agent = v.agents[ev.agent_id]
     agent.breaker = "closed"
     v.touch(agent)
+    v.recheck(agent.caps, blocked=False)
 
 
 def _agent_heartbeat(v: PoolView, env: Envelope, ev: e.AgentHeartbeatReceived) -> None:
@@ -213,20 +238,23 @@ def _rate_limit_set(v: PoolView, env: Envelope, ev: e.RateLimitSet) -> None:
 # -- budgets -------------------------------------------------------------------------------------
 def _cost_recorded(v: PoolView, env: Envelope, ev: e.CostRecorded) -> None:
     task = v.tasks.get(ev.task_id) if ev.task_id is not None else None
+    cost = to_micros(ev.cost_usd)  # whole micro-dollars, as the decider counts
     for key in cost_scopes(v.pool, ev.agent_id, None if task is None else task.workflow):
-        v.spent[key] = v.spent.get(key, 0.0) + ev.cost_usd
+        v.spent[key] = v.spent.get(key, 0) + cost
     if v.limiter:
         v.limiter.on_tokens(ev.agent_id, ev.model, ev.input_tokens + ev.output_tokens, v.now)
 
 
 def _budget_exceeded(v: PoolView, env: Envelope, ev: e.BudgetExceeded) -> None:
     v.exhausted.add((ev.scope, ev.scope_id))
+    # Queued tasks may wait for this budget now: the next look says so.
+    v.work.update(req for req, q in v.queues.items() if q.heap)
 
 
 def _budget_set(v: PoolView, env: Envelope, ev: e.BudgetSet) -> None:
     key = (ev.scope, ev.scope_id)
-    v.limits[key] = ev.limit_usd
-    if key in v.exhausted and v.spent.get(key, 0.0) < ev.limit_usd:
+    limit = v.limits[key] = to_micros(ev.limit_usd)
+    if key in v.exhausted and v.spent.get(key, 0) < limit:
         v.budget_restored(key)
 
 
@@ -246,6 +274,9 @@ def _command_rejected(v: PoolView, env: Envelope, ev: e.CommandRejected) -> None
         if task.deferring == env.commandid:
             task.deferring = None
             task.deferred += 1
+    elif ev.command_type == "NoteTaskWaiting":
+        task.notes += 1  # the task moved on meanwhile; its next queueing starts from busy
+        task.noting = max(0, task.noting - 1)
     else:
         task.rejected += 1
         if task.pending is not None and task.pending[0] == env.commandid:
@@ -269,6 +300,7 @@ HANDLERS: dict[type[Any], Callable[[PoolView, Envelope, Any], None]] = {
     e.TaskReassigned: _task_requeued,
     e.TaskUnassignable: _task_unassignable,
     e.TaskDeferred: _task_deferred,
+    e.TaskWaiting: _task_waiting,
     e.AgentRegistered: _agent_registered,
     e.AgentDeregistered: _agent_deregistered,
     e.AgentMarkedUnhealthy: _agent_unhealthy,

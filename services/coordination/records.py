@@ -10,6 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Why a queued task cannot be assigned now, other than all capable agents being busy."""
+
+    code: str
+    scope: str | None = None
+    scope_id: str | None = None
+    agents: tuple[str, ...] = ()
+    until: float | None = None  # event time, seconds
+
+
 @dataclass(slots=True)
 class Agent:
     """One registered agent as the coordinator counts it (held tasks plus assignments in flight)."""
@@ -31,6 +42,7 @@ class Agent:
     order: int = 0  # registration order
     perf: float = 1.0  # performance score when last refreshed
     limit: int | None = None  # concurrency limit (rate limits)
+    reopen_at: float = 0.0  # when an open breaker half-opens (event time, seconds)
 
     @property
     def room(self) -> int:
@@ -69,6 +81,11 @@ class Task:
     deferred: int = 0
     deferring: str | None = None  # DeferTask in flight
     kind: str | None = None  # the agent kind its data names (scaling)
+    # Why it waits, as last put on the log (None: the default, all capable agents busy), and the
+    # NoteTaskWaiting commands seen back and still in flight (their ids count them).
+    waiting: Waiting | None = None
+    notes: int = 0
+    noting: int = 0
 
 
 @dataclass(slots=True)
@@ -90,3 +107,7 @@ class Queue:
 
     req: frozenset[str]
     heap: list[tuple[int, int, str, int]] = field(default_factory=list)
+    # Why its tasks wait, as last noted (None: all capable agents busy), and the tasks queued or
+    # given another reason since, whose reason the next look at the queue must check.
+    waiting: Waiting | None = None
+    fresh: list[Task] = field(default_factory=list)

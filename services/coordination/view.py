@@ -27,7 +27,7 @@ from services.coordination import choice, strategies
 from services.coordination.choice import AUDIT_TOP, Assignment
 from services.coordination.handlers import HANDLERS
 from services.coordination.ratelimit import RateLimiter
-from services.coordination.records import Agent, Group, Queue, Task
+from services.coordination.records import Agent, Group, Queue, Task, Waiting
 from services.coordination.scaling import Scaler
 from services.domain.capabilities import capability_match
 
@@ -54,8 +54,9 @@ class PoolView:
         self.work: set[frozenset[str]] = set()  # queues worth trying to drain
         # Budgets, mirrored from events so that no assignment is issued that the decider must
         # reject with BUDGET_EXCEEDED (which would otherwise be retried for ever).
-        self.spent: dict[tuple[str, str], float] = {}
-        self.limits: dict[tuple[str, str], float] = {}
+        # Whole micro-dollars (contracts.money), as the decider keeps them.
+        self.spent: dict[tuple[str, str], int] = {}
+        self.limits: dict[tuple[str, str], int] = {}
         self.exhausted: set[tuple[str, str]] = set()
         self.parked: dict[str, list[Task]] = {}  # workflow -> tasks waiting for its budget
         self.policy = PoolPolicy()
@@ -242,8 +243,33 @@ class PoolView:
         queue = self._queue(task.req)
         heapq.heappush(queue.heap, (-task.priority, task.arrival, task.task_id, task.qversion))
         self.work.add(task.req)
+        if task.waiting is not None or queue.waiting is not None:
+            queue.fresh.append(task)  # its reason may differ from the queue's: checked next look
         if not task.flagged:
             self.to_mark.append(task)
+
+    def waits(self, task: Task, why: Waiting | None, *, look: bool = True) -> None:
+        """The log now says why ``task`` waits (None: busy agents): a look at its queue checks that
+        still holds, since things may have changed while the event was on its way (soon, or with
+        ``look=False`` when something else wakes the queue up, e.g. a deferral's end: looking now
+        would only defer it again)."""
+        if task.noting:
+            return  # a note issued since lands after this event on the log, and replaces it
+        task.waiting = why
+        queue = self.queues.get(task.req)
+        if queue is not None and task.status == "queued":
+            queue.fresh.append(task)
+            if look:
+                self.work.add(task.req)
+
+    def recheck(self, caps: frozenset[str], *, blocked: bool = True) -> None:
+        """An agent with ``caps`` changed in a way that may change why the tasks it could serve
+        wait: their queues are looked at again. ``blocked``: it can no longer take work (unhealthy,
+        breaker open, gone), so any queue may now wait for another reason; else it came (back)
+        and only a queue already waiting for something other than busy agents may change."""
+        for q in self.served_queues(caps):
+            if q.heap and (blocked or q.waiting is not None):
+                self.work.add(q.req)
 
     def coverage_lost(self) -> None:
         """After agents left or the policy changed: queued tasks nobody can serve any more."""

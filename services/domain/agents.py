@@ -34,7 +34,12 @@ def register(state: PoolState, cmd: c.RegisterAgent, config: DeciderConfig) -> l
         raise Rejected(Reason.RESOURCE_LIMIT_EXCEEDED,
                        f"the pool has its maximum of {state.max_agents} agents",
                        agent_id=cmd.agent_id, over=["agents"], max_agents=state.max_agents)
-    return [e.AgentRegistered(**cmd.model_dump())]
+    out = Decision(state)
+    out.append(e.AgentRegistered(**cmd.model_dump()))
+    # Liveness is watched from registration on: an agent that never heartbeats is marked
+    # unhealthy after one timeout, like one that stopped; each heartbeat re-arms the timer.
+    out.schedule(heartbeat_timer(cmd.agent_id), "heartbeat", cmd.heartbeat_timeout_s, agent_id=cmd.agent_id)
+    return out
 
 
 def heartbeat(state: PoolState, cmd: c.AgentHeartbeat, config: DeciderConfig) -> list[Payload]:
@@ -45,7 +50,6 @@ def heartbeat(state: PoolState, cmd: c.AgentHeartbeat, config: DeciderConfig) ->
     if not agent.healthy:
         out.append(e.AgentMarkedHealthy(agent_id=agent.agent_id))
         out.cancel(dead_timer(agent.agent_id), "heartbeat received")
-    # Liveness is watched from an agent's first heartbeat on: each one re-arms the timer.
     out.schedule(heartbeat_timer(agent.agent_id), "heartbeat", agent.heartbeat_timeout_s,
                  agent_id=agent.agent_id)
     return out

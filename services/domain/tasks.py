@@ -1,5 +1,5 @@
 """Command handlers for a task's life: submitted, assigned, started, completed, failed (then retried
-or not), cancelled, marked unassignable or deferred by the coordinator.
+or not), cancelled, marked unassignable, deferred or noted as waiting by the coordinator.
 
 Pure: handlers read the state and return events (or raise ``Rejected``); they never change the
 state, do no I/O and read no clock. Retry delays come from ``retries`` (replay-stable jitter).
@@ -135,6 +135,12 @@ def defer(state: PoolState, cmd: c.DeferTask, config: DeciderConfig) -> list[Pay
     out.append(e.TaskDeferred(task_id=task.task_id, reason=cmd.reason, delay_s=cmd.delay_s))
     out.schedule(defer_timer(task.task_id), "defer", cmd.delay_s, task_id=task.task_id)
     return out
+
+
+def note_waiting(state: PoolState, cmd: c.NoteTaskWaiting, config: DeciderConfig) -> list[Payload]:
+    """The coordinator records why a queued task waits, now that the reason changed."""
+    task_of(state, cmd.task_id, "queued")
+    return [e.TaskWaiting(**cmd.model_dump())]
 
 
 def failure(state: PoolState, task: TaskState, agent_id: str | None, error: str, out: Decision) -> None:

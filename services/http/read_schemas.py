@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from contracts.commands import PerformanceWeights
+from contracts.commands import PerformanceWeights, WaitingCode
 from projections import tables
 from projections.tables import UTCDateTime
 from services.http.responses import EventRecord
@@ -40,6 +40,7 @@ __all__ = [
     "Task",
     "TaskPage",
     "Timer",
+    "WaitingReason",
 ]
 
 T = TypeVar("T")
@@ -60,19 +61,49 @@ def _python_type(column: sa.Column[Any]) -> Any:
     return Any  # JSON columns hold any JSON value
 
 
-def row_model(table: sa.Table, name: str, doc: str, *, without: tuple[str, ...] = ()) -> type[BaseModel]:
-    """A model of one row of ``table`` as the queries return it (every column; None as null)."""
+def row_model(table: sa.Table, name: str, doc: str, *, without: tuple[str, ...] = (),
+              shapes: dict[str, Any] | None = None) -> type[BaseModel]:
+    """A model of one row of ``table`` as the queries return it (every column; None as null), with
+    the JSON columns named in ``shapes`` documented by their model."""
     fields: dict[str, Any] = {}
     for column in table.columns:
         if column.name in without:
             continue
-        kind = _python_type(column)
+        kind = (shapes or {}).get(column.name) or _python_type(column)
         fields[column.name] = (kind | None if column.nullable and kind is not Any else kind, ...)
     return create_model(name, __module__=__name__, __doc__=doc, **fields)
 
 
 Agent = row_model(tables.agents, "Agent", "An agent: capabilities, capacity, load, status, health, breaker.")
-Task = row_model(tables.tasks, "Task", "A task: status, agent, attempts, timings, result or error.")
+class WaitingReason(BaseModel):
+    """Why a queued (or retrying) task waits: one code, since when, and that code's details.
+
+    ``all_capable_agents_busy``: the ordinary wait, for a capable agent to free up;
+    ``no_capable_agent``: no registered agent has (enough of) the required capabilities
+    (``missing``, ``best_match``, ``threshold``); ``rate_limited``: every capable free agent is
+    rate limited ``until``; ``budget_exceeded``: the budget of ``scope``/``scope_id`` is spent
+    (pool, workflow, or for ``agents`` their own); ``circuit_open``: every capable agent's
+    breaker is open, the first half-opens ``until``; ``agents_unhealthy``: every capable agent
+    missed its heartbeat; ``retry_backoff``: a run failed (``attempt``), the next starts ``until``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: WaitingCode
+    since: datetime
+    until: datetime | None = None
+    scope: Literal["pool", "agent", "workflow"] | None = None
+    scope_id: str | None = None
+    agents: list[str] | None = None
+    missing: list[str] | None = None
+    best_match: float | None = None
+    threshold: float | None = None
+    attempt: int | None = None
+    reason: str | None = Field(None, description="A deferral's own reason, when not a rate limit.")
+
+
+Task = row_model(tables.tasks, "Task", "A task: status, agent, attempts, timings, result or error.",
+                 shapes={"waiting_reason": WaitingReason})
 ResourceLimits = row_model(tables.resource_limits, "ResourceLimits", "The pool's resource limits.")
 Allocation = row_model(tables.allocations, "Allocation", "Resources reserved for an agent.")
 Assignment = row_model(tables.assignments, "Assignment",

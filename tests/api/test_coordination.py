@@ -80,8 +80,12 @@ async def test_scaling_policy_decides_and_the_stream_carries_it(client: httpx.As
         "queue_threshold": 3, "cooldown_s": 0})
     assert resp.status_code == 200, resp.text
     assert resp.json()["events"][0]["type"] == "ScalingPolicySet"
-    again = await client.put("/v1/scaling/policies", params=WAIT, headers=key, json={"agent_kind": "llm"})
+    again = await client.put("/v1/scaling/policies", params=WAIT, headers=key, json={
+        "agent_kind": "llm", "min_agents": 2, "max_agents": 5, "target_utilization": 0.7,
+        "queue_threshold": 3, "cooldown_s": 0})
     assert again.json()["duplicate"] is True and again.json()["events"] == resp.json()["events"]
+    other = await client.put("/v1/scaling/policies", params=WAIT, headers=key, json={"agent_kind": "llm"})
+    assert other.status_code == 422  # the key was used with other parameters
     # No agents of the kind, min_agents 2: the scaling reactor decides 0 -> 2, on the event stream.
     stream = await poll(client, "/v1/events", lambda j: len(j["items"]) == 1, type="ScalingDecided")
     [decided] = stream["items"]
@@ -125,15 +129,14 @@ async def test_tasks_take_strategy_retry_and_timeout(client: httpx.AsyncClient) 
     assert data["retry"] == retry
 
 
-async def test_unknown_strategy_is_rejected_by_the_decider(client: httpx.AsyncClient) -> None:
-    # The contract keeps strategy an open string (new strategies need no schema change), so the
-    # decider rejects it: 409 with a stable code, and the rejection is on the audit trail.
+async def test_unknown_strategy_is_refused_at_the_door(client: httpx.AsyncClient) -> None:
+    # Refused before anything is appended, naming the valid strategies (the decider would only
+    # reject it later); the OpenAPI document lists them as an enum.
     resp = await client.post("/v1/tasks", params=WAIT,
                              json={"task_id": "t1", "type": "x", "strategy": "fastest"})
-    assert resp.status_code == 409, resp.text
-    body = resp.json()
-    assert body["code"] == "UNKNOWN_STRATEGY" and "round_robin" in body["message"]
-    assert body["details"]["strategy"] == "fastest"
+    assert resp.status_code == 422, resp.text
+    [err] = resp.json()["detail"]
+    assert err["loc"] == ["body", "strategy"] and "'round_robin'" in err["msg"]
     assert (await client.get("/v1/tasks/t1")).status_code == 404
 
 
@@ -235,15 +238,17 @@ async def test_audit_assignments_xml_is_well_formed(client: httpx.AsyncClient, s
 
 
 async def test_audit_export_of_hostile_ids_stays_well_formed(client: httpx.AsyncClient) -> None:
-    hostile = 'a<"&\x01>]]>'
+    # Control characters never get into an id (the contract refuses them); markup does.
+    hostile = 'a<"&>]]>'
     resp = await client.post("/v1/agents", params=WAIT, json={"agent_id": hostile, "name": "x",
                                                                 "capabilities": ["t"]})
     assert resp.status_code == 201
-    await client.post("/v1/tasks", params=WAIT, json={"task_id": "=cmd|' /C calc'!A0", "type": "x",
-                                                       "required_capabilities": ["t"]})
+    submitted = await client.post("/v1/tasks", params=WAIT, json={
+        "task_id": "=cmd|' -C calc'!A0", "type": "x", "required_capabilities": ["t"]})
+    assert submitted.status_code == 201, submitted.text
     await poll(client, "/v1/audit/assignments", lambda j: len(j["items"]) == 1)
     root = ET.fromstring((await client.get("/v1/audit/assignments", params={"format": "xml"})).content)
-    assert root.find("assignment").get("agent_id") == 'a<"&\ufffd>]]>'  # type: ignore[union-attr]
+    assert root.find("assignment").get("agent_id") == hostile  # type: ignore[union-attr]
     rows = list(csv.DictReader(io.StringIO(
         (await client.get("/v1/audit/assignments", params={"format": "csv"})).text)))
     assert rows[0]["agent_id"] == hostile

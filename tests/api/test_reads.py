@@ -40,7 +40,8 @@ async def test_events_are_listed_with_positions(client: httpx.AsyncClient, runne
     body = (await client.get("/v1/events")).json()
     end = await runner.log.end_offset("events", 0)
     positions = [e["position"] for e in body["items"]]
-    assert positions == sorted(positions) and len(positions) == end - 1  # "other" shares the partition
+    # "other" shares the partition: its agent's registration and heartbeat timer are not listed.
+    assert positions == sorted(positions) and len(positions) == end - 2
     types = [e["type"] for e in body["items"]]
     assert types.count("TaskSubmitted") == 5 and types.count("TaskUnassignable") == 5
     assert body["next_after"] == end - 1  # the last record looked at, the other pool's included
@@ -48,7 +49,7 @@ async def test_events_are_listed_with_positions(client: httpx.AsyncClient, runne
     assert first["type"] == "TaskSubmitted" and first["partition"] == 0 and first["pool"] == "default"
     assert first["data"]["task_id"] == "t0" and first["sequence"] == 1
     other = (await client.get("/v1/events", params={"pool": "other"})).json()
-    assert [e["type"] for e in other["items"]] == ["AgentRegistered"]
+    assert [e["type"] for e in other["items"]] == ["AgentRegistered", "TimerScheduled"]
 
 
 async def test_events_paging_and_filters(client: httpx.AsyncClient, service: Service) -> None:
@@ -98,10 +99,9 @@ async def test_min_position_reads_your_writes(client: httpx.AsyncClient) -> None
     assert len(listed.json()["items"]) == 20
 
 
-async def test_min_position_not_reached_is_504(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(services.http.deps, "READ_WAIT_S", 0.2)
+# A position no write answered is refused at once, with the end; a command not decided in time is
+# a 504 (tests/api/test_read_your_writes.py).
+async def test_min_position_beyond_the_end_is_409(client: httpx.AsyncClient) -> None:
     for path in (
         "/v1/agents",
         "/v1/tasks",
@@ -114,8 +114,8 @@ async def test_min_position_not_reached_is_504(
         "/v1/events",
     ):
         resp = await client.get(path, params={"min_position": 1000})
-        assert resp.status_code == 504, path
-        assert "has not reached position 1000 yet" in resp.json()["detail"]
+        assert resp.status_code == 409, path
+        assert resp.json()["end"] < 1000 and "beyond the end of the commands log" in resp.json()["detail"]
 
 
 async def test_empty_pool_reads(client: httpx.AsyncClient) -> None:

@@ -53,13 +53,15 @@ async def test_register_agent_with_wait_returns_201_and_events(client: httpx.Asy
     resp = await register(client)
     body = resp.json()
     assert body["status"] == "applied"
-    [event] = body["events"]
+    [event, timer] = body["events"]
     assert event["type"] == "AgentRegistered" and event["subject"] == "a1"
+    # Liveness is watched from registration: the heartbeat timer is armed with it.
+    assert timer["type"] == "TimerScheduled" and timer["data"]["timer_id"] == "heartbeat:a1"
     assert event["position"] == 0 and event["partition"] == 0
     assert event["commandid"] == body["command_id"] and event["pool"] == "default"
     assert event["data"]["capabilities"] == ["text", "code"]
     assert isinstance(event["time"], str) and event["time"].endswith("+00:00")
-    got = await client.get("/v1/agents/a1", params={"min_position": event["position"]})
+    got = await client.get("/v1/agents/a1", params={"min_position": body["position"]})
     assert got.status_code == 200
     assert got.json()["name"] == "worker one" and got.json()["status"] == "active"
 
@@ -163,7 +165,7 @@ async def test_deregistering_an_agent_requeues_its_task(client: httpx.AsyncClien
     await submit(client, "t1")
     await poll(client, "/v1/tasks/t1", lambda t: t["status"] == "assigned")
     gone = await client.delete("/v1/agents/a1", params={"wait": "true"})
-    assert [e["type"] for e in gone.json()["events"]] == ["TaskRequeued", "AgentDeregistered"]
+    assert [e["type"] for e in gone.json()["events"]] == ["TaskRequeued", "TimerCancelled", "AgentDeregistered"]
     task = (await client.get("/v1/tasks/t1", params={"min_position": await last_position(gone)})).json()
     assert task["status"] == "queued" and task["agent_id"] is None
 
@@ -247,6 +249,9 @@ async def test_costs_are_priced_from_the_table(client: httpx.AsyncClient) -> Non
         json={"cost_id": "c2", "agent_id": "a1", "model": "custom", "cost_usd": 0.5},
     )
     assert explicit.status_code == 201 and explicit.json()["events"][0]["data"]["priced_from_table"] is False
+    # A model in no table is priced at the default, unless the pool's prices are strict.
+    strict = await client.put("/v1/prices", params={"wait": "true"}, json={"strict": True})
+    assert strict.status_code == 200
     unpriced = await client.post(
         "/v1/costs",
         params={"wait": "true"},
@@ -289,8 +294,8 @@ async def test_spent_budget_rejects_new_tasks(client: httpx.AsyncClient) -> None
     assert [r["code"] for r in rejected["items"]] == ["BUDGET_EXCEEDED"]
 
 
-# On Kafka a repeat is appended again (Kafka cannot refuse an id) and the decider drops it: the
-# commands topic grows there (tests/cluster/test_service.py pins that).
+# The same on Kafka, where a repeat of a decided command is not appended either:
+# tests/api/test_idempotency.py runs on both runtimes.
 @pytest.mark.embedded
 async def test_idempotency_key_header_returns_the_first_outcome(
     client: httpx.AsyncClient, service: Service
@@ -313,15 +318,16 @@ async def test_idempotency_key_header_returns_the_first_outcome(
     assert again.status_code == 201
     assert again.json()["duplicate"] is True
     assert again.json()["events"] == first.json()["events"]
-    # Even a different body under the same key is the same command: the first one stands.
+    # A different body under the same key is refused (tests/api/test_idempotency.py).
     other = await client.post("/v1/tasks", headers=headers, json={"task_id": "t9", "type": "y"})
-    assert other.status_code == 202 and other.json()["duplicate"] is True
+    assert other.status_code == 422 and other.json()["detail"][0]["type"] == "idempotency_key_reused"
     assert await end_offsets(service) == before_offsets
     assert await event_count(client) == before_events
 
 
 # The embedded log refuses a repeated command id and answers the first command's position. Kafka
-# cannot refuse one: the repeat is appended again and the decider drops it (tests/cluster).
+# cannot look a command up by id: a repeat answers a position decided after it (or, racing the
+# first, is appended again and dropped by the decider).
 @pytest.mark.embedded
 async def test_repeated_command_id_is_a_duplicate_with_the_first_position(
     client: httpx.AsyncClient, runner: Runner
@@ -335,9 +341,9 @@ async def test_repeated_command_id_is_a_duplicate_with_the_first_position(
     waited = await client.post("/v1/agents", params={"wait": "true"}, json=body)
     assert waited.status_code == 201  # the first outcome (registered), not AGENT_EXISTS
     assert waited.json()["duplicate"] is True
-    assert [e["type"] for e in waited.json()["events"]] == ["AgentRegistered"]
+    assert [e["type"] for e in waited.json()["events"]] == ["AgentRegistered", "TimerScheduled"]
     assert await runner.log.end_offset("commands", 0) == 1
-    assert await event_count(client) == 1
+    assert await event_count(client) == 2  # the registration and its heartbeat timer, once
 
 
 async def test_header_wins_over_body_command_id(client: httpx.AsyncClient) -> None:
@@ -373,8 +379,8 @@ async def test_pool_in_the_body_is_the_envelope_pool(client: httpx.AsyncClient) 
     assert hb.status_code == 200 and hb.json()["events"][0]["pool"] == "gpu"
 
 
-# A repeat without wait answers the first command's position here; on Kafka, where the repeat is
-# appended again, it answers the repeat's own.
+# A repeat without wait answers the first command's position here; on Kafka a position decided
+# after it.
 @pytest.mark.embedded
 async def test_commands_endpoint_by_type_name(client: httpx.AsyncClient) -> None:
     resp = await client.post(
@@ -425,7 +431,7 @@ async def test_commands_endpoint_accepts_a_structured_cloudevent(client: httpx.A
     [event] = body["events"]
     assert event["type"] == "TaskSubmitted" and event["pool"] == "p2"
     assert event["causationid"] == "ce-task-1" and event["data"]["priority"] == 7
-    task = await client.get("/v1/tasks/t1", params={"pool": "p2", "min_position": event["position"]})
+    task = await client.get("/v1/tasks/t1", params={"pool": "p2", "min_position": body["position"]})
     assert task.status_code == 200
     again = await client.post("/v1/commands", params={"wait": "true"}, json=ce)
     assert again.json()["duplicate"] is True and again.json()["events"] == body["events"]
@@ -468,7 +474,7 @@ async def test_first_outcome_survives_a_restart(tmp_path: Any) -> None:
                     "/v1/agents", params={"wait": "true"}, headers={"Idempotency-Key": "once"}, json=AGENT
                 )
                 outcomes.append(resp)
-                assert await event_count(c) == 1
+                assert await event_count(c) == 2  # the registration and its heartbeat timer, once
     first, second = outcomes
     assert first.status_code == second.status_code == 201
     assert second.json()["duplicate"] is True
@@ -496,7 +502,7 @@ async def test_pools_on_several_partitions(tmp_path: Any) -> None:
                 event = resp.json()["events"][0]
                 assert event["partition"] == r.partition_of(pool)
                 task = await c.get(
-                    "/v1/tasks/same-id", params={"pool": pool, "min_position": event["position"]}
+                    "/v1/tasks/same-id", params={"pool": pool, "min_position": resp.json()["position"]}
                 )
                 assert task.status_code == 200 and task.json()["type"] == pool
             for pool in pools:

@@ -124,7 +124,8 @@ def test_events_tail_prints_json_lines_with_positions(history: tuple[Path, Any])
         json.loads(x)
         for x in invoke("events", "tail", "--pool", "gpu", "--data-dir", str(data)).output.split()
     ]
-    assert {e["pool"] for e in gpu} == {"gpu"} and len(gpu) == 3  # registered, submitted, assigned
+    # registered (with its heartbeat timer), submitted, assigned
+    assert {e["pool"] for e in gpu} == {"gpu"} and len(gpu) == 4
     rejected = invoke("events", "tail", "--type", "CommandRejected", "--from", "3", "--data-dir", str(data))
     [line] = rejected.output.splitlines()
     assert json.loads(line)["data"]["code"] == "RESOURCE_LIMIT_EXCEEDED"

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ async def test_the_readme_flow_on_kafka_and_postgres(client: httpx.AsyncClient, 
     r = await client.post("/v1/agents?wait=true", json={"agent_id": "a1", "name": "summarizer",
                                                         "capabilities": ["text"], "capacity": 4})
     assert r.status_code == 201, r.text
-    assert [e["type"] for e in r.json()["events"]] == ["AgentRegistered"]
+    assert [e["type"] for e in r.json()["events"]] == ["AgentRegistered", "TimerScheduled"]
     r = await client.post("/v1/tasks?wait=true", json={"task_id": "t1", "type": "summarize", "priority": 7,
                                                        "required_capabilities": ["text"]})
     assert r.status_code == 201, r.text
@@ -84,7 +85,7 @@ async def test_the_readme_flow_on_kafka_and_postgres(client: httpx.AsyncClient, 
     rejected = await client.post("/v1/tasks/nope/complete?wait=true")
     assert rejected.status_code == 404 and rejected.json()["code"] == "UNKNOWN_TASK"
 
-    # The repeat was appended again (Kafka cannot refuse an id) and dropped by the decider.
+    # The repeat was answered from the known outcome: one outcome, whatever reached the log.
     await asyncio.sleep(1)
     runs = outcome_runs(await read_topic(service.log, cluster.events))
     [event] = first.json()["events"]
@@ -104,9 +105,15 @@ def _misrouted_pool(partitions: int) -> str:
     raise AssertionError("no pool found")
 
 
+# When each command id was first published: stamped as a publishing system would, now (an old time
+# would make the agent's heartbeat timer overdue at once), and the same when a test rebuilds the bytes.
+_SENT_AT: dict[str, str] = {}
+
+
 def _command(type_: str, data: dict[str, Any], pool: str, cid: str) -> bytes:
+    at = _SENT_AT.setdefault(cid, datetime.now(UTC).isoformat())
     return orjson.dumps({"specversion": "1.0", "id": cid, "source": "urn:other-system", "type": type_,
-                         "time": "2026-01-01T00:00:00+00:00", "pool": pool, "data": data})
+                         "time": at, "pool": pool, "data": data})
 
 
 async def test_other_systems_publish_and_bad_records_go_to_the_dead_letter_topic(
@@ -133,8 +140,9 @@ async def test_other_systems_publish_and_bad_records_go_to_the_dead_letter_topic
     await eventually(client, f"/v1/tasks/xt?pool={pool}", lambda b: b["status"] == "assigned")
     ext1 = await service.outcomes.wait("ext-1", 5)
     assert ext1 is not None
-    [(_, registered)] = await service.outcome_events(ext1)
+    [(_, registered), (_, timer)] = await service.outcome_events(ext1)
     assert registered.type == "AgentRegistered" and registered.pool == pool
+    assert timer.type == "TimerScheduled" and timer.pool == pool  # liveness watched from registration
 
     # The malformed and the unknown record are dead letters: the bytes as sent, why, and where from.
     consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, isolation_level="read_committed",
@@ -178,7 +186,7 @@ async def test_a_command_id_is_decided_once_even_when_appended_twice(
     assert len({orjson.dumps(a.json()["events"]) for a in answers}) == 1
     await asyncio.sleep(1)
     runs = outcome_runs(await read_topic(service.log, cluster.events))
-    assert len(runs[cid]) == 1 and runs[cid][0][2] == 1
+    assert len(runs[cid]) == 1 and runs[cid][0][2] == 2  # AgentRegistered + its heartbeat timer
 
 
 async def test_records_of_an_aborted_transaction_are_never_decided(

@@ -99,7 +99,8 @@ async def test_timers_fire_exactly_once_across_kill_9(tmp_path: Path) -> None:
             # Declared dead only long after this test is over: the heartbeat at the end revives it.
             policy = await client.put("/v1/pools/policy", params=wait, json={"dead_after_timeouts": 100})
             assert policy.status_code == 200, policy.text
-            for agent_id, cap, hb in (("a", "cap-a", 1), ("b", "cap-b", 30)):
+            # b's liveness is watched from registration too: a timeout longer than the test.
+            for agent_id, cap, hb in (("a", "cap-a", 1), ("b", "cap-b", 600)):
                 resp = await client.post("/v1/agents", params=wait, json={
                     "agent_id": agent_id, "name": agent_id, "capabilities": [cap], "heartbeat_timeout_s": hb})
                 assert resp.status_code == 201, resp.text
@@ -119,7 +120,7 @@ async def test_timers_fire_exactly_once_across_kill_9(tmp_path: Path) -> None:
         # Nothing was due yet: the timers can only fire after the restart.
         assert not [c for c in await _commands(server.data) if c.type == "FireTimer"]
         pending = {e.data.timer_id for _, e in await _events(server.data) if e.type == "TimerScheduled"}
-        assert pending == {"heartbeat:a", "timeout:tb"}
+        assert pending == {"heartbeat:a", "heartbeat:b", "timeout:tb"}
 
         await server.start_healthy()
         async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:

@@ -150,7 +150,10 @@ async def test_retry_scheduled_waits_with_its_next_attempt_time(store: Projectio
     a1 = (await rows(store, tables.agents, "default"))["a1"]
     assert (a1["load"], a1["consecutive_failures"], a1["tasks_failed"]) == (1 - 1, 1, 0)
     assert [type(e).__name__ for e in events] == ["TaskRetryScheduled", "TimerScheduled"]
-    [timer] = await queries.list_timers(store, "default")
+    # The other pending timer is a1's liveness timer, armed at registration.
+    timers = {t["timer_id"]: t for t in await queries.list_timers(store, "default")}
+    assert sorted(timers) == ["heartbeat:a1", "retry:t1"]
+    timer = timers["retry:t1"]
     assert (timer["timer_id"], timer["kind"], timer["status"], timer["attempt"]) == (
         "retry:t1", "retry", "pending", 1)
     assert timer["due_at"] == (d.envelopes[-1].time + timedelta(seconds=4)).isoformat()
@@ -159,7 +162,7 @@ async def test_retry_scheduled_waits_with_its_next_attempt_time(store: Projectio
     await project(store, d.envelopes)  # already applied offsets are skipped
     t1 = (await rows(store, tables.tasks, "default"))["t1"]
     assert (t1["status"], t1["agent_id"], t1["next_attempt_at"]) == ("queued", None, None)
-    assert await queries.list_timers(store, "default") == []
+    assert [t["timer_id"] for t in await queries.list_timers(store, "default")] == ["heartbeat:a1"]
     [fired] = await queries.list_timers(store, "default", status="fired")
     assert fired["ended_at"] == d.envelopes[-2].time.isoformat()
 

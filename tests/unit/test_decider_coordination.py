@@ -587,7 +587,10 @@ def test_registration_beyond_max_agents_is_rejected() -> None:
 def test_a_deregistered_agent_frees_its_place() -> None:
     given(LIMITS, registered("a"), registered("b"), e.AgentDeregistered(agent_id="b")).when(
         c.RegisterAgent(agent_id="c", name="c")
-    ).then(e.AgentRegistered(agent_id="c", name="c", kind="generic", capacity=1))
+    ).then(
+        e.AgentRegistered(agent_id="c", name="c", kind="generic", capacity=1),
+        e.TimerScheduled(timer_id="heartbeat:c", kind="heartbeat", delay_s=30.0, generation=1, agent_id="c"),
+    )
 
 
 def test_max_agents_below_the_active_count_is_rejected() -> None:

@@ -62,7 +62,9 @@ class Fleet(World):
             agent = self.state.agents[ev.agent_id]
             if len(agent.tasks) > agent.capacity:
                 self.over_capacity += 1
-            if ev.agent_id not in self.silent:
+            hung = self.state.tasks[ev.task_id].timeout_s is not None and self.rnd.random() < 0.01
+            # A hung run (the agent keeps heartbeating but never reports) ends only by its timeout.
+            if ev.agent_id not in self.silent and not hung:
                 self.at(
                     self.clock() + self.rnd.uniform(0.2, 3.0),
                     "outcome",

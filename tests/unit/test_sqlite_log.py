@@ -276,7 +276,7 @@ async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # subprocess.Popen, not asyncio's: asyncio's child watcher loses the exit status when
     # anything else in the test process reaps children ("Unknown child process pid").
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, url], stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, url], stdout=subprocess.PIPE, env=env)  # noqa: ASYNC220
     assert proc.stdout is not None
     stdout = proc.stdout
     acked: dict[str, tuple[int, int]] = {}

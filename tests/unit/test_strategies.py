@@ -180,7 +180,9 @@ def test_performance_weighted_score_is_the_weighted_sum_of_its_components() -> N
     [a] = f.schedule()
     [cand] = a.command.audit.candidates
     comp = cand.components
-    assert comp == {"capability": 1.0, "performance": 1.0, "specialization": 0.0, "load": 0.25}
+    # "preferred": the share of the inferred capabilities (here y) it covers, ranked by first.
+    assert comp == {"capability": 1.0, "performance": 1.0, "specialization": 0.0, "load": 0.25,
+                    "preferred": 0.0}
     assert cand.score == pytest.approx(0.4 * 1 + 0.3 * 1 + 0.2 * 0 + 0.1 * (1 - 0.25))
 
 
@@ -203,13 +205,19 @@ def test_performance_weighted_keeps_work_away_from_an_agent_that_fails() -> None
 
 
 def test_score_weights_are_configurable() -> None:
-    f = Feed()
-    f(policy(weights=c.ScoreWeights(capability=0, performance=0, specialization=0, load=1)))
-    f(agent("spec", ("x", "y")), agent("gen", ("x",)), task("p"))
-    held(f, "p", "spec")
-    f(task("t", ("x",), strategy="performance_weighted", inferred_capabilities=("y",)))
-    [a] = f.schedule()
-    assert a.command.agent_id == "gen"  # only load counts now
+    # No inferred capabilities here: those would put a specialist first under every strategy,
+    # whatever the weights (tests/unit/test_specialists.py).
+    def pick(*weights: e.PoolPolicySet) -> str:
+        f = Feed()
+        f(*weights, agent("spec", ("x", "y")), agent("gen", ("x",)), task("p"))
+        held(f, "p", "gen")
+        f(task("t", ("x",), strategy="performance_weighted"))
+        [a] = f.schedule()
+        return a.command.agent_id
+
+    assert pick() == "gen"  # the focused agent (specialization 1 against 0.5) despite its load
+    only_load = policy(weights=c.ScoreWeights(capability=0, performance=0, specialization=0, load=1))
+    assert pick(only_load) == "spec"  # only load counts now
 
 
 # -- fallback: partial matches and unassignable tasks ----------------------------------------------

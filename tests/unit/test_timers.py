@@ -133,27 +133,28 @@ async def test_the_service_fires_due_timers_once_even_across_a_crash(tmp_path: P
         clock = Clock()
         decider = MiniDecider(log)
         await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
-        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))  # heartbeat:a due at 10
+        # Registering arms heartbeat:a (generation 1); the heartbeat re-arms it: generation 2, due at 10.
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
 
         svc = TimerService(log, clock=clock)
         clock.to(9.9)
         assert await svc.step() == []
         assert 0 < svc.sleep_s() <= 0.1 + 1e-6
         clock.to(10)
-        assert await svc.step() == ["timer:default:heartbeat:a:1"]
+        assert await svc.step() == ["timer:default:heartbeat:a:2"]
         assert await svc.step() == []  # handed out once per process
 
         # Crash before the decider answered: a new service rebuilds the book and fires again,
         # under the same id, so the log keeps one command.
         clock.to(11)
         again = TimerService(log, clock=clock)
-        assert await again.step() == ["timer:default:heartbeat:a:1"]
+        assert await again.step() == ["timer:default:heartbeat:a:2"]
         recs = await log.read(COMMANDS, 0, 0, 10)
-        assert [r.id for r in recs] == ["timer:default:heartbeat:a:1"]
+        assert [r.id for r in recs] == ["timer:default:heartbeat:a:2"]
         [fire] = [from_record(r) for r in recs]
         assert (fire.type, fire.data, fire.time, fire.actor) == (
             "FireTimer",
-            c.FireTimer(timer_id="heartbeat:a", generation=1),
+            c.FireTimer(timer_id="heartbeat:a", generation=2),
             at(10),
             "timers",
         )
@@ -164,7 +165,7 @@ async def test_the_service_fires_due_timers_once_even_across_a_crash(tmp_path: P
         assert await again.step() == []  # TimerFired closed it; the dead timer is due at 40
         assert again.book.next_due() == at(40).timestamp()
         clock.to(40)
-        assert await again.step() == ["timer:default:dead:a:2"]
+        assert await again.step() == ["timer:default:dead:a:3"]
         await decider.drain()
         assert not decider.state.agents["a"].active
         assert await again.step() == [] and len(again.book) == 0
@@ -181,14 +182,14 @@ async def test_a_heartbeat_before_the_firing_makes_the_firing_a_no_op(tmp_path: 
         await decider.append(c.AgentHeartbeat(agent_id="a"), "hb1", at(0))
         svc = TimerService(log, clock=clock)
         clock.to(10)
-        assert await svc.step() == ["timer:default:heartbeat:a:1"]
+        assert await svc.step() == ["timer:default:heartbeat:a:2"]
         await decider.append(c.AgentHeartbeat(agent_id="a"), "hb2", at(10))  # decided before the firing
         n = len(await log.read(EVENTS, 0, 0, 100))
         await decider.drain()
         assert len(await log.read(EVENTS, 0, 0, 100)) == n  # stale generation: nothing happens
         assert decider.state.agents["a"].healthy
         clock.to(20)
-        assert await svc.step() == ["timer:default:heartbeat:a:2"]
+        assert await svc.step() == ["timer:default:heartbeat:a:3"]
     finally:
         await log.close()
 
@@ -209,6 +210,6 @@ async def test_run_wakes_up_for_the_next_due_timer(tmp_path: Path) -> None:
                 break
         task.cancel()
         assert svc.fired == 1
-        assert [r.id for r in await log.read(COMMANDS, 0, 0, 10)] == ["timer:default:heartbeat:a:1"]
+        assert [r.id for r in await log.read(COMMANDS, 0, 0, 10)] == ["timer:default:heartbeat:a:2"]
     finally:
         await log.close()
