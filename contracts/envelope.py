@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uuid6 import uuid7
 
 from contracts.base import Payload
+from contracts.values import Text
 
 SPECVERSION = "1.0"
 DEFAULT_POOL = "default"
@@ -37,21 +38,25 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
+    # Text attributes land in the read models' text columns: a record from another system (decoded
+    # with validation; this service's own are trusted) with a NUL in its pool or ids is refused
+    # as malformed (dead-lettered), never decided into events PostgreSQL could not store.
+
     specversion: str = SPECVERSION
-    id: str = Field(min_length=1, max_length=200)
-    source: str = DEFAULT_SOURCE
-    type: str = Field(min_length=1, max_length=200)
+    id: Text = Field(min_length=1, max_length=200)
+    source: Text = DEFAULT_SOURCE
+    type: Text = Field(min_length=1, max_length=200)
     time: datetime
-    subject: str | None = None
+    subject: Text | None = None
     datacontenttype: str = "application/json"
     dataschema: str | None = None
     schemaversion: int = 1
-    pool: str = Field(default=DEFAULT_POOL, min_length=1, max_length=200)
+    pool: Text = Field(default=DEFAULT_POOL, min_length=1, max_length=200)
     sequence: int | None = None
-    commandid: str | None = None
-    causationid: str | None = None
-    correlationid: str | None = None
-    actor: str | None = None
+    commandid: Text | None = None
+    causationid: Text | None = None
+    correlationid: Text | None = None
+    actor: Text | None = None
     # A digest of what the client asked (type, pool, payload), stamped at ingest on a command and
     # copied by the decider onto the first event of its outcome, so that a command id repeated
     # with other parameters can be told from a retry, by any process, after any restart.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from contracts import REGISTRY, Envelope, Payload, Reason, utcnow
+from contracts.values import text_problem
 from events import Commit, EventLog, Extra, Record, StoredRecord, TransactionalLog, partition_for
 from events.cache import EnvelopeCache, tail_raw
 from events.codec import DecodeError, decode, from_record, to_record
@@ -121,9 +122,9 @@ class PartitionDecider:
         try:
             cmd = decode(rec.value)
         except DecodeError as exc:
-            cid = rec.id or f"{self.topics.commands}:{rec.partition}:{rec.offset}"
+            cid = _storable_id(rec.id) or f"{self.topics.commands}:{rec.partition}:{rec.offset}"
             bad = Envelope.trusted(
-                id=cid, type="invalid", time=utcnow(), pool=rec.key or "default", commandid=cid,
+                id=cid, type="invalid", time=utcnow(), pool=_storable_pool(rec.key), commandid=cid,
                 correlationid=cid, causationid=None, actor=None, subject=None, data={},
             )
             err = Rejected(Reason.INVALID_COMMAND, str(exc), topic=rec.topic, partition=rec.partition,
@@ -245,6 +246,18 @@ class PartitionDecider:
         if isinstance(self.log, TransactionalLog):
             return self.log
         raise TypeError(f"dead letters and forwarded commands need a TransactionalLog, not {self.log.url}")
+
+
+def _storable_id(value: str | None) -> str | None:
+    """``value`` if every store can hold it as an id (a foreign record's key or id may hold a NUL)."""
+    if not value or len(value) > 200 or text_problem(value) is not None:
+        return None
+    return value
+
+
+def _storable_pool(key: str | None) -> str:
+    """The pool a malformed command is rejected in: its record key, unless no store could hold it."""
+    return _storable_id(key) or "default"
 
 
 def dead_letter(rec: StoredRecord, error: str) -> Record:

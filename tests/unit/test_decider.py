@@ -1048,6 +1048,18 @@ def test_a_malformed_record_becomes_an_invalid_command_rejection(value: bytes) -
     assert (env.pool, env.commandid, env.sequence) == ("p7", "rec-9", 1)
 
 
+def test_a_record_with_a_nul_in_its_pool_key_or_id_is_rejected_where_every_store_can_hold_it() -> None:
+    """PostgreSQL refuses NUL in text: a foreign record carrying one in its pool, key or id must not
+    become an event whose pool or command id holds it (the projector would stop on it for good)."""
+    d = partition_decider()
+    value = (b'{"id": "x", "type": "RegisterAgent", "time": "2025-01-01T00:00:00Z", "pool": "p\\u0000",'
+             b' "data": {"agent_id": "a", "name": "a"}}')
+    cid, [env] = d.decide_one(stored(value, offset=5, rec_id="rec\x00-5", key="p\x00"))
+    assert isinstance(env.data, e.CommandRejected) and env.data.code == Reason.INVALID_COMMAND.value
+    assert "NUL" in env.data.message
+    assert (env.pool, cid, env.commandid) == ("default", "commands:3:5", "commands:3:5")
+
+
 def test_a_malformed_record_advances_the_pool_sequence() -> None:
     d = partition_decider()
     _, bad = d.decide_one(stored(b"{not json", offset=0, rec_id="rec-0"))
