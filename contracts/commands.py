@@ -9,6 +9,13 @@ from pydantic import Field, model_validator
 
 from contracts.base import Command, Model
 from contracts.money import MAX_COST_USD, MAX_LIMIT_USD, MAX_PRICE_PER_1K_USD, MAX_PRICED_MODELS, MAX_TOKENS
+
+# Re-exported: commands name them, and older modules import them from here.
+from contracts.scheduling import MAX_SECONDS as MAX_SECONDS
+from contracts.scheduling import STRATEGIES as STRATEGIES
+from contracts.scheduling import RetryPolicy as RetryPolicy
+from contracts.scheduling import RetryStrategy as RetryStrategy
+from contracts.scheduling import Strategy as Strategy
 from contracts.values import (
     INT32_MAX,
     INT64_MAX,
@@ -20,6 +27,7 @@ from contracts.values import (
     Name,
     Text,
 )
+from contracts.workflows import MAX_WORKFLOW_ID, StepName, WorkflowDefinition
 
 # Ids are client-chosen (or generated UUIDv7s): 1-200 characters a URL path segment carries as
 # typed (contracts.values.Id). Every bound below is documented in the field's schema; a value
@@ -27,7 +35,6 @@ from contracts.values import (
 _ID = Field(min_length=1, max_length=200)
 # Bounds shared by several commands. Counts that land in a PostgreSQL ``integer`` column stay
 # within INT32_MAX; amounts are finite floats (contracts.base refuses NaN and infinity).
-MAX_SECONDS = 86_400.0  # one day: heartbeat timeouts, delays, cooldowns
 MAX_AGENTS = 1_000_000  # agents in a pool, a fleet or a scaling decision
 MAX_CPU_CORES = 1_000_000.0
 MAX_MEGABYTES = 1e12  # memory and disk in MB: an exabyte
@@ -79,32 +86,6 @@ class DeregisterAgent(Command):
     reason: Text | None = Field(default=None, max_length=1000)
 
 
-# Selection strategies the coordinator knows. ``least_loaded`` (capability match, then the lowest
-# load ratio) is the default when neither the task nor the pool policy names one.
-Strategy = Literal[
-    "least_loaded",
-    "round_robin",
-    "least_connections",
-    "resource_based",
-    "capability_based",
-    "weighted",
-    "performance_weighted",
-]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-RetryStrategy = Literal["exponential", "linear", "constant", "immediate"]
-
-
-class RetryPolicy(Model):
-    """How often and how soon a failed task runs again. ``max_attempts`` counts the first run."""
-
-    max_attempts: int = Field(default=1, ge=1, le=100)
-    strategy: RetryStrategy = "exponential"
-    base_delay_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
-    max_delay_s: float = Field(default=300.0, ge=0, le=MAX_SECONDS)
-    # Fraction of the delay spread either way, derived from (task id, attempt): replay-stable.
-    jitter: float = Field(default=0.0, ge=0, le=1)
-
-
 class SubmitTask(Command):
     """Queue a task; the coordinator assigns it to a capable agent."""
 
@@ -119,6 +100,9 @@ class SubmitTask(Command):
     retry: RetryPolicy | None = None
     # Seconds an assignment may run before it counts as a failure (then retried per ``retry``).
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    # Pinned: only this agent may take the task (a workflow step's ``agent_name``).
+    agent_id: Id | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH,
+                                description="Pin the task to this agent: no other agent is given it.")
 
 
 class Candidate(Model):
@@ -446,6 +430,63 @@ class NoteTaskWaiting(Command):
     until: datetime | None = None  # circuit_open: when the first of their breakers half-opens
 
 
+# -- workflows ---------------------------------------------------------------------------------------
+
+
+class StartWorkflow(Command):
+    """Run a workflow: its definition snapshot and inputs become one ``WorkflowStarted``."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id = Field(min_length=1, max_length=MAX_WORKFLOW_ID)
+    definition: WorkflowDefinition
+    inputs: JSONObject = Field(default_factory=dict)
+
+
+class CancelWorkflow(Command):
+    """Stop a workflow that has not ended: its open steps are cancelled, the rest skipped."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id = _ID
+    reason: Text | None = Field(default=None, max_length=1000)
+
+
+class SignalWorkflow(Command):
+    """Deliver signal ``name`` (a signal step of the workflow) with its data, the step's result."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id = _ID
+    name: StepName
+    data: JSONObject = Field(default_factory=dict)
+
+
+class AwaitSignal(Command):
+    """Issued by the workflow reactor: a signal step's dependencies are done, it starts waiting."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id = _ID
+    step: StepName
+
+
+class FailWorkflowStep(Command):
+    """Issued by the workflow reactor: a step that could not start fails (why, in ``error``)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id = _ID
+    step: StepName
+    error: Text = Field(min_length=1, max_length=10_000)
+
+
+class RegisterWorkflowDefinition(Command):
+    """Store a named, versioned definition; a version, once stored, never changes."""
+
+    subject_field = "name"
+    definition: WorkflowDefinition
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
 ALL: tuple[type[Command], ...] = (
     RegisterAgent,
     AgentHeartbeat,
@@ -470,4 +511,10 @@ ALL: tuple[type[Command], ...] = (
     DecideScaling,
     SetPrices,
     NoteTaskWaiting,
+    StartWorkflow,
+    CancelWorkflow,
+    SignalWorkflow,
+    AwaitSignal,
+    FailWorkflowStep,
+    RegisterWorkflowDefinition,
 )

@@ -63,6 +63,7 @@ class TaskSubmitted(Event):
     timeout_s: float | None = None
     # Capabilities the pool's inference rules derived from ``data``: preferred, not required.
     inferred_capabilities: Capabilities = ()
+    agent_id: Id | None = None  # pinned: only this agent may take it
 
 
 class TaskAssigned(Event):
@@ -192,12 +193,15 @@ class TimerScheduled(Event):
 
     subject_field = "timer_id"
     timer_id: Id
-    kind: str  # task_timeout | retry | heartbeat | agent_dead | circuit | defer
+    # task_timeout | retry | heartbeat | agent_dead | circuit | defer | workflow_timeout | signal_timeout
+    kind: str
     delay_s: float
     generation: int
     task_id: Id | None = None
     agent_id: Id | None = None
     attempt: int = 0
+    workflow_id: Id | None = None  # workflow_timeout and signal timers
+    step: str | None = None  # signal timers
 
 
 class TimerCancelled(Event):
@@ -355,6 +359,92 @@ class TaskWaiting(Event):
     until: datetime | None = None
 
 
+# -- workflows ---------------------------------------------------------------------------------------
+
+
+class WorkflowStarted(Event):
+    """A run of a workflow: the definition as it was (a snapshot) and its inputs, defaults filled in."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    name: str
+    version: str
+    definition: dict[str, Any]
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    total_tasks: int
+
+
+class WorkflowStepSkipped(Event):
+    """A step that will never run, and why (a dependency failed, the run stopped or ended)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    step: str
+    reason: str
+
+
+class WorkflowSignalAwaited(Event):
+    """A signal step's dependencies are done: it waits for its signal (``timeout_s``: None, forever)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    step: str
+    timeout_s: float | None = None
+
+
+class WorkflowSignalled(Event):
+    """Signal ``step`` arrived with its data (the step's result); it completes the step once the
+    step waits for it (at once if it already does)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    step: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowStepCompleted(Event):
+    """A signal step completed with its signal's data."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    step: str
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowStepFailed(Event):
+    """A step failed without a task failing: its signal did not come in time, or it could not be
+    submitted (its submission was refused, its templates did not resolve)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    step: str
+    error: str
+
+
+class WorkflowEnded(Event):
+    """A run reached its final status (completed, partially_completed, failed, cancelled,
+    timed_out); ``code`` names a rule that ended it (e.g. BUDGET_EXCEEDED)."""
+
+    subject_field = "workflow_id"
+    workflow_id: Id
+    status: str
+    reason: str | None = None
+    code: str | None = None
+    completed_tasks: int = 0
+    failed_tasks: int = 0
+    skipped_tasks: int = 0
+
+
+class WorkflowDefinitionRegistered(Event):
+    """A named definition at one version (immutable once stored)."""
+
+    subject_field = "name"
+    name: str
+    version: str
+    definition: dict[str, Any]
+    digest: str
+
+
 ALL: tuple[type[Event], ...] = (
     AgentRegistered,
     AgentHeartbeatReceived,
@@ -393,4 +483,12 @@ ALL: tuple[type[Event], ...] = (
     ScalingDecided,
     PricesSet,
     TaskWaiting,
+    WorkflowStarted,
+    WorkflowStepSkipped,
+    WorkflowSignalAwaited,
+    WorkflowSignalled,
+    WorkflowStepCompleted,
+    WorkflowStepFailed,
+    WorkflowEnded,
+    WorkflowDefinitionRegistered,
 )

@@ -36,3 +36,12 @@ class Reason(StrEnum):
     # The command would append an event that does not read back as written (a value no store can
     # hold, or one the event's contract refuses): rejected instead of appended (contracts.roundtrip).
     UNREADABLE_EVENT = "UNREADABLE_EVENT"
+    # Workflows: no such run; a run with this id exists; the run (or the step) is not in a state
+    # the command applies to; a step's dependencies are not done; a definition version exists
+    # with other content.
+    UNKNOWN_WORKFLOW = "UNKNOWN_WORKFLOW"
+    WORKFLOW_EXISTS = "WORKFLOW_EXISTS"
+    INVALID_WORKFLOW_STATE = "INVALID_WORKFLOW_STATE"
+    UNKNOWN_STEP = "UNKNOWN_STEP"
+    STEP_NOT_READY = "STEP_NOT_READY"
+    DEFINITION_EXISTS = "DEFINITION_EXISTS"

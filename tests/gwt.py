@@ -22,6 +22,7 @@ from services.coordination.coordinator import Assignment, Coordinator
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
 from services.domain.state import PoolState
+from services.workflows.reactor import WorkflowReactor
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -163,7 +164,9 @@ class Decision:
 
 @dataclass
 class Loop:
-    """Commands -> decide -> evolve -> coordinator.observe -> coordinator.schedule -> commands.
+    """Commands -> decide -> evolve -> reactors observe -> reactors schedule -> commands.
+
+    The reactors are the coordinator and the workflow reactor, as in the runtime's driver.
 
     Commands are decided in FIFO order, like one partition of the commands topic; the
     coordinator's AssignTask commands join the back of the same queue. Repeated command ids are
@@ -177,6 +180,7 @@ class Loop:
     config: DeciderConfig | None = None
     state: PoolState = field(init=False)
     coordinator: Coordinator = field(default_factory=Coordinator)
+    workflows: WorkflowReactor = field(default_factory=WorkflowReactor)
     queue: deque[tuple[str, Payload, bool]] = field(default_factory=deque)
     log: list[Envelope] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
@@ -213,7 +217,8 @@ class Loop:
         self.log.extend(envs)
         for env in envs:
             self.coordinator.observe(env)
-        new = self.coordinator.schedule()
+            self.workflows.observe(env)
+        new = self.coordinator.schedule() + self.workflows.schedule()
         for a in new:
             self.queue.append((a.command_id, a.command, True))
             self.issued.setdefault(a.command_id, len(self.decisions))

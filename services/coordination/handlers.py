@@ -18,7 +18,7 @@ from contracts import event_types as e
 from contracts.budgets import cost_scopes, workflow_of
 from contracts.commands import PoolPolicy
 from contracts.money import to_micros
-from services.coordination.records import Agent, Task, Waiting
+from services.coordination.records import Agent, Task, Waiting, pin
 
 if TYPE_CHECKING:
     from services.coordination.view import PoolView
@@ -34,7 +34,11 @@ RATE_LIMITED = Waiting("rate_limited")
 def _task_submitted(v: PoolView, env: Envelope, ev: e.TaskSubmitted) -> None:
     v.arrivals += 1
     named = ev.data.get("agent_kind")
-    task = Task(ev.task_id, frozenset(ev.required_capabilities), ev.priority, v.arrivals,
+    req = frozenset(ev.required_capabilities)
+    if ev.agent_id is not None:
+        v.pin_target(ev.agent_id)
+        req = req | {pin(ev.agent_id)}
+    task = Task(ev.task_id, req, ev.priority, v.arrivals,
                 env.correlationid, workflow_of(ev.data), strategy=ev.strategy,
                 preferred=frozenset(ev.inferred_capabilities), kind=None if named is None else str(named))
     v.tasks[ev.task_id] = task
@@ -114,7 +118,8 @@ def _agent_registered(v: PoolView, env: Envelope, ev: e.AgentRegistered) -> None
     lost = False
     if agent is None:
         v.registrations += 1
-        agent = Agent(ev.agent_id, frozenset(ev.capabilities), ev.capacity, order=v.registrations)
+        caps = v.caps_of(ev.agent_id, ev.capabilities)
+        agent = Agent(ev.agent_id, caps, ev.capacity, order=v.registrations)
         v.agents[ev.agent_id] = agent
     else:
         # Re-registration: keep load (assignments may be in flight) and the version counter, so
@@ -125,7 +130,8 @@ def _agent_registered(v: PoolView, env: Envelope, ev: e.AgentRegistered) -> None
             lost = True
         if agent.model is not None and agent.model in v.model_load:
             v.model_load[agent.model] -= agent.load
-        agent.caps, agent.capacity, agent.active = frozenset(ev.capabilities), ev.capacity, True
+        agent.caps = v.caps_of(ev.agent_id, ev.capabilities)
+        agent.capacity, agent.active = ev.capacity, True
         agent.healthy, agent.breaker = True, "closed"
     model = ev.metadata.get("model")
     agent.kind, agent.weight = ev.kind, ev.weight

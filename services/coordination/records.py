@@ -10,6 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def pin(agent_id: str) -> str:
+    """The capability only ``agent_id`` has: a task pinned to it requires it (``SubmitTask.agent_id``).
+
+    Only agents some task was pinned to carry theirs, so every other agent keeps sharing its
+    capability group (one group per distinct capability set is what keeps a choice cheap)."""
+    return f"@{agent_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """Why a queued task cannot be assigned now, other than all capable agents being busy."""

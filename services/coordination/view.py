@@ -27,7 +27,7 @@ from services.coordination import choice, strategies
 from services.coordination.choice import AUDIT_TOP, Assignment
 from services.coordination.handlers import HANDLERS
 from services.coordination.ratelimit import RateLimiter
-from services.coordination.records import Agent, Group, Queue, Task, Waiting
+from services.coordination.records import Agent, Group, Queue, Task, Waiting, pin
 from services.coordination.scaling import Scaler
 from services.domain.capabilities import capability_match
 
@@ -68,6 +68,7 @@ class PoolView:
         self.model_blocked: dict[str, set[str]] = {}
         self.to_mark: list[Task] = []  # tasks to check for "no capable agent registered"
         self.scaler = Scaler(pool)
+        self.pinned_to: set[str] = set()  # agents some task is pinned to (they carry ``pin(id)``)
 
     # -- events in, commands out -------------------------------------------------------------
     def observe(self, env: Envelope) -> None:
@@ -99,6 +100,32 @@ class PoolView:
     def candidates(self, req: frozenset[str], k: int = AUDIT_TOP) -> tuple[list[Agent], int]:
         """The ``k`` least-loaded eligible agents with free capacity, and how many groups looked."""
         return choice.candidates(self, req, k)
+
+    # -- pinned tasks ---------------------------------------------------------------------------
+    def caps_of(self, agent_id: str, capabilities: tuple[str, ...]) -> frozenset[str]:
+        """An agent's capabilities as the view matches them: its own, and its pin if it has one."""
+        caps = frozenset(capabilities)
+        return caps | {pin(agent_id)} if agent_id in self.pinned_to else caps
+
+    def pin_target(self, agent_id: str) -> None:
+        """A task is pinned to ``agent_id``: from now on the agent carries its pin (moving to the
+        capability group of its capabilities plus the pin)."""
+        if agent_id in self.pinned_to:
+            return
+        self.pinned_to.add(agent_id)
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return  # registers later, with the pin (caps_of)
+        if agent.active:
+            old = self.groups[agent.caps]
+            old.size -= 1
+            old.members.discard(agent_id)
+        agent.caps = agent.caps | {pin(agent_id)}
+        if agent.active:
+            group = self.group_for(agent.caps)
+            group.size += 1
+            group.members.add(agent_id)
+            self.touch(agent)  # a new version: its entries in the old group's heaps are stale
 
     # -- which groups serve which requirements ------------------------------------------------
     def group_for(self, caps: frozenset[str]) -> Group:

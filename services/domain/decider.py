@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from contracts import Payload, Reason, roundtrip
 from contracts import commands as c
 from contracts.roundtrip import Unreadable
-from services.domain import agents, budgets, policies, resources, tasks, timers
+from services.domain import agents, budgets, policies, resources, tasks, timers, workflows
 from services.domain.decision import DeciderConfig, Rejected
 from services.domain.evolution import evolve
 from services.domain.state import PoolState
@@ -53,6 +53,12 @@ COMMAND_HANDLERS: dict[type[Any], CommandHandler] = {
     c.DecideScaling: policies.decide_scaling,
     c.SetPrices: budgets.set_prices,
     c.FireTimer: timers.fire,
+    c.StartWorkflow: workflows.start,
+    c.CancelWorkflow: workflows.cancel,
+    c.SignalWorkflow: workflows.signal,
+    c.AwaitSignal: workflows.await_signal,
+    c.FailWorkflowStep: workflows.fail_step,
+    c.RegisterWorkflowDefinition: workflows.register_definition,
 }
 
 _DEFAULT_CONFIG = DeciderConfig()
@@ -65,6 +71,8 @@ def decide(state: PoolState, cmd: Payload, config: DeciderConfig | None = None) 
         raise Rejected(Reason.UNKNOWN_COMMAND, f"{type(cmd).__name__} is not a command this pool accepts")
     try:
         events = list(handler(state, cmd, _DEFAULT_CONFIG if config is None else config))
+        # What the decision means for the workflow runs its tasks belong to, in the same decision.
+        events = workflows.follow(state, events)
     except ValidationError as exc:
         # An event's own contract refused a value the command led to (e.g. an amount out of range).
         err = exc.errors(include_url=False)[0]

@@ -95,11 +95,12 @@ class Decision(list[Payload]):
         self.fired: str | None = None  # the timer this decision fires (nothing left to cancel)
 
     def schedule(self, timer_id: str, kind: str, delay_s: float, *, task_id: str | None = None,
-                 agent_id: str | None = None, attempt: int = 0) -> None:
+                 agent_id: str | None = None, attempt: int = 0, workflow_id: str | None = None,
+                 step: str | None = None) -> None:
         self.generation += 1
         self.append(e.TimerScheduled(timer_id=timer_id, kind=kind, delay_s=delay_s,
                                      generation=self.generation, task_id=task_id, agent_id=agent_id,
-                                     attempt=attempt))
+                                     attempt=attempt, workflow_id=workflow_id, step=step))
 
     def cancel(self, timer_id: str, reason: str) -> None:
         timer = self.state.timers.get(timer_id)

@@ -21,6 +21,7 @@ from contracts.money import to_micros
 from services.domain.decision import ROUND, task_workflow
 from services.domain.prices import Prices
 from services.domain.state import AgentState, Allocation, PoolState, TaskState, TimerState
+from services.workflows.machine import new_run, set_status
 
 
 def evolve(state: PoolState, env: Envelope) -> PoolState:
@@ -33,6 +34,8 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
     apply = EVENT_HANDLERS.get(type(ev))
     if apply is not None:  # heartbeats, deferrals, rate limits, rejections, unknown types: no state
         apply(state, ev)
+        if state.step_of_task and type(ev) in _TASK_EVENTS:
+            _step_follows_task(state, ev.task_id)  # type: ignore[union-attr]
     return state
 
 
@@ -75,7 +78,13 @@ def _circuit_closed(state: PoolState, ev: e.CircuitClosed) -> None:
 def _task_submitted(state: PoolState, ev: e.TaskSubmitted) -> None:
     state.tasks[ev.task_id] = TaskState(ev.task_id, ev.type, ev.priority, frozenset(ev.required_capabilities),
                                         ev.data, strategy=ev.strategy, retry=ev.retry, timeout_s=ev.timeout_s,
-                                        preferred=frozenset(ev.inferred_capabilities))
+                                        preferred=frozenset(ev.inferred_capabilities), pinned=ev.agent_id)
+    if state.workflows:
+        workflow_id, name = ev.data.get("workflow_id"), ev.data.get("step")
+        run = state.workflows.get(workflow_id) if isinstance(workflow_id, str) else None
+        if run is not None and isinstance(name, str) and name in run.steps:
+            state.step_of_task[ev.task_id] = (run.workflow_id, name)
+            set_status(run, run.steps[name], "queued")
 
 
 def _task_assigned(state: PoolState, ev: e.TaskAssigned) -> None:
@@ -134,12 +143,58 @@ def _finish(state: PoolState, task_id: str, status: str) -> None:
     task.agent_id = None if status == "queued" else task.agent_id
 
 
+# -- workflows -------------------------------------------------------------------------------------
+
+
+def _step_follows_task(state: PoolState, task_id: str) -> None:
+    where = state.step_of_task.get(task_id)
+    if where is not None:
+        run = state.workflows[where[0]]
+        set_status(run, run.steps[where[1]], state.tasks[task_id].status)
+
+
+def _workflow_started(state: PoolState, ev: e.WorkflowStarted) -> None:
+    state.workflows[ev.workflow_id] = new_run(ev.workflow_id, ev.definition)
+
+
+def _step_skipped(state: PoolState, ev: e.WorkflowStepSkipped) -> None:
+    run = state.workflows[ev.workflow_id]
+    set_status(run, run.steps[ev.step], "skipped")
+
+
+def _signal_awaited(state: PoolState, ev: e.WorkflowSignalAwaited) -> None:
+    run = state.workflows[ev.workflow_id]
+    set_status(run, run.steps[ev.step], "waiting")
+
+
+def _signalled(state: PoolState, ev: e.WorkflowSignalled) -> None:
+    state.workflows[ev.workflow_id].steps[ev.step].signal = ev.data
+
+
+def _step_completed(state: PoolState, ev: e.WorkflowStepCompleted) -> None:
+    run = state.workflows[ev.workflow_id]
+    set_status(run, run.steps[ev.step], "completed")
+
+
+def _step_failed(state: PoolState, ev: e.WorkflowStepFailed) -> None:
+    run = state.workflows[ev.workflow_id]
+    set_status(run, run.steps[ev.step], "failed")
+
+
+def _workflow_ended(state: PoolState, ev: e.WorkflowEnded) -> None:
+    state.workflows[ev.workflow_id].status = ev.status
+
+
+def _definition_registered(state: PoolState, ev: e.WorkflowDefinitionRegistered) -> None:
+    state.definitions[(ev.name, ev.version)] = ev.digest
+
+
 # -- timers ----------------------------------------------------------------------------------------
 
 
 def _timer_scheduled(state: PoolState, ev: e.TimerScheduled) -> None:
     state.timers[ev.timer_id] = TimerState(ev.timer_id, ev.kind, ev.generation, ev.task_id, ev.agent_id,
-                                           ev.attempt)
+                                           ev.attempt, ev.workflow_id, ev.step)
     state.timer_seq = max(state.timer_seq, ev.generation)
 
 
@@ -249,7 +304,21 @@ EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
     e.BudgetSet: _budget_set,
     e.BudgetExceeded: _budget_exceeded,
     e.PricesSet: _prices_set,
+    e.WorkflowStarted: _workflow_started,
+    e.WorkflowStepSkipped: _step_skipped,
+    e.WorkflowSignalAwaited: _signal_awaited,
+    e.WorkflowSignalled: _signalled,
+    e.WorkflowStepCompleted: _step_completed,
+    e.WorkflowStepFailed: _step_failed,
+    e.WorkflowEnded: _workflow_ended,
+    e.WorkflowDefinitionRegistered: _definition_registered,
 }
+
+# Task events after which a workflow step takes its task's status.
+_TASK_EVENTS: frozenset[type[Any]] = frozenset({
+    e.TaskAssigned, e.TaskStarted, e.TaskCompleted, e.TaskFailed, e.TaskRetryScheduled, e.TaskCancelled,
+    e.TaskRequeued, e.TaskReassigned,
+})
 
 # Events that change nothing the decider checks (listed so every event type has its row).
 STATELESS_EVENTS: frozenset[type[Any]] = frozenset({

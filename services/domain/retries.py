@@ -22,7 +22,7 @@ def retry_delay(policy: RetryPolicy, task_id: str, attempt: int) -> float:
     base = policy.base_delay_s
     match policy.strategy:
         case "exponential":
-            delay = base * 2.0 ** min(attempt - 1, 60)
+            delay = base * policy.multiplier ** min(attempt - 1, 60)
         case "linear":
             delay = base * attempt
         case "constant":

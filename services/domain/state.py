@@ -12,6 +12,7 @@ from typing import Any
 from contracts import event_types as e
 from contracts.commands import PoolPolicy, RetryPolicy
 from services.domain.prices import BUILTIN, Prices
+from services.workflows.machine import Run
 
 DEFAULT_POLICY = PoolPolicy()
 
@@ -48,6 +49,7 @@ class TaskState:
     preferred: frozenset[str] = frozenset()  # inferred from data
     failures: int = 0  # runs that failed (timeouts included)
     unassignable: tuple[str, ...] | None = None  # missing capabilities, while marked
+    pinned: str | None = None  # the only agent that may take it
 
     @property
     def open(self) -> bool:
@@ -75,6 +77,8 @@ class TimerState:
     task_id: str | None = None
     agent_id: str | None = None
     attempt: int = 0
+    workflow_id: str | None = None
+    step: str | None = None
 
 
 RESOURCE_NAMES = ("cpu_cores", "memory_mb", "disk_mb", "network_mbps")
@@ -102,6 +106,9 @@ class PoolState:
     timer_seq: int = 0  # highest timer generation so far
     scaling: dict[str, e.ScalingPolicySet] = field(default_factory=dict)  # agent kind -> policy
     scaled: dict[str, e.ScalingDecided] = field(default_factory=dict)  # agent kind -> last decision
+    workflows: dict[str, Run] = field(default_factory=dict)
+    step_of_task: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (workflow, step)
+    definitions: dict[tuple[str, str], str] = field(default_factory=dict)  # (name, version) -> digest
 
     def budget_exhausted(self, scope: str, scope_id: str | None) -> bool:
         return scope_id is not None and (scope, scope_id) in self.exceeded

@@ -30,6 +30,7 @@ from services.domain.decision import (
 )
 from services.domain.retries import attempts_left, retry_delay
 from services.domain.state import PoolState, TaskState
+from services.domain.workflows import check_step_submission
 
 
 def submit(state: PoolState, cmd: c.SubmitTask, config: DeciderConfig) -> list[Payload]:
@@ -43,6 +44,7 @@ def submit(state: PoolState, cmd: c.SubmitTask, config: DeciderConfig) -> list[P
                        task_id=cmd.task_id, strategy=cmd.strategy)
     check_budget(state, "pool", state.pool)
     check_budget(state, "workflow", workflow_of(cmd.data))
+    check_step_submission(state, cmd)
     rules = state.policy.inference_rules
     inferred = infer(cmd.data, DEFAULT_RULES if rules is None else rules, cmd.required_capabilities)
     return [e.TaskSubmitted(**cmd.model_dump(), inferred_capabilities=inferred)]
@@ -52,6 +54,9 @@ def assign(state: PoolState, cmd: c.AssignTask, config: DeciderConfig) -> list[P
     """The coordinator's choice, checked again: the agent may have gone, filled up or tripped."""
     task = task_of(state, cmd.task_id, "queued")
     agent = agent_of(state, cmd.agent_id)
+    if task.pinned is not None and task.pinned != agent.agent_id:
+        raise Rejected(Reason.WRONG_AGENT, f"task {task.task_id!r} is pinned to agent {task.pinned!r}",
+                       task_id=task.task_id, agent_id=agent.agent_id, pinned=task.pinned)
     if not agent.healthy:
         raise Rejected(Reason.AGENT_UNHEALTHY, f"agent {agent.agent_id!r} missed its heartbeat",
                        task_id=task.task_id, agent_id=agent.agent_id)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contracts import Payload
 from contracts import commands as c
 from contracts import event_types as e
+from services.domain import workflows
 from services.domain.agents import leave, take_back
 from services.domain.decision import DeciderConfig, Decision, dead_timer
 from services.domain.state import PoolState, TimerState
@@ -78,6 +79,16 @@ def _circuit_cooled(state: PoolState, timer: TimerState, out: Decision) -> None:
         out.append(e.CircuitHalfOpened(agent_id=agent.agent_id))
 
 
+def _workflow_timed_out(state: PoolState, timer: TimerState, out: Decision) -> None:
+    """A run's global timeout: if it is still open, it stops, timed out."""
+    workflows.timed_out(state, timer.workflow_id or "", out)
+
+
+def _signal_timed_out(state: PoolState, timer: TimerState, out: Decision) -> None:
+    """A signal step still waiting fails."""
+    workflows.signal_timed_out(state, timer.workflow_id or "", timer.step or "", out)
+
+
 # TimerScheduled.kind -> its effect when it fires.
 _EFFECTS: dict[str, Callable[[PoolState, TimerState, Decision], None]] = {
     "task_timeout": _task_timed_out,
@@ -85,4 +96,6 @@ _EFFECTS: dict[str, Callable[[PoolState, TimerState, Decision], None]] = {
     "heartbeat": _heartbeat_missed,
     "agent_dead": _agent_dead,
     "circuit": _circuit_cooled,
+    "workflow_timeout": _workflow_timed_out,
+    "signal_timeout": _signal_timed_out,
 }

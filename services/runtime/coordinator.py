@@ -22,6 +22,9 @@ from events.codec import from_record, to_record
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
+from services.workflows.reactor import SOURCE as WORKFLOWS_SOURCE
+from services.workflows.reactor import Assignment as StepCommand
+from services.workflows.reactor import WorkflowReactor
 
 
 @dataclass
@@ -42,6 +45,8 @@ class CoordinatorDriver:
     # worker that lost the partition can no longer move it.
     fenced: bool = False
     coordinators: dict[int, Coordinator] = field(default_factory=dict)
+    # The workflow reactor rides along: same events, same commands topic, same committed offset.
+    workflows: dict[int, WorkflowReactor] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -55,8 +60,9 @@ class CoordinatorDriver:
         starts = {}
         for p in self.partitions:
             coordinator = self.coordinators[p] = Coordinator()
+            reactor = self.workflows[p] = WorkflowReactor()
             end = await self.log.committed(self.group, self.topics.events, p)
-            await _observe_history(self.log, coordinator, self.topics.events, p, end)
+            await _observe_history(self.log, (coordinator, reactor), self.topics.events, p, end)
             # Same ids as the lost ones (derived from history), so the decider drops any repeats.
             await self._emit(p, Commit(self.group, self.topics.events, p, end))
             starts[p] = end
@@ -65,9 +71,10 @@ class CoordinatorDriver:
 
     async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
         """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
-        coordinator = self.coordinators[partition]
+        coordinator, reactor = self.coordinators[partition], self.workflows[partition]
         for _, env in batch:
             coordinator.observe(env)
+            reactor.observe(env)
         await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
 
     async def _tail(self, partition: int, start: int) -> None:
@@ -78,8 +85,10 @@ class CoordinatorDriver:
         """Append the commands the partition's coordinator wants now, with ``commit`` in the same
         transaction."""
         assignments = self.coordinators[partition].schedule()
-        if assignments:
+        steps = self.workflows[partition].schedule()
+        if assignments or steps:
             envs = [_assignment_envelope(a) for a in assignments]
+            envs += [_assignment_envelope(a, WORKFLOWS_SOURCE, "workflows") for a in steps]
             appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs],
                                              partition=partition, commit=commit)
             self.cache.put(self.topics.commands, appended, envs)
@@ -89,20 +98,23 @@ class CoordinatorDriver:
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
 
 
-async def _observe_history(log: EventLog, coordinator: Coordinator, topic: str, partition: int,
-                           end: int) -> None:
-    """Fold events [0, end) of one partition into the coordinator's view, without acting on them."""
+async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowReactor], topic: str,
+                           partition: int, end: int) -> None:
+    """Fold events [0, end) of one partition into the reactors' views, without acting on them."""
+    coordinator, workflows = reactors
     offset = 0
     while offset < end:
         batch = await log.read(topic, partition, offset, min(5000, end - offset))
         if not batch:
             break
         for rec in batch:
-            coordinator.observe(from_record(rec))
+            env = from_record(rec)
+            coordinator.observe(env)
+            workflows.observe(env)
         offset = batch[-1].offset + 1
 
 
-def _assignment_envelope(a: Assignment) -> Envelope:
-    return command_envelope(a.command, pool=a.pool, command_id=a.command_id,
-                            source="urn:agentbus:coordinator", actor="coordinator",
+def _assignment_envelope(a: Assignment | StepCommand, source: str = "urn:agentbus:coordinator",
+                         actor: str = "coordinator") -> Envelope:
+    return command_envelope(a.command, pool=a.pool, command_id=a.command_id, source=source, actor=actor,
                             correlation_id=a.correlation)

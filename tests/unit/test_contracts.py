@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from contracts import REGISTRY, Envelope, Payload
 from contracts import commands as c
 from contracts import event_types as e
+from contracts.workflows import WorkflowDefinition
 from events.codec import DecodeError, decode, encode, envelope_dict, from_record, to_record
 from events.log import CorruptRecord, StoredRecord
 
@@ -86,6 +87,12 @@ def for_type(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
         return for_type(inner, [*metadata, *flat])
     b = _bounds(metadata)
     origin = typing.get_origin(tp)
+    pattern = next((m.pattern for m in metadata if getattr(m, "pattern", None)), None)
+    if tp is str and pattern is not None:
+        return st.from_regex(pattern, fullmatch=True).filter(
+            lambda v: b.get("min_size", 0) <= len(v) <= b.get("max_size", 10**9))
+    if tp is WorkflowDefinition:
+        return WORKFLOW_DEFINITIONS
     if tp is Any:
         return JSON
     if tp is type(None):
@@ -128,6 +135,16 @@ def for_type(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
     if tp is datetime:
         return TIMES
     raise NotImplementedError(f"no strategy for {tp!r}")
+
+
+def _workflow(names: list[str]) -> WorkflowDefinition:
+    # A chain: each step depends on the one before (sound by construction).
+    steps = [{"name": n, "depends_on": names[i - 1:i]} for i, n in enumerate(names)]
+    return WorkflowDefinition.model_validate({"name": "wf", "tasks": steps})
+
+
+WORKFLOW_DEFINITIONS = st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True), min_size=1,
+                                max_size=4, unique=True).map(_workflow)
 
 
 def _validate(model: type[BaseModel], fields: dict[str, Any]) -> BaseModel | None:
