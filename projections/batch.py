@@ -93,6 +93,9 @@ class Batch:
         self.rate_limits = Rows(tables.rate_limits, upsert_all=True)
         self.scaling_policies = Rows(tables.scaling_policies, upsert_all=True)
         self.prices = Rows(tables.prices, upsert_all=True)
+        self.workflows = Rows(tables.workflows)
+        self.workflow_steps = Rows(tables.workflow_steps)
+        self.workflow_definitions = Rows(tables.workflow_definitions)
         self.costs: list[Row] = []
         self.assignments: list[Row] = []
         self.rejections: list[Row] = []
@@ -190,7 +193,8 @@ class Batch:
         writes: list[tuple[sa.Table, list[Row], bool]] = []
         for state in (self.agents, self.tasks, self.allocations, self.budgets, self.limits,
                       self.pools, self.timers, self.performance, self.rate_limits,
-                      self.scaling_policies, self.prices):
+                      self.scaling_policies, self.prices, self.workflows, self.workflow_steps,
+                      self.workflow_definitions):
             inserts, upserts = state.changes()
             writes += [(state.table, inserts, False), (state.table, upserts, True)]
         writes += [
@@ -221,6 +225,21 @@ def cost_budget_keys(pool: str, agent_id: str, workflow_id: str | None) -> list[
     """The budget rows a cost counts toward (``contracts.budgets.cost_scopes``; only those that
     exist are updated)."""
     return [(pool, scope, scope_id) for scope, scope_id in cost_scopes(pool, agent_id, workflow_id)]
+
+
+# --- how workflow step rows are keyed: (pool, workflow_id, step) ---
+
+
+def step_key(pool: str, data: dict[str, Any]) -> Key | None:
+    """The step row a task's ``data`` claims to run (``workflow_id`` and ``step``), if it names one.
+
+    Only a claim: the task runs that step if the step's row exists and holds its task id (the
+    decider accepts a step's submission only for a run it knows, under the step's own task id).
+    """
+    workflow_id, step = data.get("workflow_id"), data.get("step")
+    if isinstance(workflow_id, str) and isinstance(step, str):
+        return (pool, workflow_id, step)
+    return None
 
 
 def counts_toward(cost: Row, key: Key) -> bool:

@@ -17,14 +17,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import event_types as ev
 from contracts.budgets import workflow_of
 from projections import sql
-from projections.batch import HOLDING, PROFILE_EVENTS, Batch, Item, Key, budget_key, cost_budget_keys
+from projections.batch import (
+    HOLDING,
+    PROFILE_EVENTS,
+    Batch,
+    Item,
+    Key,
+    budget_key,
+    cost_budget_keys,
+    step_key,
+)
 
 
 class Wanted:
     """The keys of the stored rows one batch needs, per table, gathered from its events."""
 
-    __slots__ = ("agents", "allocations", "budgets", "costs", "new_tasks", "tasks", "timers",
-                 "workflows")
+    __slots__ = ("agents", "allocations", "budgets", "costs", "new_runs", "new_tasks", "runs",
+                 "step_tasks", "steps", "tasks", "timers", "workflows")
 
     def __init__(self) -> None:
         self.tasks: set[Key] = set()
@@ -37,6 +46,10 @@ class Wanted:
         self.timers: set[Key] = set()
         self.budgets: set[Key] = set()  # budgets the events name (set or exceeded)
         self.costs: list[tuple[str, ev.CostRecorded]] = []
+        self.runs: set[Key] = set()  # workflow runs the events name
+        self.new_runs: set[Key] = set()  # runs started in this batch: new, so not read
+        self.steps: set[Key] = set()  # workflow steps the events name
+        self.step_tasks: set[Key] = set()  # tasks whose step (if they run one) is read
 
 
 # A kind of row an event reads: (wanted, pool, payload) -> adds the row's key.
@@ -78,6 +91,33 @@ def _cost_budgets(w: Wanted, pool: str, d: ev.CostRecorded) -> None:
     w.costs.append((pool, d))
 
 
+def _run(w: Wanted, pool: str, d: Any) -> None:
+    key = (pool, d.workflow_id)
+    if key not in w.new_runs:
+        w.runs.add(key)
+
+
+def _new_run(w: Wanted, pool: str, d: ev.WorkflowStarted) -> None:
+    key = (pool, d.workflow_id)
+    if key not in w.runs:
+        w.new_runs.add(key)
+
+
+def _step(w: Wanted, pool: str, d: Any) -> None:
+    _run(w, pool, d)
+    if (pool, d.workflow_id) not in w.new_runs:
+        w.steps.add((pool, d.workflow_id, d.step))
+
+
+def _step_of_task(w: Wanted, pool: str, d: Any) -> None:
+    if isinstance(d, ev.TaskSubmitted):
+        key = step_key(pool, d.data)
+        if key is not None and key[:2] not in w.new_runs:
+            w.steps.add(key)
+    elif d.task_id is not None:
+        w.step_tasks.add((pool, d.task_id))
+
+
 AGENT: Need = _agent  # the agent named by ``agent_id`` (if set)
 TASK: Need = _task  # the task named by ``task_id`` (if set)
 NEW_TASK: Need = _new_task  # the task ``TaskSubmitted`` creates
@@ -85,6 +125,10 @@ TIMER: Need = _timer  # the timer named by ``timer_id``
 ALLOCATION: Need = _allocation  # the allocation named by ``allocation_id``
 BUDGET: Need = _budget  # the budget named by ``scope`` and ``scope_id``
 COST_BUDGETS: Need = _cost_budgets  # the budgets a cost counts toward (read with TASK)
+RUN: Need = _run  # the workflow run named by ``workflow_id``
+NEW_RUN: Need = _new_run  # the run ``WorkflowStarted`` creates
+STEP: Need = _step  # the run and its step named by ``workflow_id`` and ``step``
+STEP_OF_TASK: Need = _step_of_task  # the step (and run) the task named by ``task_id`` runs, if any
 
 
 async def load(
@@ -122,6 +166,17 @@ async def load(
         if held["status"] in HOLDING and held["agent_id"] is not None:
             w.agents.add((held["pool"], held["agent_id"]))
     await sql.select_rows(conn, b.agents, w.agents)
+
+    # Workflow rows: the runs and steps the events name, and the steps of the tasks they name
+    # (as the stored task's data claims; a submission in this batch named its step itself).
+    for pool, task_id in w.step_tasks:
+        task = b.tasks.rows.get((pool, task_id))
+        key = None if task is None else step_key(pool, task["data"])
+        if key is not None and key[:2] not in w.new_runs:
+            w.steps.add(key)
+    w.runs.update(key[:2] for key in w.steps)
+    await sql.select_rows(conn, b.workflows, w.runs - w.new_runs)
+    await sql.select_rows(conn, b.workflow_steps, w.steps)
 
     # A cost's budgets follow from its task's workflow: the stored task's, or that of the task's
     # submission earlier in this batch.

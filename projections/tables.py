@@ -374,6 +374,83 @@ scaling_decisions = sa.Table(
     sa.Index("ix_scaling_decisions_pool_kind", "pool", "agent_kind"),
 )
 
+# Workflow runs: the definition snapshot and inputs a run started with, its status (queued ->
+# running at its first step -> a final status at WorkflowEnded) and its step counts. position =
+# the offset of its WorkflowStarted (as in ``assignments``): lists come in log order.
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("workflow_id", _ID, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    # 'queued' | 'running' | 'completed' | 'partially_completed' | 'failed' | 'cancelled' | 'timed_out'
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),  # its first step was submitted (or began to wait)
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("total_tasks", sa.Integer, nullable=False),
+    # Steps completed, failed (a failure the run does not tolerate) and skipped: the decider's
+    # own counts (WorkflowEnded agrees with them when it ends the run).
+    sa.Column("completed_tasks", sa.Integer, nullable=False),
+    sa.Column("failed_tasks", sa.Integer, nullable=False),
+    sa.Column("skipped_tasks", sa.Integer, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),  # the sum of its steps' costs
+    sa.Column("reason", sa.Text),  # why it ended as it did
+    sa.Column("code", sa.String(100)),  # the rule that ended it (e.g. BUDGET_EXCEEDED)
+    sa.Column("definition", _json(), nullable=False),
+    sa.Column("inputs", _json(), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger),  # envelope.sequence of the last event changing the run
+    sa.Index("ix_workflows_pool_status", "pool", "status"),
+    sa.Index("ix_workflows_pool_name", "pool", "name"),
+    sa.Index("ix_workflows_pool_position", "pool", "position"),
+)
+
+# The steps of each run, one row per step from the run's start. A task step follows its task
+# (task_id = "<workflow id>.<step>", set when it is submitted; the assignment audit of that task
+# id is the step's); a signal step waits and completes with its signal's data.
+workflow_steps = sa.Table(
+    "workflow_steps",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("workflow_id", _ID, primary_key=True),
+    sa.Column("step", _ID, primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),  # its index in the definition
+    sa.Column("kind", sa.String(20), nullable=False),  # 'task' | 'signal'
+    sa.Column("depends_on", _json(), nullable=False),
+    sa.Column("continue_on_failure", sa.Boolean, nullable=False),
+    # 'pending' | 'queued' | 'assigned' | 'running' | 'retrying' | 'waiting' | 'completed' |
+    # 'failed' | 'cancelled' | 'skipped'
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("task_id", _ID),
+    sa.Column("agent_id", _ID),  # the agent of its task's latest assignment
+    sa.Column("attempts", sa.Integer, nullable=False),  # its task's assignments so far
+    sa.Column("submitted_at", UTCDateTime),  # its task was submitted, or it began to wait
+    sa.Column("started_at", UTCDateTime),  # its task first started, or it began to wait
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("result", _json()),
+    sa.Column("error", sa.Text),  # last failure message, or the cancellation reason
+    sa.Column("reason", sa.Text),  # why it was skipped
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger),
+    sa.Index("ix_workflow_steps_pool_task", "pool", "task_id"),
+)
+
+# Named workflow definitions, one row per version (a version never changes). position = the
+# offset of its WorkflowDefinitionRegistered: the latest version of a name is the last registered.
+workflow_definitions = sa.Table(
+    "workflow_definitions",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("definition", _json(), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("registered_at", UTCDateTime, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
 # Where each projector is in each log partition: the next offset it will apply. Written in the
 # same transaction as the rows an apply changed.
 positions = sa.Table(
@@ -402,6 +479,9 @@ READ_MODELS: tuple[sa.Table, ...] = (
     rate_limits,
     scaling_policies,
     scaling_decisions,
+    workflows,
+    workflow_steps,
+    workflow_definitions,
 )
 
 __all__ = [
@@ -424,4 +504,7 @@ __all__ = [
     "scaling_policies",
     "tasks",
     "timers",
+    "workflow_definitions",
+    "workflow_steps",
+    "workflows",
 ]

@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,11 +40,17 @@ from services.cli.common import fail, load_settings, setting_option
 @click.option("--coordinator-agents", default=0, show_default=True,
               help="Also time the coordinator's decision per assignment, per strategy, at this many "
                    "agents (e.g. 10000); 0 skips it.")
+@click.option("--workflows", default=0, show_default=True,
+              help="Instead of the task scenario: this many diamond workflow runs (1 -> 3 parallel -> 1), "
+                   "steps/s and step transition latency, beside the same steps as plain tasks.")
+@click.option("--workflow-rate", default=200.0, show_default=True,
+              help="Offered steps/s in the workflows' latency phase.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
-                  raw_records: int, coordinator_agents: int, as_json: bool) -> None:
+                  raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
+                  as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -62,6 +69,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         # Flags over AGENTBUS_* over the defaults, as every command; the data always in a fresh directory.
         settings = load_settings(data_dir=tmp, broker=broker, database=database, partitions=partitions,
                                  topic_prefix=topic_prefix, app_id=app_id)
+        if workflows > 0:
+            _workflows(settings, workflows, workflow_rate, paced_seconds, workers, as_json)
+            return
         result = measure(settings, tmp, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
                          workers=workers, http=http, http_requests=http_requests, http_clients=http_clients,
                          raw_records=raw_records, coordinator_agents=coordinator_agents)
@@ -95,3 +105,32 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     for row in result.get("coordinator", []):
         click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
                    f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
+
+
+def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float, workers: int,
+               as_json: bool) -> None:
+    import asyncio
+
+    from services.bench.scenario import refuse_a_used_log
+    from services.bench.workflows import bench_workflows
+
+    if not settings.kafka:
+        asyncio.run(refuse_a_used_log(settings))
+    result = asyncio.run(bench_workflows(settings, workflows, rate=rate, paced_seconds=paced_seconds,
+                                         workers=workers))
+    result["broker"] = settings.broker.split("?")[0]
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"backend           {result['broker']}")
+    click.echo(f"scenario          {workflows} diamond workflows (1 -> 3 parallel -> 1), "
+               f"{result['steps']} steps, {result['agents']} agents")
+    click.echo(f"throughput        {result['steps_per_s']:,.0f} steps/s end to end ({result['seconds']} s, "
+               f"read models caught up); the same steps as plain tasks {result['plain_tasks_per_s']:,.0f}/s "
+               f"(ratio {result['steps_to_plain_ratio']:.2f})")
+    click.echo(f"transition        p50 {result['transition_p50_ms']} ms, "
+               f"p99 {result['transition_p99_ms']} ms (predecessor TaskCompleted -> successor TaskAssigned) "
+               f"at {rate:,.0f} steps/s offered "
+               f"(saturated: p50 {result['saturated_transition_p50_ms']} ms, "
+               f"p99 {result['saturated_transition_p99_ms']} ms)")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")

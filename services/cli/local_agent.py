@@ -161,7 +161,10 @@ class LocalAgent:
                                      f"agent:{self.agent_id}:fail:{run}")
             self.failed += resp.status_code == 200
         else:
-            result = {"by": self.agent_id, "attempt": attempt}
+            # A stand-in for real output: a short text (``body``), so that workflow templates such
+            # as ``{{ tasks.fetch.result.body }}`` read something, as they would from real work.
+            result = {"by": self.agent_id, "attempt": attempt,
+                      "body": f"{task.get('type', 'task')} {task_id} done by {self.agent_id}"}
             resp = await self._write("POST", f"/v1/tasks/{task_id}/complete",
                                      {"agent_id": self.agent_id, "result": result},
                                      f"agent:{self.agent_id}:complete:{run}")

@@ -266,7 +266,8 @@ def contracts_group() -> None:
 @contracts_group.command("export")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def contracts_export(directory: Path) -> None:
-    """Write one JSON Schema per command and event type, plus index.json, into DIRECTORY."""
+    """Write one JSON Schema per command and event type, the workflow definition's
+    (workflow-definition.json: what `agentbus workflow validate` checks), plus index.json."""
     directory.mkdir(parents=True, exist_ok=True)
     index = []
     for name, schema in sorted(REGISTRY.json_schemas().items()):
@@ -274,5 +275,12 @@ def contracts_export(directory: Path) -> None:
         contract = REGISTRY[name]
         index.append({"type": name, "kind": contract.kind, "version": contract.version,
                       "dataschema": contract.dataschema, "file": f"{name}.json"})
-    (directory / "index.json").write_bytes(orjson.dumps({"types": index}, option=orjson.OPT_INDENT_2))
-    click.echo(f"wrote {len(index)} schemas and index.json to {directory}")
+    from contracts.workflows import WorkflowDefinition
+
+    definition = WorkflowDefinition.model_json_schema()
+    definition["$id"] = "urn:agentbus:schema:WorkflowDefinition:1"
+    (directory / "workflow-definition.json").write_bytes(orjson.dumps(definition, option=orjson.OPT_INDENT_2))
+    (directory / "index.json").write_bytes(orjson.dumps(
+        {"types": index, "definitions": [{"name": "WorkflowDefinition", "file": "workflow-definition.json"}]},
+        option=orjson.OPT_INDENT_2))
+    click.echo(f"wrote {len(index) + 1} schemas and index.json to {directory}")

@@ -1,7 +1,9 @@
 """The HTTP API's composition: ``create_app`` wires the routers, middleware and error handlers to a
 service, and its lifespan starts and stops a service of its own when it was given none.
 
-Where things are: ``writes`` (commands in), ``reads`` (read models out), ``exports`` (the log's
+Where things are: ``writes`` (commands in), ``workflow_writes`` (workflow runs and definitions
+in), ``reads`` (read models out), ``workflow_reads`` (runs, definitions, system status out),
+``exports`` (the log's
 events and the audit trail out), ``bodies`` (request models from the contract registry) and
 ``commands`` (the body of POST /v1/commands), ``responses`` and ``read_schemas`` (what is
 answered), ``deps`` (the service, write options, the min_position wait), ``docs`` (/docs and
@@ -20,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
-from services.http import costs, exports, reads, writes
+from services.http import costs, exports, reads, workflow_reads, workflow_writes, writes
 from services.http.bodies import inline_request_bodies
 from services.http.deps import PositionBeyondEnd
 from services.http.docs import install_docs
@@ -93,7 +95,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     # 1,327 against 1,118 Python function calls per POST /v1/tasks through the ASGI app (cProfile,
     # service stubbed). The routers set everything their routes need themselves (tags,
     # responses, route class, content type rule).
-    for router in (writes.router, reads.router, costs.router, exports.router, reads.health_router):
+    for router in (writes.router, workflow_writes.router, reads.router, workflow_reads.router, costs.router,
+                   exports.router, reads.health_router):
         app.router.routes.extend(router.routes)
 
     def openapi() -> dict[str, Any]:

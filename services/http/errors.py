@@ -20,7 +20,8 @@ from contracts.values import json_problem
 from events.log import LogError
 from services.http.responses import JSONBytesResponse, json_response
 
-__all__ = ["NotAnObject", "error_item", "field_errors", "install_error_handlers", "invalid"]
+__all__ = ["NotAnObject", "YAMLDecodeError", "error_item", "field_errors", "install_error_handlers",
+           "invalid"]
 
 
 class NotAnObject(json.JSONDecodeError):
@@ -33,6 +34,18 @@ class NotAnObject(json.JSONDecodeError):
     def __init__(self, found: str) -> None:
         super().__init__("the request body must be a JSON object", "", 0)
         self.found = found
+
+
+class YAMLDecodeError(json.JSONDecodeError):
+    """A YAML body that does not parse, at ``lineno``/``colno`` (1-based).
+
+    A JSONDecodeError so that FastAPI, reading the body, answers it as the 422 it answers for
+    malformed JSON; the error handler names it as YAML.
+    """
+
+    def __init__(self, msg: str, doc: str, pos: int, lineno: int, colno: int) -> None:
+        super().__init__(msg, doc, pos)
+        self.lineno, self.colno = lineno, colno
 
 
 def invalid(errors: list[dict[str, Any]]) -> NoReturn:
@@ -63,7 +76,10 @@ def _item(err: dict[str, Any], cause: BaseException | None) -> dict[str, Any]:
     if item["type"] == "json_invalid":
         if isinstance(cause, NotAnObject):
             return {"type": "dict_type", "loc": ["body"], "msg": cause.msg, "input": cause.found}
-        if isinstance(cause, json.JSONDecodeError):
+        if isinstance(cause, YAMLDecodeError):
+            item["type"] = "yaml_invalid"
+            item["msg"] = f"YAML error: {cause.msg} (line {cause.lineno}, column {cause.colno})"
+        elif isinstance(cause, json.JSONDecodeError):
             item["msg"] = f"JSON decode error: {cause.msg} (line {cause.lineno}, column {cause.colno})"
     elif item["type"] == "missing" and item["loc"] == ["body"]:
         item["msg"] = "a JSON object body is required"

@@ -152,7 +152,7 @@ class PartitionDecider:
             if exc.code is Reason.UNKNOWN_COMMAND:
                 dead = f"{exc.code.value}: {exc.message}"
         wrapped = event_envelopes(cmd, events, state)
-        if cmd.commanddigest is not None:
+        if cmd.commanddigest is not None and wrapped:
             # On the outcome's first event only: that is where every reader of outcomes looks.
             wrapped[0] = wrapped[0].replaced(commanddigest=cmd.commanddigest)
         for env in wrapped:

@@ -165,7 +165,8 @@ async def test_deregistering_an_agent_requeues_its_task(client: httpx.AsyncClien
     await submit(client, "t1")
     await poll(client, "/v1/tasks/t1", lambda t: t["status"] == "assigned")
     gone = await client.delete("/v1/agents/a1", params={"wait": "true"})
-    assert [e["type"] for e in gone.json()["events"]] == ["TaskRequeued", "TimerCancelled", "AgentDeregistered"]
+    kinds = [e["type"] for e in gone.json()["events"]]
+    assert kinds == ["TaskRequeued", "TimerCancelled", "AgentDeregistered"]
     task = (await client.get("/v1/tasks/t1", params={"min_position": await last_position(gone)})).json()
     assert task["status"] == "queued" and task["agent_id"] is None
 

@@ -82,6 +82,13 @@ def test_contracts_export_writes_one_schema_per_type(tmp_path: Path) -> None:
     # A schema describes what the model accepts: required fields are the model's required fields.
     register = json.loads((out / "RegisterAgent.json").read_text())
     assert set(register["required"]) == {"agent_id", "name"}
+    # The workflow definition users write, on its own: the file validates against it.
+    definitions = json.loads((out / "index.json").read_text())["definitions"]
+    assert definitions == [{"name": "WorkflowDefinition", "file": "workflow-definition.json"}]
+    wf = json.loads((out / "workflow-definition.json").read_text())
+    assert set(wf["required"]) == {"name", "tasks"}
+    assert set(wf["properties"]["failure_strategy"]["enum"]) == {
+        "stop_on_first_failure", "continue_on_failure", "partial_completion_allowed"}
 
 
 def test_events_export_import_round_trip(history: tuple[Path, Any], tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from contracts import Envelope, Payload, new_id
 from contracts import commands as c
 from contracts import event_types as ev
 from contracts.commands import Candidate, SelectionAudit
+from contracts.scheduling import RetryPolicy
+from contracts.workflows import WorkflowDefinition
 from services.domain.decider import Rejected, decide, evolve
 from services.domain.state import PoolState
 
@@ -220,8 +222,115 @@ def coordination_history(into: Story | None = None, pool: str = "ops") -> Decide
     return d
 
 
+def _definition(name: str, *steps: dict[str, Any], version: str = "1.0.0",
+                **fields: Any) -> WorkflowDefinition:
+    return WorkflowDefinition.model_validate({"name": name, "version": version, "tasks": steps, **fields})
+
+
+def step_submission(workflow_id: str, step: str, **fields: Any) -> c.SubmitTask:
+    """A step's task as the workflow reactor submits it."""
+    return c.SubmitTask(task_id=f"{workflow_id}.{step}", type=step,
+                        data={"workflow_id": workflow_id, "step": step}, **fields)
+
+
+def workflow_history(into: Story | None = None, pool: str = "flows") -> Decided:
+    """Workflow runs, decided: definitions, a run that completes (retries, a requeue, costs, a
+    signal that came early), one stopped by a failure, one partly completed, one cancelled, one
+    timed out, one whose budget is spent, a signal that times out, a step that could not start."""
+    d = Decided(pool, into)
+    d.do(c.RegisterAgent(agent_id="w1", name="worker-one", capabilities=("fetch",), capacity=4))
+    d.do(c.RegisterAgent(agent_id="w2", name="worker-two", capabilities=("fetch",), capacity=4))
+    etl = _definition("etl", {"name": "fetch_a"}, {"name": "fetch_b"},
+                      {"name": "approve", "type": "signal", "depends_on": ["fetch_a"]},
+                      {"name": "merge", "depends_on": ["fetch_a", "fetch_b", "approve"]},
+                      inputs={"day": {"type": "string", "required": True}})
+    d.do(c.RegisterWorkflowDefinition(definition=etl))
+    d.do(c.RegisterWorkflowDefinition(definition=etl))  # the same content again: no event
+    d.do(c.RegisterWorkflowDefinition(definition=etl.model_copy(update={"version": "0.9.0"})))
+    d.do(c.RegisterWorkflowDefinition(definition=etl.model_copy(update={"description": "other"})))  # refused
+    # A run that completes.
+    d.do(c.StartWorkflow(workflow_id="run1", definition=etl, inputs={"day": "monday"}))
+    d.do(step_submission("run1", "merge"))  # refused: its dependencies are not done
+    d.do(step_submission("run1", "fetch_a", retry=RetryPolicy(max_attempts=2, base_delay_s=1)))
+    d.do(step_submission("run1", "fetch_b"))
+    d.do(c.SignalWorkflow(workflow_id="run1", name="approve", data={"by": "ann"}))  # early
+    d.do(c.AssignTask(task_id="run1.fetch_a", agent_id="w1", audit=audit("least_loaded", ("w1", 0.8))))
+    d.do(c.AssignTask(task_id="run1.fetch_b", agent_id="w2"))
+    d.do(c.StartTask(task_id="run1.fetch_a"))
+    d.do(c.FailTask(task_id="run1.fetch_a", error="flaky"))  # retried
+    d.fire("retry:run1.fetch_a")
+    d.do(c.AssignTask(task_id="run1.fetch_a", agent_id="w2"))
+    d.do(c.StartTask(task_id="run1.fetch_a"))
+    d.do(c.RecordCost(cost_id="rc1", agent_id="w2", task_id="run1.fetch_a", model="gpt-4o", cost_usd=0.25))
+    d.do(c.CompleteTask(task_id="run1.fetch_a", result={"rows": 10}))
+    d.do(c.AwaitSignal(workflow_id="run1", step="approve"))  # completes at once with the early signal
+    d.do(c.StartTask(task_id="run1.fetch_b"))
+    d.do(c.CompleteTask(task_id="run1.fetch_b", result={"rows": 5}))
+    d.do(c.RecordCost(cost_id="rc2", agent_id="w2", task_id="run1.fetch_b", model="gpt-4o", cost_usd=0.125))
+    d.do(step_submission("run1", "merge"))
+    d.do(c.AssignTask(task_id="run1.merge", agent_id="w1"))
+    d.do(c.CompleteTask(task_id="run1.merge", result={"rows": 15}))
+    # A task naming a run only to share its budget is no step, nor is a claim on an unknown run.
+    d.do(c.SubmitTask(task_id="side", type="x", data={"workflow_id": "run1"}))
+    d.do(c.SubmitTask(task_id="ghost.fetch_a", type="x", data={"workflow_id": "ghost", "step": "fetch_a"}))
+    d.do(c.RecordCost(cost_id="rc3", agent_id="w1", task_id="side", model="gpt-4o", cost_usd=1.0))
+    # Stopped by its first failure: the open step is cancelled, the rest skipped.
+    d.do(c.StartWorkflow(workflow_id="run2", definition=etl.model_copy(update={"version": "0.9.0"}),
+                         inputs={"day": "tuesday"}))
+    d.do(step_submission("run2", "fetch_a"))
+    d.do(step_submission("run2", "fetch_b"))
+    d.do(c.AssignTask(task_id="run2.fetch_a", agent_id="w1"))
+    d.do(c.AssignTask(task_id="run2.fetch_b", agent_id="w2"))
+    d.fire("heartbeat:w2")  # w2 went silent: its task goes back to the queue
+    d.do(c.AgentHeartbeat(agent_id="w2"))
+    d.do(c.RecordCost(cost_id="rc4", agent_id="w1", task_id="run2.fetch_a", model="gpt-4o", cost_usd=0.5))
+    d.do(c.FailTask(task_id="run2.fetch_a", error="source down"))
+    # Partly completed: a failed branch skips its dependents, the other goes on.
+    partial = _definition("fanout", {"name": "left"}, {"name": "right"},
+                          {"name": "after_left", "depends_on": ["left"]},
+                          {"name": "optional", "continue_on_failure": True},
+                          failure_strategy="partial_completion_allowed")
+    d.do(c.RegisterWorkflowDefinition(definition=partial))
+    d.do(c.StartWorkflow(workflow_id="run3", definition=partial))
+    for step in ("left", "right", "optional"):
+        d.do(step_submission("run3", step))
+    d.do(c.FailWorkflowStep(workflow_id="run3", step="after_left", error="no agent named"))  # could not start
+    d.do(c.AssignTask(task_id="run3.left", agent_id="w1"))
+    d.do(c.FailTask(task_id="run3.left", error="bad input"))
+    d.do(c.AssignTask(task_id="run3.optional", agent_id="w1"))
+    d.do(c.FailTask(task_id="run3.optional", error="tolerated"))
+    d.do(c.AssignTask(task_id="run3.right", agent_id="w2"))
+    d.do(c.CompleteTask(task_id="run3.right", result={}))
+    # Cancelled while a step runs and a signal waits.
+    waits = _definition("waits", {"name": "work"}, {"name": "gate", "type": "signal", "timeout": 60},
+                        {"name": "late", "depends_on": ["gate"]})
+    d.do(c.StartWorkflow(workflow_id="run4", definition=waits))
+    d.do(step_submission("run4", "work"))
+    d.do(c.AwaitSignal(workflow_id="run4", step="gate"))
+    d.do(c.CancelWorkflow(workflow_id="run4", reason="not needed"))
+    d.do(c.CancelWorkflow(workflow_id="run4"))  # refused: it ended
+    # A signal that never comes, and a step that could not be submitted.
+    d.do(c.StartWorkflow(workflow_id="run5", definition=waits.model_copy(
+        update={"failure_strategy": "continue_on_failure"})))
+    d.do(c.AwaitSignal(workflow_id="run5", step="gate"))
+    d.do(c.FailWorkflowStep(workflow_id="run5", step="work", error="template did not resolve"))
+    d.fire("signal:run5.gate")
+    # Timed out, and a spent budget.
+    d.do(c.StartWorkflow(workflow_id="run6", definition=waits.model_copy(update={"global_timeout": 30.0})))
+    d.do(step_submission("run6", "work"))
+    d.fire("workflow:run6")
+    d.do(c.StartWorkflow(workflow_id="run7", definition=partial.model_copy(update={"cost_budget": 0.1})))
+    d.do(step_submission("run7", "left"))
+    d.do(c.AssignTask(task_id="run7.left", agent_id="w1"))
+    d.do(c.RecordCost(cost_id="rc5", agent_id="w1", task_id="run7.left", model="gpt-4o", cost_usd=0.2))
+    d.do(c.CompleteTask(task_id="run7.left", result={"late": True}))
+    # Still queued: nothing submitted yet.
+    d.do(c.StartWorkflow(workflow_id="run8", definition=partial))
+    return d
+
+
 def realistic_history() -> list[Envelope]:
-    """Two pools with agents, every task outcome, resources, costs, budgets and rejections."""
+    """Pools with agents, every task outcome, resources, costs, budgets, rejections and workflows."""
     s = Story()
     s.add(ev.ResourceLimitsSet(
         max_cpu_cores=16, max_memory_mb=32_000, max_disk_mb=100_000, max_network_mbps=1000
@@ -287,6 +396,8 @@ def realistic_history() -> list[Envelope]:
     s.add(ev.PricesSet(default=c.ModelPrice(input_per_1k=0.001, output_per_1k=0.002)), pool="blue")
     # A third pool, made by the decider: health, retries, breakers, timers, policies, scaling.
     coordination_history(into=s)
+    # A fourth, decided too: workflow runs and definitions.
+    workflow_history(into=s)
     return s.envelopes
 
 

@@ -132,7 +132,7 @@ async def test_retry_then_timeout_then_reassignment_of_one_task(store: Projectio
     assert t1["requeue_reason"] == "agent unhealthy: no heartbeat for 5.0s"
     assert t1["error"] == "timed out after 30.0s" and t1["next_attempt_at"] is None
     assert t1["retry"] == {"max_attempts": 3, "strategy": "exponential", "base_delay_s": 2.0,
-                           "max_delay_s": 300.0, "jitter": 0.0}
+                           "max_delay_s": 300.0, "multiplier": 2.0, "jitter": 0.0}
 
 
 async def test_retry_scheduled_waits_with_its_next_attempt_time(store: ProjectionStore) -> None:

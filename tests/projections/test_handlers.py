@@ -8,7 +8,7 @@ from contracts import event_types as ev
 from projections.batch import Batch
 from projections.handlers import HANDLERS, Registry
 from projections.handlers.registry import merge
-from projections.loading import AGENT, TASK
+from projections.loading import AGENT, STEP_OF_TASK, TASK
 
 
 def _noop(b: Batch, env: object, d: object) -> None:
@@ -17,7 +17,7 @@ def _noop(b: Batch, env: object, d: object) -> None:
 
 def test_an_entry_holds_the_handler_and_the_rows_it_reads() -> None:
     entry = HANDLERS[ev.TaskAssigned]
-    assert entry.reads == (TASK, AGENT)
+    assert entry.reads == (TASK, AGENT, STEP_OF_TASK)  # the task's, then its workflow step's
 
 
 def test_one_handler_may_serve_several_event_types() -> None:
