@@ -126,7 +126,7 @@ async def test_tasks_take_strategy_retry_and_timeout(client: httpx.AsyncClient) 
     assert resp.status_code == 201, resp.text
     data = resp.json()["events"][0]["data"]
     assert data["strategy"] == "performance_weighted" and data["timeout_s"] == 30
-    assert data["retry"] == retry
+    assert data["retry"] == {**retry, "multiplier": 2.0}  # the default factor, recorded
 
 
 async def test_unknown_strategy_is_refused_at_the_door(client: httpx.AsyncClient) -> None:

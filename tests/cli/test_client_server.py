@@ -110,7 +110,7 @@ def test_every_field_of_the_agent_and_task_commands_reaches_the_log(server: Serv
         "summarize", 7, ["text"], {"doc": 1})
     assert (data["strategy"], data["timeout_s"]) == ("weighted", 120.0)
     assert data["retry"] == {"max_attempts": 4, "strategy": "linear", "base_delay_s": 5.0,
-                             "max_delay_s": 60.0, "jitter": 0.25}
+                             "max_delay_s": 60.0, "multiplier": 2.0, "jitter": 0.25}
     cli(server, "task", "submit", "x", "--id", "t2", "-r", "nobody", "--retry-base-delay", "3")
     assert one(server, "t2", "TaskSubmitted")["data"]["retry"]["base_delay_s"] == 3.0
 
