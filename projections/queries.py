@@ -65,6 +65,14 @@ async def get_agent(store: ProjectionStore, pool: str, agent_id: str) -> dict[st
 # --- tasks ---
 
 
+def check_page(page: int, page_size: int) -> None:
+    """Refuse a page number below 1 or a page size outside 1..MAX_PAGE_SIZE."""
+    if page < 1:
+        raise ValueError("page starts at 1")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+
+
 async def list_tasks(
     store: ProjectionStore,
     pool: str,
@@ -75,10 +83,7 @@ async def list_tasks(
     page_size: int = 50,
 ) -> dict[str, Any]:
     """A page of the pool's tasks in submission order, with the total matching the filters."""
-    if page < 1:
-        raise ValueError("page starts at 1")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    check_page(page, page_size)
     t = tables.tasks
     where = [t.c.pool == pool]
     if status is not None:

@@ -106,10 +106,7 @@ async def list_workflows(
 
     ``execution_time`` of a running run counts up to ``now`` (default: the pool's latest event).
     """
-    if page < 1:
-        raise ValueError("page starts at 1")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    queries.check_page(page, page_size)
     w = tables.workflows
     where = [w.c.pool == pool]
     if status is not None:
