@@ -2,7 +2,8 @@
 
 ``decider`` dispatches each command by its type to one handler, found in the module of its family:
 ``agents``, ``tasks``, ``resources``, ``budgets`` (costs, budgets and prices), ``policies`` and
-``timers``, which share the lookups, the rejection and the decision builder of ``decision``.
+``timers`` and ``workflows`` (runs, their steps' starts and ends), which share the lookups, the
+rejection and the decision builder of ``decision``.
 ``evolution`` folds events into the ``state`` of a pool the same way, one handler per event type.
 Around them: the built-in model prices and how a pool's prices price a call (``prices``),
 capability inference and matching (``capabilities``), retry schedules (``retries``) and how a decision is
@@ -10,7 +11,8 @@ wrapped into event envelopes (``envelopes``).
 
 Pure: no I/O, no clock, no randomness. Time comes from the command envelope, so the same history
 always yields the same decisions, in the embedded runner, on Kafka workers and in replay. This
-package must never import ``events``, ``projections`` or any other ``services`` package.
+package must never import ``events``, ``projections`` or any ``services`` package that does I/O;
+the one it shares is the pure workflow state machine (``services.workflows.machine``).
 """
 
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve

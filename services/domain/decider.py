@@ -2,7 +2,9 @@
 
 ``decide`` looks the command's exact type up in ``COMMAND_HANDLERS``, one row per command, and
 runs its handler; the handlers live with their family (``agents``, ``tasks``, ``resources``,
-``budgets``, ``policies``, ``timers``) and ``evolve`` with its own table in ``evolution``.
+``budgets``, ``policies``, ``timers``, ``workflows``) and ``evolve`` with its own table in
+``evolution``. After the handler, ``workflows.follow`` adds what the decision means for the
+workflow runs whose steps it ended, so a run is settled in the same decision.
 Adding a command is adding a handler and its row. Every event a handler returns is checked
 against its contract (``contracts.roundtrip``): one that would not read back as written rejects
 the command (``UNREADABLE_EVENT``) instead of being appended.
