@@ -323,6 +323,14 @@ class PoolView:
             for task in self.parked.pop(scope_id, []):
                 if task.status == "queued" and task.pending is None:
                     self.enqueue(task)
+            # Its tasks still in the queues were passed over while the budget was spent (a queue's
+            # new reason is not noted on a parked task): their reason is looked at again.
+            for req, queue in self.queues.items():
+                for _, _, task_id, version in queue.heap:
+                    task = self.tasks[task_id]
+                    if task.workflow == scope_id and task.qversion == version and task.status == "queued":
+                        queue.fresh.append(task)
+                        self.work.add(req)
         else:  # agents skipped while a pool or agent budget was spent get back into the heaps
             for agent in self.agents.values():
                 self.touch(agent)
