@@ -375,14 +375,21 @@ def test_the_diamond_example_completes(server: Server, agents: Agents) -> None:
 def read_until(proc: subprocess.Popen[bytes], line: str, timeout: float = 60.0) -> list[str]:
     """The lines ``proc`` printed up to ``line`` (which must come within ``timeout`` seconds)."""
     assert proc.stdout is not None
+    # Straight from the pipe: a buffered readline() may pull several lines in at once, and a
+    # select() on the pipe then waits for more while the line sought sits in the buffer.
+    fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
+    data = b""
     lines: list[str] = []
     while line not in lines:
-        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
         assert ready, f"no {line!r} within {timeout}s; printed: {lines}"
-        raw = proc.stdout.readline()
-        assert raw, f"ended before {line!r}; printed: {lines}"
-        lines.append(raw.decode().rstrip("\n"))
+        chunk = os.read(fd, 65536)
+        assert chunk, f"ended before {line!r}; printed: {lines}"
+        data += chunk
+        *complete, rest = data.split(b"\n")
+        data = rest
+        lines += [raw.decode() for raw in complete]
     return lines
 
 
