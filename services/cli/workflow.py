@@ -25,7 +25,7 @@ import orjson
 
 from services.cli.client import FINDS_THE_SERVER, _message, _request
 from services.cli.common import HTTP_TIMEOUT_S, dumps, fail, json_object, settings_options, transport
-from services.http.workflow_writes import check_definition, inputs_problems, load_document
+from services.http.workflow_documents import check_definition, inputs_problems, load_document
 from services.runtime.settings import Settings
 
 _client = settings_options("url", "pool")
