@@ -60,6 +60,17 @@ class RegisterAgent(Command):
     metadata: JSONObject = Field(default_factory=dict)
     # Share of work under the ``weighted`` strategy (relative to other agents' weights).
     weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    # The agent's defaults for the tasks it runs: a task's own retry policy wins over ``retry``;
+    # the breaker fields override the pool policy's for this agent alone (None: the pool's).
+    retry: RetryPolicy | None = Field(
+        default=None, description="Retry policy of a failed run of a task that has none of its own.")
+    breaker_threshold: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Open this agent's circuit breaker after this many consecutive failed runs "
+                    "(None: the pool policy's breaker_threshold).")
+    breaker_cooldown_s: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS,
+        description="How long this agent's breaker stays open (None: the pool policy's breaker_cooldown_s).")
 
 
 class AgentHeartbeat(Command):
@@ -103,6 +114,16 @@ class SubmitTask(Command):
     # Pinned: only this agent may take the task (a workflow step's ``agent_name``).
     agent_id: Id | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH,
                                 description="Pin the task to this agent: no other agent is given it.")
+    # Resolved by the decider into the event's ``agent_id`` (the name is kept beside it, as given).
+    agent_name: Text | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Pin the task to the agent with this id, else to the active agent with this name "
+                    "(several: the smallest id); rejected when none has it. With agent_id: both must "
+                    "name the same agent.")
+    # What the agent is asked to do and with what, as a workflow step's ``action``/``parameters``.
+    action: Text | None = Field(default=None, min_length=1, max_length=200,
+                                description="What the agent is asked to do (e.g. an executor's call).")
+    parameters: JSONObject = Field(default_factory=dict, description="The action's arguments.")
 
 
 class Candidate(Model):
@@ -165,12 +186,18 @@ class CompleteTask(Command):
 
 
 class FailTask(Command):
-    """The task failed."""
+    """The task failed: retried per its retry policy when ``retryable``, else failed at once."""
 
     subject_field = "task_id"
     task_id: Id = _ID
     agent_id: Id | None = None
     error: Text = Field(default="failed", max_length=10_000)
+    # False: running it again cannot help (a 404, a refused request): the task fails whatever its
+    # retry policy, and the failure does not count against the agent's circuit breaker.
+    retryable: bool = Field(default=True, description="Whether running the task again could help; "
+                                                       "false fails it at once, whatever its retry policy.")
+    error_code: Name | None = Field(default=None, max_length=100,
+                                    description="A short code for the failure (http_status:404, timeout).")
 
 
 class CancelTask(Command):
@@ -319,12 +346,16 @@ class MarkTaskUnassignable(Command):
 
 
 class DeferTask(Command):
-    """Issued by the coordinator: capable agents exist but none may take the task yet."""
+    """Put a task aside for ``delay_s``. Without ``agent_id``, the coordinator's: capable agents
+    exist but none may take the queued task yet. With it, the agent holding the task gives it back
+    without spending an attempt (its target said "later": a 429 or 503 with Retry-After, an
+    overload); the task is queued again once the delay is over, and no agent is given it before."""
 
     subject_field = "task_id"
     task_id: Id = _ID
     reason: Name = Field(default="RATE_LIMITED", max_length=100)
     delay_s: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
+    agent_id: Id | None = Field(default=None, description="The agent holding the task, deferring it.")
 
 
 RateLimitScope = Literal["agent", "model"]
@@ -400,8 +431,8 @@ class SetPrices(Command):
         return self
 
 
-# Why a queued (or retrying) task waits: ``waiting_reason.code`` of a task read.
-WaitingCode = Literal[
+# The reasons the coordinator may note (NoteTaskWaiting).
+NotedWaitingCode = Literal[
     "no_capable_agent",
     "all_capable_agents_busy",
     "rate_limited",
@@ -410,6 +441,9 @@ WaitingCode = Literal[
     "agents_unhealthy",
     "retry_backoff",
 ]
+# Why a queued (or retrying) task waits: ``waiting_reason.code`` of a task read. Besides the noted
+# ones, ``deferred_by_agent``: the agent that held it deferred it (DeferTask with ``agent_id``).
+WaitingCode = Literal[NotedWaitingCode, "deferred_by_agent"]
 WAITING_CODES: tuple[str, ...] = get_args(WaitingCode)
 MAX_WAITING_AGENTS = 10  # capable agents named in a NoteTaskWaiting
 
@@ -421,7 +455,7 @@ class NoteTaskWaiting(Command):
 
     subject_field = "task_id"
     task_id: Id = _ID
-    code: WaitingCode
+    code: NotedWaitingCode
     # budget_exceeded: the spent budget's scope and id (a pool's name, or ids as already logged).
     scope: BudgetScope | None = None
     scope_id: Key | None = Field(default=None, max_length=MAX_ID_LENGTH)

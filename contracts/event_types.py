@@ -34,6 +34,10 @@ class AgentRegistered(Event):
     heartbeat_timeout_s: float = 30.0
     metadata: dict[str, Any] = Field(default_factory=dict)
     weight: float = 1.0
+    # The agent's defaults for the tasks it runs (None: the task's own policy, the pool's breaker).
+    retry: RetryPolicy | None = None
+    breaker_threshold: int | None = None
+    breaker_cooldown_s: float | None = None
 
 
 class AgentHeartbeatReceived(Event):
@@ -64,6 +68,11 @@ class TaskSubmitted(Event):
     # Capabilities the pool's inference rules derived from ``data``: preferred, not required.
     inferred_capabilities: Capabilities = ()
     agent_id: Id | None = None  # pinned: only this agent may take it
+    # The name the pin was asked by, as given (the audit's); ``agent_id`` is what it resolved to
+    # when decided, so replay never resolves it again.
+    agent_name: str | None = None
+    action: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class TaskAssigned(Event):
@@ -90,11 +99,16 @@ class TaskCompleted(Event):
 
 
 class TaskFailed(Event):
+    """A task failed for good: no attempts left, or a failure running it again cannot help."""
+
     subject_field = "task_id"
     task_id: Id
     agent_id: Id | None
     error: str
     attempt: int
+    error_code: str | None = None
+    # False: the failure said running it again cannot help (the retry policy was not consulted).
+    retryable: bool = True
 
 
 class TaskCancelled(Event):
@@ -259,6 +273,7 @@ class TaskRetryScheduled(Event):
     error: str
     attempt: int  # the run that failed (1 = the first)
     delay_s: float
+    error_code: str | None = None
 
 
 class CircuitOpened(Event):
@@ -289,10 +304,14 @@ class TaskUnassignable(Event):
 
 
 class TaskDeferred(Event):
+    """A task put aside for ``delay_s``: by the coordinator (``agent_id`` None: it stays queued), or
+    by the agent holding it (its slot freed, no failure counted; queued again after the delay)."""
+
     subject_field = "task_id"
     task_id: Id
     reason: str
     delay_s: float
+    agent_id: Id | None = None
 
 
 class RateLimitSet(Event):

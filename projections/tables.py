@@ -119,6 +119,11 @@ tasks = sa.Table(
     sa.Column("inferred_capabilities", _json(), nullable=False),
     sa.Column("retry", _json()),  # the task's retry policy, if any
     sa.Column("timeout_s", sa.Float),
+    # What the agent is asked to do, and with what (SubmitTask.action/parameters).
+    sa.Column("action", sa.Text),
+    sa.Column("parameters", _json(), nullable=False),
+    # The only agent that may take it (SubmitTask.agent_id, or its agent_name resolved).
+    sa.Column("pinned_agent_id", _ID),
     # 'queued' | 'assigned' | 'running' | 'retrying' | 'completed' | 'failed' | 'cancelled'
     # ('retrying': a run failed with attempts left; queued again at next_attempt_at.)
     sa.Column("status", sa.String(20), nullable=False),
@@ -136,13 +141,16 @@ tasks = sa.Table(
     # {"missing", "best_match", "threshold"} while no agent matches enough (cleared on assignment).
     sa.Column("unassignable", _json()),
     sa.Column("unassignable_at", UTCDateTime),
-    # The last deferral (e.g. RATE_LIMITED) and until when (cleared on assignment).
+    # The last deferral (e.g. RATE_LIMITED), until when, and by which agent (None: the coordinator,
+    # for rate limits; else the agent that held the task and gave it back); cleared on assignment.
     sa.Column("deferred_reason", sa.String(100)),
     sa.Column("deferred_until", UTCDateTime),
+    sa.Column("deferred_by", _ID),
     # Why it waits while queued or retrying (None otherwise): {"code", "since", and per code
-    # "until", "scope", "scope_id", "agents", "missing", ...}; codes: contracts.commands.WaitingCode.
-    # "all_capable_agents_busy" is the default the projection gives a task back in the queue; the
-    # others come from TaskUnassignable, TaskDeferred, TaskRetryScheduled and TaskWaiting.
+    # "until", "scope", "scope_id", "agents", "missing", "agent_id", "delay_s", ...}; codes:
+    # contracts.commands.WaitingCode. "all_capable_agents_busy" is the default the projection gives
+    # a task back in the queue; the others come from TaskUnassignable, TaskDeferred (the
+    # coordinator's: rate_limited; its agent's: deferred_by_agent), TaskRetryScheduled and TaskWaiting.
     sa.Column("waiting_reason", _json()),
     # {"scope", "scope_id"} of a spent budget covering the task while it ran.
     sa.Column("budget_flag", _json()),
@@ -152,6 +160,11 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("error", sa.Text),  # last failure message, or the cancellation reason
+    # The last failure's code (FailTask.error_code: "http_status:404", "timeout"...) and whether
+    # it could be retried (False: it failed the task at once); None before any failure, and
+    # after a cancellation with a reason (which ``error`` then holds).
+    sa.Column("error_code", sa.Text),
+    sa.Column("retryable", sa.Boolean),
     sa.Column("result", _json()),
     sa.Column("last_seq", sa.BigInteger),  # envelope.sequence of the last event changing the task
     sa.Index("ix_tasks_pool_status", "pool", "status"),

@@ -1,4 +1,6 @@
-"""Task rows and the assignment trail: submission, assignment, runs, outcomes, retries, deferrals.
+"""Task rows and the assignment trail: submission, assignment, runs, outcomes (with the failure's
+code and whether it could be retried), retries, deferrals (by the coordinator, or by the agent
+holding the task, which frees its slot and queues the task again after the delay).
 
 A task that moves holds or frees its agent (the agent's load) through ``Batch.hold``; each
 assignment appends its audit row, with the position it was decided at.
@@ -6,8 +8,9 @@ assignment appends its audit row, with the position it was decided at.
 A queued or retrying task says why it waits (``waiting_reason``). Back in the queue it waits for
 a busy agent: the default, which the coordinator never puts on the log for each task (a queue of
 thousands behind busy agents would cost thousands of events). Every other reason is the
-coordinator's or the decider's event: TaskUnassignable, TaskDeferred, TaskRetryScheduled and
-TaskWaiting (budgets spent, circuits open, agents unhealthy, or back to busy).
+coordinator's or the decider's event: TaskUnassignable, TaskDeferred (rate_limited, or
+deferred_by_agent), TaskRetryScheduled and TaskWaiting (budgets spent, circuits open, agents
+unhealthy, or back to busy).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def _task_submitted(b: Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
             "inferred_capabilities": list(d.inferred_capabilities),
             "retry": None if d.retry is None else d.retry.model_dump(mode="json"),
             "timeout_s": d.timeout_s,
+            "action": d.action,
+            "parameters": d.parameters,
+            "pinned_agent_id": d.agent_id,
             "status": "queued",
             "agent_id": None,
             "attempts": 0,
@@ -71,6 +77,7 @@ def _task_submitted(b: Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
             "unassignable_at": None,
             "deferred_reason": None,
             "deferred_until": None,
+            "deferred_by": None,
             "waiting_reason": waiting(BUSY, env.time),
             "budget_flag": None,
             "budget_flagged_at": None,
@@ -79,6 +86,8 @@ def _task_submitted(b: Batch, env: Envelope, d: ev.TaskSubmitted) -> None:
             "started_at": None,
             "finished_at": None,
             "error": None,
+            "error_code": None,
+            "retryable": None,
             "result": None,
             "last_seq": env.sequence,
         },
@@ -103,6 +112,7 @@ def _task_assigned(b: Batch, env: Envelope, d: ev.TaskAssigned) -> None:
         unassignable_at=None,
         deferred_reason=None,
         deferred_until=None,
+        deferred_by=None,
         waiting_reason=None,
         last_seq=env.sequence,
     )
@@ -159,11 +169,12 @@ def _task_failed(b: Batch, env: Envelope, d: ev.TaskFailed) -> None:
     if d.agent_id is not None:
         agent = b.agent(env.pool, d.agent_id)
         agent["tasks_failed"] += 1
-        agent["consecutive_failures"] += 1
+        if d.retryable:  # as the decider: a failure retrying cannot help is not the agent's
+            agent["consecutive_failures"] += 1
         task["agent_id"] = d.agent_id
     task["failures"] += 1
-    task.update(status="failed", error=d.error, finished_at=env.time, waiting_reason=None,
-                last_seq=env.sequence)
+    task.update(status="failed", error=d.error, error_code=d.error_code, retryable=d.retryable,
+                finished_at=env.time, waiting_reason=None, last_seq=env.sequence)
 
 
 @handlers.on(ev.TaskCancelled, reads=(TASK, AGENT))
@@ -173,7 +184,7 @@ def _task_cancelled(b: Batch, env: Envelope, d: ev.TaskCancelled) -> None:
     task.update(status="cancelled", finished_at=env.time, next_attempt_at=None, waiting_reason=None,
                 last_seq=env.sequence)
     if d.reason is not None:
-        task["error"] = d.reason
+        task.update(error=d.reason, error_code=None, retryable=None)
 
 
 @handlers.on(ev.TaskRequeued, reads=(TASK, AGENT))
@@ -219,6 +230,8 @@ def _task_retry_scheduled(b: Batch, env: Envelope, d: ev.TaskRetryScheduled) -> 
     task.update(
         status="retrying",
         error=d.error,
+        error_code=d.error_code,
+        retryable=True,
         next_attempt_at=until,
         waiting_reason=waiting("retry_backoff", env.time, until=until, attempt=d.attempt),
         last_seq=env.sequence,
@@ -238,14 +251,34 @@ def _task_unassignable(b: Batch, env: Envelope, d: ev.TaskUnassignable) -> None:
     )
 
 
-@handlers.on(ev.TaskDeferred, reads=(TASK,))
+@handlers.on(ev.TaskDeferred, reads=(TASK, AGENT))
 def _task_deferred(b: Batch, env: Envelope, d: ev.TaskDeferred) -> None:
     task = b.task(env.pool, d.task_id)
     until = after(env.time, d.delay_s)
+    if d.agent_id is not None:
+        # Its agent gave it back: queued again (the agent's slot free, no failure counted), and
+        # given to no agent until ``until``, when the decider requeues it.
+        b.hold(task, None)
+        task.update(
+            status="queued",
+            agent_id=None,
+            assigned_at=None,
+            started_at=None,
+            finished_at=None,
+            next_attempt_at=None,
+            requeue_reason=f"deferred by agent {d.agent_id} ({d.reason})",
+            deferred_reason=d.reason,
+            deferred_until=until,
+            deferred_by=d.agent_id,
+            waiting_reason=waiting("deferred_by_agent", env.time, until=until, agent_id=d.agent_id,
+                                   reason=d.reason, delay_s=d.delay_s),
+            last_seq=env.sequence,
+        )
+        return
     # Deferred: capable agents exist, but none may take it until then (the coordinator defers
     # for rate limits; another reason is kept as given).
     reason = None if d.reason == "RATE_LIMITED" else d.reason
-    task.update(deferred_reason=d.reason, deferred_until=until,
+    task.update(deferred_reason=d.reason, deferred_until=until, deferred_by=None,
                 waiting_reason=waiting("rate_limited", env.time, until=until, reason=reason),
                 last_seq=env.sequence)
 

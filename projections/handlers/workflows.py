@@ -259,6 +259,15 @@ def _step_task_requeued(b: Batch, env: Envelope, d: ev.TaskRequeued | ev.TaskRea
         _move(b, env, step, "queued", agent_id=None)
 
 
+@handlers.also(ev.TaskDeferred, reads=(STEP_OF_TASK,))
+def _step_task_deferred(b: Batch, env: Envelope, d: ev.TaskDeferred) -> None:
+    # Deferred by its agent: back in the queue and still in flight (a coordinator's deferral
+    # leaves a queued task, and its step, as they are).
+    step = _step_of_task(b, env.pool, d.task_id) if d.agent_id is not None else None
+    if step is not None:
+        _move(b, env, step, "queued", agent_id=None)
+
+
 @handlers.also(ev.CostRecorded, reads=(STEP_OF_TASK,))
 def _step_cost(b: Batch, env: Envelope, d: ev.CostRecorded) -> None:
     step = _step_of_task(b, env.pool, d.task_id)

@@ -12,13 +12,16 @@ a task's inferred capabilities first, then by its own order.
 
 Command ids are derived from the history (task, assignments so far, rejections so far), so a
 coordinator rebuilt after a crash re-issues the same ids and the decider's idempotency drops the
-repeats. The clock is read only to measure the audit's ``decision_us``; "now" for rate limits is
-the view's latest event time. No I/O.
+repeats. An ``AssignTask`` holds its request and its model call's token estimate in the rate
+limits until its ``TaskAssigned`` takes them (``ratelimit``), so the choices in between count them.
+The clock is read only to measure the audit's ``decision_us``; "now" for rate limits is the view's
+latest event time. No I/O.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -67,6 +70,8 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
     out: list[Assignment] = []
     if v.limited:
         _release_limited(v)
+    if v.limiter.freed:
+        _wake(v)
     if v.to_mark:
         out += _marks(v)
     out += v.scaler.take()  # type: ignore[arg-type]
@@ -95,7 +100,7 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
         groups = v.eligible_groups(task.req)
         considered = len(groups)
         full = [(1.0, g) for g in groups]
-        picks = _pick(v, strategy, task.req, task.preferred, full, AUDIT_TOP, skipped)
+        picks = _pick(v, strategy, task.req, task.preferred, full, AUDIT_TOP, skipped, task)
         eligible = sum(g.size for g in groups)
         partial = False
         if not picks and v.policy.min_capability_match < 1.0:
@@ -107,7 +112,8 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
                 j = i
                 while j < len(levels) and levels[j][0] == levels[i][0]:
                     j += 1
-                picks = _pick(v, strategy, task.req, task.preferred, levels[i:j], AUDIT_TOP, skipped)
+                picks = _pick(v, strategy, task.req, task.preferred, levels[i:j], AUDIT_TOP, skipped,
+                              task)
                 i = j
             partial = bool(picks)
         if not picks:
@@ -150,8 +156,8 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
         heapq.heappop(queue.heap)
         v.tick += 1
         agent.picked = v.tick
-        if v.limiter:
-            v.limiter.on_assign(agent.agent_id, agent.model, v.now)
+        if v.limiter:  # taken when TaskAssigned is seen; held until then
+            v.limiter.hold(task.task_id, agent.agent_id, agent.model, task.tokens(agent.max_tokens))
         v.add_load(agent.agent_id, +1)
         out.append(Assignment(v.pool, command_id,
                               c.AssignTask(task_id=task.task_id, agent_id=agent.agent_id, audit=audit,
@@ -168,8 +174,12 @@ def candidates(v: PoolView, req: frozenset[str], k: int = AUDIT_TOP) -> tuple[li
     return [p.agent for p in picks], len(groups)
 
 
-def _usable(v: PoolView, a: Agent, skipped: dict[str, int]) -> bool | None:
-    """True: may take a task now; False: drop its heap entry; None: rate limited (parked)."""
+def _usable(v: PoolView, a: Agent, skipped: dict[str, int], task: Task | None) -> bool | None:
+    """True: may take ``task`` now; False: drop its heap entry; None: rate limited (parked).
+
+    Rate limited includes a token bucket that cannot hold the task's estimate: the agent is
+    parked until it can, so smaller tasks behind this one do not overtake it on that agent (a
+    large prompt is not starved by a stream of small ones)."""
     if v.exhausted and ("agent", a.agent_id) in v.exhausted:
         return False  # dropped from the heap; re-pushed when its budget is raised
     if a.model is not None and a.model in v.model_load:
@@ -179,7 +189,8 @@ def _usable(v: PoolView, a: Agent, skipped: dict[str, int]) -> bool | None:
             skipped["model_concurrency"] = skipped.get("model_concurrency", 0) + 1
             return False
     if v.limiter:
-        at = v.limiter.ready_at(a.agent_id, a.model, v.now)
+        tokens = 0 if task is None or a.max_tokens is None else task.tokens(a.max_tokens)
+        at = v.limiter.ready_at(a.agent_id, a.model, v.now, tokens)
         if at > v.now:
             heapq.heappush(v.limited, (at, a.agent_id, a.version))
             v.groups[a.caps].limited += 1
@@ -190,8 +201,9 @@ def _usable(v: PoolView, a: Agent, skipped: dict[str, int]) -> bool | None:
 
 
 def _pick(v: PoolView, strategy: str, req: frozenset[str], preferred: frozenset[str],
-          groups: list[tuple[float, Group]], k: int, skipped: dict[str, int]) -> list[_Pick]:
-    """The best ``k`` usable agents of ``groups`` under ``strategy``."""
+          groups: list[tuple[float, Group]], k: int, skipped: dict[str, int],
+          task: Task | None = None) -> list[_Pick]:
+    """The best ``k`` usable agents of ``groups`` under ``strategy`` (for ``task``'s estimate)."""
     weights = v.policy.weights
     agents = v.agents
     best: list[_Pick] = []
@@ -211,7 +223,7 @@ def _pick(v: PoolView, strategy: str, req: frozenset[str], preferred: frozenset[
             a = agents[entry[1]]
             if a.version != entry[2] or not a.available():
                 continue
-            if not _usable(v, a, skipped):
+            if not _usable(v, a, skipped, task):
                 continue
             taken.append(entry)
         for entry in taken:
@@ -259,6 +271,28 @@ def _release_limited(v: PoolView) -> None:
             v.touch(agent)
 
 
+def _wake(v: PoolView) -> None:
+    """Rate limits got units back (a reservation settled for less or given back, an assignment
+    rejected): the agents parked waiting for them go back into the heaps now, not when due."""
+    freed, v.limiter.freed = v.limiter.freed, set()
+    if not v.limited:
+        return
+    kept: list[tuple[float, str, int]] = []
+    for entry in v.limited:
+        agent = v.agents[entry[1]]
+        by_model = agent.model is not None and ("model", agent.model) in freed
+        if by_model or ("agent", agent.agent_id) in freed:
+            group = v.groups[agent.caps]
+            group.limited = max(0, group.limited - 1)
+            if agent.version == entry[2] + 1:  # still parked by us, nothing else changed
+                v.touch(agent)
+        else:
+            kept.append(entry)
+    if len(kept) < len(v.limited):
+        heapq.heapify(kept)
+        v.limited = kept
+
+
 def _marks(v: PoolView) -> list[Assignment]:
     """MarkTaskUnassignable for the tasks to check that no registered agent can serve."""
     out: list[Assignment] = []
@@ -287,7 +321,9 @@ def _defer(v: PoolView, task: Task) -> list[Assignment]:
     """Every capable free agent is rate limited: tell the log, and wake up when one is free."""
     if task.deferring is not None or not v.limited:
         return []
-    delay = max(0.001, round(v.limited[0][0] - v.now, 3))
+    # Rounded up to the millisecond: a wake-up a hair before the agent is free would find it still
+    # parked, and nothing else would look at the task again.
+    delay = max(0.001, math.ceil((v.limited[0][0] - v.now) * 1000) / 1000)
     command_id = f"defer:{v.pool}:{task.task_id}:{task.assigned}:{task.deferred}"
     task.deferring = command_id
     cmd = c.DeferTask(task_id=task.task_id, reason=RATE_LIMITED, delay_s=delay)

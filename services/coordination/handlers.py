@@ -18,6 +18,7 @@ from contracts import event_types as e
 from contracts.budgets import cost_scopes, workflow_of
 from contracts.commands import PoolPolicy
 from contracts.money import to_micros
+from services.coordination.ratelimit import call_tokens, max_tokens_default
 from services.coordination.records import Agent, Task, Waiting, pin
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def _task_submitted(v: PoolView, env: Envelope, ev: e.TaskSubmitted) -> None:
                 env.correlationid, workflow_of(ev.data), strategy=ev.strategy,
                 preferred=frozenset(ev.inferred_capabilities), kind=None if named is None else str(named))
     v.tasks[ev.task_id] = task
+    task.prompt_tokens, task.max_tokens = call_tokens(ev.parameters or ev.data.get("parameters"))
     v.enqueue(task)
 
 
@@ -61,9 +63,13 @@ def _task_assigned(v: PoolView, env: Envelope, ev: e.TaskAssigned) -> None:
         if agent is not None:
             v.tick += 1
             agent.picked = v.tick
-            if v.limiter:
-                v.limiter.on_assign(agent.agent_id, agent.model, v.now)
         v.add_load(ev.agent_id, +1)
+    if v.limiter:
+        # Taken now, at this event's time, whether we issued it (held until now) or a rebuild
+        # replays it: so a view rebuilt from the log holds the same buckets as the live one.
+        agent = v.agents.get(ev.agent_id)
+        model, default = (None, None) if agent is None else (agent.model, agent.max_tokens)
+        v.limiter.reserve(task.task_id, ev.agent_id, model, task.tokens(default), v.now)
 
 
 def _task_ended(v: PoolView, env: Envelope, ev: e.TaskCompleted | e.TaskFailed | e.TaskCancelled) -> None:
@@ -71,6 +77,7 @@ def _task_ended(v: PoolView, env: Envelope, ev: e.TaskCompleted | e.TaskFailed |
     if task.status == "held":
         v.add_load(task.agent_id, -1)
     task.status = "done"
+    v.limiter.release(task.task_id, v.now)  # ended with no cost recorded for its run
 
 
 def _task_retry_scheduled(v: PoolView, env: Envelope, ev: e.TaskRetryScheduled) -> None:
@@ -78,12 +85,14 @@ def _task_retry_scheduled(v: PoolView, env: Envelope, ev: e.TaskRetryScheduled) 
     if task.status == "held":
         v.add_load(task.agent_id, -1)
     task.status = "waiting"
+    v.limiter.release(task.task_id, v.now)
 
 
 def _task_requeued(v: PoolView, env: Envelope, ev: e.TaskRequeued | e.TaskReassigned) -> None:
     task = v.tasks[ev.task_id]
     if task.status == "held":
         v.add_load(task.agent_id, -1)
+    v.limiter.release(task.task_id, v.now)
     task.waiting = None  # back in the queue: busy agents until said otherwise
     v.enqueue(task)
 
@@ -98,6 +107,14 @@ def _task_unassignable(v: PoolView, env: Envelope, ev: e.TaskUnassignable) -> No
 
 def _task_deferred(v: PoolView, env: Envelope, ev: e.TaskDeferred) -> None:
     task = v.tasks[ev.task_id]
+    if ev.agent_id is not None:
+        # Its holder gave it back for a while: the slot is free, and the task stays out of the
+        # queues (as in a retry's backoff) until the decider requeues it when the delay is over.
+        if task.status == "held":
+            v.add_load(task.agent_id, -1)
+        task.status = "waiting"
+        v.limiter.release(task.task_id, v.now)
+        return
     task.deferred += 1
     task.deferring = None
     v.waits(task, RATE_LIMITED, look=False)
@@ -136,6 +153,7 @@ def _agent_registered(v: PoolView, env: Envelope, ev: e.AgentRegistered) -> None
     model = ev.metadata.get("model")
     agent.kind, agent.weight = ev.kind, ev.weight
     agent.model = model if isinstance(model, str) else None
+    agent.max_tokens = max_tokens_default(ev.metadata)
     agent.limit = v.limiter.concurrency("agent", agent.agent_id)
     if agent.model is not None and v.limiter.concurrency("model", agent.model) is not None:
         v.model_load[agent.model] = v.model_load.get(agent.model, 0) + agent.load
@@ -247,8 +265,8 @@ def _cost_recorded(v: PoolView, env: Envelope, ev: e.CostRecorded) -> None:
     cost = to_micros(ev.cost_usd)  # whole micro-dollars, as the decider counts
     for key in cost_scopes(v.pool, ev.agent_id, None if task is None else task.workflow):
         v.spent[key] = v.spent.get(key, 0) + cost
-    if v.limiter:
-        v.limiter.on_tokens(ev.agent_id, ev.model, ev.input_tokens + ev.output_tokens, v.now)
+    if v.limiter:  # the run's reservation (if any) settled: the net spend is the real usage
+        v.limiter.settle(ev.task_id, ev.agent_id, ev.model, ev.input_tokens + ev.output_tokens, v.now)
 
 
 def _budget_exceeded(v: PoolView, env: Envelope, ev: e.BudgetExceeded) -> None:
@@ -287,8 +305,7 @@ def _command_rejected(v: PoolView, env: Envelope, ev: e.CommandRejected) -> None
         task.rejected += 1
         if task.pending is not None and task.pending[0] == env.commandid:
             agent = v.agents.get(task.pending[1])
-            if agent is not None and v.limiter:
-                v.limiter.on_refund(agent.agent_id, agent.model, v.now)
+            v.limiter.rejected(task.task_id, task.pending[1], None if agent is None else agent.model)
             v.add_load(task.pending[1], -1)
             task.pending = None
             if task.status == "queued":

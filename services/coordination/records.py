@@ -51,6 +51,9 @@ class Agent:
     perf: float = 1.0  # performance score when last refreshed
     limit: int | None = None  # concurrency limit (rate limits)
     reopen_at: float = 0.0  # when an open breaker half-opens (event time, seconds)
+    # Tokens reserved for a run whose task names no max_tokens (None: it calls no model we know
+    # of, so nothing is reserved; ratelimit.max_tokens_default).
+    max_tokens: int | None = None
 
     @property
     def room(self) -> int:
@@ -94,6 +97,17 @@ class Task:
     waiting: Waiting | None = None
     notes: int = 0
     noting: int = 0
+    # Its model call's size as its parameters say (ratelimit.call_tokens): the prompt's tokens and
+    # the max_tokens it asks for (None: the agent's default).
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+
+    def tokens(self, default: int | None) -> int:
+        """Tokens to reserve for a run on an agent whose default max tokens is ``default`` (0: none,
+        the agent calls no model we know of): ``ratelimit.estimate_tokens`` of its parameters."""
+        if default is None:
+            return 0
+        return self.prompt_tokens + (default if self.max_tokens is None else self.max_tokens)
 
 
 @dataclass(slots=True)

@@ -81,13 +81,20 @@ def leave(state: PoolState, agent: AgentState, out: Decision, reason: str) -> No
 
 
 def breaker_failure(state: PoolState, agent_id: str, out: Decision) -> None:
-    """A failed run counts against the agent's breaker, which opens at the pool's threshold."""
-    threshold = state.policy.breaker_threshold
+    """A failed run counts against the agent's breaker, which opens at its threshold: the agent's
+    own (``RegisterAgent.breaker_threshold``), else the pool policy's; open for the agent's own
+    cooldown, else the pool's."""
     agent = state.agents.get(agent_id)
-    if threshold is None or agent is None or not agent.active or agent.breaker == "open":
+    if agent is None or not agent.active or agent.breaker == "open":
+        return
+    threshold = agent.breaker_threshold
+    if threshold is None:
+        threshold = state.policy.breaker_threshold
+    if threshold is None:
         return
     failures = agent.failures + 1
     if agent.breaker == "half_open" or failures >= threshold:
-        cooldown = state.policy.breaker_cooldown_s
+        own = agent.breaker_cooldown_s
+        cooldown = state.policy.breaker_cooldown_s if own is None else own
         out.append(e.CircuitOpened(agent_id=agent_id, failures=failures, cooldown_s=cooldown))
         out.schedule(circuit_timer(agent_id), "circuit", cooldown, agent_id=agent_id)

@@ -48,6 +48,15 @@ def agent_of(state: PoolState, agent_id: str, *, active: bool = True) -> AgentSt
     return found
 
 
+def agent_named(state: PoolState, name: str) -> str | None:
+    """The agent ``name`` names: the agent with that id, else the active agent with that name
+    (several: the smallest id, so every replay picks the same one); None when there is none."""
+    if name in state.agents:
+        return name
+    named = [a.agent_id for a in state.agents.values() if a.active and a.name == name]
+    return min(named) if named else None
+
+
 def task_of(state: PoolState, task_id: str, *allowed: str) -> TaskState:
     """The task ``task_id``; rejects an unknown one, or one whose status is not in ``allowed``."""
     found = state.tasks.get(task_id)

@@ -32,7 +32,7 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
         state.seen.add(env.commandid)
     ev = env.data
     apply = EVENT_HANDLERS.get(type(ev))
-    if apply is not None:  # heartbeats, deferrals, rate limits, rejections, unknown types: no state
+    if apply is not None:  # heartbeats, rate limits, rejections, unknown types: no state
         apply(state, ev)
         if state.step_of_task and type(ev) in _TASK_EVENTS:
             _step_follows_task(state, ev.task_id)  # type: ignore[union-attr]
@@ -44,7 +44,10 @@ def evolve(state: PoolState, env: Envelope) -> PoolState:
 
 def _agent_registered(state: PoolState, ev: e.AgentRegistered) -> None:
     state.agents[ev.agent_id] = AgentState(ev.agent_id, ev.kind, frozenset(ev.capabilities), ev.capacity,
-                                           heartbeat_timeout_s=ev.heartbeat_timeout_s, weight=ev.weight)
+                                           heartbeat_timeout_s=ev.heartbeat_timeout_s, weight=ev.weight,
+                                           name=ev.name, retry=ev.retry,
+                                           breaker_threshold=ev.breaker_threshold,
+                                           breaker_cooldown_s=ev.breaker_cooldown_s)
 
 
 def _agent_deregistered(state: PoolState, ev: e.AgentDeregistered) -> None:
@@ -78,7 +81,8 @@ def _circuit_closed(state: PoolState, ev: e.CircuitClosed) -> None:
 def _task_submitted(state: PoolState, ev: e.TaskSubmitted) -> None:
     state.tasks[ev.task_id] = TaskState(ev.task_id, ev.type, ev.priority, frozenset(ev.required_capabilities),
                                         ev.data, strategy=ev.strategy, retry=ev.retry, timeout_s=ev.timeout_s,
-                                        preferred=frozenset(ev.inferred_capabilities), pinned=ev.agent_id)
+                                        preferred=frozenset(ev.inferred_capabilities), pinned=ev.agent_id,
+                                        action=ev.action, parameters=ev.parameters)
     if state.workflows:
         workflow_id, name = ev.data.get("workflow_id"), ev.data.get("step")
         run = state.workflows.get(workflow_id) if isinstance(workflow_id, str) else None
@@ -106,7 +110,8 @@ def _task_completed(state: PoolState, ev: e.TaskCompleted) -> None:
 
 
 def _task_failed(state: PoolState, ev: e.TaskFailed) -> None:
-    _failed(state, ev.task_id, ev.agent_id, "failed")
+    # A failure running again cannot help is the task's, not the agent's: no count for its breaker.
+    _failed(state, ev.task_id, ev.agent_id if ev.retryable else None, "failed")
 
 
 def _task_retry_scheduled(state: PoolState, ev: e.TaskRetryScheduled) -> None:
@@ -119,6 +124,14 @@ def _task_cancelled(state: PoolState, ev: e.TaskCancelled) -> None:
 
 def _task_requeued(state: PoolState, ev: e.TaskRequeued | e.TaskReassigned) -> None:
     _finish(state, ev.task_id, "queued")
+    state.tasks[ev.task_id].deferred = None
+
+
+def _task_deferred(state: PoolState, ev: e.TaskDeferred) -> None:
+    if ev.agent_id is None:
+        return  # the coordinator's: the task stays queued, the coordinator holds off by itself
+    _finish(state, ev.task_id, "queued")  # its slot is free; no failure counted
+    state.tasks[ev.task_id].deferred = (ev.agent_id, ev.reason)
 
 
 def _task_unassignable(state: PoolState, ev: e.TaskUnassignable) -> None:
@@ -271,8 +284,8 @@ def _prices_set(state: PoolState, ev: e.PricesSet) -> None:
 
 
 # Event type -> how it changes the state. Types not listed change nothing the decider checks:
-# heartbeats, timeouts (their TaskRetryScheduled or TaskFailed follows), deferrals, rate limits,
-# budget flags and rejections.
+# heartbeats, timeouts (their TaskRetryScheduled or TaskFailed follows), rate limits, budget flags
+# and rejections.
 EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
     e.AgentRegistered: _agent_registered,
     e.AgentDeregistered: _agent_deregistered,
@@ -291,6 +304,7 @@ EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
     e.TaskRequeued: _task_requeued,
     e.TaskReassigned: _task_requeued,
     e.TaskUnassignable: _task_unassignable,
+    e.TaskDeferred: _task_deferred,
     e.TimerScheduled: _timer_scheduled,
     e.TimerCancelled: _timer_ended,
     e.TimerFired: _timer_ended,
@@ -317,14 +331,13 @@ EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
 # Task events after which a workflow step takes its task's status.
 _TASK_EVENTS: frozenset[type[Any]] = frozenset({
     e.TaskAssigned, e.TaskStarted, e.TaskCompleted, e.TaskFailed, e.TaskRetryScheduled, e.TaskCancelled,
-    e.TaskRequeued, e.TaskReassigned,
+    e.TaskRequeued, e.TaskReassigned, e.TaskDeferred,
 })
 
 # Events that change nothing the decider checks (listed so every event type has its row).
 STATELESS_EVENTS: frozenset[type[Any]] = frozenset({
     e.AgentHeartbeatReceived,
     e.TaskTimedOut,
-    e.TaskDeferred,
     e.TaskWaiting,
     e.RateLimitSet,
     e.TaskBudgetFlagged,

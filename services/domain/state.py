@@ -31,6 +31,11 @@ class AgentState:
     healthy: bool = True
     breaker: str = "closed"  # closed | open | half_open
     failures: int = 0  # consecutive failed runs (reset by a success)
+    name: str = ""  # as registered: a SubmitTask's agent_name may name it
+    # Its defaults for the tasks it runs (None: the task's own retry policy, the pool's breaker).
+    retry: RetryPolicy | None = None
+    breaker_threshold: int | None = None
+    breaker_cooldown_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -50,6 +55,11 @@ class TaskState:
     failures: int = 0  # runs that failed (timeouts included)
     unassignable: tuple[str, ...] | None = None  # missing capabilities, while marked
     pinned: str | None = None  # the only agent that may take it
+    action: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    # (agent, reason) while the agent that held it deferred it: queued, but no agent may take it
+    # until its defer timer requeues it.
+    deferred: tuple[str, str] | None = None
 
     @property
     def open(self) -> bool:

@@ -16,7 +16,7 @@ from services.domain import workflows
 from services.domain.agents import leave, take_back
 from services.domain.decision import DeciderConfig, Decision, dead_timer
 from services.domain.state import PoolState, TimerState
-from services.domain.tasks import failure
+from services.domain.tasks import deferral_over, failure, retry_policy
 
 
 def fire(state: PoolState, cmd: c.FireTimer, config: DeciderConfig) -> list[Payload]:
@@ -29,7 +29,7 @@ def fire(state: PoolState, cmd: c.FireTimer, config: DeciderConfig) -> list[Payl
     out.append(e.TimerFired(timer_id=timer.timer_id, kind=timer.kind, generation=timer.generation,
                             task_id=timer.task_id, agent_id=timer.agent_id))
     effect = _EFFECTS.get(timer.kind)
-    if effect is not None:  # e.g. "defer": firing only wakes the coordinator up
+    if effect is not None:
         effect(state, timer, out)
     return out
 
@@ -47,9 +47,20 @@ def _retry_due(state: PoolState, timer: TimerState, out: Decision) -> None:
     """A task waiting out its backoff goes back to the queue."""
     task = state.tasks.get(timer.task_id or "")
     if task is not None and task.status == "retrying" and task.failures == timer.attempt:
-        total = task.retry.max_attempts if task.retry is not None else 1
+        policy = retry_policy(state, task, task.agent_id)  # the agent of the failed run
+        total = policy.max_attempts if policy is not None else 1
         out.append(e.TaskRequeued(task_id=task.task_id, agent_id=task.agent_id or "",
                                   reason=f"retry: run {task.failures + 1} of {total}"))
+
+
+def _deferral_over(state: PoolState, timer: TimerState, out: Decision) -> None:
+    """A task its agent deferred goes back to the queue. (The coordinator's own deferral of a
+    queued task leaves it queued: the firing only wakes the coordinator up.)"""
+    task = state.tasks.get(timer.task_id or "")
+    if task is not None and task.status == "queued" and task.deferred is not None:
+        agent_id, reason = task.deferred
+        out.append(e.TaskRequeued(task_id=task.task_id, agent_id=agent_id,
+                                  reason=deferral_over(agent_id, reason)))
 
 
 def _heartbeat_missed(state: PoolState, timer: TimerState, out: Decision) -> None:
@@ -93,6 +104,7 @@ def _signal_timed_out(state: PoolState, timer: TimerState, out: Decision) -> Non
 _EFFECTS: dict[str, Callable[[PoolState, TimerState, Decision], None]] = {
     "task_timeout": _task_timed_out,
     "retry": _retry_due,
+    "defer": _deferral_over,
     "heartbeat": _heartbeat_missed,
     "agent_dead": _agent_dead,
     "circuit": _circuit_cooled,

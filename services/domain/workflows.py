@@ -20,7 +20,14 @@ from contracts import commands as c
 from contracts import event_types as e
 from contracts.money import to_usd
 from contracts.workflows import FINAL_STATUSES, input_problems, step_task_id, with_defaults
-from services.domain.decision import DeciderConfig, Decision, Rejected, retry_timer, timeout_timer
+from services.domain.decision import (
+    DeciderConfig,
+    Decision,
+    Rejected,
+    defer_timer,
+    retry_timer,
+    timeout_timer,
+)
 from services.domain.state import PoolState
 from services.workflows.machine import Run, Settlement, Step, may_start, settle, stop
 
@@ -247,6 +254,8 @@ def follow(state: PoolState, events: list[Payload]) -> list[Payload]:
     step_of_task = state.step_of_task
     for ev in events:
         t = type(ev)
+        # Only a task's end ends its step: a retry, a requeue or a deferral by its agent leaves the
+        # step in flight (its status follows the task's in ``evolve``).
         if t is e.TaskCompleted or t is e.TaskFailed or t is e.TaskCancelled:
             where = step_of_task.get(ev.task_id)  # type: ignore[attr-defined]
             if where is not None:
@@ -315,6 +324,8 @@ def end(
             )
             out.cancel(timeout_timer(task.task_id), "task cancelled")
             out.cancel(retry_timer(task.task_id), "task cancelled")
+            if task.deferred is not None:
+                out.cancel(defer_timer(task.task_id), "task cancelled")
     for step, why in s.skip:
         if step.status == "waiting":
             out.cancel(signal_timer(run.workflow_id, step.name), "step skipped")

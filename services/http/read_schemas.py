@@ -84,7 +84,9 @@ class WaitingReason(BaseModel):
     rate limited ``until``; ``budget_exceeded``: the budget of ``scope``/``scope_id`` is spent
     (pool, workflow, or for ``agents`` their own); ``circuit_open``: every capable agent's
     breaker is open, the first half-opens ``until``; ``agents_unhealthy``: every capable agent
-    missed its heartbeat; ``retry_backoff``: a run failed (``attempt``), the next starts ``until``.
+    missed its heartbeat; ``retry_backoff``: a run failed (``attempt``), the next starts ``until``;
+    ``deferred_by_agent``: the agent holding it (``agent_id``) gave it back for ``delay_s`` seconds
+    (its ``reason``, e.g. RATE_LIMITED), and no agent is given it before ``until``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,10 +101,14 @@ class WaitingReason(BaseModel):
     best_match: float | None = None
     threshold: float | None = None
     attempt: int | None = None
-    reason: str | None = Field(None, description="A deferral's own reason, when not a rate limit.")
+    reason: str | None = Field(None, description="A deferral's own reason: the coordinator's when not a "
+                                                 "rate limit, an agent's always.")
+    agent_id: str | None = Field(None, description="deferred_by_agent: the agent that deferred it.")
+    delay_s: float | None = Field(None, description="deferred_by_agent: for how long, in seconds.")
 
 
-Task = row_model(tables.tasks, "Task", "A task: status, agent, attempts, timings, result or error.",
+Task = row_model(tables.tasks, "Task", "A task: action and parameters, status, agent, attempts, timings, "
+                                     "result or error (with its code, and whether it could be retried).",
                  shapes={"waiting_reason": WaitingReason})
 ResourceLimits = row_model(tables.resource_limits, "ResourceLimits", "The pool's resource limits.")
 Allocation = row_model(tables.allocations, "Allocation", "Resources reserved for an agent.")

@@ -251,6 +251,7 @@ _HANDLERS: dict[type[Any], Callable[[WorkflowReactor, Envelope, Any], None]] = {
     e.TaskRetryScheduled: _moved("retrying"),
     e.TaskRequeued: _moved("queued"),
     e.TaskReassigned: _moved("queued"),
+    e.TaskDeferred: _moved("queued"),  # by its agent: in flight still, back in the queue
     e.TaskCompleted: WorkflowReactor._task_completed,
     e.TaskFailed: WorkflowReactor._task_failed,
     e.TaskCancelled: WorkflowReactor._task_cancelled,
