@@ -2,12 +2,13 @@
 
 from contracts import commands, event_types, roundtrip, values
 from contracts.base import Command, Event, Model, Payload
-from contracts.envelope import DEFAULT_POOL, Envelope, new_id, utcnow
+from contracts.envelope import DEFAULT_POOL, SYSTEM_POOL, Envelope, new_id, utcnow
 from contracts.registry import REGISTRY, Contract, Registry, UnknownType
 from contracts.rejections import Reason
 
 __all__ = [
     "DEFAULT_POOL",
+    "SYSTEM_POOL",
     "REGISTRY",
     "Command",
     "Contract",

@@ -16,6 +16,9 @@ from contracts.values import Text
 
 SPECVERSION = "1.0"
 DEFAULT_POOL = "default"
+# The pool of deployment-wide settings (API tokens, webhook sources, subscriptions): one decider
+# owns them, like any pool's agents and tasks, so they are events on the log like everything else.
+SYSTEM_POOL = "_system"
 DEFAULT_SOURCE = "urn:agentbus"
 
 

@@ -42,4 +42,31 @@ class RetryPolicy(Model):
     jitter: float = Field(default=0.0, ge=0, le=1)
 
 
-__all__ = ["MAX_SECONDS", "STRATEGIES", "RetryPolicy", "RetryStrategy", "Strategy"]
+# Jitter of ``retry_config.jitter: true``: the delay is spread by up to a quarter either way.
+RETRY_JITTER = 0.25
+
+
+class RetryConfig(Model):
+    """A step's retry policy in the shape users write (delays in seconds)."""
+
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Runs in all, the first included.")
+    initial_delay: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
+    max_delay: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
+    exponential_base: float = Field(default=2.0, ge=1, le=10)
+    jitter: bool = True
+
+    def policy(self) -> RetryPolicy:
+        """The task retry policy this configuration means."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            strategy="exponential",
+            base_delay_s=self.initial_delay,
+            max_delay_s=self.max_delay,
+            multiplier=self.exponential_base,
+            jitter=RETRY_JITTER if self.jitter else 0.0,
+        )
+
+
+__all__ = [
+    "MAX_SECONDS", "RETRY_JITTER", "STRATEGIES", "RetryConfig", "RetryPolicy", "RetryStrategy", "Strategy",
+]

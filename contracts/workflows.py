@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from contracts.base import Model
+from contracts.executors import ExecutorConfig
 from contracts.money import MAX_LIMIT_USD
-from contracts.scheduling import MAX_SECONDS, RetryPolicy, Strategy
+from contracts.scheduling import RetryConfig, Strategy
 from contracts.values import Capabilities, Id, JSONObject, Text
 
 # A step's name is an identifier: templates read ``tasks.<name>.result`` by it, and a step's task
@@ -47,6 +48,7 @@ Version = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-
 MAX_WORKFLOW_ID = 120
 MAX_STEPS = 500
 MAX_INPUTS = 100
+MAX_WORKFLOW_AGENTS = 20
 MAX_WORKFLOW_SECONDS = 30 * 86_400.0  # a global timeout of at most 30 days
 MAX_SIGNAL_SECONDS = 30 * 86_400.0
 
@@ -73,31 +75,6 @@ StepStatus = Literal[
     "skipped",
 ]
 InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
-
-# Jitter of ``retry_config.jitter: true``: the delay is spread by up to a quarter either way.
-RETRY_JITTER = 0.25
-
-
-class RetryConfig(Model):
-    """A step's retry policy in the shape users write (delays in seconds)."""
-
-    max_attempts: int = Field(default=3, ge=1, le=100, description="Runs in all, the first included.")
-    initial_delay: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
-    max_delay: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
-    exponential_base: float = Field(default=2.0, ge=1, le=10)
-    jitter: bool = True
-
-    def policy(self) -> RetryPolicy:
-        """The task retry policy this configuration means."""
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            strategy="exponential",
-            base_delay_s=self.initial_delay,
-            max_delay_s=self.max_delay,
-            multiplier=self.exponential_base,
-            jitter=RETRY_JITTER if self.jitter else 0.0,
-        )
-
 
 class InputSpec(Model):
     """One input a run must (or may) be given."""
@@ -178,6 +155,12 @@ class WorkflowDefinition(Model):
         Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_STEP_NAME)], InputSpec
     ] = Field(default_factory=dict, max_length=MAX_INPUTS)
     tasks: tuple[StepDefinition, ...] = Field(min_length=1, max_length=MAX_STEPS)
+    agents: tuple[ExecutorConfig, ...] = Field(
+        default=(),
+        max_length=MAX_WORKFLOW_AGENTS,
+        description="Executors this workflow brings (same format as an executors file): hosted by the "
+        "server while the workflow runs; steps reach them by capabilities or agent_name.",
+    )
 
     @model_validator(mode="after")
     def _sound(self) -> WorkflowDefinition:

@@ -267,7 +267,8 @@ def contracts_group() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def contracts_export(directory: Path) -> None:
     """Write one JSON Schema per command and event type, the workflow definition's
-    (workflow-definition.json: what `agentbus workflow validate` checks), plus index.json."""
+    (workflow-definition.json: what `agentbus workflow validate` checks), the executors file's
+    (executors.json), plus index.json."""
     directory.mkdir(parents=True, exist_ok=True)
     index = []
     for name, schema in sorted(REGISTRY.json_schemas().items()):
@@ -280,7 +281,13 @@ def contracts_export(directory: Path) -> None:
     definition = WorkflowDefinition.model_json_schema()
     definition["$id"] = "urn:agentbus:schema:WorkflowDefinition:1"
     (directory / "workflow-definition.json").write_bytes(orjson.dumps(definition, option=orjson.OPT_INDENT_2))
+    from contracts.executors import ExecutorsFile
+
+    executors = ExecutorsFile.model_json_schema()
+    executors["$id"] = "urn:agentbus:schema:ExecutorsFile:1"
+    (directory / "executors.json").write_bytes(orjson.dumps(executors, option=orjson.OPT_INDENT_2))
     (directory / "index.json").write_bytes(orjson.dumps(
-        {"types": index, "definitions": [{"name": "WorkflowDefinition", "file": "workflow-definition.json"}]},
+        {"types": index, "definitions": [{"name": "WorkflowDefinition", "file": "workflow-definition.json"},
+                                         {"name": "ExecutorsFile", "file": "executors.json"}]},
         option=orjson.OPT_INDENT_2))
-    click.echo(f"wrote {len(index) + 1} schemas and index.json to {directory}")
+    click.echo(f"wrote {len(index) + 2} schemas and index.json to {directory}")

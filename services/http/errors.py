@@ -66,9 +66,17 @@ def field_errors(exc: ValidationError, prefix: tuple[str | int, ...]) -> list[di
 # --- handlers -----------------------------------------------------------------------------------
 
 
+# Errors about a credential written where a reference belongs (contracts.executors).
+_SECRET_ERRORS = frozenset({"secret_literal", "secret_reference", "url_credentials"})
+_SECRET_PLACES = frozenset({"agent_config", "agents"})  # where executor configurations are posted
+
+
 def _item(err: dict[str, Any], cause: BaseException | None) -> dict[str, Any]:
     item: dict[str, Any] = {"type": err["type"], "loc": list(err["loc"]), "msg": err["msg"],
                             "input": err.get("input")}
+    places = {p for p in item["loc"] if isinstance(p, str)}
+    if item["type"] in _SECRET_ERRORS or places & _SECRET_PLACES:
+        item["input"] = None  # an executor configuration may hold a refused secret: never echoed back
     if "ctx" in err:
         # A model validator's ctx holds the ValueError itself, which is not JSON.
         item["ctx"] = {k: v if isinstance(v, str | int | float | bool | None) else str(v)

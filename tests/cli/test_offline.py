@@ -84,7 +84,8 @@ def test_contracts_export_writes_one_schema_per_type(tmp_path: Path) -> None:
     assert set(register["required"]) == {"agent_id", "name"}
     # The workflow definition users write, on its own: the file validates against it.
     definitions = json.loads((out / "index.json").read_text())["definitions"]
-    assert definitions == [{"name": "WorkflowDefinition", "file": "workflow-definition.json"}]
+    assert definitions == [{"name": "WorkflowDefinition", "file": "workflow-definition.json"},
+                           {"name": "ExecutorsFile", "file": "executors.json"}]
     wf = json.loads((out / "workflow-definition.json").read_text())
     assert set(wf["required"]) == {"name", "tasks"}
     assert set(wf["properties"]["failure_strategy"]["enum"]) == {
