@@ -45,12 +45,17 @@ from services.cli.common import fail, load_settings, setting_option
                    "steps/s and step transition latency, beside the same steps as plain tasks.")
 @click.option("--workflow-rate", default=200.0, show_default=True,
               help="Offered steps/s in the workflows' latency phase.")
+@click.option("--executor", "executor_kind", type=click.Choice(["http"]),
+              help="Instead of the task scenario: --tasks tasks through the http_api executor against a "
+                   "local server (default 2,000), beside raw httpx calls to it; --rate is the offered "
+                   "tasks/s of the added-latency phase (default 200).")
+@click.option("--capacity", default=8, show_default=True, help="--executor: the executor's concurrent calls.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
-                  as_json: bool) -> None:
+                  executor_kind: str | None, capacity: int, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -71,6 +76,12 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                                  topic_prefix=topic_prefix, app_id=app_id)
         if workflows > 0:
             _workflows(settings, workflows, workflow_rate, paced_seconds, workers, as_json)
+            return
+        if executor_kind is not None:
+            explicit = click.get_current_context().get_parameter_source
+            _executor(settings, tasks if explicit("tasks") != click.core.ParameterSource.DEFAULT else 2000,
+                      capacity, rate if explicit("rate") != click.core.ParameterSource.DEFAULT else 200.0,
+                      paced_seconds, as_json)
             return
         result = measure(settings, tmp, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
                          workers=workers, http=http, http_requests=http_requests, http_clients=http_clients,
@@ -133,4 +144,29 @@ def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float,
                f"at {rate:,.0f} steps/s offered "
                f"(saturated: p50 {result['saturated_transition_p50_ms']} ms, "
                f"p99 {result['saturated_transition_p99_ms']} ms)")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+
+
+def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float,
+              as_json: bool) -> None:
+    import asyncio
+
+    from services.bench.executors import bench_executor
+
+    if settings.kafka:
+        fail("--executor runs on the embedded log (the executor's cost is what it measures)")
+    result = asyncio.run(bench_executor(settings, tasks, capacity=capacity, rate=rate,
+                                        paced_seconds=paced_seconds))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"scenario          {tasks} GET calls, http_api executor of capacity {capacity}, "
+               f"stand-in server in its own process")
+    click.echo(f"raw httpx         {result['raw_calls_per_s']:,.0f} calls/s; at {rate:,.0f}/s p50 "
+               f"{result['raw_p50_ms']} ms, p99 {result['raw_p99_ms']} ms")
+    click.echo(f"executor          {result['tasks_per_s']:,.0f} tasks/s end to end ({result['seconds']} s, "
+               f"{result['failed']} failed): {result['ratio_to_raw']:.0%} of the raw rate")
+    click.echo(f"added latency     p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms at "
+               f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
+               f"{result['task_p50_ms']} ms, p99 {result['task_p99_ms']} ms)")
     click.echo(f"peak RSS          {result['peak_rss_mb']} MB")

@@ -5,6 +5,8 @@
   (``agent run`` is in ``services.cli.local_agent``, beside the agent process it runs);
 * ``services.cli.logops``: ``events``, ``projections``, ``replay``, ``contracts`` work on the log,
   the read models and the contracts directly;
+* ``services.cli.executor``: ``executor run`` hosts executors in a process of their own, ``executor
+  test`` tries one;
 * ``services.cli.workflow``: ``workflow`` validates definition files and runs, follows, cancels and
   signals workflows on a running server;
 * ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``).
@@ -20,6 +22,7 @@ import click
 
 from services.cli.bench import bench_command
 from services.cli.client import agent, cost, prices, send, task
+from services.cli.executor import executor
 from services.cli.logops import contracts_group, events_group, projections_group, replay
 from services.cli.server import serve, worker
 from services.cli.workflow import workflow
@@ -45,6 +48,7 @@ for command, name in (
     (prices, "prices"),
     (send, "send"),
     (workflow, "workflow"),
+    (executor, "executor"),
     (events_group, "events"),
     (projections_group, "projections"),
     (replay, "replay"),

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from services.cli.common import DEPLOYMENT, fail, log_errors, logging_to_stderr, run, settings_options
+from services.cli.executor import check_executors_file
 from services.cli.signals import SIGNALS, StopOnSignals
 from services.runtime.service import SettingsError, StartCancelled, check_service, ended, open_service
 from services.runtime.settings import Settings
@@ -33,7 +34,8 @@ HTTP_DRAIN_S = 5.0
 
 
 @click.command()
-@settings_options("host", "port", *DEPLOYMENT, "session_timeout", "scaling_webhook", "access_log")
+@settings_options("host", "port", *DEPLOYMENT, "session_timeout", "scaling_webhook", "access_log",
+                  "executors", "workflow_agents")
 @click.option("--no-worker", is_flag=True,
               help="Kafka: only the API; deciders, coordinator and projector run in `agentbus worker`.")
 def serve(settings: Settings, no_worker: bool) -> None:
@@ -50,6 +52,8 @@ def serve(settings: Settings, no_worker: bool) -> None:
         check_service(settings, worker=not no_worker)  # before anything is opened
     except SettingsError as exc:
         fail(str(exc))
+    if settings.executors is not None:
+        check_executors_file(settings.executors)
     tune_gc()
     if settings.kafka:
         logging_to_stderr(*_QUIET)

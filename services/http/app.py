@@ -22,7 +22,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
-from services.http import costs, exports, reads, workflow_reads, workflow_writes, writes
+from services.executors.hosting import hosted_executors
+from services.http import costs, executors, exports, reads, workflow_reads, workflow_writes, writes
 from services.http.bodies import inline_request_bodies
 from services.http.deps import PositionBeyondEnd
 from services.http.docs import install_docs
@@ -67,7 +68,16 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
             await own.stop()
             raise
         try:
-            yield
+            executors = hosted_executors(own, own_settings)
+            try:
+                await executors.__aenter__()
+            except BaseException as exc:
+                app.state.startup_error = exc
+                raise
+            try:
+                yield
+            finally:
+                await executors.__aexit__(None, None, None)
         finally:
             await own.stop()
 
@@ -96,7 +106,7 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     # service stubbed). The routers set everything their routes need themselves (tags,
     # responses, route class, content type rule).
     for router in (writes.router, workflow_writes.router, reads.router, workflow_reads.router, costs.router,
-                   exports.router, reads.health_router):
+                   exports.router, executors.router, reads.health_router):
         app.router.routes.extend(router.routes)
 
     def openapi() -> dict[str, Any]:

@@ -147,12 +147,14 @@ async def _stored_definition(service: Service, pool: str, name: str, version: st
 
 
 async def _agent_problems(service: Service, pool: str, checked: Checked, prefix: Loc) -> list[dict[str, Any]]:
-    """A 422 item for each step pinned (``agent_name``) to no agent of the pool, by id or name."""
+    """A 422 item for each step pinned (``agent_name``) to no agent of the pool, by id or name, nor
+    to an executor the workflow brings (``agents:``)."""
     defn = checked.readable
     if defn is None:
         return []
+    own = {a.name for a in defn.agents}
     pinned = [(i, s.agent_name) for i, s in enumerate(defn.tasks)
-              if i not in checked.broken_steps and s.agent_name is not None]
+              if i not in checked.broken_steps and s.agent_name is not None and s.agent_name not in own]
     if not pinned:
         return []
     # Agents come and go: asked once the read models hold every decision made (a few ms).

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     pool: str = Field(DEFAULT_POOL, description="Pool the command or query is about.")
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="Largest request body the HTTP API "
                                                                   "accepts, in bytes.")
+    executors: Path | None = Field(None, description="Executors file (YAML or JSON, `agents:`) to run in "
+                                                     "this process: agentbus calls HTTP APIs, LLMs and MCP "
+                                                     "servers itself.")
+    workflow_agents: bool | None = Field(None, description="Host the executors running workflows declare "
+                                                           "(`agents:`). Default: on with the embedded log, "
+                                                           "off on Kafka (turn it on in one process only).")
 
     @field_validator("scaling_webhook")
     @classmethod

@@ -1,0 +1,234 @@
+"""The executor benchmark (``agentbus bench --executor http``): tasks through the http_api executor
+against a local HTTP server, beside raw httpx calls to the same server in the same run.
+
+The target is the stand-in HTTP server (``services.executors.standins``) in a process of its own,
+so it never shares this process's interpreter with what is measured. Reported:
+
+- raw: ``N`` calls with httpx (``capacity`` at once) to ``GET /echo/bench``: calls/s; and at the
+  offered rate (default 200/s), the call latency p50/p99;
+- agentbus: ``N`` tasks submitted at once to the embedded runtime (log, decider, coordinator,
+  projector) with an in-process executor host of one http_api executor of the same ``capacity``:
+  tasks/s until every task completed; the ratio to raw;
+- added latency at the offered rate: per task, (TaskCompleted seen - SubmitTask appended) minus
+  the time its call took, p50/p99: what agentbus adds to a call.
+
+Measures; never asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from contracts import commands as c
+from contracts import event_types as e
+from contracts.executors import ExecutorConfig, ExecutorsFile
+from events.cache import tail
+from services.bench.scenario import Target, peak_rss_mb, percentile
+from services.executors.base import Call, Executor, Outcome
+from services.executors.factory import build_executor
+from services.executors.host import ExecutorHost
+from services.executors.standins.serving import free_port
+from services.runtime.ingest import command_envelope
+from services.runtime.settings import Settings
+
+SOURCE = "urn:agentbus:bench"
+PATH = "/echo/bench"
+
+
+@contextlib.contextmanager
+def target_process() -> Iterator[str]:
+    """The stand-in HTTP server in a process of its own; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.executors.standins", "--http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/_counts", timeout=1.0)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the stand-in HTTP server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _paced(rate: float, count: int) -> AsyncIterator[int]:
+    """``0..count-1`` at ``rate`` per second (late ones at once, never bunched beyond that)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
+
+
+async def raw_calls(url: str, calls: int, capacity: int, rate: float, paced: int) -> dict[str, Any]:
+    """httpx alone: ``calls`` at ``capacity`` at once (calls/s), then ``paced`` at ``rate`` (latency)."""
+    limits = httpx.Limits(max_connections=capacity, max_keepalive_connections=capacity)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        queue = iter(range(calls))
+
+        async def worker() -> None:
+            for i in queue:
+                (await client.get(PATH, headers={"Idempotency-Key": f"raw-{i}"})).raise_for_status()
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(capacity)))
+        seconds = time.perf_counter() - began
+        latencies: list[float] = []
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            (await client.get(PATH, headers={"Idempotency-Key": f"raw-paced-{i}"})).raise_for_status()
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        pending = [asyncio.create_task(one(i)) async for i in _paced(rate, paced)]
+        await asyncio.gather(*pending)
+    return {"raw_calls_per_s": round(calls / seconds, 1), "raw_p50_ms": round(percentile(latencies, 50), 2),
+            "raw_p99_ms": round(percentile(latencies, 99), 2)}
+
+
+@dataclass
+class _Timed:
+    """The executor, with how long each task's call took."""
+
+    inner: Executor
+    name: str = ""
+    call_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def call(self, call: Call) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.call(call)
+        finally:
+            self.call_ms[call.task_id] = (time.perf_counter() - t0) * 1000
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dataclass
+class _Watch:
+    """Notes when each task completed (seen on the events topic)."""
+
+    done_at: dict[str, float] = field(default_factory=dict)
+    failed: int = 0
+    expected: set[str] = field(default_factory=set)
+    all_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def follow(self, target: Target) -> None:
+        async for batch in tail(target.log, target.cache, target.topics.events, 0, 0):
+            now = time.perf_counter()
+            for _, env in batch:
+                ev = env.data
+                if isinstance(ev, e.TaskCompleted | e.TaskFailed) and ev.task_id in self.expected:
+                    self.done_at.setdefault(ev.task_id, now)
+                    self.failed += isinstance(ev, e.TaskFailed)
+            if self.expected and self.expected <= self.done_at.keys():
+                self.all_done.set()
+
+    async def until(self, ids: list[str], timeout: float = 300.0) -> None:
+        self.expected = set(ids)
+        self.all_done.clear()
+        if self.expected <= self.done_at.keys():
+            return
+        await asyncio.wait_for(self.all_done.wait(), timeout)
+
+
+def _submit(i: str) -> c.SubmitTask:
+    return c.SubmitTask(task_id=i, type="call", required_capabilities=("http",),
+                        data={"action": "GET", "parameters": {"path": PATH}})
+
+
+async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int, rate: float,
+                         paced: int) -> dict[str, Any]:
+    """The same calls as tasks through the embedded runtime and an in-process executor host."""
+    config: ExecutorConfig = ExecutorsFile.model_validate({"agents": [{
+        "name": "bench_http", "type": "http_api", "endpoint": url, "capabilities": ["http"],
+        "capacity": capacity, "timeout": 30}]}).agents[0]
+    timed: list[_Timed] = []
+
+    def build(cfg: ExecutorConfig) -> Executor:
+        t = _Timed(build_executor(cfg))
+        timed.append(t)
+        return t
+
+    target = Target(settings)
+    await target.start()
+    watch = _Watch()
+    follower = asyncio.create_task(watch.follow(target))
+    host = ExecutorHost(target.log, [config], topics=target.topics, cache=target.cache, build=build)
+    hosting = asyncio.create_task(host.run())
+    try:
+        await asyncio.wait_for(host.ready.wait(), 60)
+        while "bench_http" not in host.view.registered:  # noqa: ASYNC110 - the view has no event to wait on
+            await asyncio.sleep(0.01)
+        # Saturated: every task submitted at once.
+        ids = [f"sat-{i}" for i in range(tasks)]
+        began = time.perf_counter()
+        envs = [command_envelope(_submit(i), source=SOURCE) for i in ids]
+        for k in range(0, len(envs), 1000):
+            await target.submit_many(envs[k:k + 1000])
+        await watch.until(ids)
+        seconds = time.perf_counter() - began
+        # Paced: the added latency without queueing.
+        submitted: dict[str, float] = {}
+        paced_ids = [f"paced-{i}" for i in range(paced)]
+        watch.expected = set(paced_ids)
+        async for i in _paced(rate, paced):
+            tid = paced_ids[i]
+            submitted[tid] = time.perf_counter()
+            await target.submit_many([command_envelope(_submit(tid), source=SOURCE)])
+        await watch.until(paced_ids)
+        call_ms = timed[0].call_ms
+        added = [(watch.done_at[t] - submitted[t]) * 1000 - call_ms.get(t, 0.0) for t in paced_ids]
+        total = [(watch.done_at[t] - submitted[t]) * 1000 for t in paced_ids]
+    finally:
+        hosting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hosting
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await target.stop()
+    return {"tasks_per_s": round(tasks / seconds, 1), "seconds": round(seconds, 2), "failed": watch.failed,
+            "task_p50_ms": round(percentile(total, 50), 2), "task_p99_ms": round(percentile(total, 99), 2),
+            "added_p50_ms": round(percentile(added, 50), 2), "added_p99_ms": round(percentile(added, 99), 2)}
+
+
+async def bench_executor(settings: Settings, tasks: int, *, capacity: int = 8, rate: float = 200.0,
+                         paced_seconds: float = 5.0) -> dict[str, Any]:
+    """Raw httpx and the http_api executor against the same stand-in server, in one run."""
+    paced = max(1, int(rate * paced_seconds))
+    with target_process() as url:
+        raw = await raw_calls(url, tasks, capacity, rate, paced)
+        ours = await executor_tasks(settings, url, tasks, capacity, rate, paced)
+    result = {"executor": "http", "tasks": tasks, "capacity": capacity, "rate": rate, **raw, **ours,
+              "peak_rss_mb": round(peak_rss_mb(), 1)}
+    result["ratio_to_raw"] = round(result["tasks_per_s"] / result["raw_calls_per_s"], 3)
+    return result

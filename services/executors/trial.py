@@ -1,0 +1,44 @@
+"""Trying an executor configuration once without registering it: ``POST /v1/agents/test`` and
+``agentbus executor test``.
+
+The executor is started (its secret references resolved in this process), called once with the
+given action and parameters, and closed. Nothing is appended to the log: a trial is not a task.
+This module must never register an agent or write an event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from contracts import new_id
+from contracts.executors import ExecutorConfig
+from services.executors.base import Call
+from services.executors.factory import build_executor
+
+
+async def try_executor(config: ExecutorConfig, action: str | None,
+                       parameters: dict[str, Any]) -> dict[str, Any]:
+    """``{agent_name, success, response_time, result, error, error_code, retryable, retry_after}``;
+    ``response_time`` in seconds, start and close of the executor included."""
+    began = time.perf_counter()
+    executor = build_executor(config)
+    try:
+        await executor.start()
+        key = f"agentbus-test-{new_id()}"
+        outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
+                                           parameters=parameters, idempotency_key=key))
+    except Exception as exc:  # a configuration that cannot start (a missing secret, say)
+        return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
+                "result": None, "error": str(exc), "error_code": "executor_error", "retryable": False,
+                "retry_after": None}
+    finally:
+        await executor.close()
+    usage = outcome.usage
+    result = dict(outcome.result) if outcome.ok else (outcome.result or None)
+    if usage is not None and isinstance(result, dict) and "usage" not in result:
+        result["usage"] = {"model": usage.model, "input_tokens": usage.input_tokens,
+                           "output_tokens": usage.output_tokens}
+    return {"agent_name": config.name, "success": outcome.ok, "response_time": time.perf_counter() - began,
+            "result": result, "error": outcome.error, "error_code": outcome.error_code,
+            "retryable": None if outcome.ok else outcome.retryable, "retry_after": outcome.retry_after_s}
