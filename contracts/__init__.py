@@ -8,8 +8,8 @@ from contracts.rejections import Reason
 
 __all__ = [
     "DEFAULT_POOL",
-    "SYSTEM_POOL",
     "REGISTRY",
+    "SYSTEM_POOL",
     "Command",
     "Contract",
     "Envelope",

@@ -511,3 +511,118 @@ ALL: tuple[type[Event], ...] = (
     WorkflowEnded,
     WorkflowDefinitionRegistered,
 )
+
+
+# -- access: API tokens, in the pool contracts.SYSTEM_POOL -------------------------------------------
+
+
+class ApiTokenIssued(Event):
+    """An API token exists: its role, the agent it acts as (agent role) and its secret's SHA-256."""
+
+    subject_field = "token_id"
+    token_id: Id
+    role: str
+    agent_id: Id | None = None
+    name: str | None = None
+    secret_hash: str
+
+
+class ApiTokenRevoked(Event):
+    """An API token is refused from now on."""
+
+    subject_field = "token_id"
+    token_id: Id
+
+
+ALL = (*ALL, ApiTokenIssued, ApiTokenRevoked)
+
+
+# -- outbound subscriptions, in the pool contracts.SYSTEM_POOL ---------------------------------------
+
+
+class SubscriptionSet(Event):
+    """Subscription ``name`` as it is from now on. ``secret`` is sealed (never in clear);
+    ``incarnation`` (the sequence of the event that created it) tells it from an earlier subscription
+    of the same name; ``start`` is the first position per events partition (none: from 0)."""
+
+    subject_field = "name"
+    name: Id
+    url: str
+    channels: tuple[str, ...]
+    secret: str
+    start: tuple[int, ...] = ()
+    max_attempts: int
+    incarnation: int
+    created: bool
+    secret_changed: bool
+
+
+class SubscriptionDeleted(Event):
+    subject_field = "name"
+    name: Id
+    incarnation: int
+
+
+class SubscriptionDeliveryFailed(Event):
+    """A dead letter: the event at ``partition``/``position`` was not delivered in ``attempts`` tries."""
+
+    subject_field = "name"
+    name: Id
+    incarnation: int
+    event_id: str
+    event_type: str
+    partition: int
+    position: int
+    attempts: int
+    last_error: str
+    last_status: int | None = None
+
+
+ALL = (*ALL, SubscriptionSet, SubscriptionDeleted, SubscriptionDeliveryFailed)
+
+
+# -- inbound webhooks (contracts.webhooks) -----------------------------------------------------------
+
+
+class WebhookSourceSet(Event):
+    """A webhook source was created or replaced (pool ``_system``); ``secret`` is sealed with the
+    server's key, never the secret itself."""
+
+    subject_field = "source"
+    source: str
+    scheme: str
+    secret: str
+    pool: str
+    mapping: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebhookSourceDeleted(Event):
+    subject_field = "source"
+    source: str
+
+
+class ExternalEventReceived(Event):
+    """A verified delivery of a webhook source, with the mapping rules that apply to it."""
+
+    subject_field = "source"
+    source: str
+    webhook_id: str
+    event_type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    received_at: datetime
+    rules: tuple[dict[str, Any], ...] = ()
+
+
+class WebhookMappingFailed(Event):
+    """A rule (``rule``, its index) or a workflow trigger (``workflow``) of a delivery could not be
+    turned into a command."""
+
+    subject_field = "source"
+    source: str
+    webhook_id: str
+    rule: int | None = None
+    workflow: str | None = None
+    error: str
+
+
+ALL = (*ALL, WebhookSourceSet, WebhookSourceDeleted, ExternalEventReceived, WebhookMappingFailed)

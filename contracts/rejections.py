@@ -45,3 +45,13 @@ class Reason(StrEnum):
     UNKNOWN_STEP = "UNKNOWN_STEP"
     STEP_NOT_READY = "STEP_NOT_READY"
     DEFINITION_EXISTS = "DEFINITION_EXISTS"
+    # Webhooks: no such source (DeleteWebhookSource).
+    UNKNOWN_WEBHOOK_SOURCE = "UNKNOWN_WEBHOOK_SOURCE"
+    # API tokens (pool _system): a token with this id exists; no token has it; it is revoked
+    # already; the command belongs to the _system pool and was sent to another.
+    TOKEN_EXISTS = "TOKEN_EXISTS"
+    UNKNOWN_TOKEN = "UNKNOWN_TOKEN"
+    TOKEN_REVOKED = "TOKEN_REVOKED"
+    NOT_SYSTEM_POOL = "NOT_SYSTEM_POOL"
+    # Outbound subscriptions: no subscription has this name (or it was deleted and made anew).
+    UNKNOWN_SUBSCRIPTION = "UNKNOWN_SUBSCRIPTION"

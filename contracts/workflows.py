@@ -21,6 +21,7 @@ from contracts.executors import ExecutorConfig
 from contracts.money import MAX_LIMIT_USD
 from contracts.scheduling import RetryConfig, Strategy
 from contracts.values import Capabilities, Id, JSONObject, Text
+from contracts.webhooks import WorkflowTrigger, trigger_problem
 
 # A step's name is an identifier: templates read ``tasks.<name>.result`` by it, and a step's task
 # id is ``<workflow id>.<name>``.
@@ -161,12 +162,26 @@ class WorkflowDefinition(Model):
         description="Executors this workflow brings (same format as an executors file): hosted by the "
         "server while the workflow runs; steps reach them by capabilities or agent_name.",
     )
+    # Left out of the snapshot when absent, so definitions stored without one keep their digest.
+    trigger: WorkflowTrigger | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Start a run when the definition's pool receives this webhook source's event "
+        "(the payload is the input 'event').",
+    )
 
     @model_validator(mode="after")
     def _sound(self) -> WorkflowDefinition:
         problems = definition_problems(self)
         if problems:
             raise ValueError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems[:10]))
+        return self
+
+    @model_validator(mode="after")
+    def _triggerable(self) -> WorkflowDefinition:
+        problem = trigger_problem(self.trigger, self.inputs)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def step(self, name: str) -> StepDefinition:

@@ -9,7 +9,7 @@ and a malformed line or a truncated frame fails naming where, before anything is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import lz4.frame
 
 from contracts import DEFAULT_POOL
 from events.codec import DecodeError, decode, to_record
-from events.log import EventLog, Headers, Record
+from events.log import EventLog, Headers, Record, StoredRecord
 
 Progress = Callable[[int], object]
 
@@ -55,18 +55,21 @@ async def export_log(
                 batch = await log.read(topic, partition, offset, _READ_LIMIT)
                 if not batch:
                     break
-                for rec in batch:
-                    if b"\n" in rec.value:
-                        # A raw newline would split the record; JSON never needs one.
-                        raise ValueError(
-                            f"{topic}[{partition}]@{rec.offset}: value contains a newline"
-                        )
-                out.write(b"".join([rec.value + b"\n" for rec in batch]))
+                out.write(ndjson(batch))
                 count += len(batch)
                 offset = batch[-1].offset + 1
                 if progress is not None:
                     progress(len(batch))
     return count
+
+
+def ndjson(records: Sequence[StoredRecord]) -> bytes:
+    """The export lines of ``records``: each record's value exactly as stored, then a newline."""
+    for rec in records:
+        if b"\n" in rec.value:
+            # A raw newline would split the record; JSON never needs one.
+            raise ValueError(f"{rec.topic}[{rec.partition}]@{rec.offset}: value contains a newline")
+    return b"".join([rec.value + b"\n" for rec in records])
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

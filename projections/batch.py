@@ -96,10 +96,14 @@ class Batch:
         self.workflows = Rows(tables.workflows)
         self.workflow_steps = Rows(tables.workflow_steps)
         self.workflow_definitions = Rows(tables.workflow_definitions)
+        self.api_tokens = Rows(tables.api_tokens)
+        self.subscriptions = Rows(tables.subscriptions, upsert_all=True)
+        self.webhook_sources = Rows(tables.webhook_sources, upsert_all=True)
         self.costs: list[Row] = []
         self.assignments: list[Row] = []
         self.rejections: list[Row] = []
         self.scaling_decisions: list[Row] = []
+        self.subscription_failures: list[Row] = []
         # Per pool: the coordinator's own performance fold, resumed from the stored profiles.
         self.books: dict[str, PerformanceBook] = {}
         # Cost amounts (micro-dollars) already in the database for budgets created in this batch.
@@ -194,7 +198,8 @@ class Batch:
         for state in (self.agents, self.tasks, self.allocations, self.budgets, self.limits,
                       self.pools, self.timers, self.performance, self.rate_limits,
                       self.scaling_policies, self.prices, self.workflows, self.workflow_steps,
-                      self.workflow_definitions):
+                      self.workflow_definitions, self.api_tokens, self.subscriptions,
+                      self.webhook_sources):
             inserts, upserts = state.changes()
             writes += [(state.table, inserts, False), (state.table, upserts, True)]
         writes += [
@@ -202,6 +207,7 @@ class Batch:
             (tables.assignments, self.assignments, False),
             (tables.rejections, self.rejections, False),
             (tables.scaling_decisions, self.scaling_decisions, False),
+            (tables.subscription_failures, self.subscription_failures, False),
         ]
         return writes
 

@@ -33,7 +33,7 @@ class Wanted:
     """The keys of the stored rows one batch needs, per table, gathered from its events."""
 
     __slots__ = ("agents", "allocations", "budgets", "costs", "new_runs", "new_tasks", "runs",
-                 "step_tasks", "steps", "tasks", "timers", "workflows")
+                 "step_tasks", "steps", "tasks", "timers", "tokens", "workflows")
 
     def __init__(self) -> None:
         self.tasks: set[Key] = set()
@@ -50,6 +50,7 @@ class Wanted:
         self.new_runs: set[Key] = set()  # runs started in this batch: new, so not read
         self.steps: set[Key] = set()  # workflow steps the events name
         self.step_tasks: set[Key] = set()  # tasks whose step (if they run one) is read
+        self.tokens: set[Key] = set()  # API tokens the events name
 
 
 # A kind of row an event reads: (wanted, pool, payload) -> adds the row's key.
@@ -118,6 +119,10 @@ def _step_of_task(w: Wanted, pool: str, d: Any) -> None:
         w.step_tasks.add((pool, d.task_id))
 
 
+def _token(w: Wanted, pool: str, d: Any) -> None:
+    w.tokens.add((pool, d.token_id))
+
+
 AGENT: Need = _agent  # the agent named by ``agent_id`` (if set)
 TASK: Need = _task  # the task named by ``task_id`` (if set)
 NEW_TASK: Need = _new_task  # the task ``TaskSubmitted`` creates
@@ -129,6 +134,7 @@ RUN: Need = _run  # the workflow run named by ``workflow_id``
 NEW_RUN: Need = _new_run  # the run ``WorkflowStarted`` creates
 STEP: Need = _step  # the run and its step named by ``workflow_id`` and ``step``
 STEP_OF_TASK: Need = _step_of_task  # the step (and run) the task named by ``task_id`` runs, if any
+TOKEN: Need = _token  # the API token named by ``token_id``
 
 
 async def load(
@@ -159,6 +165,7 @@ async def load(
     await sql.select_rows(conn, b.allocations, w.allocations)
     await sql.select_rows(conn, b.pools, pools)
     await sql.select_rows(conn, b.timers, w.timers)
+    await sql.select_rows(conn, b.api_tokens, w.tokens)
     await sql.select_rows(conn, b.performance, profiles)
     b.resume_books()
     # Agents a loaded task holds lose that hold when the task moves on.

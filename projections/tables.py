@@ -464,6 +464,77 @@ workflow_definitions = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False),
 )
 
+# API tokens (pool _system): what a request's bearer token is checked against. The secret's
+# SHA-256 only, never the secret; revoked_at is set once, for good.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("token_id", _ID, primary_key=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("agent_id", _ID),
+    sa.Column("name", sa.Text),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+# Outbound subscriptions (pool _system), one row per name as its last SubscriptionSet or
+# SubscriptionDeleted left it (a deleted one is a tombstone: status 'deleted', nothing else kept).
+# Never the secret, not even sealed. start: the first position per events partition ([]: from 0).
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("name", _ID, primary_key=True),
+    sa.Column("incarnation", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # 'active' | 'deleted'
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("channels", _json(), nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("start", _json(), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Dead letters of the subscriptions (append-only; position = the offset of the
+# SubscriptionDeliveryFailed, as in ``assignments``); event_partition/event_position: the event not
+# delivered.
+subscription_failures = sa.Table(
+    "subscription_failures",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", _ID, nullable=False),
+    sa.Column("incarnation", sa.BigInteger, nullable=False),
+    sa.Column("event_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(200), nullable=False),
+    sa.Column("event_partition", sa.Integer, nullable=False),
+    sa.Column("event_position", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("failed_at", UTCDateTime, nullable=False),
+    sa.Index("ix_subscription_failures_name", "pool", "name", "incarnation", "position"),
+)
+
+# Inbound webhook sources (pool _system), one row per source as its last WebhookSourceSet or
+# WebhookSourceDeleted left it (a deleted one is a tombstone: deleted_at set, nothing else kept).
+# The secret only sealed (services.runtime.sealing), for the API to verify deliveries; never shown.
+# position: the offset of the event that wrote the row.
+webhook_sources = sa.Table(
+    "webhook_sources",
+    metadata,
+    sa.Column("pool", _ID, primary_key=True),
+    sa.Column("source", _ID, primary_key=True),
+    sa.Column("scheme", sa.String(20), nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("target_pool", _ID, nullable=False),
+    sa.Column("mapping", _json(), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("deleted_at", UTCDateTime),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
 # Where each projector is in each log partition: the next offset it will apply. Written in the
 # same transaction as the rows an apply changed.
 positions = sa.Table(
@@ -495,6 +566,10 @@ READ_MODELS: tuple[sa.Table, ...] = (
     workflows,
     workflow_steps,
     workflow_definitions,
+    api_tokens,
+    subscriptions,
+    subscription_failures,
+    webhook_sources,
 )
 
 __all__ = [
@@ -503,6 +578,7 @@ __all__ = [
     "agent_performance",
     "agents",
     "allocations",
+    "api_tokens",
     "assignments",
     "budgets",
     "costs",
@@ -515,8 +591,11 @@ __all__ = [
     "resource_limits",
     "scaling_decisions",
     "scaling_policies",
+    "subscription_failures",
+    "subscriptions",
     "tasks",
     "timers",
+    "webhook_sources",
     "workflow_definitions",
     "workflow_steps",
     "workflows",

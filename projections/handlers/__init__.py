@@ -11,12 +11,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from projections.handlers import agents, coordination, costs, prices, resources, tasks, workflows
+from projections.handlers import (
+    access,
+    agents,
+    coordination,
+    costs,
+    prices,
+    resources,
+    subscriptions,
+    tasks,
+    webhooks,
+    workflows,
+)
 from projections.handlers.registry import Entry, Handler, Registry, merge
 
 HANDLERS: dict[type[Any], Entry] = merge(
     agents.handlers, tasks.handlers, resources.handlers, costs.handlers, prices.handlers,
-    coordination.handlers, workflows.handlers,
+    coordination.handlers, workflows.handlers, access.handlers, subscriptions.handlers,
+    webhooks.handlers,
 )
 
 __all__ = ["HANDLERS", "Entry", "Handler", "Registry"]

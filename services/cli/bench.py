@@ -50,12 +50,20 @@ from services.cli.common import fail, load_settings, setting_option
                    "local server (default 2,000), beside raw httpx calls to it; --rate is the offered "
                    "tasks/s of the added-latency phase (default 200).")
 @click.option("--capacity", default=8, show_default=True, help="--executor: the executor's concurrent calls.")
+@click.option("--subscribers", default=0, show_default=True,
+              help="Instead of the task scenario: this many WebSocket subscribers to `events` while --rate "
+                   "commands/s of it run for --paced-seconds: events/s delivered, append->delivery p99.")
+@click.option("--subscriber-processes", default=2, show_default=True,
+              help="--subscribers: client processes the subscribers are spread over.")
+@click.option("--subscriber-batch/--no-subscriber-batch", default=True, show_default=True,
+              help="--subscribers: ask for batched frames (several messages per frame) or one per message.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
-                  executor_kind: str | None, capacity: int, as_json: bool) -> None:
+                  executor_kind: str | None, capacity: int, subscribers: int, subscriber_processes: int,
+                  subscriber_batch: bool, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -76,6 +84,10 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                                  topic_prefix=topic_prefix, app_id=app_id)
         if workflows > 0:
             _workflows(settings, workflows, workflow_rate, paced_seconds, workers, as_json)
+            return
+        if subscribers > 0:
+            _subscribers(settings, subscribers, subscriber_processes, subscriber_batch, rate, paced_seconds,
+                         as_json)
             return
         if executor_kind is not None:
             explicit = click.get_current_context().get_parameter_source
@@ -170,3 +182,45 @@ def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_secon
                f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
                f"{result['task_p50_ms']} ms, p99 {result['task_p99_ms']} ms)")
     click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+
+
+def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, rate: float, seconds: float,
+                 as_json: bool) -> None:
+    import asyncio
+    import contextlib
+
+    from services.bench.scenario import refuse_a_used_log
+    from services.bench.subscribers import bench_subscribers
+
+    if not settings.kafka:
+        asyncio.run(refuse_a_used_log(settings))
+    loop_factory: Any = asyncio.new_event_loop
+    with contextlib.suppress(ImportError):  # the loop `agentbus serve` runs on, where it is installed
+        from uvloop import new_event_loop as loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(bench_subscribers(settings, subscribers, rate=rate, seconds=seconds,
+                                              processes=max(1, min(processes, subscribers)), batch=batch))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"backend           {result['broker']}")
+    frames = "batched frames" if batch else "a frame per message"
+    click.echo(f"scenario          {subscribers} WebSocket subscribers to `events` ({frames}, "
+               f"{result['subscriber_processes']} client processes); {rate:,.0f} commands/s offered for "
+               f"{result['load_seconds']} s: "
+               f"{result['events']} events ({result['events_appended_per_s']:,.0f}/s appended); "
+               f"{result['tasks_completed']} of {result['commands'] // 4} tasks completed in "
+               f"{result['run_seconds']} s")
+    click.echo(f"delivered         {result['delivered_per_subscriber_per_s']:,.0f} events/s per subscriber "
+               f"(slowest {result['delivered_per_subscriber_min_per_s']:,.0f}), "
+               f"{result['delivered_per_s']:,.0f} events/s overall; {result['complete_subscribers']} of "
+               f"{subscribers} got every event, "
+               f"{result['lagged']} lagged")
+    click.echo(f"append->delivery  p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms, "
+               f"max {result['latency_max_ms']} ms (event appended -> received; from the command's "
+               f"append: p50 {result['command_to_delivery_p50_ms']} ms, "
+               f"p99 {result['command_to_delivery_p99_ms']} ms)")
+    click.echo(f"CPU               service, hub and API {result['server_cpu_s']} s; subscribers "
+               f"{result['clients_cpu_s']} s ({result['cpus']} CPUs)")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB (the bench process: service, hub and API)")

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from contracts import commands as c
 from services.cli.common import (
     HTTP_TIMEOUT_S,
+    bearer,
     dumps,
     fail,
     field_type,
@@ -61,7 +62,8 @@ def _request(url: str, method: str, path: str, *, params: dict[str, Any] | None 
     """Send one request, print the JSON answer; exit 1 with the server's message on 4xx/5xx."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
     try:
-        with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S, transport=transport()) as client:
+        with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S, transport=transport(),
+                          headers=bearer()) as client:
             resp = client.request(method, path, params=query, json=body, headers=headers)
     except httpx.HTTPError as exc:
         fail(f"cannot reach agentbus at {url}: {exc}")
@@ -120,16 +122,24 @@ def agent() -> None:
 @field_option(c.RegisterAgent, "weight", "--weight",
               help="Share of work under the weighted strategy, relative to other agents (server default: 1).")
 @click.option("--metadata", help="JSON object of extra facts about the agent.")
+@click.option("--retry", "retry_json",
+              help="Retry policy (JSON object) for its tasks that have none of their own.")
+@field_option(c.RegisterAgent, "breaker_threshold", "--breaker-threshold",
+              help="Failed runs in a row that open its circuit breaker (overrides the pool policy's).")
+@field_option(c.RegisterAgent, "breaker_cooldown_s", "--breaker-cooldown",
+              help="Seconds its open breaker waits before a trial run (overrides the pool policy's).")
 @_command_id
 @_client
 def agent_register(name: str, capabilities: tuple[str, ...], capacity: int, kind: str, agent_id: str | None,
                    heartbeat_timeout_s: float | None, weight: float | None, metadata: str | None,
+                   retry_json: str | None, breaker_threshold: int | None, breaker_cooldown_s: float | None,
                    command_id: str | None, settings: Settings) -> None:
     """Register an agent called NAME."""
     _write(settings, "POST", "/v1/agents", {
         "agent_id": agent_id, "name": name, "kind": kind, "capabilities": list(capabilities),
         "capacity": capacity, "heartbeat_timeout_s": heartbeat_timeout_s, "weight": weight,
-        "metadata": json_object(metadata, "--metadata"),
+        "metadata": json_object(metadata, "--metadata"), "retry": json_object(retry_json, "--retry"),
+        "breaker_threshold": breaker_threshold, "breaker_cooldown_s": breaker_cooldown_s,
     }, command_id)
 
 
@@ -202,19 +212,23 @@ def task() -> None:
 @field_option(c.RetryPolicy, "base_delay_s", "--retry-base-delay", help="Seconds before the first retry.")
 @field_option(c.RetryPolicy, "max_delay_s", "--retry-max-delay", help="Longest delay between runs, seconds.")
 @field_option(c.RetryPolicy, "jitter", "--retry-jitter", help="Share of the delay spread either way.")
+@click.option("--action", help="What the agent is asked to do (an executor's call: an HTTP method, a tool).")
+@click.option("--parameters", help="JSON object: the call's parameters.")
+@click.option("--agent", "agent_name", help="Pin the task to this agent (its id or name).")
 @_command_id
 @_client
 def task_submit(type_: str, priority: int, required: tuple[str, ...], data: str | None, task_id: str | None,
                 strategy: str | None, timeout_s: float | None, retry_json: str | None,
                 max_attempts: int | None, retry_strategy: str | None, base_delay_s: float | None,
-                max_delay_s: float | None, jitter: float | None, command_id: str | None,
-                settings: Settings) -> None:
+                max_delay_s: float | None, jitter: float | None, action: str | None, parameters: str | None,
+                agent_name: str | None, command_id: str | None, settings: Settings) -> None:
     """Submit a task of type TYPE."""
     retry = _retry(retry_json, max_attempts=max_attempts, strategy=retry_strategy,
                    base_delay_s=base_delay_s, max_delay_s=max_delay_s, jitter=jitter)
     _write(settings, "POST", "/v1/tasks", {
         "task_id": task_id, "type": type_, "priority": priority, "required_capabilities": list(required),
         "data": json_object(data, "--data"), "strategy": strategy, "timeout_s": timeout_s, "retry": retry,
+        "action": action, "parameters": json_object(parameters, "--parameters"), "agent_name": agent_name,
     }, command_id)
 
 
@@ -272,12 +286,17 @@ def task_complete(task_id: str, agent_id: str | None, result: str | None, comman
 @click.argument("task_id")
 @_holder
 @click.option("--error", default="failed", show_default=True)
+@click.option("--error-code", help="A short code for the failure, e.g. http_status:404.")
+@click.option("--retryable/--not-retryable", default=True, show_default=True,
+              help="--not-retryable ends the task at once, whatever its retry policy.")
 @_command_id
 @_client
-def task_fail(task_id: str, agent_id: str | None, error: str, command_id: str | None,
-              settings: Settings) -> None:
+def task_fail(task_id: str, agent_id: str | None, error: str, error_code: str | None, retryable: bool,
+              command_id: str | None, settings: Settings) -> None:
     """Mark TASK_ID as failed."""
-    _write(settings, "POST", f"/v1/tasks/{task_id}/fail", {"agent_id": agent_id, "error": error}, command_id)
+    _write(settings, "POST", f"/v1/tasks/{task_id}/fail",
+           {"agent_id": agent_id, "error": error, "error_code": error_code, "retryable": retryable},
+           command_id)
 
 
 @task.command("cancel")

@@ -203,3 +203,12 @@ def async_transport() -> httpx.AsyncBaseTransport | None:
     """An async transport the caller injected through ``obj={"async_transport": ...}`` (tests)."""
     t = _injected("async_transport")
     return t if isinstance(t, httpx.AsyncBaseTransport) else None
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def bearer(settings: Settings | None = None) -> dict[str, str]:
+    """The Authorization header of the ``token`` setting (AGENTBUS_TOKEN), or none when it is unset."""
+    token = (settings if settings is not None else Settings()).token
+    return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}

@@ -60,16 +60,20 @@ def executor() -> None:
               help="Also host the executors running workflows declare (in one process only).")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds runs in flight get to report when stopping.")
-@settings_options(*DEPLOYMENT)
+@settings_options(*DEPLOYMENT, "host", "metrics_port")
 def executor_run(config_path: Path, instance: str | None, workflow_agents: bool, grace: float,
                  settings: Settings) -> None:
     """Host the executors of --config on the deployment (until SIGTERM/SIGINT)."""
     from services.executors.host import ExecutorHost
+    from services.runtime.metrics import serve_metrics
 
     configs = check_executors_file(config_path).agents
     logging_to_stderr("aiokafka")
 
     async def go() -> None:
+        # Its calls' latencies and the process's own metrics (the deployment's are the API's).
+        port = settings.metrics_port
+        metrics = None if port is None else serve_metrics(settings.host, port)
         log = open_log(settings.broker)
         await log.start()
         host = ExecutorHost(log, configs, topics=topics_of(settings), instance=instance,
@@ -91,6 +95,8 @@ def executor_run(config_path: Path, instance: str | None, workflow_agents: bool,
         finally:
             ready.cancel()
             await log.close()
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
 
     with log_errors(settings.broker):
         run(go())

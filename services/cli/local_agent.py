@@ -285,7 +285,8 @@ def run_command(name: str, capabilities: tuple[str, ...], capacity: int, kind: s
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with httpx.AsyncClient(base_url=url, timeout=common.HTTP_TIMEOUT_S,
-                                     transport=common.async_transport()) as client:
+                                     transport=common.async_transport(),
+                                     headers=common.bearer(settings)) as client:
             worker = LocalAgent(config, client)
             await worker.run(stop, on_registered=registered)
             return worker

@@ -9,6 +9,7 @@
   test`` tries one;
 * ``services.cli.workflow``: ``workflow`` validates definition files and runs, follows, cancels and
   signals workflows on a running server;
+* ``services.cli.tokens``: ``tokens`` creates, lists and revokes API tokens on the log directly;
 * ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``).
 
 Every command takes its settings from one ``services.runtime.settings.Settings``: a flag wins over
@@ -25,6 +26,7 @@ from services.cli.client import agent, cost, prices, send, task
 from services.cli.executor import executor
 from services.cli.logops import contracts_group, events_group, projections_group, replay
 from services.cli.server import serve, worker
+from services.cli.tokens import tokens_group
 from services.cli.workflow import workflow
 
 
@@ -53,6 +55,7 @@ for command, name in (
     (projections_group, "projections"),
     (replay, "replay"),
     (contracts_group, "contracts"),
+    (tokens_group, "tokens"),
     (bench_command, "bench"),
 ):
     main.add_command(command, name)

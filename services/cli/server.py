@@ -28,6 +28,9 @@ from services.runtime.service import SettingsError, StartCancelled, check_servic
 from services.runtime.settings import Settings
 
 _QUIET = ("aiokafka", "faust", "mode")
+# How serve authenticates (the JWT secret only from the environment: a flag shows in `ps`).
+AUTH = ("auth", "auth_rate", "auth_burst", "auth_cache_s", "jwt_jwks", "jwt_issuer", "jwt_audience",
+        "jwt_role_claim", "jwt_agent_claim")
 # Requests in flight when the stop begins get this long to be answered before they are cut off
 # (a long-poll or a stream would otherwise hold the stop open for ever).
 HTTP_DRAIN_S = 5.0
@@ -35,7 +38,7 @@ HTTP_DRAIN_S = 5.0
 
 @click.command()
 @settings_options("host", "port", *DEPLOYMENT, "session_timeout", "scaling_webhook", "access_log",
-                  "executors", "workflow_agents")
+                  "executors", "workflow_agents", *AUTH)
 @click.option("--no-worker", is_flag=True,
               help="Kafka: only the API; deciders, coordinator and projector run in `agentbus worker`.")
 def serve(settings: Settings, no_worker: bool) -> None:
@@ -46,12 +49,16 @@ def serve(settings: Settings, no_worker: bool) -> None:
     a second signal exits at once.
     """
     from services.http.app import create_app
+    from services.http.auth import check_exposure
     from services.runtime.embedded import tune_gc
 
     try:
         check_service(settings, worker=not no_worker)  # before anything is opened
+        said = check_exposure(settings)
     except SettingsError as exc:
         fail(str(exc))
+    if said is not None:
+        click.echo(said, err=True)
     if settings.executors is not None:
         check_executors_file(settings.executors)
     tune_gc()
@@ -62,7 +69,11 @@ def serve(settings: Settings, no_worker: bool) -> None:
     # the per-request cost of the event loop and the HTTP parser several times over.
     server = _server(app, host=settings.host, port=settings.port, log_level="info", lifespan="on",
                      access_log=settings.access_log, loop="auto", http="auto",
-                     timeout_graceful_shutdown=HTTP_DRAIN_S)
+                     timeout_graceful_shutdown=HTTP_DRAIN_S,
+                     # permessage-deflate compresses each live-stream frame once per subscriber:
+                     # with 50 subscribers, as much CPU as all the socket writes (profiled under
+                     # `agentbus bench --subscribers`). Not offered, so clients send plain frames.
+                     ws_per_message_deflate=False)
 
     def stop_server(exc: BaseException) -> None:
         # A dead worker means stale reads and undecided commands: stop serving rather than lie.
@@ -122,16 +133,18 @@ def _server(app: Any, **config: Any) -> Any:
 
 
 @click.command()
-@settings_options(*DEPLOYMENT, "session_timeout")
+@settings_options(*DEPLOYMENT, "session_timeout", "host", "metrics_port")
 def worker(settings: Settings) -> None:
     """Run a Faust worker: deciders, coordinator and projector for the partitions Kafka gives it.
 
     Start as many as there are partitions; Kafka's group protocol spreads the partitions over them
-    and moves them when one stops or dies. Stops on SIGTERM/SIGINT within 30 s in any state; a
-    second signal exits at once.
+    and moves them when one stops or dies. With --metrics-port it serves Prometheus metrics there
+    (on the --host address). Stops on SIGTERM/SIGINT within 30 s in any state; a second signal
+    exits at once.
     """
     from services.runtime.cluster import FaustWorker
     from services.runtime.embedded import tune_gc
+    from services.runtime.gauges import serve_worker_metrics
 
     if not settings.kafka:
         fail(f"agentbus worker needs a kafka:// broker (got {settings.broker!r}); "
@@ -144,6 +157,7 @@ def worker(settings: Settings) -> None:
 
     async def go() -> None:
         w = FaustWorker(settings)
+        metrics = serve_worker_metrics(w, settings.host, settings.metrics_port)
         loop = asyncio.get_running_loop()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, signals.handle, sig)
@@ -166,6 +180,8 @@ def worker(settings: Settings) -> None:
         finally:
             stopping.cancel()
             await w.stop()
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
         if w.failure is not None:
             raise w.failure
 

@@ -24,7 +24,7 @@ import httpx
 import orjson
 
 from services.cli.client import FINDS_THE_SERVER, _message, _request
-from services.cli.common import HTTP_TIMEOUT_S, dumps, fail, json_object, settings_options, transport
+from services.cli.common import HTTP_TIMEOUT_S, bearer, dumps, fail, json_object, settings_options, transport
 from services.http.workflow_documents import check_definition, inputs_problems, load_document
 from services.runtime.settings import Settings
 
@@ -197,7 +197,8 @@ def run(file: Path | None, stored: str | None, version: str | None, pairs: tuple
 
 
 def _http(settings: Settings) -> httpx.Client:
-    return httpx.Client(base_url=settings.url, timeout=HTTP_TIMEOUT_S, transport=transport())
+    return httpx.Client(base_url=settings.url, timeout=HTTP_TIMEOUT_S, transport=transport(),
+                        headers=bearer(settings))
 
 
 def _send(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:

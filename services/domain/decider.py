@@ -23,7 +23,18 @@ from pydantic import ValidationError
 from contracts import Payload, Reason, roundtrip
 from contracts import commands as c
 from contracts.roundtrip import Unreadable
-from services.domain import agents, budgets, policies, resources, tasks, timers, workflows
+from services.domain import (
+    access,
+    agents,
+    budgets,
+    policies,
+    resources,
+    subscriptions,
+    tasks,
+    timers,
+    webhooks,
+    workflows,
+)
 from services.domain.decision import DeciderConfig, Rejected
 from services.domain.evolution import evolve
 from services.domain.state import PoolState
@@ -61,6 +72,15 @@ COMMAND_HANDLERS: dict[type[Any], CommandHandler] = {
     c.AwaitSignal: workflows.await_signal,
     c.FailWorkflowStep: workflows.fail_step,
     c.RegisterWorkflowDefinition: workflows.register_definition,
+    c.IssueApiToken: access.issue,
+    c.RevokeApiToken: access.revoke,
+    c.SetSubscription: subscriptions.set_subscription,
+    c.DeleteSubscription: subscriptions.delete,
+    c.RecordDeliveryFailure: subscriptions.record_failure,
+    c.SetWebhookSource: webhooks.set_source,
+    c.DeleteWebhookSource: webhooks.delete_source,
+    c.ReceiveExternalEvent: webhooks.receive,
+    c.RecordWebhookMappingFailure: webhooks.record_failure,
 }
 
 _DEFAULT_CONFIG = DeciderConfig()

@@ -18,6 +18,7 @@ from contracts import event_types as e
 from contracts.budgets import cost_scopes
 from contracts.commands import PoolPolicy
 from contracts.money import to_micros
+from services.domain import access, subscriptions, webhooks
 from services.domain.decision import ROUND, task_workflow
 from services.domain.prices import Prices
 from services.domain.state import AgentState, Allocation, PoolState, TaskState, TimerState
@@ -326,6 +327,12 @@ EVENT_HANDLERS: dict[type[Any], Callable[[PoolState, Any], None]] = {
     e.WorkflowStepFailed: _step_failed,
     e.WorkflowEnded: _workflow_ended,
     e.WorkflowDefinitionRegistered: _definition_registered,
+    e.ApiTokenIssued: access.token_issued,
+    e.ApiTokenRevoked: access.token_revoked,
+    e.SubscriptionSet: subscriptions.subscription_set,
+    e.SubscriptionDeleted: subscriptions.subscription_deleted,
+    e.WebhookSourceSet: webhooks.source_set,
+    e.WebhookSourceDeleted: webhooks.source_deleted,
 }
 
 # Task events after which a workflow step takes its task's status.
@@ -342,4 +349,7 @@ STATELESS_EVENTS: frozenset[type[Any]] = frozenset({
     e.RateLimitSet,
     e.TaskBudgetFlagged,
     e.CommandRejected,
+    e.SubscriptionDeliveryFailed,
+    e.ExternalEventReceived,
+    e.WebhookMappingFailed,
 })

@@ -119,6 +119,10 @@ class PoolState:
     workflows: dict[str, Run] = field(default_factory=dict)
     step_of_task: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (workflow, step)
     definitions: dict[tuple[str, str], str] = field(default_factory=dict)  # (name, version) -> digest
+    api_tokens: dict[str, bool] = field(default_factory=dict)  # _system pool: token id -> revoked
+    # _system pool: subscription name -> its settings as last set (the secret sealed)
+    subscriptions: dict[str, e.SubscriptionSet] = field(default_factory=dict)
+    webhook_sources: set[str] = field(default_factory=set)  # _system pool: the sources that exist
 
     def budget_exhausted(self, scope: str, scope_id: str | None) -> bool:
         return scope_id is not None and (scope, scope_id) in self.exceeded

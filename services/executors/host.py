@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from services.executors.base import INTERNAL, Call, Executor, Outcome
 from services.executors.factory import build_executor
 from services.executors.view import Drop, Host, HostView, OpenTask, Refused, Register, Run
 from services.runtime.ingest import command_envelope
+from services.runtime.metrics import executor_run
 from services.runtime.topics import Topics
 
 log = logging.getLogger("agentbus.executors")
@@ -338,6 +340,7 @@ class ExecutorHost:
         call = Call(task_id=task_id, attempt=attempt, action=task.action, parameters=task.parameters,
                     idempotency_key=idempotency_key(pool, task_id, attempt), timeout_s=task.timeout_s,
                     task_type=task.type)
+        called = time.perf_counter()
         try:
             outcome = await agent.executor.call(call)
         except asyncio.CancelledError:
@@ -348,6 +351,7 @@ class ExecutorHost:
             log.exception("executor %s raised on task %s", agent_id, task_id)
             outcome = Outcome.failure(f"executor error: {type(exc).__name__}: {exc}"[:2000], INTERNAL,
                                       retryable=True)
+        executor_run(agent.config.type, agent.config.name, outcome, time.perf_counter() - called)
         if starting is not None:
             await starting
         reports = report(agent_id, pool, task_id, attempt, outcome)

@@ -8,6 +8,7 @@ This module must never register an agent or write an event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from contracts import new_id
 from contracts.executors import ExecutorConfig
 from services.executors.base import Call
 from services.executors.factory import build_executor
+
+TRIAL_TIMEOUT_S = 30.0  # a trial is cut here, whatever the configuration's timeout
 
 
 async def try_executor(config: ExecutorConfig, action: str | None,
@@ -24,13 +27,15 @@ async def try_executor(config: ExecutorConfig, action: str | None,
     began = time.perf_counter()
     executor = build_executor(config)
     try:
-        await executor.start()
-        key = f"agentbus-test-{new_id()}"
-        outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
-                                           parameters=parameters, idempotency_key=key))
-    except Exception as exc:  # a configuration that cannot start (a missing secret, say)
+        async with asyncio.timeout(TRIAL_TIMEOUT_S):
+            await executor.start()
+            key = f"agentbus-test-{new_id()}"
+            outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
+                                               parameters=parameters, idempotency_key=key))
+    except Exception as exc:  # a configuration that cannot start (a missing secret, say), or too slow
+        error = f"no answer within {TRIAL_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
         return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
-                "result": None, "error": str(exc), "error_code": "executor_error", "retryable": False,
+                "result": None, "error": error, "error_code": "executor_error", "retryable": False,
                 "retry_after": None}
     finally:
         await executor.close()

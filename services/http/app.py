@@ -3,12 +3,17 @@ service, and its lifespan starts and stops a service of its own when it was give
 
 Where things are: ``writes`` (commands in), ``workflow_writes`` (workflow runs and definitions
 in), ``reads`` (read models out), ``workflow_reads`` (runs, definitions, system status out),
-``exports`` (the log's
-events and the audit trail out), ``bodies`` (request models from the contract registry) and
-``commands`` (the body of POST /v1/commands), ``responses`` and ``read_schemas`` (what is
-answered), ``deps`` (the service, write options, the min_position wait), ``docs`` (/docs and
+``exports`` (the log's events and the audit trail out), ``streams`` (live events over WebSocket
+and SSE, task progress; its hub runs while the app does), ``event_export`` (the log as an lz4
+NDJSON stream), ``executors`` (POST /v1/agents/test), ``webhooks`` and ``webhook_deliveries``
+(inbound signed webhooks), ``subscriptions`` (outbound), ``bodies`` (request models from the
+contract registry) and ``commands`` (the body of POST /v1/commands), ``responses`` and
+``read_schemas`` (what is answered), ``deps`` (the service, write options, the min_position
+wait), ``docs`` (/docs and
 /redoc with their assets, no CDN), ``middleware`` (the body size limit), ``errors`` (422 and 503
-shapes).
+shapes), ``auth`` (bearer tokens on every route: ``permissions`` says who may do what,
+``credentials`` checks API tokens and JWTs), ``tokens`` (/v1/tokens) and ``metrics`` (/metrics
+for Prometheus, and the middleware timing every request).
 
 This module must never hold an endpoint or a rule of its own: it only puts the parts together.
 """
@@ -23,13 +28,30 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
 from services.executors.hosting import hosted_executors
-from services.http import costs, executors, exports, reads, workflow_reads, workflow_writes, writes
+from services.http import (
+    costs,
+    executors,
+    exports,
+    metrics,
+    reads,
+    webhook_deliveries,
+    webhooks,
+    workflow_reads,
+    workflow_writes,
+    writes,
+)
+from services.http.auth import document_auth, install_auth
 from services.http.bodies import inline_request_bodies
 from services.http.deps import PositionBeyondEnd
 from services.http.docs import install_docs
 from services.http.errors import install_error_handlers
+from services.http.event_export import router as export_router
 from services.http.middleware import BodyLimitMiddleware
 from services.http.responses import JSONBytesResponse, json_response
+from services.http.streams import router as streams_router
+from services.http.streams import running_hub
+from services.http.subscriptions import router as subscriptions_router
+from services.http.tokens import router as tokens_router
 from services.runtime.embedded import Runner
 from services.runtime.service import Service
 from services.runtime.settings import Settings
@@ -53,7 +75,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
-            yield
+            async with running_hub(app, service):
+                yield
             return
         own: Service = open_service(own_settings) if open_service is not None else Runner(own_settings)
         app.state.service = own
@@ -75,7 +98,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
                 app.state.startup_error = exc
                 raise
             try:
-                yield
+                async with running_hub(app, own):
+                    yield
             finally:
                 await executors.__aexit__(None, None, None)
         finally:
@@ -97,6 +121,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     app.state.service = service
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_auth(app, settings)  # every route, WebSockets included: before the limit, inside metrics
+    app.add_middleware(metrics.MetricsMiddleware)  # outermost: times what the limit refuses too
     install_error_handlers(app)
     app.add_exception_handler(PositionBeyondEnd, _beyond_end)
     install_docs(app)
@@ -106,14 +132,16 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     # service stubbed). The routers set everything their routes need themselves (tags,
     # responses, route class, content type rule).
     for router in (writes.router, workflow_writes.router, reads.router, workflow_reads.router, costs.router,
-                   exports.router, executors.router, reads.health_router):
+                   tokens_router, webhooks.router, webhook_deliveries.router,
+                   exports.router, executors.router, reads.health_router, metrics.router,
+                   streams_router, export_router, subscriptions_router):
         app.router.routes.extend(router.routes)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = inline_request_bodies(get_openapi(
+            app.openapi_schema = document_auth(inline_request_bodies(get_openapi(
                 title=app.title, version=app.version, summary=app.summary, description=app.description,
-                routes=app.routes))
+                routes=app.routes)), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -23,7 +23,9 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Query, Request
 
 from contracts.values import Text
+from services.http.auth import principal_of
 from services.http.bodies import MAX_ID
+from services.http.permissions import Principal
 from services.runtime.service import Service
 
 __all__ = [
@@ -82,9 +84,12 @@ class WriteOptions:
     idempotency_key: str | None
     actor: str | None
     correlation_id: str | None
+    # Who is writing, when authentication is on: its role limits the commands it may append.
+    principal: Principal | None = None
 
 
 async def _write_options(
+    request: Request,
     wait: Annotated[bool, Query(description="Wait for the decider's outcome (events or rejection).")] = False,
     timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_S, description="Seconds to wait with wait=true.")] = (
         DEFAULT_WAIT_S
@@ -101,7 +106,10 @@ async def _write_options(
     actor: Annotated[str | None, Header(alias="X-Agentbus-Actor", max_length=MAX_ID)] = None,
     correlation_id: Annotated[str | None, Header(alias="X-Correlation-Id", max_length=MAX_ID)] = None,
 ) -> WriteOptions:
-    return WriteOptions(wait, timeout, pool, idempotency_key, actor, correlation_id)
+    principal = principal_of(request)
+    if principal is not None:  # authenticated: the actor is who the credential says, never a header
+        actor = principal.actor
+    return WriteOptions(wait, timeout, pool, idempotency_key, actor, correlation_id, principal)
 
 
 Write = Annotated[WriteOptions, Depends(_write_options)]

@@ -9,19 +9,20 @@ This module must never register an agent or append anything.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
 from contracts.executors import ExecutorConfig
 from contracts.values import JSONObject
 from services.executors.trial import try_executor
-from services.http.responses import json_response
+from services.http.responses import Error, json_response
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["executors"])
+router = APIRouter(tags=["executors"], responses={
+    400: {"model": Error, "description": "The body could not be read as JSON."}})
 
 
 class AgentTest(BaseModel):
@@ -50,5 +51,5 @@ class AgentTestResult(BaseModel):
 
 @router.post("/v1/agents/test", summary="Try an executor configuration once, without registering it",
              response_model=AgentTestResult)
-async def test_agent(body: AgentTest) -> Response:
+async def test_agent(body: Annotated[AgentTest, Body()]) -> Response:
     return json_response(await try_executor(body.agent_config, body.test_action, body.test_parameters))

@@ -28,6 +28,7 @@ from services.http.bodies import MAX_ID, JSONBodyRoute, body_model, command_from
 from services.http.commands import CommandRequest, parse_any_command
 from services.http.deps import ServiceDep, Write, WriteOptions
 from services.http.errors import error_item, invalid
+from services.http.permissions import authorize_command
 from services.http.responses import (
     Accepted,
     Error,
@@ -83,6 +84,8 @@ async def submit(service: Service, opts: WriteOptions, cmd: Command, *, pool: st
     """
     if service.failure is not None:
         raise HTTPException(503, f"agentbus has failed: {service.failure}")
+    if opts.principal is not None:  # raises Forbidden (403); an agent's report is made in its name
+        cmd, generated = authorize_command(opts.principal, cmd, generated)
     # The header wins: clients retry with the same key whatever they put in the body.
     cid = opts.idempotency_key or command_id or new_id()
     pool = pool or opts.pool or "default"

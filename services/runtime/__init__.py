@@ -5,7 +5,11 @@
 
 ``decider``, ``coordinator``, ``projector`` and ``timers`` are the loops of one partition;
 ``outcomes`` indexes where each command's events are; ``tracker`` follows them on Kafka;
-``webhook`` relays scaling decisions. ``embedded`` runs everything in one process on any log;
+``deliveries`` POSTs the outbound subscriptions' events (``subscription_book`` follows them,
+``sealing`` keeps their secrets sealed, ``webhook`` makes ``--scaling-webhook`` one of them).
+``hub`` fans the events out to live subscribers (``feed``: one client's stream, replay then live;
+``channels``: what a client subscribes to, and cursors). ``embedded`` runs everything in one
+process on any log;
 ``cluster`` runs the same loops on the partitions faust-streaming assigns on Kafka.
 
 This package does the I/O (log, read models, network) and never decides anything: every rule is

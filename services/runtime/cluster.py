@@ -13,6 +13,10 @@ Faust assigns the partition and dropped when it is revoked:
   offset, re-issues assignments lost in flight, then reacts: commands out and events offset in
   one transaction.
 * projector (events partition p): rows and position in one PostgreSQL transaction.
+* deliveries (events partition p): each outbound subscription's events of p, from its own
+  committed position (``services.runtime.deliveries``). Every worker follows the subscriptions
+  themselves; the delivering moves with the partition, so a rebalance may send again what was in
+  flight (at least once, as on any restart).
 
 Faust is used for what it does well (group membership, assignment, rebalancing) and nothing
 else. It does not deliver records: each role on each assigned partition tails it itself from its
@@ -62,7 +66,9 @@ from events.kafka import Fenced, KafkaLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
+from services.runtime.deliveries import Deliveries, group_prefix
 from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService
@@ -237,6 +243,8 @@ class FaustWorker:
         # Durable timers: one service per commands partition this worker owns. A brief overlap
         # with the previous owner is harmless: FireTimer ids are deterministic, repeats dropped.
         self.timers: dict[int, asyncio.Task[None]] = {}
+        self.deliveries: Deliveries | None = None  # outbound subscriptions of the events partitions owned
+        self._delivering: asyncio.Task[None] | None = None
         self._preparing: set[asyncio.Task[None]] = set()
         self.app: faust.App | None = None
         self.failure: BaseException | None = None
@@ -255,6 +263,10 @@ class FaustWorker:
         await self.provision()
         if self._own_store:
             await start_store(self.store)
+        self.deliveries = Deliveries(self.log, self.sealer, partitions=self.partitions,
+                                     topic=self.topics.events, commands=self.topics.commands,
+                                     cache=self.cache, group_prefix=group_prefix(self.settings), owned=())
+        self._delivering = asyncio.ensure_future(self._guard(self.deliveries.run()))
         self.app = self._app()
         await self.app.start()
         self.started.set()
@@ -264,7 +276,7 @@ class FaustWorker:
         ``deadline`` (default: a ``STOP_TIMEOUT_S`` of its own), abandoning what has not finished."""
         deadline = deadline or StopDeadline()
         app, self.app = self.app, None
-        background = [*self._preparing, *self.timers.values()]
+        background = [*self._preparing, *self.timers.values(), *filter(None, [self._delivering])]
         for task in background:
             task.cancel()
         self.timers.clear()
@@ -373,10 +385,16 @@ class FaustWorker:
             for p in want[topic] - set(parts):
                 part = parts[p] = make(p)
                 part.task = asyncio.ensure_future(self._guard(part.run()))
+        if self.deliveries is not None:
+            self.deliveries.own(want[self.topics.events])
         for p in [p for p in self.timers if p not in want[self.topics.commands]]:
             self.timers.pop(p).cancel()
         for p in want[self.topics.commands] - set(self.timers):
             self.timers[p] = asyncio.ensure_future(self._guard(self._run_timers(p)))
+
+    def sealer(self) -> Sealer:
+        """Opens the subscriptions' secrets: every worker needs the deployment's AGENTBUS_SECRET_KEY."""
+        return sealer_of(self.settings)
 
     async def _run_timers(self, p: int) -> None:
         """Fire partition p's durable timers; after a broker hiccup rebuild the book and go on."""

@@ -22,6 +22,9 @@ from events.codec import from_record, to_record
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
+from services.webhooks.reactor import ACTOR as WEBHOOKS_ACTOR
+from services.webhooks.reactor import SOURCE as WEBHOOKS_SOURCE
+from services.webhooks.reactor import WebhookReactor
 from services.workflows.reactor import SOURCE as WORKFLOWS_SOURCE
 from services.workflows.reactor import Assignment as StepCommand
 from services.workflows.reactor import WorkflowReactor
@@ -47,6 +50,8 @@ class CoordinatorDriver:
     coordinators: dict[int, Coordinator] = field(default_factory=dict)
     # The workflow reactor rides along: same events, same commands topic, same committed offset.
     workflows: dict[int, WorkflowReactor] = field(default_factory=dict)
+    # So does the webhook reactor (deliveries -> their mapped commands and triggered workflows).
+    webhooks: dict[int, WebhookReactor] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -61,8 +66,11 @@ class CoordinatorDriver:
         for p in self.partitions:
             coordinator = self.coordinators[p] = Coordinator()
             reactor = self.workflows[p] = WorkflowReactor()
+            hooks = self.webhooks[p] = WebhookReactor()
             end = await self.log.committed(self.group, self.topics.events, p)
-            await _observe_history(self.log, (coordinator, reactor), self.topics.events, p, end)
+            await _observe_history(self.log, (coordinator, reactor, hooks), self.topics.events, p, end)
+            # Deliveries below ``end`` were mapped with the commit of ``end``: only new ones are.
+            hooks.live = True
             # Same ids as the lost ones (derived from history), so the decider drops any repeats.
             await self._emit(p, Commit(self.group, self.topics.events, p, end))
             starts[p] = end
@@ -72,9 +80,11 @@ class CoordinatorDriver:
     async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
         """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
         coordinator, reactor = self.coordinators[partition], self.workflows[partition]
+        hooks = self.webhooks[partition]
         for _, env in batch:
             coordinator.observe(env)
             reactor.observe(env)
+            hooks.observe(env)
         await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
 
     async def _tail(self, partition: int, start: int) -> None:
@@ -86,9 +96,11 @@ class CoordinatorDriver:
         transaction."""
         assignments = self.coordinators[partition].schedule()
         steps = self.workflows[partition].schedule()
-        if assignments or steps:
+        mapped = self.webhooks[partition].schedule()
+        if assignments or steps or mapped:
             envs = [_assignment_envelope(a) for a in assignments]
             envs += [_assignment_envelope(a, WORKFLOWS_SOURCE, "workflows") for a in steps]
+            envs += [_assignment_envelope(a, WEBHOOKS_SOURCE, WEBHOOKS_ACTOR) for a in mapped]
             appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs],
                                              partition=partition, commit=commit)
             self.cache.put(self.topics.commands, appended, envs)
@@ -98,10 +110,10 @@ class CoordinatorDriver:
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
 
 
-async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowReactor], topic: str,
-                           partition: int, end: int) -> None:
+async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowReactor, WebhookReactor],
+                           topic: str, partition: int, end: int) -> None:
     """Fold events [0, end) of one partition into the reactors' views, without acting on them."""
-    coordinator, workflows = reactors
+    coordinator, workflows, hooks = reactors
     offset = 0
     while offset < end:
         batch = await log.read(topic, partition, offset, min(5000, end - offset))
@@ -111,6 +123,7 @@ async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowR
             env = from_record(rec)
             coordinator.observe(env)
             workflows.observe(env)
+            hooks.observe(env)
         offset = batch[-1].offset + 1
 
 

@@ -24,6 +24,7 @@ from events.codec import DecodeError, decode, from_record, to_record
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
 from services.domain.state import PoolState
+from services.runtime.metrics import ACCEPTED, DUPLICATE, Tally
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.topics import (
     BATCH,
@@ -71,6 +72,8 @@ class PartitionDecider:
     # The next commands offset to decide (everything below is decided, its events durable), for
     # readers in this process waiting to read their writes (``wait_decided``).
     decided: int = field(default=0, init=False)
+    # The batch's decisions by command type and outcome, counted once its events are durable.
+    tally: Tally = field(default_factory=Tally, init=False, repr=False)
     _advanced: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def state(self, pool: str) -> PoolState:
@@ -133,6 +136,7 @@ class PartitionDecider:
             wrapped = event_envelopes(bad, [rejection("invalid", err, None)], state)
             for env in wrapped:  # advances the pool's sequence like any other decision
                 evolve(state, env)
+            self.tally.decided("invalid", Reason.INVALID_COMMAND.value)
             return cid, wrapped, f"{Reason.INVALID_COMMAND.value}: {exc}"
         return self._decide(cmd)
 
@@ -140,6 +144,7 @@ class PartitionDecider:
         cid = cmd.commandid or cmd.id
         state = self.state(cmd.pool)
         if cid in state.seen:
+            self.tally.decided(cmd.type, DUPLICATE)
             return cid, [], None  # a repeat: the first outcome stands, nothing new is appended
         dead: str | None = None
         try:
@@ -147,8 +152,10 @@ class PartitionDecider:
             if not isinstance(payload, Payload) or REGISTRY[cmd.type].kind != "command":
                 raise Rejected(Reason.UNKNOWN_COMMAND, f"unknown command type {cmd.type!r}")
             events = decide(state, payload, self.config)
+            self.tally.decided(cmd.type, ACCEPTED)
         except Rejected as exc:
             events = [rejection(cmd.type, exc, cmd.subject)]
+            self.tally.decided(cmd.type, exc.code.value)
             if exc.code is Reason.UNKNOWN_COMMAND:
                 dead = f"{exc.code.value}: {exc.message}"
         wrapped = event_envelopes(cmd, events, state)
@@ -216,6 +223,7 @@ class PartitionDecider:
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        self.tally.durable(out)
         # Decided before the outcomes are known: whoever sees an outcome may take it as decided.
         self._decided(commit.offset)
         i = 0

@@ -25,13 +25,15 @@ from events.codec import to_record
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
+from services.runtime.deliveries import Deliveries
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
+from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
 from services.runtime.timers import TimerService, run_timers
 from services.runtime.topics import COMMANDS, DECIDER_GROUP, EVENTS, Topics
-from services.runtime.webhook import WebhookRelay
+from services.runtime.webhook import ensure_scaling_webhook
 
 log = logging.getLogger("agentbus.runner")
 
@@ -55,8 +57,10 @@ def tune_gc() -> None:
 class Runner:
     """All of agentbus in one process on the configured log and read-model database.
 
-    ``scaling_webhook`` (default: the ``scaling_webhook`` setting) POSTs each ScalingDecided event
-    there (``services.runtime.webhook``); ``webhook_transport`` replaces the network in tests.
+    The outbound subscriptions are delivered from every partition (``services.runtime.deliveries``).
+    ``scaling_webhook`` (default: the ``scaling_webhook`` setting) makes sure the subscription
+    ``scaling-webhook`` delivers each ScalingDecided event there (``services.runtime.webhook``);
+    ``webhook_transport`` replaces the network of every delivery in tests.
     """
 
     def __init__(self, settings: Settings, *, deciders: bool = True, coordinator: bool = True,
@@ -74,7 +78,7 @@ class Runner:
         self.coordinator: CoordinatorDriver | None = None
         self.timers: list[TimerService] = []
         self.webhook_url = scaling_webhook or settings.scaling_webhook
-        self.webhook: WebhookRelay | None = None
+        self.deliveries: Deliveries | None = None
         self._webhook_transport = webhook_transport
         self._want = (deciders, coordinator, projector)
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,10 +120,18 @@ class Runner:
         if want_projector:
             self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
                         "projector")
-        if self.webhook_url:
-            self.webhook = WebhookRelay(self.log, self.webhook_url, self.partitions, topic=EVENTS,
-                                        cache=self.cache, transport=self._webhook_transport)
-            self._spawn(self.webhook.run(), "webhook")
+        self.deliveries = Deliveries(self.log, self.sealer, partitions=self.partitions, topic=EVENTS,
+                                     commands=COMMANDS, cache=self.cache, transport=self._webhook_transport)
+        self._spawn(self.deliveries.run(), "deliveries")
+
+    def sealer(self) -> Sealer:
+        """Seals and opens the secrets the log keeps (``services.runtime.sealing``)."""
+        return sealer_of(self.settings)
+
+    @property
+    def webhook(self) -> Deliveries | None:
+        """The deliveries, when a scaling webhook is configured (the name of the relay they replace)."""
+        return self.deliveries if self.webhook_url else None
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
@@ -147,6 +159,8 @@ class Runner:
         events = [d.ready for d in self.deciders]
         if self.coordinator is not None:
             events.append(self.coordinator.ready)
+        if self.deliveries is not None:
+            events.append(self.deliveries.book.ready)
         waits = [asyncio.create_task(ev.wait()) for ev in events]
         fail = asyncio.create_task(self.failed.wait())
         try:
@@ -158,6 +172,10 @@ class Runner:
             raise RuntimeError(f"agentbus failed to start: {self.failure}") from self.failure
         if not done:
             raise TimeoutError("agentbus did not become ready in time")
+        if self.webhook_url and self.deliveries is not None:
+            await ensure_scaling_webhook(self.webhook_url, book=self.deliveries.book, log=self.log,
+                                         topic=EVENTS, partitions=self.partitions, sealer=self.sealer,
+                                         submit=self.submit)
         if _FREEZE_AFTER_READY:
             gc.freeze()
 

@@ -201,7 +201,8 @@ def check_service(settings: Settings, *, worker: bool = True) -> None:
     """Refuse settings the runtime they choose cannot honour, naming the setting."""
     if settings.kafka and settings.scaling_webhook:
         raise SettingsError("the scaling webhook (--scaling-webhook, AGENTBUS_SCALING_WEBHOOK) runs with the "
-                            "embedded runner only; on Kafka, consume ScalingDecided from the events topic")
+                            "embedded runner only; on Kafka, subscribe to it: PUT /v1/subscriptions/{name} "
+                            'with {"url": ..., "channels": ["type:ScalingDecided"]}')
     if not settings.kafka and not worker:
         raise SettingsError("running without a worker (--no-worker) needs a kafka:// broker "
                             "(the embedded runner is one process)")

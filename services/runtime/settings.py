@@ -10,9 +10,9 @@ This module must never open anything (log, database, network): it only names whe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts import DEFAULT_POOL
@@ -63,9 +63,19 @@ class Settings(BaseSettings):
     session_timeout: float = Field(10.0, ge=1, description="Kafka: seconds of silence before a worker's "
                                                            "partitions move to others.")
     scaling_webhook: str | None = Field(None, description="POST each ScalingDecided event (a CloudEvent) "
-                                                          "to this URL, at least once.")
+                                                          "to this URL, at least once, signed: the "
+                                                          "subscription scaling-webhook.")
+    secret_key: SecretStr | None = Field(None, description="Key sealing the signing secrets the log keeps "
+                                                           "(64 bytes, URL-safe base64; default: the file "
+                                                           "secret.key in DATA_DIR, made on first use). "
+                                                           "Every process of a cluster needs the same one.")
     access_log: bool = Field(False, description="Log every HTTP request (costs throughput; the event log "
                                                 "is the audit).")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="agentbus worker and agentbus executor run: serve "
+                                                 "Prometheus metrics on this port of the --host address "
+                                                 "(0: any free port); unset: none. The API serves them "
+                                                 "at /metrics.")
     url: str = Field("", description="Base URL of a running agentbus server (default: the server the host "
                                       "and port settings name, http://AGENTBUS_HOST:AGENTBUS_PORT).")
     pool: str = Field(DEFAULT_POOL, description="Pool the command or query is about.")
@@ -77,6 +87,34 @@ class Settings(BaseSettings):
     workflow_agents: bool | None = Field(None, description="Host the executors running workflows declare "
                                                            "(`agents:`). Default: on with the embedded log, "
                                                            "off on Kafka (turn it on in one process only).")
+    # Authentication (services.http.auth). None: not configured; ``serve`` then runs open on a
+    # loopback address only (and says so), and refuses to listen on any other.
+    auth: Literal["required", "off"] | None = Field(
+        None, description="required: every request but /v1/health, the docs and signed webhooks needs a "
+                          "bearer token (an API token from `agentbus tokens create`, or a JWT); off: open "
+                          "to anyone who can connect. Unset: off on a loopback address, refused on others.")
+    auth_rate: float = Field(100.0, ge=0, description="Requests per second each token may make (a token "
+                                                      "bucket per token, per API process; 0: unlimited).")
+    auth_burst: int = Field(200, ge=1, description="Requests a token may make at once before --auth-rate "
+                                                   "applies.")
+    auth_cache_s: float = Field(1.0, ge=0, le=3600, description="Seconds an API process trusts a token it "
+                                                                "checked (a revocation made elsewhere "
+                                                                "applies after at most this long; 0: "
+                                                                "checked on every request).")
+    jwt_secret: SecretStr | None = Field(None, description="Shared secret verifying HS256 JWT bearer "
+                                                           "tokens (environment only: AGENTBUS_JWT_SECRET).")
+    jwt_jwks: str = Field("", description="JWKS verifying RS/ES/PS/EdDSA JWT bearer tokens: a file path or "
+                                          "an http(s):// URL (e.g. your identity provider's jwks_uri).")
+    jwt_issuer: str = Field("", description="JWTs must carry this `iss` (empty: not checked).")
+    jwt_audience: str = Field("", description="JWTs must carry this `aud` (empty: JWTs with an `aud` are "
+                                              "refused).")
+    jwt_role_claim: str = Field("role", min_length=1, description="The JWT claim holding the agentbus role "
+                                                                 "(admin, operator, agent, reader).")
+    jwt_agent_claim: str = Field("agent_id", min_length=1, description="The JWT claim naming the agent "
+                                                                      "an agent-role JWT acts as (absent: "
+                                                                      "`sub`).")
+    token: SecretStr | None = Field(None, description="Bearer token the CLI sends to the server "
+                                                      "(environment only: AGENTBUS_TOKEN).")
 
     @field_validator("scaling_webhook")
     @classmethod

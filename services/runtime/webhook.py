@@ -1,83 +1,88 @@
-"""The scaling webhook: POSTs each ``ScalingDecided`` event to an external autoscaler.
+"""The scaling webhook (``--scaling-webhook URL``): the outbound subscription ``scaling-webhook`` to
+the channel ``type:ScalingDecided`` (``services.runtime.deliveries`` delivers it).
 
-A consumer of the events topic with its own committed offset (group ``webhook``), so delivery is
-at-least-once: an event's offset is committed only after the receiver answered 2xx, and a crash
-or restart re-sends what was not acknowledged. Receivers deduplicate by the CloudEvent ``id``.
-Each event goes as a structured-mode CloudEvent (``application/cloudevents+json``), byte for byte
-the record on the log. A failing receiver is retried with capped exponential backoff for ever;
-it holds back only this consumer, never the deciders, the coordinator or the projector.
+At start the embedded runner makes sure that subscription exists with the configured URL
+(``ensure_scaling_webhook``): created with a secret of its own when absent, its URL and channel
+set again when they differ (its secret and position kept). Once it exists, it is a subscription
+like any other: listed, changed and deleted through ``/v1/subscriptions``.
 
-On first start (no committed offset) the relay begins at the start of the log: the log is the
-source of truth, and a receiver sees every decision once it is configured, the latest last.
+Compatibility with the relay this replaces (consumer group ``webhook``, unsigned, retried for
+ever, and which sent the whole history of ScalingDecided on its first start):
 
-This module must never append to the log or decide anything; it only reads events and POSTs.
+* A new scaling webhook starts at the end of the log, like any new subscription. A deployment
+  whose relay had delivered something starts where the relay had got to, so an upgrade neither
+  sends again what was acknowledged nor loses what was not.
+* Deliveries are signed (Standard Webhooks). To verify them, give the subscription a secret you
+  know: ``PUT /v1/subscriptions/scaling-webhook`` with ``secret`` (later starts keep it).
+* An event gets ``SCALING_ATTEMPTS`` tries (about 90 minutes at the 60 s backoff cap) before it
+  becomes a dead letter (``GET /v1/subscriptions/scaling-webhook/failures``).
+
+This module must never decide anything: it only asks, with a ``SetSubscription`` command.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from dataclasses import dataclass, field
+import base64
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import httpx
-
+from contracts import SYSTEM_POOL, Envelope, new_id
+from contracts import commands as c
 from events import EventLog
-from events.cache import EnvelopeCache, tail
-from events.codec import encode
+from services.runtime.channels import parse_channel
+from services.runtime.deliveries import secret_context
+from services.runtime.ingest import command_envelope
+from services.runtime.sealing import Sealer
+from services.runtime.subscription_book import SubscriptionBook
 
-log = logging.getLogger("agentbus.webhook")
+__all__ = [
+    "LEGACY_GROUP",
+    "SCALING_CHANNELS",
+    "SCALING_SUBSCRIPTION",
+    "ensure_scaling_webhook",
+    "new_secret",
+    "start_positions",
+]
 
-WEBHOOK_GROUP = "webhook"
-CONTENT_TYPE = "application/cloudevents+json"
+SCALING_SUBSCRIPTION = "scaling-webhook"
+SCALING_CHANNELS = ("type:ScalingDecided",)
+SCALING_ATTEMPTS = c.MAX_DELIVERY_ATTEMPTS
+# The consumer group of the relay this replaces: where it had got to is where the subscription starts.
+LEGACY_GROUP = "webhook"
 
 
+def new_secret() -> str:
+    """A new Standard Webhooks signing secret: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
-@dataclass
-class WebhookRelay:
-    """Delivers the events of ``types`` from every events partition to ``url``."""
 
-    log: EventLog
-    url: str
-    partitions: int
-    topic: str = "events"
-    group: str = WEBHOOK_GROUP
-    types: frozenset[str] = frozenset({"ScalingDecided"})
-    cache: EnvelopeCache = field(default_factory=EnvelopeCache)
-    transport: httpx.AsyncBaseTransport | None = None  # tests inject httpx.MockTransport
-    timeout_s: float = 10.0
-    backoff_s: float = 0.2
-    max_backoff_s: float = 30.0
-    delivered: int = 0
-    failed_attempts: int = 0
+async def start_positions(log: EventLog, topic: str, partitions: int,
+                          legacy_group: str | None = None) -> tuple[int, ...]:
+    """The end of each events partition: where a subscription created now starts (or, when
+    ``legacy_group`` committed anything, where that group had got to)."""
+    if legacy_group is not None:
+        legacy = tuple([await log.committed(legacy_group, topic, p) for p in range(partitions)])
+        if any(legacy):
+            return legacy
+    return tuple([await log.end_offset(topic, p) for p in range(partitions)])
 
-    async def run(self) -> None:
-        async with httpx.AsyncClient(transport=self.transport, timeout=self.timeout_s) as client:
-            await asyncio.gather(*(self._tail(client, p) for p in range(self.partitions)))
 
-    async def _tail(self, client: httpx.AsyncClient, partition: int) -> None:
-        start = await self.log.committed(self.group, self.topic, partition)
-        async for batch in tail(self.log, self.cache, self.topic, partition, start, limit=500):
-            for offset, env in batch:
-                if env.type in self.types:
-                    await self._deliver(client, encode(env), env.id)
-                    # Commit per delivery: a restart re-sends at most the one in flight.
-                    await self.log.commit(self.group, self.topic, partition, offset + 1)
-            await self.log.commit(self.group, self.topic, partition, batch[-1][0] + 1)
-
-    async def _deliver(self, client: httpx.AsyncClient, body: bytes, event_id: str) -> None:
-        """POST until the receiver answers 2xx (retries with capped exponential backoff)."""
-        delay = self.backoff_s
-        while True:
-            try:
-                resp = await client.post(self.url, content=body, headers={"content-type": CONTENT_TYPE})
-                if resp.is_success:
-                    self.delivered += 1
-                    return
-                problem = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            self.failed_attempts += 1
-            log.warning("scaling webhook %s failed for event %s (%s); retrying in %.1f s",
-                        self.url, event_id, problem, delay)
-            await asyncio.sleep(delay)
-            delay = min(self.max_backoff_s, delay * 2)
+async def ensure_scaling_webhook(url: str, *, book: SubscriptionBook, log: EventLog, topic: str,
+                                 partitions: int, sealer: Callable[[], Sealer],
+                                 submit: Callable[[Envelope], Awaitable[Any]]) -> bool:
+    """Ask for subscription ``scaling-webhook`` to ``url`` unless the book (ready) has it so
+    already; True when a command was appended."""
+    found = book.current.get(SCALING_SUBSCRIPTION)
+    wanted = (url, frozenset(parse_channel(text) for text in SCALING_CHANNELS), SCALING_ATTEMPTS)
+    if found is not None and (found.url, found.channels, found.max_attempts) == wanted:
+        return False
+    generated = c.SubscriptionGenerated()
+    if found is None:
+        generated = c.SubscriptionGenerated(
+            positions=await start_positions(log, topic, partitions, LEGACY_GROUP),
+            secret=sealer().seal(new_secret(), context=secret_context(SCALING_SUBSCRIPTION)))
+    cmd = c.SetSubscription(name=SCALING_SUBSCRIPTION, url=url, channels=SCALING_CHANNELS,
+                            max_attempts=SCALING_ATTEMPTS, generated=generated)
+    await submit(command_envelope(cmd, pool=SYSTEM_POOL, command_id=new_id(), source="urn:agentbus:serve"))
+    return True

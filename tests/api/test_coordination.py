@@ -332,7 +332,10 @@ async def test_scaling_webhook_posts_cloudevents_at_least_once(tmp_path: Path) -
     try:
         await asyncio.sleep(0.3)
         assert again.calls == []
-        assert await r.log.committed("webhook", "events", 0) == await r.log.end_offset("events", 0)
+        # The scaling webhook is the subscription "scaling-webhook": its position is its own group's.
+        assert r.webhook is not None
+        group = r.webhook.group(r.webhook.book.current["scaling-webhook"])
+        assert await r.log.committed(group, "events", 0) == await r.log.end_offset("events", 0)
     finally:
         await r.stop()
 

@@ -84,12 +84,16 @@ def test_the_port_setting_alone_points_the_client_at_the_server(server: Server) 
 def test_every_field_of_the_agent_and_task_commands_reaches_the_log(server: Server) -> None:
     cli(server, "agent", "register", "bot", "-c", "text", "-c", "code", "--capacity", "3", "--kind", "llm",
         "--id", "a1", "--heartbeat-timeout", "45", "--weight", "2.5", "--metadata", '{"zone": "eu"}',
+        "--retry", '{"max_attempts": 3}', "--breaker-threshold", "4", "--breaker-cooldown", "12",
         "--command-id", "reg-1")
     registered = one(server, "a1", "AgentRegistered")
     assert registered["commandid"] == "reg-1"
     assert registered["data"] == {
         "agent_id": "a1", "name": "bot", "kind": "llm", "capabilities": ["text", "code"], "capacity": 3,
-        "heartbeat_timeout_s": 45.0, "metadata": {"zone": "eu"}, "weight": 2.5}
+        "heartbeat_timeout_s": 45.0, "metadata": {"zone": "eu"}, "weight": 2.5,
+        "retry": {"max_attempts": 3, "strategy": "exponential", "base_delay_s": 1.0, "max_delay_s": 300.0,
+                  "multiplier": 2.0, "jitter": 0.0},
+        "breaker_threshold": 4, "breaker_cooldown_s": 12.0}
 
     cli(server, "agent", "heartbeat", "a1", "--load", "0.5", "--cpu", "1.5", "--memory", "256",
         "--queue", "2", "--command-id", "hb-1")
@@ -102,7 +106,7 @@ def test_every_field_of_the_agent_and_task_commands_reaches_the_log(server: Serv
         "--data", '{"doc": 1}', "--strategy", "weighted", "--timeout", "120",
         "--retry", '{"max_attempts": 2, "base_delay_s": 5}', "--max-attempts", "4",
         "--retry-strategy", "linear", "--retry-max-delay", "60", "--retry-jitter", "0.25",
-        "--command-id", "sub-1")
+        "--action", "GET", "--parameters", '{"path": "/x"}', "--agent", "bot", "--command-id", "sub-1")
     submitted = one(server, "t1", "TaskSubmitted")
     assert submitted["commandid"] == "sub-1"
     data = submitted["data"]
@@ -111,6 +115,8 @@ def test_every_field_of_the_agent_and_task_commands_reaches_the_log(server: Serv
     assert (data["strategy"], data["timeout_s"]) == ("weighted", 120.0)
     assert data["retry"] == {"max_attempts": 4, "strategy": "linear", "base_delay_s": 5.0,
                              "max_delay_s": 60.0, "multiplier": 2.0, "jitter": 0.25}
+    # Pinned by name: the event holds the agent's id.
+    assert (data["action"], data["parameters"], data["agent_id"]) == ("GET", {"path": "/x"}, "a1")
     cli(server, "task", "submit", "x", "--id", "t2", "-r", "nobody", "--retry-base-delay", "3")
     assert one(server, "t2", "TaskSubmitted")["data"]["retry"]["base_delay_s"] == 3.0
 
@@ -127,9 +133,11 @@ def test_every_field_of_the_agent_and_task_commands_reaches_the_log(server: Serv
 
     cli(server, "task", "submit", "x", "--id", "t3", "-r", "code")
     wait_assigned(server, "t3")
-    cli(server, "task", "fail", "t3", "--agent", "a1", "--error", "boom", "--command-id", "fail-3")
+    cli(server, "task", "fail", "t3", "--agent", "a1", "--error", "boom", "--error-code", "http_status:404",
+        "--not-retryable", "--command-id", "fail-3")
     failed = one(server, "t3", "TaskFailed")
     assert failed["commandid"] == "fail-3" and failed["data"]["error"] == "boom"
+    assert (failed["data"]["error_code"], failed["data"]["retryable"]) == ("http_status:404", False)
 
     cli(server, "cost", "record", "--agent", "a1", "--model", "gpt-4o", "--input-tokens", "10",
         "--output-tokens", "5", "--cost-usd", "0.5", "--task", "t1", "--id", "c1", "--command-id", "cost-1")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts import Envelope, Payload, new_id
+from contracts import SYSTEM_POOL, Envelope, Payload, new_id
 from contracts import commands as c
 from contracts import event_types as ev
 from contracts.commands import Candidate, SelectionAudit
@@ -329,6 +329,45 @@ def workflow_history(into: Story | None = None, pool: str = "flows") -> Decided:
     return d
 
 
+def subscription_history(into: Story | None = None) -> Decided:
+    """The system pool's outbound subscriptions: made, changed, a dead letter, deleted, made anew."""
+    d = Decided(SYSTEM_POOL, into=into)
+    sealed = "sealed:v1:0123abcd:c2VhbGVk"
+    d.do(c.SetSubscription(name="hooks", url="https://receiver.example/a", channels=("tasks",), secret=sealed,
+                           start="earliest"))
+    d.do(c.SetSubscription(name="scaling", url="https://receiver.example/s",
+                           channels=("type:ScalingDecided",), secret=sealed,
+                           generated=c.SubscriptionGenerated(positions=(40, 2, 7))))
+    d.do(c.SetSubscription(name="hooks", url="https://receiver.example/b", channels=("tasks", "agents")))
+    d.do(c.RecordDeliveryFailure(name="hooks", incarnation=1, event_id="e-1", event_type="TaskSubmitted",
+                                 partition=0, position=3, attempts=8, last_error="HTTP 500", last_status=500))
+    d.do(c.DeleteSubscription(name="scaling"))
+    d.do(c.SetSubscription(name="scaling", url="https://receiver.example/s2", channels=("events",),
+                           secret=sealed, start="earliest"))
+    return d
+
+
+def access_history(into: Story | None = None) -> Decided:
+    """The system pool's API tokens: issued, one revoked, a second revocation refused."""
+    d = Decided(SYSTEM_POOL, into=into)
+    d.do(c.IssueApiToken(token_id="tok-admin", role="admin", name="bootstrap", secret_hash="a" * 64))
+    d.do(c.IssueApiToken(token_id="tok-agent", role="agent", agent_id="w1", secret_hash="b" * 64))
+    d.do(c.RevokeApiToken(token_id="tok-agent"))
+    d.do(c.RevokeApiToken(token_id="tok-agent"))  # rejected: revoked already
+    return d
+
+
+def webhook_history(into: Story | None = None) -> Decided:
+    """The system pool's inbound webhook sources: set, changed, one deleted."""
+    d = Decided(SYSTEM_POOL, into=into)
+    sealed = "sealed:v1:0123abcd:c2VhbGVk"
+    d.do(c.SetWebhookSource(source="shop", scheme="standard", secret=sealed))
+    d.do(c.SetWebhookSource(source="github", scheme="github", secret=sealed, pool="flows"))
+    d.do(c.SetWebhookSource(source="shop", scheme="standard", secret=sealed, pool="ops"))
+    d.do(c.DeleteWebhookSource(source="github"))
+    return d
+
+
 def realistic_history() -> list[Envelope]:
     """Pools with agents, every task outcome, resources, costs, budgets, rejections and workflows."""
     s = Story()
@@ -398,6 +437,9 @@ def realistic_history() -> list[Envelope]:
     coordination_history(into=s)
     # A fourth, decided too: workflow runs and definitions.
     workflow_history(into=s)
+    subscription_history(into=s)
+    access_history(into=s)
+    webhook_history(into=s)
     return s.envelopes
 
 

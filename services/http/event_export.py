@@ -1,0 +1,101 @@
+"""``GET /v1/events/export``: the events topic as an lz4-frame NDJSON stream, the format of
+``agentbus events export`` (one CloudEvent per line, each record's bytes as stored, partition then
+offset order), so ``curl -s URL | lz4cat | jq`` reads it and ``agentbus events import`` takes it.
+
+The log is read a page at a time and each page is compressed and sent before the next is read: a
+response never holds more than one page, however long the log.
+
+This module must never write anything, and never change a record: the lines are the records' bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import lz4.frame
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
+
+from events.codec import from_record
+from events.export import ndjson
+from events.log import StoredRecord
+from services.http.deps import ServiceDep
+from services.http.errors import error_item, invalid
+from services.http.responses import Error, ValidationErrors
+from services.runtime.channels import ChannelError, Cursor, parse_cursor
+from services.runtime.service import Service
+
+__all__ = ["EXPORT_PAGE", "LZ4_TYPE", "router"]
+
+EXPORT_PAGE = 1000
+LZ4_TYPE = "application/x-lz4"
+
+router = APIRouter(tags=["reads"])
+
+_POSITION = ("A position: an integer (the same in every partition) or <partition>:<position> pairs "
+             "joined by commas, as the live streams' cursors.")
+
+
+@router.get(
+    "/v1/events/export",
+    summary="The events as an lz4-frame NDJSON stream (`agentbus events export`'s format)",
+    response_class=Response,
+    responses={200: {"content": {LZ4_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "lz4 frame of NDJSON, one CloudEvent per line: `lz4cat | jq`."},
+               422: {"model": ValidationErrors, "description": "An invalid query parameter."},
+               503: {"model": Error, "description": "The service is starting or cannot reach its log."}},
+)
+async def export_events(
+    service: ServiceDep,
+    after: Annotated[str | None, Query(max_length=10_000,
+                                       description=f"Export events after this position. {_POSITION}")] = None,
+    until: Annotated[str | None, Query(max_length=10_000, description=f"The last position exported "
+                                       f"(default: the end when the request came). {_POSITION}")] = None,
+    type: Annotated[list[str] | None, Query(description="Only events of these types (repeat it).")] = None,
+) -> Response:
+    topic = service.topics.events
+    partitions = await service.log.partitions(topic)
+    ends = {p: await service.log.end_offset(topic, p) - 1 for p in range(partitions)}
+    first = _cursor(after, "after", partitions) if after is not None else dict.fromkeys(ends, -1)
+    last = _cursor(until, "until", partitions) if until is not None else ends
+    last = {p: min(last[p], ends[p]) for p in ends}
+    types = frozenset(type or ())
+    return StreamingResponse(_frames(service, topic, first, last, types), media_type=LZ4_TYPE,
+                             headers={"content-disposition": 'attachment; filename="events.ndjson.lz4"'})
+
+
+def _cursor(value: str, name: str, partitions: int) -> Cursor:
+    try:
+        return parse_cursor(value, partitions)
+    except ChannelError as exc:
+        invalid([error_item(("query", name), "value_error", str(exc), value)])
+
+
+async def _frames(service: Service, topic: str, first: Cursor, last: Cursor,
+                  types: frozenset[str]) -> AsyncIterator[bytes]:
+    compressor = lz4.frame.LZ4FrameCompressor()
+    yield compressor.begin()
+    for p in sorted(last):
+        offset, stop = first[p] + 1, last[p]
+        while offset <= stop:
+            batch = await service.log.read(topic, p, offset, min(EXPORT_PAGE, stop - offset + 1))
+            batch = [r for r in batch if r.offset <= stop]
+            if not batch:
+                break
+            offset = batch[-1].offset + 1
+            if types:
+                batch = [r for r in batch if _type(r) in types]
+            if batch:
+                chunk = compressor.compress(ndjson(batch))
+                if chunk:
+                    yield chunk
+    yield compressor.flush()
+
+
+def _type(rec: StoredRecord) -> str:
+    """The record's CloudEvents type: from its header when written by agentbus, else decoded."""
+    for name, value in rec.headers:
+        if name == "ce_type":
+            return value.decode()
+    return from_record(rec).type
