@@ -128,7 +128,7 @@ def setting_option(name: str) -> Callable[[F], F]:
     elif field.default not in (None, ""):
         extras.append(f"default: {field.default}")
     help_text = f"{field.description} [{'; '.join(extras)}]"
-    if field.annotation is bool:
+    if field.annotation in (bool, bool | None):  # None: the setting's default decides
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     return click.option(flag, name, type=field_type(Settings, name), default=None, help=help_text)
 

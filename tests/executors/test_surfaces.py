@@ -128,3 +128,14 @@ def test_the_example_runs_end_to_end(tmp_path: Path) -> None:
     assert "completed" in out.stdout
     assert '"agent_id": "tools"' in out.stdout and '"is_error": false' in out.stdout
     assert '"by_model":{"gpt-4o-mini"' in out.stdout  # the LLM call's usage became a recorded cost
+
+
+def test_workflow_agents_is_a_flag_whose_absence_leaves_the_runtime_default() -> None:
+    from services.cli.common import load_settings
+    from services.executors.hosting import hosts_workflow_agents
+
+    assert hosts_workflow_agents(load_settings()) is True  # embedded log: on
+    assert hosts_workflow_agents(load_settings(broker="kafka://127.0.0.1:1")) is False  # Kafka: off
+    assert hosts_workflow_agents(load_settings(broker="kafka://127.0.0.1:1", workflow_agents=True)) is True
+    out = CliRunner().invoke(main, ["serve", "--help"])
+    assert "--workflow-agents / --no-workflow-agents" in out.output
