@@ -43,6 +43,7 @@ from tests.cluster.conftest import (
     read_topic,
     wait_healthy,
 )
+from tests.tables import assert_same_tables
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -69,7 +70,10 @@ class Load:
                     cid = f"reg-{pool}-{i}"
                     r = await c.post("/v1/agents?wait=true&timeout=30", headers={"Idempotency-Key": cid},
                                      json={"agent_id": f"{pool}-a{i}", "name": "a", "capabilities": ["c"],
-                                           "capacity": 3, "pool": pool})
+                                           "capacity": 3, "pool": pool,
+                                           # No heartbeat timer may fire (and write AgentUnhealthy)
+                                           # while the read models are compared with a rebuild.
+                                           "heartbeat_timeout_s": 3600})
                     assert r.status_code == 201, r.text
                     self.acked[cid] = r.status_code
 
@@ -165,8 +169,12 @@ async def check(cluster: Cluster, log: EventLog, acked: dict[str, int]) -> dict[
             if recs:
                 ok = await live.wait_for_position(cluster.events, p, recs[-1].offset, timeout=60)
                 assert ok, f"projector of partition {p} never reached {recs[-1].offset}"
+        ends = [await log.end_offset(cluster.events, p) for p in range(cluster.partitions)]
         await rebuild(log, fresh, cluster.events)
-        assert await dump_tables(live) == await dump_tables(fresh)
+        live_tables, fresh_tables = await dump_tables(live), await dump_tables(fresh)
+        moved = [await log.end_offset(cluster.events, p) for p in range(cluster.partitions)]
+        assert moved == ends, f"the log moved while the read models were compared: {ends} -> {moved}"
+        assert_same_tables(live_tables, fresh_tables)
         assert MAIN_PROJECTOR
     finally:
         await live.close()
