@@ -228,7 +228,11 @@ async def _register(target: Target, agents: int, pool: str, prefix: str) -> None
     envs = [
         command_envelope(c.RegisterAgent(agent_id=f"{prefix}{i}", name=f"agent {i}", kind="llm",
                                          capabilities=("text", "code") if i % 2 else ("text",),
-                                         capacity=4), pool=pool, source="urn:agentbus:bench")
+                                         capacity=4,
+                                         # The fleet never heartbeats: a run longer than the default
+                                         # 30 s would otherwise mark every agent unhealthy and stall.
+                                         heartbeat_timeout_s=3600),
+                         pool=pool, source="urn:agentbus:bench")
         for i in range(agents)
     ]
     for i in range(0, len(envs), 1000):
