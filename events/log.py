@@ -188,6 +188,11 @@ class EventLog(Protocol):
     ) -> list[StoredRecord]:
         """Records at ``offset`` and after, at most ``limit``, in order."""
 
+    async def read_values(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[tuple[int, bytes]]:
+        """``read`` for replay: (offset, value) only, checked as ``read`` checks them."""
+
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record appended to the partition will get."""
 

@@ -291,6 +291,12 @@ class KafkaLog:
             return []
         return await self._reader.read(topic, partition, max(offset, 0), end, limit)
 
+    async def read_values(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[tuple[int, bytes]]:
+        """``read``'s offsets and values (the consumer decodes whole records anyway)."""
+        return [(r.offset, r.value) for r in await self.read(topic, partition, offset, limit)]
+
     async def wait(
         self,
         topic: str,

@@ -27,16 +27,23 @@ from services.workflows.machine import new_run, set_status
 
 def evolve(state: PoolState, env: Envelope) -> PoolState:
     """Apply one event of this pool to ``state`` (in place, for speed) and return it."""
-    if env.sequence is not None:
-        state.sequence = env.sequence
-    if env.commandid is not None:
-        state.seen.add(env.commandid)
-    ev = env.data
-    apply = EVENT_HANDLERS.get(type(ev))
+    return apply_event(state, type(env.data), env.data, env.sequence, env.commandid)
+
+
+def apply_event(state: PoolState, kind: type[Any], ev: Any, sequence: int | None,
+                commandid: str | None) -> PoolState:
+    """``evolve`` from an envelope's parts. ``kind`` is the payload's class and picks the handler;
+    ``ev`` is the payload, or anything with the attributes the handler reads (the replay's views,
+    ``services.domain.replay``)."""
+    if sequence is not None:
+        state.sequence = sequence
+    if commandid is not None:
+        state.seen.add(commandid)
+    apply = EVENT_HANDLERS.get(kind)
     if apply is not None:  # heartbeats, rate limits, rejections, unknown types: no state
         apply(state, ev)
-        if state.step_of_task and type(ev) in _TASK_EVENTS:
-            _step_follows_task(state, ev.task_id)  # type: ignore[union-attr]
+        if state.step_of_task and kind in _TASK_EVENTS:
+            _step_follows_task(state, ev.task_id)
     return state
 
 

@@ -171,6 +171,12 @@ async def test_a_damaged_stored_value_raises_corrupt_record_naming_its_position(
         assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("t", 1, 1)
         assert reason in caught.value.reason
         assert "t[1]@1" in str(caught.value)
+        # Replay's narrower read checks the same way.
+        assert await log.read_values("t", 1, 0, limit=1) == [(0, b"ok")]
+        with pytest.raises(CorruptRecord) as caught:
+            await log.read_values("t", 1, 0)
+        assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("t", 1, 1)
+        assert reason in caught.value.reason
     finally:
         await log.close()
 
