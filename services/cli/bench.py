@@ -57,13 +57,19 @@ from services.cli.common import fail, load_settings, setting_option
               help="--subscribers: client processes the subscribers are spread over.")
 @click.option("--subscriber-batch/--no-subscriber-batch", default=True, show_default=True,
               help="--subscribers: ask for batched frames (several messages per frame) or one per message.")
+@click.option("--compare", is_flag=True,
+              help="Instead of the task scenario: the scenario beside the same one on the eventsourcing "
+                   "library (commands/s, replay events/s), and `agentbus serve` beside a bare FastAPI "
+                   "endpoint under the same wrk load (requests/s, p50/p99); prints each ratio.")
+@click.option("--wrk-options", default="-t2 -c64 -d10s", show_default=True,
+              help="--compare: the wrk options of both HTTP runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
                   executor_kind: str | None, capacity: int, subscribers: int, subscriber_processes: int,
-                  subscriber_batch: bool, as_json: bool) -> None:
+                  subscriber_batch: bool, compare: bool, wrk_options: str, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -88,6 +94,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         if subscribers > 0:
             _subscribers(settings, subscribers, subscriber_processes, subscriber_batch, rate, paced_seconds,
                          as_json)
+            return
+        if compare:
+            _compare(settings, tmp, agents, tasks, rate, paced_seconds, wrk_options, as_json)
             return
         if executor_kind is not None:
             explicit = click.get_current_context().get_parameter_source
@@ -128,6 +137,38 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     for row in result.get("coordinator", []):
         click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
                    f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
+
+
+def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float, paced_seconds: float,
+             wrk_options: str, as_json: bool) -> None:
+    from services.bench.compare import compare
+
+    result = compare(settings, scratch, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
+                     wrk_options=wrk_options)
+    if as_json:
+        click.echo(json.dumps(result))
+        if "skipped" in result["http"]:
+            click.echo(result["http"]["skipped"], err=True)
+        return
+    ours, peer, http = result["agentbus"], result["peer"], result["http"]
+    click.echo(f"scenario          {agents} agents, {tasks} tasks, {ours['commands']} commands; "
+               f"{result['cpus']} CPUs, load average {result['load_average_at_start'][0]} at the start")
+    backend = ours["broker"].split(":")[0]
+    click.echo(f"end to end        agentbus {ours['commands_per_s']:,.0f} commands/s ({backend}), "
+               f"{peer['library']} {peer['commands_per_s']:,.0f} commands/s (SQLite): "
+               f"ratio {result['end_to_end_ratio']} (agentbus / peer)")
+    click.echo(f"replay            agentbus {ours['replay_events_per_s']:,.0f} events/s "
+               f"({ours['replay_events']} events), peer {peer['replay_events_per_s']:,.0f} events/s "
+               f"({peer['replay_events']} events): ratio {result['replay_ratio']} (agentbus / peer)")
+    if "skipped" in http:
+        click.echo(f"HTTP              skipped: {http['skipped']}")
+        return
+    for name, label in (("agentbus", "agentbus"), ("bare", "bare FastAPI")):
+        row = http[name]
+        click.echo(f"HTTP {label:<13}{row['requests_per_s']:,.0f} requests/s, p50 {row['p50_ms']} ms, "
+                   f"p99 {row['p99_ms']} ms ({row['errors']} errors, {row['non_2xx']} not 2xx)")
+    click.echo(f"HTTP ratio        {result['http_ratio']} (agentbus / bare; wrk {http['wrk_options']}, "
+               f"POST /v1/tasks)")
 
 
 def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float, workers: int,
