@@ -18,6 +18,13 @@ the parameters (each by its name, all as ``parameters``) into the prompt of a ta
 messages join the ``system`` prompt, ``max_tokens`` defaults to ``DEFAULT_MAX_TOKENS`` (the API
 requires one), and ``temperature``/``top_p`` travel as body fields (the SDK no longer names them).
 
+Streaming: when the run has a progress sink (``Call.progress``: the host runs beside the live
+streams), the call is made as a stream (OpenAI: ``stream=True`` with ``stream_options.include_usage``;
+Anthropic: ``messages.stream``) and each text delta goes to the sink as it comes (the first at once,
+later ones gathered for at most ``DELTA_INTERVAL_S``). The SDK's own accumulator assembles the
+answer, so the result, the usage and the cost are those of the plain call. Without a sink, one
+plain call. An OpenAI-compatible server that ignores ``include_usage`` reports no usage either way.
+
 Result: ``{content, finish_reason, tool_calls: [{id, name, arguments}], usage: {input_tokens,
 output_tokens}, model}``; ``Outcome.usage`` carries the same counts (on a failure too, when the
 provider answered), which the host records as the run's cost.
@@ -45,17 +52,19 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anthropic
+import httpx2
 import openai
-from anthropic.types import MessageParam, ToolChoiceParam, ToolUnionParam
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
+from anthropic.types import Message, MessageParam, ToolChoiceParam, ToolUnionParam
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolUnionParam
 
 from contracts.executors import AiAgentConfig
 from contracts.templates import TemplateProblem, render
 from contracts.values import json_problem
-from services.executors.base import BAD_REQUEST, CONNECTION, PROVIDER, TIMEOUT, Call, Outcome, Usage
+from services.executors.base import BAD_REQUEST, CONNECTION, PROVIDER, TIMEOUT, Call, Outcome, Progress, Usage
 from services.executors.secrets import Redactor, resolve
 
-__all__ = ["DEFAULT_MAX_TOKENS", "DEFAULT_RETRY_AFTER_S", "AiAgentExecutor",
+__all__ = ["DEFAULT_MAX_TOKENS", "DEFAULT_RETRY_AFTER_S", "DELTA_INTERVAL_S", "AiAgentExecutor",
            "retry_after_s"]
 
 # A deferral the provider did not time: long enough not to hammer a rate limit, short enough that
@@ -64,14 +73,20 @@ DEFAULT_RETRY_AFTER_S = 2.0
 # Anthropic requires max_tokens; when neither the task nor the config's defaults give one.
 DEFAULT_MAX_TOKENS = 1024
 MAX_ERROR_CHARS = 2000
+# Text deltas that come closer together than this go to the progress sink as one: a model writes
+# 50-100 tokens a second, a screen needs no more than 20 updates a second to look live.
+DELTA_INTERVAL_S = 0.05
 # Statuses after which the same request may well succeed (request timeout, conflict).
 _RETRYABLE_4XX = frozenset({408, 409})
 _DEFERRING = frozenset({429, 503, 529})
 
-_TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError)
-_CONNECTIONS = (openai.APIConnectionError, anthropic.APIConnectionError)
+# The Anthropic SDK lets a connection that breaks in the middle of a stream raise httpx2's own error.
+_TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)
+_CONNECTIONS = (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)
 _STATUSES = (openai.APIStatusError, anthropic.APIStatusError)
-_SDK_ERRORS = (openai.OpenAIError, anthropic.AnthropicError)
+# Raised as these exact classes (no subclass) for an error event in the middle of a stream.
+_STREAM_ERRORS = (openai.APIError, anthropic.APIError)
+_SDK_ERRORS = (openai.OpenAIError, anthropic.AnthropicError, httpx2.TransportError)
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a client sends when the config names no key (a local server that needs none): the SDKs
 # would otherwise read OPENAI_API_KEY / ANTHROPIC_API_KEY and send this process's key to it.
@@ -205,6 +220,40 @@ def _tool_call(call_id: str, name: str, arguments: Any, usage: Usage | None) -> 
     return {"id": call_id, "name": name, "arguments": arguments}
 
 
+class _Deltas:
+    """Text deltas on their way to a progress sink: the first at once (the answer shows as soon as it
+    starts), later ones gathered for at most ``DELTA_INTERVAL_S`` (a message per token would cost
+    the streams more than it shows)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._pending: list[str] = []
+        self._loop = asyncio.get_running_loop()
+        self._sent = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, text: str | None) -> None:
+        if not text:
+            return
+        self._pending.append(text)
+        wait = self._sent + DELTA_INTERVAL_S - self._loop.time()
+        if wait <= 0:
+            self.flush()
+        elif self._timer is None:  # a pause in the model's writing holds back nothing it wrote
+            self._timer = self._loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Hand on what is gathered (at the end of the stream, whatever its pace)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._sent = self._loop.time()
+            self._progress(delta=text)
+
+
 class AiAgentExecutor:
     """Calls a language model for each task run (see the module docstring)."""
 
@@ -247,9 +296,10 @@ class AiAgentExecutor:
         try:
             async with asyncio.timeout(timeout):
                 if self._openai is not None:
-                    return await self._call_openai(self._openai, request, timeout, headers)
+                    return await self._call_openai(self._openai, request, timeout, headers, call.progress)
                 if self._anthropic is not None:
-                    return await self._call_anthropic(self._anthropic, request, timeout, headers)
+                    return await self._call_anthropic(self._anthropic, request, timeout, headers,
+                                                      call.progress)
         except TimeoutError:
             return Outcome.failure(f"the model did not answer within {timeout} s", TIMEOUT, retryable=True)
         except _SDK_ERRORS as exc:
@@ -271,12 +321,16 @@ class AiAgentExecutor:
                 text = self._redactor.text(f"{status} {kind or 'error'}: {message}")[:MAX_ERROR_CHARS]
             if status in _DEFERRING or kind == "overloaded_error":
                 return Outcome.later(retry_after_s(exc.response.headers), text, code)
-            return Outcome.failure(text, code, retryable=status >= 500 or status in _RETRYABLE_4XX)
+            if status >= 400:
+                return Outcome.failure(text, code, retryable=status >= 500 or status in _RETRYABLE_4XX)
+            # Below 400: an error event in the middle of a stream the server had accepted.
+        if isinstance(exc, _STATUSES) or type(exc) in _STREAM_ERRORS:
+            return Outcome.failure(f"the model's stream broke off: {text}", PROVIDER, retryable=True)
         # The SDK refused before or after the exchange (its own checks): repeating changes nothing.
         return Outcome.failure(f"{type(exc).__name__}: {text}", PROVIDER, retryable=False)
 
     async def _call_openai(self, client: openai.AsyncOpenAI, r: _Request, timeout: float,
-                           headers: dict[str, str]) -> Outcome:
+                           headers: dict[str, str], progress: Progress | None) -> Outcome:
         messages = ([{"role": "system", "content": r.system}] if r.system else []) + r.messages
         options: dict[str, Any] = dict(r.sampling)
         if r.max_tokens is not None:
@@ -285,9 +339,15 @@ class AiAgentExecutor:
             options["tools"] = cast("list[ChatCompletionToolUnionParam]", r.tools)
         if r.tool_choice is not None:
             options["tool_choice"] = r.tool_choice
-        response = await client.chat.completions.create(
-            model=self.config.model, messages=cast("list[ChatCompletionMessageParam]", messages),
-            timeout=timeout, extra_headers=headers, **options)
+        typed = cast("list[ChatCompletionMessageParam]", messages)
+        if progress is None:
+            response: ChatCompletion | None = await client.chat.completions.create(
+                model=self.config.model, messages=typed, timeout=timeout, extra_headers=headers, **options)
+        else:
+            response = await self._stream_openai(client, typed, timeout, headers, options, progress)
+        if response is None:
+            return Outcome.failure("the model's stream ended before its first chunk", PROVIDER,
+                                   retryable=True)
         model = response.model or self.config.model
         usage = Usage(model, response.usage.prompt_tokens, response.usage.completion_tokens) \
             if response.usage is not None else None
@@ -305,8 +365,31 @@ class AiAgentExecutor:
         return _finish({"content": choice.message.content, "finish_reason": choice.finish_reason,
                         "tool_calls": calls, "usage": _usage_json(usage), "model": model}, usage)
 
+    async def _stream_openai(self, client: openai.AsyncOpenAI, messages: list[ChatCompletionMessageParam],
+                             timeout: float, headers: dict[str, str], options: dict[str, Any],
+                             progress: Progress) -> ChatCompletion | None:
+        """The completion, streamed: text deltas to ``progress``, the chunks assembled by the SDK's
+        own accumulator; None when the stream had no chunk."""
+        state: ChatCompletionStreamState[object] = ChatCompletionStreamState()
+        deltas = _Deltas(progress)
+        chunks = 0
+        try:
+            stream = await client.chat.completions.create(
+                model=self.config.model, messages=messages, timeout=timeout, extra_headers=headers,
+                stream=True, stream_options={"include_usage": True}, **options)
+            async with stream:
+                async for chunk in stream:
+                    chunks += 1
+                    state.handle_chunk(chunk)
+                    for choice in chunk.choices:
+                        if choice.index == 0:
+                            deltas.add(choice.delta.content)
+        finally:
+            deltas.flush()
+        return state.current_completion_snapshot if chunks else None
+
     async def _call_anthropic(self, client: anthropic.AsyncAnthropic, r: _Request, timeout: float,
-                              headers: dict[str, str]) -> Outcome:
+                              headers: dict[str, str], progress: Progress | None) -> Outcome:
         # The Messages API takes the system prompt apart, and has no "system" (or "tool") role.
         system = [r.system] if r.system else []
         system += [m["content"] for m in r.messages
@@ -324,9 +407,18 @@ class AiAgentExecutor:
             options["tools"] = cast("list[ToolUnionParam]", [_anthropic_tool(t["function"]) for t in r.tools])
         if r.tool_choice is not None:
             options["tool_choice"] = _anthropic_choice(r.tool_choice)
-        message = await client.messages.create(
-            model=self.config.model, max_tokens=r.max_tokens or DEFAULT_MAX_TOKENS,
-            messages=cast("list[MessageParam]", messages), timeout=timeout, extra_headers=headers, **options)
+        typed = cast("list[MessageParam]", messages)
+        max_tokens = r.max_tokens or DEFAULT_MAX_TOKENS
+        if progress is None:
+            message: Message | None = await client.messages.create(
+                model=self.config.model, max_tokens=max_tokens, messages=typed, timeout=timeout,
+                extra_headers=headers, **options)
+        else:
+            message = await self._stream_anthropic(client, typed, max_tokens, timeout, headers, options,
+                                                   progress)
+        if message is None:
+            return Outcome.failure("the model's stream ended before its message began", PROVIDER,
+                                   retryable=True)
         u = message.usage
         # All input the call read: fresh, written to the prompt cache and read from it.
         read = u.input_tokens + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0)
@@ -341,6 +433,27 @@ class AiAgentExecutor:
                 calls.append(made)
         return _finish({"content": "".join(texts) if texts else None, "finish_reason": message.stop_reason,
                         "tool_calls": calls, "usage": _usage_json(usage), "model": usage.model}, usage)
+
+
+    async def _stream_anthropic(self, client: anthropic.AsyncAnthropic, messages: list[MessageParam],
+                                max_tokens: int, timeout: float, headers: dict[str, str],
+                                options: dict[str, Any], progress: Progress) -> Message | None:
+        """The message, streamed: text deltas to ``progress``, the events assembled by the SDK's
+        own accumulator; None when the stream had no message_start."""
+        deltas = _Deltas(progress)
+        began = False
+        try:
+            async with client.messages.stream(model=self.config.model, max_tokens=max_tokens,
+                                              messages=messages, timeout=timeout, extra_headers=headers,
+                                              **options) as stream:
+                async for event in stream:
+                    if event.type == "text":
+                        deltas.add(event.text)
+                    elif event.type == "message_start":
+                        began = True
+                return await stream.get_final_message() if began else None
+        finally:
+            deltas.flush()
 
 
 def _usage_json(usage: Usage | None) -> dict[str, int] | None:

@@ -7,6 +7,9 @@ the target asked us to come back later; that spends no attempt). ``call`` never 
 the remote side did: timeouts, refused connections, error statuses and provider errors are all
 outcomes, so the host reports every run as ``CompleteTask``, ``FailTask`` or ``DeferTask``.
 
+A run may also say how it is going while it runs (``Call.progress``: a status line, LLM token
+deltas): that goes to the task's live subscribers only and is never stored; only the outcome is.
+
 The host (``services.executors.host``) does the rest: registration, heartbeats, reading
 assignments from the log, reporting, costs. This module must never do I/O.
 """
@@ -27,6 +30,15 @@ TOOL = "tool_error"
 INTERNAL = "executor_error"
 
 
+class Progress(Protocol):
+    """Where a run hands its progress (a status ``message``, a text ``delta`` to append to what it is
+    writing, small JSON ``data``) for the task's live subscribers. Never stored, so a subscriber
+    that joins late misses it; it must return at once and never raise (a run never waits on it)."""
+
+    def __call__(self, *, message: str | None = None, delta: str | None = None,
+                 data: dict[str, Any] | None = None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One run of one task, as the executor is asked to make it."""
@@ -39,6 +51,9 @@ class Call:
     idempotency_key: str
     timeout_s: float | None = None  # the task's own limit; None: the executor's ``timeout``
     task_type: str = ""
+    # None: nobody can watch this run live (a trial, a host beside no event streams), so an
+    # executor need not produce progress (ai_agent then makes one plain call, not a stream).
+    progress: Progress | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,12 @@ decider drops a repeat. A run's report is one append: ``RecordCost`` (when the c
 usage), then ``CompleteTask``, ``FailTask`` (with ``retryable`` and ``error_code``) or ``DeferTask``
 (the target asked to be called later: no attempt spent).
 
+Progress: with ``publish`` (inside ``agentbus serve``, the service's hub), each run tells the task's
+live subscribers (``task:<id>``, ``workflow:<run>``) "started", then "finished", "failed" or
+"deferred", and its executor may hand on more (an ``ai_agent`` streams the model's text deltas).
+None of it is appended to the log. A host in a process of its own (``agentbus executor run``) is a
+client of the log only, with no hub and no address of the HTTP API, so its runs publish nothing.
+
 This module must never decide anything the decider decides (capacity, retries, budgets): it
 reports, and the decider rules.
 """
@@ -29,7 +35,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -39,7 +45,7 @@ from contracts.executors import ExecutorConfig
 from events import EventLog
 from events.cache import EnvelopeCache, tail
 from events.codec import to_record
-from services.executors.base import INTERNAL, Call, Executor, Outcome
+from services.executors.base import INTERNAL, Call, Executor, Outcome, Progress
 from services.executors.factory import build_executor
 from services.executors.view import Drop, Host, HostView, OpenTask, Refused, Register, Run
 from services.runtime.ingest import command_envelope
@@ -71,6 +77,14 @@ def run_command_id(agent_id: str, pool: str, task_id: str, attempt: int, what: s
     return f"exec-{what}-{_digest(agent_id, pool, task_id, attempt)}"
 
 
+class Publish(Protocol):
+    """Hands one task's progress to its live subscribers (``services.runtime.hub.publish_progress``
+    of a service); returns at once, stores nothing."""
+
+    def __call__(self, task_id: str, *, pool: str | None = None, message: str | None = None,
+                 delta: str | None = None, data: dict[str, Any] | None = None) -> object: ...
+
+
 @dataclass
 class Hosted:
     """One executor this host runs, and the runs in flight on it."""
@@ -87,7 +101,8 @@ class Hosted:
 class ExecutorHost:
     """Hosts ``configs`` on ``log``. ``instance`` suffixes every agent id (``name@instance``) so
     several processes can run the same configuration; ``workflow_agents`` also hosts the
-    executors running workflows declare (run it in one process only)."""
+    executors running workflows declare (run it in one process only); ``publish``, when given,
+    carries each run's progress to live subscribers."""
 
     log: EventLog
     configs: Sequence[ExecutorConfig] = ()
@@ -98,6 +113,7 @@ class ExecutorHost:
     group: str | None = None
     grace_s: float = 10.0
     build: Callable[[ExecutorConfig], Executor] = build_executor
+    publish: Publish | None = None
     hosted: dict[str, Hosted] = field(default_factory=dict)
     view: HostView = field(default_factory=HostView)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -337,25 +353,48 @@ class ExecutorHost:
         # log saved per run); the report after the call waits for it, so the log keeps the order.
         starting = None if started else asyncio.ensure_future(
             self._append([envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start")]))
+        progress = self._progress(pool, task_id)
         call = Call(task_id=task_id, attempt=attempt, action=task.action, parameters=task.parameters,
                     idempotency_key=idempotency_key(pool, task_id, attempt), timeout_s=task.timeout_s,
-                    task_type=task.type)
+                    task_type=task.type, progress=progress)
+        if progress is not None:
+            progress(message="started", data={"agent_id": agent_id, "attempt": attempt})
         called = time.perf_counter()
         try:
             outcome = await agent.executor.call(call)
         except asyncio.CancelledError:
             if starting is not None:
                 starting.cancel()
+            if progress is not None:
+                progress(message="stopped", data={"agent_id": agent_id, "attempt": attempt})
             raise
         except Exception as exc:  # a bug of ours, not the target's answer: report it, retryable
             log.exception("executor %s raised on task %s", agent_id, task_id)
             outcome = Outcome.failure(f"executor error: {type(exc).__name__}: {exc}"[:2000], INTERNAL,
                                       retryable=True)
         executor_run(agent.config.type, agent.config.name, outcome, time.perf_counter() - called)
+        if progress is not None:
+            # Before the report: a subscriber sees the run end, then the event that records it.
+            progress(**ended(outcome, agent_id, attempt))
         if starting is not None:
             await starting
         reports = report(agent_id, pool, task_id, attempt, outcome)
         await self._append([envelope(cmd, what) for what, cmd in reports])
+
+    def _progress(self, pool: str, task_id: str) -> Progress | None:
+        """The progress sink of one run, or None when this host publishes nowhere."""
+        publish = self.publish
+        if publish is None:
+            return None
+
+        def progress(*, message: str | None = None, delta: str | None = None,
+                     data: dict[str, Any] | None = None) -> None:
+            try:
+                publish(task_id, pool=pool, message=message, delta=delta, data=data)
+            except Exception:  # live progress is a courtesy: a run never fails for it
+                log.warning("progress of %s not published", task_id, exc_info=True)
+
+        return progress
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -390,6 +429,17 @@ def report(agent_id: str, pool: str, task_id: str, attempt: int,
                                        error=outcome.error or "failed", error_code=outcome.error_code,
                                        retryable=outcome.retryable)))
     return out
+
+
+def ended(outcome: Outcome, agent_id: str, attempt: int) -> dict[str, Any]:
+    """The progress that says how a run ended: "finished", "deferred" or "failed" (with why)."""
+    data: dict[str, Any] = {"agent_id": agent_id, "attempt": attempt}
+    if outcome.ok:
+        return {"message": "finished", "data": data}
+    if outcome.retry_after_s is not None:
+        return {"message": "deferred", "data": {**data, "retry_after_s": outcome.retry_after_s}}
+    return {"message": "failed", "data": {**data, "error_code": outcome.error_code,
+                                          "retryable": outcome.retryable}}
 
 
 def _host_name() -> str:

@@ -2,7 +2,7 @@
 workflows declare (``agents:``), hosted beside the service for as long as it runs.
 
 This module must never decide anything: it only starts and stops an ``ExecutorHost`` on the
-service's own log, topics and envelope cache.
+service's own log, topics and envelope cache, its runs' progress going to the service's hub.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from events.cache import EnvelopeCache
 from services.executors.files import load_executors
 from services.executors.host import ExecutorHost
+from services.runtime.hub import publish_progress
 from services.runtime.service import Service
 from services.runtime.settings import Settings
 
@@ -41,9 +43,16 @@ async def hosted_executors(service: Service, settings: Settings) -> AsyncIterato
         return
     configs = load_executors(settings.executors).agents if settings.executors is not None else ()
     cache = getattr(service, "cache", None)
+
+    def publish(task_id: str, **progress: Any) -> int:
+        # The hub is looked up per message: the server starts it after the executors, and a
+        # process without the HTTP API has none (then nothing is published).
+        return publish_progress(service, task_id, **progress)
+
     host = ExecutorHost(service.log, configs, topics=service.topics,
                         cache=cache if isinstance(cache, EnvelopeCache) else EnvelopeCache(),
-                        workflow_agents=hosts_workflow_agents(settings), group="executors")
+                        workflow_agents=hosts_workflow_agents(settings), group="executors",
+                        publish=publish)
     task = asyncio.create_task(host.run(), name="executors")
     ready = asyncio.create_task(host.ready.wait())
     await asyncio.wait([task, ready], timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)

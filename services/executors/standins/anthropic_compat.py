@@ -37,6 +37,7 @@ from services.executors.standins._faults import (
 )
 
 PATH = "/v1/messages"
+INPUT_PIECE = 16  # characters of a tool call's input JSON per streamed delta
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -111,8 +112,9 @@ def _message(body: MessagesRequest) -> dict[str, Any]:
 
 
 def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
-    """``message`` as the Messages API's stream: message_start, a start/delta/stop triple per
-    content block, message_delta (stop reason, output tokens), message_stop."""
+    """``message`` as the Messages API streams it: message_start, a ping, per content block a
+    content_block_start, its deltas (text word by word, a tool's input JSON in pieces) and a
+    content_block_stop, then message_delta (stop reason, output tokens so far) and message_stop."""
 
     def event(name: str, data: dict[str, Any]) -> bytes:
         return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
@@ -121,6 +123,7 @@ def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
         usage = message["usage"]
         yield event("message_start", {"message": {**message, "content": [], "stop_reason": None,
                                                   "usage": {**usage, "output_tokens": 0}}})
+        yield event("ping", {})
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
                 yield event("content_block_start", {"index": index,
@@ -130,8 +133,10 @@ def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
                         "type": "text_delta", "text": word if i == 0 else " " + word}})
             else:
                 yield event("content_block_start", {"index": index, "content_block": {**block, "input": {}}})
-                yield event("content_block_delta", {"index": index, "delta": {
-                    "type": "input_json_delta", "partial_json": json.dumps(block["input"])}})
+                arguments = json.dumps(block["input"])
+                for at in range(0, len(arguments), INPUT_PIECE):
+                    yield event("content_block_delta", {"index": index, "delta": {
+                        "type": "input_json_delta", "partial_json": arguments[at:at + INPUT_PIECE]}})
             yield event("content_block_stop", {"index": index})
         yield event("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
                                       "usage": {"output_tokens": usage["output_tokens"]}})

@@ -3,9 +3,12 @@
 ``POST /v1/chat/completions`` echoes the last user message (``"echo: <text>"``) with token usage
 counted as one token per four characters, calls a tool when tools are offered and the prompt says
 ``[tool]`` / ``[tool:NAME]`` (or ``tool_choice`` requires one), streams as server-sent events
-with ``stream: true`` (a final chunk carries the usage), and fails on demand: ``[429]``,
-``[429:0.2]``, ``[500]``, ``[503]``, ``[400]``, ``[slow:S]`` (see ``_faults``). ``GET /v1/models``
-lists the model it claims to be; ``GET /_counts`` and ``GET /_requests`` say what it was asked.
+with ``stream: true`` (``chat.completion.chunk`` lines, the text word by word, ending
+``data: [DONE]``; a last chunk without choices carries the usage, which OpenAI sends only when
+``stream_options.include_usage`` asks for it: ``GET /_requests`` shows whether a client asked),
+and fails on demand: ``[429]``, ``[429:0.2]``, ``[500]``, ``[503]``, ``[400]``, ``[slow:S]`` (see
+``_faults``). ``GET /v1/models`` lists the model it claims to be; ``GET /_counts`` and
+``GET /_requests`` say what it was asked.
 
 Real OpenAI client code talks to it over TCP (``serving(create_app())``): tests, the benchmark
 and the examples use it instead of a provider. Never for production traffic, and never a model.
@@ -35,6 +38,7 @@ from services.executors.standins._faults import (
 )
 
 MODEL = "standin-chat"
+ARGUMENT_PIECE = 16  # characters of a tool call's arguments per streamed chunk
 PATH = "/v1/chat/completions"
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied",
@@ -55,6 +59,7 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[_Message] = Field(min_length=1)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_tokens: int | None = None
@@ -119,8 +124,10 @@ def _completion(body: ChatRequest) -> dict[str, Any]:
 
 
 def _chunks(completion: dict[str, Any]) -> AsyncIterator[bytes]:
-    """``completion`` as chat.completion.chunk events: the role, the content word by word (or the
-    tool calls), the finish reason, then a chunk with the usage and no choices, then [DONE]."""
+    """``completion`` as OpenAI streams it: chat.completion.chunk events with the role, then the
+    content word by word (or each tool call: its id and name, then its arguments in pieces), the
+    finish reason, a chunk with the usage and no choices (``"usage": null`` on the others), then
+    ``[DONE]``."""
     base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
     choice = completion["choices"][0]
     message = choice["message"]
@@ -133,11 +140,19 @@ def _chunks(completion: dict[str, Any]) -> AsyncIterator[bytes]:
         return f"data: {json.dumps(data)}\n\n".encode()
 
     async def generate() -> AsyncIterator[bytes]:
-        yield event({"role": "assistant", "content": ""})
-        if message.get("tool_calls"):
-            calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            yield event({"tool_calls": calls})
+        calls = message.get("tool_calls") or []
+        if calls:
+            for i, call in enumerate(calls):
+                head = {"index": i, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+                start = {"role": "assistant", "content": None, "refusal": None} if i == 0 else {}
+                yield event({**start, "tool_calls": [head]})
+                arguments = call["function"]["arguments"]
+                for at in range(0, len(arguments), ARGUMENT_PIECE):
+                    piece = arguments[at:at + ARGUMENT_PIECE]
+                    yield event({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
         else:
+            yield event({"role": "assistant", "content": "", "refusal": None})
             words = (message["content"] or "").split(" ")
             for i, word in enumerate(words):
                 yield event({"content": word if i == 0 else " " + word})
