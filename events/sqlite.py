@@ -199,22 +199,38 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
     return rows
 
 
+def _original(value: bytes, codec: int, crc: int) -> bytes:
+    """The value as appended: decompressed, its checksum checked (ValueError or lz4's error if not)."""
+    if codec == CODEC_LZ4:
+        value = lz4.block.decompress(value)
+    elif codec != CODEC_RAW:
+        raise ValueError(f"unknown codec {codec!r}")
+    if crc32(value) != crc:
+        raise ValueError("checksum mismatch")
+    return value
+
+
 def _to_stored(topic: str, partition: int, rows: Iterable[Any]) -> list[StoredRecord]:
     out: list[StoredRecord] = []
     append = out.append
-    decompress = lz4.block.decompress
     for offset, key, value, codec, rid, headers, crc, ts in rows:
         try:
-            if codec == CODEC_LZ4:
-                value = decompress(value)
-            elif codec != CODEC_RAW:
-                raise ValueError(f"unknown codec {codec!r}")
-            if crc32(value) != crc:
-                raise ValueError("checksum mismatch")
+            value = _original(value, codec, crc)
             hdrs = _decode_headers(headers) if headers is not None else ()
         except Exception as exc:  # any failure to rebuild the record is corruption, never a skip
             raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
         append(StoredRecord(topic, partition, offset, key, value, rid, hdrs, ts))
+    return out
+
+
+def _to_values(topic: str, partition: int, rows: Iterable[Any]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    append = out.append
+    for offset, value, codec, crc in rows:
+        try:
+            append((offset, _original(value, codec, crc)))
+        except Exception as exc:  # as in _to_stored: corruption, never a skip
+            raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
     return out
 
 
@@ -569,21 +585,7 @@ class SqliteLog:
         check_limit(limit)
         await self._check_partition(topic, partition)
         rows = await conn.execute_fetchall(_READ_VALUES, (topic, partition, offset, limit))
-        out: list[tuple[int, bytes]] = []
-        append = out.append
-        decompress = lz4.block.decompress
-        for off, value, codec, crc in rows:
-            try:
-                if codec == CODEC_LZ4:
-                    value = decompress(value)
-                elif codec != CODEC_RAW:
-                    raise ValueError(f"unknown codec {codec!r}")
-                if crc32(value) != crc:
-                    raise ValueError("checksum mismatch")
-            except Exception as exc:  # as in read: corruption, never a skip
-                raise CorruptRecord(topic, partition, off, f"{type(exc).__name__}: {exc}") from exc
-            append((off, value))
-        return out
+        return _to_values(topic, partition, rows)
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record appended to the partition will get."""
