@@ -78,6 +78,15 @@ def to_record(env: Envelope) -> Record:
     )
 
 
+def record_type(rec: StoredRecord) -> str | None:
+    """The event type ``to_record`` put in the record's ``ce_type`` header (None: no such header),
+    so a reader that wants a few types can skip the rest without decoding them."""
+    for name, value in rec.headers:
+        if name == "ce_type":
+            return value.decode(errors="replace")
+    return None
+
+
 def from_dict(obj: Any, *, registry: Registry = REGISTRY, trusted: bool = False) -> Envelope:
     """Build an envelope from its JSON object, typing ``data`` and upcasting old versions.
 

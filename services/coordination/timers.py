@@ -47,6 +47,10 @@ class Timer:
         return c.FireTimer(timer_id=self.timer_id, generation=self.generation)
 
 
+# The events a TimerBook observes (every other event leaves it as it is).
+TIMER_EVENTS = frozenset(t.__name__ for t in (e.TimerScheduled, e.TimerCancelled, e.TimerFired))
+
+
 @dataclass
 class TimerBook:
     """Pending timers of every pool seen, by due time. Built only from events."""

@@ -12,8 +12,8 @@ from datetime import datetime
 
 from contracts import Envelope, utcnow
 from events import EventLog
-from events.codec import from_record, to_record
-from services.coordination.timers import Timer, TimerBook
+from events.codec import from_record, record_type, to_record
+from services.coordination.timers import TIMER_EVENTS, Timer, TimerBook
 from services.runtime.decider import PartitionDecider
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import COMMANDS, EVENTS
@@ -51,7 +51,11 @@ class TimerService:
             if not batch:
                 return n
             for rec in batch:
-                self.book.observe(from_record(rec))
+                # Start-up reads the whole history: only timer events are decoded (a record
+                # without a type header is decoded to find out).
+                kind = record_type(rec)
+                if kind is None or kind in TIMER_EVENTS:
+                    self.book.observe(from_record(rec))
             n += len(batch)
             self.offset = batch[-1].offset + 1
 
