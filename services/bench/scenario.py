@@ -387,6 +387,38 @@ async def bench_http(data_dir: Path, requests: int, clients: int, agents: int) -
     }
 
 
+async def restart_seconds(settings: Settings, timeout: float = 600) -> float:
+    """Seconds from starting ``agentbus serve`` on the scenario's log and read models (embedded,
+    the bench's own service stopped) until ``/v1/health`` answers 200: imports, every component's
+    rebuild from the log, the projector's catch-up, the HTTP server."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "AGENTBUS_BROKER": settings.broker, "AGENTBUS_DATABASE": settings.database,
+           "AGENTBUS_DATA": str(settings.data_dir)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port),  # noqa: ASYNC220
+                             "--auth", "off"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            while time.perf_counter() - t0 < timeout:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"agentbus serve exited with {proc.returncode} while starting")
+                try:
+                    if (await client.get("/v1/health")).status_code == 200:
+                        return time.perf_counter() - t0
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.02)
+            raise RuntimeError(f"agentbus serve was not serving after {timeout} s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def measure(settings: Settings, scratch: Path, *, agents: int, tasks: int, rate: float, paced_seconds: float,
             workers: int = 0, http: bool = True, http_requests: int = 20_000, http_clients: int = 64,
             raw_records: int = 200_000, coordinator_agents: int = 0) -> dict[str, Any]:
@@ -403,8 +435,11 @@ def measure(settings: Settings, scratch: Path, *, agents: int, tasks: int, rate:
         result.update(raw)
         result["records_per_command"] = 2
         result["ratio_to_raw"] = round(result["commands_per_s"] * 2 / raw["raw_records_per_s"], 3)
-    elif http:
-        result.update(asyncio.run(bench_http(scratch / "http", http_requests, http_clients, 100)))
+    else:
+        # The same log and read models, now held by nobody: how long a restart takes to serve.
+        result["restart_s"] = round(asyncio.run(restart_seconds(settings)), 2)
+        if http:
+            result.update(asyncio.run(bench_http(scratch / "http", http_requests, http_clients, 100)))
     if coordinator_agents > 0:
         from services.bench.coordinator import run_all
 

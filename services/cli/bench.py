@@ -125,6 +125,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                f"p99 {result['saturated_p99_ms']} ms)")
     click.echo(f"replay            {result['replay_events_per_s']:,.0f} events/s "
                f"({result['replay_events']} events)")
+    if "restart_s" in result:
+        click.echo(f"restart           {result['restart_s']} s from `agentbus serve` to /v1/health 200 "
+                   f"on the scenario's log ({result['replay_events']} events)")
     click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
     if "raw_records_per_s" in result:
         click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
@@ -160,6 +163,9 @@ def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float,
     click.echo(f"replay            agentbus {ours['replay_events_per_s']:,.0f} events/s "
                f"({ours['replay_events']} events), peer {peer['replay_events_per_s']:,.0f} events/s "
                f"({peer['replay_events']} events): ratio {result['replay_ratio']} (agentbus / peer)")
+    if "restart_s" in ours:
+        click.echo(f"restart           agentbus {ours['restart_s']} s from `agentbus serve` to "
+                   f"/v1/health 200 on the scenario's log ({ours['replay_events']} events)")
     if "skipped" in http:
         click.echo(f"HTTP              skipped: {http['skipped']}")
         return
