@@ -127,7 +127,8 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                f"({result['replay_events']} events)")
     if "restart_s" in result:
         click.echo(f"restart           {result['restart_s']} s from `agentbus serve` to /v1/health 200 "
-                   f"on the scenario's log ({result['replay_events']} events)")
+                   f"on the scenario's log ({result['replay_events']} events; the first start on it: "
+                   f"{result['first_start_s']} s)")
     click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
     if "raw_records_per_s" in result:
         click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
@@ -165,7 +166,8 @@ def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float,
                f"({peer['replay_events']} events): ratio {result['replay_ratio']} (agentbus / peer)")
     if "restart_s" in ours:
         click.echo(f"restart           agentbus {ours['restart_s']} s from `agentbus serve` to "
-                   f"/v1/health 200 on the scenario's log ({ours['replay_events']} events)")
+                   f"/v1/health 200 on the scenario's log ({ours['replay_events']} events; the first "
+                   f"start on it: {ours['first_start_s']} s)")
     if "skipped" in http:
         click.echo(f"HTTP              skipped: {http['skipped']}")
         return
