@@ -187,6 +187,19 @@ async def _in_log(service: Service, partition: int, offset: int, timeout: float)
     return True
 
 
+async def projected_so_far(service: Service, pool: str) -> None:
+    """Wait, briefly (up to the read's wait each step), until the read models hold every decision
+    made so far in ``pool``'s partition: a miss right after a write the client did not wait for is
+    then not a false one. Never raises for a timeout: the read then answers what it finds."""
+    partition = service.partition_of(pool)
+    decided = await service.decided_position(partition)
+    if decided < 0:
+        return
+    last = await service.wait_decided(partition, decided, READ_WAIT_S)
+    if last is not None and last >= 0:
+        await _projected(service, partition, last, READ_WAIT_S)
+
+
 read_model_caught_up = caught_up(_projected, "read model")
 log_caught_up = caught_up(_in_log, "log")
 

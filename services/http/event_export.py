@@ -17,7 +17,7 @@ import lz4.frame
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from events.codec import from_record
+from events.codec import from_record, record_type
 from events.export import ndjson
 from events.log import StoredRecord
 from services.http.deps import ServiceDep
@@ -95,7 +95,5 @@ async def _frames(service: Service, topic: str, first: Cursor, last: Cursor,
 
 def _type(rec: StoredRecord) -> str:
     """The record's CloudEvents type: from its header when written by agentbus, else decoded."""
-    for name, value in rec.headers:
-        if name == "ce_type":
-            return value.decode()
-    return from_record(rec).type
+    kind = record_type(rec)
+    return kind if kind is not None else from_record(rec).type

@@ -75,14 +75,7 @@ def sealer(service: Service) -> Sealer:
 async def caught_up(service: Service) -> None:
     """Wait, briefly, until the read models hold every decision made so far about pool _system: a
     source set or deleted a moment ago is then seen as it is."""
-    partition = service.partition_of(SYSTEM_POOL)
-    decided = await service.decided_position(partition)
-    if decided < 0:
-        return
-    last = await service.wait_decided(partition, decided, deps.READ_WAIT_S)
-    if last is not None and last >= 0:
-        await service.store.wait_for_position(service.topics.events, partition, last,
-                                              timeout=deps.READ_WAIT_S)
+    await deps.projected_so_far(service, SYSTEM_POOL)
 
 
 # --- documents ------------------------------------------------------------------------------------

@@ -115,29 +115,16 @@ class DocumentRoute(APIRoute):
 # --- what the read models know --------------------------------------------------------------------
 
 
-async def _caught_up(service: Service, pool: str) -> None:
-    """Wait, briefly, until the read models hold every decision made so far in ``pool``'s
-    partition: a miss right after a write the client did not wait for is then not a false one."""
-    partition = service.partition_of(pool)
-    decided = await service.decided_position(partition)
-    if decided < 0:
-        return
-    last = await service.wait_decided(partition, decided, deps.READ_WAIT_S)
-    if last is not None and last >= 0:
-        await service.store.wait_for_position(service.topics.events, partition, last,
-                                              timeout=deps.READ_WAIT_S)
-
-
 async def _stored_definition(service: Service, pool: str, name: str, version: str | None) -> dict[str, Any]:
     """The snapshot of a stored definition; 404 when the pool has none of that name (and version).
 
     A version, once stored, never changes, so one found is the one; the latest may have been
     stored a moment ago, so it is looked up once the read models hold every decision made."""
     if version is None:
-        await _caught_up(service, pool)
+        await deps.projected_so_far(service, pool)
     snapshot = await wf_queries.definition_snapshot(service.store, pool, name, version)
     if snapshot is None and version is not None:
-        await _caught_up(service, pool)
+        await deps.projected_so_far(service, pool)
         snapshot = await wf_queries.definition_snapshot(service.store, pool, name, version)
     if snapshot is None:
         which = f"{name!r}" if version is None else f"{name!r} version {version!r}"
@@ -158,7 +145,7 @@ async def _agent_problems(service: Service, pool: str, checked: Checked, prefix:
     if not pinned:
         return []
     # Agents come and go: asked once the read models hold every decision made (a few ms).
-    await _caught_up(service, pool)
+    await deps.projected_so_far(service, pool)
     missing = {name for name in {name for _, name in pinned}
                if not await wf_queries.agent_exists(service.store, pool, name)}
     return [error_item((*prefix, "tasks", i, "agent_name"), "unknown_agent",
