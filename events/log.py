@@ -40,6 +40,9 @@ class StoredRecord(NamedTuple):
     id: str | None
     headers: Headers
     timestamp_ms: int
+    # The partition's hash chain at this record (events.chain): SHA-256 over the previous
+    # record's chain value and this value; None where the adapter writes no chain for it.
+    chain: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,8 @@ class UnknownTopic(LogError):
 REPAIR_HINT = (
     "to repair: stop the service, run `agentbus events export FILE` (it copies every record as "
     "stored, this one included), correct or remove that line of FILE (`lz4cat FILE`), and run "
-    "`agentbus events import FILE` into a new data directory or topic prefix (README: Repairing a log)"
+    "`agentbus events import --force FILE` into a new data directory or topic prefix: the edit breaks "
+    "the file's hash chain, and --force imports it anyway and records that it did (README: Repairing a log)"
 )
 
 

@@ -11,14 +11,21 @@ It deduplicates record ids within a topic (``dedupes_ids``). It is a plain ``Eve
 ``TransactionalLog``: an append writes one topic (plus its ``commit`` offset), and there are no
 partition writers to claim or fence.
 
+Every record carries its partition's hash chain value (``events.chain``), computed by the writer
+as it numbers the record; a file written before chains existed is chained in place once, when
+opened (``_migrate``).
+
 This module must never skip or rewrite a stored record: a record that cannot be read raises
-CorruptRecord naming its position, and appended rows are never updated or deleted.
+CorruptRecord naming its position, and appended rows are never updated or deleted (the one-time
+chain migration only fills the new column).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import logging
 import sqlite3
 import time
 from collections import deque
@@ -33,6 +40,7 @@ import aiosqlite
 import lz4.block
 import orjson
 
+from events.chain import GENESIS
 from events.log import (
     Appended,
     Commit,
@@ -81,6 +89,7 @@ CREATE TABLE IF NOT EXISTS records (
     headers BLOB,
     crc INTEGER NOT NULL,
     ts INTEGER NOT NULL,
+    chain BLOB,
     PRIMARY KEY (topic, "partition", "offset")
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS records_topic_id ON records (topic, id) WHERE id IS NOT NULL;
@@ -94,15 +103,15 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 """
 
 _INSERT = (
-    'INSERT INTO records (topic, "partition", "offset", id, key, value, codec, headers, crc, ts)'
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    'INSERT INTO records (topic, "partition", "offset", id, key, value, codec, headers, crc, ts, chain)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_OFFSET = (
     'INSERT INTO consumer_offsets (grp, topic, "partition", "offset") VALUES (?, ?, ?, ?)'
     ' ON CONFLICT (grp, topic, "partition") DO UPDATE SET "offset" = excluded."offset"'
 )
 _READ = (
-    'SELECT "offset", key, value, codec, id, headers, crc, ts FROM records'
+    'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
 )
 _READ_VALUES = (
@@ -110,9 +119,17 @@ _READ_VALUES = (
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
 )
 _MAX_OFFSET = 'SELECT MAX("offset") FROM records WHERE topic = ? AND "partition" = ?'
+_LAST = (
+    'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
+    ' ORDER BY "offset" DESC LIMIT 1'
+)
+# PRAGMA user_version of a file whose every record carries its chain value.
+_CHAINED_VERSION = 1
+logger = logging.getLogger(__name__)
 
-# (partition, id, key, stored value, codec, encoded headers, crc of the original value)
-_Row = tuple[int, str | None, str, bytes, int, bytes | None, int]
+# (partition, id, key, stored value, codec, encoded headers, crc of the original value,
+#  the original value: what the chain covers)
+_Row = tuple[int, str | None, str, bytes, int, bytes | None, int, bytes]
 
 
 @dataclass(slots=True)
@@ -186,7 +203,7 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
                 p = route[rec.key] = partition_for(rec.key, partitions)
         else:
             p = partition
-        value = bytes(rec.value)
+        original = value = bytes(rec.value)
         crc = crc32(value)
         codec = CODEC_RAW
         if len(value) >= COMPRESS_MIN_BYTES:
@@ -194,7 +211,8 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
             if len(packed) <= len(value) * COMPRESS_MAX_RATIO:
                 value, codec = packed, CODEC_LZ4
         rows.append(
-            (p, rec.id, rec.key, value, codec, _encode_headers(rec.headers) if rec.headers else None, crc)
+            (p, rec.id, rec.key, value, codec, _encode_headers(rec.headers) if rec.headers else None, crc,
+             original)
         )
     return rows
 
@@ -213,13 +231,13 @@ def _original(value: bytes, codec: int, crc: int) -> bytes:
 def _to_stored(topic: str, partition: int, rows: Iterable[Any]) -> list[StoredRecord]:
     out: list[StoredRecord] = []
     append = out.append
-    for offset, key, value, codec, rid, headers, crc, ts in rows:
+    for offset, key, value, codec, rid, headers, crc, ts, chain in rows:
         try:
             value = _original(value, codec, crc)
             hdrs = _decode_headers(headers) if headers is not None else ()
         except Exception as exc:  # any failure to rebuild the record is corruption, never a skip
             raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
-        append(StoredRecord(topic, partition, offset, key, value, rid, hdrs, ts))
+        append(StoredRecord(topic, partition, offset, key, value, rid, hdrs, ts, chain))
     return out
 
 
@@ -255,6 +273,8 @@ class SqliteLog:
         self._topics: dict[str, int] = {}
         # Next offset per (topic, partition), as committed by this process's writer.
         self._ends: dict[tuple[str, int], int] = {}
+        # Chain value of the last record per (topic, partition), as committed (events.chain).
+        self._heads: dict[tuple[str, int], bytes] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
         # PRAGMA data_version seen by the writer; a change means another process wrote.
         self._data_version: int | None = None
@@ -276,6 +296,7 @@ class SqliteLog:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
             await writer.executescript(_SCHEMA)
+            await _migrate(writer)
             reader = await aiosqlite.connect(self.path, isolation_level=None)
         except BaseException:
             await writer.close()
@@ -465,6 +486,8 @@ class SqliteLog:
                     self._data_version = version
                 known = await self._existing_ids(writer, batch)
                 ends = dict(self._ends)
+                heads = dict(self._heads)
+                sha256 = hashlib.sha256
                 ts = time.time_ns() // 1_000_000
                 rows: list[tuple[Any, ...]] = []
                 offsets: list[tuple[Any, ...]] = []
@@ -482,7 +505,7 @@ class SqliteLog:
                             continue
                     seen = known.setdefault(topic, {})
                     out: list[Appended] = []
-                    for p, rid, key, value, codec, headers, crc in item.rows:
+                    for p, rid, key, value, codec, headers, crc, original in item.rows:
                         if rid is not None:
                             hit = seen.get(rid)
                             if hit is not None:
@@ -494,7 +517,10 @@ class SqliteLog:
                         touched.add(tp)
                         if rid is not None:
                             seen[rid] = (p, offset)
-                        rows.append((topic, p, offset, rid, key, value, codec, headers, crc, ts))
+                        h = sha256(heads.get(tp, GENESIS))
+                        h.update(original)
+                        chain = heads[tp] = h.digest()
+                        rows.append((topic, p, offset, rid, key, value, codec, headers, crc, ts, chain))
                         out.append(Appended(p, offset))
                     if item.commit is not None:
                         c = item.commit
@@ -511,6 +537,7 @@ class SqliteLog:
                 raise
             self.transactions += 1
             self._ends = ends
+            self._heads = heads
             # Our own COMMIT bumps no data_version on this connection; keep the value we read.
         for item, result in results:
             if item.future.done():
@@ -555,14 +582,17 @@ class SqliteLog:
             for name, n in await conn.execute_fetchall("SELECT name, partitions FROM topics")
         }
         ends: dict[tuple[str, int], int] = {}
+        heads: dict[tuple[str, int], bytes] = {}
         for topic, n in topics.items():
             for p in range(n):
-                # MAX over the primary key prefix is one B-tree descent, not a scan.
-                rows = list(await conn.execute_fetchall(_MAX_OFFSET, (topic, p)))
-                if rows and rows[0][0] is not None:
+                # The last row by the primary key prefix is one B-tree descent, not a scan.
+                rows = list(await conn.execute_fetchall(_LAST, (topic, p)))
+                if rows:
                     ends[(topic, p)] = int(rows[0][0]) + 1
+                    heads[(topic, p)] = rows[0][1] if rows[0][1] is not None else GENESIS
         self._topics.update(topics)
         self._ends = ends
+        self._heads = heads
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -673,3 +703,50 @@ class SqliteLog:
                 ahead.cancel()
             elif not ahead.cancelled():
                 ahead.exception()  # retrieved, so an error after close is not logged as lost
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Chain a file written before records carried chain values: add the column, fill it in order.
+
+    One transaction (the file's ``user_version`` marks it done in the same one), so a crash leaves
+    the file as it was and the next start runs it again.
+    """
+    version = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
+    if version >= _CHAINED_VERSION:
+        return
+    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(records)")}
+    started = time.perf_counter()
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "chain" not in columns:
+            await conn.execute("ALTER TABLE records ADD COLUMN chain BLOB")
+        parts = list(await conn.execute_fetchall('SELECT DISTINCT topic, "partition" FROM records'))
+        count = 0
+        for topic, partition in parts:
+            prev, offset = GENESIS, 0
+            while True:
+                batch = list(await conn.execute_fetchall(
+                    'SELECT "offset", value, codec, crc FROM records WHERE topic = ? AND "partition" = ?'
+                    ' AND "offset" >= ? ORDER BY "offset" LIMIT 5000', (topic, partition, offset)))
+                if not batch:
+                    break
+                updates = []
+                for at, value in _to_values(topic, partition, batch):
+                    h = hashlib.sha256(prev)
+                    h.update(value)
+                    prev = h.digest()
+                    updates.append((prev, topic, partition, at))
+                await conn.executemany('UPDATE records SET chain = ? WHERE topic = ? AND "partition" = ?'
+                                       ' AND "offset" = ?', updates)
+                count += len(updates)
+                offset = batch[-1][0] + 1
+        await conn.execute(f"PRAGMA user_version = {_CHAINED_VERSION}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+    if not count:
+        return
+    logger.warning("chained %d records written before the log kept a hash chain (%.2f s)",
+                   count, time.perf_counter() - started)

@@ -58,6 +58,7 @@ from typing import Protocol
 
 from aiokafka import errors as kerr  # type: ignore[import-untyped]
 
+from events.chain import chain_at
 from events.kafka.admin import TopicAdmin
 from events.kafka.offsets import GroupOffsets
 from events.kafka.reader import Reader
@@ -106,7 +107,7 @@ class KafkaLog:
         self._offsets = GroupOffsets(self.settings, url)
         self._reader = Reader(self.settings, url)
         self._visibility = Visibility(self._reader.end_offsets, self._offsets.fetch)
-        self._writers = Writers(self.settings, url, self._visibility, self._committed)
+        self._writers = Writers(self.settings, url, self._visibility, self._committed, self._chain_head)
         self._running = False
         self._closing = False
         # wait() wake-ups per partition, set when this log's writer commits there.
@@ -218,6 +219,10 @@ class KafkaLog:
         future = asyncio.get_running_loop().create_future()
         result = await writer.enqueue(Pending(topic, rows, expected_offset, partition, commit, future))
         return result[:returned]
+
+    async def _chain_head(self, topic: str, partition: int) -> bytes:
+        """The chain value of the partition's last committed record (a partition writer's start)."""
+        return await chain_at(self, topic, partition, await self.end_offset(topic, partition))
 
     def _committed(self, appends: list[Pending]) -> None:
         """A writer committed a transaction: count it and wake the waiters of its partitions."""

@@ -3,7 +3,8 @@
 Key = the Record key (the pool) as UTF-8, value = the Record value unchanged (the CloudEvents
 JSON), headers = the Record headers plus ``("ce_id", id)`` when the record has an id and no
 ``ce_id`` header yet; any Kafka tool reads it. ``StoredRecord.id`` is read back from the
-``ce_id`` header (so that header shows in ``StoredRecord.headers``). Records are sent with an
+``ce_id`` header (so that header shows in ``StoredRecord.headers``); the ``agentbus-chain`` header
+a partition writer adds becomes ``StoredRecord.chain``. Records are sent with an
 explicit partition, ``partition_for(key, n)`` or the caller's, never Kafka's partitioner.
 
 This module must never skip a record it cannot read: no key, no value, a non-UTF-8 key or id
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from events.chain import CHAIN_HEADER
 from events.log import CorruptRecord, Record, StoredRecord, partition_for
 
 ID_HEADER = "ce_id"
@@ -52,13 +54,20 @@ def to_stored(topic: str, partition: int, records: Iterable[Any]) -> list[Stored
                 raise ValueError("record has no key (the pool)")
             if value is None:
                 raise ValueError("record has no value (a tombstone)")
-            headers = tuple([(name, bytes(v)) for name, v in r.headers]) if r.headers else ()
-            rid = None
-            for name, v in headers:
-                if name == ID_HEADER:
-                    rid = v.decode()
-                    break
-            append(StoredRecord(topic, partition, r.offset, key.decode(), value, rid, headers, r.timestamp))
+            rid = chain = None
+            headers: tuple[tuple[str, bytes], ...] = ()
+            if r.headers:
+                kept = []
+                for name, v in r.headers:
+                    if name == CHAIN_HEADER:
+                        chain = bytes.fromhex(bytes(v).decode())
+                        continue
+                    if name == ID_HEADER and rid is None:
+                        rid = bytes(v).decode()
+                    kept.append((name, bytes(v)))
+                headers = tuple(kept)
+            append(StoredRecord(topic, partition, r.offset, key.decode(), value, rid, headers, r.timestamp,
+                                chain))
         except Exception as exc:  # any failure to rebuild the record is corruption, never a skip
             raise CorruptRecord(topic, partition, r.offset, f"{type(exc).__name__}: {exc}") from exc
     return out

@@ -14,6 +14,11 @@ the writer of a (group, topic, partition) has the transactional.id
 the partition next fences the previous owner (its next append fails with ``Fenced``) and the
 broker aborts that owner's open transaction at once.
 
+A partition writer also keeps the hash chain (``events.chain``) of the partitions its appends
+write to (the append's own topic, not its ``extra`` records): it is their only writer, so it
+reads each head once, from the log, when it first writes there (after fencing the previous owner),
+and moves it only when a transaction commits.
+
 This module must never let a fenced writer write again, nor report an append it did not commit.
 """
 
@@ -23,12 +28,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kerr
 
+from events.chain import CHAIN_HEADER, link
 from events.kafka.records import Row
 from events.kafka.transaction import send_and_commit, start_producer
 from events.kafka.url import KafkaURL
@@ -80,15 +86,23 @@ class Pending:
 
 # Called once per committed transaction with the appends it settled.
 OnCommit = Callable[[list[Pending]], None]
+# What one append sends: its rows and its offset commit.
+_Send = tuple[list[Row], Commit | None]
+# Reads the chain value of a partition's last committed record (GENESIS when empty).
+HeadLoader = Callable[[str, int], Awaitable[bytes]]
 
 
 class Writer:
     """One transactional producer (one transactional.id) and the group-commit queue in front of it."""
 
     def __init__(self, settings: KafkaURL, url: str, tid: str, timeout_ms: int, visibility: Visibility,
-                 on_commit: OnCommit) -> None:
+                 on_commit: OnCommit, load_head: HeadLoader | None = None) -> None:
         self.settings, self.url, self.tid, self.timeout_ms = settings, url, tid, timeout_ms
         self.visibility, self.on_commit = visibility, on_commit
+        # Partition writers chain what they write; the main writer (many processes share the
+        # topics it writes) does not.
+        self.load_head = load_head
+        self.heads: dict[tuple[str, int], bytes] = {}
         self.producer: AIOKafkaProducer | None = None
         self.queue: deque[Pending] = deque()
         self.wake = asyncio.Event()
@@ -249,16 +263,43 @@ class Writer:
         if producer is None:  # a failed restart: try again now
             producer = self.producer = await self.start_producer()
         await self.previous_complete()
+        appends, heads = await self.chained(batch)
         await producer.begin_transaction()
         try:
-            done = await send_and_commit(producer, [(item.rows, item.commit) for item in batch])
+            done = await send_and_commit(producer, appends)
         except BaseException as exc:
             await self.abort(exc)
             raise
+        self.heads = heads
         self.visibility.wrote(done.last, done.offsets)
         commits = [(group, tp.topic, tp.partition) for group, tps in done.offsets.items() for tp in tps]
         self.previous = (set(done.last), commits)
         return done.positions
+
+    async def chained(self, batch: list[Pending]) -> tuple[list[_Send], dict[tuple[str, int], bytes]]:
+        """The batch's rows with the chain header on each record of its appends' own topics.
+
+        The heads it returns are the ones to keep once the transaction commits; an aborted one
+        leaves ``self.heads`` as it was, so a retry chains from the same values again.
+        """
+        if self.load_head is None:
+            return [(item.rows, item.commit) for item in batch], self.heads
+        heads = dict(self.heads)
+        out: list[_Send] = []
+        for item in batch:
+            rows: list[Row] = []
+            for row in item.rows:
+                topic, p, key, value, headers = row
+                if topic != item.topic:
+                    rows.append(row)
+                    continue
+                prev = heads.get((topic, p))
+                if prev is None:
+                    prev = await self.load_head(topic, p)
+                chain = heads[(topic, p)] = link(prev, value)
+                rows.append((topic, p, key, value, [*headers, (CHAIN_HEADER, chain.hex().encode())]))
+            out.append((rows, item.commit))
+        return out, heads
 
     async def previous_complete(self) -> None:
         """Wait for the previous transaction's markers before starting the next one.
@@ -309,16 +350,18 @@ class Writer:
 class Writers:
     """The log's main writer and its partition writers, one transactional.id each."""
 
-    def __init__(self, settings: KafkaURL, url: str, visibility: Visibility, on_commit: OnCommit) -> None:
+    def __init__(self, settings: KafkaURL, url: str, visibility: Visibility, on_commit: OnCommit,
+                 load_head: HeadLoader | None = None) -> None:
         self.settings, self.url, self.visibility, self.on_commit = settings, url, visibility, on_commit
+        self.load_head = load_head
         self.main: Writer | None = None
         # Partition writers by transactional.id: one per (group, topic, partition) they commit.
         self._partitions: dict[str, Writer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.closing = False
 
-    def _new(self, tid: str, timeout_ms: int) -> Writer:
-        return Writer(self.settings, self.url, tid, timeout_ms, self.visibility, self.on_commit)
+    def _new(self, tid: str, timeout_ms: int, load_head: HeadLoader | None = None) -> Writer:
+        return Writer(self.settings, self.url, tid, timeout_ms, self.visibility, self.on_commit, load_head)
 
     async def start(self) -> None:
         """Start the main writer (fencing a previous process with the same transactional.id)."""
@@ -361,7 +404,7 @@ class Writers:
             async with lock:
                 writer = self._partitions.get(tid)
                 if writer is None:
-                    writer = self._new(tid, PARTITION_TRANSACTION_TIMEOUT_MS)
+                    writer = self._new(tid, PARTITION_TRANSACTION_TIMEOUT_MS, self.load_head)
                     try:
                         await writer.start()
                     except (kerr.KafkaError, OSError, TimeoutError) as exc:

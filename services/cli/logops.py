@@ -143,11 +143,16 @@ def events_export(file: Path, from_offset: int, settings: Settings) -> None:
 
 @events_group.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Import even if the file's hash chain does not verify (an edited file); an "
+                   "`agentbus.import` record after the events says so.")
 @settings_options(*DEPLOYMENT)
-def events_import(file: Path, settings: Settings) -> None:
+def events_import(file: Path, force: bool, settings: Settings) -> None:
     """Append the events in FILE (from ``events export``); events already present are skipped.
 
-    Import into a stopped service (or a fresh log): a running decider does not see imported events.
+    The file's hash chain is verified first: a file altered since its export is refused, naming
+    the first record that does not match, unless --force. Import into a stopped service (or a
+    fresh log): a running decider does not see imported events.
     """
     from events.export import ImportFileError, import_log
 
@@ -159,14 +164,17 @@ def events_import(file: Path, settings: Settings) -> None:
             await log.ensure_topic(topics.commands, settings.partitions)
             await log.ensure_topic(topics.events, settings.partitions, retention_ms=-1)
             with _progress("importing", None) as progress:
-                return await import_log(log, topics.events, file, progress=progress)
+                return await import_log(log, topics.events, file, progress=progress, force=force)
 
     try:
         with log_errors(settings.broker):
             result = run(go())
     except ImportFileError as exc:
         fail(str(exc))
-    click.echo(f"imported {result.appended} events from {file} ({result.duplicates} already present)")
+    if result.forced is not None:
+        click.echo(f"warning: imported although the hash chain does not verify: {result.forced}", err=True)
+    click.echo(f"imported {result.appended} events from {file} ({result.duplicates} already present)"
+               + (", forced: recorded as an agentbus.import record" if result.forced is not None else ""))
 
 
 # --- read models and replay ---------------------------------------------------------------------

@@ -17,8 +17,9 @@ import lz4.frame
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
+from events.chain import GENESIS, chain_at
 from events.codec import from_record, record_type
-from events.export import ndjson
+from events.export import ChainedLines
 from events.log import StoredRecord
 from services.http.deps import ServiceDep
 from services.http.errors import error_item, invalid
@@ -78,16 +79,23 @@ async def _frames(service: Service, topic: str, first: Cursor, last: Cursor,
     yield compressor.begin()
     for p in sorted(last):
         offset, stop = first[p] + 1, last[p]
+        if offset > stop:
+            continue
+        chained = ChainedLines(await chain_at(service.log, topic, p, offset) if offset else GENESIS)
         while offset <= stop:
             batch = await service.log.read(topic, p, offset, min(EXPORT_PAGE, stop - offset + 1))
             batch = [r for r in batch if r.offset <= stop]
             if not batch:
                 break
             offset = batch[-1].offset + 1
+            # Every record's line carries its chain value; a type filter leaves gaps, so only an
+            # unfiltered export verifies as a whole.
+            lines = chained.lines(batch)
             if types:
-                batch = [r for r in batch if _type(r) in types]
-            if batch:
-                chunk = compressor.compress(ndjson(batch))
+                lines = [line for r, line in zip(batch, lines, strict=True) if _type(r) in types]
+            if lines:
+                lines.append(b"")
+                chunk = compressor.compress(b"\n".join(lines))
                 if chunk:
                     yield chunk
     yield compressor.flush()

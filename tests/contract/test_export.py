@@ -11,8 +11,9 @@ import pytest
 from contracts import Envelope, new_id, utcnow
 from contracts.event_types import TaskSubmitted
 from events import EventLog
+from events.chain import parse_line, verify_export, verify_log
 from events.codec import encode, to_record
-from events.export import ImportFileError, ImportResult, export_log, import_log
+from events.export import FORCED_IMPORT_TYPE, ImportFileError, ImportResult, export_log, import_log
 
 
 def event(i: int, pool: str) -> Envelope:
@@ -44,12 +45,25 @@ async def test_export_then_import_reproduces_every_partition(
     # Any tool can read it: lz4 frame around one CloudEvents JSON object per line.
     lines = lz4.frame.decompress(path.read_bytes()).splitlines()
     assert len(lines) == 60 and all(orjson.loads(line)["specversion"] == "1.0" for line in lines)
-    assert lines == [v for part in await values(log, topic) for v in part]
+    # Each line is the stored value with its chain value in front; stripping it gives the bytes back.
+    originals = [v for part in await values(log, topic) for v in part]
+    assert [parse_line(line).value for line in lines] == originals
+    stored = [r for p in range(3) for r in await log.read(topic, p, 0, limit=10_000)]
+    if log.dedupes_ids:  # SQLite chains every append
+        chains = [r.chain.hex() for r in stored if r.chain]
+        assert [orjson.loads(line)["chainhash"] for line in lines] == chains
+    else:  # Kafka's main writer does not (only partition writers do): the export recomputes it
+        assert all(r.chain is None for r in stored) and (await verify_log(log, topic)).legacy == 60
+    report = verify_export(path)
+    assert report.ok and report.records == 60
+    assert report.heads == (await verify_log(log, topic)).heads
 
     copy = f"{topic}-copy"
     await log.ensure_topic(copy, 3)
     assert await import_log(log, copy, path) == ImportResult(appended=60, duplicates=0)
     assert await values(log, copy) == await values(log, topic)
+    # The imported records carry the same chain: same values in the same order per partition.
+    assert (await verify_log(log, copy)).heads == (await verify_log(log, topic)).heads
     stored = (await log.read(copy, 0, 0))[0]
     env = orjson.loads(stored.value)
     assert stored.id == env["id"]
@@ -70,6 +84,72 @@ async def test_export_from_offset_skips_earlier_records(
     expected = sum(max(0, len(part) - 5) for part in await values(log, topic))
     assert await export_log(log, topic, path, from_offset=5) == expected
     assert len(lz4.frame.decompress(path.read_bytes()).splitlines()) == expected
+    # The first line of each partition names the chain value before it, so the tail verifies alone.
+    report = verify_export(path)
+    assert report.ok and report.records == expected
+    assert report.heads == (await verify_log(log, topic)).heads
+
+
+def _tamper(path: Path, out: Path, edit: object) -> None:
+    lines = lz4.frame.decompress(path.read_bytes()).splitlines()
+    lines = edit(lines)  # type: ignore[operator]
+    out.write_bytes(lz4.frame.compress(b"\n".join(lines) + b"\n"))
+
+
+@pytest.mark.parametrize("how", ["byte", "delete", "swap"])
+async def test_an_altered_export_is_located_and_refused_unless_forced(
+    log: EventLog, topic: str, tmp_path: Path, how: str
+) -> None:
+    await log.ensure_topic(topic, 1)
+    await log.append(topic, [to_record(event(i, "default")) for i in range(10)])
+    path = tmp_path / "good.lz4"
+    await export_log(log, topic, path)
+
+    def alter(lines: list[bytes]) -> list[bytes]:
+        if how == "byte":  # the task's priority, inside the value the chain covers
+            lines[4] = lines[4].replace(b'"priority":1', b'"priority":2')
+        elif how == "delete":
+            del lines[4]
+        else:
+            lines[4], lines[5] = lines[5], lines[4]
+        return lines
+
+    bad = tmp_path / "bad.lz4"
+    _tamper(path, bad, alter)
+    report = verify_export(bad)
+    assert not report.ok and report.mismatch is not None
+    assert report.mismatch.partition == 0
+    # A changed byte breaks its own record; a deleted or moved one breaks the record after it.
+    assert report.mismatch.offset == (4 if how == "byte" else 5)
+    assert "line 5" in report.mismatch.reason
+    copy = f"{topic}-copy"
+    await log.ensure_topic(copy, 1)
+    with pytest.raises(ImportFileError, match="does not verify"):
+        await import_log(log, copy, bad)
+    assert await log.end_offset(copy, 0) == 0
+
+    result = await import_log(log, copy, bad, force=True)
+    assert result.forced is not None and result.appended == (9 if how == "delete" else 10)
+    last = (await log.read(copy, 0, 0, limit=100))[-1]
+    note = orjson.loads(last.value)
+    assert note["type"] == FORCED_IMPORT_TYPE and note["data"]["forced"] is True
+    assert "does not match" in note["data"]["chain_error"]
+    # What was imported is chained in the copy: its own history verifies from there on.
+    assert (await verify_log(log, copy)).ok
+
+
+async def test_a_file_without_a_chain_is_refused_unless_forced(
+    log: EventLog, topic: str, tmp_path: Path
+) -> None:
+    await log.ensure_topic(topic, 1)
+    path = tmp_path / "old.lz4"
+    path.write_bytes(lz4.frame.compress(b"\n".join(encode(event(i, "default")) for i in range(3)) + b"\n"))
+    with pytest.raises(ImportFileError, match="carries no chain"):
+        await import_log(log, topic, path)
+    assert await log.end_offset(topic, 0) == 0
+    result = await import_log(log, topic, path, force=True)
+    assert result.appended == 3 and result.forced is not None
+    assert await log.end_offset(topic, 0) >= 4
 
 
 async def test_a_malformed_line_fails_naming_it_and_appends_nothing(

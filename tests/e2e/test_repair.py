@@ -74,12 +74,16 @@ def test_a_record_that_cannot_be_read_is_named_with_its_repair(tmp_path: Path) -
     repaired = tmp_path / "repaired.ndjson.lz4"
     repaired.write_bytes(lz4.frame.compress(b"\n".join(lines) + b"\n"))
 
+    # The edit broke the file's hash chain: refused, naming the edited record, unless forced.
     result = invoke("events", "import", str(repaired), "--data-dir", str(tmp_path / "new"))
+    assert result.exit_code == 1 and f"@{offset}" in result.output and "--force" in result.output
+    result = invoke("events", "import", "--force", str(repaired), "--data-dir", str(tmp_path / "new"))
     assert result.exit_code == 0, result.output
+    assert "forced" in result.output
     result = invoke("replay", "--data-dir", str(tmp_path / "new"), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["events"] == len(lines)
+    assert report["events"] == len(lines) + 1  # and the record of the forced import
     assert report["pools"]["default"]["agents_active"] == 1
     result = invoke("projections", "rebuild", "--data-dir", str(tmp_path / "new"))
     assert result.exit_code == 0, result.output

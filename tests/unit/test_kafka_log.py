@@ -318,3 +318,49 @@ async def test_a_record_without_a_key_is_corrupt_naming_its_position(
     assert (caught.value.topic, caught.value.partition, caught.value.offset) == (topic, 0, meta.offset)
     assert "no key" in caught.value.reason
     assert [r.offset for r in await log.read(topic, 0, 0, limit=1)] == [good.offset]
+
+
+@pytest.mark.kafka
+async def test_partition_writers_chain_their_records_across_fencing_and_aborts(
+    make_log: Callable[..., Any], topic: str
+) -> None:
+    from events.chain import GENESIS, chain_at, link, verify_log
+
+    source = f"{topic}-src"
+    identity = f"client_id=unit-{uuid.uuid4().hex[:12]}&max_request_size=4194304"
+    first = await make_log(identity)
+    await first.ensure_topic(topic, 1)
+    await first.ensure_topic(source, 1)
+    assert isinstance(first, TransactionalLog)
+    await first.claim("proc", source, 0)
+    await first.append(topic, [Record("k", b"1"), Record("k", b"2")], partition=0,
+                       commit=Commit("proc", source, 0, 1))
+    # A record the broker refuses aborts its transaction: the head must not move with it.
+    with pytest.raises(LogError):
+        await first.append(topic, [Record("k", b"3"), Record("k", os.urandom(2 << 20))], partition=0,
+                           commit=Commit("proc", source, 0, 2))
+    await first.append(topic, [Record("k", b"3")], partition=0, commit=Commit("proc", source, 0, 3))
+
+    # Another process takes the partition over (fencing the first): it reads the head back.
+    second = await make_log(identity)
+    await second.claim("proc", source, 0)
+    await second.append(topic, [Record("k", b"4")], partition=0, commit=Commit("proc", source, 0, 4))
+    with pytest.raises(LogError, match="fenced"):
+        await first.append(topic, [Record("k", b"zombie")], partition=0, commit=Commit("proc", source, 0, 5))
+
+    stored = await second.read(topic, 0, 0)
+    assert [r.value for r in stored] == [b"1", b"2", b"3", b"4"]
+    expected, prev = [], GENESIS
+    for r in stored:
+        prev = link(prev, r.value)
+        expected.append(prev)
+    assert [r.chain for r in stored] == expected
+    assert all(name != "agentbus-chain" for r in stored for name, _ in r.headers)
+    report = await verify_log(second, topic)
+    assert report.ok and report.records == 4 and report.heads == {0: expected[-1].hex()}
+    assert await chain_at(second, topic, 0, await second.end_offset(topic, 0)) == expected[-1]
+    assert await chain_at(second, topic, 0, stored[2].offset) == expected[1]
+    # The main writer (shared by many processes) writes no chain: verify names that record.
+    await second.append(topic, [Record("k", b"unchained")])
+    bad = await verify_log(second, topic)
+    assert bad.mismatch is not None and "no chain" in bad.mismatch.reason

@@ -339,3 +339,94 @@ async def test_a_cancelled_writer_fails_callers_instead_of_hanging(log: SqliteLo
     with pytest.raises(LogError, match="writer stopped"):
         await log.append("t", [Record("k", b"after")])
     assert [r.value for r in await log.read("t", 0, 0)] == [b"before"]
+
+
+# -- the hash chain --------------------------------------------------------------------------
+
+
+def _expected_chain(values: list[bytes]) -> list[bytes]:
+    from events.chain import GENESIS, link
+
+    out, prev = [], GENESIS
+    for v in values:
+        prev = link(prev, v)
+        out.append(prev)
+    return out
+
+
+async def test_every_record_carries_its_partitions_chain_across_restarts_and_processes(
+    tmp_path: Path,
+) -> None:
+    from events.chain import verify_log
+
+    db = tmp_path / "log.db"
+    url = f"sqlite:///{db}"
+    first = SqliteLog(url)
+    await first.start()
+    await first.ensure_topic("t", 2)
+    big = b'{"v": "' + b"y" * 5000 + b'"}'  # stored lz4-compressed: the chain covers the original
+    await first.append("t", [Record("a", b'{"n": 1}'), Record("a", big)], partition=0)
+    await first.append("t", [Record("b", b'{"n": 2}')], partition=1)
+    # A second process on the same file appends between two appends of the first.
+    second = SqliteLog(url)
+    await second.start()
+    await second.append("t", [Record("a", b'{"n": 3}')], partition=0)
+    await second.close()
+    await first.append("t", [Record("a", b'{"n": 4}')], partition=0)
+    await first.close()
+    await first.start()  # restarted: the head is read back from the file
+    await first.append("t", [Record("a", b'{"n": 5}')], partition=0)
+    try:
+        p0 = await first.read("t", 0, 0)
+        codec = 'SELECT codec FROM records WHERE "offset" = 1 AND "partition" = 0'
+        assert stored(db, codec) == [(CODEC_LZ4,)]
+        assert [r.chain for r in p0] == _expected_chain([r.value for r in p0])
+        assert [r.value for r in p0][1] == big
+        p1 = await first.read("t", 1, 0)
+        assert [r.chain for r in p1] == _expected_chain([b'{"n": 2}'])
+        report = await verify_log(first, "t")
+        head = p0[-1].chain
+        assert report.ok and report.records == 6 and head is not None and report.heads[0] == head.hex()
+    finally:
+        await first.close()
+
+
+async def test_a_log_written_before_chains_is_chained_in_place_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from events.chain import verify_log
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # the schema as it was before the chain column
+        conn.executescript("""
+            CREATE TABLE topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, retention_ms INTEGER);
+            CREATE TABLE records (topic TEXT NOT NULL, "partition" INTEGER NOT NULL,
+                "offset" INTEGER NOT NULL, id TEXT, key TEXT NOT NULL, value BLOB NOT NULL,
+                codec INTEGER NOT NULL, headers BLOB, crc INTEGER NOT NULL, ts INTEGER NOT NULL,
+                PRIMARY KEY (topic, "partition", "offset")) WITHOUT ROWID;
+            INSERT INTO topics VALUES ('t', 1, NULL);
+        """)
+        from zlib import crc32
+
+        values = [b'{"n": %d}' % i for i in range(5)]
+        conn.executemany(
+            'INSERT INTO records (topic, "partition", "offset", id, key, value, codec, headers, crc, ts)'
+            " VALUES ('t', 0, ?, NULL, 'k', ?, 0, NULL, ?, 0)",
+            [(i, v, crc32(v)) for i, v in enumerate(values)])
+    log = SqliteLog(f"sqlite:///{db}")
+    with caplog.at_level("WARNING"):
+        await log.start()
+    try:
+        assert "chained 5 records" in caplog.text
+        assert [r.chain for r in await log.read("t", 0, 0)] == _expected_chain(values)
+        await log.append("t", [Record("k", b'{"n": 5}')])
+        assert (await verify_log(log, "t")).ok
+    finally:
+        await log.close()
+    assert stored(db, "PRAGMA user_version") == [(1,)]
+    caplog.clear()
+    again = SqliteLog(f"sqlite:///{db}")
+    with caplog.at_level("WARNING"):
+        await again.start()  # already chained: nothing to do
+    await again.close()
+    assert "chained" not in caplog.text

@@ -1,0 +1,345 @@
+"""The hash chain of a log partition, and the checks that prove a history was not altered.
+
+Each record's chain value is ``SHA-256(previous chain value || value bytes)``, the first record's
+previous value being ``GENESIS``. The value bytes are the CloudEvents JSON exactly as appended, so
+the chain can be recomputed from the log, from an lz4 export, or from a backup, with nothing else.
+Changing one byte of one record, deleting a record or swapping two changes the chain value of
+that record and of every later one; the first record whose stored value does not match is where
+the history was altered. A signed checkpoint (``services.audit``) pins a chain value, so even a
+history rewritten with its chain recomputed is caught by whoever holds the public key.
+
+Export lines carry each record's chain value as CloudEvents extension attributes put in front of
+the event's own attributes (``{"chainhash": ..., "chainpartition": ..., "chainoffset": ...,``),
+so ``lz4cat | jq`` still reads CloudEvents, and stripping that prefix restores the stored bytes.
+
+This module never writes: it computes and compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lz4.frame
+import orjson
+
+from events.log import CorruptRecord, EventLog, StoredRecord
+
+GENESIS = bytes(32)
+# The Kafka record header that carries the chain value (hex, so Kafka tools print it).
+CHAIN_HEADER = "agentbus-chain"
+_READ_LIMIT = 2000
+
+
+def link(prev: bytes, value: bytes) -> bytes:
+    """The chain value of a record whose value is ``value``, after a record whose value is ``prev``."""
+    h = hashlib.sha256(prev)
+    h.update(value)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The first record that does not match its chain."""
+
+    topic: str
+    partition: int
+    offset: int
+    expected: str | None  # hex of the recomputed value (None when it cannot be recomputed)
+    found: str | None  # hex of the stored value (None when the record carries none)
+    reason: str
+
+    def describe(self) -> str:
+        where = f"{self.topic}[{self.partition}]@{self.offset}: " if self.offset >= 0 else ""
+        hashes = f" (expected {self.expected}, found {self.found})" if self.expected or self.found else ""
+        return f"{where}{self.reason}{hashes}"
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """What a verification checked: records, each partition's head, and the first mismatch."""
+
+    topic: str
+    records: int = 0
+    heads: dict[int, str] = field(default_factory=dict)  # partition -> hex chain value of its last record
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> next offset after the last checked
+    mismatch: Mismatch | None = None
+    seconds: float = 0.0
+    legacy: int = 0  # unchained records before a partition's first chained one (Kafka, pre-chain)
+    # The chain value at each wanted (partition, offset), as recomputed (for checkpoint checks).
+    at: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "topic": self.topic,
+            "records": self.records,
+            "heads": {str(p): h for p, h in sorted(self.heads.items())},
+            "ends": {str(p): e for p, e in sorted(self.ends.items())},
+            "seconds": round(self.seconds, 6),
+            "events_per_s": round(self.records / self.seconds, 1) if self.seconds > 0 else None,
+            "legacy": self.legacy,
+        }
+        m = self.mismatch
+        out["mismatch"] = None if m is None else {
+            "topic": m.topic, "partition": m.partition, "offset": m.offset,
+            "expected": m.expected, "found": m.found, "reason": m.reason,
+        }
+        return out
+
+
+class PartitionChecker:
+    """Checks one partition's records in order, from a known previous chain value."""
+
+    __slots__ = ("chained", "dense", "legacy", "next_offset", "partition", "prev", "topic")
+
+    def __init__(self, topic: str, partition: int, prev: bytes | None, first_offset: int, *, dense: bool):
+        self.topic, self.partition = topic, partition
+        self.prev = prev  # None: the first record's own stored value is taken on trust
+        self.next_offset = first_offset
+        # Dense logs (SQLite) number records without gaps: a missing offset is a deleted record.
+        # Kafka's offsets skip transaction markers, so there only the chain can tell.
+        self.dense = dense
+        self.chained = False  # a record with a stored chain value was seen
+        self.legacy = 0  # unchained records before the first chained one (Kafka logs from before chains)
+
+    def check(self, offset: int, value: bytes, found: bytes | None) -> Mismatch | None:
+        """Check the next record; a Mismatch if it is not the record its chain says."""
+        if found is None:
+            if not self.dense and not self.chained:
+                self.prev = link(self.prev or GENESIS, value)
+                self.legacy += 1
+                self.next_offset = offset + 1
+                return None
+            return Mismatch(self.topic, self.partition, offset, None, None,
+                            "the record carries no chain value")
+        if self.dense and offset != self.next_offset:
+            return Mismatch(self.topic, self.partition, offset, None, found.hex(),
+                            f"offset {self.next_offset} is missing (a deleted record)")
+        if self.prev is not None:
+            expected = link(self.prev, value)
+            if expected != found:
+                return Mismatch(self.topic, self.partition, offset, expected.hex(), found.hex(),
+                                "the value does not match its chain (altered, deleted or reordered records)")
+        self.prev = found
+        self.chained = True
+        self.next_offset = offset + 1
+        return None
+
+
+async def chain_at(log: EventLog, topic: str, partition: int, position: int) -> bytes:
+    """The chain value covering every record of the partition below ``position``.
+
+    ``GENESIS`` for position 0. Kafka's offsets skip transaction markers, so this reads back from
+    ``position`` until a record. Kafka records are immutable, so a topic written before chains
+    existed keeps its unchained prefix: its chain is recomputed from the values (``legacy``), and
+    the first chained record commits to it.
+    """
+    if position <= 0:
+        return GENESIS
+    step = 1
+    start = position - 1
+    while True:
+        batch = [r for r in await log.read(topic, partition, start, min(position - start, _READ_LIMIT))
+                 if r.offset < position]
+        if batch:
+            if batch[-1].chain is not None:
+                return batch[-1].chain
+            return await _recompute(log, topic, partition, position)
+        if start == 0:
+            return GENESIS
+        step = min(step * 8, _READ_LIMIT)
+        start = max(0, start - step)
+
+
+async def _recompute(log: EventLog, topic: str, partition: int, position: int) -> bytes:
+    prev, offset = GENESIS, 0
+    while offset < position:
+        batch = await log.read(topic, partition, offset, _READ_LIMIT)
+        if not batch:
+            break
+        for rec in batch:
+            if rec.offset >= position:
+                return prev
+            prev = rec.chain if rec.chain is not None else link(prev, rec.value)
+        offset = batch[-1].offset + 1
+    return prev
+
+
+async def verify_log(
+    log: EventLog, topic: str, *, from_offset: int = 0, dense: bool | None = None,
+    want: frozenset[tuple[int, int]] = frozenset(),
+) -> ChainReport:
+    """Recompute the chain of every partition of ``topic`` from ``from_offset`` to its end.
+
+    Stops at the first record that does not match (or cannot be read) and names it. ``want``:
+    (partition, offset) pairs whose chain values to report in ``ChainReport.at``.
+    """
+    import time
+
+    started = time.perf_counter()
+    report = ChainReport(topic)
+    if dense is None:
+        dense = type(log).__name__ == "SqliteLog"
+    for partition in range(await log.partitions(topic)):
+        prev = await chain_at(log, topic, partition, from_offset) if from_offset else GENESIS
+        checker = PartitionChecker(topic, partition, prev, from_offset, dense=dense)
+        offset = from_offset
+        while True:
+            try:
+                batch = await log.read(topic, partition, offset, _READ_LIMIT)
+            except CorruptRecord as exc:
+                report.mismatch = Mismatch(topic, partition, exc.offset, None, None,
+                                           f"the record cannot be read: {exc.reason}")
+                break
+            if not batch:
+                break
+            if _check_batch(report, checker, batch, want):
+                break
+            offset = batch[-1].offset + 1
+        if checker.prev is not None and checker.next_offset > from_offset:
+            report.heads[partition] = checker.prev.hex()
+        report.ends[partition] = checker.next_offset
+        report.legacy += checker.legacy
+        if report.mismatch is not None:
+            break
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_batch(report: ChainReport, checker: PartitionChecker, batch: list[StoredRecord],
+                 want: frozenset[tuple[int, int]]) -> bool:
+    check = checker.check
+    for rec in batch:
+        bad = check(rec.offset, rec.value, rec.chain)
+        if bad is not None:
+            report.mismatch = bad
+            return True
+        if want and (rec.partition, rec.offset) in want and checker.prev is not None:
+            report.at[(rec.partition, rec.offset)] = checker.prev.hex()
+    report.records += len(batch)
+    return False
+
+
+# -- export lines ------------------------------------------------------------------------------
+
+_ATTRIBUTES = ("chainhash", "chainpartition", "chainoffset", "chainprev")
+_PREFIX = re.compile(
+    rb'^\{"chainhash":"([0-9a-f]{64})","chainpartition":(\d{1,9}),"chainoffset":(\d{1,19})'
+    rb'(?:,"chainprev":"([0-9a-f]{64})")?,'
+)
+
+
+def export_line(rec: StoredRecord, chain: bytes, prev: bytes | None = None) -> bytes:
+    """An export line: the stored value with its chain value in front (see the module doc).
+
+    ``prev`` (the chain value before ``rec``) goes on the first line of a partition that does not
+    start at offset 0, so the file verifies on its own.
+    """
+    value = rec.value
+    if value[:1] != b"{":
+        raise ValueError(f"{rec.topic}[{rec.partition}]@{rec.offset}: value is not a JSON object")
+    head = b'{"chainhash":"%s","chainpartition":%d,"chainoffset":%d' % (
+        chain.hex().encode(), rec.partition, rec.offset)
+    if prev is not None:
+        head += b',"chainprev":"%s"' % prev.hex().encode()
+    rest = value[1:]
+    if rest.lstrip()[:1] == b"}":
+        raise ValueError(f"{rec.topic}[{rec.partition}]@{rec.offset}: value is an empty JSON object")
+    return head + b"," + rest
+
+
+@dataclass(frozen=True, slots=True)
+class ExportLine:
+    """One export line split into the stored value and the chain it carried (None: no chain)."""
+
+    value: bytes
+    chain: bytes | None = None
+    partition: int | None = None
+    offset: int | None = None
+    prev: bytes | None = None
+
+
+def parse_line(line: bytes) -> ExportLine:
+    """Split an export line into its stored value and its chain attributes."""
+    m = _PREFIX.match(line)
+    if m is None:
+        if b'"chainhash"' in line[:200]:
+            # Re-serialized by a tool (an edited line): drop the attributes; the value is no longer
+            # the stored bytes, and its chain will not verify, which is the point.
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return ExportLine(line)
+            if type(obj) is dict and "chainhash" in obj:
+                found = [obj.pop(name, None) for name in _ATTRIBUTES]
+                try:
+                    chain, partition, offset, prev = found
+                    return ExportLine(orjson.dumps(obj), bytes.fromhex(chain), int(partition), int(offset),
+                                      None if prev is None else bytes.fromhex(prev))
+                except (TypeError, ValueError):
+                    return ExportLine(orjson.dumps(obj))
+        return ExportLine(line)
+    chain, partition, offset, prev = m.groups()
+    value = b"{" + line[m.end():]
+    return ExportLine(value, bytes.fromhex(chain.decode()), int(partition), int(offset),
+                      None if prev is None else bytes.fromhex(prev.decode()))
+
+
+def export_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each non-blank line of an lz4 export (``parse_line`` splits one)."""
+    with lz4.frame.open(path, mode="rb") as src:
+        for number, line in enumerate(src, start=1):
+            line = line.rstrip(b"\n")
+            if line.strip():
+                yield number, line
+
+
+def verify_export(path: str | Path, topic: str = "events",
+                  want: frozenset[tuple[int, int]] = frozenset()) -> ChainReport:
+    """Recompute the chain over an lz4 export file; a Mismatch names the record and its line."""
+    import time
+
+    started = time.perf_counter()
+    report = ChainReport(topic)
+    checker: PartitionChecker | None = None
+    source = Path(path)
+    try:
+        for number, line in export_lines(source):
+            item = parse_line(line)
+            if item.chain is None or item.partition is None or item.offset is None:
+                p = -1 if checker is None else checker.partition
+                report.mismatch = Mismatch(topic, p, -1, None, None,
+                                           f"line {number} carries no chain (exported without one)")
+                break
+            if checker is None or item.partition != checker.partition:
+                if checker is not None and checker.prev is not None:
+                    report.heads[checker.partition] = checker.prev.hex()
+                    report.ends[checker.partition] = checker.next_offset
+                # A segment from offset 0 starts at GENESIS; a later one names its previous value.
+                prev = GENESIS if item.offset == 0 else item.prev
+                checker = PartitionChecker(topic, item.partition, prev, item.offset, dense=False)
+            bad = checker.check(item.offset, item.value, item.chain)
+            if bad is not None:
+                report.mismatch = Mismatch(bad.topic, bad.partition, bad.offset, bad.expected, bad.found,
+                                           f"line {number}: {bad.reason}")
+                break
+            report.records += 1
+            if want and (item.partition, item.offset) in want and checker.prev is not None:
+                report.at[(item.partition, item.offset)] = checker.prev.hex()
+    except (RuntimeError, EOFError, OSError) as exc:
+        report.mismatch = Mismatch(topic, -1, -1, None, None,
+                                   f"{source}: not a complete lz4 frame file: {exc}")
+    if checker is not None and checker.prev is not None and report.mismatch is None:
+        report.heads[checker.partition] = checker.prev.hex()
+        report.ends[checker.partition] = checker.next_offset
+    report.seconds = time.perf_counter() - started
+    return report
