@@ -187,6 +187,7 @@ async def _append(
     if isinstance(log, TransactionalLog):
         # Through each partition's own writer, so the records carry the chain (see IMPORT_GROUP).
         n = await log.partitions(topic)
+        log.chain(topic)
         parts: dict[int, list[Record]] = {}
         for rec in chunk:
             parts.setdefault(partition_for(rec.key, n), []).append(rec)

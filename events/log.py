@@ -197,6 +197,11 @@ class EventLog(Protocol):
     ) -> list[tuple[int, bytes]]:
         """``read`` for replay: (offset, value) only, checked as ``read`` checks them."""
 
+    async def read_chained(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[tuple[int, bytes, bytes | None]]:
+        """``read`` for verification: (offset, value, chain value) only."""
+
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record appended to the partition will get."""
 
@@ -248,3 +253,10 @@ class TransactionalLog(EventLog, Protocol):
 
     async def release(self, group: str, topic: str, partition: int) -> None:
         """Stop the partition writer of ``group``'s ``topic[partition]`` (after its queued appends)."""
+
+    def chain(self, topic: str) -> None:
+        """Have partition writers keep ``topic``'s hash chain (``events.chain``) on what they append.
+
+        Only for a topic whose every record goes through partition writers (the events topic:
+        its partitions' deciders), since each writer chains from the head it last wrote.
+        """

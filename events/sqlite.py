@@ -118,6 +118,10 @@ _READ_VALUES = (
     'SELECT "offset", value, codec, crc FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
 )
+_READ_CHAINED = (
+    'SELECT "offset", value, codec, crc, chain FROM records'
+    ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
+)
 _MAX_OFFSET = 'SELECT MAX("offset") FROM records WHERE topic = ? AND "partition" = ?'
 _LAST = (
     'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
@@ -257,6 +261,9 @@ class SqliteLog:
 
     # A record whose id is already in the topic is not appended again (Appended.duplicate).
     dedupes_ids = True
+    # False only to measure what the chain costs (``agentbus bench --audit``): records are then
+    # written without chain values and the log does not verify.
+    chained = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -488,6 +495,7 @@ class SqliteLog:
                 ends = dict(self._ends)
                 heads = dict(self._heads)
                 sha256 = hashlib.sha256
+                chained = self.chained
                 ts = time.time_ns() // 1_000_000
                 rows: list[tuple[Any, ...]] = []
                 offsets: list[tuple[Any, ...]] = []
@@ -517,9 +525,11 @@ class SqliteLog:
                         touched.add(tp)
                         if rid is not None:
                             seen[rid] = (p, offset)
-                        h = sha256(heads.get(tp, GENESIS))
-                        h.update(original)
-                        chain = heads[tp] = h.digest()
+                        chain: bytes | None = None
+                        if chained:
+                            h = sha256(heads.get(tp, GENESIS))
+                            h.update(original)
+                            chain = heads[tp] = h.digest()
                         rows.append((topic, p, offset, rid, key, value, codec, headers, crc, ts, chain))
                         out.append(Appended(p, offset))
                     if item.commit is not None:
@@ -616,6 +626,25 @@ class SqliteLog:
         await self._check_partition(topic, partition)
         rows = await conn.execute_fetchall(_READ_VALUES, (topic, partition, offset, limit))
         return _to_values(topic, partition, rows)
+
+    async def read_chained(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[tuple[int, bytes, bytes | None]]:
+        """(offset, value, chain value) at ``offset`` and after: what verification reads."""
+        conn = self._conn()
+        check_limit(limit)
+        await self._check_partition(topic, partition)
+        rows = await conn.execute_fetchall(_READ_CHAINED, (topic, partition, offset, limit))
+        out: list[tuple[int, bytes, bytes | None]] = []
+        append = out.append
+        for at, value, codec, crc, chain in rows:
+            if codec != CODEC_RAW or crc32(value) != crc:
+                try:
+                    value = _original(value, codec, crc)
+                except Exception as exc:  # as in _to_stored: corruption, never a skip
+                    raise CorruptRecord(topic, partition, at, f"{type(exc).__name__}: {exc}") from exc
+            append((at, value, chain))
+        return out
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record appended to the partition will get."""

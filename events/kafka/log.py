@@ -220,6 +220,10 @@ class KafkaLog:
         result = await writer.enqueue(Pending(topic, rows, expected_offset, partition, commit, future))
         return result[:returned]
 
+    def chain(self, topic: str) -> None:
+        """Have partition writers keep ``topic``'s hash chain on what they append (see the port)."""
+        self._writers.chained.add(topic)
+
     async def _chain_head(self, topic: str, partition: int) -> bytes:
         """The chain value of the partition's last committed record (a partition writer's start)."""
         return await chain_at(self, topic, partition, await self.end_offset(topic, partition))
@@ -295,6 +299,12 @@ class KafkaLog:
         if offset >= end:
             return []
         return await self._reader.read(topic, partition, max(offset, 0), end, limit)
+
+    async def read_chained(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[tuple[int, bytes, bytes | None]]:
+        """``read``'s offsets, values and chain values (the consumer decodes whole records anyway)."""
+        return [(r.offset, r.value, r.chain) for r in await self.read(topic, partition, offset, limit)]
 
     async def read_values(
         self, topic: str, partition: int, offset: int, limit: int = 1000

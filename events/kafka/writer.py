@@ -15,9 +15,10 @@ the partition next fences the previous owner (its next append fails with ``Fence
 broker aborts that owner's open transaction at once.
 
 A partition writer also keeps the hash chain (``events.chain``) of the partitions its appends
-write to (the append's own topic, not its ``extra`` records): it is their only writer, so it
-reads each head once, from the log, when it first writes there (after fencing the previous owner),
-and moves it only when a transaction commits.
+write to, for the topics named by ``KafkaLog.chain`` (the events topic, whose partitions' deciders
+are its only writers; never ``extra`` records): it reads each head once, from the log, when it
+first writes there (after fencing the previous owner), and moves it only when a transaction
+commits.
 
 This module must never let a fenced writer write again, nor report an append it did not commit.
 """
@@ -102,6 +103,7 @@ class Writer:
         # Partition writers chain what they write; the main writer (many processes share the
         # topics it writes) does not.
         self.load_head = load_head
+        self.chain_topics: set[str] = set()  # the topics to chain (shared with Writers.chained)
         self.heads: dict[tuple[str, int], bytes] = {}
         self.producer: AIOKafkaProducer | None = None
         self.queue: deque[Pending] = deque()
@@ -290,7 +292,7 @@ class Writer:
             rows: list[Row] = []
             for row in item.rows:
                 topic, p, key, value, headers = row
-                if topic != item.topic:
+                if topic != item.topic or topic not in self.chain_topics:
                     rows.append(row)
                     continue
                 prev = heads.get((topic, p))
@@ -354,6 +356,8 @@ class Writers:
                  load_head: HeadLoader | None = None) -> None:
         self.settings, self.url, self.visibility, self.on_commit = settings, url, visibility, on_commit
         self.load_head = load_head
+        # Topics whose records partition writers chain (KafkaLog.chain).
+        self.chained: set[str] = set()
         self.main: Writer | None = None
         # Partition writers by transactional.id: one per (group, topic, partition) they commit.
         self._partitions: dict[str, Writer] = {}
@@ -361,7 +365,9 @@ class Writers:
         self.closing = False
 
     def _new(self, tid: str, timeout_ms: int, load_head: HeadLoader | None = None) -> Writer:
-        return Writer(self.settings, self.url, tid, timeout_ms, self.visibility, self.on_commit, load_head)
+        writer = Writer(self.settings, self.url, tid, timeout_ms, self.visibility, self.on_commit, load_head)
+        writer.chain_topics = self.chained
+        return writer
 
     async def start(self) -> None:
         """Start the main writer (fencing a previous process with the same transactional.id)."""

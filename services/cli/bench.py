@@ -57,6 +57,10 @@ from services.cli.common import fail, load_settings, setting_option
               help="--subscribers: client processes the subscribers are spread over.")
 @click.option("--subscriber-batch/--no-subscriber-batch", default=True, show_default=True,
               help="--subscribers: ask for batched frames (several messages per frame) or one per message.")
+@click.option("--audit", is_flag=True,
+              help="Only the audit figures: appends/s with and without the hash chain (same run), "
+                   "and how fast a log and its export verify.")
+@click.option("--audit-records", default=300_000, show_default=True, help="--audit: records appended.")
 @click.option("--compare", is_flag=True,
               help="Instead of the task scenario: the scenario beside the same one on the eventsourcing "
                    "library (commands/s, replay events/s), and `agentbus serve` beside a bare FastAPI "
@@ -69,7 +73,8 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
                   executor_kind: str | None, capacity: int, subscribers: int, subscriber_processes: int,
-                  subscriber_batch: bool, compare: bool, wrk_options: str, as_json: bool) -> None:
+                  subscriber_batch: bool, audit: bool, audit_records: int, compare: bool, wrk_options: str,
+                  as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -94,6 +99,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         if subscribers > 0:
             _subscribers(settings, subscribers, subscriber_processes, subscriber_batch, rate, paced_seconds,
                          as_json)
+            return
+        if audit:
+            _audit(tmp, audit_records, as_json)
             return
         if compare:
             _compare(settings, tmp, agents, tasks, rate, paced_seconds, wrk_options, as_json)
@@ -141,6 +149,26 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     for row in result.get("coordinator", []):
         click.echo(f"decision time     {row['strategy']:<21} p50 {row['p50_us']:7.1f} us, "
                    f"p99 {row['p99_us']:7.1f} us per assignment at {coordinator_agents:,} agents")
+
+
+def _audit(scratch: Path, records: int, as_json: bool) -> None:
+    from services.bench.audit import bench_audit
+
+    result = bench_audit(scratch, records)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"scenario          {result['records']:,} records appended {result['batch']} per append "
+               f"to one SQLite partition, chained and unchained logs alternating")
+    click.echo(f"append chained    {result['chained_appends_per_s']:,.0f} records/s "
+               f"(p50 {result['chained_p50_ms']} ms, p99 {result['chained_p99_ms']} ms per append)")
+    click.echo(f"append unchained  {result['unchained_appends_per_s']:,.0f} records/s "
+               f"(p50 {result['unchained_p50_ms']} ms, p99 {result['unchained_p99_ms']} ms per append)")
+    click.echo(f"chain cost        {result['chain_cost']:.1%} fewer appends/s (target <= 10%)")
+    click.echo(f"audit verify      {result['verify_events_per_s']:,.0f} events/s over the log "
+               f"(ok: {result['verify_ok']}); {result['verify_export_events_per_s']:,.0f} events/s over "
+               f"its lz4 export (ok: {result['verify_export_ok']}); target >= 500,000")
+    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
 
 
 def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float, paced_seconds: float,

@@ -332,6 +332,7 @@ async def test_partition_writers_chain_their_records_across_fencing_and_aborts(
     await first.ensure_topic(topic, 1)
     await first.ensure_topic(source, 1)
     assert isinstance(first, TransactionalLog)
+    first.chain(topic)
     await first.claim("proc", source, 0)
     await first.append(topic, [Record("k", b"1"), Record("k", b"2")], partition=0,
                        commit=Commit("proc", source, 0, 1))
@@ -343,6 +344,7 @@ async def test_partition_writers_chain_their_records_across_fencing_and_aborts(
 
     # Another process takes the partition over (fencing the first): it reads the head back.
     second = await make_log(identity)
+    second.chain(topic)
     await second.claim("proc", source, 0)
     await second.append(topic, [Record("k", b"4")], partition=0, commit=Commit("proc", source, 0, 4))
     with pytest.raises(LogError, match="fenced"):
