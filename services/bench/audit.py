@@ -4,7 +4,9 @@ Appends the same records (the task lifecycle's events, as the decider writes the
 batch of ``BATCH`` records to one partition) to two fresh SQLite logs, one chained as every log is
 and one with the chain switched off (``SqliteLog.chained = False``, which exists for this
 comparison only), in alternating rounds so both see the same machine; reports appends/s of each,
-the ratio, and latency per append. Then verifies the chained log (``events.chain.verify_log``) and
+the ratio, and latency per append. Twice: durable (``synchronous=FULL``, the default: each append
+waits for its fsync, which dominates) and without the fsync (``synchronous=normal``), where the
+chain's CPU cost shows. Then verifies the chained log (``events.chain.verify_log``) and
 an lz4 export of it (``verify_export``), in events/s. Measures; never asserts.
 """
 
@@ -63,12 +65,12 @@ async def _append_round(log: SqliteLog, records: list[Record]) -> tuple[float, l
     return time.perf_counter() - started, latencies
 
 
-async def _run(scratch: Path, records: int) -> dict[str, Any]:
-    events = _records(records)
+async def _appends(scratch: Path, events: list[Record], mode: str) -> tuple[dict[str, Any], SqliteLog]:
+    """Append ``events`` to a chained and an unchained log in ``mode``; the chained log, open."""
     per_round = max(BATCH, len(events) // ROUNDS)
     logs: dict[str, SqliteLog] = {}
     for name, chained in (("chained", True), ("unchained", False)):
-        log = SqliteLog(f"sqlite:///{scratch / f'{name}.db'}")
+        log = SqliteLog(f"sqlite:///{scratch / f'{name}-{mode}.db'}?synchronous={mode}")
         log.chained = chained
         await log.start()
         await log.ensure_topic(TOPIC, 1)
@@ -84,21 +86,33 @@ async def _run(scratch: Path, records: int) -> dict[str, Any]:
                 took, lat = await _append_round(logs[name], chunk)
                 seconds[name] += took
                 latencies[name] += lat
-        report = await verify_log(logs["chained"], TOPIC)
-        export = scratch / "events.ndjson.lz4"
-        await export_log(logs["chained"], TOPIC, export)
-        started = time.perf_counter()
-        file_report = await asyncio.to_thread(verify_export, export, TOPIC)
-        file_seconds = time.perf_counter() - started
     finally:
-        for log in logs.values():
-            await log.close()
-    out: dict[str, Any] = {"records": len(events), "batch": BATCH}
+        await logs["unchained"].close()
+    out: dict[str, Any] = {}
     for name in ("chained", "unchained"):
         out[f"{name}_appends_per_s"] = round(len(events) / seconds[name], 1)
         out[f"{name}_p50_ms"] = round(percentile(latencies[name], 50), 3)
         out[f"{name}_p99_ms"] = round(percentile(latencies[name], 99), 3)
     out["chain_cost"] = round(1 - out["chained_appends_per_s"] / out["unchained_appends_per_s"], 4)
+    return out, logs["chained"]
+
+
+async def _run(scratch: Path, records: int) -> dict[str, Any]:
+    events = _records(records)
+    out: dict[str, Any] = {"records": len(events), "batch": BATCH}
+    durable, log = await _appends(scratch, events, "full")
+    await log.close()
+    fast, log = await _appends(scratch, events, "normal")
+    out["durable"], out["no_fsync"] = durable, fast
+    try:
+        report = await verify_log(log, TOPIC)
+        export = scratch / "events.ndjson.lz4"
+        await export_log(log, TOPIC, export)
+        started = time.perf_counter()
+        file_report = await asyncio.to_thread(verify_export, export, TOPIC)
+        file_seconds = time.perf_counter() - started
+    finally:
+        await log.close()
     out["verify_ok"] = report.ok
     out["verify_events_per_s"] = round(report.records / report.seconds, 1) if report.seconds else None
     out["verify_export_ok"] = file_report.ok
