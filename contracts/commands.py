@@ -40,6 +40,9 @@ from contracts.system_commands import (
 from contracts.system_commands import (
     SYSTEM_COMMANDS,
 )
+from contracts.system_commands import (
+    AuditHead as AuditHead,
+)
 
 # Re-exported: the system pool's commands (contracts.system_commands) are commands like any.
 from contracts.system_commands import (
@@ -56,6 +59,9 @@ from contracts.system_commands import (
 )
 from contracts.system_commands import (
     ReceiveExternalEvent as ReceiveExternalEvent,
+)
+from contracts.system_commands import (
+    RecordAuditCheckpoint as RecordAuditCheckpoint,
 )
 from contracts.system_commands import (
     RecordDeliveryFailure as RecordDeliveryFailure,

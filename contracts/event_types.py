@@ -17,6 +17,7 @@ from contracts.commands import (
     SelectionAudit,
 )
 from contracts.money import MAX_COST_USD, MAX_LIMIT_USD, MAX_SPEND_USD
+from contracts.system_commands import AuditHead
 
 # Lenient on purpose: every log ever written must read back. What the decider appends now is
 # checked by contracts.roundtrip; what a command may carry, by the commands' own types.
@@ -626,3 +627,21 @@ class WebhookMappingFailed(Event):
 
 
 ALL = (*ALL, WebhookSourceSet, WebhookSourceDeleted, ExternalEventReceived, WebhookMappingFailed)
+
+
+# -- audit: signed checkpoints (pool contracts.SYSTEM_POOL) ------------------------------------------
+
+
+class AuditCheckpointRecorded(Event):
+    """The events topic's chain heads as signed by ``key_id`` (``RecordAuditCheckpoint``): every
+    partition's position and chain value, and the Ed25519 signature over them."""
+
+    subject_field = "key_id"
+    topic: str
+    heads: dict[str, AuditHead]
+    key_id: str
+    algorithm: str
+    signature: str
+
+
+ALL = (*ALL, AuditCheckpointRecorded)

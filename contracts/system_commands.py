@@ -192,3 +192,49 @@ class RecordWebhookMappingFailure(Command):
 
 SYSTEM_COMMANDS = (*SYSTEM_COMMANDS, SetWebhookSource, DeleteWebhookSource, ReceiveExternalEvent,
                    RecordWebhookMappingFailure)
+
+
+# -- audit: signed checkpoints of the events topic's hash chain (events.chain) ----------------------
+
+# Heads per checkpoint: one per partition of the events topic. ~100 bytes each, so the largest
+# checkpoint stays far below a Kafka record's default 1 MB limit.
+MAX_AUDIT_PARTITIONS = 4096
+AuditAlgorithm = Literal["ed25519"]
+HEX_SHA256 = r"^[0-9a-f]{64}$"
+# The key id: the first 16 bytes of the SHA-256 of the raw public key, in hex.
+AUDIT_KEY_ID = r"^[0-9a-f]{32}$"
+# An Ed25519 signature is 64 bytes: 88 characters of standard base64, padded.
+AUDIT_SIGNATURE = r"^[A-Za-z0-9+/]{86}==$"
+# Kafka's rule for topic names (the events topic may carry a deployment's prefix).
+AUDIT_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+class AuditHead(Model):
+    """A partition's chain head as signed: the chain value covering every record below ``position``."""
+
+    position: int = Field(ge=0, le=INT64_MAX, description="The next offset: the head covers every "
+                                                          "record below it (0: none, the chain's start).")
+    chain: str = Field(pattern=HEX_SHA256, description="Hex SHA-256 chain value after the record at "
+                                                       "position - 1 (64 zeros at position 0).")
+
+
+class RecordAuditCheckpoint(Command):
+    """Record a signed checkpoint of the events topic's hash chain (pool ``_system``): every
+    partition's head, signed with an Ed25519 key the log never holds. Whoever holds the public key
+    can then tell this history from one rewritten with its chain recomputed."""
+
+    subject_field = "key_id"
+    topic: str = Field(pattern=AUDIT_TOPIC, description="The events topic whose heads are signed.")
+    # Keys are partition numbers ("0", "1", ...); the decider checks there is one per partition.
+    heads: dict[Annotated[str, Field(max_length=10)], AuditHead] = Field(
+        min_length=1, max_length=MAX_AUDIT_PARTITIONS,
+        description="Every partition's head, by partition number: {\"0\": {position, chain}, ...}.")
+    key_id: str = Field(pattern=AUDIT_KEY_ID, description="Hex of the first 16 bytes of the SHA-256 of "
+                                                          "the raw Ed25519 public key.")
+    algorithm: AuditAlgorithm = "ed25519"
+    signature: str = Field(pattern=AUDIT_SIGNATURE, description="Base64 Ed25519 signature over the "
+                                                                "canonical JSON of {topic, heads, key_id} "
+                                                                "(sorted keys, no spaces).")
+
+
+SYSTEM_COMMANDS = (*SYSTEM_COMMANDS, RecordAuditCheckpoint)

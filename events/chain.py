@@ -143,6 +143,7 @@ async def chain_at(log: EventLog, topic: str, partition: int, position: int) -> 
     existed keeps its unchained prefix: its chain is recomputed from the values (``legacy``), and
     the first chained record commits to it.
     """
+    position = min(position, await log.end_offset(topic, partition))
     if position <= 0:
         return GENESIS
     step = 1

@@ -248,12 +248,27 @@ def task_list(status: str | None, agent_id: str | None, type_: str | None, page:
         "page_size": page_size})
 
 
+_as_of = click.option("--as-of", help="As it was then: a position of the events topic (an integer, or "
+                                       "<partition>:<position> pairs) or an RFC 3339 time.")
+
+
 @task.command("show")
 @click.argument("task_id")
+@_as_of
 @_client
-def task_show(task_id: str, settings: Settings) -> None:
-    """Show one task."""
-    _request(settings.url, "GET", f"/v1/tasks/{task_id}", params={"pool": settings.pool})
+def task_show(task_id: str, as_of: str | None, settings: Settings) -> None:
+    """Show one task (now, or --as-of a position or time)."""
+    _request(settings.url, "GET", f"/v1/tasks/{task_id}", params={"pool": settings.pool, "as_of": as_of})
+
+
+@task.command("history")
+@click.argument("task_id")
+@click.option("--after", type=click.IntRange(min=-1), help="Continue after this position (next_after).")
+@_client
+def task_history(task_id: str, after: int | None, settings: Settings) -> None:
+    """Every event about a task, each with the command, decision and timer that caused it."""
+    _request(settings.url, "GET", f"/v1/tasks/{task_id}/history",
+             params={"pool": settings.pool, "after": after})
 
 
 _holder = click.option("--agent", "agent_id", help="The agent that holds it (checked by the decider).")

@@ -216,25 +216,50 @@ def projections_rebuild(settings: Settings) -> None:
 @settings_options(*DEPLOYMENT)
 @click.option("--pool", help="Only report this pool.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def replay(settings: Settings, pool: str | None, as_json: bool) -> None:
+@click.option("--from-snapshot", is_flag=True,
+              help="Start each partition from its newest valid decider snapshot (in the read-model "
+                   "database) and replay only the events after it; default: every event from offset 0.")
+@click.option("--until", help="The state as of this point: a position of the events topic (an integer, or "
+                              "<partition>:<position> pairs such as 0:41,1:7; the event there included) "
+                              "or an RFC 3339 time (every event stamped at or before it).")
+def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: bool,
+           until: str | None) -> None:
     """Rebuild the deciders' state from the log and report how fast, and what it holds.
 
     Read-only: safe beside a running service.
     """
+    from services.audit.as_of import AsOfBeyondEnd, AsOfError, parse_as_of, resolve
     from services.runtime.decider import PartitionDecider
     from services.runtime.outcomes import Outcomes
+    from services.runtime.snapshots import SnapshotStore
 
     topics = topics_of(settings)
 
     async def go() -> dict[str, Any]:
         pools: dict[str, dict[str, Any]] = {}
         total, seconds = 0, 0.0
-        async with _open_log(settings.broker) as log:
-            for p in range(await log.partitions(topics.events)):
-                decider = PartitionDecider(log, p, Outcomes(), settings.decider, topics=topics)
-                await decider.rebuild()
+        used: dict[str, int | None] = {}
+        last: dict[str, int] = {}  # with --until: the last position replayed per partition (-1: none)
+        snapshots = SnapshotStore(settings.database, readonly=True) if from_snapshot else None
+        async with _open_log(settings.broker) as log, contextlib.AsyncExitStack() as stack:
+            if snapshots is not None:
+                stack.push_async_callback(snapshots.close)
+                await snapshots.start()
+            count = await log.partitions(topics.events)
+            for p in range(count):
+                decider = PartitionDecider(log, p, Outcomes(), settings.decider, topics=topics,
+                                           snapshots=snapshots)
+                if until is None:
+                    await decider.rebuild()
+                else:
+                    try:
+                        last[str(p)] = await resolve(log, topics.events, p, parse_as_of(until, count))
+                    except (AsOfError, AsOfBeyondEnd) as exc:
+                        fail(f"--until: {exc}")
+                    await decider.rebuild(until=last[str(p)] + 1)
                 total += decider.replay.events
                 seconds += decider.replay.seconds
+                used[str(p)] = decider.replay.start if decider.replay.snapshot is not None else None
                 for name, state in decider.states.items():
                     statuses: dict[str, int] = {}
                     for t in state.tasks.values():
@@ -248,6 +273,8 @@ def replay(settings: Settings, pool: str | None, as_json: bool) -> None:
                     }
         return {"events": total, "seconds": round(seconds, 6),
                 "events_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
+                **({"snapshot_positions": used} if from_snapshot else {}),
+                **({"until": last} if until is not None else {}),
                 "pools": {k: v for k, v in sorted(pools.items()) if pool is None or k == pool}}
 
     with log_errors(settings.broker):
@@ -257,6 +284,11 @@ def replay(settings: Settings, pool: str | None, as_json: bool) -> None:
         return
     click.echo(f"replayed {result['events']} events in {result['seconds']:.3f} s "
                f"({result['events_per_s']:,.0f} events/s)")
+    if until is not None:
+        click.echo("as of position " + ", ".join(f"{p}:{at}" for p, at in result["until"].items()))
+    for p, at in result.get("snapshot_positions", {}).items():
+        click.echo(f"partition {p}: " + ("no usable snapshot, replayed from 0" if at is None
+                                         else f"from the snapshot at position {at}"))
     for name, p in result["pools"].items():
         tasks = ", ".join(f"{k} {v}" for k, v in p["tasks"].items()) or "none"
         click.echo(f"pool {name}: {p['agents_active']} agents active ({p['agents_total']} registered); "

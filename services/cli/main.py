@@ -10,6 +10,8 @@
 * ``services.cli.workflow``: ``workflow`` validates definition files and runs, follows, cancels and
   signals workflows on a running server;
 * ``services.cli.tokens``: ``tokens`` creates, lists and revokes API tokens on the log directly;
+* ``services.cli.audit``: ``audit`` verifies the log's hash chain and signed checkpoints, signs them;
+* ``services.cli.backup``: ``backup`` creates, lists, verifies and restores backups of a deployment;
 * ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``).
 
 Every command takes its settings from one ``services.runtime.settings.Settings``: a flag wins over
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import click
 
+from services.cli.audit import audit_group
+from services.cli.backup import backup_group
 from services.cli.bench import bench_command
 from services.cli.client import agent, cost, prices, send, task
 from services.cli.executor import executor
@@ -56,6 +60,8 @@ for command, name in (
     (replay, "replay"),
     (contracts_group, "contracts"),
     (tokens_group, "tokens"),
+    (audit_group, "audit"),
+    (backup_group, "backup"),
     (bench_command, "bench"),
 ):
     main.add_command(command, name)

@@ -26,6 +26,7 @@ from contracts.roundtrip import Unreadable
 from services.domain import (
     access,
     agents,
+    audit,
     budgets,
     policies,
     resources,
@@ -81,6 +82,7 @@ COMMAND_HANDLERS: dict[type[Any], CommandHandler] = {
     c.DeleteWebhookSource: webhooks.delete_source,
     c.ReceiveExternalEvent: webhooks.receive,
     c.RecordWebhookMappingFailure: webhooks.record_failure,
+    c.RecordAuditCheckpoint: audit.record_checkpoint,
 }
 
 _DEFAULT_CONFIG = DeciderConfig()

@@ -359,4 +359,5 @@ STATELESS_EVENTS: frozenset[type[Any]] = frozenset({
     e.SubscriptionDeliveryFailed,
     e.ExternalEventReceived,
     e.WebhookMappingFailed,
+    e.AuditCheckpointRecorded,
 })

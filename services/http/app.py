@@ -3,7 +3,8 @@ service, and its lifespan starts and stops a service of its own when it was give
 
 Where things are: ``writes`` (commands in), ``workflow_writes`` (workflow runs and definitions
 in), ``reads`` (read models out), ``workflow_reads`` (runs, definitions, system status out),
-``exports`` (the log's events and the audit trail out), ``streams`` (live events over WebSocket
+``exports`` (the log's events and the audit trail out), ``audit_reads`` (reads ``?as_of=`` a
+point of the log, and a task's causation history), ``streams`` (live events over WebSocket
 and SSE, task progress; its hub runs while the app does), ``event_export`` (the log as an lz4
 NDJSON stream), ``executors`` (POST /v1/agents/test), ``webhooks`` and ``webhook_deliveries``
 (inbound signed webhooks), ``subscriptions`` (outbound), ``bodies`` (request models from the
@@ -12,8 +13,9 @@ contract registry) and ``commands`` (the body of POST /v1/commands), ``responses
 wait), ``docs`` (/docs and
 /redoc with their assets, no CDN), ``middleware`` (the body size limit), ``errors`` (422 and 503
 shapes), ``auth`` (bearer tokens on every route: ``permissions`` says who may do what,
-``credentials`` checks API tokens and JWTs), ``tokens`` (/v1/tokens) and ``metrics`` (/metrics
-for Prometheus, and the middleware timing every request).
+``credentials`` checks API tokens and JWTs), ``tokens`` (/v1/tokens), ``metrics`` (/metrics
+for Prometheus, and the middleware timing every request) and ``audit`` (/v1/audit/verify: the hash
+chain and its signed checkpoints).
 
 This module must never hold an endpoint or a rule of its own: it only puts the parts together.
 """
@@ -29,6 +31,8 @@ from fastapi.openapi.utils import get_openapi
 
 from services.executors.hosting import hosted_executors
 from services.http import (
+    audit,
+    audit_reads,
     costs,
     executors,
     exports,
@@ -134,7 +138,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     for router in (writes.router, workflow_writes.router, reads.router, workflow_reads.router, costs.router,
                    tokens_router, webhooks.router, webhook_deliveries.router,
                    exports.router, executors.router, reads.health_router, metrics.router,
-                   streams_router, export_router, subscriptions_router):
+                   streams_router, export_router, subscriptions_router, audit_reads.router,
+                   audit.router):
         app.router.routes.extend(router.routes)
 
     def openapi() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from contracts.commands import ModelPrice
 from projections import queries
 from services.domain.prices import Prices
+from services.http.audit_reads import AsOf, at
 from services.http.deps import ModelRead
 from services.http.read_schemas import Budget, Items
 from services.http.reads import READ_RESPONSES
@@ -48,8 +49,8 @@ class PriceTable(BaseModel):
 
 @router.get("/v1/budgets", summary="The pool's budgets, with what is spent and left",
             response_model=Items[Budget])
-async def get_budgets(read: ModelRead) -> Response:
-    return json_response({"items": await queries.budgets(read.service.store, read.pool)})
+async def get_budgets(read: ModelRead, as_of: AsOf) -> Response:
+    return json_response({"items": await at(read, as_of, queries.budgets)})
 
 
 @router.get("/v1/prices", summary="The model prices costs are priced at", response_model=PriceTable)

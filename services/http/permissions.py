@@ -47,7 +47,7 @@ SELF_SCOPED: frozenset[str] = frozenset({
 _AGENT = frozenset({READ, "commands:send", *SELF_SCOPED})
 _OPERATOR = _AGENT | {"tasks:submit", "tasks:manage", "agents:manage", "pools:manage", "workflows:run",
                       "subscriptions:manage", "executors:test"}
-_ADMIN = _OPERATOR | {"tokens:manage", "webhooks:manage", "system"}
+_ADMIN = _OPERATOR | {"tokens:manage", "webhooks:manage", "audit:checkpoint", "system"}
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "reader": frozenset({READ}),
     "agent": _AGENT,
@@ -62,7 +62,7 @@ _READS = ("/v1/agents", "/v1/agents/{agent_id}", "/v1/agents/{agent_id}/performa
           "/v1/timers", "/v1/workflows", "/v1/workflows/{workflow_id}", "/v1/workflows/{workflow_id}/status",
           "/v1/workflow-definitions", "/v1/workflow-definitions/{name}", "/v1/system/status", "/v1/budgets",
           "/v1/prices", "/v1/events", "/v1/audit/assignments", "/v1/events/stream", "/v1/events/export",
-          "/metrics")
+          "/metrics", "/v1/audit/verify", "/v1/tasks/{task_id}/history")
 
 PERMISSIONS: dict[tuple[str, str], str] = {
     # The documentation and the health check: open, so a load balancer and a browser need nothing.
@@ -132,6 +132,8 @@ _COMMANDS: dict[str, tuple[str, ...]] = {
     "subscriptions:manage": ("SetSubscription", "DeleteSubscription"),
     "tokens:manage": ("IssueApiToken", "RevokeApiToken"),
     "webhooks:manage": ("SetWebhookSource", "DeleteWebhookSource"),
+    # Signed with a key the server never holds: the CLI signs, an admin appends.
+    "audit:checkpoint": ("RecordAuditCheckpoint",),
 }
 COMMAND_PERMISSIONS: dict[str, str] = {
     command: permission for permission, commands in _COMMANDS.items() for command in commands

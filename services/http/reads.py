@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from projections import queries
+from services.http.audit_reads import AsOf, at
 from services.http.bodies import MAX_ID
 from services.http.deps import MAX_POSITION, After, ModelRead, ServiceDep
 from services.http.read_schemas import (
@@ -40,7 +41,8 @@ __all__ = ["READ_RESPONSES", "health_router", "router"]
 # The failures any read may answer, besides its own 200 and 404.
 READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": BeyondEnd, "description": "min_position is at or past the end of the commands log "
-                                             "(no write answered it); the body names the end."},
+                                             "(no write answered it), or as_of past the end of the events "
+                                             "log; the body names the end."},
     422: {"model": ValidationErrors, "description": "An invalid query parameter."},
     503: {"model": Error, "description": "The service is starting, has failed, or cannot reach its log."},
     504: {"model": Error, "description": "min_position: the command was not decided, or its outcome "
@@ -60,14 +62,14 @@ def _not_found(what: str, key: str) -> NoReturn:
 
 
 @router.get("/v1/agents", summary="List agents", response_model=Items[Agent])  # type: ignore[valid-type]
-async def list_agents(read: ModelRead,
+async def list_agents(read: ModelRead, as_of: AsOf,
                       status: Annotated[str | None, Query(max_length=20)] = None) -> Response:
-    return json_response({"items": await queries.list_agents(read.service.store, read.pool, status=status)})
+    return json_response({"items": await at(read, as_of, queries.list_agents, status=status)})
 
 
 @router.get("/v1/agents/{agent_id}", summary="One agent", response_model=Agent, responses=_NOT_FOUND)
-async def get_agent(agent_id: str, read: ModelRead) -> Response:
-    agent = await queries.get_agent(read.service.store, read.pool, agent_id)
+async def get_agent(agent_id: str, read: ModelRead, as_of: AsOf) -> Response:
+    agent = await at(read, as_of, queries.get_agent, agent_id)
     if agent is None:
         _not_found("agent", agent_id)
     return json_response(agent)
@@ -85,6 +87,7 @@ async def agent_performance(agent_id: str, read: ModelRead) -> Response:
 @router.get("/v1/tasks", summary="List tasks, a page at a time", response_model=TaskPage)
 async def list_tasks(
     read: ModelRead,
+    as_of: AsOf,
     status: Annotated[str | None, Query(max_length=20)] = None,
     agent_id: Annotated[str | None, Query(max_length=MAX_ID)] = None,
     type: Annotated[str | None, Query(max_length=200)] = None,
@@ -92,14 +95,13 @@ async def list_tasks(
     page: Annotated[int, Query(ge=1, le=MAX_POSITION // MAX_PAGE_SIZE)] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Response:
-    return json_response(await queries.list_tasks(read.service.store, read.pool, status=status,
-                                                  agent_id=agent_id, type=type, page=page,
-                                                  page_size=page_size))
+    return json_response(await at(read, as_of, queries.list_tasks, status=status, agent_id=agent_id,
+                                  type=type, page=page, page_size=page_size))
 
 
 @router.get("/v1/tasks/{task_id}", summary="One task", response_model=Task, responses=_NOT_FOUND)
-async def get_task(task_id: str, read: ModelRead) -> Response:
-    task = await queries.get_task(read.service.store, read.pool, task_id)
+async def get_task(task_id: str, read: ModelRead, as_of: AsOf) -> Response:
+    task = await at(read, as_of, queries.get_task, task_id)
     if task is None:
         _not_found("task", task_id)
     return json_response(task)
@@ -111,8 +113,8 @@ async def get_resources(read: ModelRead) -> Response:
 
 
 @router.get("/v1/costs/summary", summary="Spend and budgets", response_model=CostSummary)
-async def cost_summary(read: ModelRead) -> Response:
-    return json_response(await queries.cost_summary(read.service.store, read.pool))
+async def cost_summary(read: ModelRead, as_of: AsOf) -> Response:
+    return json_response(await at(read, as_of, queries.cost_summary))
 
 
 @router.get("/v1/audit/rejections", summary="Rejected commands",

@@ -20,6 +20,7 @@ from contracts import utcnow
 from contracts.workflows import StepStatus, WorkflowStatus
 from projections import tables
 from projections import workflows as queries
+from services.http.audit_reads import AsOf, at
 from services.http.deps import MAX_POSITION, ModelRead
 from services.http.read_schemas import row_model
 from services.http.reads import READ_RESPONSES
@@ -202,8 +203,10 @@ async def list_workflows(
 
 @router.get("/v1/workflows/{workflow_id}", summary="One workflow run with its steps",
             response_model=WorkflowDetail, responses=_NOT_FOUND)
-async def get_workflow(workflow_id: str, read: ModelRead) -> Response:
-    run = await queries.get_workflow(read.service.store, read.pool, workflow_id, now=utcnow())
+async def get_workflow(workflow_id: str, read: ModelRead, as_of: AsOf) -> Response:
+    # As of a point, a running run counts up to the time asked (a position: its latest event).
+    run = await at(read, as_of, queries.get_workflow, workflow_id,
+                   now=utcnow() if as_of is None else as_of.time)
     if run is None:
         _not_found(f"workflow {workflow_id!r} not found in pool {read.pool!r}")
     return json_response(run)

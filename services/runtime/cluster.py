@@ -71,6 +71,7 @@ from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
+from services.runtime.snapshots import SnapshotStore
 from services.runtime.timers import TimerService
 from services.runtime.topics import BATCH, Topics
 from services.runtime.tracker import OutcomeTracker
@@ -229,6 +230,8 @@ class FaustWorker:
         self.log: TransactionalLog = log
         self.store = store or ProjectionStore(settings.database)
         self._own_store = store is None
+        # The deciders' snapshots, in the read-model database (0: none written or read).
+        self.snapshots = SnapshotStore(self.store) if settings.snapshot_every > 0 else None
         self.outcomes = outcomes or Outcomes()
         self.cache = cache or EnvelopeCache()
         # Seconds before the group gives a silent (e.g. killed) worker's partitions to the others.
@@ -263,6 +266,8 @@ class FaustWorker:
         await self.provision()
         if self._own_store:
             await start_store(self.store)
+        if self.snapshots is not None:
+            await self.snapshots.start()
         self.deliveries = Deliveries(self.log, self.sealer, partitions=self.partitions,
                                      topic=self.topics.events, commands=self.topics.commands,
                                      cache=self.cache, group_prefix=group_prefix(self.settings), owned=())
@@ -427,10 +432,12 @@ class FaustWorker:
         holder: dict[str, PartitionDecider] = {}
 
         async def build() -> int:
+            self.log.chain(self.topics.events)  # this partition's decider is its events' only writer
             await self.log.claim(self.decider_group, self.topics.commands, p)  # fence, THEN read
             d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache,
                                  topics=self.topics, group=self.decider_group, dead_letters=True,
-                                 partitions=self.partitions)
+                                 partitions=self.partitions, snapshots=self.snapshots,
+                                 snapshot_every=self.settings.snapshot_every)
             await d.rebuild()
             d.ready.set()
             holder["d"] = d

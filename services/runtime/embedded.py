@@ -14,7 +14,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,9 +31,13 @@ from services.runtime.projector import ProjectorLoop
 from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
+from services.runtime.snapshots import SnapshotStore
 from services.runtime.timers import TimerService, run_timers
 from services.runtime.topics import COMMANDS, DECIDER_GROUP, EVENTS, Topics
 from services.runtime.webhook import ensure_scaling_webhook
+
+if TYPE_CHECKING:
+    from services.audit.checkpoints import CheckpointLoop
 
 log = logging.getLogger("agentbus.runner")
 
@@ -69,6 +73,8 @@ class Runner:
         self.settings = settings
         self.log: EventLog = open_log(settings.broker)
         self.store = ProjectionStore(settings.database)
+        # The deciders' snapshots live in the read-model database (0: none written or read).
+        self.snapshots = SnapshotStore(self.store) if settings.snapshot_every > 0 else None
         self.outcomes = Outcomes()
         self.cache = EnvelopeCache()
         self.partitions = settings.partitions
@@ -95,6 +101,7 @@ class Runner:
         self._starting.cancel()
 
     async def _start(self) -> None:
+        checkpoints = self._checkpoints()  # a bad audit key fails the start before anything runs
         if self.settings.broker.startswith("sqlite:"):
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.start()
@@ -104,8 +111,11 @@ class Runner:
         await self.store.start()
         want_deciders, want_coordinator, want_projector = self._want
         if want_deciders:
+            if self.snapshots is not None:
+                await self.snapshots.start()
             for p in range(self.partitions):
-                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache)
+                d = PartitionDecider(self.log, p, self.outcomes, self.settings.decider, self.cache,
+                                     snapshots=self.snapshots, snapshot_every=self.settings.snapshot_every)
                 self.deciders.append(d)
                 self._spawn(d.run(), f"decider[{p}]")
                 # Durable timers: the wall clock decides when FireTimer commands go out; the
@@ -123,6 +133,19 @@ class Runner:
         self.deliveries = Deliveries(self.log, self.sealer, partitions=self.partitions, topic=EVENTS,
                                      commands=COMMANDS, cache=self.cache, transport=self._webhook_transport)
         self._spawn(self.deliveries.run(), "deliveries")
+        if checkpoints is not None:
+            self._spawn(checkpoints.run(), "audit checkpoints")
+
+    def _checkpoints(self) -> CheckpointLoop | None:
+        """The periodic audit checkpoints, when a key and a period are set."""
+        if self.settings.audit_key is None or self.settings.audit_checkpoint_every_s <= 0:
+            return None
+        # Imported when used: the services.audit package builds on this runtime (its other modules
+        # import the runtime), so importing it at the top would make a cycle.
+        from services.audit.checkpoints import CheckpointLoop, load_private_key
+
+        key = load_private_key(self.settings.audit_key.get_secret_value(), "AGENTBUS_AUDIT_KEY")
+        return CheckpointLoop(self.log, EVENTS, key, self.settings.audit_checkpoint_every_s, self.submit)
 
     def sealer(self) -> Sealer:
         """Seals and opens the secrets the log keeps (``services.runtime.sealing``)."""
@@ -187,6 +210,9 @@ class Runner:
             t.cancel()
         if tasks:
             await deadline.step("the loops", ended(tasks))
+        if self.snapshots is not None and self.deciders:
+            await deadline.step("the deciders' last snapshots",
+                                asyncio.gather(*(d.close() for d in self.deciders)))
         await deadline.step("the log", self.log.close())
         await deadline.step("the read models", self.store.close())
 

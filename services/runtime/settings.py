@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     host: str = Field(_HOST, description="Address the HTTP API listens on.")
     port: int = Field(_PORT, ge=0, le=65535, description="Port the HTTP API listens on.")
     partitions: int = Field(1, ge=1, description="Partitions of new topics (existing topics keep theirs).")
+    snapshot_every: int = Field(10_000, ge=0, description="Each decider snapshots its state (in the "
+                                                          "read-model database) every this many events, so "
+                                                          "a restart replays only the events after it; "
+                                                          "spaced so copying the state takes at most 2% of "
+                                                          "the decider's time (0: no snapshots, written or "
+                                                          "read).")
     topic_prefix: str = Field("", description="Kafka: prefix of the topic names (several deployments on "
                                               "one broker).")
     app_id: str = Field("agentbus", min_length=1,
@@ -69,6 +75,17 @@ class Settings(BaseSettings):
                                                            "(64 bytes, URL-safe base64; default: the file "
                                                            "secret.key in DATA_DIR, made on first use). "
                                                            "Every process of a cluster needs the same one.")
+    # Signed audit checkpoints (services.audit.checkpoints): the key signs, it never enters the log.
+    audit_key: SecretStr | None = Field(None, description="Ed25519 private key signing audit checkpoints: "
+                                                          "a PEM (PKCS8) file's path, or the PEM itself "
+                                                          "(`agentbus audit keygen` makes a pair).")
+    audit_public_key: str = Field("", description="Ed25519 public key (a PEM file's path, or the PEM) "
+                                                  "GET /v1/audit/verify checks checkpoints' signatures "
+                                                  "with (empty: checkpoints are not checked).")
+    audit_checkpoint_every_s: float = Field(0.0, ge=0, le=366 * 86400,
+                                            description="Embedded service: sign and append an audit "
+                                                        "checkpoint this often, when the log moved, with "
+                                                        "AGENTBUS_AUDIT_KEY (0: never).")
     access_log: bool = Field(False, description="Log every HTTP request (costs throughput; the event log "
                                                 "is the audit).")
     metrics_port: int | None = Field(None, ge=0, le=65535,

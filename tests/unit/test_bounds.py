@@ -60,6 +60,8 @@ BASE: dict[type[BaseModel], dict[str, Any]] = {
     c.RecordWebhookMappingFailure: {"source": "s", "webhook_id": "w", "error": "e"},
     c.RecordDeliveryFailure: {"name": "s", "incarnation": 1, "event_id": "e", "event_type": "T",
                               "partition": 0, "position": 0, "attempts": 1, "last_error": ""},
+    c.RecordAuditCheckpoint: {"topic": "events", "heads": {"0": {"position": 0, "chain": "0" * 64}},
+                              "key_id": "0" * 32, "signature": "A" * 86 + "=="},
     c.ModelPrice: {"input_per_1k": 0, "output_per_1k": 0},
     c.RetryPolicy: {},
     c.ScoreWeights: {},

@@ -1,0 +1,649 @@
+"""Backups of a deployment taken while it runs, and their listing, verification and restore.
+
+A backup is a directory ``NAME`` (under ``<data dir>/backups`` unless told otherwise) holding
+``manifest.json`` and the files it lists, each with its size and SHA-256:
+
+* ``read.db``: the read models. A SQLite read-model file is copied with SQLite's online backup API
+  in one step, i.e. inside one read transaction: one consistent state of the file, taken while the
+  service goes on writing (WAL lets a reader and the writer run side by side). Read models in
+  PostgreSQL are copied table by table through SQLAlchemy, in one REPEATABLE READ transaction, into
+  a SQLite file of the same schema, so no ``pg_dump`` of a matching version is needed.
+* ``log.db`` (SQLite log): the log file, copied the same way, AFTER the read models. Every projector
+  position the read models hold is therefore at most the log copy's end: the copy may be behind the
+  log, never ahead of it, and a restored projector resumes from its position and catches up.
+* ``events.ndjson.lz4`` and ``commands.ndjson.lz4`` (Kafka log): each partition up to the end
+  offset read before copying it, in ``events.export``'s format (the value of each record with its
+  chain value in front), again after the read models.
+* ``secret.key``: the key sealing the signing secrets the log keeps, when the deployment keeps it
+  in its data directory; a restored service needs it to open them. Guard a backup as the data
+  directory is guarded.
+
+The manifest records where the backup came from (URLs without passwords), every file, and per topic
+partition the end offset, the records copied and the hash chain's head (``events.chain``), which
+``verify_backup`` recomputes. ``restore_backup`` makes a fresh embedded data directory: the files of
+an embedded backup as they are, or from a Kafka backup a new SQLite log of the exported events with
+read models rebuilt from it (its offsets are not Kafka's, so the copied read models do not fit it).
+
+This module must never write to the deployment it backs up (it only reads it), never leave a partial
+backup under a backup's name, and never restore into a directory that holds anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lz4.frame
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from events import EventLog, LogError, UnknownTopic, open_log
+from events.chain import GENESIS, ChainReport, chain_at, verify_export, verify_log
+from events.export import ChainedLines, ImportFileError, import_log
+from events.sqlite import SqliteLog
+from projections import ProjectionStore, rebuild, tables
+from services.audit.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    NAME,
+    BackupError,
+    FileEntry,
+    Manifest,
+    PartitionEntry,
+    PositionEntry,
+    Source,
+    Topic,
+    public_url,
+    read_manifest,
+)
+from services.runtime.sealing import KEY_FILE
+from services.runtime.settings import Settings
+from services.runtime.topics import COORDINATOR_GROUP, Topics
+
+__all__ = [
+    "BACKUPS",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "BackupError",
+    "Check",
+    "Created",
+    "Listed",
+    "Manifest",
+    "Restored",
+    "Verification",
+    "backups_root",
+    "check_name",
+    "create_backup",
+    "list_backups",
+    "read_manifest",
+    "restore_backup",
+    "verify_backup",
+]
+
+BACKUPS = "backups"  # the folder of a data directory that holds its backups
+LOG_FILE = "log.db"
+READ_FILE = "read.db"
+TOPICS: tuple[Topic, ...] = ("commands", "events")  # what a backup copies, by an embedded log's names
+EXPORTS = {topic: f"{topic}.ndjson.lz4" for topic in TOPICS}
+_READ = 1000  # records per read of an export
+_COPY_ROWS = 1000  # rows per insert of a table copy
+_CHUNK = 1 << 20
+L = TypeVar("L", bound=EventLog)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a backup (a plain directory name, at most 100 characters)."""
+    if not NAME.fullmatch(name):
+        raise BackupError(f"bad backup name {name!r}: 1 to 100 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or a digit (no path separators)")
+    return name
+
+
+def backups_root(settings: Settings) -> Path:
+    """Where the backups of the deployment ``settings`` name are kept by default."""
+    return settings.data_dir / BACKUPS
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> FileEntry:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return FileEntry(name=path.name, size=path.stat().st_size, sha256=digest)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sqlite_file(url: str, what: str) -> Path:
+    """The file of a SQLite URL (the log's or the read models'), which must exist."""
+    path = SqliteLog(url).path if url.startswith("sqlite:") else Path(make_url(url).database or "")
+    if not path.is_file():
+        raise BackupError(f"no {what} at {path} ({url})")
+    return path
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """Copy a SQLite file that may be in use with the online backup API, in one step.
+
+    One step is one read transaction on the source: the copy is one committed state of it, and
+    under WAL the service's writer is never blocked meanwhile. The source is opened read-only, so
+    this connection never checkpoints or otherwise writes the deployment's file.
+    """
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst, pages=-1)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _seal_sqlite(path: Path) -> None:
+    """Make a copied SQLite file self-contained (no -wal beside it) and durable: it is hashed next."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+    _fsync(path)
+
+
+def _positions(path: Path) -> list[PositionEntry]:
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.positions)).mappings().all()
+    finally:
+        engine.dispose()
+    return sorted((PositionEntry.model_validate(dict(r)) for r in rows),
+                  key=lambda p: (p.projector, p.topic, p.partition))
+
+
+async def _copy_tables(url: str, target: Path) -> None:
+    """Copy every read-model table (positions too) from the database ``url`` into a SQLite file.
+
+    One REPEATABLE READ transaction on PostgreSQL: the tables and positions of one moment. The
+    target is created as the service creates its read models, so the copy is a read-model file.
+    """
+    source = create_async_engine(url, json_deserializer=orjson.loads)
+    dest = ProjectionStore(f"sqlite+aiosqlite:///{target}")
+    await dest.start()
+    try:
+        async with source.connect() as conn:
+            if source.dialect.name == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin(), dest.begin_write() as out:
+                for table in tables.metadata.sorted_tables:
+                    result = await conn.stream(sa.select(table))
+                    async for rows in result.mappings().partitions(_COPY_ROWS):
+                        await out.execute(table.insert(), [dict(r) for r in rows])
+    finally:
+        await dest.close()
+        await source.dispose()
+
+
+# --- create -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A backup made: where it is and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+
+async def create_backup(settings: Settings, name: str, *, to: Path | None = None) -> Created:
+    """Back up the deployment ``settings`` name into ``to/NAME`` (default ``<data dir>/backups/NAME``).
+
+    Safe beside the running service. The backup is made under a temporary name and renamed into
+    place once complete, so ``NAME`` never holds a partial one; an existing ``NAME`` is refused.
+    """
+    check_name(name)
+    root = to if to is not None else backups_root(settings)
+    target, staging = _staging(root, name)
+    try:
+        manifest = await _create(settings, name, staging)
+        _publish(staging, target, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Created(target, manifest)
+
+
+def _staging(root: Path, name: str) -> tuple[Path, Path]:
+    """(where the backup goes, the temporary directory it is made in); refuses an existing name."""
+    target = root / name
+    if target.exists():
+        raise BackupError(f"a backup named {name!r} already exists at {target}")
+    root.mkdir(parents=True, exist_ok=True)
+    return target, Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
+
+
+def _publish(staging: Path, target: Path, manifest: Manifest) -> None:
+    """Write the manifest, make everything durable, and rename the complete backup into place."""
+    text = orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+    (staging / MANIFEST).write_bytes(text)
+    _fsync(staging / MANIFEST)
+    _fsync(staging)
+    if target.exists():
+        raise BackupError(f"a backup named {manifest.name!r} appeared at {target} meanwhile")
+    staging.rename(target)
+    _fsync(target.parent)
+
+
+async def _create(settings: Settings, name: str, staging: Path) -> Manifest:
+    # The read models first, then the log: the read models' positions are then within the log copy.
+    if settings.database.startswith("sqlite"):
+        source = _sqlite_file(settings.database, "read-model database")
+        await asyncio.to_thread(_sqlite_copy, source, staging / READ_FILE)
+    else:
+        try:
+            await _copy_tables(settings.database, staging / READ_FILE)
+        except sa.exc.SQLAlchemyError as exc:
+            raise BackupError(f"copying the read models from {public_url(settings.database)} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    await asyncio.to_thread(_seal_sqlite, staging / READ_FILE)
+    names = [READ_FILE]
+    if settings.kafka:
+        partitions = await _export_kafka(settings, staging)
+        names += list(EXPORTS.values())
+    else:
+        source = _sqlite_file(settings.broker, "log")
+        await asyncio.to_thread(_sqlite_copy, source, staging / LOG_FILE)
+        partitions = await _log_partitions(staging / LOG_FILE)
+        await asyncio.to_thread(_seal_sqlite, staging / LOG_FILE)
+        names.append(LOG_FILE)
+    if settings.secret_key is None and await asyncio.to_thread(_copy_key, settings.data_dir, staging):
+        names.append(KEY_FILE)
+    files = await asyncio.to_thread(lambda: [_digest(staging / n) for n in names])
+    positions = await asyncio.to_thread(_positions, staging / READ_FILE)
+    return Manifest(
+        format_version=FORMAT_VERSION, name=name, created=datetime.now(UTC),
+        source=Source(log="kafka" if settings.kafka else "sqlite", broker=public_url(settings.broker),
+                      database=public_url(settings.database), topic_prefix=settings.topic_prefix),
+        files=tuple(files), partitions=tuple(partitions), positions=tuple(positions),
+    )
+
+
+def _copy_key(data_dir: Path, staging: Path) -> bool:
+    """Copy the deployment's key file, if it has one (it then seals its secrets with it)."""
+    if not (data_dir / KEY_FILE).is_file():
+        return False
+    shutil.copy2(data_dir / KEY_FILE, staging / KEY_FILE)
+    _fsync(staging / KEY_FILE)
+    return True
+
+
+def _log_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+@contextlib.asynccontextmanager
+async def _opened(log: L) -> AsyncIterator[L]:
+    await log.start()
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+async def _log_partitions(path: Path) -> list[PartitionEntry]:
+    """End offset and chain head of each partition of the copied SQLite log."""
+    out = []
+    async with _opened(SqliteLog(_log_url(path))) as log:
+        for topic in TOPICS:
+            try:
+                count = await log.partitions(topic)
+            except UnknownTopic:
+                continue
+            for p in range(count):
+                end = await log.end_offset(topic, p)
+                head = await chain_at(log, topic, p, end) if end else None
+                out.append(PartitionEntry(topic=topic, partition=p, end_offset=end, records=end,
+                                          chain_head=None if head is None else head.hex()))
+    return out
+
+
+async def _export_kafka(settings: Settings, staging: Path) -> list[PartitionEntry]:
+    """Export the deployment's commands and events topics, each partition up to its end as read first."""
+    topics = settings.topics
+    out: list[PartitionEntry] = []
+    async with _opened(open_log(settings.broker)) as log:
+        pairs: tuple[tuple[Topic, str], ...] = (("commands", topics.commands), ("events", topics.events))
+        for topic, actual in pairs:
+            count = await log.partitions(actual)
+            ends = [await log.end_offset(actual, p) for p in range(count)]
+            with lz4.frame.open(staging / EXPORTS[topic], mode="wb") as file:
+                for p, end in enumerate(ends):
+                    lines = ChainedLines(GENESIS)
+                    offset = records = 0
+                    while offset < end:
+                        batch = [r for r in await log.read(actual, p, offset, _READ) if r.offset < end]
+                        if not batch:
+                            break  # only transaction markers are left below the end
+                        if topic == "commands":
+                            # Many processes write the commands topic on Kafka (every API process, and
+                            # the coordinators' partition writers), so it has no one chain: its export
+                            # is chained afresh over the values, which makes the file check itself.
+                            batch = [r._replace(chain=None) for r in batch]
+                        file.write(lines.ndjson(batch))
+                        records += len(batch)
+                        offset = batch[-1].offset + 1
+                    head = lines.prev.hex() if records else None
+                    out.append(PartitionEntry(topic=topic, partition=p, end_offset=end, records=records,
+                                              chain_head=head))
+            _fsync(staging / EXPORTS[topic])
+    return out
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A backup found in a backups folder (``manifest`` None and ``error`` set if unreadable)."""
+
+    name: str
+    path: Path
+    manifest: Manifest | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"name": self.name, "location": str(self.path), "error": self.error,
+                "created": None if m is None else m.created.isoformat(),
+                "size": None if m is None else m.size, "events": None if m is None else m.events,
+                "log": None if m is None else m.source.log}
+
+
+def list_backups(root: Path) -> list[Listed]:
+    """The backups in the folder ``root``, oldest first (partial ones, named ``.NAME...``, skipped)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        try:
+            found.append(Listed(path.name, path, read_manifest(path)))
+        except BackupError as exc:
+            found.append(Listed(path.name, path, None, str(exc)))
+    far = datetime.max.replace(tzinfo=UTC)
+    return sorted(found, key=lambda b: (b.manifest.created if b.manifest else far, b.name))
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One thing verified: what, whether it held, and what was found."""
+
+    subject: str
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class Verification:
+    """Everything ``verify_backup`` checked of one backup."""
+
+    path: Path
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backup": str(self.path), "ok": self.ok,
+                "checks": [{"subject": c.subject, "ok": c.ok, "detail": c.detail} for c in self.checks]}
+
+
+async def verify_backup(path: Path) -> Verification:
+    """Check every file against the manifest, then recompute the hash chain of the copied log and
+    compare each partition's head and end with the manifest's. Never changes the backup."""
+    manifest = read_manifest(path)
+    result = Verification(path)
+    result.checks += await asyncio.to_thread(_check_files, manifest, path)
+    if manifest.source.log == "sqlite":
+        if (path / LOG_FILE).is_file():
+            # The chain is read through the log adapter, which opens its file for writing: it reads a
+            # scratch copy, so the backup's bytes stay those the manifest hashed.
+            with tempfile.TemporaryDirectory(prefix="agentbus-verify-") as scratch:
+                copy = Path(scratch) / LOG_FILE
+                await asyncio.to_thread(shutil.copyfile, path / LOG_FILE, copy)
+                result.checks += await _check_log(copy, manifest)
+        result.checks += _check_positions(manifest)
+    else:
+        for topic, file in EXPORTS.items():
+            if (path / file).is_file():
+                report = await asyncio.to_thread(verify_export, path / file, topic)
+                result.checks.append(_compare_chain(topic, report, manifest, dense=False))
+    return result
+
+
+def _check_files(manifest: Manifest, path: Path) -> list[Check]:
+    checks = []
+    for entry in manifest.files:
+        subject = f"file {entry.name}"
+        if not (path / entry.name).is_file():
+            checks.append(Check(subject, False, "missing"))
+            continue
+        found = _digest(path / entry.name)
+        if found.sha256 != entry.sha256 or found.size != entry.size:
+            checks.append(Check(subject, False, f"sha256 {found.sha256} ({found.size} bytes) differs from "
+                                                f"the manifest's {entry.sha256} ({entry.size} bytes): "
+                                                "altered or damaged"))
+        else:
+            checks.append(Check(subject, True, f"sha256 {entry.sha256} ({entry.size} bytes)"))
+    return checks
+
+
+async def _check_log(path: Path, manifest: Manifest) -> list[Check]:
+    """The chain of every topic of the SQLite log at ``path``, against the manifest."""
+    try:
+        async with _opened(SqliteLog(_log_url(path))) as log:
+            return [_compare_chain(topic, await verify_log(log, topic), manifest, dense=True)
+                    for topic in sorted({p.topic for p in manifest.partitions})]
+    except (LogError, sqlite3.Error) as exc:
+        return [Check(f"chain of {LOG_FILE}", False, f"cannot read the log: {type(exc).__name__}: {exc}")]
+
+
+def _compare_chain(topic: str, report: ChainReport, manifest: Manifest, *, dense: bool) -> Check:
+    """The report's verdict, then its heads (and, on a dense SQLite log, its ends) against the manifest."""
+    subject = f"chain of {topic}"
+    if report.mismatch is not None:
+        return Check(subject, False, report.mismatch.describe())
+    want = manifest.of(topic)
+    problems = []
+    for p in sorted(set(want) | set(report.ends) | set(report.heads)):
+        entry = want.get(p)
+        if entry is None:
+            problems.append(f"partition {p} is not in the manifest")
+            continue
+        if report.heads.get(p) != entry.chain_head:
+            problems.append(f"partition {p}: head {report.heads.get(p)} != manifest's {entry.chain_head}")
+        if dense and report.ends.get(p, 0) != entry.end_offset:
+            problems.append(f"partition {p}: ends at {report.ends.get(p, 0)}, manifest says "
+                            f"{entry.end_offset}")
+    records = sum(e.records for e in want.values())
+    if report.records != records:
+        problems.append(f"{report.records} records, manifest says {records}")
+    if problems:
+        return Check(subject, False, "; ".join(problems))
+    return Check(subject, True, f"{report.records} records; every partition's head matches the manifest")
+
+
+def _check_positions(manifest: Manifest) -> list[Check]:
+    """The copied read models are never ahead of the copied log (what restoring them relies on)."""
+    ends: dict[tuple[str, int], int] = {(p.topic, p.partition): p.end_offset for p in manifest.partitions}
+    ahead = [f"{q.projector} at {q.topic}[{q.partition}]@{q.next_offset}, the log copy ends at {end}"
+             for q in manifest.positions
+             if q.next_offset > (end := ends.get((q.topic, q.partition), 0))]
+    if ahead:
+        return [Check("read-model positions", False, "ahead of the log copy: " + "; ".join(ahead))]
+    return [Check("read-model positions", True, f"{len(manifest.positions)} projector position(s), none "
+                                                "past the log copy's end")]
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A backup restored: into which data directory, what was done, and what to know."""
+
+    data_dir: Path
+    manifest: Manifest
+    checks: list[Check]
+    events: int
+    rebuilt: bool  # the read models were rebuilt from the restored log (a Kafka backup)
+    notes: list[str]
+
+
+async def restore_backup(path: Path, data_dir: Path) -> Restored:
+    """Restore the backup at ``path`` into ``data_dir``, which must be absent or empty.
+
+    Every file's SHA-256 is checked before anything is written; the log's chain is checked before
+    the restore is done (on the copied log, or on the export before its import). On any failure
+    the files this wrote are removed again, leaving ``data_dir`` as it was.
+    """
+    manifest = read_manifest(path)
+    created = _fresh(data_dir)
+    try:
+        checks = await asyncio.to_thread(_check_files, manifest, path)
+        _refuse(checks, path)
+        if manifest.source.log == "sqlite":
+            restored = await _restore_embedded(path, data_dir, manifest, checks)
+        else:
+            restored = await _restore_kafka(path, data_dir, manifest, checks)
+        if manifest.file(KEY_FILE) is not None:
+            await asyncio.to_thread(_copy_checked, path / KEY_FILE, data_dir / KEY_FILE, manifest, 0o600)
+        else:
+            restored.notes.append("the backup holds no secret.key (the deployment had none in its data "
+                                  "directory): if it was given AGENTBUS_SECRET_KEY, give the restored "
+                                  "service the same one")
+        return restored
+    except BaseException:
+        _clear(data_dir, created)
+        raise
+
+
+def _fresh(data_dir: Path) -> bool:
+    """Make sure ``data_dir`` is a new or empty directory; True if it was created here."""
+    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise BackupError(f"{data_dir} is not empty: restore only into a new or empty directory")
+    created = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _clear(data_dir: Path, created: bool) -> None:
+    """Remove what a failed restore wrote into ``data_dir`` (empty or absent before it began)."""
+    for item in list(data_dir.iterdir()):
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+    if created:
+        data_dir.rmdir()
+
+
+def _refuse(checks: list[Check], path: Path) -> None:
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise BackupError(f"backup {path} does not verify, nothing restored: "
+                          + "; ".join(f"{c.subject}: {c.detail}" for c in bad))
+
+
+def _copy_checked(source: Path, target: Path, manifest: Manifest, mode: int = 0o644) -> None:
+    """Copy a backup file, hashing what is copied: a file changed since it was checked is refused."""
+    entry = manifest.file(source.name)
+    assert entry is not None
+    digest = hashlib.sha256()
+    with source.open("rb") as src, os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode),
+                                             "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if digest.hexdigest() != entry.sha256:
+        raise BackupError(f"{source} changed while it was restored (sha256 {digest.hexdigest()}, "
+                          f"manifest {entry.sha256})")
+
+
+async def _restore_embedded(path: Path, data_dir: Path, manifest: Manifest, checks: list[Check]) -> Restored:
+    for name in (LOG_FILE, READ_FILE):
+        await asyncio.to_thread(_copy_checked, path / name, data_dir / name, manifest)
+    chain = await _check_log(data_dir / LOG_FILE, manifest)
+    checks = checks + chain + _check_positions(manifest)
+    _refuse(checks, path)
+    return Restored(data_dir, manifest, checks, manifest.events, rebuilt=False, notes=[
+        "log and read models copied as backed up; the projector resumes from its stored positions "
+        "and catches up with the log"])
+
+
+async def _restore_kafka(path: Path, data_dir: Path, manifest: Manifest, checks: list[Check]) -> Restored:
+    exported = path / EXPORTS["events"]
+    report = await asyncio.to_thread(verify_export, exported, "events")
+    checks = [*checks, _compare_chain("events", report, manifest, dense=False)]
+    _refuse(checks, path)
+    partitions = max(manifest.of("events"), default=0) + 1
+    topics = Topics()  # an embedded log: the plain names, whatever the Kafka prefix was
+    async with _opened(SqliteLog(_log_url(data_dir / LOG_FILE))) as log:
+        await log.ensure_topic(topics.commands, partitions)
+        await log.ensure_topic(topics.events, partitions, retention_ms=-1)
+        try:
+            result = await import_log(log, topics.events, exported)
+        except ImportFileError as exc:
+            raise BackupError(f"importing {exported} failed: {exc}") from exc
+        # Same values, same partitions (keyed by pool on both logs), same order: the same chain.
+        imported = _compare_chain("events", await verify_log(log, topics.events), manifest, dense=False)
+        checks.append(Check("imported log", imported.ok, imported.detail))
+        _refuse(checks, path)
+        for p in range(partitions):
+            # The coordinator had reacted to these events on Kafka: it starts after them, with its
+            # view rebuilt from them, as after any restart (lost assignments are issued again).
+            await log.commit(COORDINATOR_GROUP, topics.events, p, await log.end_offset(topics.events, p))
+        store = ProjectionStore(f"sqlite+aiosqlite:///{data_dir / READ_FILE}")
+        await store.start()
+        try:
+            await rebuild(log, store, topics.events)
+        finally:
+            await store.close()
+    commands = sum(p.records for p in manifest.partitions if p.topic == "commands")
+    return Restored(data_dir, manifest, checks, result.appended, rebuilt=True, notes=[
+        f"{result.appended} events imported into a new SQLite log; the read models were rebuilt from it "
+        "(the backup's copy of them is not reused: its positions are Kafka offsets, which differ from "
+        "the new log's)",
+        f"the {commands} commands of the backup stay in {EXPORTS['commands']} (their outcomes are the "
+        "events); the restored log starts with no commands, and its coordinator after the events",
+    ])

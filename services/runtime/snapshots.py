@@ -1,0 +1,251 @@
+"""Where decider snapshots are kept: a table in the read-model database, and the choice of one to use.
+
+Each row is one partition's decider state (``services.domain.snapshot``) after every event below
+``position``, with the chain value of the record just below it (``events.chain``; None where the
+log carries none), the format version, the SHA-256 of the body and the time it was written. The
+newest ``KEEP`` per events partition are kept.
+
+The table has a ``MetaData`` of its own, not the read models': a read-model rebuild drops and
+re-creates those and compares them with the live ones, and must neither drop nor see this one.
+Snapshots are only a cache of the log, so any snapshot may be lost or refused: ``newest_valid``
+takes the newest one that checks out (its body's checksum, its version, its position within the
+log, its chain value equal to the log's at that position) and says in a warning why it passed
+over each one it refused; with none the decider replays from offset 0.
+
+This module must never decide or evolve anything (``services.runtime.decider`` does) and never
+touches the read-model tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from events import EventLog
+from events.chain import chain_at
+from projections import ProjectionStore
+from projections.tables import UTCDateTime
+from services.domain.snapshot import FORMAT, DeciderSnapshot, SnapshotError, decode
+
+__all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "metadata", "newest_valid", "snapshots"]
+
+log = logging.getLogger("agentbus.snapshots")
+
+# Snapshots kept per events partition: the newest, and two to fall back on should it be refused.
+KEEP = 3
+
+metadata = sa.MetaData()
+
+snapshots = sa.Table(
+    "decider_snapshots",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),  # the next events offset to replay
+    sa.Column("chain", sa.LargeBinary, nullable=True),  # chain value of the record at position - 1
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),  # hex digest of body
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Index("decider_snapshots_by_partition", "topic", "partition", "position"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A stored snapshot, without its body."""
+
+    id: int
+    topic: str
+    partition: int
+    position: int
+    chain: bytes | None
+    created: datetime
+    version: int
+    sha256: str
+    size: int  # bytes of the body
+
+    def describe(self) -> str:
+        return f"snapshot {self.id} of {self.topic}[{self.partition}] at position {self.position}"
+
+
+class SnapshotStore:
+    """The snapshots table, in the read-model database.
+
+    Given the ``ProjectionStore`` of a runtime it shares its engine (and, on SQLite, its queue of
+    writers); given a URL it opens an engine of its own (``agentbus replay --from-snapshot``).
+    ``readonly``: never create the table (a missing one holds no snapshots).
+    """
+
+    def __init__(self, source: ProjectionStore | str, *, keep: int = KEEP, readonly: bool = False) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.source = source
+        self.keep = keep
+        self.readonly = readonly
+        self._own: AsyncEngine | None = None
+        self._missing = False
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if isinstance(self.source, ProjectionStore):
+            return self.source.engine
+        if self._own is None:
+            raise RuntimeError("SnapshotStore is not started")
+        return self._own
+
+    async def start(self, attempts: int = 5) -> None:
+        """Open the engine (a URL's) and create the table if absent; idempotent."""
+        if isinstance(self.source, str) and self._own is None:
+            self._own = _engine(self.source, self.readonly)
+            if self._own is None:
+                self._missing = True  # no database, so no snapshots (and none is created)
+                return
+        if self.readonly:
+            async with self.engine.connect() as conn:
+                self._missing = not await conn.run_sync(lambda c: sa.inspect(c).has_table(snapshots.name))
+            return
+        for attempt in range(attempts):
+            try:
+                async with self._write() as conn:
+                    await conn.run_sync(metadata.create_all)
+                return
+            except sa.exc.DBAPIError:
+                # PostgreSQL: workers starting together race to create it; the winner did.
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def close(self) -> None:
+        """Dispose of an engine of its own (a shared one is its owner's to close)."""
+        if self._own is not None:
+            await self._own.dispose()
+            self._own = None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if isinstance(self.source, ProjectionStore):
+            async with self.source.begin_write() as conn:
+                yield conn
+            return
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def save(self, topic: str, partition: int, position: int, chain: bytes | None, body: bytes, *,
+                   version: int = FORMAT) -> SnapshotInfo:
+        """Store a snapshot body and drop all but the newest ``keep`` of the partition, in one transaction."""
+        if self.readonly:
+            raise RuntimeError("this SnapshotStore is read-only")
+        t = snapshots.c
+        digest = hashlib.sha256(body).hexdigest()
+        created = datetime.now(UTC)
+        async with self._write() as conn:
+            result = await conn.execute(
+                snapshots.insert().values(topic=topic, partition=partition, position=position, chain=chain,
+                                          created=created, version=version, sha256=digest, body=body))
+            [new_id] = result.inserted_primary_key or (None,)
+            if new_id is None:  # pragma: no cover - every backend returns the new id
+                raise RuntimeError("the database returned no id for the new snapshot")
+            kept = (sa.select(t.id).where(t.topic == topic, t.partition == partition)
+                    .order_by(t.position.desc(), t.id.desc()).limit(self.keep))
+            await conn.execute(snapshots.delete().where(t.topic == topic, t.partition == partition,
+                                                        t.id.not_in(kept.scalar_subquery())))
+        return SnapshotInfo(int(new_id), topic, partition, position, chain, created, version, digest,
+                            len(body))
+
+    async def list(self, topic: str, partition: int) -> list[SnapshotInfo]:
+        """The partition's snapshots, newest (highest position) first."""
+        if self._missing:
+            return []
+        t = snapshots.c
+        stmt = (sa.select(t.id, t.topic, t.partition, t.position, t.chain, t.created, t.version, t.sha256,
+                          sa.func.length(t.body))
+                .where(t.topic == topic, t.partition == partition)
+                .order_by(t.position.desc(), t.id.desc()))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [SnapshotInfo(int(r[0]), r[1], int(r[2]), int(r[3]), None if r[4] is None else bytes(r[4]),
+                             r[5], int(r[6]), r[7], int(r[8])) for r in rows]
+
+    async def body(self, snapshot_id: int) -> bytes | None:
+        """The body of a stored snapshot (None once it was dropped)."""
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(sa.select(snapshots.c.body).where(snapshots.c.id == snapshot_id))
+        return None if value is None else bytes(value)
+
+
+def _engine(url: str, readonly: bool) -> AsyncEngine | None:
+    """An engine of its own on ``url``; None for a read-only SQLite file that does not exist."""
+    kwargs: dict[str, Any] = {}
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database not in (None, "", ":memory:"):
+            path = Path(parsed.database)
+            if readonly and not path.exists():
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}  # wait for the service's writers, as they do
+    return create_async_engine(url, **kwargs)
+
+
+async def newest_valid(store: SnapshotStore, event_log: EventLog, topic: str, partition: int, *,
+                       until: int | None = None) -> tuple[SnapshotInfo, DeciderSnapshot] | None:
+    """The newest snapshot of ``topic[partition]`` that may be used on ``event_log``, decoded.
+
+    ``until``: only one at or below that position (a replay that stops there). Each snapshot
+    passed over is named in a warning with the reason; None when no snapshot is usable.
+    """
+    candidates = await store.list(topic, partition)
+    if not candidates:
+        return None
+    end = await event_log.end_offset(topic, partition)
+    for info in candidates:
+        if until is not None and info.position > until:
+            continue  # a later state than the replay asks for: not refused, just not wanted
+        why = await _refusal(info, store, event_log, end)
+        if isinstance(why, str):
+            log.warning("%s not used: %s", info.describe(), why)
+            continue
+        return info, why
+    return None
+
+
+async def _refusal(info: SnapshotInfo, store: SnapshotStore, event_log: EventLog,
+                   end: int) -> str | DeciderSnapshot:
+    """Why ``info`` cannot be used (a sentence), or its decoded snapshot."""
+    if info.version != FORMAT:
+        return f"format version {info.version}, this version of agentbus reads {FORMAT}"
+    if info.position > end:
+        return (f"it covers events up to position {info.position} but the log ends at {end} "
+                "(a snapshot of another or a truncated log)")
+    if info.chain is not None:
+        found = await chain_at(event_log, info.topic, info.partition, info.position)
+        if found is not None and found != info.chain:
+            return (f"its chain value {info.chain.hex()} differs from the log's at that position "
+                    f"({found.hex()}): a snapshot of another or a rewritten log")
+    body = await store.body(info.id)
+    if body is None:
+        return "it was dropped meanwhile"
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != info.sha256:
+        return f"its body's SHA-256 is {digest}, not the {info.sha256} stored with it (a corrupt body)"
+    try:
+        snap = decode(body)
+    except SnapshotError as exc:
+        return str(exc)
+    if snap.partition != info.partition or snap.position != info.position:
+        return (f"its body is of partition {snap.partition} at position {snap.position}, not what its row "
+                "says")
+    return snap
