@@ -33,7 +33,6 @@ from services.http.app import create_app
 from services.runtime.service import Service
 from services.runtime.settings import Settings
 from tests.api.conftest import ServiceClient, patience, poll, settle
-from tests.api.runtimes import ClusterServices, embedded
 
 LOOP: Final = "module"
 on_loop = pytest.mark.asyncio(loop_scope=LOOP)
@@ -52,23 +51,6 @@ READS = {
     "costs": ("/v1/costs/summary", {}),
     "budgets": ("/v1/budgets", {}),
 }
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope=LOOP)
-async def cluster_services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClusterServices]:
-    services = ClusterServices(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield services
-    finally:
-        await services.close()
-
-
-@pytest_asyncio.fixture(loop_scope=LOOP)
-async def service(request: pytest.FixtureRequest, tmp_path: Path,
-                  cluster_services: ClusterServices) -> AsyncIterator[Service]:
-    opened = embedded(tmp_path) if request.param == "embedded" else cluster_services.take()
-    async with opened as runtime:
-        yield runtime
 
 
 class Client(ServiceClient):

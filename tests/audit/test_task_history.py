@@ -26,7 +26,6 @@ from services.cli import main
 from services.runtime.service import Service
 from services.runtime.settings import ENV_PREFIX
 from tests.api.conftest import ServiceClient, poll, settle
-from tests.api.runtimes import ClusterServices, embedded
 from tests.auth.conftest import deployment
 
 LOOP: Final = "module"
@@ -36,23 +35,6 @@ RUNTIMES = [
     pytest.param("kafka", id="kafka", marks=[pytest.mark.kafka, pytest.mark.postgres]),
 ]
 WAIT = {"wait": "true"}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope=LOOP)
-async def cluster_services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClusterServices]:
-    services = ClusterServices(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield services
-    finally:
-        await services.close()
-
-
-@pytest_asyncio.fixture(loop_scope=LOOP)
-async def service(request: pytest.FixtureRequest, tmp_path: Path,
-                  cluster_services: ClusterServices) -> AsyncIterator[Service]:
-    opened = embedded(tmp_path) if request.param == "embedded" else cluster_services.take()
-    async with opened as runtime:
-        yield runtime
 
 
 @pytest_asyncio.fixture(loop_scope=LOOP)
