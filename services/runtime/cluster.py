@@ -306,6 +306,9 @@ class FaustWorker:
             # parts of it that never started: a few seconds, not the whole budget.
             await deadline.step("leaving the consumer group", app.stop(),
                                 at_most=None if self.started.is_set() else UNSTARTED_APP_STOP_S)
+        if self.snapshots is not None:
+            # A partition's decider may be writing a snapshot: it must not outlive the database.
+            await deadline.step("the snapshots being written", self.snapshots.drain())
         if self._own_log:
             await deadline.step("the log", self.log.close())
         if self._own_store:

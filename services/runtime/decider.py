@@ -229,6 +229,7 @@ class PartitionDecider:
         self._unsaved = 0
         self._writing = asyncio.create_task(self._write_snapshot(self.snapshots, self.position, json),
                                             name=f"snapshot[{self.partition}]")
+        self.snapshots.track(self._writing)
 
     def _outcome_entries(self) -> dict[str, tuple[int, int, str | None]]:
         """This partition's part of the outcome index (it may be shared by every partition's decider)."""

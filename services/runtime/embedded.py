@@ -213,6 +213,7 @@ class Runner:
         if self.snapshots is not None and self.deciders:
             await deadline.step("the deciders' last snapshots",
                                 asyncio.gather(*(d.close() for d in self.deciders)))
+            await deadline.step("the snapshots being written", self.snapshots.drain())
         await deadline.step("the log", self.log.close())
         await deadline.step("the read models", self.store.close())
 

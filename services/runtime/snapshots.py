@@ -97,6 +97,9 @@ class SnapshotStore:
         self.readonly = readonly
         self._own: AsyncEngine | None = None
         self._missing = False
+        # Snapshots being written in the background (``track``): a runtime waits for them
+        # (``drain``) before it closes the database, so none holds a connection past its close.
+        self._writes: set[asyncio.Task[None]] = set()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -127,6 +130,16 @@ class SnapshotStore:
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Remember a background write until it ends, for ``drain``."""
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        """Wait for the background writes (each logs its own failure)."""
+        while self._writes:
+            await asyncio.wait(set(self._writes))
 
     async def close(self) -> None:
         """Dispose of an engine of its own (a shared one is its owner's to close)."""
