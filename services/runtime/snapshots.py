@@ -137,9 +137,13 @@ class SnapshotStore:
         task.add_done_callback(self._writes.discard)
 
     async def drain(self) -> None:
-        """Wait for the background writes (each logs its own failure)."""
-        while self._writes:
-            await asyncio.wait(set(self._writes))
+        """Wait for the background writes (each logs its own failure).
+
+        Polls rather than awaiting the tasks: a Faust worker's roles may run them on a loop of
+        another thread, whose tasks cannot wake this one.
+        """
+        while any(not task.done() for task in list(self._writes)):
+            await asyncio.sleep(0.02)  # noqa: ASYNC110 (an Event set on another loop would not wake this one)
 
     async def close(self) -> None:
         """Dispose of an engine of its own (a shared one is its owner's to close)."""
