@@ -142,8 +142,9 @@ class SnapshotStore:
         Polls rather than awaiting the tasks: a Faust worker's roles may run them on a loop of
         another thread, whose tasks cannot wake this one.
         """
-        while any(not task.done() for task in list(self._writes)):
-            await asyncio.sleep(0.02)  # noqa: ASYNC110 (an Event set on another loop would not wake this one)
+        # An Event set from another loop would not wake this one either: poll.
+        while any(not task.done() for task in list(self._writes)):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         """Dispose of an engine of its own (a shared one is its owner's to close)."""
