@@ -48,8 +48,6 @@ from services.runtime.topics import (
 
 log = logging.getLogger("agentbus.decider")
 
-# A clean stop writes a last snapshot unless copying the state took longer than this last time.
-STOP_SNAPSHOT_MAX_S = 2.0
 # Copying the state holds the decider's loop (about 2 us per event of history, measured: 0.09 s at
 # 44,000 events): periodic snapshots are spaced so that it takes at most this share of the time.
 SNAPSHOT_SHARE = 0.02
@@ -252,14 +250,14 @@ class PartitionDecider:
                         position, exc)
 
     async def close(self) -> None:
-        """At a clean stop (the loop ended between batches): a last snapshot if any event came since
-        the previous one and copying the state is cheap, then wait for the one being written."""
+        """At a clean stop: wait for the snapshot being written, if any.
+
+        No last snapshot is started here: the tail since the newest periodic one is under
+        ``snapshot_every`` events, cheap to replay, while a write started at a stop raced the
+        database's close (a connection left to the garbage collector, the file's write lock held).
+        """
         if self.snapshots is None:
             return
-        if (not self._in_batch and self.snapshot_every > 0 and self.ready.is_set()
-                and (self.snapshot_dump_s or 0.0) <= STOP_SNAPSHOT_MAX_S):
-            await self._written()
-            self._maybe_snapshot(force=True)
         await self._written()
 
     async def _written(self) -> None:

@@ -345,16 +345,16 @@ async def test_the_service_snapshots_as_it_goes_and_a_restart_replays_only_the_t
         zero = await from_zero(log)
         end = zero.position
         kept = await store.list(EVENTS, 0)
-        # Written every 40 events as it went, and once more at the clean stop, at the end.
-        assert len(kept) == KEEP and kept[0].position == end
-        assert kept[0].position > kept[1].position >= kept[2].position + 40 > 40
+        # Written every 40 events as it went (none at the stop: the tail is under 40 events).
+        assert 2 <= len(kept) <= KEEP and end - 40 < kept[0].position <= end
+        assert kept[0].position >= kept[1].position + 40 >= 80
 
         # Restarts without the coordinator: nothing may change the state before it is compared.
         async with Runner(settings, coordinator=False) as again:
             await again.ready()
             replay = again.deciders[0].replay
             assert replay.snapshot is not None and replay.snapshot.id == kept[0].id
-            assert (replay.start, replay.events) == (end, 0)
+            assert (replay.start, replay.events) == (kept[0].position, end - kept[0].position)
             assert_same(again.deciders[0], zero)
 
         # The newest lost: the next one and the events after it.
@@ -381,14 +381,19 @@ async def test_snapshot_every_zero_neither_writes_nor_reads_snapshots(tmp_path: 
         await runner.ready()
         await run_workload(runner, workload(2))
         await settle(runner)
+
+    def snapshots_written() -> list[tuple[int, int]]:
+        with sqlite3.connect(tmp_path / "read.db") as conn:
+            return conn.execute("SELECT id, position FROM decider_snapshots ORDER BY id").fetchall()
+
+    before = snapshots_written()
+    assert before  # written while on
     async with Runner(Settings(data_dir=tmp_path, snapshot_every=0), coordinator=False) as off:
         await off.ready()
         replay = off.deciders[0].replay
         assert replay.snapshot is None and replay.events == off.deciders[0].position > 0
         await run_workload(off, workload(1, start=50))
-    with sqlite3.connect(tmp_path / "read.db") as conn:
-        [[newest]] = conn.execute("SELECT max(position) FROM decider_snapshots").fetchall()
-    assert newest == replay.events  # nothing written while off
+    assert snapshots_written() == before  # nothing written while off
 
 
 def test_replay_uses_a_snapshot_only_when_asked(tmp_path: Path) -> None:
