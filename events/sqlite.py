@@ -57,6 +57,7 @@ from events.log import (
     check_routing,
     partition_for,
 )
+from events.sqlite_chain import migrate
 
 # Values this large are worth compressing. Below it, every consumer paying lz4 on every read
 # costs more than the space saved (measured: events are mostly well under 2 KiB).
@@ -127,8 +128,6 @@ _LAST = (
     'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
     ' ORDER BY "offset" DESC LIMIT 1'
 )
-# PRAGMA user_version of a file whose every record carries its chain value.
-_CHAINED_VERSION = 1
 logger = logging.getLogger(__name__)
 
 # (partition, id, key, stored value, codec, encoded headers, crc of the original value,
@@ -303,7 +302,7 @@ class SqliteLog:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
             await writer.executescript(_SCHEMA)
-            await _migrate(writer)
+            await migrate(writer, _to_values)
             reader = await aiosqlite.connect(self.path, isolation_level=None)
         except BaseException:
             await writer.close()
@@ -733,49 +732,3 @@ class SqliteLog:
             elif not ahead.cancelled():
                 ahead.exception()  # retrieved, so an error after close is not logged as lost
 
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Chain a file written before records carried chain values: add the column, fill it in order.
-
-    One transaction (the file's ``user_version`` marks it done in the same one), so a crash leaves
-    the file as it was and the next start runs it again.
-    """
-    version = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
-    if version >= _CHAINED_VERSION:
-        return
-    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(records)")}
-    started = time.perf_counter()
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
-        if "chain" not in columns:
-            await conn.execute("ALTER TABLE records ADD COLUMN chain BLOB")
-        parts = list(await conn.execute_fetchall('SELECT DISTINCT topic, "partition" FROM records'))
-        count = 0
-        for topic, partition in parts:
-            prev, offset = GENESIS, 0
-            while True:
-                batch = list(await conn.execute_fetchall(
-                    'SELECT "offset", value, codec, crc FROM records WHERE topic = ? AND "partition" = ?'
-                    ' AND "offset" >= ? ORDER BY "offset" LIMIT 5000', (topic, partition, offset)))
-                if not batch:
-                    break
-                updates = []
-                for at, value in _to_values(topic, partition, batch):
-                    h = hashlib.sha256(prev)
-                    h.update(value)
-                    prev = h.digest()
-                    updates.append((prev, topic, partition, at))
-                await conn.executemany('UPDATE records SET chain = ? WHERE topic = ? AND "partition" = ?'
-                                       ' AND "offset" = ?', updates)
-                count += len(updates)
-                offset = batch[-1][0] + 1
-        await conn.execute(f"PRAGMA user_version = {_CHAINED_VERSION}")
-        await conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
-        raise
-    if not count:
-        return
-    logger.warning("chained %d records written before the log kept a hash chain (%.2f s)",
-                   count, time.perf_counter() - started)
