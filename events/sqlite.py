@@ -23,13 +23,12 @@ chain migration only fills the new column).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from zlib import crc32
 
 import aiosqlite
 import lz4.block
-import orjson
 
 from events.chain import GENESIS
 from events.log import (
@@ -46,7 +44,6 @@ from events.log import (
     Commit,
     ConcurrencyError,
     CorruptRecord,
-    Headers,
     LogError,
     Record,
     StoredRecord,
@@ -58,14 +55,20 @@ from events.log import (
     partition_for,
 )
 from events.sqlite_chain import migrate
+from events.sqlite_records import (
+    CODEC_LZ4,
+    CODEC_RAW,
+    _encode_headers,
+    _original,
+    _to_stored,
+    _to_values,
+)
 
 # Values this large are worth compressing. Below it, every consumer paying lz4 on every read
 # costs more than the space saved (measured: events are mostly well under 2 KiB).
 COMPRESS_MIN_BYTES = 2048
 # Keep the compressed form only when it saves at least 10% (otherwise reads pay for nothing).
 COMPRESS_MAX_RATIO = 0.9
-CODEC_RAW = 0
-CODEC_LZ4 = 1
 # Cross-process fallback: how often waiters re-check the file for other writers' appends.
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
@@ -172,28 +175,6 @@ def _parse_url(url: str) -> tuple[Path, str]:
     return Path(path), synchronous
 
 
-def _encode_headers(headers: Headers) -> bytes:
-    # JSON keeps headers readable with the sqlite3 shell; non-UTF-8 values go as base64 triples.
-    out: list[tuple[str, ...]] = []
-    for name, value in headers:
-        try:
-            out.append((name, value.decode()))
-        except UnicodeDecodeError:
-            out.append((name, base64.b64encode(value).decode(), "b64"))
-    return orjson.dumps(out)
-
-
-def _decode_headers(raw: bytes) -> Headers:
-    items = orjson.loads(raw)
-    try:
-        # Fast path (reads are hot): every value was UTF-8, so every item is a pair.
-        return tuple([(name, value.encode()) for name, value in items])
-    except ValueError:
-        return tuple(
-            (h[0], h[1].encode()) if len(h) == 2 else (h[0], base64.b64decode(h[1])) for h in items
-        )
-
-
 def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[_Row]:
     """Route, checksum, compress and encode on the caller's turn, so the writer only numbers."""
     rows: list[_Row] = []
@@ -218,41 +199,6 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
              original)
         )
     return rows
-
-
-def _original(value: bytes, codec: int, crc: int) -> bytes:
-    """The value as appended: decompressed, its checksum checked (ValueError or lz4's error if not)."""
-    if codec == CODEC_LZ4:
-        value = lz4.block.decompress(value)
-    elif codec != CODEC_RAW:
-        raise ValueError(f"unknown codec {codec!r}")
-    if crc32(value) != crc:
-        raise ValueError("checksum mismatch")
-    return value
-
-
-def _to_stored(topic: str, partition: int, rows: Iterable[Any]) -> list[StoredRecord]:
-    out: list[StoredRecord] = []
-    append = out.append
-    for offset, key, value, codec, rid, headers, crc, ts, chain in rows:
-        try:
-            value = _original(value, codec, crc)
-            hdrs = _decode_headers(headers) if headers is not None else ()
-        except Exception as exc:  # any failure to rebuild the record is corruption, never a skip
-            raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
-        append(StoredRecord(topic, partition, offset, key, value, rid, hdrs, ts, chain))
-    return out
-
-
-def _to_values(topic: str, partition: int, rows: Iterable[Any]) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    append = out.append
-    for offset, value, codec, crc in rows:
-        try:
-            append((offset, _original(value, codec, crc)))
-        except Exception as exc:  # as in _to_stored: corruption, never a skip
-            raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
-    return out
 
 
 class SqliteLog:
