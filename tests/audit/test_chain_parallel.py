@@ -1,0 +1,131 @@
+"""Checking a chain on several cores gives the one-pass answer, and finds what it finds.
+
+The logs are written by the real service to a real SQLite file (``write_history`` of the verify
+tests) and altered as someone holding the file would. The ranges are made tiny (the thresholds
+are lowered) so that a short history is split across real worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from events import chain_parallel, open_log
+from events.chain import ChainReport, verify_export, verify_log
+from events.chain_parallel import check_export, check_sqlite
+from events.export import export_log
+from tests.audit.test_chain_verify import history, one_byte_changed, pool_in, put, rows
+
+PROCESSES = 3
+
+
+@pytest.fixture(autouse=True)
+def _small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chain_parallel, "MIN_PARALLEL", 1)
+    monkeypatch.setattr(chain_parallel, "MIN_PARALLEL_EXPORT_BYTES", 1)
+
+
+def one_pass(check: Callable[[], ChainReport]) -> ChainReport:
+    """``check()`` with the range check switched off: the one-pass check's report."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(chain_parallel, "MIN_PARALLEL", 10**12)
+        m.setattr(chain_parallel, "MIN_PARALLEL_EXPORT_BYTES", 10**15)
+        return check()
+
+
+def verify(data: Path, processes: int) -> ChainReport:
+    async def run() -> ChainReport:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            return await verify_log(log, "events", processes=processes)
+        finally:
+            await log.close()
+    return asyncio.run(run())
+
+
+def same(a: ChainReport, b: ChainReport) -> None:
+    assert (a.ok, a.records, a.heads, a.ends, a.mismatch) == (b.ok, b.records, b.heads, b.ends, b.mismatch)
+
+
+def test_a_log_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -> None:
+    data = history(tmp_path, per_pool=30)
+    db = data / "log.db"
+    total = len(rows(db, 0))
+    head = rows(db, 0)[-1][4]
+    # The ranges really run in workers, and together reach the end.
+    assert asyncio.run(check_sqlite(str(db), "events", 0, 0, total, bytes(32), PROCESSES)) == (total, head)
+    for processes in (PROCESSES, 1):
+        many = verify(data, processes)
+        assert many.ok and many.records == total and many.heads[0] == head.hex()
+        same(many, one_pass(lambda: verify(data, 1)))
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_an_edit_in_any_range_is_found_at_its_offset(tmp_path: Path, where: float) -> None:
+    data = history(tmp_path, per_pool=30)
+    db = data / "log.db"
+    records = rows(db, 0)
+    total, at = len(records), int(len(records) * where)
+    put(db, 0, at, one_byte_changed(records[at][1]))
+    bounds = [total * k // PROCESSES for k in range(PROCESSES + 1)]
+    range_start = max(b for b in bounds if b <= at)
+    # The workers stop at the range that holds the edit; the one-pass check names the record.
+    checked_to, head = asyncio.run(check_sqlite(str(db), "events", 0, 0, total, bytes(32), PROCESSES))
+    assert checked_to == range_start
+    assert head == (bytes(32) if range_start == 0 else records[range_start - 1][4])
+    for processes in (PROCESSES, 1):
+        many = verify(data, processes)
+        assert many.mismatch is not None and many.mismatch.offset == at
+        same(many, one_pass(lambda: verify(data, 1)))
+
+
+def test_a_deleted_record_is_found_after_the_gap(tmp_path: Path) -> None:
+    data = history(tmp_path, per_pool=30)
+    db = data / "log.db"
+    total = len(rows(db, 0))
+    with sqlite3.connect(db) as conn:
+        conn.execute('DELETE FROM records WHERE topic = \'events\' AND "partition" = 0 AND "offset" = ?',
+                     (total // 2,))
+    many = verify(data, PROCESSES)
+    assert many.mismatch is not None and many.mismatch.offset == total // 2 + 1
+    same(many, one_pass(lambda: verify(data, 1)))
+
+
+def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -> None:
+    data = history(tmp_path, partitions=2, per_pool=20, pools=(pool_in(0, 2), pool_in(1, 2)))
+    export = tmp_path / "events.ndjson.lz4"
+
+    async def write() -> None:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            await export_log(log, "events", export)
+        finally:
+            await log.close()
+    asyncio.run(write())
+    for processes in (PROCESSES, 1):
+        segments = check_export(export, processes)
+        assert segments is not None and [s.partition for s in segments] == [0, 1]
+        assert [s.records for s in segments] == [len(rows(data / "log.db", p)) for p in (0, 1)]
+        many = verify_export(export, processes=processes)
+        assert many.ok
+        same(many, one_pass(lambda: verify_export(export, processes=1)))
+
+    # One edited line, in each third of the file: no verdict from the workers, the one-pass check
+    # names the line.
+    lines = lz4.frame.decompress(export.read_bytes()).split(b"\n")
+    for number in (1, len(lines) // 2, len(lines) - 2):
+        edited = list(lines)
+        edited[number] = one_byte_changed(edited[number])
+        tampered = tmp_path / f"tampered-{number}.ndjson.lz4"
+        tampered.write_bytes(lz4.frame.compress(b"\n".join(edited)))
+        assert check_export(tampered, PROCESSES) is None and check_export(tampered, 1) is None
+        many = verify_export(tampered, processes=PROCESSES)
+        assert many.mismatch is not None and f"line {number + 1}:" in many.mismatch.reason
+        same(many, one_pass(lambda t=tampered: verify_export(t, processes=1)))  # type: ignore[misc]
