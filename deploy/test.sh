@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: venv, install, start Kafka and PostgreSQL, run every
+# The whole test suite on a fresh machine: venv, install, Chromium, start Kafka and PostgreSQL, run every
 # test against every backend, stop what this script started. Extra arguments go to pytest.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +25,9 @@ cleanup() {
   for s in "${started[@]}"; do "deploy/$s/down.sh" >&2 || true; done
 }
 trap cleanup EXIT
+
+echo "== Chromium for the dashboard's browser tests" >&2
+deploy/chromium/install.sh >/dev/null
 
 echo "== starting Kafka" >&2
 kafka_url="$(deploy/kafka/up.sh | tail -n 1)"

@@ -15,23 +15,17 @@ set -euo pipefail
 
 # shellcheck source=common.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
+# shellcheck source=../debian.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/debian.sh"
 
 START_TIMEOUT="${AGENTBUS_PG_START_TIMEOUT:-60}"
 URL="postgresql+asyncpg://${AGENTBUS_PG_USER}@127.0.0.1:${AGENTBUS_PG_PORT}/agentbus"
 
 # ------------------------------------------------------------ binaries
 if ! PG_BIN="$(pg_find_bindir)"; then
-  pg_log "no PostgreSQL server binaries found; installing the Debian 'postgresql' package"
-  command -v apt-get >/dev/null 2>&1 || pg_die "apt-get not available; install PostgreSQL (initdb, pg_ctl) manually"
-  SUDO=()
-  if [[ "$(id -u)" != "0" ]]; then
-    command -v sudo >/dev/null 2>&1 || pg_die "not root and no sudo; install the 'postgresql' package manually"
-    SUDO=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
+  pg_log "no PostgreSQL server binaries found"
   # The package may create and start a system cluster on 5432; we don't use it.
-  "${SUDO[@]}" apt-get update >&2
-  "${SUDO[@]}" apt-get install -y --no-install-recommends postgresql postgresql-client >&2
+  apt_install postgres postgresql postgresql-client || exit 1
   PG_BIN="$(pg_find_bindir)" || pg_die "PostgreSQL installed but initdb/pg_ctl still not found"
 fi
 PSQL="${PG_BIN}/psql"; [[ -x "${PSQL}" ]] || PSQL="$(command -v psql)"
