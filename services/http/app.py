@@ -15,7 +15,7 @@ wait), ``docs`` (/docs and
 shapes), ``auth`` (bearer tokens on every route: ``permissions`` says who may do what,
 ``credentials`` checks API tokens and JWTs), ``tokens`` (/v1/tokens), ``metrics`` (/metrics
 for Prometheus, and the middleware timing every request) and ``audit`` (/v1/audit/verify: the hash
-chain and its signed checkpoints).
+chain and its signed checkpoints). The web dashboard at ``/ui`` is ``services.dashboard``.
 
 This module must never hold an endpoint or a rule of its own: it only puts the parts together.
 """
@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
+from services.dashboard import install_dashboard
 from services.executors.hosting import hosted_executors
 from services.http import (
     audit,
@@ -130,6 +131,7 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     install_error_handlers(app)
     app.add_exception_handler(PositionBeyondEnd, _beyond_end)
     install_docs(app)
+    install_dashboard(app)  # /ui: the web dashboard, a client of the routes below
     # The routers' routes join the app's own list rather than app.include_router(): FastAPI 0.165
     # matches an included router's routes through a context switch per route tried, which took
     # 1,327 against 1,118 Python function calls per POST /v1/tasks through the ASGI app (cProfile,

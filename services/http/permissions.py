@@ -62,7 +62,7 @@ _READS = ("/v1/agents", "/v1/agents/{agent_id}", "/v1/agents/{agent_id}/performa
           "/v1/timers", "/v1/workflows", "/v1/workflows/{workflow_id}", "/v1/workflows/{workflow_id}/status",
           "/v1/workflow-definitions", "/v1/workflow-definitions/{name}", "/v1/system/status", "/v1/budgets",
           "/v1/prices", "/v1/events", "/v1/audit/assignments", "/v1/events/stream", "/v1/events/export",
-          "/metrics", "/v1/audit/verify", "/v1/tasks/{task_id}/history")
+          "/metrics", "/v1/audit/verify", "/v1/tasks/{task_id}/history", "/v1/auth/me")
 
 PERMISSIONS: dict[tuple[str, str], str] = {
     # The documentation and the health check: open, so a load balancer and a browser need nothing.
@@ -72,6 +72,9 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/docs/oauth2-redirect"): OPEN,
     ("GET", "/redoc"): OPEN,
     ("GET", "/v1/health"): OPEN,
+    # The dashboard's page and assets (no data: it reads the API with the user's own token).
+    ("*", "/ui"): OPEN,
+    ("GET", "/"): OPEN,
     **{("GET", path): READ for path in _READS},
     ("WS", "/ws/v1/events"): READ,
     # Writes: the route's permission, then the command's (``authorize_command``).

@@ -1,4 +1,5 @@
-"""``/v1/tokens``: admins create, list and revoke API tokens over HTTP.
+"""``/v1/tokens``: admins create, list and revoke API tokens over HTTP; ``/v1/auth/me`` says who a
+token is and what it may do (what a client such as the dashboard offers its user).
 
 ``POST`` makes the token here (``services.runtime.tokens.mint``), appends ``IssueApiToken`` with
 only the secret's hash, waits for the decision and for the read model to hold it (so the token
@@ -23,7 +24,9 @@ from contracts.commands import IssueApiToken, RevokeApiToken, Role
 from contracts.values import Id, Text
 from projections import access
 from services.http.deps import DEFAULT_WAIT_S, ServiceDep, Write, WriteOptions
+from services.http.auth import principal_of
 from services.http.errors import field_errors, invalid
+from services.http.permissions import ROLE_PERMISSIONS
 from services.http.responses import Error, JSONBytesResponse, Rejection, json_response
 from services.http.writes import submit
 from services.runtime import tokens
@@ -78,6 +81,20 @@ class TokenList(BaseModel):
     items: list[TokenInfo]
 
 
+class Me(BaseModel):
+    """The caller: who its credentials are, and the permissions its role holds."""
+
+    authenticated: bool = Field(description="False when the server runs without authentication: every "
+                                            "request is allowed, so `permissions` lists them all.")
+    kind: str | None = Field(description="token (an API token) or jwt.")
+    id: str | None = Field(description="The token's id, or the JWT's subject.")
+    role: str | None
+    agent_id: str | None = Field(description="The agent an agent-role token acts as (its own tasks and "
+                                             "heartbeats only).")
+    permissions: list[str] = Field(description="Every permission the role holds, sorted (see the "
+                                               "`permission` of a 403 answer).")
+
+
 TokenId = Annotated[str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 
 
@@ -110,6 +127,17 @@ async def create_token(body: Annotated[NewToken, Body()], service: ServiceDep, o
                           "agent_id": cmd.agent_id, "name": cmd.name, "status": outcome["status"],
                           "command_id": outcome["command_id"], "position": outcome["position"]},
                          201 if outcome["status"] == "applied" else 202)
+
+
+@router.get("/v1/auth/me", summary="Who the bearer token is, and what it may do", response_model=Me)
+async def me(request: Request) -> Response:
+    principal = principal_of(request)
+    if principal is None:
+        return json_response({"authenticated": False, "kind": None, "id": None, "role": None,
+                              "agent_id": None, "permissions": sorted(ROLE_PERMISSIONS["admin"])})
+    return json_response({"authenticated": True, "kind": principal.kind, "id": principal.id,
+                          "role": principal.role, "agent_id": principal.agent_id,
+                          "permissions": sorted(principal.permissions)})
 
 
 @router.get("/v1/tokens", summary="List API tokens (never their secrets)", response_model=TokenList)

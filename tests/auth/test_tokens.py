@@ -151,3 +151,27 @@ def test_with_a_cache_a_revocation_is_obeyed_within_the_cache_time(tmp_path: Pat
                 time.sleep(0.05)
             assert all(status == 401 for at, status in statuses if at > cache_s), statuses
             assert statuses[-1][1] == 401
+
+
+def test_me_says_who_each_token_is_and_what_its_role_may_do(tmp_path: Path) -> None:
+    with deployment(tmp_path) as dep:
+        for role in ("reader", "agent", "operator", "admin"):
+            token = dep.token(role, agent_id="a1") if role == "agent" else dep.token(role)
+            with dep.client(token) as client:
+                me = client.get("/v1/auth/me")
+                assert me.status_code == 200, me.text
+                body = me.json()
+                assert body["authenticated"] is True and body["kind"] == "token" and body["role"] == role
+                assert body["id"] == token.split("_")[1]
+                assert body["agent_id"] == ("a1" if role == "agent" else None)
+                permissions = set(body["permissions"])
+                # What it says is what the server enforces: a cancel is refused exactly when it
+                # says the role lacks tasks:manage.
+                cancel = client.post("/v1/tasks/nope/cancel", json={"reason": "x"})
+                assert (cancel.status_code == 403) == ("tasks:manage" not in permissions), cancel.text
+                assert ("tokens:manage" in permissions) == (role == "admin")
+                assert ("read" in permissions) and body["permissions"] == sorted(permissions)
+        with dep.client(None) as anonymous:
+            assert anonymous.get("/v1/auth/me").status_code == 401
+        with dep.client("agentbus_nope_nope") as wrong:
+            assert wrong.get("/v1/auth/me").status_code == 401
