@@ -23,8 +23,8 @@ from contracts import SYSTEM_POOL, Reason
 from contracts.commands import IssueApiToken, RevokeApiToken, Role
 from contracts.values import Id, Text
 from projections import access
-from services.http.deps import DEFAULT_WAIT_S, ServiceDep, Write, WriteOptions
 from services.http.auth import principal_of
+from services.http.deps import DEFAULT_WAIT_S, ServiceDep, Write, WriteOptions
 from services.http.errors import field_errors, invalid
 from services.http.permissions import ROLE_PERMISSIONS
 from services.http.responses import Error, JSONBytesResponse, Rejection, json_response
