@@ -12,7 +12,8 @@
 * ``services.cli.tokens``: ``tokens`` creates, lists and revokes API tokens on the log directly;
 * ``services.cli.audit``: ``audit`` verifies the log's hash chain and signed checkpoints, signs them;
 * ``services.cli.backup``: ``backup`` creates, lists, verifies and restores backups of a deployment;
-* ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``).
+* ``services.cli.bench``: ``bench`` (the scenario it runs is ``services.bench``);
+* ``services.cli.top``: ``top`` watches a pool live on a terminal (the UI is ``services.tui``).
 
 Every command takes its settings from one ``services.runtime.settings.Settings``: a flag wins over
 ``AGENTBUS_*``, which wins over the default (``services.cli.common.settings_options``).
@@ -31,6 +32,7 @@ from services.cli.executor import executor
 from services.cli.logops import contracts_group, events_group, projections_group, replay
 from services.cli.server import serve, worker
 from services.cli.tokens import tokens_group
+from services.cli.top import top
 from services.cli.workflow import workflow
 
 
@@ -63,6 +65,7 @@ for command, name in (
     (audit_group, "audit"),
     (backup_group, "backup"),
     (bench_command, "bench"),
+    (top, "top"),
 ):
     main.add_command(command, name)
 
