@@ -29,6 +29,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,20 +171,22 @@ def check_export(path: str | Path, processes: int) -> list[Segment] | None:
 
     None is no verdict: the caller runs the one-pass check, which finds and names the line.
     """
-    requests = [{"kind": "export", "path": str(path), "index": k, "of": processes} for k in range(processes)]
+    requests = [{"kind": "export", "path": str(path), "index": k, "of": processes, "read": READ_BYTES}
+                for k in range(processes)]
     if processes == 1:
-        answers = [_export_range(requests[0])]
+        answers = [_export_chunks(requests[0])]
     else:
         answers = _run_all(requests)
     if not all(a.get("ok") for a in answers):
         return None
+    # Each worker answered for its chunks; in chunk order they are the file's.
+    chunks = sorted((chunk for answer in answers for chunk in answer["chunks"]), key=lambda c: int(c[0]))
     segments: list[Segment] = []
-    for answer in answers:
-        for partition, last_offset, head, records in answer["segments"]:
+    for _, found in chunks:
+        for partition, last_offset, head, records in found:
             seg = Segment(partition, last_offset, bytes.fromhex(head), records)
             if segments and segments[-1].partition == partition:
-                prior = segments[-1]
-                seg = Segment(partition, last_offset, seg.head, prior.records + records)
+                seg = Segment(partition, last_offset, seg.head, segments[-1].records + records)
                 segments[-1] = seg
             else:
                 segments.append(seg)
@@ -201,40 +204,74 @@ def _run_all(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return answers
 
 
-def _region(data: bytes, k: int, n: int) -> tuple[int, int]:
-    """Byte range of worker ``k`` of ``n``: whole lines, the ranges together covering ``data``."""
-    def cut(at: int) -> int:
-        if at <= 0:
-            return 0
-        if at >= len(data):
-            return len(data)
-        newline = data.find(b"\n", at - 1)
-        return len(data) if newline < 0 else newline + 1
-    return cut(len(data) * k // n), cut(len(data) * (k + 1) // n)
+# Compressed bytes read at a time: each becomes one chunk of whole lines (a few MB decompressed).
+READ_BYTES = 1 << 20
 
 
-def _export_range(request: dict[str, Any]) -> dict[str, Any]:
-    with open(request["path"], "rb") as src:
-        data = lz4.frame.decompress(src.read())
-    first, last = _region(data, int(request["index"]), int(request["of"]))
+def _chunks(path: str, read_bytes: int) -> Iterator[bytes]:
+    """The decompressed file as chunks of whole lines: the same chunks for every reader of the file.
+
+    Raises ValueError when the file ends inside a frame (cut short). Memory stays at a chunk.
+    """
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    inside = False  # part of a frame given, its end not yet seen
+    rest = b""
+    with open(path, "rb") as src:
+        while piece := src.read(read_bytes):
+            data = rest
+            while piece:
+                data += decompressor.decompress(piece)
+                inside, piece = True, b""
+                if decompressor.eof:  # frames written one after another: go on with the next
+                    piece = decompressor.unused_data
+                    decompressor, inside = lz4.frame.LZ4FrameDecompressor(), False
+            cut = data.rfind(b"\n") + 1
+            yield data[:cut]
+            rest = data[cut:]
+    if inside:
+        raise ValueError("the file ends inside an lz4 frame")
+    if rest:
+        yield rest
+
+
+def _export_chunks(request: dict[str, Any]) -> dict[str, Any]:
+    """Check the chunks ``index``, ``index + of``, ... of the file; the segments of each."""
+    k, n = int(request["index"]), int(request["of"])
+    answered: list[list[Any]] = []
+    last_line = b""
+    try:
+        for number, chunk in enumerate(_chunks(request["path"], int(request["read"]))):
+            if number % n == k:
+                found = _check_chunk(chunk, last_line)
+                if found is None:
+                    return {"ok": False}
+                answered.append([number, found])
+            if chunk.strip():
+                cut = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+                last_line = chunk[cut:].rstrip(b"\n")
+    except (ValueError, RuntimeError):
+        return {"ok": False}
+    return {"ok": True, "chunks": answered}
+
+
+def _check_chunk(chunk: bytes, before: bytes) -> list[list[Any]] | None:
+    """The segments of one chunk's lines, from the line ``before`` it (b"" at the file's start)."""
     match, sha256, hexlify = PREFIX.match, hashlib.sha256, binascii.hexlify
     segments: list[list[Any]] = []
     partition = offset = -1
     prev = _GENESIS
-    if 0 < first < last:
-        # The line before this range: its chain value is where this range starts from.
-        before = data.rfind(b"\n", 0, first - 1) + 1
-        m = match(data, before, first - 1)
+    if before:
+        m = match(before)
         if m is None:
-            return {"ok": False}
+            return None
         partition, offset, prev = int(m.group(2)), int(m.group(3)), bytes.fromhex(m.group(1).decode())
     count = 0
-    for line in data[first:last].split(b"\n"):
+    for line in chunk.split(b"\n"):
         if not line:
             continue
         m = match(line)
         if m is None:
-            return {"ok": False}
+            return None
         chain, p_text, o_text, prev_text = m.groups()
         p, o = int(p_text), int(o_text)
         if p != partition:
@@ -247,25 +284,25 @@ def _export_range(request: dict[str, Any]) -> dict[str, Any]:
             elif prev_text is not None:
                 prev = bytes.fromhex(prev_text.decode())
             else:
-                return {"ok": False}
+                return None
         elif o <= offset:
-            return {"ok": False}
+            return None
         h = sha256(prev)
         h.update(b"{")
         h.update(memoryview(line)[m.end():])
         digest = h.digest()
         if hexlify(digest) != chain:
-            return {"ok": False}
+            return None
         prev, partition, offset = digest, p, o
         count += 1
     if count:
         segments.append([partition, offset, prev.hex(), count])
-    return {"ok": True, "segments": segments}
+    return segments
 
 
 def _main() -> None:
     request = orjson.loads(sys.argv[1])
-    handler = _sqlite_range if request["kind"] == "sqlite" else _export_range
+    handler = _sqlite_range if request["kind"] == "sqlite" else _export_chunks
     sys.stdout.buffer.write(orjson.dumps(handler(request)))
 
 

@@ -28,6 +28,8 @@ PROCESSES = 3
 def _small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chain_parallel, "MIN_PARALLEL", 1)
     monkeypatch.setattr(chain_parallel, "MIN_PARALLEL_EXPORT_BYTES", 1)
+    # An export is read in pieces this small: many chunks, taken in turn by the workers.
+    monkeypatch.setattr(chain_parallel, "READ_BYTES", 700)
 
 
 def one_pass(check: Callable[[], ChainReport]) -> ChainReport:
@@ -109,6 +111,8 @@ def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -
         finally:
             await log.close()
     asyncio.run(write())
+    # Many chunks, so that every worker takes several, each starting from another's last line.
+    assert len(list(chain_parallel._chunks(str(export), chain_parallel.READ_BYTES))) > 3 * PROCESSES
     for processes in (PROCESSES, 1):
         segments = check_export(export, processes)
         assert segments is not None and [s.partition for s in segments] == [0, 1]
@@ -129,3 +133,31 @@ def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -
         many = verify_export(tampered, processes=PROCESSES)
         assert many.mismatch is not None and f"line {number + 1}:" in many.mismatch.reason
         same(many, one_pass(lambda t=tampered: verify_export(t, processes=1)))  # type: ignore[misc]
+
+
+def test_an_export_in_several_frames_verifies_and_one_cut_short_gets_no_verdict(tmp_path: Path) -> None:
+    data = history(tmp_path, per_pool=20)
+    export = tmp_path / "events.ndjson.lz4"
+
+    async def write() -> None:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            await export_log(log, "events", export)
+        finally:
+            await log.close()
+    asyncio.run(write())
+    text = lz4.frame.decompress(export.read_bytes())
+    half = text.index(b"\n", len(text) // 2) + 1
+    framed = tmp_path / "frames.ndjson.lz4"  # two frames, one after the other, as `cat a b` makes
+    framed.write_bytes(lz4.frame.compress(text[:half]) + lz4.frame.compress(text[half:]))
+    for processes in (PROCESSES, 1):
+        assert check_export(framed, processes) is not None
+        same(verify_export(framed, processes=processes), one_pass(lambda: verify_export(export, processes=1)))
+
+    cut = tmp_path / "cut.ndjson.lz4"
+    cut.write_bytes(export.read_bytes()[: len(export.read_bytes()) * 2 // 3])
+    for processes in (PROCESSES, 1):
+        assert check_export(cut, processes) is None
+        report = verify_export(cut, processes=processes)
+        assert report.mismatch is not None and "not a complete lz4 frame file" in report.mismatch.reason
