@@ -37,6 +37,7 @@ from services.cli.common import (
 )
 from services.cli.local_agent import run_command
 from services.runtime.settings import Settings
+from services.tui.source import reason  # the one wording of the server's reasons, for every client
 
 _client = settings_options("url", "pool")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,20 +74,7 @@ def _request(url: str, method: str, path: str, *, params: dict[str, Any] | None 
         payload = resp.text
     click.echo(dumps(payload, indent=True))
     if resp.status_code >= 400:
-        fail(f"HTTP {resp.status_code}: {_message(payload)}")
-
-
-def _message(payload: Any) -> str:
-    """The server's reason, from a rejection, a validation error or any other answer."""
-    if isinstance(payload, dict):
-        if "code" in payload:
-            return f"{payload['code']}: {payload.get('message', '')}"
-        detail = payload.get("detail")
-        if isinstance(detail, list):
-            return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
-        if detail is not None:
-            return str(detail)
-    return str(payload)[:500]
+        fail(f"HTTP {resp.status_code}: {reason(payload)}")
 
 
 def _write(settings: Settings, method: str, path: str, body: dict[str, Any] | None,

@@ -23,10 +23,11 @@ import click
 import httpx
 import orjson
 
-from services.cli.client import FINDS_THE_SERVER, _message, _request
+from services.cli.client import FINDS_THE_SERVER, _request
 from services.cli.common import HTTP_TIMEOUT_S, bearer, dumps, fail, json_object, settings_options, transport
 from services.http.workflow_documents import check_definition, inputs_problems, load_document
 from services.runtime.settings import Settings
+from services.tui.source import reason
 
 _client = settings_options("url", "pool")
 
@@ -226,7 +227,7 @@ def _answer(resp: httpx.Response, file: Path | None) -> dict[str, Any]:
             click.echo(f"{where}{line}", err=True)
         fail(f"the server refused the workflow: {len(payload['detail'])} problem(s)")
     if resp.status_code >= 400 or not isinstance(payload, dict):
-        fail(f"HTTP {resp.status_code}: {_message(payload)}")
+        fail(f"HTTP {resp.status_code}: {reason(payload)}")
     return payload
 
 
@@ -337,7 +338,7 @@ def follow(client: httpx.Client, pool: str, execution_id: str, position: int | N
                 pass  # the read models may not hold the run yet
             elif resp.status_code not in (502, 503, 504):
                 fail(f"cannot follow workflow {execution_id}: HTTP {resp.status_code}: "
-                     f"{_message(_json(resp))}")
+                     f"{reason(_json(resp))}")
             if timeout is not None and elapsed >= timeout:
                 status = run["status"] if run is not None else "not seen"
                 fail(f"workflow {execution_id} is still {status} after {timeout:g}s (it goes on; "
@@ -444,4 +445,4 @@ def register(file: Path, settings: Settings) -> None:
         fail(f"the server refused the definition: {len(payload['detail'])} problem(s)")
     click.echo(dumps(payload, indent=True))
     if resp.status_code >= 400:
-        fail(f"HTTP {resp.status_code}: {_message(payload)}")
+        fail(f"HTTP {resp.status_code}: {reason(payload)}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from services.cli import main
 from services.executors.standins.serving import serving
 from services.http.app import create_app
 from services.runtime.settings import ENV_PREFIX, Settings
+from tests.waiting import ready, until  # noqa: F401 (the auth tests import them from here)
 
 
 @pytest.fixture(autouse=True)
@@ -72,24 +72,4 @@ def deployment(root: Path, **overrides: Any) -> Iterator[Deployment]:
         yield Deployment(root / "data", url, settings, app)
 
 
-def ready(url: str, timeout: float = 20.0) -> None:
-    """Until the server's deciders and coordinator are ready (/v1/health is open)."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url) as client:
-        while True:
-            body = client.get("/v1/health").json()
-            if body.get("deciders_ready") and body.get("coordinator_ready"):
-                return
-            assert time.monotonic() < deadline, body
-            time.sleep(0.05)
 
-
-def until(check: Any, timeout: float = 10.0) -> Any:
-    """Call ``check`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)

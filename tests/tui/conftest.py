@@ -23,6 +23,7 @@ from textual.widgets import DataTable, RichLog, Static
 from services.executors.standins.serving import serving
 from services.http.app import create_app
 from services.runtime.settings import ENV_PREFIX, Settings
+from tests.waiting import ready
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +43,6 @@ def server(data: Path, port: int | None = None, **settings: Any) -> Iterator[str
         yield url
 
 
-def ready(url: str, timeout: float = 20.0) -> None:
-    """Until the server's deciders and coordinator are ready."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url) as client:
-        while True:
-            body = client.get("/v1/health").json()
-            if body.get("deciders_ready") and body.get("coordinator_ready"):
-                return
-            assert time.monotonic() < deadline, body
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from services.cli import main
 from services.executors.standins.serving import free_port
 from services.runtime.settings import ENV_PREFIX
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS_ENV = "AGENTBUS_UI_SCREENSHOTS"
@@ -170,15 +171,6 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
 # --- driving the page ------------------------------------------------------------------------------
 
 
-def until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Call ``check`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(interval)
 
 
 def _browser_log(driver: Chrome) -> list[dict[str, Any]]:
