@@ -226,7 +226,7 @@ async def _parallel_prefix(log: EventLog, report: ChainReport, checker: Partitio
     start of the range that did not pass, to name the record.
     """
     start, path = checker.next_offset, getattr(log, "path", None)
-    if want or checker.prev is None or not isinstance(path, Path) or not checker.dense:
+    if checker.prev is None or not isinstance(path, Path) or not checker.dense:
         return start
     end = await log.end_offset(report.topic, checker.partition)
     if end - start < chain_parallel.MIN_PARALLEL:
@@ -236,6 +236,12 @@ async def _parallel_prefix(log: EventLog, report: ChainReport, checker: Partitio
     if checked_to > start:
         checker.prev, checker.next_offset, checker.chained = head, checked_to, True
         report.records += checked_to - start
+        # Below checked_to every stored chain value equals the one recomputed: read the wanted ones.
+        for partition, offset in sorted(want):
+            if partition == checker.partition and start <= offset < checked_to:
+                found = await log.read_chained(report.topic, partition, offset, 1)
+                if found and found[0][0] == offset and found[0][2] is not None:
+                    report.at[(partition, offset)] = found[0][2].hex()
     return checked_to
 
 
@@ -336,7 +342,8 @@ def parse_line(line: bytes) -> ExportLine:
                       None if prev is None else bytes.fromhex(prev.decode()))
 
 
-def _parallel_export(source: Path, report: ChainReport, processes: int) -> bool:
+def _parallel_export(source: Path, report: ChainReport, want: frozenset[tuple[int, int]], processes: int,
+                     ) -> bool:
     """Check a big export on every core (``events.chain_parallel``); False: use the one-pass check.
 
     Any line a worker cannot pass sends the whole file to the one-pass check, which names it.
@@ -346,9 +353,10 @@ def _parallel_export(source: Path, report: ChainReport, processes: int) -> bool:
             return False
     except OSError:
         return False
-    segments = check_export(source, processes)
-    if segments is None:
+    checked = check_export(source, processes, want)
+    if checked is None:
         return False
+    segments, report.at = checked
     for seg in segments:
         report.heads[seg.partition] = seg.head.hex()
         report.ends[seg.partition] = seg.last_offset + 1
@@ -377,7 +385,7 @@ def verify_export(path: str | Path, topic: str = "events", want: frozenset[tuple
     report = ChainReport(topic)
     checker: PartitionChecker | None = None
     source = Path(path)
-    if not want and _parallel_export(source, report, processes or workers()):
+    if _parallel_export(source, report, want, processes or workers()):
         report.seconds = time.perf_counter() - started
         return report
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import hashlib
 import itertools
 import os
@@ -29,6 +30,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,23 @@ def workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# One check at a time may spread over worker processes; others meanwhile (concurrent HTTP
+# requests) check in their own process, so requests cannot multiply processes.
+_SPREADING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _cores(processes: int) -> Iterator[int]:
+    """How many processes this check may use: ``processes``, or 1 while another check spreads."""
+    if processes > 1 and _SPREADING.acquire(blocking=False):
+        try:
+            yield processes
+        finally:
+            _SPREADING.release()
+    else:
+        yield 1
+
+
 # ------------------------------------------------------------------ SQLite log
 
 
@@ -74,6 +93,12 @@ async def check_sqlite(path: str, topic: str, partition: int, start: int, end: i
     below ``checked_to`` matches its chain, and ``head`` is the chain value there. ``checked_to``
     is ``end`` when all passed, else the start of the first range that did not.
     """
+    with _cores(processes) as processes:
+        return await _check_sqlite(path, topic, partition, start, end, prev, processes)
+
+
+async def _check_sqlite(path: str, topic: str, partition: int, start: int, end: int, prev: bytes,
+                        processes: int) -> tuple[int, bytes]:
     bounds = [start + (end - start) * k // processes for k in range(processes + 1)]
     requests: list[dict[str, Any]] = [{"kind": "sqlite", "path": path, "topic": topic, "partition": partition,
                  "start": a, "end": b, "prev": prev.hex() if k == 0 else None}
@@ -166,19 +191,23 @@ class Segment:
     records: int
 
 
-def check_export(path: str | Path, processes: int) -> list[Segment] | None:
-    """Check every line of an lz4 export; its segments in file order, or None if any range did not pass.
+def check_export(path: str | Path, processes: int, want: frozenset[tuple[int, int]] = frozenset(),
+                 ) -> tuple[list[Segment], dict[tuple[int, int], str]] | None:
+    """Check every line of an lz4 export: its segments in file order and the chain value (hex) at
+    each wanted (partition, offset) found, or None if any range did not pass.
 
     None is no verdict: the caller runs the one-pass check, which finds and names the line.
     """
-    requests = [{"kind": "export", "path": str(path), "index": k, "of": processes, "read": READ_BYTES}
-                for k in range(processes)]
-    if processes == 1:
-        answers = [_export_chunks(requests[0])]
-    else:
-        answers = _run_all(requests)
+    with _cores(processes) as processes:
+        requests = [{"kind": "export", "path": str(path), "index": k, "of": processes, "read": READ_BYTES,
+                     "want": sorted(want)} for k in range(processes)]
+        if processes == 1:
+            answers = [_export_chunks(requests[0])]
+        else:
+            answers = _run_all(requests)
     if not all(a.get("ok") for a in answers):
         return None
+    at = {(int(p), int(o)): str(h) for answer in answers for p, o, h in answer["at"]}
     # Each worker answered for its chunks; in chunk order they are the file's.
     chunks = sorted((chunk for answer in answers for chunk in answer["chunks"]), key=lambda c: int(c[0]))
     segments: list[Segment] = []
@@ -190,7 +219,7 @@ def check_export(path: str | Path, processes: int) -> list[Segment] | None:
                 segments[-1] = seg
             else:
                 segments.append(seg)
-    return segments
+    return segments, at
 
 
 def _run_all(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,12 +266,14 @@ def _chunks(path: str, read_bytes: int) -> Iterator[bytes]:
 def _export_chunks(request: dict[str, Any]) -> dict[str, Any]:
     """Check the chunks ``index``, ``index + of``, ... of the file; the segments of each."""
     k, n = int(request["index"]), int(request["of"])
+    wanted = frozenset((int(p), int(o)) for p, o in request.get("want") or ())
     answered: list[list[Any]] = []
+    at: list[list[Any]] = []
     last_line = b""
     try:
         for number, chunk in enumerate(_chunks(request["path"], int(request["read"]))):
             if number % n == k:
-                found = _check_chunk(chunk, last_line)
+                found = _check_chunk(chunk, last_line, wanted, at)
                 if found is None:
                     return {"ok": False}
                 answered.append([number, found])
@@ -251,11 +282,13 @@ def _export_chunks(request: dict[str, Any]) -> dict[str, Any]:
                 last_line = chunk[cut:].rstrip(b"\n")
     except (ValueError, RuntimeError):
         return {"ok": False}
-    return {"ok": True, "chunks": answered}
+    return {"ok": True, "chunks": answered, "at": at}
 
 
-def _check_chunk(chunk: bytes, before: bytes) -> list[list[Any]] | None:
-    """The segments of one chunk's lines, from the line ``before`` it (b"" at the file's start)."""
+def _check_chunk(chunk: bytes, before: bytes, wanted: frozenset[tuple[int, int]], at: list[list[Any]],
+                 ) -> list[list[Any]] | None:
+    """The segments of one chunk's lines, from the line ``before`` it (b"" at the file's start);
+    the chain value of each ``wanted`` (partition, offset) met goes to ``at``."""
     match, sha256, hexlify = PREFIX.match, hashlib.sha256, binascii.hexlify
     segments: list[list[Any]] = []
     partition = offset = -1
@@ -295,6 +328,8 @@ def _check_chunk(chunk: bytes, before: bytes) -> list[list[Any]] | None:
             return None
         prev, partition, offset = digest, p, o
         count += 1
+        if wanted and (p, o) in wanted:
+            at.append([p, o, digest.hex()])
     if count:
         segments.append([partition, offset, prev.hex(), count])
     return segments

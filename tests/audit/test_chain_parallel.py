@@ -40,19 +40,20 @@ def one_pass(check: Callable[[], ChainReport]) -> ChainReport:
         return check()
 
 
-def verify(data: Path, processes: int) -> ChainReport:
+def verify(data: Path, processes: int, want: frozenset[tuple[int, int]] = frozenset()) -> ChainReport:
     async def run() -> ChainReport:
         log = open_log(f"sqlite:///{data / 'log.db'}")
         await log.start()
         try:
-            return await verify_log(log, "events", processes=processes)
+            return await verify_log(log, "events", processes=processes, want=want)
         finally:
             await log.close()
     return asyncio.run(run())
 
 
 def same(a: ChainReport, b: ChainReport) -> None:
-    assert (a.ok, a.records, a.heads, a.ends, a.mismatch) == (b.ok, b.records, b.heads, b.ends, b.mismatch)
+    fields = ("ok", "records", "heads", "ends", "mismatch", "at")
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
 
 
 def test_a_log_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -> None:
@@ -114,8 +115,10 @@ def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -
     # Many chunks, so that every worker takes several, each starting from another's last line.
     assert len(list(chain_parallel._chunks(str(export), chain_parallel.READ_BYTES))) > 3 * PROCESSES
     for processes in (PROCESSES, 1):
-        segments = check_export(export, processes)
-        assert segments is not None and [s.partition for s in segments] == [0, 1]
+        checked = check_export(export, processes)
+        assert checked is not None
+        segments = checked[0]
+        assert [s.partition for s in segments] == [0, 1]
         assert [s.records for s in segments] == [len(rows(data / "log.db", p)) for p in (0, 1)]
         many = verify_export(export, processes=processes)
         assert many.ok
@@ -161,3 +164,48 @@ def test_an_export_in_several_frames_verifies_and_one_cut_short_gets_no_verdict(
         assert check_export(cut, processes) is None
         report = verify_export(cut, processes=processes)
         assert report.mismatch is not None and "not a complete lz4 frame file" in report.mismatch.reason
+
+
+def test_wanted_chain_values_are_the_one_pass_ones(tmp_path: Path) -> None:
+    """Checkpoint checks ask for the chain value at given records: the ranges answer them too."""
+    data = history(tmp_path, partitions=2, per_pool=20, pools=(pool_in(0, 2), pool_in(1, 2)))
+    records = {p: rows(data / "log.db", p) for p in (0, 1)}
+    want = frozenset({(0, 0), (0, len(records[0]) // 2), (1, len(records[1]) - 1), (1, 10**6)})
+    for processes in (PROCESSES, 1):
+        report = verify(data, processes, want)
+        assert report.at == {(p, o): records[p][o][4].hex() for p, o in want if o < len(records[p])}
+        same(report, one_pass(lambda: verify(data, 1, want)))
+    export = tmp_path / "events.ndjson.lz4"
+
+    async def write() -> None:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            await export_log(log, "events", export)
+        finally:
+            await log.close()
+    asyncio.run(write())
+    for processes in (PROCESSES, 1):
+        checked = check_export(export, processes, want)
+        assert checked is not None and len(checked[1]) == 3
+        same(verify_export(export, want=want, processes=processes),
+             one_pass(lambda: verify_export(export, want=want, processes=1)))
+
+
+def test_checks_at_the_same_time_share_the_cores_and_agree(tmp_path: Path) -> None:
+    """One check at a time spreads over worker processes; one that comes meanwhile (another HTTP
+    request) checks in its own process instead of starting more: the answers are the same."""
+    data = history(tmp_path, per_pool=30)
+
+    async def both() -> list[ChainReport]:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            checks = (verify_log(log, "events", processes=PROCESSES) for _ in range(3))
+            return list(await asyncio.gather(*checks))
+        finally:
+            await log.close()
+    reports = asyncio.run(both())
+    reference = one_pass(lambda: verify(data, 1))
+    for report in reports:
+        same(report, reference)
