@@ -13,10 +13,10 @@
 #      only used when running as root), AGENTBUS_PG_START_TIMEOUT (60).
 set -euo pipefail
 
-# shellcheck source=common.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 # shellcheck source=../debian.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/debian.sh"
+# shellcheck source=common.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
 START_TIMEOUT="${AGENTBUS_PG_START_TIMEOUT:-60}"
 URL="postgresql+asyncpg://${AGENTBUS_PG_USER}@127.0.0.1:${AGENTBUS_PG_PORT}/agentbus"
