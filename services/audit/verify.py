@@ -174,11 +174,12 @@ Lookup = Callable[[int, int], Awaitable[str | None]]
 
 async def verify_log_audit(
     log: EventLog, topic: str, *, from_offset: int = 0, key: Ed25519PublicKey | None = None,
-    only_key_id: str | None = None,
+    only_key_id: str | None = None, processes: int | None = None,
 ) -> AuditReport:
     """The chain of every partition of ``topic`` from ``from_offset``, and with ``key`` its checkpoints.
 
     ``only_key_id``: look only at checkpoints signed by that key id (others are not counted).
+    ``processes``: how many to check with (``events.chain.verify_log``; default one per core).
     """
     started = time.perf_counter()
     # Past the end there is nothing to check; and chain_at would walk back from there a page at a
@@ -186,7 +187,7 @@ async def verify_log_audit(
     ends = [await log.end_offset(topic, p) for p in range(await log.partitions(topic))]
     from_offset = min(from_offset, max(ends, default=0))
     found = _only(await _log_checkpoints(log, topic, from_offset), only_key_id) if key is not None else []
-    chain = await verify_log(log, topic, from_offset=from_offset, want=_wanted(found))
+    chain = await verify_log(log, topic, from_offset=from_offset, want=_wanted(found), processes=processes)
 
     async def lookup(partition: int, position: int) -> str | None:
         if position > chain.ends.get(partition, from_offset):
@@ -204,12 +205,12 @@ async def verify_log_audit(
 
 
 async def verify_export_audit(path: str | Path, key: Ed25519PublicKey | None = None,
-                              topic: str = "events") -> AuditReport:
+                              topic: str = "events", processes: int | None = None) -> AuditReport:
     """The chain over an lz4 export file (``agentbus events export``), and with ``key`` its checkpoints."""
     started = time.perf_counter()
     source = Path(path)
     found = _file_checkpoints(source) if key is not None else []
-    chain = verify_export(source, topic, want=_wanted(found))
+    chain = verify_export(source, topic, want=_wanted(found), processes=processes)
 
     async def lookup(partition: int, position: int) -> str | None:
         # A file exported from a later offset does not hold what lies before its first line.

@@ -60,10 +60,13 @@ def audit_group() -> None:
               help="Verify this export file (`agentbus events export`) instead of the log.")
 @click.option("--key", "key_file", help="Public key (PEM file) to check every signed checkpoint with; "
                                         "fails when no checkpoint is signed by it.")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Processes to check a long partition or a big export with (1: this one alone, e.g. on "
+                   "a busy server). [default: one per core]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @settings_options(*DEPLOYMENT)
-def audit_verify(from_offset: int | None, file: Path | None, key_file: str | None, as_json: bool,
-                 settings: Settings) -> None:
+def audit_verify(from_offset: int | None, file: Path | None, key_file: str | None, processes: int | None,
+                 as_json: bool, settings: Settings) -> None:
     """Recompute the hash chain; exit 1 naming the first record or checkpoint that does not match."""
     key = None
     if key_file is not None:
@@ -76,14 +79,15 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
             raise click.UsageError("--from applies to the log; an export file is checked from its first line")
         if not file.is_file():
             fail(f"--file: no such file {str(file)!r}")
-        report = run(verify_export_audit(file, key))
+        report = run(verify_export_audit(file, key, processes=processes))
     else:
         events = topics_of(settings).events
 
         async def go() -> AuditReport:
             log = await _open(settings)
             try:
-                return await verify_log_audit(log, events, from_offset=from_offset or 0, key=key)
+                return await verify_log_audit(log, events, from_offset=from_offset or 0, key=key,
+                                              processes=processes)
             finally:
                 await log.close()
 

@@ -19,7 +19,7 @@ from events import chain_parallel, open_log
 from events.chain import ChainReport, verify_export, verify_log
 from events.chain_parallel import check_export, check_sqlite
 from events.export import export_log
-from tests.audit.test_chain_verify import history, one_byte_changed, pool_in, put, rows
+from tests.audit.test_chain_verify import cli, history, one_byte_changed, pool_in, put, rows, verify_json
 
 PROCESSES = 3
 
@@ -209,3 +209,16 @@ def test_checks_at_the_same_time_share_the_cores_and_agree(tmp_path: Path) -> No
     reference = one_pass(lambda: verify(data, 1))
     for report in reports:
         same(report, reference)
+
+
+def test_the_cli_takes_how_many_processes_to_check_with(tmp_path: Path) -> None:
+    data = history(tmp_path, per_pool=30)
+    total = len(rows(data / "log.db", 0))
+    for processes in ("1", str(PROCESSES)):
+        code, report = verify_json("--data-dir", str(data), "--processes", processes)
+        assert code == 0 and report["ok"] is True and report["records"] == total
+    put(data / "log.db", 0, total // 2, one_byte_changed(rows(data / "log.db", 0)[total // 2][1]))
+    code, report = verify_json("--data-dir", str(data), "--processes", str(PROCESSES))
+    assert code == 1 and report["failure"]["offset"] == total // 2
+    refused = cli("audit", "verify", "--data-dir", str(data), "--processes", "0")
+    assert refused.exit_code == 2 and "--processes" in refused.output
