@@ -12,10 +12,9 @@ unusual (a mismatch, a gap, an unreadable record, a line it cannot split) stops,
 and says what is wrong. The fast path therefore never decides a failure on its own.
 
 With one process the same range check runs in this one (it reads the SQLite file directly and the
-export in one piece, several times faster per record than the one-pass check). Workers run as
-``python -m events.chain_parallel REQUEST`` (JSON) and answer in JSON on stdout, so
-they import almost nothing. It must never write to what it checks: SQLite files are
-opened read-only.
+export in chunks, faster per record than the one-pass check). Workers run as
+``python -m events.chain_parallel REQUEST`` (JSON) and answer in JSON on stdout, so they import
+almost nothing. It must never write to what it checks: SQLite files are opened read-only.
 """
 
 from __future__ import annotations
@@ -40,6 +39,8 @@ import lz4.block
 import lz4.frame
 import orjson
 
+from events.sqlite_records import CODEC_LZ4, CODEC_RAW
+
 __all__ = ["MIN_PARALLEL", "MIN_PARALLEL_EXPORT_BYTES", "PREFIX", "Segment", "check_export", "check_sqlite",
            "workers"]
 
@@ -48,7 +49,6 @@ MIN_PARALLEL = 50_000
 # The same for an export file, in compressed bytes (about 40,000 lines of task events).
 MIN_PARALLEL_EXPORT_BYTES = 4 << 20
 _GENESIS = bytes(32)
-_CODEC_RAW, _CODEC_LZ4 = 0, 1
 # The chain attributes an export line starts with (``events.chain.export_line`` writes them); use
 # ``match``, which anchors at the position given.
 PREFIX = re.compile(
@@ -158,8 +158,8 @@ def _sqlite_range(request: dict[str, Any]) -> dict[str, Any]:
             for offset, value, codec, found in rows:
                 if offset != expected:
                     return {"ok": False, "at": expected}
-                if codec != _CODEC_RAW:
-                    if codec != _CODEC_LZ4:
+                if codec != CODEC_RAW:
+                    if codec != CODEC_LZ4:
                         return {"ok": False, "at": offset}
                     try:
                         value = decompress(value)
