@@ -51,6 +51,18 @@ def verify(data: Path, processes: int, want: frozenset[tuple[int, int]] = frozen
     return asyncio.run(run())
 
 
+def export_to(data: Path, export: Path) -> None:
+    """``agentbus events export`` of the history's events topic to ``export``."""
+    async def write() -> None:
+        log = open_log(f"sqlite:///{data / 'log.db'}")
+        await log.start()
+        try:
+            await export_log(log, "events", export)
+        finally:
+            await log.close()
+    asyncio.run(write())
+
+
 def same(a: ChainReport, b: ChainReport) -> None:
     fields = ("ok", "records", "heads", "ends", "mismatch", "at")
     assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
@@ -103,15 +115,7 @@ def test_a_deleted_record_is_found_after_the_gap(tmp_path: Path) -> None:
 def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -> None:
     data = history(tmp_path, partitions=2, per_pool=20, pools=(pool_in(0, 2), pool_in(1, 2)))
     export = tmp_path / "events.ndjson.lz4"
-
-    async def write() -> None:
-        log = open_log(f"sqlite:///{data / 'log.db'}")
-        await log.start()
-        try:
-            await export_log(log, "events", export)
-        finally:
-            await log.close()
-    asyncio.run(write())
+    export_to(data, export)
     # Many chunks, so that every worker takes several, each starting from another's last line.
     assert len(list(chain_parallel._chunks(str(export), chain_parallel.READ_BYTES))) > 3 * PROCESSES
     for processes in (PROCESSES, 1):
@@ -141,15 +145,7 @@ def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -
 def test_an_export_in_several_frames_verifies_and_one_cut_short_gets_no_verdict(tmp_path: Path) -> None:
     data = history(tmp_path, per_pool=20)
     export = tmp_path / "events.ndjson.lz4"
-
-    async def write() -> None:
-        log = open_log(f"sqlite:///{data / 'log.db'}")
-        await log.start()
-        try:
-            await export_log(log, "events", export)
-        finally:
-            await log.close()
-    asyncio.run(write())
+    export_to(data, export)
     text = lz4.frame.decompress(export.read_bytes())
     half = text.index(b"\n", len(text) // 2) + 1
     framed = tmp_path / "frames.ndjson.lz4"  # two frames, one after the other, as `cat a b` makes
@@ -176,15 +172,7 @@ def test_wanted_chain_values_are_the_one_pass_ones(tmp_path: Path) -> None:
         assert report.at == {(p, o): records[p][o][4].hex() for p, o in want if o < len(records[p])}
         same(report, one_pass(lambda: verify(data, 1, want)))
     export = tmp_path / "events.ndjson.lz4"
-
-    async def write() -> None:
-        log = open_log(f"sqlite:///{data / 'log.db'}")
-        await log.start()
-        try:
-            await export_log(log, "events", export)
-        finally:
-            await log.close()
-    asyncio.run(write())
+    export_to(data, export)
     for processes in (PROCESSES, 1):
         checked = check_export(export, processes, want)
         assert checked is not None and len(checked[1]) == 3
