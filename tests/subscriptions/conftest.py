@@ -4,6 +4,7 @@ of its HTTP API, and a receiving server that verifies signatures (``tests.subscr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,6 +57,20 @@ async def submit_tasks(client: httpx.AsyncClient, *task_ids: str, pool: str = "d
         resp = await client.post("/v1/tasks", params={**WAIT, "pool": pool},
                                  json={"task_id": task_id, "type": "demo"})
         assert resp.status_code == 201, resp.text
+
+
+async def caught_up(client: httpx.AsyncClient, name: str) -> None:
+    """Wait until subscription ``name`` has delivered (or skipped) everything in the log and committed
+    that: a stop after this sends nothing again, where a stop after the receiver merely got an event
+    may send it again (the answer was still on its way)."""
+    delivery: list[dict[str, Any]] = []
+    for _ in range(250):
+        read = await client.get(f"/v1/subscriptions/{name}", params={"min_position": 0})
+        delivery = read.json()["delivery"]
+        if all(p["next"] == p["end"] for p in delivery):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"subscription {name!r} did not catch up: {delivery}")
 
 
 async def log_events(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:

@@ -32,14 +32,15 @@ async def test_a_kafka_worker_delivers_from_every_partition_it_owns(
         assert {partition_for(pool, 2) for pool in pools} == {0, 1}  # one pool in each partition
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service=service)),
                                      base_url="http://agentbus", timeout=30) as client:
-            await subscribe(client, "s", f"{url}/hook", ["type:TaskSubmitted"], max_attempts=2)
+            made = await subscribe(client, "s", f"{url}/hook", ["type:TaskSubmitted"], max_attempts=2)
             for pool in pools:
                 await submit_tasks(client, f"{pool}-1", f"{pool}-2", pool=pool)
             await submit_tasks(client, "bad", "after-bad", pool="blue")
             await until(lambda: len(got.delivered()) == 5, timeout=60, what="every good task")
             failures: list[dict[str, object]] = []
             for _ in range(300):
-                failures = (await client.get("/v1/subscriptions/s/failures")).json()["items"]
+                seen = {"min_position": made["position"]}
+                failures = (await client.get("/v1/subscriptions/s/failures", params=seen)).json()["items"]
                 if failures:
                     break
                 await asyncio.sleep(0.1)

@@ -49,11 +49,13 @@ async def test_no_read_answers_a_secret_and_none_is_in_clear_on_disk(
     _, url = receiver
     async with running(tmp_path) as (_, client):
         await subscribe(client, "given", f"{url}/a", ["events"])
-        generated = (await client.put("/v1/subscriptions/generated", json={
-            "url": f"{url}/b", "channels": ["tasks"]})).json()["secret"]
+        made = (await client.put("/v1/subscriptions/generated", json={
+            "url": f"{url}/b", "channels": ["tasks"]})).json()
+        generated = made["secret"]
         await submit_tasks(client, "t1")
-        listed = await client.get("/v1/subscriptions")
-        one = await client.get("/v1/subscriptions/generated")
+        seen = {"min_position": made["position"]}  # both decided and projected
+        listed = await client.get("/v1/subscriptions", params=seen)
+        one = await client.get("/v1/subscriptions/generated", params=seen)
         system = await client.get("/v1/events", params={"pool": "_system", "limit": 1000})
     assert [s["name"] for s in listed.json()["items"]] == ["generated", "given"]
     assert set(one.json()) == {"name", "incarnation", "url", "channels", "max_attempts", "start",
@@ -78,25 +80,29 @@ async def test_delete_stops_deliveries_and_a_new_subscription_of_that_name_start
         made = await subscribe(client, "s", f"{url}/hook", ["type:TaskSubmitted"], max_attempts=1)
         await submit_tasks(client, "bad", "t1")
         await until(lambda: len(got.delivered()) == 1)
+        made_seen = {"min_position": made["position"]}
         for _ in range(250):  # the dead letter is a command: decided, then projected
-            if (await client.get("/v1/subscriptions/s/failures")).json()["items"]:
+            if (await client.get("/v1/subscriptions/s/failures", params=made_seen)).json()["items"]:
                 break
             await asyncio.sleep(0.02)
-        assert len((await client.get("/v1/subscriptions/s/failures")).json()["items"]) == 1
+        assert len((await client.get("/v1/subscriptions/s/failures", params=made_seen)).json()["items"]) == 1
         deleted = await client.delete("/v1/subscriptions/s")
         assert deleted.status_code == 200 and deleted.json()["events"][0]["type"] == "SubscriptionDeleted"
         await submit_tasks(client, "t2")
         await asyncio.sleep(0.3)
         assert [e["data"]["task_id"] for e in got.delivered()] == ["t1"]
-        assert (await client.get("/v1/subscriptions/s")).status_code == 404
-        assert (await client.get("/v1/subscriptions/s/failures")).status_code == 404
-        assert (await client.get("/v1/subscriptions")).json()["items"] == []
+        seen = {"min_position": deleted.json()["position"]}
+        assert (await client.get("/v1/subscriptions/s", params=seen)).status_code == 404
+        assert (await client.get("/v1/subscriptions/s/failures", params=seen)).status_code == 404
+        assert (await client.get("/v1/subscriptions", params=seen)).json()["items"] == []
         assert (await client.delete("/v1/subscriptions/s")).status_code == 404
         again = await subscribe(client, "s", f"{url}/hook", ["type:TaskSubmitted"])
         assert again["subscription"]["incarnation"] > made["subscription"]["incarnation"]
         await submit_tasks(client, "t3")
         await until(lambda: len(got.delivered()) == 2)
-        failures = (await client.get("/v1/subscriptions/s/failures")).json()["items"]
+        # Deliveries follow the log, the read model follows the decision: read at least that far.
+        read = await client.get("/v1/subscriptions/s/failures", params={"min_position": again["position"]})
+        failures = read.json()["items"]
     # From the end of the log at its creation: not t2 (sent while there was none), no old dead letter.
     assert [e["data"]["task_id"] for e in got.delivered()] == ["t1", "t3"]
     assert failures == []

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.subscriptions.conftest import log_events, running, submit_tasks, subscribe
+from tests.subscriptions.conftest import caught_up, log_events, running, submit_tasks, subscribe
 from tests.subscriptions.receiver import Receiver, until
 
 
@@ -49,12 +49,7 @@ async def test_at_least_once_in_log_order_across_restarts(tmp_path: Path,
     async with running(tmp_path) as (_, client):
         await until(lambda: len(got.delivered()) == 4, what="everything delivered after the restart")
         logged = await log_events(client, type="TaskSubmitted")
-        for _ in range(100):  # caught up, and the position says so once it moved past the rest
-            [partition] = (await client.get("/v1/subscriptions/s")).json()["delivery"]
-            if partition["next"] == partition["end"]:
-                break
-            await asyncio.sleep(0.02)
-        assert partition["next"] == partition["end"]
+        await caught_up(client, "s")  # and the position says so once it moved past the rest
     assert got.ids() == [e["id"] for e in logged]  # each once, in log order, none lost
     # Acknowledged means committed: a restart sends nothing again, and goes on with what is new.
     async with running(tmp_path) as (_, client):

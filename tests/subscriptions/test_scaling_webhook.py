@@ -16,7 +16,7 @@ from services.runtime.deliveries import secret_context
 from services.runtime.embedded import Runner
 from services.runtime.settings import Settings
 from services.runtime.webhook import LEGACY_GROUP, SCALING_SUBSCRIPTION
-from tests.subscriptions.conftest import SECRET, WAIT, log_events, subscribe
+from tests.subscriptions.conftest import SECRET, WAIT, caught_up, log_events, subscribe
 from tests.subscriptions.receiver import receiving, until
 
 
@@ -71,6 +71,7 @@ async def test_the_scaling_webhook_is_a_subscription_like_any_other(tmp_path: Pa
             got.secret = SECRET
             await decide_scaling(client, "gpu", 1)
             await until(lambda: len(got.delivered()) == 2, what="the second decision")
+            await caught_up(client, SCALING_SUBSCRIPTION)  # acknowledged, so the restart sends nothing
             decided = await log_events(client, type="ScalingDecided")
         # A restart with the same URL keeps the operator's secret.
         async with serving(tmp_path, f"{url}/scale") as (r, client):
