@@ -5,12 +5,15 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+# Each step says when it starts (seconds since this script began), so a slow run shows where.
+step() { printf '== [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+
 py="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
-  echo "== creating .venv with $($py --version)" >&2
+  step "creating .venv with $($py --version)"
   "$py" -m venv .venv
 fi
-echo "== installing agentbus[dev]" >&2
+step "installing agentbus[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' >&2
 
@@ -22,27 +25,29 @@ fi
 
 started=()
 cleanup() {
+  step "stopping what this script started"
   for s in "${started[@]}"; do "deploy/$s/down.sh" >&2 || true; done
 }
 trap cleanup EXIT
 
-echo "== Chromium for the dashboard's browser tests" >&2
+step "Chromium for the dashboard's browser tests"
 deploy/chromium/install.sh >/dev/null
 
-echo "== starting Kafka" >&2
+step "starting Kafka"
 kafka_url="$(deploy/kafka/up.sh | tail -n 1)"
 started+=(kafka)
-echo "== starting PostgreSQL" >&2
+step "starting PostgreSQL"
 pg_url="$(deploy/postgres/up.sh | tail -n 1)"
 started+=(postgres)
 
 export AGENTBUS_TEST_KAFKA="$kafka_url"
 export AGENTBUS_TEST_DATABASE="${pg_url%/agentbus}/agentbus_test"
-echo "== pytest (kafka: $AGENTBUS_TEST_KAFKA, postgres: $AGENTBUS_TEST_DATABASE)" >&2
+step "pytest (kafka: $AGENTBUS_TEST_KAFKA, postgres: $AGENTBUS_TEST_DATABASE)"
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
 set -e
+step "pytest exited with $rc"
 if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: that is a failure here" >&2
   rc=1

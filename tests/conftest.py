@@ -5,9 +5,12 @@ lazily at session end, deep in the stack, where CPython 3.11.7's ``ast.parse`` f
 "AST constructor recursion depth mismatch" (fixed in 3.11.8).
 """
 
+import faulthandler
 import hashlib
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 import hypothesis
@@ -41,6 +44,10 @@ if sys.version_info[:3] < (3, 11, 8):
         _module.function_digest = _function_digest  # type: ignore[attr-defined]
 
 
+# How long the interpreter may take to exit once the run is over.
+EXIT_GRACE_S = 60.0
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI nothing may be skipped: a skip there means a broker or database went missing."""
     if os.environ.get("CI") != "true":
@@ -50,3 +57,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; in CI that is a failure", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run whose report is written must also end: a thread a test left running (an unclosed
+    SQLite connection's worker, a blocked executor job) would otherwise keep the interpreter from
+    exiting, and CI from finishing, for ever. Past ``EXIT_GRACE_S`` the threads still alive are
+    named, every thread's stack is printed, and the process exits 1."""
+
+    def watch() -> None:
+        time.sleep(EXIT_GRACE_S)
+        alive = [t for t in threading.enumerate()
+                 if t is not threading.main_thread() and t is not threading.current_thread() and not t.daemon]
+        err = sys.__stderr__
+        if err is None:
+            os._exit(1)
+        err.write(f"\nthe test run had not exited {EXIT_GRACE_S:.0f} s after its end; threads still "
+                  f"running: {', '.join(repr(t) for t in alive) or '(none but daemons)'}\n")
+        err.flush()
+        faulthandler.dump_traceback(file=err, all_threads=True)
+        err.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
