@@ -79,14 +79,14 @@ class WebhookServer(Server):
 class Agent:
     """One ``agentbus agent run`` process."""
 
-    def __init__(self, root: Path, url: str, n: int, *extra: str) -> None:
+    def __init__(self, root: Path, url: str, n: int, *extra: str, work_s: float = 0.2) -> None:
         self.err_path = root / f"agent-{n}.err"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "agent", "run", "--url", url, "--name", f"worker-{n}",
                  "--capability", "text", "--capacity", "2", "--kind", "llm", "--heartbeat-s", "0.5",
-                 "--work-s", "0.2", "--seed", str(n), *extra],
+                 "--work-s", str(work_s), "--seed", str(n), *extra],
                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err)
         assert self.proc.stdout is not None
         self.id = self.proc.stdout.readline().decode().strip()  # the first line: its id
@@ -132,7 +132,9 @@ async def test_agents_scale_out_on_decisions_and_work_every_task(tmp_path: Path,
             # min_agents 1 with none running: the first decision is 0 -> 1.
             await _poll(client, "/v1/events", lambda b: len(b["items"]) == 1, "the first decision",
                         type="ScalingDecided")
-            agents.append(Agent(tmp_path, server.url, 1))
+            # Slow enough that the first cannot finish the queue alone before the others start
+            # (a new agent process takes a second or more to register on a busy machine).
+            agents.append(Agent(tmp_path, server.url, 1, work_s=1.0))
             retry = {"max_attempts": 20, "strategy": "immediate"}
             for i in range(TASKS):
                 resp = await client.post("/v1/tasks", json={
