@@ -112,6 +112,21 @@ def test_a_deleted_record_is_found_after_the_gap(tmp_path: Path) -> None:
     same(many, one_pass(lambda: verify(data, 1)))
 
 
+def test_a_range_short_of_its_last_record_does_not_pass(tmp_path: Path) -> None:
+    # Every record left in the first range matches its chain: only its count gives it away.
+    data = history(tmp_path, per_pool=30)
+    db = data / "log.db"
+    total = len(rows(db, 0))
+    first_end = total // PROCESSES
+    with sqlite3.connect(db) as conn:
+        conn.execute('DELETE FROM records WHERE topic = \'events\' AND "partition" = 0 AND "offset" = ?',
+                     (first_end - 1,))
+    assert asyncio.run(check_sqlite(str(db), "events", 0, 0, total, bytes(32), PROCESSES))[0] == 0
+    many = verify(data, PROCESSES)
+    assert many.mismatch is not None and many.mismatch.offset == first_end
+    same(many, one_pass(lambda: verify(data, 1)))
+
+
 def test_an_export_checked_in_ranges_gives_the_one_pass_report(tmp_path: Path) -> None:
     data = history(tmp_path, partitions=2, per_pool=20, pools=(pool_in(0, 2), pool_in(1, 2)))
     export = tmp_path / "events.ndjson.lz4"
