@@ -36,7 +36,13 @@ class TopicAdmin:
     async def start(self) -> None:
         """Connect the admin client."""
         client = AIOKafkaAdminClient(**self.settings.client_options())
-        await client.start()
+        try:
+            await client.start()
+        except BaseException:
+            # A failed or cancelled start leaves connections behind unless closed here.
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
         self.client = client
 
     async def close(self) -> None:

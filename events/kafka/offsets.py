@@ -38,7 +38,13 @@ class GroupOffsets:
     async def start(self) -> None:
         """Bootstrap the client."""
         client = AIOKafkaClient(**self.settings.client_options())
-        await client.bootstrap()
+        try:
+            await client.bootstrap()
+        except BaseException:
+            # A failed or cancelled bootstrap leaves connections behind unless closed here.
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
         self.client = client
 
     async def close(self) -> None:

@@ -74,7 +74,13 @@ class Reader:
     async def start(self) -> None:
         """Start the metadata consumer."""
         meta = self._consumer(READ_FETCH_WAIT_MS)
-        await meta.start()
+        try:
+            await meta.start()
+        except BaseException:
+            # As in _start_consumer: a failed or cancelled start leaks its connections otherwise.
+            with contextlib.suppress(Exception):
+                await meta.stop()
+            raise
         self.meta = meta
         self.closing = False
 
