@@ -15,6 +15,7 @@ import contextlib
 from aiokafka import errors as kerr  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
+from events.kafka.clients import start_or_close
 from events.kafka.url import KafkaURL
 from events.log import LogError, UnknownTopic
 
@@ -36,13 +37,7 @@ class TopicAdmin:
     async def start(self) -> None:
         """Connect the admin client."""
         client = AIOKafkaAdminClient(**self.settings.client_options())
-        try:
-            await client.start()
-        except BaseException:
-            # A failed or cancelled start leaves connections behind unless closed here.
-            with contextlib.suppress(Exception):
-                await client.close()
-            raise
+        await start_or_close(client.start(), client.close)
         self.client = client
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from aiokafka import errors as kerr
 from aiokafka.client import CoordinationType  # type: ignore[import-untyped]
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest  # type: ignore[import-untyped]
 
+from events.kafka.clients import start_or_close
 from events.kafka.url import KafkaURL
 from events.log import LogError
 
@@ -38,13 +39,7 @@ class GroupOffsets:
     async def start(self) -> None:
         """Bootstrap the client."""
         client = AIOKafkaClient(**self.settings.client_options())
-        try:
-            await client.bootstrap()
-        except BaseException:
-            # A failed or cancelled bootstrap leaves connections behind unless closed here.
-            with contextlib.suppress(Exception):
-                await client.close()
-            raise
+        await start_or_close(client.bootstrap(), client.close)
         self.client = client
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from aiokafka import __version__ as aiokafka_version
 from aiokafka import errors as kerr
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
+from events.kafka.clients import start_or_close
 from events.kafka.records import to_stored
 from events.kafka.url import KafkaURL
 from events.log import LogError, StoredRecord
@@ -74,13 +75,7 @@ class Reader:
     async def start(self) -> None:
         """Start the metadata consumer."""
         meta = self._consumer(READ_FETCH_WAIT_MS)
-        try:
-            await meta.start()
-        except BaseException:
-            # As in _start_consumer: a failed or cancelled start leaks its connections otherwise.
-            with contextlib.suppress(Exception):
-                await meta.stop()
-            raise
+        await start_or_close(meta.start(), meta.stop)
         self.meta = meta
         self.closing = False
 
@@ -169,15 +164,9 @@ class Reader:
     async def _start_consumer(self, fetch_wait_ms: int) -> AIOKafkaConsumer:
         consumer = self._consumer(fetch_wait_ms)
         try:
-            await consumer.start()
-        except BaseException as exc:
-            # Also on a cancelled start (a stop while connecting): a started-but-unstopped consumer
-            # leaks its connections and fetch task.
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            if isinstance(exc, kerr.KafkaError):
-                raise LogError(f"cannot connect a consumer to {self.settings.servers}: {exc!r}") from exc
-            raise
+            await start_or_close(consumer.start(), consumer.stop)
+        except kerr.KafkaError as exc:
+            raise LogError(f"cannot connect a consumer to {self.settings.servers}: {exc!r}") from exc
         return consumer
 
     async def _checkin(self, tp: TopicPartition, consumer: AIOKafkaConsumer, end: int) -> None:
