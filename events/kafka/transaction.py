@@ -12,7 +12,6 @@ the producer aborts and replaces it (``events.kafka.writer``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kerr
 from aiokafka.structs import OffsetAndMetadata, TopicPartition  # type: ignore[import-untyped]
 
+from events.kafka.clients import start_or_close
 from events.kafka.records import Row
 from events.kafka.url import KafkaURL
 from events.log import Appended, Commit
@@ -63,15 +63,13 @@ async def start_producer(settings: KafkaURL, transactional_id: str, timeout_ms: 
         producer = new_producer(settings, transactional_id, timeout_ms)
     except RuntimeError as exc:  # aiokafka's lz4 needs cramjam
         raise RuntimeError(f"{exc}: pip install 'aiokafka[lz4]'") from exc
-    try:
+    async def register() -> None:
         await producer.start()
         async with asyncio.timeout(REGISTER_TIMEOUT_S):
             await producer.begin_transaction()
             await producer.abort_transaction()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        raise
+
+    await start_or_close(register(), producer.stop)
     return producer
 
 
