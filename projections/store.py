@@ -42,6 +42,12 @@ SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 PositionKey = tuple[str, str, int]  # (projector, topic, partition)
 
+# How long ``close`` waits for write transactions still open (a task its owner did not stop) before
+# it closes their connections, which rolls them back and releases SQLite's write lock. The engine's
+# dispose alone leaves a checked-out connection open, holding the lock against the next process or
+# runtime on the file until the garbage collector finds it.
+CLOSE_GRACE_S = 5.0
+
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +87,8 @@ class ProjectionStore:
         self._write_lock = asyncio.Lock()
         # Replaced on every advance: waiters hold the current one and are woken when it is set.
         self._advanced = asyncio.Event()
+        # Write transactions now open, with the task that opened each (``close`` names it).
+        self._writing: dict[AsyncConnection, str] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -137,10 +145,28 @@ class ProjectionStore:
             raise
 
     async def close(self) -> None:
-        """Dispose of the engine; idempotent."""
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = self._writer = None
+        """Dispose of the engine; idempotent.
+
+        Write transactions still open are given ``CLOSE_GRACE_S`` to end; then their connections
+        are closed (rolled back), each named in a warning, so no write lock outlives the close.
+        """
+        if self._engine is None:
+            return
+        engine, self._engine, self._writer = self._engine, None, None  # no write begins from now on
+        loop = asyncio.get_running_loop()
+        until = loop.time() + CLOSE_GRACE_S
+        # Polled: a Faust worker's roles may write on a loop of another thread, whose tasks could
+        # not wake this one.
+        while self._writing and loop.time() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        for conn, holder in list(self._writing.items()):
+            log.warning("read models closed while %s was inside a write transaction: "
+                        "its connection is closed, which rolls the transaction back", holder)
+            try:
+                await conn.invalidate()
+            except Exception as exc:
+                log.warning("closing the connection of %s failed: %r", holder, exc)
+        await engine.dispose()
 
     async def reset(self) -> None:
         """Drop and re-create every table, positions included (the start of a rebuild)."""
@@ -155,11 +181,26 @@ class ProjectionStore:
         if self._writer is None:
             raise RuntimeError("ProjectionStore is not started")
         if self.dialect != "sqlite":
-            async with self._writer.begin() as conn:
+            async with self._transaction() as conn:
                 yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
+        async with self._write_lock, self._transaction() as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a connection ``close`` knows of until it has committed or rolled back."""
+        if self._writer is None:  # closed while this one queued for the lock
+            raise RuntimeError("ProjectionStore is closed")
+        task = asyncio.current_task()
+        holder = "a task" if task is None else f"task {task.get_name()!r}"
+        async with self._writer.connect() as conn:
+            self._writing[conn] = holder
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                self._writing.pop(conn, None)
 
     async def read_position(self, projector: str, topic: str, partition: int) -> int:
         """The next offset ``projector`` will apply in the partition (0 if it never applied)."""

@@ -1,0 +1,88 @@
+"""Closing the read models releases SQLite's write lock, even while a task is still inside a write.
+
+A runtime that stops and a second one that starts on the same file (a restart in the same process, or
+the next process) must not wait behind a write transaction the first left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from projections import ProjectionStore
+from projections import store as store_module
+from projections.tables import positions
+
+
+async def _stuck_writer(store: ProjectionStore, entered: asyncio.Event, release: asyncio.Event) -> None:
+    """Write a row, then stay inside the transaction until ``release``, ignoring cancellation."""
+    async with store.begin_write() as conn:
+        await conn.execute(positions.insert().values(projector="p", topic="t", partition=0, next_offset=1))
+        entered.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+
+async def test_close_rolls_back_a_write_left_open_and_frees_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(store_module, "CLOSE_GRACE_S", 0.2)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+    first = ProjectionStore(url)
+    await first.start()
+    entered, release = asyncio.Event(), asyncio.Event()
+    stuck = asyncio.create_task(_stuck_writer(first, entered, release), name="stuck writer")
+    await entered.wait()
+    stuck.cancel()  # swallowed: the task stays inside its transaction
+
+    with caplog.at_level(logging.WARNING, logger=store_module.__name__):
+        await asyncio.wait_for(first.close(), 5)
+    assert "task 'stuck writer' was inside a write transaction" in caplog.text
+
+    second = ProjectionStore(url)
+    await second.start()
+    try:
+        # Without the close's roll-back this waits out SQLite's 30 s busy timeout.
+        async with asyncio.timeout(5):
+            async with second.begin_write() as conn:
+                await conn.execute(positions.insert().values(projector="q", topic="t", partition=0,
+                                                             next_offset=2))
+        async with second.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(positions.c.projector))).scalars().all()
+        assert rows == ["q"]  # the stuck writer's row was rolled back, never committed
+    finally:
+        release.set()
+        await asyncio.gather(stuck, return_exceptions=True)
+        await second.close()
+
+
+async def test_close_waits_for_a_write_that_ends_in_time(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+    first = ProjectionStore(url)
+    await first.start()
+    entered, release = asyncio.Event(), asyncio.Event()
+    writer = asyncio.create_task(_stuck_writer(first, entered, release))
+    await entered.wait()
+    closing = asyncio.create_task(first.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waiting for the open transaction
+    release.set()
+    await asyncio.wait_for(asyncio.gather(writer, closing), 5)
+
+    second = ProjectionStore(url)
+    await second.start()
+    try:
+        async with second.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(positions.c.projector))).scalars().all()
+        assert rows == ["p"]  # it committed before the close went on
+        with pytest.raises(RuntimeError, match="not started"):
+            async with first.begin_write():
+                pass
+    finally:
+        await second.close()
