@@ -989,7 +989,7 @@ def _idle(pool: str, tasks: dict[str, _Task], agents: dict[str, _Agent]) -> list
 def _against_replay(tables: dict[str, list[dict[str, Any]]],
                     finals: dict[str, tuple[dict[str, _Task], dict[str, _Agent]]]) -> list[str]:
     """The read models say what the replayed log says: each task's status and holder, each agent's
-    load and status."""
+    load, status and health."""
     out = []
     for row in tables["tasks"]:
         key = f"{row['pool']}/{row['task_id']}"
@@ -1009,9 +1009,13 @@ def _against_replay(tables: dict[str, list[dict[str, Any]]],
         agent = finals.get(row["pool"], ({}, {}))[1].get(row["agent_id"])
         if agent is None:
             out.append(f"read model has agent {key}, the log does not")
-        elif (row["load"], row["status"] == "active") != (len(agent.held), agent.active):
-            out.append(f"read model: agent {key} has load {row['load']} and is {row['status']}, "
-                       f"the log says {len(agent.held)} and active={agent.active}")
+        else:
+            # A heartbeat timer may mark an agent unhealthy on a slow run: the read model shows it.
+            status = "deregistered" if not agent.active else "active" if agent.healthy else "unhealthy"
+            if (row["load"], row["status"], row["healthy"]) != (len(agent.held), status, agent.healthy):
+                out.append(f"read model: agent {key} has load {row['load']} and is {row['status']} "
+                           f"(healthy={row['healthy']}), the log says {len(agent.held)} and {status} "
+                           f"(healthy={agent.healthy})")
     return out
 
 
