@@ -10,7 +10,9 @@ from its bytes as usual. Never caches anything but what was encoded into that ve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator, Sequence
 
 from contracts import Envelope
 from events.codec import from_record
@@ -18,90 +20,172 @@ from events.log import Appended, EventLog, StoredRecord
 
 
 class EnvelopeCache:
-    """A bounded map (topic, partition, offset) -> Envelope, oldest entries evicted first."""
+    """A map (topic, partition, offset) -> Envelope, bounded two ways.
+
+    An entry leaves as soon as every follower of its partition in this process (``tail``) has read
+    past it: nobody here asks for it again, and a late reader decodes the bytes. Without
+    followers, or with followers far behind, at most ``capacity`` entries are kept, the oldest of
+    the fullest partition evicted first.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._items: dict[tuple[str, int, int], Envelope] = {}
+        self._parts: dict[tuple[str, int], dict[int, Envelope]] = {}
+        self._size = 0
+        # The next offset each follower of a partition reads, and the offset below which its
+        # followers have let every entry go.
+        self._followers: dict[tuple[str, int], dict[Follower, int]] = {}
+        self._floor: dict[tuple[str, int], int] = {}
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size
 
     def put(self, topic: str, appended: Sequence[Appended], envelopes: Sequence[Envelope]) -> None:
-        """Remember the envelopes just appended at ``appended`` positions (duplicates skipped)."""
-        items = self._items
+        """Remember the envelopes just appended at ``appended`` positions (duplicates skipped, and
+        positions every follower has read past already)."""
+        if self.capacity <= 0:
+            return
+        parts = self._parts
         for pos, env in zip(appended, envelopes, strict=True):
-            if not pos.duplicate:
-                items[(topic, pos.partition, pos.offset)] = env
-        excess = len(items) - self.capacity
-        if excess > 0:
-            for key in list(_first(items, excess + self.capacity // 10)):
-                del items[key]
+            if pos.duplicate:
+                continue
+            key = (topic, pos.partition)
+            if pos.offset < self._floor.get(key, 0):
+                continue
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = {}
+            if pos.offset not in part:
+                self._size += 1
+            part[pos.offset] = env
+        if self._size > self.capacity:
+            self._evict(self._size - self.capacity + self.capacity // 10)
+
+    def _evict(self, n: int) -> None:
+        """Drop ``n`` entries, the oldest of the fullest partition first."""
+        while n > 0 and self._size:
+            part = max(self._parts.values(), key=len)
+            drop = list(itertools.islice(part, min(n, len(part))))
+            for offset in drop:
+                del part[offset]
+            self._size -= len(drop)
+            n -= len(drop)
 
     def get(self, rec: StoredRecord) -> Envelope | None:
         """The cached envelope of ``rec``, or None."""
-        return self._items.get((rec.topic, rec.partition, rec.offset))
+        part = self._parts.get((rec.topic, rec.partition))
+        return None if part is None else part.get(rec.offset)
 
     def run(self, topic: str, partition: int, offset: int, limit: int) -> list[tuple[int, Envelope]]:
         """Cached envelopes at consecutive offsets from ``offset`` (at most ``limit``)."""
-        items = self._items
+        part = self._parts.get((topic, partition))
+        if not part:
+            return []
         out: list[tuple[int, Envelope]] = []
-        env = items.get((topic, partition, offset))
+        env = part.get(offset)
         while env is not None and len(out) < limit:
             out.append((offset, env))
             offset += 1
-            env = items.get((topic, partition, offset))
+            env = part.get(offset)
         if out:
             self.hits += len(out)
         return out
 
     def decode(self, rec: StoredRecord) -> Envelope:
         """The envelope of ``rec``: from the cache when this process wrote it, else decoded."""
-        env = self._items.get((rec.topic, rec.partition, rec.offset))
+        env = self.get(rec)
         if env is not None:
             self.hits += 1
             return env
         self.misses += 1
         return from_record(rec)
 
+    def follow(self, topic: str, partition: int, offset: int) -> Follower:
+        """A reader of the partition from ``offset`` on: entries stay until it has read them
+        (``advance``) or stops following (``unfollow``)."""
+        follower = Follower(topic, partition)
+        self._followers.setdefault((topic, partition), {})[follower] = offset
+        return follower
 
-def _first(items: dict[tuple[str, int, int], Envelope], n: int) -> list[tuple[str, int, int]]:
-    out: list[tuple[str, int, int]] = []
-    for key in items:
-        if len(out) >= n:
-            break
-        out.append(key)
-    return out
+    def advance(self, follower: Follower, offset: int) -> None:
+        """``follower`` has read everything below ``offset``: let go what every follower has read."""
+        key = (follower.topic, follower.partition)
+        followers = self._followers[key]
+        followers[follower] = offset
+        low = min(followers.values())
+        floor = self._floor.get(key, 0)
+        if low <= floor:
+            return
+        self._floor[key] = low
+        part = self._parts.get(key)
+        if not part:
+            return
+        below = [o for o in part if o < low] if low - floor > len(part) else range(floor, low)
+        for o in below:
+            if part.pop(o, None) is not None:
+                self._size -= 1
+
+    def followers(self, topic: str, partition: int) -> int:
+        """How many followers the partition has now."""
+        return len(self._followers.get((topic, partition), ()))
+
+    def unfollow(self, follower: Follower) -> None:
+        """``follower`` reads no more; the partition's last follower gone, only ``capacity`` bounds it."""
+        key = (follower.topic, follower.partition)
+        followers = self._followers.get(key)
+        if followers is None:
+            return
+        followers.pop(follower, None)
+        if not followers:
+            del self._followers[key]
+            self._floor.pop(key, None)
+
+
+class Follower:
+    """One ``tail`` of a partition, as the cache knows it (compared by identity)."""
+
+    __slots__ = ("partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
 
 
 async def tail(
     log: EventLog, cache: EnvelopeCache, topic: str, partition: int, offset: int, *, limit: int = 1000
-) -> AsyncIterator[list[tuple[int, Envelope]]]:
+) -> AsyncGenerator[list[tuple[int, Envelope]], None]:
     """Follow a partition from ``offset`` forever, yielding (offset, envelope) batches.
 
     Records this process appended come straight from the cache, without reading the log;
     anything else (or anything evicted) is read from the log and decoded. Only committed
     records are ever cached, so both paths see the same sequence.
     """
-    async for batch in tail_raw(log, cache, topic, partition, offset, limit=limit):
-        yield [(o, x if isinstance(x, Envelope) else cache.decode(x)) for o, x in batch]
+    async with contextlib.aclosing(tail_raw(log, cache, topic, partition, offset, limit=limit)) as batches:
+        async for batch in batches:
+            yield [(o, x if isinstance(x, Envelope) else cache.decode(x)) for o, x in batch]
 
 
 async def tail_raw(
     log: EventLog, cache: EnvelopeCache, topic: str, partition: int, offset: int, *, limit: int = 1000
-) -> AsyncIterator[list[tuple[int, Envelope | StoredRecord]]]:
+) -> AsyncGenerator[list[tuple[int, Envelope | StoredRecord]], None]:
     """Like ``tail``, but records not in the cache are yielded undecoded, for callers that
     must validate foreign records themselves (the decider, for commands others published)."""
-    while True:
-        batch: list[tuple[int, Envelope | StoredRecord]] = list(cache.run(topic, partition, offset, limit))
-        if not batch:
-            recs = await log.read(topic, partition, offset, limit)
-            if not recs:
-                await log.wait(topic, partition, offset, timeout=1.0)
-                await asyncio.sleep(0)  # let the appender that woke us put its envelopes first
-                continue
-            batch = [(r.offset, cache.get(r) or r) for r in recs]
-        yield batch
-        offset = batch[-1][0] + 1
+    follower = cache.follow(topic, partition, offset)
+    try:
+        while True:
+            batch: list[tuple[int, Envelope | StoredRecord]] = list(
+                cache.run(topic, partition, offset, limit))
+            if not batch:
+                recs = await log.read(topic, partition, offset, limit)
+                if not recs:
+                    await log.wait(topic, partition, offset, timeout=1.0)
+                    await asyncio.sleep(0)  # let the appender that woke us put its envelopes first
+                    continue
+                batch = [(r.offset, cache.get(r) or r) for r in recs]
+            yield batch
+            offset = batch[-1][0] + 1
+            cache.advance(follower, offset)  # the batch is handled: the caller asked for the next
+    finally:
+        cache.unfollow(follower)

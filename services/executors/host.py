@@ -213,10 +213,12 @@ class ExecutorHost:
         return starts
 
     async def _follow(self, partition: int, start: int) -> None:
-        async for batch in tail(self.log, self.cache, self.topics.events, partition, start):
-            for offset, env in batch:
-                for action in self.view.observe(partition, offset, env):
-                    await self._act(action)
+        batches = tail(self.log, self.cache, self.topics.events, partition, start)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for offset, env in batch:
+                    for action in self.view.observe(partition, offset, env):
+                        await self._act(action)
 
     async def _act(self, action: Run | Drop | Register | Refused | Host) -> None:
         match action:

@@ -13,6 +13,7 @@ The choice itself is ``services.coordination``; this module only reads, feeds an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from contracts import Envelope
@@ -88,8 +89,10 @@ class CoordinatorDriver:
         await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
 
     async def _tail(self, partition: int, start: int) -> None:
-        async for batch in tail(self.log, self.cache, self.topics.events, partition, start, limit=BATCH):
-            await self.react(partition, batch)
+        batches = tail(self.log, self.cache, self.topics.events, partition, start, limit=BATCH)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                await self.react(partition, batch)
 
     async def _emit(self, partition: int, commit: Commit) -> None:
         """Append the commands the partition's coordinator wants now, with ``commit`` in the same

@@ -339,9 +339,10 @@ class PartitionDecider:
         self.ready.set()
         start = await self.log.committed(self.group, self.topics.commands, self.partition)
         self._decided(start)
-        async for batch in tail_raw(self.log, self.cache, self.topics.commands, self.partition, start,
-                                    limit=BATCH):
-            await self.process(batch)
+        batches = tail_raw(self.log, self.cache, self.topics.commands, self.partition, start, limit=BATCH)
+        async with contextlib.aclosing(batches):  # a stop lets go of the cache's entries at once
+            async for batch in batches:
+                await self.process(batch)
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""

@@ -228,18 +228,24 @@ class Deliveries:
         position = _Position(self.log, group, self.topic, partition, start, self.commit_every_s)
         stream = cast(AsyncGenerator[list[StoredRecord], None],
                       self.log.subscribe(self.topic, partition, start, limit=BATCH))
-        async with contextlib.aclosing(_idling(stream, position.flush, self.commit_every_s)) as batches:
-            async for recs in batches:
-                for rec in recs:
-                    if rec.key == SYSTEM_POOL and not any(ch[0] == SYSTEM_POOL for ch in sub.channels):
-                        continue  # not decoded: nothing of this pool goes to this subscription
-                    env = self.cache.decode(rec)
-                    if sub.wants(env):
-                        if not await self._deliver(name, incarnation, partition, rec, env):
-                            return  # deleted meanwhile
-                        await position.delivered(rec.offset)
-                    sub = self._current(name, incarnation) or sub
-                await position.passed(recs[-1].offset + 1)
+        # A follower of the cache: the envelopes this process wrote stay until this loop read them.
+        follower = self.cache.follow(self.topic, partition, start)
+        try:
+            async with contextlib.aclosing(_idling(stream, position.flush, self.commit_every_s)) as batches:
+                async for recs in batches:
+                    for rec in recs:
+                        if rec.key == SYSTEM_POOL and not any(ch[0] == SYSTEM_POOL for ch in sub.channels):
+                            continue  # not decoded: nothing of this pool goes to this subscription
+                        env = self.cache.decode(rec)
+                        if sub.wants(env):
+                            if not await self._deliver(name, incarnation, partition, rec, env):
+                                return  # deleted meanwhile
+                            await position.delivered(rec.offset)
+                        sub = self._current(name, incarnation) or sub
+                    await position.passed(recs[-1].offset + 1)
+                    self.cache.advance(follower, recs[-1].offset + 1)
+        finally:
+            self.cache.unfollow(follower)
 
     async def _deliver(self, name: str, incarnation: int, partition: int, rec: StoredRecord,
                        env: Envelope) -> bool:

@@ -15,10 +15,11 @@ This module must never append to the log, and never store progress: it reads and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,9 +258,10 @@ class Hub:
 
     async def _follow(self, partition: int) -> None:
         try:
-            async for batch in self._batches(partition, self.last[partition] + 1):
-                self._fan_out(partition, batch)
-                await asyncio.sleep(0)  # let the connections take what was just queued
+            async with contextlib.aclosing(self._batches(partition, self.last[partition] + 1)) as batches:
+                async for batch in batches:
+                    self._fan_out(partition, batch)
+                    await asyncio.sleep(0)  # let the connections take what was just queued
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the streams stop; the service itself goes on
@@ -268,15 +270,17 @@ class Hub:
             for sub in self._subscribers:
                 sub.close(f"the event stream failed: {exc}")
 
-    async def _batches(self, partition: int, start: int) -> AsyncIterator[list[Item]]:
+    async def _batches(self, partition: int, start: int) -> AsyncGenerator[list[Item], None]:
         limit = max(1, min(READ_LIMIT, self.bound))
         if self.long_poll:
             async for recs in self.log.subscribe(self.topic, partition, start, limit=limit):
                 yield [(r.offset, r) for r in recs]
             return
         cache = self.cache if self.cache is not None else EnvelopeCache(capacity=0)
-        async for batch in tail_raw(self.log, cache, self.topic, partition, start, limit=limit):
-            yield batch
+        batches = tail_raw(self.log, cache, self.topic, partition, start, limit=limit)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                yield batch
 
     def _fan_out(self, partition: int, batch: list[Item]) -> None:
         self.last[partition] = batch[-1][0]

@@ -7,6 +7,7 @@ resumes after the last applied event and never applies one twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from events import EventLog
@@ -29,5 +30,7 @@ class ProjectorLoop:
 
     async def _tail(self, partition: int) -> None:
         start = await self.projector.position(EVENTS, partition)
-        async for batch in tail(self.log, self.cache, EVENTS, partition, start, limit=2000):
-            await self.projector.apply(EVENTS, partition, batch)
+        batches = tail(self.log, self.cache, EVENTS, partition, start, limit=2000)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                await self.projector.apply(EVENTS, partition, batch)

@@ -1,0 +1,138 @@
+"""The envelope cache lets go of what every follower in the process has read, and stays bounded.
+
+The ``tail`` tests follow a real SQLite log, written the way the runtime writes it (append, then
+``put`` the envelopes just encoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from contracts import Envelope
+from contracts import commands as c
+from events import open_log
+from events.cache import EnvelopeCache, tail
+from events.codec import to_record
+from events.log import Appended, EventLog
+from services.runtime.ingest import command_envelope
+
+TOPIC = "commands"
+
+
+def envs(n: int, start: int = 0) -> list[Envelope]:
+    return [command_envelope(c.SubmitTask(task_id=f"t{i}", type="demo")) for i in range(start, start + n)]
+
+
+def at(*offsets: int) -> list[Appended]:
+    return [Appended(0, o) for o in offsets]
+
+
+def test_an_entry_leaves_once_every_follower_has_read_it() -> None:
+    cache = EnvelopeCache()
+    ahead, behind = cache.follow(TOPIC, 0, 0), cache.follow(TOPIC, 0, 0)
+    cache.put(TOPIC, at(0, 1, 2, 3), envs(4))
+    cache.advance(ahead, 4)
+    assert len(cache) == 4  # ``behind`` has read nothing yet
+    cache.advance(behind, 2)
+    assert len(cache) == 2
+    assert [o for o, _ in cache.run(TOPIC, 0, 2, 10)] == [2, 3]
+    assert cache.run(TOPIC, 0, 0, 10) == []
+    # Another partition and another topic are not touched by these followers.
+    cache.put(TOPIC, [Appended(1, 0)], envs(1))
+    cache.put("events", at(0), envs(1))
+    cache.advance(behind, 4)
+    assert len(cache) == 2
+
+
+def test_a_position_every_follower_read_past_is_not_cached_again() -> None:
+    cache = EnvelopeCache()
+    follower = cache.follow(TOPIC, 0, 0)
+    cache.advance(follower, 5)  # it read 0..4 from the log before the writer put them
+    cache.put(TOPIC, at(3, 4, 5), envs(3))
+    assert [o for o, _ in cache.run(TOPIC, 0, 5, 10)] == [5]
+    assert len(cache) == 1
+
+
+def test_without_followers_the_capacity_bounds_it_oldest_first() -> None:
+    cache = EnvelopeCache(capacity=100)
+    for start in range(0, 300, 10):
+        cache.put(TOPIC, at(*range(start, start + 10)), envs(10, start))
+    assert len(cache) <= 100
+    kept = [o for o, _ in cache.run(TOPIC, 0, 300 - len(cache), 1000)]
+    assert kept == list(range(300 - len(cache), 300))  # the newest, none missing
+    # The last follower gone, only the capacity bounds the partition again.
+    follower = cache.follow(TOPIC, 0, 300)
+    cache.advance(follower, 300)
+    assert len(cache) == 0
+    cache.unfollow(follower)
+    cache.put(TOPIC, at(10), envs(1))
+    assert len(cache) == 1
+
+
+def test_duplicates_and_a_zero_capacity_are_never_cached() -> None:
+    cache = EnvelopeCache()
+    cache.put(TOPIC, [Appended(0, 0, duplicate=True)], envs(1))
+    assert len(cache) == 0
+    none = EnvelopeCache(capacity=0)
+    none.put(TOPIC, at(0), envs(1))
+    assert len(none) == 0
+
+
+async def _write(log: EventLog, cache: EnvelopeCache, batch: list[Envelope]) -> None:
+    appended = await log.append(TOPIC, [to_record(e) for e in batch])
+    cache.put(TOPIC, appended, batch)
+
+
+async def test_tails_on_a_real_log_hold_only_what_one_of_them_has_not_read(tmp_path: Path) -> None:
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic(TOPIC, 1)
+    cache = EnvelopeCache()
+    written = envs(50)
+    await _write(log, cache, written)
+    fast = tail(log, cache, TOPIC, 0, 0, limit=10)
+    slow = tail(log, cache, TOPIC, 0, 0, limit=10)
+    try:
+        batch = await anext(slow)  # the slow one has handled nothing yet
+        assert [o for o, _ in batch] == list(range(10))
+        assert batch[0][1] is written[0]  # from the cache, not decoded again
+        for _ in range(5):
+            await anext(fast)  # asking for a batch says the one before is handled: 0..39 here
+        assert len(cache) == 50
+        await anext(slow)  # the slow one handled 0..9
+        assert len(cache) == 40
+        assert cache.run(TOPIC, 0, 0, 10) == []
+        # A late reader still gets every envelope, decoded from the log where it is gone.
+        recs = await log.read(TOPIC, 0, 0, 50)
+        assert [cache.decode(r).id for r in recs] == [e.id for e in written]
+    finally:
+        await fast.aclose()
+        await slow.aclose()
+        await log.close()
+    assert cache.followers(TOPIC, 0) == 0  # both tails let go when closed
+
+
+async def test_a_cancelled_tail_stops_pinning_the_cache(tmp_path: Path) -> None:
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic(TOPIC, 1)
+    cache = EnvelopeCache()
+
+    async def follow() -> None:  # as the runtime's followers do
+        async with contextlib.aclosing(tail(log, cache, TOPIC, 0, 0)) as batches:
+            async for _ in batches:
+                await asyncio.sleep(3600)  # stuck on its first batch
+
+    stuck = asyncio.create_task(follow())
+    try:
+        await _write(log, cache, envs(20))
+        await asyncio.sleep(0.05)
+        assert cache.followers(TOPIC, 0) == 1
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+        assert cache.followers(TOPIC, 0) == 0
+    finally:
+        await log.close()
