@@ -201,6 +201,17 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
     return rows
 
 
+def existing_ids_sql(n: int) -> str:
+    """The query for which of ``n`` ids a topic holds already: (id, partition, offset) of each.
+
+    No "id IS NOT NULL" term: with it SQLite walks every id of the topic in the partial index
+    (id > NULL) instead of looking each one up (measured at 413,000 records: 19.5 ms against
+    0.16 ms for 42 ids). The IN list implies the index's condition by itself.
+    """
+    marks = ",".join("?" * n)
+    return f'SELECT id, "partition", "offset" FROM records WHERE topic = ? AND id IN ({marks})'
+
+
 class SqliteLog:
     """EventLog over one SQLite file: group-committed appends, WAL reads, in-process wake-ups."""
 
@@ -521,12 +532,8 @@ class SqliteLog:
             listed = list(ids)
             for start in range(0, len(listed), _ID_CHUNK):
                 chunk = listed[start : start + _ID_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for rid, p, offset in await writer.execute_fetchall(
-                    f'SELECT id, "partition", "offset" FROM records'
-                    f" WHERE topic = ? AND id IS NOT NULL AND id IN ({marks})",
-                    (topic, *chunk),
-                ):
+                for rid, p, offset in await writer.execute_fetchall(existing_ids_sql(len(chunk)),
+                                                                     (topic, *chunk)):
                     found[rid] = (p, offset)
         return known
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from events import CorruptRecord, EventLog, LogError, Record, TransactionalLog, open_log
-from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog
+from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog, existing_ids_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,6 +201,17 @@ async def test_records_ids_and_offsets_survive_close_and_reopen(tmp_path: Path) 
         assert [(a.offset, a.duplicate) for a in again] == [(3, True), (10, False)]
     finally:
         await log.close()
+
+
+async def test_the_duplicate_check_looks_each_id_up_instead_of_walking_the_topic(log: SqliteLog,
+                                                                                  tmp_path: Path) -> None:
+    await log.append("t", [Record("k", b"v", id=f"id-{i}") for i in range(50)], partition=0)
+    ids = ["id-7", "id-42", "absent"]
+    plan = stored(tmp_path / "log.db", "EXPLAIN QUERY PLAN " + existing_ids_sql(len(ids)), "t", *ids)
+    [(*_, detail)] = plan
+    assert "records_topic_id (topic=? AND id=?)" in detail  # not "id>?": a walk of every id
+    found = stored(tmp_path / "log.db", existing_ids_sql(len(ids)), "t", *ids)
+    assert sorted(found) == [("id-42", 0, 42), ("id-7", 0, 7)]
 
 
 async def test_close_flushes_queued_appends(tmp_path: Path) -> None:
