@@ -18,17 +18,21 @@ from contracts import Envelope
 from events.codec import from_record
 from events.log import Appended, EventLog, StoredRecord
 
+# Entries held at most (about 1.5 kB each): a deeper backlog is decoded from the log in its turn.
+CAPACITY = 50_000
+
 
 class EnvelopeCache:
     """A map (topic, partition, offset) -> Envelope, bounded two ways.
 
     An entry leaves as soon as every follower of its partition in this process (``tail``) has read
-    past it: nobody here asks for it again, and a late reader decodes the bytes. Without
-    followers, or with followers far behind, at most ``capacity`` entries are kept, the oldest of
-    the fullest partition evicted first.
+    past it: nobody here asks for it again, and a late reader decodes the bytes. At most
+    ``capacity`` entries are kept: when full, a followed partition caches nothing new until its
+    followers catch up (they read the oldest next), and a partition nobody follows loses its
+    oldest entries, the fullest partition first.
     """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self._parts: dict[tuple[str, int], dict[int, Envelope]] = {}
         self._size = 0
@@ -53,6 +57,11 @@ class EnvelopeCache:
                 continue
             key = (topic, pos.partition)
             if pos.offset < self._floor.get(key, 0):
+                continue
+            if self._size >= self.capacity and key in self._followers:
+                # Full, with followers this far behind: they read the oldest entries next, so the
+                # newest are left out (decoded from the log when their turn comes) rather than
+                # the oldest evicted.
                 continue
             part = parts.get(key)
             if part is None:

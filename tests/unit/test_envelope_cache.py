@@ -71,6 +71,19 @@ def test_without_followers_the_capacity_bounds_it_oldest_first() -> None:
     assert len(cache) == 1
 
 
+def test_full_with_followers_far_behind_it_keeps_the_oldest_and_leaves_out_the_newest() -> None:
+    cache = EnvelopeCache(capacity=10)
+    follower = cache.follow(TOPIC, 0, 0)
+    cache.put(TOPIC, at(*range(15)), envs(15))
+    assert [o for o, _ in cache.run(TOPIC, 0, 0, 100)] == list(range(10))  # what it reads next
+    cache.advance(follower, 5)
+    cache.put(TOPIC, at(*range(15, 20)), envs(5, 15))
+    # 10..14 were never cached (read from the log in their turn); room came back for 15..19.
+    assert [o for o, _ in cache.run(TOPIC, 0, 5, 100)] == list(range(5, 10))
+    assert [o for o, _ in cache.run(TOPIC, 0, 15, 100)] == list(range(15, 20))
+    assert len(cache) == 10
+
+
 def test_duplicates_and_a_zero_capacity_are_never_cached() -> None:
     cache = EnvelopeCache()
     cache.put(TOPIC, [Appended(0, 0, duplicate=True)], envs(1))
