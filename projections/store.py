@@ -32,6 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import greenlet_spawn
 
 from projections import tables
 
@@ -87,8 +88,10 @@ class ProjectionStore:
         self._write_lock = asyncio.Lock()
         # Replaced on every advance: waiters hold the current one and are woken when it is set.
         self._advanced = asyncio.Event()
-        # Write transactions now open, with the task that opened each (``close`` names it).
+        # Write transactions now open, and every connection checked out of the pool, with the task
+        # that took each (``close`` closes what is left and names its holder).
         self._writing: dict[AsyncConnection, str] = {}
+        self._out: dict[Any, str] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -124,6 +127,7 @@ class ProjectionStore:
         engine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(engine)
+        _track_checkouts(engine, self._out)
         self._engine = engine
         # Writes on SQLite start with BEGIN IMMEDIATE (see _configure_sqlite).
         self._writer = engine.execution_options(agentbus_write=True)
@@ -147,25 +151,31 @@ class ProjectionStore:
     async def close(self) -> None:
         """Dispose of the engine; idempotent.
 
-        Write transactions still open are given ``CLOSE_GRACE_S`` to end; then their connections
-        are closed (rolled back), each named in a warning, so no write lock outlives the close.
+        Write transactions still open are given ``CLOSE_GRACE_S`` to end. Then every connection
+        still checked out of the pool is closed (a write rolled back), each holder named in a
+        warning: ``dispose`` alone leaves them open, and on SQLite one left inside a write holds
+        the file's write lock against the next process or runtime until the garbage collector
+        finds it.
         """
         if self._engine is None:
             return
-        engine, self._engine, self._writer = self._engine, None, None  # no write begins from now on
+        engine, self._engine, self._writer = self._engine, None, None  # nothing begins from now on
         loop = asyncio.get_running_loop()
         until = loop.time() + CLOSE_GRACE_S
         # Polled: a Faust worker's roles may write on a loop of another thread, whose tasks could
         # not wake this one.
         while self._writing and loop.time() < until:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        for conn, holder in list(self._writing.items()):
+        for holder in self._writing.values():
             log.warning("read models closed while %s was inside a write transaction: "
                         "its connection is closed, which rolls the transaction back", holder)
+        for record, holder in list(self._out.items()):
+            log.warning("read models closed while %s held a connection: it is closed", holder)
             try:
-                await conn.invalidate()
+                await greenlet_spawn(record.invalidate)
             except Exception as exc:
                 log.warning("closing the connection of %s failed: %r", holder, exc)
+        self._out.clear()
         await engine.dispose()
 
     async def reset(self) -> None:
@@ -264,6 +274,22 @@ def _stale_tables(conn: sa.Connection) -> list[str]:
             if set(found) != set(table.columns.keys()) or capped:
                 stale.append(table.name)
     return stale
+
+
+def _track_checkouts(engine: AsyncEngine, out: dict[Any, str]) -> None:
+    """Keep in ``out`` every connection checked out of the engine's pool, with the task holding it."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no loop running: a synchronous caller
+            task = None
+        out[record] = "a caller" if task is None else f"task {task.get_name()!r}"
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        out.pop(record, None)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -33,8 +33,8 @@ MIN_LIFE_S = 1.0
 async def embedded(data_dir: Path) -> AsyncIterator[Service]:
     """An embedded runner on SQLite files in ``data_dir``, started and ready."""
     service = open_service(Settings(data_dir=data_dir))
-    await service.start()
     try:
+        await service.start()  # inside: a start that fails closes what it opened, as serve does
         await service.ready()
         yield service
     finally:

@@ -62,6 +62,33 @@ async def test_close_rolls_back_a_write_left_open_and_frees_the_file(
         await second.close()
 
 
+async def test_close_closes_any_connection_still_checked_out_even_one_that_wrote_outside_a_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+    first = ProjectionStore(url)
+    await first.start()
+    held = await first.engine.connect()  # never returned: a holder that was never stopped
+    await held.execute(positions.insert().values(projector="p", topic="t", partition=0, next_offset=1))
+    reader = await first.engine.connect()
+    await reader.execute(sa.select(positions.c.projector))
+    with caplog.at_level(logging.WARNING, logger=store_module.__name__):
+        await asyncio.wait_for(first.close(), 5)
+    assert caplog.text.count("held a connection: it is closed") == 2
+
+    second = ProjectionStore(url)
+    await second.start()
+    try:
+        async with asyncio.timeout(5):  # 30 s of busy timeout without the close's clean-up
+            async with second.begin_write() as conn:
+                await conn.execute(positions.insert().values(projector="q", topic="t", partition=0,
+                                                             next_offset=2))
+        async with second.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(positions.c.projector))).scalars().all()
+        assert rows == ["q"]
+    finally:
+        await second.close()
+
+
 async def test_close_waits_for_a_write_that_ends_in_time(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
     first = ProjectionStore(url)
