@@ -69,17 +69,26 @@ async def test_kill_9_a_worker_mid_way_through_workflows_loses_and_repeats_nothi
                            "--pool", pool, "-c", "x", "--capacity", "4", "--work-s", "0.02",
                            "--heartbeat-s", "2"], logs / f"agent-{pool}.log")
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            for pool in POOLS:
-                for i in range(PER_POOL):
-                    resp = await client.post("/v1/commands", json={
-                        "type": "StartWorkflow", "command_id": f"start-{pool}-{i}", "pool": pool,
-                        "data": {"workflow_id": f"{pool}-run{i}", "definition": DIAMOND, "inputs": {"n": i}}})
-                    assert resp.status_code == 202, resp.text
+
+            async def start(runs: range) -> None:
+                for pool in POOLS:
+                    for i in runs:
+                        resp = await client.post("/v1/commands", json={
+                            "type": "StartWorkflow", "command_id": f"start-{pool}-{i}", "pool": pool,
+                            "data": {"workflow_id": f"{pool}-run{i}", "definition": DIAMOND,
+                                     "inputs": {"n": i}}})
+                        assert resp.status_code == 202, resp.text
+
+            # Two waves: the first shows the workers deciding and assigning; the second starts just
+            # before the kill, so runs are mid-way at it however fast the first wave went.
+            await start(range(PER_POOL // 2))
             total = len(POOLS) * PER_POOL
             deadline = time.monotonic() + 120
-            while (done := await _ended(client)) < 4:
+            while await _ended(client) < 4:
                 assert time.monotonic() < deadline, "no run ended before the kill"
                 await asyncio.sleep(0.2)
+            await start(range(PER_POOL // 2, PER_POOL))
+            done = await _ended(client)
             assert done < total, "every run ended before the kill: nothing was mid-way"
             os.killpg(w1.pid, signal.SIGKILL)
             w1.wait()
