@@ -30,6 +30,23 @@ async def _stuck_writer(store: ProjectionStore, entered: asyncio.Event, release:
                 continue
 
 
+async def _a_second_store_writes_at_once(url: str) -> list[str]:
+    """Write with a new store on ``url`` within 5 s, then read back the projectors of every position.
+
+    Without the first store's clean-up the write waits out SQLite's 30 s busy timeout instead."""
+    second = ProjectionStore(url)
+    await second.start()
+    try:
+        async with asyncio.timeout(5):
+            async with second.begin_write() as conn:
+                await conn.execute(positions.insert().values(projector="q", topic="t", partition=0,
+                                                             next_offset=2))
+        async with second.engine.connect() as conn:
+            return list((await conn.execute(sa.select(positions.c.projector))).scalars().all())
+    finally:
+        await second.close()
+
+
 async def test_close_rolls_back_a_write_left_open_and_frees_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(store_module, "CLOSE_GRACE_S", 0.2)
@@ -45,21 +62,12 @@ async def test_close_rolls_back_a_write_left_open_and_frees_the_file(
         await asyncio.wait_for(first.close(), 5)
     assert "task 'stuck writer' was inside a write transaction" in caplog.text
 
-    second = ProjectionStore(url)
-    await second.start()
     try:
-        # Without the close's roll-back this waits out SQLite's 30 s busy timeout.
-        async with asyncio.timeout(5):
-            async with second.begin_write() as conn:
-                await conn.execute(positions.insert().values(projector="q", topic="t", partition=0,
-                                                             next_offset=2))
-        async with second.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(positions.c.projector))).scalars().all()
-        assert rows == ["q"]  # the stuck writer's row was rolled back, never committed
+        # The stuck writer's row was rolled back, never committed.
+        assert await _a_second_store_writes_at_once(url) == ["q"]
     finally:
         release.set()
         await asyncio.gather(stuck, return_exceptions=True)
-        await second.close()
 
 
 async def test_close_closes_any_connection_still_checked_out_even_one_that_wrote_outside_a_write(
@@ -75,18 +83,7 @@ async def test_close_closes_any_connection_still_checked_out_even_one_that_wrote
         await asyncio.wait_for(first.close(), 5)
     assert caplog.text.count("held a connection: it is closed") == 2
 
-    second = ProjectionStore(url)
-    await second.start()
-    try:
-        async with asyncio.timeout(5):  # 30 s of busy timeout without the close's clean-up
-            async with second.begin_write() as conn:
-                await conn.execute(positions.insert().values(projector="q", topic="t", partition=0,
-                                                             next_offset=2))
-        async with second.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(positions.c.projector))).scalars().all()
-        assert rows == ["q"]
-    finally:
-        await second.close()
+    assert await _a_second_store_writes_at_once(url) == ["q"]
 
 
 async def test_close_waits_for_a_write_that_ends_in_time(tmp_path: Path) -> None:
