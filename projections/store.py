@@ -202,10 +202,8 @@ class ProjectionStore:
         """A write transaction on a connection ``close`` knows of until it has committed or rolled back."""
         if self._writer is None:  # closed while this one queued for the lock
             raise RuntimeError("ProjectionStore is closed")
-        task = asyncio.current_task()
-        holder = "a task" if task is None else f"task {task.get_name()!r}"
         async with self._writer.connect() as conn:
-            self._writing[conn] = holder
+            self._writing[conn] = _holder()
             try:
                 async with conn.begin():
                     yield conn
@@ -276,16 +274,21 @@ def _stale_tables(conn: sa.Connection) -> list[str]:
     return stale
 
 
+def _holder() -> str:
+    """Who is taking a connection now, for ``close``'s warnings: the running task, by name."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop running: a synchronous caller
+        task = None
+    return "a caller" if task is None else f"task {task.get_name()!r}"
+
+
 def _track_checkouts(engine: AsyncEngine, out: dict[Any, str]) -> None:
     """Keep in ``out`` every connection checked out of the engine's pool, with the task holding it."""
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no loop running: a synchronous caller
-            task = None
-        out[record] = "a caller" if task is None else f"task {task.get_name()!r}"
+        out[record] = _holder()
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _checkin(_dbapi_connection: Any, record: Any) -> None:
