@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import aiosqlite
 
 from events.chain import GENESIS
 
@@ -23,29 +22,29 @@ ToValues = Callable[[str, int, Iterable[Any]], list[tuple[int, bytes]]]
 logger = logging.getLogger("events.sqlite")
 
 
-async def migrate(conn: aiosqlite.Connection, to_values: ToValues) -> None:
+def migrate(conn: sqlite3.Connection, to_values: ToValues) -> None:
     """Chain a file written before records carried chain values: add the column, fill it in order.
 
     One transaction (the file's ``user_version`` marks it done in the same one), so a crash leaves
-    the file as it was and the next start runs it again.
+    the file as it was and the next start runs it again. Synchronous: the log's writer thread runs it.
     """
-    version = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version >= _CHAINED_VERSION:
         return
-    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(records)")}
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(records)").fetchall()}
     started = time.perf_counter()
-    await conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         if "chain" not in columns:
-            await conn.execute("ALTER TABLE records ADD COLUMN chain BLOB")
-        parts = list(await conn.execute_fetchall('SELECT DISTINCT topic, "partition" FROM records'))
+            conn.execute("ALTER TABLE records ADD COLUMN chain BLOB")
+        parts = conn.execute('SELECT DISTINCT topic, "partition" FROM records').fetchall()
         count = 0
         for topic, partition in parts:
             prev, offset = GENESIS, 0
             while True:
-                batch = list(await conn.execute_fetchall(
+                batch = conn.execute(
                     'SELECT "offset", value, codec, crc FROM records WHERE topic = ? AND "partition" = ?'
-                    ' AND "offset" >= ? ORDER BY "offset" LIMIT 5000', (topic, partition, offset)))
+                    ' AND "offset" >= ? ORDER BY "offset" LIMIT 5000', (topic, partition, offset)).fetchall()
                 if not batch:
                     break
                 updates = []
@@ -54,15 +53,15 @@ async def migrate(conn: aiosqlite.Connection, to_values: ToValues) -> None:
                     h.update(value)
                     prev = h.digest()
                     updates.append((prev, topic, partition, at))
-                await conn.executemany('UPDATE records SET chain = ? WHERE topic = ? AND "partition" = ?'
-                                       ' AND "offset" = ?', updates)
+                conn.executemany('UPDATE records SET chain = ? WHERE topic = ? AND "partition" = ?'
+                                 ' AND "offset" = ?', updates)
                 count += len(updates)
                 offset = batch[-1][0] + 1
-        await conn.execute(f"PRAGMA user_version = {_CHAINED_VERSION}")
-        await conn.execute("COMMIT")
+        conn.execute(f"PRAGMA user_version = {_CHAINED_VERSION}")
+        conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
         raise
     if not count:
         return

@@ -352,6 +352,52 @@ async def test_a_cancelled_writer_fails_callers_instead_of_hanging(log: SqliteLo
     assert [r.value for r in await log.read("t", 0, 0)] == [b"before"]
 
 
+async def test_a_writer_cancelled_mid_transaction_settles_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction runs on in the writer's thread after a cancel: its callers get its outcome,
+    and the offsets the log keeps agree with the file (the next start finds the same ends)."""
+    import threading
+
+    import events.sqlite as sqlite_log
+
+    entered, release = threading.Event(), threading.Event()
+    real = sqlite_log._write_batch
+
+    def held(*args: object, **kwargs: object) -> object:
+        entered.set()
+        release.wait(10)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = SqliteLog(url)
+    await log.start()
+    await log.ensure_topic("t", 1)
+    monkeypatch.setattr(sqlite_log, "_write_batch", held)
+    in_flight = asyncio.create_task(log.append("t", [Record("k", b"in flight", id="a")]))
+    assert await asyncio.to_thread(entered.wait, 10)
+    writer = log._writer_task
+    assert writer is not None
+    writer.cancel()
+    await asyncio.sleep(0.05)
+    assert not writer.done(), "the writer stopped before its transaction ended"
+    release.set()
+    [appended] = await asyncio.wait_for(in_flight, 10)
+    assert (appended.partition, appended.offset, appended.duplicate) == (0, 0, False)
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert log._ends[("t", 0)] == 1
+    monkeypatch.setattr(sqlite_log, "_write_batch", real)
+    await log.close()
+    again = SqliteLog(url)
+    await again.start()
+    try:
+        assert [r.value for r in await again.read("t", 0, 0)] == [b"in flight"]
+        assert (await again.append("t", [Record("k", b"next")]))[0].offset == 1
+    finally:
+        await again.close()
+
+
 # -- the hash chain --------------------------------------------------------------------------
 
 
