@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from uuid6 import uuid7
+from uuid_utils import uuid7
 
 from contracts.base import Payload
 from contracts.values import Text
