@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
 from contracts import event_types as ev
 from contracts.budgets import workflow_of
@@ -137,8 +137,8 @@ STEP_OF_TASK: Need = _step_of_task  # the step (and run) the task named by ``tas
 TOKEN: Need = _token  # the API token named by ``token_id``
 
 
-async def load(
-    conn: AsyncConnection, b: Batch, items: Sequence[Item], needs: Mapping[type[Any], tuple[Need, ...]]
+def load(
+    conn: sa.Connection, b: Batch, items: Sequence[Item], needs: Mapping[type[Any], tuple[Need, ...]]
 ) -> None:
     """Read every stored row the batch's events may touch into ``b``, each table once.
 
@@ -161,18 +161,18 @@ async def load(
         for need in reads:
             need(w, pool, data)
 
-    await sql.select_rows(conn, b.tasks, w.tasks)
-    await sql.select_rows(conn, b.allocations, w.allocations)
-    await sql.select_rows(conn, b.pools, pools)
-    await sql.select_rows(conn, b.timers, w.timers)
-    await sql.select_rows(conn, b.api_tokens, w.tokens)
-    await sql.select_rows(conn, b.performance, profiles)
+    sql.select_rows(conn, b.tasks, w.tasks)
+    sql.select_rows(conn, b.allocations, w.allocations)
+    sql.select_rows(conn, b.pools, pools)
+    sql.select_rows(conn, b.timers, w.timers)
+    sql.select_rows(conn, b.api_tokens, w.tokens)
+    sql.select_rows(conn, b.performance, profiles)
     b.resume_books()
     # Agents a loaded task holds lose that hold when the task moves on.
     for held in b.tasks.rows.values():
         if held["status"] in HOLDING and held["agent_id"] is not None:
             w.agents.add((held["pool"], held["agent_id"]))
-    await sql.select_rows(conn, b.agents, w.agents)
+    sql.select_rows(conn, b.agents, w.agents)
 
     # Workflow rows: the runs and steps the events name, and the steps of the tasks they name
     # (as the stored task's data claims; a submission in this batch named its step itself).
@@ -182,8 +182,8 @@ async def load(
         if key is not None and key[:2] not in w.new_runs:
             w.steps.add(key)
     w.runs.update(key[:2] for key in w.steps)
-    await sql.select_rows(conn, b.workflows, w.runs - w.new_runs)
-    await sql.select_rows(conn, b.workflow_steps, w.steps)
+    sql.select_rows(conn, b.workflows, w.runs - w.new_runs)
+    sql.select_rows(conn, b.workflow_steps, w.steps)
 
     # A cost's budgets follow from its task's workflow: the stored task's, or that of the task's
     # submission earlier in this batch.
@@ -196,8 +196,8 @@ async def load(
             candidates.add(w.workflows[task_key])
         for workflow_id in candidates:
             budgets.update(cost_budget_keys(pool, cost.agent_id, workflow_id))
-    await sql.select_rows(conn, b.budgets, budgets)
+    sql.select_rows(conn, b.budgets, budgets)
 
     # Budgets created in this batch start from the costs already in the database.
     for key in w.budgets - b.budgets.rows.keys():
-        b.prior_costs[key] = await sql.cost_amounts(conn, key)
+        b.prior_costs[key] = sql.cost_amounts(conn, key)

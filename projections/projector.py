@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+
 from projections import sql
 from projections.batch import Batch, Item, ProjectionError
 from projections.handlers import HANDLERS
 from projections.loading import load
 from projections.performance import FOLDED
-from projections.store import MAIN_PROJECTOR, ProjectionStore, read_position
+from projections.store import MAIN_PROJECTOR, ProjectionStore, read_position_sync
 
 # The table split for the two phases of an apply: what each event reads, then how it applies.
 _READS = {kind: entry.reads for kind, entry in HANDLERS.items()}
@@ -36,6 +38,37 @@ _FIRST_ANALYZE = 1000
 _MAX_ANALYZE_INTERVAL = 1_000_000
 
 __all__ = ["ProjectionError", "Projector"]
+
+
+def _apply(conn: sa.Connection, name: str, topic: str, partition: int,
+           batch: Sequence[Item]) -> tuple[int, int] | None:
+    """One apply inside the write transaction on ``conn``: (events applied, the new position), or
+    None when every item is below the stored position. Synchronous: see ``ProjectionStore.run_write``."""
+    start = read_position_sync(conn, name, topic, partition)
+    items = [item for item in batch if item[0] >= start]
+    if not items:
+        return None
+    b = Batch(topic, partition)
+    load(conn, b, items, _READS)
+    for offset, env in items:
+        data = env.data
+        kind = type(data)
+        handle = _HANDLE.get(kind)
+        if handle is not None:
+            b.offset, b.env = offset, env
+            b.saw(env)
+            handle(b, env, data)
+            if kind in FOLDED:
+                b.perform(env)
+    for table, rows, upsert in b.writes():
+        sql.write_rows(conn, table, rows, upsert)
+    end = items[-1][0] + 1
+    if not sql.move_position(conn, name, topic, partition, start, end):
+        raise RuntimeError(
+            f"projector {name!r} position in {topic}[{partition}] moved during an "
+            "apply: two projectors are writing the same partition"
+        )
+    return len(items), end
 
 
 class Projector:
@@ -62,36 +95,15 @@ class Projector:
             if offset <= previous:
                 raise ValueError(f"offsets must increase: {offset} after {previous}")
             previous = offset
-        async with self.store.begin_write() as conn:
-            start = await read_position(conn, self.name, topic, partition)
-            items = [item for item in batch if item[0] >= start]
-            if not items:
-                return 0
-            b = Batch(topic, partition)
-            await load(conn, b, items, _READS)
-            for offset, env in items:
-                data = env.data
-                kind = type(data)
-                handle = _HANDLE.get(kind)
-                if handle is not None:
-                    b.offset, b.env = offset, env
-                    b.saw(env)
-                    handle(b, env, data)
-                    if kind in FOLDED:
-                        b.perform(env)
-            for table, rows, upsert in b.writes():
-                await sql.write_rows(conn, table, rows, upsert)
-            end = items[-1][0] + 1
-            if not await sql.move_position(conn, self.name, topic, partition, start, end):
-                raise RuntimeError(
-                    f"projector {self.name!r} position in {topic}[{partition}] moved during an "
-                    "apply: two projectors are writing the same partition"
-                )
+        applied = await self.store.run_write(_apply, self.name, topic, partition, batch)
+        if applied is None:
+            return 0
+        count, end = applied
         self.store.advanced(self.name, topic, partition, end)
-        self._applied += len(items)
+        self._applied += count
         if self.store.dialect == "postgresql" and self._applied >= self._analyze_at:
             await self._analyze()
-        return len(items)
+        return count
 
     async def _analyze(self) -> None:
         """Refresh PostgreSQL's planner statistics while the tables grow fast.

@@ -4,6 +4,9 @@ Rows are read in bulk (``IN`` lists on SQLite, one array parameter on PostgreSQL
 bulk (executemany INSERT, or INSERT .. ON CONFLICT DO UPDATE in each dialect's own syntax); the
 position moves by a conditional upsert. Statements are built once per table and cached. Nothing
 here decides what a row holds: that is the handlers' work. Never one statement per event.
+
+Synchronous, on a plain ``Connection``: an apply runs whole in the read-model store's writer
+thread on SQLite, and under ``AsyncConnection.run_sync`` elsewhere (``ProjectionStore.run_write``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from projections import tables
 from projections.batch import Key, Row, Rows
@@ -41,7 +44,7 @@ def _member_of(column: sa.Column[Any], values: list[str], dialect: str) -> sa.Co
     return column.in_(values)
 
 
-async def select_rows(conn: AsyncConnection, rows: Rows, keys: Iterable[Key]) -> None:
+def select_rows(conn: sa.Connection, rows: Rows, keys: Iterable[Key]) -> None:
     """SELECT the existing rows for ``keys`` into ``rows``: one query per key prefix and chunk."""
     table = rows.table
     dialect = conn.dialect.name
@@ -55,7 +58,7 @@ async def select_rows(conn: AsyncConnection, rows: Rows, keys: Iterable[Key]) ->
         where = [col == value for col, value in zip(cols, prefix, strict=False)]
         for i in range(0, len(last), chunk):
             stmt = sa.select(table).where(*where, _member_of(cols[-1], last[i : i + chunk], dialect))
-            for r in await conn.execute(stmt):
+            for r in conn.execute(stmt):
                 row = dict(r._mapping)
                 key = tuple(row[c.name] for c in cols)
                 rows.rows[key] = row
@@ -67,7 +70,7 @@ async def select_rows(conn: AsyncConnection, rows: Rows, keys: Iterable[Key]) ->
 _SCOPE_COLUMN = {"agent": tables.costs.c.agent_id, "workflow": tables.costs.c.workflow_id}
 
 
-async def cost_amounts(conn: AsyncConnection, budget: Key) -> list[int]:
+def cost_amounts(conn: sa.Connection, budget: Key) -> list[int]:
     """The amounts (micro-dollars) of the stored costs that count toward the budget row ``budget``."""
     pool, scope, scope_id = budget
     c = tables.costs.c
@@ -75,7 +78,7 @@ async def cost_amounts(conn: AsyncConnection, budget: Key) -> list[int]:
     column = _SCOPE_COLUMN.get(scope)
     if column is not None:
         query = query.where(column == scope_id)
-    return list((await conn.scalars(query)).all())
+    return list(conn.scalars(query).all())
 
 
 # --- writing ---
@@ -127,21 +130,21 @@ def _driver_statement(
     return cached
 
 
-async def write_rows(conn: AsyncConnection, table: sa.Table, rows: list[Row], upsert: bool) -> None:
+def write_rows(conn: sa.Connection, table: sa.Table, rows: list[Row], upsert: bool) -> None:
     """INSERT (or upsert) ``rows`` into ``table`` in one executemany."""
     if not rows:
         return
     if conn.dialect.name == "sqlite":
         sql, to_params = _driver_statement(conn.dialect, table, upsert)
-        await conn.exec_driver_sql(sql, [to_params(row) for row in rows])
+        conn.exec_driver_sql(sql, [to_params(row) for row in rows])
     elif upsert:
-        await conn.execute(_upsert(conn.dialect.name, table), rows)
+        conn.execute(_upsert(conn.dialect.name, table), rows)
     else:
-        await conn.execute(sa.insert(table), rows)
+        conn.execute(sa.insert(table), rows)
 
 
-async def move_position(
-    conn: AsyncConnection, projector: str, topic: str, partition: int, start: int, end: int
+def move_position(
+    conn: sa.Connection, projector: str, topic: str, partition: int, start: int, end: int
 ) -> bool:
     """Move the stored position from ``start`` to ``end``; False if it was not at ``start``."""
     p = tables.positions
@@ -153,7 +156,7 @@ async def move_position(
         set_={"next_offset": ins.excluded.next_offset},
         where=p.c.next_offset == start,
     )
-    result = await conn.execute(stmt)
+    result = conn.execute(stmt)
     return bool(result.rowcount == 1)
 
 

@@ -9,6 +9,12 @@ models (columns added or removed) are dropped with every other read-model table 
 positions, so the projectors rebuild them from offset 0 of the log: the read models are derived
 data, and a model half in the old shape would only fail later, event by event.
 
+Writes. ``run_write`` runs a synchronous function (the projector's whole apply) inside one write
+transaction. On a SQLite file it runs on a thread of the store's own with a plain pysqlite
+connection: one hand-off per transaction, where the async driver (aiosqlite) makes one round trip
+through the event loop per statement, each queued behind whatever else the loop runs. Elsewhere
+(PostgreSQL, SQLite in memory) it runs under ``AsyncConnection.run_sync`` on the async engine.
+
 Durability. On SQLite the database runs in WAL mode with ``synchronous=NORMAL``: a power cut may
 lose the last few committed transactions, but each transaction holds both the rows an apply
 changed and the projector's position, so what is lost is lost together. After a restart the
@@ -22,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -42,6 +49,7 @@ MAIN_PROJECTOR = "read_models"
 SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 PositionKey = tuple[str, str, int]  # (projector, topic, partition)
+T = TypeVar("T")
 
 # How long ``close`` waits for write transactions still open (a task its owner did not stop) before
 # it closes their connections, which rolls them back and releases SQLite's write lock. The engine's
@@ -81,6 +89,10 @@ class ProjectionStore:
         self._echo = echo
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        # SQLite file: the synchronous engine ``run_write`` uses, and the one thread that uses it.
+        self._sync: sa.Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._threaded: set[asyncio.Future[Any]] = set()  # ``run_write`` transactions now running
         # Positions committed by projectors in this process; lets waiters return without a query.
         self._known: dict[PositionKey, int] = {}
         # SQLite has one writer at a time; queueing in-process writers here (e.g. one projector
@@ -126,7 +138,12 @@ class ProjectionStore:
             kwargs["connect_args"] = {"server_settings": {"search_path": self.schema}}
         engine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
-            _configure_sqlite(engine)
+            _configure_sqlite(engine.sync_engine)
+            if "poolclass" not in kwargs:  # a file: writes get a thread and a plain connection
+                sync = sa.create_engine(parsed.set(drivername="sqlite"), **kwargs)
+                _configure_sqlite(sync)
+                self._sync = sync.execution_options(agentbus_write=True)
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-models-writer")
         _track_checkouts(engine, self._out)
         self._engine = engine
         # Writes on SQLite start with BEGIN IMMEDIATE (see _configure_sqlite).
@@ -146,6 +163,7 @@ class ProjectionStore:
         except BaseException:
             await engine.dispose()
             self._engine = self._writer = None
+            await self._close_sync()
             raise
 
     async def close(self) -> None:
@@ -177,6 +195,18 @@ class ProjectionStore:
                 log.warning("closing the connection of %s failed: %r", holder, exc)
         self._out.clear()
         await engine.dispose()
+        # Transactions on the writer thread cannot be cut short (each ends within the busy
+        # timeout): wait for them, then close its connection there.
+        while self._threaded:  # noqa: ASYNC110  (see above: maybe another loop's)
+            await asyncio.sleep(0.01)
+        await self._close_sync()
+
+    async def _close_sync(self) -> None:
+        sync, thread, self._sync, self._thread = self._sync, self._thread, None, None
+        if sync is not None and thread is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, sync.dispose)
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     async def reset(self) -> None:
         """Drop and re-create every table, positions included (the start of a rebuild)."""
@@ -196,6 +226,35 @@ class ProjectionStore:
             return
         async with self._write_lock, self._transaction() as conn:
             yield conn
+
+    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` inside one write transaction on a synchronous ``Connection``:
+        committed when it returns, rolled back if it raises. See the module's "Writes"."""
+        if self._writer is None:
+            raise RuntimeError("ProjectionStore is not started")
+        if self._sync is None:
+            async with self.begin_write() as conn:
+                return await conn.run_sync(fn, *args)
+        async with self._write_lock:
+            sync, thread = self._sync, self._thread
+            if sync is None or thread is None:  # closed while this one queued for the lock
+                raise RuntimeError("ProjectionStore is closed")
+            work = asyncio.get_running_loop().run_in_executor(thread, _in_transaction, sync, fn, args)
+            self._threaded.add(work)
+            try:
+                cancelled: asyncio.CancelledError | None = None
+                while not work.done():
+                    try:
+                        await asyncio.wait([work])  # never cancels ``work`` itself
+                    except asyncio.CancelledError as exc:
+                        # The transaction goes on in its thread: let it end (committed or rolled
+                        # back) before this stops, so the lock is free and close finds it done.
+                        cancelled = exc
+                if cancelled is not None:
+                    raise cancelled
+                return work.result()
+            finally:
+                self._threaded.discard(work)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -259,6 +318,20 @@ async def read_position(conn: AsyncConnection, projector: str, topic: str, parti
     return 0 if value is None else int(value)
 
 
+def read_position_sync(conn: sa.Connection, projector: str, topic: str, partition: int) -> int:
+    """``read_position`` on a synchronous connection (inside ``run_write``)."""
+    p = tables.positions.c
+    value = conn.scalar(
+        sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
+    )
+    return 0 if value is None else int(value)
+
+
+def _in_transaction(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.begin() as conn:
+        return fn(conn, *args)
+
+
 def _stale_tables(conn: sa.Connection) -> list[str]:
     """Existing tables whose columns differ from this version's schema: other names, or a
     length-capped text column (VARCHAR(n)) where this version has unbounded TEXT."""
@@ -295,7 +368,7 @@ def _track_checkouts(engine: AsyncEngine, out: dict[Any, str]) -> None:
         out.pop(record, None)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: sa.Engine) -> None:
     """WAL, and transactions SQLAlchemy controls itself.
 
     The sqlite3 module normally opens transactions lazily, only before the first write, so the
@@ -305,7 +378,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     SQLITE_BUSY when a read transaction tries to become a write one.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -316,7 +389,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get("agentbus_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -110,3 +110,35 @@ async def test_close_waits_for_a_write_that_ends_in_time(tmp_path: Path) -> None
                 pass
     finally:
         await second.close()
+
+
+async def test_a_cancelled_run_write_ends_its_transaction_before_it_stops_and_close_frees_the_file(
+        tmp_path: Path) -> None:
+    """``run_write`` on a SQLite file runs in the store's writer thread: a cancel cannot cut the
+    transaction short, so the caller stops only once it has ended (here committed), and a close
+    right after leaves the file free for the next store."""
+    import threading
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+    first = ProjectionStore(url)
+    await first.start()
+    entered, release = threading.Event(), threading.Event()
+
+    def write(conn: sa.Connection, projector: str) -> str:
+        conn.execute(positions.insert().values(projector=projector, topic="t", partition=0, next_offset=1))
+        entered.set()
+        release.wait(10)
+        return threading.current_thread().name
+
+    assert (await first.run_write(write, "warm-up")).startswith("read-models-writer")  # not the loop's
+    entered.clear()
+    caller = asyncio.create_task(first.run_write(write, "p"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    caller.cancel()
+    await asyncio.sleep(0.05)
+    assert not caller.done(), "the caller stopped while its transaction was still open"
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await first.close()
+    assert sorted(await _a_second_store_writes_at_once(url)) == ["p", "q", "warm-up"]
