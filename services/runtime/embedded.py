@@ -128,7 +128,8 @@ class Runner:
                                                  cache=self.cache)
             self._spawn(self.coordinator.run(), "coordinator")
         if want_projector:
-            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache).run(),
+            self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache,
+                                      linger_s=self.settings.projector_linger_ms / 1000).run(),
                         "projector")
         self.deliveries = Deliveries(self.log, self.sealer, partitions=self.partitions, topic=EVENTS,
                                      commands=COMMANDS, cache=self.cache, transport=self._webhook_transport)

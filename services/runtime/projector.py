@@ -2,6 +2,12 @@
 
 Each batch's rows and its position commit together (``projections.Projector``), so a restart
 resumes after the last applied event and never applies one twice.
+
+After a batch smaller than the limit it waits ``linger_s`` before taking the next: at a trickle
+of events every one would otherwise be a transaction of its own, and the projector's writer
+thread, busy with many small ones, held the deciders' and the coordinator's turns back (measured:
+workflow step transition p50 39-64 ms without a linger, 9-15 ms with 30 ms; ``agentbus bench
+--workflows 1000``). A backlog (full batches) is applied without waiting.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ class ProjectorLoop:
     projector: Projector
     partitions: int
     cache: EnvelopeCache = field(default_factory=EnvelopeCache)
+    linger_s: float = 0.0
+    limit: int = 2000
 
     async def run(self) -> None:
         await asyncio.gather(*(self._tail(p) for p in range(self.partitions)))
 
     async def _tail(self, partition: int) -> None:
         start = await self.projector.position(EVENTS, partition)
-        batches = tail(self.log, self.cache, EVENTS, partition, start, limit=2000)
+        batches = tail(self.log, self.cache, EVENTS, partition, start, limit=self.limit)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 await self.projector.apply(EVENTS, partition, batch)
+                if self.linger_s > 0 and len(batch) < self.limit:
+                    await asyncio.sleep(self.linger_s)

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
                                                           "spaced so copying the state takes at most 2% of "
                                                           "the decider's time (0: no snapshots, written or "
                                                           "read).")
+    projector_linger_ms: int = Field(30, ge=0, le=10_000,
+                                     description="Embedded: after applying a partial batch the projector "
+                                                 "waits this long for more events before the next, so the "
+                                                 "read models commit fewer, larger transactions beside the "
+                                                 "deciders (the read models may lag the log by about this "
+                                                 "much; 0: apply as soon as anything arrives).")
     topic_prefix: str = Field("", description="Kafka: prefix of the topic names (several deployments on "
                                               "one broker).")
     app_id: str = Field("agentbus", min_length=1,
