@@ -15,6 +15,13 @@ connection: one hand-off per transaction, where the async driver (aiosqlite) mak
 through the event loop per statement, each queued behind whatever else the loop runs. Elsewhere
 (PostgreSQL, SQLite in memory) it runs under ``AsyncConnection.run_sync`` on the async engine.
 
+Every write of agentbus's own to a SQLite file goes that way (projector, snapshots, reset), so the
+async connections only ever read. A write on one could outlive its task: cancelled between a
+SELECT's execute and its fetch, the connection is invalidated and closed while the cursor still
+holds an active statement, and SQLite keeps such a connection (and its write lock) as a "zombie"
+until the cursor is garbage collected; a runtime restarted on the same file in the same process
+then waited out the busy timeout. A transaction on the writer thread always runs to its end.
+
 Durability. On SQLite the database runs in WAL mode with ``synchronous=NORMAL``: a power cut may
 lose the last few committed transactions, but each transaction holds both the rows an apply
 changed and the projector's position, so what is lost is lost together. After a restart the
@@ -210,9 +217,7 @@ class ProjectionStore:
 
     async def reset(self) -> None:
         """Drop and re-create every table, positions included (the start of a rebuild)."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(tables.metadata.drop_all)
-            await conn.run_sync(tables.metadata.create_all)
+        await self.run_write(_recreate_tables)
         self._known.clear()
 
     @contextlib.asynccontextmanager
@@ -325,6 +330,11 @@ def read_position_sync(conn: sa.Connection, projector: str, topic: str, partitio
         sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
     )
     return 0 if value is None else int(value)
+
+
+def _recreate_tables(conn: sa.Connection) -> None:
+    tables.metadata.drop_all(conn)
+    tables.metadata.create_all(conn)
 
 
 def _in_transaction(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

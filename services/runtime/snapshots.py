@@ -19,18 +19,17 @@ touches the read-model tables.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from events import EventLog
 from events.chain import chain_at
@@ -41,6 +40,7 @@ from services.domain.snapshot import FORMAT, DeciderSnapshot, SnapshotError, dec
 __all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "metadata", "newest_valid", "snapshots"]
 
 log = logging.getLogger("agentbus.snapshots")
+T = TypeVar("T")
 
 # Snapshots kept per events partition: the newest, and two to fall back on should it be refused.
 KEEP = 3
@@ -122,8 +122,7 @@ class SnapshotStore:
             return
         for attempt in range(attempts):
             try:
-                async with self._write() as conn:
-                    await conn.run_sync(metadata.create_all)
+                await self._run_write(_create_table)
                 return
             except sa.exc.DBAPIError:
                 # PostgreSQL: workers starting together race to create it; the winner did.
@@ -152,34 +151,24 @@ class SnapshotStore:
             await self._own.dispose()
             self._own = None
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one write transaction: the runtime store's ``run_write`` (on SQLite,
+        its writer thread, so no async connection is ever left inside a write), or an engine of its own."""
         if isinstance(self.source, ProjectionStore):
-            async with self.source.begin_write() as conn:
-                yield conn
-            return
+            return await self.source.run_write(fn, *args)
         async with self.engine.begin() as conn:
-            yield conn
+            return await conn.run_sync(fn, *args)
 
     async def save(self, topic: str, partition: int, position: int, chain: bytes | None, body: bytes, *,
                    version: int = FORMAT) -> SnapshotInfo:
         """Store a snapshot body and drop all but the newest ``keep`` of the partition, in one transaction."""
         if self.readonly:
             raise RuntimeError("this SnapshotStore is read-only")
-        t = snapshots.c
         digest = hashlib.sha256(body).hexdigest()
         created = datetime.now(UTC)
-        async with self._write() as conn:
-            result = await conn.execute(
-                snapshots.insert().values(topic=topic, partition=partition, position=position, chain=chain,
-                                          created=created, version=version, sha256=digest, body=body))
-            [new_id] = result.inserted_primary_key or (None,)
-            if new_id is None:  # pragma: no cover - every backend returns the new id
-                raise RuntimeError("the database returned no id for the new snapshot")
-            kept = (sa.select(t.id).where(t.topic == topic, t.partition == partition)
-                    .order_by(t.position.desc(), t.id.desc()).limit(self.keep))
-            await conn.execute(snapshots.delete().where(t.topic == topic, t.partition == partition,
-                                                        t.id.not_in(kept.scalar_subquery())))
+        new_id = await self._run_write(_save, self.keep, dict(
+            topic=topic, partition=partition, position=position, chain=chain, created=created,
+            version=version, sha256=digest, body=body))
         return SnapshotInfo(int(new_id), topic, partition, position, chain, created, version, digest,
                             len(body))
 
@@ -202,6 +191,24 @@ class SnapshotStore:
         async with self.engine.connect() as conn:
             value = await conn.scalar(sa.select(snapshots.c.body).where(snapshots.c.id == snapshot_id))
         return None if value is None else bytes(value)
+
+
+def _create_table(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+
+
+def _save(conn: sa.Connection, keep: int, row: dict[str, Any]) -> int:
+    """Insert one snapshot and drop all but the newest ``keep`` of its partition; the new id."""
+    t = snapshots.c
+    result = conn.execute(snapshots.insert().values(**row))
+    [new_id] = result.inserted_primary_key or (None,)
+    if new_id is None:  # pragma: no cover - every backend returns the new id
+        raise RuntimeError("the database returned no id for the new snapshot")
+    kept = (sa.select(t.id).where(t.topic == row["topic"], t.partition == row["partition"])
+            .order_by(t.position.desc(), t.id.desc()).limit(keep))
+    conn.execute(snapshots.delete().where(t.topic == row["topic"], t.partition == row["partition"],
+                                          t.id.not_in(kept.scalar_subquery())))
+    return int(new_id)
 
 
 def _engine(url: str, readonly: bool) -> AsyncEngine | None:

@@ -142,3 +142,38 @@ async def test_a_cancelled_run_write_ends_its_transaction_before_it_stops_and_cl
         await caller
     await first.close()
     assert sorted(await _a_second_store_writes_at_once(url)) == ["p", "q", "warm-up"]
+
+
+async def test_a_runtime_on_sqlite_writes_its_read_models_only_on_the_writer_thread(tmp_path: Path) -> None:
+    """The projector, the snapshots and a reset all write through ``run_write``: on a SQLite file no
+    async connection ever opens a write transaction, so none can be left holding the write lock
+    (closed mid-statement, SQLite keeps such a connection and its lock until its cursor is
+    garbage collected)."""
+    from sqlalchemy import event
+
+    from contracts import commands as c
+    from services.runtime.embedded import Runner
+    from services.runtime.ingest import command_envelope
+    from services.runtime.settings import Settings
+
+    runner = Runner(Settings(data_dir=tmp_path))
+    async_writes: list[str] = []
+    await runner.start()
+    try:
+        @event.listens_for(runner.store.engine.sync_engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            if conn.get_execution_options().get("agentbus_write"):
+                async_writes.append(repr(conn))
+
+        await runner.ready()
+        for i in range(20):
+            await runner.submit(command_envelope(c.RegisterAgent(agent_id=f"a{i}", name=f"a{i}",
+                                                                 capabilities=("x",), capacity=1)))
+        partition, end = 0, await runner.log.end_offset("events", 0)
+        assert await runner.store.wait_for_position("events", partition, end - 1, timeout=10)
+        assert runner.snapshots is not None
+        await runner.snapshots.save("events", 0, end, None, b"{}")
+        await runner.store.reset()
+    finally:
+        await runner.stop()
+    assert async_writes == []
