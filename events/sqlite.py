@@ -58,6 +58,7 @@ from events.log import (
     check_routing,
     partition_for,
 )
+from events.settle import settled
 from events.sqlite_chain import migrate
 from events.sqlite_records import (
     CODEC_LZ4,
@@ -590,14 +591,9 @@ class SqliteLog:
         async with self._write_lock:
             work = asyncio.get_running_loop().run_in_executor(
                 thread, _write_batch, writer, batch, state, self.chained)
-            cancelled: asyncio.CancelledError | None = None
-            while not work.done():
-                try:
-                    await asyncio.wait([work])  # never cancels ``work`` itself
-                except asyncio.CancelledError as exc:
-                    # The transaction goes on in its thread: settle it first, so the offsets kept
-                    # here and the callers' answers agree with the file, then stop.
-                    cancelled = exc
+            # The transaction goes on in its thread through a cancel: settle it first, so the
+            # offsets kept here and the callers' answers agree with the file, then stop.
+            cancelled = await settled(work)
             if cancelled is not None and work.exception() is not None:
                 raise cancelled
             written = work.result()  # the thread's error, if any, for ``_write``

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
+from events.settle import settled
 from projections import tables
 
 DEFAULT_URL = "sqlite+aiosqlite:///agentbus-data/read.db"
@@ -247,14 +248,9 @@ class ProjectionStore:
             work = asyncio.get_running_loop().run_in_executor(thread, _in_transaction, sync, fn, args)
             self._threaded.add(work)
             try:
-                cancelled: asyncio.CancelledError | None = None
-                while not work.done():
-                    try:
-                        await asyncio.wait([work])  # never cancels ``work`` itself
-                    except asyncio.CancelledError as exc:
-                        # The transaction goes on in its thread: let it end (committed or rolled
-                        # back) before this stops, so the lock is free and close finds it done.
-                        cancelled = exc
+                # The transaction goes on in its thread through a cancel: let it end (committed or
+                # rolled back) before this stops, so the lock is free and close finds it done.
+                cancelled = await settled(work)
                 if cancelled is not None:
                     raise cancelled
                 return work.result()
