@@ -15,12 +15,13 @@ connection: one hand-off per transaction, where the async driver (aiosqlite) mak
 through the event loop per statement, each queued behind whatever else the loop runs. Elsewhere
 (PostgreSQL, SQLite in memory) it runs under ``AsyncConnection.run_sync`` on the async engine.
 
-Every write of agentbus's own to a SQLite file goes that way (projector, snapshots, reset), so the
-async connections only ever read. A write on one could outlive its task: cancelled between a
-SELECT's execute and its fetch, the connection is invalidated and closed while the cursor still
-holds an active statement, and SQLite keeps such a connection (and its write lock) as a "zombie"
-until the cursor is garbage collected; a runtime restarted on the same file in the same process
-then waited out the busy timeout. A transaction on the writer thread always runs to its end.
+Every write of agentbus's own to a SQLite file goes that way (the schema at start, the projector,
+snapshots, a reset), so the async connections only ever read. A write on one could outlive its
+task: cancelled between a SELECT's execute and its fetch, the connection is invalidated and closed
+while the cursor still holds an active statement, and SQLite keeps such a connection (and its write
+lock) as a "zombie" until the cursor is garbage collected; a runtime restarted on the same file in
+the same process then waited out the busy timeout. A transaction on the writer thread always runs
+to its end.
 
 Durability. On SQLite the database runs in WAL mode with ``synchronous=NORMAL``: a power cut may
 lose the last few committed transactions, but each transaction holds both the rows an apply
@@ -157,17 +158,7 @@ class ProjectionStore:
         # Writes on SQLite start with BEGIN IMMEDIATE (see _configure_sqlite).
         self._writer = engine.execution_options(agentbus_write=True)
         try:
-            async with engine.begin() as conn:
-                if self.schema is not None:
-                    await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                stale = await conn.run_sync(_stale_tables)
-                if stale:
-                    # Tables from an older version of the read models: they are derived data, so
-                    # start them over; the positions go with them and projectors replay the log.
-                    log.warning("read-model tables %s are from another version of agentbus: "
-                                "dropping the read models to rebuild them from the log", stale)
-                    await conn.run_sync(tables.metadata.drop_all)
-                await conn.run_sync(tables.metadata.create_all)
+            await self.run_write(_prepare_schema, self.schema)
         except BaseException:
             await engine.dispose()
             self._engine = self._writer = None
@@ -326,6 +317,20 @@ def read_position_sync(conn: sa.Connection, projector: str, topic: str, partitio
         sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
     )
     return 0 if value is None else int(value)
+
+
+def _prepare_schema(conn: sa.Connection, schema: str | None) -> None:
+    """Create the tables (and the PostgreSQL schema) if absent; drop tables of another version."""
+    if schema is not None:
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    stale = _stale_tables(conn)
+    if stale:
+        # Tables from an older version of the read models: they are derived data, so start them
+        # over; the positions go with them and projectors replay the log.
+        log.warning("read-model tables %s are from another version of agentbus: "
+                    "dropping the read models to rebuild them from the log", stale)
+        tables.metadata.drop_all(conn)
+    tables.metadata.create_all(conn)
 
 
 def _recreate_tables(conn: sa.Connection) -> None:

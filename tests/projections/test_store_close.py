@@ -158,22 +158,34 @@ async def test_a_runtime_on_sqlite_writes_its_read_models_only_on_the_writer_thr
 
     runner = Runner(Settings(data_dir=tmp_path))
     async_writes: list[str] = []
-    await runner.start()
-    try:
-        @event.listens_for(runner.store.engine.sync_engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            if conn.get_execution_options().get("agentbus_write"):
-                async_writes.append(repr(conn))
+    threaded_writes: list[str] = []
 
-        await runner.ready()
-        for i in range(20):
-            await runner.submit(command_envelope(c.RegisterAgent(agent_id=f"a{i}", name=f"a{i}",
-                                                                 capabilities=("x",), capacity=1)))
-        partition, end = 0, await runner.log.end_offset("events", 0)
-        assert await runner.store.wait_for_position("events", partition, end - 1, timeout=10)
-        assert runner.snapshots is not None
-        await runner.snapshots.save("events", 0, end, None, b"{}")
-        await runner.store.reset()
+    writes = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "BEGIN IMMEDIATE")
+
+    def _statement(conn: sa.Connection, _cursor: object, statement: str, *_: object) -> None:
+        text = statement.lstrip()
+        if text.upper().startswith(writes):  # every engine's, the start's included
+            (async_writes if conn.dialect.driver == "aiosqlite" else threaded_writes).append(text)
+
+    event.listen(sa.Engine, "before_cursor_execute", _statement)
+    try:
+        await runner.start()
+        try:
+            await runner.ready()
+            for i in range(20):
+                await runner.submit(command_envelope(c.RegisterAgent(agent_id=f"a{i}", name=f"a{i}",
+                                                                     capabilities=("x",), capacity=1)))
+            end = await runner.log.end_offset("events", 0)
+            assert await runner.store.wait_for_position("events", 0, end - 1, timeout=10)
+            assert runner.snapshots is not None
+            await runner.snapshots.save("events", 0, end, None, b"{}")
+            await runner.store.reset()
+        finally:
+            await runner.stop()
     finally:
-        await runner.stop()
+        event.remove(sa.Engine, "before_cursor_execute", _statement)
     assert async_writes == []
+    # The schema, the snapshots' table, the projector's applies, a snapshot, the reset.
+    assert any(w.startswith("CREATE TABLE") for w in threaded_writes), threaded_writes
+    assert any("decider_snapshots" in w and w.startswith("INSERT") for w in threaded_writes)
+    assert any(w.startswith("DROP TABLE") for w in threaded_writes)
