@@ -587,8 +587,8 @@ class SqliteLog:
     async def _transaction(self, batch: list[_Pending]) -> None:
         writer, thread = self._writer, self._thread
         assert writer is not None and thread is not None
-        state = _State(self._topics, self._ends, self._heads, self._data_version)
         async with self._write_lock:
+            state = _State(self._topics, self._ends, self._heads, self._data_version)
             work = asyncio.get_running_loop().run_in_executor(
                 thread, _write_batch, writer, batch, state, self.chained)
             # The transaction goes on in its thread through a cancel: settle it first, so the
