@@ -16,7 +16,7 @@ partition writers to claim or fence.
 
 Every record carries its partition's hash chain value (``events.chain``), computed by the writer
 as it numbers the record; a file written before chains existed is chained in place once, when
-opened (``_migrate``).
+opened (``events.sqlite_chain.migrate``). What runs on the writer's thread is ``events.sqlite_writer``.
 
 This module must never skip or rewrite a stored record: a record that cannot be read raises
 CorruptRecord naming its position, and appended rows are never updated or deleted (the one-time
@@ -26,27 +26,22 @@ chain migration only fills the new column).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sqlite3
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl
 from zlib import crc32
 
 import aiosqlite
 import lz4.block
 
-from events.chain import GENESIS
+from events import sqlite_writer
 from events.log import (
     Appended,
     Commit,
-    ConcurrencyError,
     CorruptRecord,
     LogError,
     Record,
@@ -59,7 +54,6 @@ from events.log import (
     partition_for,
 )
 from events.settle import settled
-from events.sqlite_chain import migrate
 from events.sqlite_records import (
     CODEC_LZ4,
     CODEC_RAW,
@@ -68,6 +62,7 @@ from events.sqlite_records import (
     _to_stored,
     _to_values,
 )
+from events.sqlite_writer import Pending, Row, State, ensure_topic, open_writer
 
 # Values this large are worth compressing. Below it, every consumer paying lz4 on every read
 # costs more than the space saved (measured: events are mostly well under 2 KiB).
@@ -78,47 +73,6 @@ COMPRESS_MAX_RATIO = 0.9
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
-# Bound parameters per statement, well under SQLite's limit (32766 since 3.32, 999 before).
-_ID_CHUNK = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (
-    name TEXT PRIMARY KEY,
-    partitions INTEGER NOT NULL CHECK (partitions > 0),
-    retention_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS records (
-    topic TEXT NOT NULL,
-    "partition" INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL,
-    id TEXT,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
-    codec INTEGER NOT NULL,
-    headers BLOB,
-    crc INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    chain BLOB,
-    PRIMARY KEY (topic, "partition", "offset")
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS records_topic_id ON records (topic, id) WHERE id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS consumer_offsets (
-    grp TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    "partition" INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic, "partition")
-) WITHOUT ROWID;
-"""
-
-_INSERT = (
-    'INSERT INTO records (topic, "partition", "offset", id, key, value, codec, headers, crc, ts, chain)'
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_OFFSET = (
-    'INSERT INTO consumer_offsets (grp, topic, "partition", "offset") VALUES (?, ?, ?, ?)'
-    ' ON CONFLICT (grp, topic, "partition") DO UPDATE SET "offset" = excluded."offset"'
-)
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
@@ -132,32 +86,7 @@ _READ_CHAINED = (
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
 )
 _MAX_OFFSET = 'SELECT MAX("offset") FROM records WHERE topic = ? AND "partition" = ?'
-_LAST = (
-    'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
-    ' ORDER BY "offset" DESC LIMIT 1'
-)
 logger = logging.getLogger(__name__)
-
-# (partition, id, key, stored value, codec, encoded headers, crc of the original value,
-#  the original value: what the chain covers)
-_Row = tuple[int, str | None, str, bytes, int, bytes | None, int, bytes]
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One caller's append (or bare commit), waiting for the writer."""
-
-    topic: str
-    rows: list[_Row]
-    partition: int | None
-    expected: int | None
-    commit: Commit | None
-    future: asyncio.Future[list[Appended]]
-    size: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.size = len(self.rows)
-
 
 def _parse_url(url: str) -> tuple[Path, str]:
     """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``) -> path, mode."""
@@ -180,9 +109,9 @@ def _parse_url(url: str) -> tuple[Path, str]:
     return Path(path), synchronous
 
 
-def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[_Row]:
+def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[Row]:
     """Route, checksum, compress and encode on the caller's turn, so the writer only numbers."""
-    rows: list[_Row] = []
+    rows: list[Row] = []
     route: dict[str, int] = {}
     compress = lz4.block.compress
     for rec in records:
@@ -206,166 +135,6 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
     return rows
 
 
-def existing_ids_sql(n: int) -> str:
-    """The query for which of ``n`` ids a topic holds already: (id, partition, offset) of each.
-
-    No "id IS NOT NULL" term: with it SQLite walks every id of the topic in the partial index
-    (id > NULL) instead of looking each one up (measured at 413,000 records: 19.5 ms against
-    0.16 ms for 42 ids). The IN list implies the index's condition by itself.
-    """
-    marks = ",".join("?" * n)
-    return f'SELECT id, "partition", "offset" FROM records WHERE topic = ? AND id IN ({marks})'
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    """What the writer knows of the file: topics, next offset and chain head per partition, and the
-    ``PRAGMA data_version`` it was read at (another process's commit changes it)."""
-
-    topics: dict[str, int]
-    ends: dict[tuple[str, int], int]
-    heads: dict[tuple[str, int], bytes]
-    version: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """One committed transaction: each append's result, the state after it, the partitions written."""
-
-    results: list[tuple[_Pending, list[Appended] | BaseException]]
-    state: _State
-    touched: set[tuple[str, int]]
-
-
-# -- the writer's thread: everything below runs there, on its connection, and nowhere else ---------
-
-
-def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, _State]:
-    """Open the writer's connection, create the schema, chain an old file, read the state."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        # Only takes effect on a new file (before WAL): 16 KiB pages read ~1.4x faster
-        # than 4 KiB for rows of a few hundred bytes, at the same write speed.
-        conn.execute("PRAGMA page_size = 16384")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.executescript(_SCHEMA)
-        migrate(conn, _to_values)
-        return conn, _read_state(conn)
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _read_state(conn: sqlite3.Connection) -> _State:
-    """Topics and end offsets from the file (at start, or after another process wrote)."""
-    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-    topics = {str(name): int(n) for name, n in conn.execute("SELECT name, partitions FROM topics")}
-    ends: dict[tuple[str, int], int] = {}
-    heads: dict[tuple[str, int], bytes] = {}
-    for topic, n in topics.items():
-        for p in range(n):
-            # The last row by the primary key prefix is one B-tree descent, not a scan.
-            row = conn.execute(_LAST, (topic, p)).fetchone()
-            if row is not None:
-                ends[(topic, p)] = int(row[0]) + 1
-                heads[(topic, p)] = row[1] if row[1] is not None else GENESIS
-    return _State(topics, ends, heads, version)
-
-
-def _ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int, retention_ms: int | None) -> int:
-    conn.execute(
-        "INSERT INTO topics (name, partitions, retention_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-        (topic, partitions, retention_ms),
-    )
-    return int(conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()[0])
-
-
-def _existing_ids(conn: sqlite3.Connection, batch: list[_Pending]) -> dict[str, dict[str, tuple[int, int]]]:
-    """Ids of the batch already in their topic: one query per topic (chunked)."""
-    wanted: dict[str, set[str]] = {}
-    for item in batch:
-        ids = {row[1] for row in item.rows if row[1] is not None}
-        if ids:
-            wanted.setdefault(item.topic, set()).update(ids)
-    known: dict[str, dict[str, tuple[int, int]]] = {}
-    for topic, ids in wanted.items():
-        found = known.setdefault(topic, {})
-        listed = list(ids)
-        for start in range(0, len(listed), _ID_CHUNK):
-            chunk = listed[start : start + _ID_CHUNK]
-            for rid, p, offset in conn.execute(existing_ids_sql(len(chunk)), (topic, *chunk)):
-                found[rid] = (p, offset)
-    return known
-
-
-def _write_batch(conn: sqlite3.Connection, batch: list[_Pending], state: _State, chained: bool) -> _Written:
-    """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT.
-
-    Works on copies of ``state`` (the caller's stay as they were should this fail) and never
-    touches the callers' futures: the event loop settles them from what this returns.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        if version != state.version:
-            state = _read_state(conn)  # another process wrote since: reload inside this transaction
-        known = _existing_ids(conn, batch)
-        ends = dict(state.ends)
-        heads = dict(state.heads)
-        sha256 = hashlib.sha256
-        ts = time.time_ns() // 1_000_000
-        rows: list[tuple[Any, ...]] = []
-        offsets: list[tuple[Any, ...]] = []
-        results: list[tuple[_Pending, list[Appended] | BaseException]] = []
-        touched: set[tuple[str, int]] = set()
-        for item in batch:
-            topic = item.topic
-            if item.expected is not None:
-                assert item.partition is not None
-                actual = ends.get((topic, item.partition), 0)
-                if actual != item.expected:
-                    results.append((item, ConcurrencyError(topic, item.partition, item.expected, actual)))
-                    continue
-            seen = known.setdefault(topic, {})
-            out: list[Appended] = []
-            for p, rid, key, value, codec, headers, crc, original in item.rows:
-                if rid is not None:
-                    hit = seen.get(rid)
-                    if hit is not None:
-                        out.append(Appended(hit[0], hit[1], True))
-                        continue
-                tp = (topic, p)
-                offset = ends.get(tp, 0)
-                ends[tp] = offset + 1
-                touched.add(tp)
-                if rid is not None:
-                    seen[rid] = (p, offset)
-                chain: bytes | None = None
-                if chained:
-                    h = sha256(heads.get(tp, GENESIS))
-                    h.update(original)
-                    chain = heads[tp] = h.digest()
-                rows.append((topic, p, offset, rid, key, value, codec, headers, crc, ts, chain))
-                out.append(Appended(p, offset))
-            if item.commit is not None:
-                c = item.commit
-                offsets.append((c.group, c.topic, c.partition, c.offset))
-            results.append((item, out))
-        if rows:
-            conn.executemany(_INSERT, rows)
-        if offsets:
-            conn.executemany(_UPSERT_OFFSET, offsets)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    # Our own COMMIT bumps no data_version on this connection: the value read stays current.
-    return _Written(results, _State(state.topics, ends, heads, version), touched)
-
-
 class SqliteLog:
     """EventLog over one SQLite file: group-committed appends, WAL reads, in-process wake-ups."""
 
@@ -386,7 +155,7 @@ class SqliteLog:
         self._reader: aiosqlite.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self._topics: dict[str, int] = {}
@@ -410,7 +179,7 @@ class SqliteLog:
         loop = asyncio.get_running_loop()
         try:
             async with self._write_lock:
-                writer, state = await loop.run_in_executor(thread, _open_writer, self.path, self.synchronous)
+                writer, state = await loop.run_in_executor(thread, open_writer, self.path, self.synchronous)
         except BaseException:
             thread.shutdown(wait=False)
             raise
@@ -470,7 +239,7 @@ class SqliteLog:
         assert writer is not None and thread is not None
         async with self._write_lock:
             n = await asyncio.get_running_loop().run_in_executor(
-                thread, _ensure_topic, writer, topic, partitions, retention_ms)
+                thread, ensure_topic, writer, topic, partitions, retention_ms)
         self._topics[topic] = n
 
     async def partitions(self, topic: str) -> int:
@@ -511,7 +280,7 @@ class SqliteLog:
         if not records and commit is None:
             return []
         return await self._enqueue(
-            _Pending(topic, _prepare(records, partition, n), partition, expected_offset, commit,
+            Pending(topic, _prepare(records, partition, n), partition, expected_offset, commit,
                      asyncio.get_running_loop().create_future())
         )
 
@@ -520,11 +289,11 @@ class SqliteLog:
         self._conn()
         await self._check_partition(topic, partition)
         await self._enqueue(
-            _Pending(topic, [], None, None, Commit(group, topic, partition, offset),
+            Pending(topic, [], None, None, Commit(group, topic, partition, offset),
                      asyncio.get_running_loop().create_future())
         )
 
-    async def _enqueue(self, item: _Pending) -> list[Appended]:
+    async def _enqueue(self, item: Pending) -> list[Appended]:
         if self._closing:
             raise RuntimeError(f"SqliteLog({self.url!r}) is closing")
         if self._writer_error is not None:
@@ -534,7 +303,7 @@ class SqliteLog:
         return await item.future
 
     async def _run_writer(self) -> None:
-        batch: list[_Pending] = []
+        batch: list[Pending] = []
         try:
             while True:
                 if not self._queue:
@@ -569,7 +338,7 @@ class SqliteLog:
             self._queue.clear()
             raise
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
         """Write ``batch`` in one transaction; on a database error retry each append alone."""
         try:
             await self._transaction(batch)
@@ -584,13 +353,13 @@ class SqliteLog:
             if not batch[0].future.done():
                 batch[0].future.set_exception(error)
 
-    async def _transaction(self, batch: list[_Pending]) -> None:
+    async def _transaction(self, batch: list[Pending]) -> None:
         writer, thread = self._writer, self._thread
         assert writer is not None and thread is not None
         async with self._write_lock:
-            state = _State(self._topics, self._ends, self._heads, self._data_version)
+            state = State(self._topics, self._ends, self._heads, self._data_version)
             work = asyncio.get_running_loop().run_in_executor(
-                thread, _write_batch, writer, batch, state, self.chained)
+                thread, sqlite_writer.write_batch, writer, batch, state, self.chained)
             # The transaction goes on in its thread through a cancel: settle it first, so the
             # offsets kept here and the callers' answers agree with the file, then stop.
             cancelled = await settled(work)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from events import CorruptRecord, EventLog, LogError, Record, TransactionalLog, open_log
-from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog, existing_ids_sql
+from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog
+from events.sqlite_writer import existing_ids_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -359,10 +360,10 @@ async def test_a_writer_cancelled_mid_transaction_settles_it_first(
     and the offsets the log keeps agree with the file (the next start finds the same ends)."""
     import threading
 
-    import events.sqlite as sqlite_log
+    import events.sqlite_writer as sqlite_log
 
     entered, release = threading.Event(), threading.Event()
-    real = sqlite_log._write_batch
+    real = sqlite_log.write_batch
 
     def held(*args: object, **kwargs: object) -> object:
         entered.set()
@@ -373,7 +374,7 @@ async def test_a_writer_cancelled_mid_transaction_settles_it_first(
     log = SqliteLog(url)
     await log.start()
     await log.ensure_topic("t", 1)
-    monkeypatch.setattr(sqlite_log, "_write_batch", held)
+    monkeypatch.setattr(sqlite_log, "write_batch", held)
     in_flight = asyncio.create_task(log.append("t", [Record("k", b"in flight", id="a")]))
     assert await asyncio.to_thread(entered.wait, 10)
     writer = log._writer_task
@@ -387,7 +388,7 @@ async def test_a_writer_cancelled_mid_transaction_settles_it_first(
     with pytest.raises(asyncio.CancelledError):
         await writer
     assert log._ends[("t", 0)] == 1
-    monkeypatch.setattr(sqlite_log, "_write_batch", real)
+    monkeypatch.setattr(sqlite_log, "write_batch", real)
     await log.close()
     again = SqliteLog(url)
     await again.start()

@@ -1,0 +1,245 @@
+"""The SQLite log's writer thread: the schema, the append statements, and everything that runs on
+the writer's connection.
+
+``events.sqlite`` owns the queue, the callers' futures and the event loop's side; each function
+here is called on the log's one writer thread (``run_in_executor``), on its connection and nowhere
+else, and returns what the loop applies: a whole transaction, BEGIN to COMMIT, is one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from events.chain import GENESIS
+from events.log import Appended, Commit, ConcurrencyError
+from events.sqlite_chain import migrate
+from events.sqlite_records import _to_values
+
+# Bound parameters per statement, well under SQLite's limit (32766 since 3.32, 999 before).
+_ID_CHUNK = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY,
+    partitions INTEGER NOT NULL CHECK (partitions > 0),
+    retention_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL,
+    "partition" INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    id TEXT,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    codec INTEGER NOT NULL,
+    headers BLOB,
+    crc INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    chain BLOB,
+    PRIMARY KEY (topic, "partition", "offset")
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS records_topic_id ON records (topic, id) WHERE id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    "partition" INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, "partition")
+) WITHOUT ROWID;
+"""
+
+_INSERT = (
+    'INSERT INTO records (topic, "partition", "offset", id, key, value, codec, headers, crc, ts, chain)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_OFFSET = (
+    'INSERT INTO consumer_offsets (grp, topic, "partition", "offset") VALUES (?, ?, ?, ?)'
+    ' ON CONFLICT (grp, topic, "partition") DO UPDATE SET "offset" = excluded."offset"'
+)
+_LAST = (
+    'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
+    ' ORDER BY "offset" DESC LIMIT 1'
+)
+
+# (partition, id, key, stored value, codec, encoded headers, crc of the original value,
+#  the original value: what the chain covers)
+Row = tuple[int, str | None, str, bytes, int, bytes | None, int, bytes]
+
+
+@dataclass(slots=True)
+class Pending:
+    """One caller's append (or bare commit), waiting for the writer."""
+
+    topic: str
+    rows: list[Row]
+    partition: int | None
+    expected: int | None
+    commit: Commit | None
+    future: asyncio.Future[list[Appended]]
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.rows)
+
+
+def existing_ids_sql(n: int) -> str:
+    """The query for which of ``n`` ids a topic holds already: (id, partition, offset) of each.
+
+    No "id IS NOT NULL" term: with it SQLite walks every id of the topic in the partial index
+    (id > NULL) instead of looking each one up (measured at 413,000 records: 19.5 ms against
+    0.16 ms for 42 ids). The IN list implies the index's condition by itself.
+    """
+    marks = ",".join("?" * n)
+    return f'SELECT id, "partition", "offset" FROM records WHERE topic = ? AND id IN ({marks})'
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What the writer knows of the file: topics, next offset and chain head per partition, and the
+    ``PRAGMA data_version`` it was read at (another process's commit changes it)."""
+
+    topics: dict[str, int]
+    ends: dict[tuple[str, int], int]
+    heads: dict[tuple[str, int], bytes]
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """One committed transaction: each append's result, the state after it, the partitions written."""
+
+    results: list[tuple[Pending, list[Appended] | BaseException]]
+    state: State
+    touched: set[tuple[str, int]]
+
+
+def open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, State]:
+    """Open the writer's connection, create the schema, chain an old file, read the state."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        # Only takes effect on a new file (before WAL): 16 KiB pages read ~1.4x faster
+        # than 4 KiB for rows of a few hundred bytes, at the same write speed.
+        conn.execute("PRAGMA page_size = 16384")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.executescript(_SCHEMA)
+        migrate(conn, _to_values)
+        return conn, read_state(conn)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def read_state(conn: sqlite3.Connection) -> State:
+    """Topics and end offsets from the file (at start, or after another process wrote)."""
+    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+    topics = {str(name): int(n) for name, n in conn.execute("SELECT name, partitions FROM topics")}
+    ends: dict[tuple[str, int], int] = {}
+    heads: dict[tuple[str, int], bytes] = {}
+    for topic, n in topics.items():
+        for p in range(n):
+            # The last row by the primary key prefix is one B-tree descent, not a scan.
+            row = conn.execute(_LAST, (topic, p)).fetchone()
+            if row is not None:
+                ends[(topic, p)] = int(row[0]) + 1
+                heads[(topic, p)] = row[1] if row[1] is not None else GENESIS
+    return State(topics, ends, heads, version)
+
+
+def ensure_topic(conn: sqlite3.Connection, topic: str, partitions: int, retention_ms: int | None) -> int:
+    conn.execute(
+        "INSERT INTO topics (name, partitions, retention_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        (topic, partitions, retention_ms),
+    )
+    return int(conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()[0])
+
+
+def _existing_ids(conn: sqlite3.Connection, batch: list[Pending]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Ids of the batch already in their topic: one query per topic (chunked)."""
+    wanted: dict[str, set[str]] = {}
+    for item in batch:
+        ids = {row[1] for row in item.rows if row[1] is not None}
+        if ids:
+            wanted.setdefault(item.topic, set()).update(ids)
+    known: dict[str, dict[str, tuple[int, int]]] = {}
+    for topic, ids in wanted.items():
+        found = known.setdefault(topic, {})
+        listed = list(ids)
+        for start in range(0, len(listed), _ID_CHUNK):
+            chunk = listed[start : start + _ID_CHUNK]
+            for rid, p, offset in conn.execute(existing_ids_sql(len(chunk)), (topic, *chunk)):
+                found[rid] = (p, offset)
+    return known
+
+
+def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, chained: bool) -> Written:
+    """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT.
+
+    Works on copies of ``state`` (the caller's stay as they were should this fail) and never
+    touches the callers' futures: the event loop settles them from what this returns.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != state.version:
+            state = read_state(conn)  # another process wrote since: reload inside this transaction
+        known = _existing_ids(conn, batch)
+        ends = dict(state.ends)
+        heads = dict(state.heads)
+        sha256 = hashlib.sha256
+        ts = time.time_ns() // 1_000_000
+        rows: list[tuple[Any, ...]] = []
+        offsets: list[tuple[Any, ...]] = []
+        results: list[tuple[Pending, list[Appended] | BaseException]] = []
+        touched: set[tuple[str, int]] = set()
+        for item in batch:
+            topic = item.topic
+            if item.expected is not None:
+                assert item.partition is not None
+                actual = ends.get((topic, item.partition), 0)
+                if actual != item.expected:
+                    results.append((item, ConcurrencyError(topic, item.partition, item.expected, actual)))
+                    continue
+            seen = known.setdefault(topic, {})
+            out: list[Appended] = []
+            for p, rid, key, value, codec, headers, crc, original in item.rows:
+                if rid is not None:
+                    hit = seen.get(rid)
+                    if hit is not None:
+                        out.append(Appended(hit[0], hit[1], True))
+                        continue
+                tp = (topic, p)
+                offset = ends.get(tp, 0)
+                ends[tp] = offset + 1
+                touched.add(tp)
+                if rid is not None:
+                    seen[rid] = (p, offset)
+                chain: bytes | None = None
+                if chained:
+                    h = sha256(heads.get(tp, GENESIS))
+                    h.update(original)
+                    chain = heads[tp] = h.digest()
+                rows.append((topic, p, offset, rid, key, value, codec, headers, crc, ts, chain))
+                out.append(Appended(p, offset))
+            if item.commit is not None:
+                c = item.commit
+                offsets.append((c.group, c.topic, c.partition, c.offset))
+            results.append((item, out))
+        if rows:
+            conn.executemany(_INSERT, rows)
+        if offsets:
+            conn.executemany(_UPSERT_OFFSET, offsets)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    # Our own COMMIT bumps no data_version on this connection: the value read stays current.
+    return Written(results, State(state.topics, ends, heads, version), touched)
