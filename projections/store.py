@@ -264,7 +264,7 @@ class ProjectionStore:
     async def read_position(self, projector: str, topic: str, partition: int) -> int:
         """The next offset ``projector`` will apply in the partition (0 if it never applied)."""
         async with self.engine.connect() as conn:
-            return await read_position(conn, projector, topic, partition)
+            return await conn.run_sync(read_position, projector, topic, partition)
 
     def advanced(self, projector: str, topic: str, partition: int, next_offset: int) -> None:
         """Called by a projector in this process after it committed a new position."""
@@ -299,19 +299,8 @@ class ProjectionStore:
                 await asyncio.wait_for(woken.wait(), min(remaining, self.poll_interval))
 
 
-async def read_position(conn: AsyncConnection, projector: str, topic: str, partition: int) -> int:
+def read_position(conn: sa.Connection, projector: str, topic: str, partition: int) -> int:
     """The stored next offset of ``projector`` in the partition, read on ``conn`` (0 if none)."""
-    p = tables.positions.c
-    value = await conn.scalar(
-        sa.select(p.next_offset).where(
-            p.projector == projector, p.topic == topic, p.partition == partition
-        )
-    )
-    return 0 if value is None else int(value)
-
-
-def read_position_sync(conn: sa.Connection, projector: str, topic: str, partition: int) -> int:
-    """``read_position`` on a synchronous connection (inside ``run_write``)."""
     p = tables.positions.c
     value = conn.scalar(
         sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
