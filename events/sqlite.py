@@ -457,8 +457,8 @@ class SqliteLog:
     ) -> bool:
         """Wait until a record at ``offset`` exists; False on timeout.
 
-        Woken by this process's writer on commit; re-checks the file every POLL_INTERVAL_S for
-        appends by other processes.
+        Woken by this process's writer on commit; re-checks the file for appends by other
+        processes every POLL_INTERVAL_S, or at once when ``nudge`` says there is one.
         """
         conn = self._conn()
         await self._check_partition(topic, partition)
@@ -477,7 +477,9 @@ class SqliteLog:
                 try:
                     async with asyncio.timeout(min(remaining, POLL_INTERVAL_S)):
                         await event.wait()
-                    continue
+                    if self._ends.get(tp, 0) > offset:
+                        return True
+                    # Woken by ``nudge`` (another process appended): look at the file.
                 except TimeoutError:
                     pass
             if self._reader is None:
@@ -487,6 +489,13 @@ class SqliteLog:
                 return True
             if remaining <= 0:
                 return False
+
+    def nudge(self, topic: str, partition: int) -> None:
+        """Another process appended to the partition: wake this process's waiters now, to look at
+        the file, instead of at their next ``POLL_INTERVAL_S`` check."""
+        event = self._events.pop((topic, partition), None)
+        if event is not None:
+            event.set()
 
     async def subscribe(
         self, topic: str, partition: int, offset: int, *, limit: int = 1000

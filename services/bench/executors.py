@@ -217,6 +217,7 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
             await follower
         await target.stop()
     return {"tasks_per_s": round(tasks / seconds, 1), "seconds": round(seconds, 2), "failed": watch.failed,
+            "projector_peak_rss_mb": target.projector_peak_rss_mb,
             "task_p50_ms": round(percentile(total, 50), 2), "task_p99_ms": round(percentile(total, 99), 2),
             "added_p50_ms": round(percentile(added, 50), 2), "added_p99_ms": round(percentile(added, 99), 2)}
 

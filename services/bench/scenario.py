@@ -50,6 +50,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def projector_peak_rss_mb(service: Any) -> float:
+    """The peak RSS of the embedded runner's projector process, while it runs (0.0: none)."""
+    process = getattr(service, "projector_process", None)
+    pid = getattr(process, "pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def run_namespace(settings: Settings) -> Settings:
     """The settings of one bench run on Kafka: topics and consumer groups of its own, nested under
     the deployment's topic prefix and app id, so a run never reads or writes a deployment's topics
@@ -98,6 +114,7 @@ class Target:
         self.app_id = settings.app_id
         self.workers = workers if self.kafka else 0  # the embedded runner is one process
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.projector_peak_rss_mb = 0.0  # the embedded projector's own process (read at stop)
         self.service: Any = open_service(settings, worker=self.workers == 0)
         self.topics: Topics = self.service.topics
 
@@ -121,6 +138,7 @@ class Target:
         return open(path, "ab") if path else subprocess.DEVNULL
 
     async def stop(self) -> None:
+        self.projector_peak_rss_mb = projector_peak_rss_mb(self.service)
         for proc in self.procs:
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
@@ -319,6 +337,7 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
         "replay_events": replay_events,
         "replay_events_per_s": round(replay_events / replay_s, 1) if replay_s else 0.0,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "projector_peak_rss_mb": target.projector_peak_rss_mb,
     }
 
 

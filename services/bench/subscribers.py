@@ -203,4 +203,5 @@ async def _summary(target: Target, reports: list[dict[str, Any]], started_wall: 
         "command_to_delivery_p50_ms": round(percentile(end_to_end, 50), 3),
         "command_to_delivery_p99_ms": round(percentile(end_to_end, 99), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "projector_peak_rss_mb": target.projector_peak_rss_mb,
     }

@@ -230,4 +230,5 @@ async def bench_workflows(
         "transition_p50_ms": round(percentile(paced, 50), 3),
         "transition_p99_ms": round(percentile(paced, 99), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "projector_peak_rss_mb": target.projector_peak_rss_mb,
     }

@@ -137,7 +137,7 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         click.echo(f"restart           {result['restart_s']} s from `agentbus serve` to /v1/health 200 "
                    f"on the scenario's log ({result['replay_events']} events; the first start on it: "
                    f"{result['first_start_s']} s)")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    click.echo(_peak_rss(result))
     if "raw_records_per_s" in result:
         click.echo(f"raw aiokafka      {result['raw_records_per_s']:,.0f} records/s producer->consumer; "
                    f"agentbus moves 2 records per command (command + event): "
@@ -172,7 +172,7 @@ def _audit(scratch: Path, records: int, as_json: bool) -> None:
                f"{v['export_events_per_s']:,.0f} over its lz4 export "
                f"({v['export_one_process_events_per_s']:,.0f} with one, x{v['export_speedup']}); "
                f"ok: {v['ok']}; target >= 500,000")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    click.echo(_peak_rss(result))
 
 
 def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float, paced_seconds: float,
@@ -237,7 +237,7 @@ def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float,
                f"at {rate:,.0f} steps/s offered "
                f"(saturated: p50 {result['saturated_transition_p50_ms']} ms, "
                f"p99 {result['saturated_transition_p99_ms']} ms)")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    click.echo(_peak_rss(result))
 
 
 def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float,
@@ -262,7 +262,7 @@ def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_secon
     click.echo(f"added latency     p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms at "
                f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
                f"{result['task_p50_ms']} ms, p99 {result['task_p99_ms']} ms)")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB")
+    click.echo(_peak_rss(result))
 
 
 def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, rate: float, seconds: float,
@@ -304,4 +304,13 @@ def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, r
                f"p99 {result['command_to_delivery_p99_ms']} ms)")
     click.echo(f"CPU               service, hub and API {result['server_cpu_s']} s; subscribers "
                f"{result['clients_cpu_s']} s ({result['cpus']} CPUs)")
-    click.echo(f"peak RSS          {result['peak_rss_mb']} MB (the bench process: service, hub and API)")
+    click.echo(_peak_rss(result, " (the bench process: service, hub and API)"))
+
+
+def _peak_rss(result: dict[str, Any], what: str = "") -> str:
+    """The peak RSS line: the bench process, and the projector's own process when it ran in one."""
+    line = f"peak RSS          {result['peak_rss_mb']} MB{what}"
+    projector = result.get("projector_peak_rss_mb") or 0.0
+    if projector:
+        line += f" + {projector} MB the projector process = {result['peak_rss_mb'] + projector:.1f} MB"
+    return line

@@ -1,6 +1,7 @@
 """The embedded runner: deciders, the coordinator, the timer services and the projector as
-consumers of one log, in one asyncio process, each resuming from its own committed position (the
-timer services from their rebuilt books) after a restart.
+consumers of one log, in one asyncio process (the projector, on a machine with a second CPU, in a
+process of its own: ``services.runtime.projector_process``), each resuming from its own committed
+position (the timer services from their rebuilt books) after a restart.
 
 Exactly-once: the decider appends a batch's events and commits its commands offset in one
 transaction; the coordinator appends its commands and commits its events offset in one; the
@@ -22,12 +23,14 @@ from contracts import Envelope
 from events import EventLog, open_log, partition_for
 from events.cache import EnvelopeCache
 from events.codec import to_record
+from events.sqlite import SqliteLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.deliveries import Deliveries
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
+from services.runtime.projector_process import ProjectorProcess
 from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
@@ -85,6 +88,8 @@ class Runner:
         self.timers: list[TimerService] = []
         self.webhook_url = scaling_webhook or settings.scaling_webhook
         self.deliveries: Deliveries | None = None
+        # The projector's own process (``projector_process`` setting), when it runs in one.
+        self.projector_process: ProjectorProcess | None = None
         self._webhook_transport = webhook_transport
         self._want = (deciders, coordinator, projector)
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,7 +132,12 @@ class Runner:
             self.coordinator = CoordinatorDriver(self.log, tuple(range(self.partitions)), self.topics,
                                                  cache=self.cache)
             self._spawn(self.coordinator.run(), "coordinator")
-        if want_projector:
+        if want_projector and self.settings.projector_own_process and isinstance(self.log, SqliteLog):
+            self.projector_process = ProjectorProcess(self.log, self.store, self.settings.broker,
+                                                      self.settings.database, self.partitions,
+                                                      self.settings.projector_linger_ms)
+            self._spawn(self.projector_process.run(), "projector process")
+        elif want_projector:
             self._spawn(ProjectorLoop(self.log, Projector(self.store), self.partitions, self.cache,
                                       linger_s=self.settings.projector_linger_ms / 1000).run(),
                         "projector")

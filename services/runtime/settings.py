@@ -9,11 +9,13 @@ This module must never open anything (log, database, network): it only names whe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from contracts import DEFAULT_POOL
 from services.domain.decider import DeciderConfig
@@ -68,6 +70,12 @@ class Settings(BaseSettings):
                                                  "read models commit fewer, larger transactions beside the "
                                                  "deciders (the read models may lag the log by about this "
                                                  "much; 0: apply as soon as anything arrives).")
+    projector_process: bool | None = Field(None, description="Embedded: run the projector in a "
+                                                             "process of its own, so it works on a "
+                                                             "second CPU beside the deciders and the "
+                                                             "API (default: when the machine has more "
+                                                             "than one CPU and the read models are not "
+                                                             "in memory).")
     topic_prefix: str = Field("", description="Kafka: prefix of the topic names (several deployments on "
                                               "one broker).")
     app_id: str = Field("agentbus", min_length=1,
@@ -163,6 +171,18 @@ class Settings(BaseSettings):
     def kafka(self) -> bool:
         """True when the log is Kafka, which the cluster runtime runs on."""
         return self.broker.split(":", 1)[0].lower() == "kafka"
+
+    @property
+    def projector_own_process(self) -> bool:
+        """Whether the embedded runner runs its projector in a process of its own (``projector_process``)."""
+        url = make_url(self.database)
+        in_memory = url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:")
+        if self.projector_process is not None:
+            if self.projector_process and in_memory:
+                raise ValueError("projector_process needs read models another process can open, "
+                                 f"not {self.database!r}")
+            return self.projector_process
+        return not in_memory and (os.cpu_count() or 1) > 1
 
     @property
     def topics(self) -> Topics:
