@@ -185,7 +185,8 @@ class Runner:
         self._tasks.append(asyncio.create_task(guarded(), name=name))
 
     async def ready(self, timeout: float = 60.0) -> None:
-        """Wait until deciders and the coordinator have rebuilt their state."""
+        """Wait until deciders and the coordinator have rebuilt their state (and the projector's
+        process, when it runs in one, follows the log)."""
         with self._starting.running():
             await self._ready(timeout)
 
@@ -195,6 +196,8 @@ class Runner:
             events.append(self.coordinator.ready)
         if self.deliveries is not None:
             events.append(self.deliveries.book.ready)
+        if self.projector_process is not None:
+            events.append(self.projector_process.ready)
         waits = [asyncio.create_task(ev.wait()) for ev in events]
         fail = asyncio.create_task(self.failed.wait())
         try:

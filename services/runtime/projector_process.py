@@ -7,8 +7,10 @@ batch) took turns with the deciders, the coordinator and the API. Here the runne
 - in: one JSON line (the log and read-model URLs, the partitions, the linger), then a line
   ``<partition>`` each time this process commits events there (a nudge: the child looks at the
   log file at once rather than at its next poll);
-- out: a line ``<partition> <next offset>`` after each batch the child committed, which wakes
-  this process's readers waiting for a position (``ProjectionStore.advanced``).
+- out: a line ``<partition> <next offset>`` per partition at its start and after each batch the
+  child committed, which wakes this process's readers waiting for a position
+  (``ProjectionStore.advanced``), and ``ready`` once it follows the log (the runner's readiness
+  waits for it).
 
 The child runs the same ``ProjectorLoop`` as the in-process projector: each batch's rows and its
 position commit in one transaction, so nothing about exactly-once changes. It decodes the events
@@ -57,6 +59,9 @@ class ProjectorProcess:
     partitions: int
     linger_ms: int
     pid: int | None = field(default=None, init=False)
+    # Set once the child has opened the log and the read models and follows them (the runner's
+    # readiness waits for it, so a service that answers has its read models moving).
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -71,6 +76,9 @@ class ProjectorProcess:
             nudges = [asyncio.create_task(self._nudge(proc.stdin, p), name=f"projector nudge[{p}]")
                       for p in range(self.partitions)]
             while line := await proc.stdout.readline():
+                if line == b"ready\n":
+                    self.ready.set()
+                    continue
                 partition, end = (int(x) for x in line.split())
                 self.store.advanced(MAIN_PROJECTOR, EVENTS, partition, end)
             code = await proc.wait()
@@ -114,12 +122,17 @@ class _ReportingStore(ProjectionStore):
 
     def advanced(self, projector: str, topic: str, partition: int, next_offset: int) -> None:
         super().advanced(projector, topic, partition, next_offset)
-        if projector == MAIN_PROJECTOR and topic == EVENTS and not self.orphaned:
-            try:
-                sys.stdout.buffer.write(b"%d %d\n" % (partition, next_offset))
-                sys.stdout.buffer.flush()
-            except BrokenPipeError:
-                self.orphaned = True
+        if projector == MAIN_PROJECTOR and topic == EVENTS:
+            self.report(b"%d %d\n" % (partition, next_offset))
+
+    def report(self, line: bytes) -> None:
+        if self.orphaned:
+            return
+        try:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            self.orphaned = True
 
 
 async def _child() -> None:
@@ -135,6 +148,9 @@ async def _child() -> None:
     await events_log.start()
     try:
         await store.start()
+        for p in range(int(config["partitions"])):
+            store.advanced(MAIN_PROJECTOR, EVENTS, p, await store.read_position(MAIN_PROJECTOR, EVENTS, p))
+        store.report(b"ready\n")
         projector = ProjectorLoop(events_log, Projector(store), int(config["partitions"]),
                                   linger_s=int(config["linger_ms"]) / 1000)
         work = asyncio.create_task(projector.run(), name="projector")

@@ -177,6 +177,20 @@ async def _ends(service: Service) -> list[tuple[int, int]]:
             for p in range(service.partitions)]
 
 
+async def _projected(service: Service, timeout: float) -> None:
+    """Until the read models hold every event of the log (the projector may be another process)."""
+    topic = service.topics.events
+    for p in range(service.partitions):
+        end = start = await service.log.end_offset(topic, p)
+        last = None
+        while start > 0 and last is None:  # the last record: on Kafka the end may be a marker
+            start = max(0, start - 16)
+            recs = await service.log.read(topic, p, start, end - start)
+            last = recs[-1].offset if recs else None
+        if last is not None and not await service.store.wait_for_position(topic, p, last, timeout):
+            raise AssertionError(f"the read models did not reach {topic}[{p}]@{last}")
+
+
 def _groups(service: Service) -> tuple[str, str]:
     """The consumer groups of the deciders and of the coordinator."""
     worker = getattr(service, "worker", None)  # the cluster's groups are named after its app id
@@ -194,7 +208,8 @@ async def _behind(service: Service, group: str, topic: str, partition: int) -> b
 
 async def settle(service: Service, timeout: float = 5.0) -> None:
     """Wait until the deciders have decided every command and the coordinator has reacted to every
-    event (its own reactions included): the log's ends stop moving on their own."""
+    event (its own reactions included): the log's ends stop moving on their own; then until the
+    read models hold every event."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout * patience(service)
     deciders, coordinator = _groups(service)
@@ -209,6 +224,7 @@ async def settle(service: Service, timeout: float = 5.0) -> None:
         if quiet:
             await asyncio.sleep(0.05)  # a reaction appended just as we looked is seen next round
             if await _ends(service) == ends:
+                await _projected(service, max(0.1, deadline - loop.time()))
                 return
         if loop.time() > deadline:
             raise AssertionError("the service did not settle")

@@ -255,9 +255,12 @@ def test_replay_until_reports_the_state_then(tmp_path: Path) -> None:
 
         assert http.post("/v1/tasks", params=WAIT, json={"task_id": "t1", "type": "x"}).status_code == 201
         points["queued"] = last()
-        assert http.post("/v1/agents", params=WAIT, json={"agent_id": "a1", "name": "a"}).status_code == 201
-        for _ in range(500):
-            if http.get("/v1/tasks/t1").json()["status"] == "assigned":
+        registered = http.post("/v1/agents", params=WAIT, json={"agent_id": "a1", "name": "a"})
+        assert registered.status_code == 201
+        for _ in range(500):  # the assignment follows the registration: read models at it, or later
+            read = http.get("/v1/tasks/t1", params={"min_position": registered.json()["position"]})
+            assert read.status_code == 200, read.text
+            if read.json()["status"] == "assigned":
                 break
             time.sleep(0.01)
         points["assigned"] = last()
