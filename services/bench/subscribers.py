@@ -25,7 +25,15 @@ import sys
 import time
 from typing import Any
 
-from services.bench.scenario import Fleet, Target, _register, _task, peak_rss_mb, percentile
+from services.bench.scenario import (
+    Fleet,
+    Target,
+    _register,
+    _task,
+    peak_rss_mb,
+    percentile,
+    projector_peak_rss_mb,
+)
 from services.runtime.ingest import command_envelope
 from services.runtime.settings import Settings
 
@@ -203,5 +211,5 @@ async def _summary(target: Target, reports: list[dict[str, Any]], started_wall: 
         "command_to_delivery_p50_ms": round(percentile(end_to_end, 50), 3),
         "command_to_delivery_p99_ms": round(percentile(end_to_end, 99), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "projector_peak_rss_mb": target.projector_peak_rss_mb,
+        "projector_peak_rss_mb": projector_peak_rss_mb(target.service),  # read before the stop
     }

@@ -58,14 +58,21 @@ def _projector_children(parent: int) -> list[int]:
     return found
 
 
-async def _register(runner: Runner, n: int) -> int:
-    """Register ``n`` agents; the events offset of the last one's outcome."""
-    for i in range(n):
-        await runner.submit(command_envelope(c.RegisterAgent(agent_id=f"a{i}", name=f"a{i}",
+async def _registered(runner: Runner, ids: list[str]) -> int:
+    """Register agents ``ids`` and wait until the read models hold them; the events offset of the
+    last one's outcome."""
+    for agent_id in ids:
+        await runner.submit(command_envelope(c.RegisterAgent(agent_id=agent_id, name=agent_id,
                                                              capabilities=("x",), capacity=1)))
     last = await runner.wait_decided(0, await runner.log.end_offset("commands", 0) - 1, timeout=10)
     assert last is not None
+    assert await runner.store.wait_for_position("events", 0, last, timeout=20)
     return last
+
+
+async def _agents(runner: Runner) -> list[str]:
+    async with runner.store.engine.connect() as conn:
+        return sorted(a["agent_id"] for a in (await dump_tables(conn))["agents"])
 
 
 async def test_the_projector_runs_in_a_child_process_and_readers_wake_on_its_positions(
@@ -74,17 +81,14 @@ async def test_the_projector_runs_in_a_child_process_and_readers_wake_on_its_pos
     async with runner:
         await runner.ready()
         process = runner.projector_process
-        assert process is not None
-        last = await _register(runner, 30)
-        assert await runner.store.wait_for_position("events", 0, last, timeout=20)
-        assert process.pid is not None and process.pid != os.getpid() and _alive(process.pid)
-        async with runner.store.engine.connect() as conn:
-            agents = (await dump_tables(conn))["agents"]
-        assert sorted(a["agent_id"] for a in agents) == sorted(f"a{i}" for i in range(30))
+        assert process is not None and process.pid is not None
+        pid = process.pid
+        last = await _registered(runner, [f"a{i}" for i in range(30)])
+        assert pid != os.getpid() and _alive(pid)
+        assert await _agents(runner) == sorted(f"a{i}" for i in range(30))
         # Once the position is known, a reader waiting for it returns without asking the database:
         # the child reported it (an in-process waiter is woken by that report, not by polling).
         assert runner.store._known[("read_models", "events", 0)] > last
-        pid = process.pid
     with contextlib.suppress(AssertionError):
         until(lambda: not _alive(pid), timeout=10, interval=0.05)
     assert not _alive(pid), "the projector process outlived the runner's stop"
@@ -94,18 +98,11 @@ async def test_a_restart_resumes_the_child_projector_where_it_stopped(tmp_path: 
     settings = Settings(data_dir=tmp_path, projector_process=True)
     async with Runner(settings) as first:
         await first.ready()
-        last = await _register(first, 10)
-        assert await first.store.wait_for_position("events", 0, last, timeout=20)
+        await _registered(first, [f"a{i}" for i in range(10)])
     async with Runner(settings) as second:
         await second.ready()
-        await second.submit(command_envelope(c.RegisterAgent(agent_id="late", name="late",
-                                                             capabilities=("x",), capacity=1)))
-        last = await second.wait_decided(0, await second.log.end_offset("commands", 0) - 1, timeout=10)
-        assert last is not None
-        assert await second.store.wait_for_position("events", 0, last, timeout=20)
-        async with second.store.engine.connect() as conn:
-            agents = (await dump_tables(conn))["agents"]
-    assert sorted(a["agent_id"] for a in agents) == sorted([f"a{i}" for i in range(10)] + ["late"])
+        await _registered(second, ["late"])
+        assert await _agents(second) == sorted([f"a{i}" for i in range(10)] + ["late"])
 
 
 async def test_a_child_that_dies_takes_the_runner_down_loudly(tmp_path: Path) -> None:
@@ -113,10 +110,8 @@ async def test_a_child_that_dies_takes_the_runner_down_loudly(tmp_path: Path) ->
     async with runner:
         await runner.ready()
         process = runner.projector_process
-        assert process is not None
-        last = await _register(runner, 3)
-        assert await runner.store.wait_for_position("events", 0, last, timeout=20)
-        assert process.pid is not None
+        assert process is not None and process.pid is not None
+        await _registered(runner, ["a", "b"])
         os.kill(process.pid, signal.SIGKILL)
         await asyncio.wait_for(runner.failed.wait(), 10)
     assert isinstance(runner.failure, ProjectorProcessFailed)
@@ -128,8 +123,8 @@ async def test_the_projector_stays_in_the_runner_when_asked_or_when_the_read_mod
     async with Runner(Settings(data_dir=tmp_path, projector_process=False)) as runner:
         await runner.ready()
         assert runner.projector_process is None
-        last = await _register(runner, 3)
-        assert await runner.store.wait_for_position("events", 0, last, timeout=20)
+        await _registered(runner, ["a", "b", "c"])
+        assert await _agents(runner) == ["a", "b", "c"]
     memory = Settings(data_dir=tmp_path, database="sqlite+aiosqlite:///:memory:")
     assert memory.projector_own_process is False
     with pytest.raises(ValueError, match="another process can open"):
