@@ -490,6 +490,11 @@ class SqliteLog:
             if remaining <= 0:
                 return False
 
+    def committed_end(self, topic: str, partition: int) -> int:
+        """The end of the partition as this process's writer last committed it, without I/O (appends
+        by other processes are not in it: ``end_offset`` reads the file)."""
+        return self._ends.get((topic, partition), 0)
+
     def nudge(self, topic: str, partition: int) -> None:
         """Another process appended to the partition: wake this process's waiters now, to look at
         the file, instead of at their next ``POLL_INTERVAL_S`` check."""
