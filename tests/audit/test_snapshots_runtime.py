@@ -42,6 +42,7 @@ from services.runtime.embedded import Runner
 from services.runtime.ingest import command_envelope
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.settings import Settings
+from services.runtime.snapshot_copy import CAN_FORK
 from services.runtime.snapshots import KEEP, SnapshotStore, snapshots
 from tests.projections.conftest import _drop_schema, _schema_engine_url
 from tests.unit.test_histories import lines_of
@@ -330,10 +331,15 @@ async def settle(runner: Runner) -> None:
         quiet = quiet + 1 if runner.deciders[0].decided == end else 0
 
 
-async def test_the_service_snapshots_as_it_goes_and_a_restart_replays_only_the_tail(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["copied-in-a-child", "copied-on-the-loop"])
+async def test_the_service_snapshots_as_it_goes_and_a_restart_replays_only_the_tail(
+    tmp_path: Path, fork: bool
+) -> None:
     settings = Settings(data_dir=tmp_path, snapshot_every=40)
     async with Runner(settings) as runner:
         await runner.ready()
+        for decider in runner.deciders:
+            decider.fork_snapshots = fork and CAN_FORK
         await run_workload(runner, workload(12))
         await settle(runner)
     log = open_log(settings.broker)
