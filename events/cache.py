@@ -182,12 +182,20 @@ async def tail_raw(
     """Like ``tail``, but records not in the cache are yielded undecoded, for callers that
     must validate foreign records themselves (the decider, for commands others published)."""
     follower = cache.follow(topic, partition, offset)
+    # The last batch came from the cache and ended short of the limit: what follows is not committed
+    # yet, most likely, so wait for it rather than query the log for it (a read per wake otherwise).
+    # A record that is there but was not cached (evicted, or another process's) is read after the
+    # wait, which returns at once for it.
+    ran_out = False
     try:
         while True:
             batch: list[tuple[int, Envelope | StoredRecord]] = list(
                 cache.run(topic, partition, offset, limit))
-            if not batch:
-                recs = await log.read(topic, partition, offset, limit)
+            if batch:
+                ran_out = len(batch) < limit
+            else:
+                recs = [] if ran_out else await log.read(topic, partition, offset, limit)
+                ran_out = False
                 if not recs:
                     await log.wait(topic, partition, offset, timeout=1.0)
                     await asyncio.sleep(0)  # let the appender that woke us put its envelopes first

@@ -125,7 +125,7 @@ class Runner:
                 self._spawn(d.run(), f"decider[{p}]")
                 # Durable timers: the wall clock decides when FireTimer commands go out; the
                 # decider still takes their time from the envelope (stamped here).
-                t = TimerService(self.log, p)
+                t = TimerService(self.log, p, cache=self.cache)
                 self.timers.append(t)
                 self._spawn(run_timers(d, t), f"timers[{p}]")
         if want_coordinator:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from contracts import Envelope, utcnow
 from events import EventLog
+from events.cache import EnvelopeCache, Follower
 from events.codec import from_record, record_type, to_record
 from services.coordination.timers import TIMER_EVENTS, Timer, TimerBook
 from services.runtime.decider import PartitionDecider
@@ -42,11 +43,30 @@ class TimerService:
     fired: int = 0
     commands: str = COMMANDS  # topic names (a deployment may prefix them)
     events: str = EVENTS
+    # The envelopes this process appended: once the history is read, events written here are taken
+    # from it instead of read back from the log (a query and a decode per wake).
+    cache: EnvelopeCache | None = None
+    _follower: Follower | None = field(default=None, init=False, repr=False)
 
     async def load(self) -> int:
         """Fold every event appended since the last call; returns how many were read."""
         n = 0
         while True:
+            if self._follower is not None:
+                assert self.cache is not None
+                cached = self.cache.run(self.events, self.partition, self.offset, 5000)
+                if cached:
+                    for _, env in cached:
+                        if type(env.data).__name__ in TIMER_EVENTS:
+                            self.book.observe(env)
+                    n += len(cached)
+                    self.offset = cached[-1][0] + 1
+                    self.cache.advance(self._follower, self.offset)
+                    if len(cached) < 5000:
+                        # The rest is likely not committed yet: ``run`` waits for it, and reads
+                        # it from the log if it is there but not cached (the wait returns at once).
+                        return n
+                    continue
             batch = await self.log.read(self.events, self.partition, self.offset, 5000)
             if not batch:
                 return n
@@ -58,6 +78,9 @@ class TimerService:
                     self.book.observe(from_record(rec))
             n += len(batch)
             self.offset = batch[-1].offset + 1
+            if self._follower is not None:
+                assert self.cache is not None
+                self.cache.advance(self._follower, self.offset)
 
     async def fire_due(self) -> list[str]:
         """Append a FireTimer for every timer due now; returns their command ids."""
@@ -83,10 +106,20 @@ class TimerService:
         return max(0.0, min(self.idle_s, nxt - self.clock().timestamp()))
 
     async def run(self) -> None:
-        """Fire timers for ever: wake on new events or when the next timer is due."""
-        while True:
-            await self.step()
-            await self.log.wait(self.events, self.partition, self.offset, timeout=self.sleep_s())
+        """Fire timers for ever: wake on new events or when the next timer is due.
+
+        Follows the cache only once the history is read: a follower far behind would keep the
+        cache from taking new envelopes of the partition meanwhile (``EnvelopeCache``)."""
+        try:
+            while True:
+                await self.step()
+                if self._follower is None and self.cache is not None:
+                    self._follower = self.cache.follow(self.events, self.partition, self.offset)
+                await self.log.wait(self.events, self.partition, self.offset, timeout=self.sleep_s())
+        finally:
+            if self._follower is not None and self.cache is not None:
+                self.cache.unfollow(self._follower)
+                self._follower = None
 
 
 async def run_timers(decider: PartitionDecider, timers: TimerService) -> None:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 from contracts import Envelope
 from contracts import commands as c
 from events import open_log
-from events.cache import EnvelopeCache, tail
+from events.cache import EnvelopeCache, tail, tail_raw
 from events.codec import to_record
-from events.log import Appended, EventLog
+from events.log import Appended, EventLog, StoredRecord
 from services.runtime.ingest import command_envelope
 
 TOPIC = "commands"
@@ -149,3 +150,52 @@ async def test_a_cancelled_tail_stops_pinning_the_cache(tmp_path: Path) -> None:
         assert cache.followers(TOPIC, 0) == 0
     finally:
         await log.close()
+
+
+async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tmp_path: Path) -> None:
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic(TOPIC, 1)
+    cache = EnvelopeCache()
+    reads: list[int] = []
+    read = log.read
+
+    async def counted(topic: str, partition: int, offset: int, limit: int = 1000) -> list[StoredRecord]:
+        reads.append(offset)
+        return await read(topic, partition, offset, limit)
+
+    log.read = counted  # type: ignore[method-assign]
+    got: list[Envelope | StoredRecord] = []
+
+    async def follow() -> None:
+        async with contextlib.aclosing(tail_raw(log, cache, TOPIC, 0, 0, limit=10)) as batches:
+            async for batch in batches:
+                got.extend(x for _, x in batch)
+
+    follower = asyncio.create_task(follow())
+    try:
+        await until(lambda: reads == [0])  # nothing there yet: one look, then it waits
+        written = envs(3)
+        await _write(log, cache, written)
+        await until(lambda: len(got) == 3)
+        await _write(log, cache, envs(2, start=3))
+        await until(lambda: len(got) == 5)
+        assert got[:3] == written  # the very envelopes: from the cache
+        assert reads == [0]  # and the log was not asked for what the cache held, nor for more
+        # A record the cache does not hold (another writer's) still comes, read from the log.
+        foreign = envs(1, start=5)
+        await log.append(TOPIC, [to_record(e) for e in foreign])
+        await until(lambda: len(got) == 6)
+        assert isinstance(got[5], StoredRecord) and got[5].offset == 5 and 5 in reads
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await log.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)

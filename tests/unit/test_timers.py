@@ -5,13 +5,15 @@ answer closing the timer)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from contracts import Payload
 from contracts import commands as c
 from contracts import event_types as e
-from events import EventLog, open_log
+from events import EventLog, StoredRecord, open_log
+from events.cache import EnvelopeCache
 from events.codec import from_record, to_record
 from services.coordination.timers import TimerBook
 from services.domain.decider import decide, evolve
@@ -213,3 +215,91 @@ async def test_run_wakes_up_for_the_next_due_timer(tmp_path: Path) -> None:
         assert [r.id for r in await log.read(COMMANDS, 0, 0, 10)] == ["timer:default:heartbeat:a:2"]
     finally:
         await log.close()
+
+
+class CachingDecider(MiniDecider):
+    """As the runner's decider: what it appends goes into the process's envelope cache too."""
+
+    def __init__(self, log: EventLog, cache: EnvelopeCache) -> None:
+        super().__init__(log)
+        self.cache = cache
+
+    async def append(self, cmd: Payload, command_id: str, t: datetime) -> None:
+        command = command_envelope(cmd, command_id=command_id, time=t)
+        envs = event_envelopes(command, decide(self.state, cmd), self.state)
+        for env in envs:
+            evolve(self.state, env)
+        if envs:
+            self.cache.put(EVENTS, await self.log.append(EVENTS, [to_record(x) for x in envs]), envs)
+
+
+async def test_once_caught_up_the_service_takes_this_processs_events_from_the_cache(tmp_path: Path) -> None:
+    log = await _open(tmp_path)
+    try:
+        cache = EnvelopeCache()
+        clock = Clock()
+        decider = CachingDecider(log, cache)
+        await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+        reads: list[int] = []
+        read = log.read
+
+        async def counted(topic: str, partition: int, offset: int, limit: int = 1000) -> list[StoredRecord]:
+            if topic == EVENTS:
+                reads.append(offset)
+            return await read(topic, partition, offset, limit)
+
+        log.read = counted  # type: ignore[method-assign]
+        svc = TimerService(log, clock=clock, idle_s=0.05, cache=cache)
+        task = asyncio.create_task(svc.run())
+        try:
+            history = await log.end_offset(EVENTS, 0)
+            await until(lambda: svc.offset == history and cache.followers(EVENTS, 0) == 1)
+            assert reads  # the history came from the log
+            reads.clear()
+            # The heartbeat re-arms the timer (generation 2, due at 10): known from the cache alone.
+            await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
+            end = await log.end_offset(EVENTS, 0)
+            await until(lambda: svc.offset == end)
+            clock.to(10)
+            await until(lambda: svc.fired == 1)
+            # Nothing it took from the cache was read from the log (a wake to fire looks past the end).
+            assert all(offset >= end for offset in reads), reads
+            assert len(cache) == 0  # its only follower read them: let go
+            assert [r.id for r in await read(COMMANDS, 0, 0, 10)] == ["timer:default:heartbeat:a:2"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert cache.followers(EVENTS, 0) == 0  # it stopped following when it stopped
+    finally:
+        await log.close()
+
+
+async def test_an_event_the_cache_does_not_hold_is_read_from_the_log(tmp_path: Path) -> None:
+    log = await _open(tmp_path)
+    try:
+        cache = EnvelopeCache()
+        clock = Clock()
+        svc = TimerService(log, clock=clock, idle_s=0.05, cache=cache)
+        task = asyncio.create_task(svc.run())
+        try:
+            await until(lambda: cache.followers(EVENTS, 0) == 1)
+            # Appended without the cache (as by another writer): the service still sees the timer.
+            plain = MiniDecider(log)
+            await plain.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+            await plain.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
+            end = await log.end_offset(EVENTS, 0)
+            await until(lambda: svc.offset == end)
+            clock.to(10)
+            await until(lambda: svc.fired == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await log.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
