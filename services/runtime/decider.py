@@ -255,8 +255,9 @@ class PartitionDecider:
             self._not_before = time.monotonic() + copy.work_s / SNAPSHOT_SHARE
             chain = await chain_at(self.log, self.topics.events, self.partition, position)
             info = await store.save(self.topics.events, self.partition, position, chain, copy.body)
-            log.info("decider[%d]: %s written (%d bytes; state copied in %.3f s, the loop held %.3f s)",
-                     self.partition, info.describe(), info.size, copy.work_s, copy.held_s)
+            log.info("decider[%d]: %s written (%d bytes; state copied in %.3f s, the loop held %.3f s, "
+                     "the copying child's own memory %.1f MB)", self.partition, info.describe(), info.size,
+                     copy.work_s, copy.held_s, copy.child_mb)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

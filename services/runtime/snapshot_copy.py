@@ -41,17 +41,20 @@ __all__ = ["CAN_FORK", "Copy", "Started", "finish", "start"]
 CAN_FORK = hasattr(os, "fork")
 
 _OK, _REFUSED, _FAILED = b"OK", b"NO", b"EX"
-_SECONDS = struct.Struct("!d")
+_HEADER = struct.Struct("!dQ")  # the copy's seconds, the child's private memory in KiB
 
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """The stored body of a snapshot (lz4-compressed JSON), what it held the loop for, and how long
-    the copy took (in the child, or on the loop without one)."""
+    """The stored body of a snapshot (lz4-compressed JSON), what it held the loop for, how long the
+    copy took (in the child, or on the loop without one), and the memory the child had of its own
+    at the end (the pages it copied plus what it allocated; 0 without a child or where Linux's
+    ``/proc/self/smaps_rollup`` is missing)."""
 
     body: bytes
     held_s: float
     work_s: float
+    child_mb: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,9 @@ async def finish(started: Started) -> Copy:
         return started.done
     out, status = await asyncio.to_thread(_collect, started.pid, started.fd)
     kind, rest = out[:2], out[2:]
-    if kind == _OK and len(rest) >= _SECONDS.size:
-        (work_s,) = _SECONDS.unpack_from(rest)
-        return Copy(rest[_SECONDS.size:], started.held_s, work_s)
+    if kind == _OK and len(rest) >= _HEADER.size:
+        work_s, private_kb = _HEADER.unpack_from(rest)
+        return Copy(rest[_HEADER.size:], started.held_s, work_s, round(private_kb / 1024, 1))
     if kind == _REFUSED:
         raise SnapshotError(rest.decode(errors="replace"))
     if kind == _FAILED:
@@ -121,6 +124,18 @@ def _describe(status: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
+def _private_kb() -> int:
+    """This process's private dirty memory, KiB (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Private_Dirty:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _child(make: Callable[[], DeciderSnapshot], r: int, w: int) -> NoReturn:
     """In the forked child: write the snapshot's body (or why there is none) to ``w``, then leave."""
     try:
@@ -133,7 +148,7 @@ def _child(make: Callable[[], DeciderSnapshot], r: int, w: int) -> NoReturn:
         began = time.perf_counter()
         try:
             body = pack(dump(make()))
-            out = _OK + _SECONDS.pack(time.perf_counter() - began) + body
+            out = _OK + _HEADER.pack(time.perf_counter() - began, _private_kb()) + body
         except SnapshotError as exc:
             out = _REFUSED + str(exc).encode()
         except BaseException as exc:  # reported to the parent, which logs it

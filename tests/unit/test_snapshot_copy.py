@@ -14,6 +14,8 @@ from services.domain.state import PoolState
 from services.runtime.snapshot_copy import CAN_FORK, finish, start
 from tests.unit.test_snapshots import assert_identical, populated
 
+SMAPS = os.path.exists("/proc/self/smaps_rollup")  # Linux: where the child measures its memory
+
 pytestmark = pytest.mark.skipif(not CAN_FORK, reason="no os.fork on this platform: copies are made in place")
 
 
@@ -30,6 +32,8 @@ async def test_the_copy_is_the_state_as_it_was_at_the_fork() -> None:
     copy = await finish(started)
     assert_identical(snap.decode(copy.body), before)
     assert copy.work_s > 0 and copy.held_s > 0
+    if SMAPS:
+        assert copy.child_mb > 0  # the pages it copied and the body it built, measured in the child
 
 
 async def test_without_fork_the_copy_is_made_at_once_and_reads_the_same() -> None:
