@@ -5,6 +5,7 @@ Both poll briefly and fail the test with what they saw when time runs out.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,3 +34,15 @@ def until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.0
             return value
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(interval)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """``until`` for a test on an event loop: polls without blocking the loop the code under test runs on."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(interval)

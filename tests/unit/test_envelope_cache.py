@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 
 from contracts import Envelope
@@ -18,6 +17,7 @@ from events.cache import EnvelopeCache, tail, tail_raw
 from events.codec import to_record
 from events.log import Appended, EventLog, StoredRecord
 from services.runtime.ingest import command_envelope
+from tests.waiting import eventually
 
 TOPIC = "commands"
 
@@ -174,18 +174,18 @@ async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tm
 
     follower = asyncio.create_task(follow())
     try:
-        await until(lambda: reads == [0])  # nothing there yet: one look, then it waits
+        await eventually(lambda: reads == [0])  # nothing there yet: one look, then it waits
         written = envs(3)
         await _write(log, cache, written)
-        await until(lambda: len(got) == 3)
+        await eventually(lambda: len(got) == 3)
         await _write(log, cache, envs(2, start=3))
-        await until(lambda: len(got) == 5)
+        await eventually(lambda: len(got) == 5)
         assert got[:3] == written  # the very envelopes: from the cache
         assert reads == [0]  # and the log was not asked for what the cache held, nor for more
         # A record the cache does not hold (another writer's) still comes, read from the log.
         foreign = envs(1, start=5)
         await log.append(TOPIC, [to_record(e) for e in foreign])
-        await until(lambda: len(got) == 6)
+        await eventually(lambda: len(got) == 6)
         assert isinstance(got[5], StoredRecord) and got[5].offset == 5 and 5 in reads
     finally:
         follower.cancel()
@@ -193,9 +193,3 @@ async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tm
             await follower
         await log.close()
 
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)

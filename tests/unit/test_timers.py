@@ -5,7 +5,6 @@ answer closing the timer)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from services.runtime.ingest import command_envelope
 from services.runtime.timers import TimerService
 from services.runtime.topics import COMMANDS, EVENTS
 from tests.unit.fleet import T0, stamp
+from tests.waiting import eventually
 
 
 def at(seconds: float) -> datetime:
@@ -253,15 +253,15 @@ async def test_once_caught_up_the_service_takes_this_processs_events_from_the_ca
         task = asyncio.create_task(svc.run())
         try:
             history = await log.end_offset(EVENTS, 0)
-            await until(lambda: svc.offset == history and cache.followers(EVENTS, 0) == 1)
+            await eventually(lambda: svc.offset == history and cache.followers(EVENTS, 0) == 1)
             assert reads  # the history came from the log
             reads.clear()
             # The heartbeat re-arms the timer (generation 2, due at 10): known from the cache alone.
             await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
             end = await log.end_offset(EVENTS, 0)
-            await until(lambda: svc.offset == end)
+            await eventually(lambda: svc.offset == end)
             clock.to(10)
-            await until(lambda: svc.fired == 1)
+            await eventually(lambda: svc.fired == 1)
             # Nothing it took from the cache was read from the log (a wake to fire looks past the end).
             assert all(offset >= end for offset in reads), reads
             assert len(cache) == 0  # its only follower read them: let go
@@ -282,24 +282,18 @@ async def test_an_event_the_cache_does_not_hold_is_read_from_the_log(tmp_path: P
         svc = TimerService(log, clock=clock, idle_s=0.05, cache=cache)
         task = asyncio.create_task(svc.run())
         try:
-            await until(lambda: cache.followers(EVENTS, 0) == 1)
+            await eventually(lambda: cache.followers(EVENTS, 0) == 1)
             # Appended without the cache (as by another writer): the service still sees the timer.
             plain = MiniDecider(log)
             await plain.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
             await plain.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
             end = await log.end_offset(EVENTS, 0)
-            await until(lambda: svc.offset == end)
+            await eventually(lambda: svc.offset == end)
             clock.to(10)
-            await until(lambda: svc.fired == 1)
+            await eventually(lambda: svc.fired == 1)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
         await log.close()
 
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
