@@ -2,10 +2,10 @@
 
 It is an HTTP client of a running server and nothing more, so scale-out can be watched on one
 machine: start more of these when ScalingDecided asks for them. It registers (printing its id),
-heartbeats every ``heartbeat_s`` with its load, polls its assigned tasks, and for each one starts
-it, works ``work_s`` seconds, records the model call's cost and completes it (or fails it at
-``fail_rate``). On SIGTERM/SIGINT it deregisters, which puts its unfinished tasks back in the
-queue, and exits 0. Declared dead by the server (missed heartbeats), it registers again.
+heartbeats every ``heartbeat_s`` with its load, polls its assigned (and started, unfinished) tasks,
+and for each one starts it, works ``work_s`` seconds, records the model call's cost and completes it
+(or fails it at ``fail_rate``). On SIGTERM/SIGINT it deregisters, which puts its unfinished tasks
+back in the queue, and exits 0. Declared dead by the server (missed heartbeats), it registers again.
 
 Every write carries a command id derived from what it is about (agent, task, attempt), so a
 retried request is the same command and the server applies it once.
@@ -132,10 +132,16 @@ class LocalAgent:
                           params={"reason": "agent process stopped"})
 
     async def assigned(self) -> list[dict[str, Any]]:
-        resp = await self.client.get("/v1/tasks", params={
-            "pool": self.config.pool, "agent_id": self.agent_id, "status": "assigned", "page_size": 500})
-        resp.raise_for_status()
-        return list(resp.json()["items"])
+        """Its runs to work: assigned, and started but not finished here. A started one comes back
+        when a request about it failed (the server restarted mid-way: its answer, or the next step,
+        never came), so the next look finishes it; every write carries the same command id again."""
+        items: list[dict[str, Any]] = []
+        for status in ("assigned", "running"):
+            resp = await self.client.get("/v1/tasks", params={
+                "pool": self.config.pool, "agent_id": self.agent_id, "status": status, "page_size": 500})
+            resp.raise_for_status()
+            items += resp.json()["items"]
+        return items
 
     # -- work ---------------------------------------------------------------------------------
 
