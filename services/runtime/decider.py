@@ -104,10 +104,9 @@ class PartitionDecider:
     # Copy the state for a snapshot in a forked child (``services.runtime.snapshot_copy``), else on
     # the loop.
     fork_snapshots: bool = CAN_FORK
-    # Seconds the last snapshot held the loop (the fork, or the whole copy without one), and the
-    # copy took; None before the first.
+    # Seconds the last snapshot held the loop (the fork, or the whole copy without one); None before
+    # the first.
     snapshot_dump_s: float | None = field(default=None, init=False)
-    snapshot_copy_s: float | None = field(default=None, init=False)
     _unsaved: int = field(default=0, init=False, repr=False)  # events appended since the last snapshot
     _not_before: float = field(default=0.0, init=False, repr=False)  # monotonic time of the next one
     _writing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
@@ -215,7 +214,7 @@ class PartitionDecider:
         Called between batches only, where the state is exactly the log's up to ``position``. The
         copy is made in a forked child (``services.runtime.snapshot_copy``), which holds the loop
         for the fork (``snapshot_dump_s``); the next periodic one waits until the copy's own time
-        (``snapshot_copy_s``) is at most ``SNAPSHOT_SHARE`` of the time since. Storing happens in
+        (``Copy.work_s``) is at most ``SNAPSHOT_SHARE`` of the time since. Storing happens in
         the background.
         """
         if self.snapshots is None or self._unsaved <= 0:
@@ -251,7 +250,6 @@ class PartitionDecider:
             except SnapshotError as exc:
                 log.warning("decider[%d]: no snapshot at position %d: %s", self.partition, position, exc)
                 return
-            self.snapshot_copy_s = copy.work_s
             self._not_before = time.monotonic() + copy.work_s / SNAPSHOT_SHARE
             chain = await chain_at(self.log, self.topics.events, self.partition, position)
             info = await store.save(self.topics.events, self.partition, position, chain, copy.body)

@@ -19,6 +19,8 @@ from services.runtime.decider import PartitionDecider
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import COMMANDS, EVENTS
 
+_READ = 5000  # events read (or taken from the cache) at a time
+
 
 def fire_envelope(timer: Timer, now: datetime) -> Envelope:
     """The FireTimer command envelope for ``timer``, stamped ``now``, with its derived id."""
@@ -54,7 +56,7 @@ class TimerService:
         while True:
             if self._follower is not None:
                 assert self.cache is not None
-                cached = self.cache.run(self.events, self.partition, self.offset, 5000)
+                cached = self.cache.run(self.events, self.partition, self.offset, _READ)
                 if cached:
                     for _, env in cached:
                         if type(env.data).__name__ in TIMER_EVENTS:
@@ -62,12 +64,12 @@ class TimerService:
                     n += len(cached)
                     self.offset = cached[-1][0] + 1
                     self.cache.advance(self._follower, self.offset)
-                    if len(cached) < 5000:
+                    if len(cached) < _READ:
                         # The rest is likely not committed yet: ``run`` waits for it, and reads
                         # it from the log if it is there but not cached (the wait returns at once).
                         return n
                     continue
-            batch = await self.log.read(self.events, self.partition, self.offset, 5000)
+            batch = await self.log.read(self.events, self.partition, self.offset, _READ)
             if not batch:
                 return n
             for rec in batch:
