@@ -57,6 +57,12 @@ def field_option(model: type[BaseModel], name: str, flag: str, *, dest: str | No
 
 _command_id = click.option("--command-id", help="Idempotency key: a repeat returns the first outcome.")
 
+# Read-your-write: a read answers once the read models reflect the write that printed this position.
+_min_position = click.option(
+    "--min-position", type=click.IntRange(min=0),
+    help="Answer only once the read models reflect this position (the \"position\" a write printed); "
+         "without it a read may not yet show a write just made.")
+
 
 def _request(url: str, method: str, path: str, *, params: dict[str, Any] | None = None,
              body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
@@ -133,18 +139,22 @@ def agent_register(name: str, capabilities: tuple[str, ...], capacity: int, kind
 
 @agent.command("list")
 @click.option("--status", type=click.Choice(["active", "deregistered"]))
+@_min_position
 @_client
-def agent_list(status: str | None, settings: Settings) -> None:
+def agent_list(status: str | None, min_position: int | None, settings: Settings) -> None:
     """List the pool's agents."""
-    _request(settings.url, "GET", "/v1/agents", params={"pool": settings.pool, "status": status})
+    _request(settings.url, "GET", "/v1/agents", params={"pool": settings.pool, "status": status,
+                                                          "min_position": min_position})
 
 
 @agent.command("show")
 @click.argument("agent_id")
+@_min_position
 @_client
-def agent_show(agent_id: str, settings: Settings) -> None:
+def agent_show(agent_id: str, min_position: int | None, settings: Settings) -> None:
     """Show one agent."""
-    _request(settings.url, "GET", f"/v1/agents/{agent_id}", params={"pool": settings.pool})
+    _request(settings.url, "GET", f"/v1/agents/{agent_id}",
+             params={"pool": settings.pool, "min_position": min_position})
 
 
 @agent.command("heartbeat")
@@ -227,13 +237,14 @@ def task_submit(type_: str, priority: int, required: tuple[str, ...], data: str 
 @click.option("--type", "type_")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--page-size", type=click.IntRange(1, 500), default=50, show_default=True)
+@_min_position
 @_client
 def task_list(status: str | None, agent_id: str | None, type_: str | None, page: int, page_size: int,
-              settings: Settings) -> None:
+              min_position: int | None, settings: Settings) -> None:
     """List the pool's tasks, a page at a time."""
     _request(settings.url, "GET", "/v1/tasks", params={
         "pool": settings.pool, "status": status, "agent_id": agent_id, "type": type_, "page": page,
-        "page_size": page_size})
+        "page_size": page_size, "min_position": min_position})
 
 
 _as_of = click.option("--as-of", help="As it was then: a position of the events topic (an integer, or "
@@ -243,10 +254,12 @@ _as_of = click.option("--as-of", help="As it was then: a position of the events 
 @task.command("show")
 @click.argument("task_id")
 @_as_of
+@_min_position
 @_client
-def task_show(task_id: str, as_of: str | None, settings: Settings) -> None:
+def task_show(task_id: str, as_of: str | None, min_position: int | None, settings: Settings) -> None:
     """Show one task (now, or --as-of a position or time)."""
-    _request(settings.url, "GET", f"/v1/tasks/{task_id}", params={"pool": settings.pool, "as_of": as_of})
+    _request(settings.url, "GET", f"/v1/tasks/{task_id}", params={"pool": settings.pool, "as_of": as_of,
+                                                                  "min_position": min_position})
 
 
 @task.command("history")
@@ -338,17 +351,20 @@ def cost_record(agent_id: str, model: str, input_tokens: int, output_tokens: int
 
 
 @cost.command("summary")
+@_min_position
 @_client
-def cost_summary(settings: Settings) -> None:
+def cost_summary(min_position: int | None, settings: Settings) -> None:
     """Spend by agent, model and task, and the budgets."""
-    _request(settings.url, "GET", "/v1/costs/summary", params={"pool": settings.pool})
+    _request(settings.url, "GET", "/v1/costs/summary",
+             params={"pool": settings.pool, "min_position": min_position})
 
 
 @cost.command("budgets")
+@_min_position
 @_client
-def cost_budgets(settings: Settings) -> None:
+def cost_budgets(min_position: int | None, settings: Settings) -> None:
     """The pool's budgets, with what is spent and left."""
-    _request(settings.url, "GET", "/v1/budgets", params={"pool": settings.pool})
+    _request(settings.url, "GET", "/v1/budgets", params={"pool": settings.pool, "min_position": min_position})
 
 
 @click.group(help="Read and change the model prices costs are priced at: the built-in table (list "
@@ -359,10 +375,11 @@ def prices() -> None:
 
 
 @prices.command("get")
+@_min_position
 @_client
-def prices_get(settings: Settings) -> None:
+def prices_get(min_position: int | None, settings: Settings) -> None:
     """The pool's effective prices: every model, the default for a model in no table, strict."""
-    _request(settings.url, "GET", "/v1/prices", params={"pool": settings.pool})
+    _request(settings.url, "GET", "/v1/prices", params={"pool": settings.pool, "min_position": min_position})
 
 
 def _price(input_per_1k: float | None, output_per_1k: float | None, what: str) -> dict[str, float] | None:

@@ -23,7 +23,7 @@ import click
 import httpx
 import orjson
 
-from services.cli.client import FINDS_THE_SERVER, _request
+from services.cli.client import FINDS_THE_SERVER, _min_position, _request
 from services.cli.common import HTTP_TIMEOUT_S, bearer, dumps, fail, json_object, settings_options, transport
 from services.http.workflow_documents import check_definition, inputs_problems, load_document
 from services.runtime.settings import Settings
@@ -367,18 +367,22 @@ def _finish(run: dict[str, Any]) -> None:
 
 @workflow.command("status")
 @click.argument("execution_id")
+@_min_position
 @_client
-def status(execution_id: str, settings: Settings) -> None:
+def status(execution_id: str, min_position: int | None, settings: Settings) -> None:
     """Where run EXECUTION_ID is: status, progress, open steps, a summary."""
-    _request(settings.url, "GET", f"/v1/workflows/{execution_id}/status", params={"pool": settings.pool})
+    _request(settings.url, "GET", f"/v1/workflows/{execution_id}/status",
+             params={"pool": settings.pool, "min_position": min_position})
 
 
 @workflow.command("show")
 @click.argument("execution_id")
+@_min_position
 @_client
-def show(execution_id: str, settings: Settings) -> None:
+def show(execution_id: str, min_position: int | None, settings: Settings) -> None:
     """Run EXECUTION_ID in full: inputs, definition, each step with its agent, attempts and result."""
-    _request(settings.url, "GET", f"/v1/workflows/{execution_id}", params={"pool": settings.pool})
+    _request(settings.url, "GET", f"/v1/workflows/{execution_id}",
+             params={"pool": settings.pool, "min_position": min_position})
 
 
 @workflow.command("list")
@@ -386,11 +390,14 @@ def show(execution_id: str, settings: Settings) -> None:
 @click.option("--name", help="Only runs of this definition.")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--page-size", type=click.IntRange(1, 500), default=50, show_default=True)
+@_min_position
 @_client
-def list_runs(status: str | None, name: str | None, page: int, page_size: int, settings: Settings) -> None:
+def list_runs(status: str | None, name: str | None, page: int, page_size: int, min_position: int | None,
+              settings: Settings) -> None:
     """List the pool's runs, newest first, a page at a time."""
     _request(settings.url, "GET", "/v1/workflows", params={
-        "pool": settings.pool, "status": status, "name": name, "page": page, "page_size": page_size})
+        "pool": settings.pool, "status": status, "name": name, "page": page, "page_size": page_size,
+        "min_position": min_position})
 
 
 @workflow.command("cancel")

@@ -70,18 +70,27 @@ def test_prices_get_and_set_act_on_the_running_service(running: Server, tmp_path
     cli(running, "prices", "set", "--file", str(body), "--no-strict", "--remove", "gpt-4")
     plain = tmp_path / "models.json"
     plain.write_text(json.dumps({"other-llm": {"input_per_1k": 0.25, "output_per_1k": 0.5}}))
-    cli(running, "prices", "set", "--file", str(plain))
-    table = answer(running, "prices", "get")
+    written = answer(running, "prices", "set", "--file", str(plain))
+    # The read models follow the log a moment later: the read says which write it must reflect.
+    table = answer(running, "prices", "get", "--min-position", str(written["position"]))
     assert table["strict"] is False
     assert table["models"]["gpt-4"]["source"] == "built-in"
     assert table["models"]["house-llm"] == {"input_per_1k": 0.5, "output_per_1k": 1.0, "source": "pool"}
     assert table["models"]["other-llm"]["source"] == "pool"
     assert table["default"] == {"input_per_1k": 0.001, "output_per_1k": 0.002, "source": "pool"}
 
-    cli(running, "prices", "set", "--reset")
-    table = answer(running, "prices", "get")
+    written = answer(running, "prices", "set", "--reset")
+    table = answer(running, "prices", "get", "--min-position", str(written["position"]))
     assert {m["source"] for m in table["models"].values()} == {"built-in"}
     assert table["default"]["source"] == "built-in"
+
+
+def test_a_read_waits_for_the_position_it_names(running: Server) -> None:
+    """``--min-position`` reaches the server: a position no write answered is refused, not ignored."""
+    for read in (("prices", "get"), ("agent", "list"), ("task", "list"), ("cost", "summary"),
+                 ("cost", "budgets"), ("workflow", "list")):
+        code, output = refused(running, *read, "--min-position", "1000000")
+        assert code == 1 and "HTTP 409" in output and "beyond the end" in output, (read, output)
 
 
 def test_prices_set_refuses_what_the_server_would(running: Server) -> None:
