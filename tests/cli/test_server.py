@@ -111,8 +111,11 @@ def test_entity_commands_against_a_running_server(server: str) -> None:
         )
     )
     assert reg["status"] == "applied" and reg["events"][0]["type"] == "AgentRegistered"
-    assert body(cli(server, "agent", "heartbeat", "a1", "--load", "0.3"))["status"] == "applied"
-    assert [a["agent_id"] for a in body(cli(server, "agent", "list"))["items"]] == ["a1"]
+    beat = body(cli(server, "agent", "heartbeat", "a1", "--load", "0.3"))
+    assert beat["status"] == "applied"
+    # A read names the write it must reflect: the read models follow the log a moment later.
+    listed = body(cli(server, "agent", "list", "--min-position", str(beat["position"])))
+    assert [a["agent_id"] for a in listed["items"]] == ["a1"]
 
     sub = body(
         cli(
@@ -140,8 +143,10 @@ def test_entity_commands_against_a_running_server(server: str) -> None:
     assert done["events"][0]["data"]["result"] == {"summary": "ok"}
 
     body(cli(server, "task", "submit", "x", "--id", "t2", "--require", "nobody"))
-    assert body(cli(server, "task", "cancel", "t2", "--reason", "no"))["events"][0]["type"] == "TaskCancelled"
-    listed = body(cli(server, "task", "list", "--status", "completed"))
+    cancelled = body(cli(server, "task", "cancel", "t2", "--reason", "no"))
+    assert cancelled["events"][0]["type"] == "TaskCancelled"
+    listed = body(cli(server, "task", "list", "--status", "completed",
+                      "--min-position", str(cancelled["position"])))
     assert [t["task_id"] for t in listed["items"]] == ["t1"]
 
     cost = body(cli(server, "cost", "record", "--agent", "a1", "--model", "gpt-4o", "--input-tokens", "1000"))
