@@ -28,7 +28,7 @@ from events.sqlite import SqliteLog
 from projections.queries import dump_tables
 from services.runtime.embedded import Runner
 from services.runtime.ingest import command_envelope
-from services.runtime.projector_process import ProjectorProcessFailed
+from services.runtime.projector_process import NUDGE_GAP_S, ProjectorProcess, ProjectorProcessFailed
 from services.runtime.settings import Settings
 from tests.waiting import until
 
@@ -71,8 +71,7 @@ async def _registered(runner: Runner, ids: list[str]) -> int:
 
 
 async def _agents(runner: Runner) -> list[str]:
-    async with runner.store.engine.connect() as conn:
-        return sorted(a["agent_id"] for a in (await dump_tables(conn))["agents"])
+    return sorted(a["agent_id"] for a in (await dump_tables(runner.store))["agents"])
 
 
 async def test_the_projector_runs_in_a_child_process_and_readers_wake_on_its_positions(
@@ -155,6 +154,52 @@ async def test_a_nudge_wakes_a_waiter_on_another_processes_append_before_its_pol
     finally:
         await reader.close()
         await writer.close()
+
+
+class _Pipe:
+    """The child's input, as ``_nudge`` writes it: when each line was written."""
+
+    def __init__(self) -> None:
+        self.written: list[float] = []
+
+    def write(self, line: bytes) -> None:
+        assert line == b"0\n"
+        self.written.append(time.monotonic())
+
+    async def drain(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("linger_ms", [30, 0])
+async def test_commits_close_together_share_a_nudge_and_the_last_one_always_gets_one(
+        tmp_path: Path, linger_ms: int) -> None:
+    log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic("events", 1)
+    relay = ProjectorProcess(log, None, "", "", 1, linger_ms)  # type: ignore[arg-type]
+    pipe = _Pipe()
+    nudging = asyncio.create_task(relay._nudge(pipe, 0))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.05)
+        commits = 100
+        for i in range(commits):
+            await log.append("events", [to_record(command_envelope(
+                c.RegisterAgent(agent_id=f"a{i}", name="a", capabilities=("x",), capacity=1)))])
+        last_commit = time.monotonic()
+        await asyncio.sleep(0.2)
+        assert pipe.written and pipe.written[-1] >= last_commit, "the last commit was never nudged"
+        if linger_ms:
+            assert len(pipe.written) < commits / 2, f"{len(pipe.written)} nudges for {commits} commits"
+            gaps = [b - a for a, b in zip(pipe.written, pipe.written[1:], strict=False)]
+            assert min(gaps, default=1.0) >= NUDGE_GAP_S * 0.9
+            assert pipe.written[-1] - last_commit < NUDGE_GAP_S + 0.1
+        else:  # no linger: the child may wait at once, so every commit is nudged as before
+            assert len(pipe.written) == commits
+    finally:
+        nudging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nudging
+        await log.close()
 
 
 def _free_port() -> int:
