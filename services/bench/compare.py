@@ -195,13 +195,13 @@ def _ratio(ours: float, theirs: float) -> float | None:
 
 
 def compare(settings: Settings, scratch: Path, *, agents: int, tasks: int, rate: float, paced_seconds: float,
-            wrk_options: str = WRK_OPTIONS) -> dict[str, Any]:
+            wrk_options: str = WRK_OPTIONS, loop: str = "served") -> dict[str, Any]:
     """agentbus's scenario, the peer's, the HTTP pair; each figure, and agentbus / the other."""
     from services.bench.scenario import measure
 
     load = [round(x, 2) for x in os.getloadavg()]  # others' work on the machine as the run starts
     ours = measure(settings, scratch, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
-                   http=False)
+                   http=False, loop=loop)
     peer_dir = scratch / "peer"
     peer_dir.mkdir(parents=True, exist_ok=True)
     peer = bench_peer(peer_dir, agents, tasks)

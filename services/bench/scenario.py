@@ -10,6 +10,8 @@ concurrent clients against a real ``agentbus serve`` process. Measures; never as
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import os
 import resource
 import signal
@@ -17,10 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contracts import Envelope
 from contracts import commands as c
@@ -35,6 +37,7 @@ from services.runtime.settings import Settings
 from services.runtime.topics import Topics
 
 MODEL = "gpt-4o-mini"
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -438,14 +441,41 @@ async def restart_seconds(settings: Settings, timeout: float = 600) -> float:
             proc.kill()
 
 
+LOOPS = ("served", "asyncio")
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on an event loop: "served" is the one `agentbus serve` runs on (uvloop where it
+    is installed: uvicorn's "auto", a dependency), "asyncio" the standard library's."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if loop == "served":
+        with contextlib.suppress(ImportError):
+            from uvloop import new_event_loop as factory
+    elif loop != "asyncio":
+        raise ValueError(f"unknown event loop {loop!r}: one of {', '.join(LOOPS)}")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def loop_name(loop: str) -> str:
+    """What ``run_on(loop, ...)`` runs on, as reported."""
+    if loop == "served":
+        try:
+            return f"uvloop {importlib.metadata.version('uvloop')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "asyncio"
+    return "asyncio"
+
+
 def measure(settings: Settings, scratch: Path, *, agents: int, tasks: int, rate: float, paced_seconds: float,
             workers: int = 0, http: bool = True, http_requests: int = 20_000, http_clients: int = 64,
-            raw_records: int = 200_000, coordinator_agents: int = 0) -> dict[str, Any]:
+            raw_records: int = 200_000, coordinator_agents: int = 0, loop: str = "served") -> dict[str, Any]:
     """Every measurement the settings' backend allows; ``scratch`` holds the HTTP server's data.
 
     Raises ``UsedLog`` when an embedded log already holds records.
     """
-    result = asyncio.run(bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
+    result = run_on(loop, bench_inprocess(settings, agents, tasks, rate, paced_seconds, workers))
+    result["loop"] = loop_name(loop)
     result["broker"] = settings.broker.split("?")[0]
     result["database"] = settings.database.split("://")[0]
     if settings.kafka:

@@ -67,6 +67,9 @@ from services.cli.common import fail, load_settings, setting_option
                    "endpoint under the same wrk load (requests/s, p50/p99); prints each ratio.")
 @click.option("--wrk-options", default="-t2 -c64 -d10s", show_default=True,
               help="--compare: the wrk options of both HTTP runs.")
+@click.option("--loop", type=click.Choice(["served", "asyncio"]), default="served", show_default=True,
+              help="The event loop the in-process runtime runs on: the one `agentbus serve` runs on "
+                   "(uvloop, installed with agentbus), or the standard library's.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, http: bool,
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
@@ -74,7 +77,7 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
                   executor_kind: str | None, capacity: int, subscribers: int, subscriber_processes: int,
                   subscriber_batch: bool, audit: bool, audit_records: int, compare: bool, wrk_options: str,
-                  as_json: bool) -> None:
+                  loop: str, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
     The log and read models default to fresh SQLite files in a temporary directory; a SQLite log
@@ -94,27 +97,27 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
         settings = load_settings(data_dir=tmp, broker=broker, database=database, partitions=partitions,
                                  topic_prefix=topic_prefix, app_id=app_id)
         if workflows > 0:
-            _workflows(settings, workflows, workflow_rate, paced_seconds, workers, as_json)
+            _workflows(settings, workflows, workflow_rate, paced_seconds, workers, loop, as_json)
             return
         if subscribers > 0:
             _subscribers(settings, subscribers, subscriber_processes, subscriber_batch, rate, paced_seconds,
-                         as_json)
+                         loop, as_json)
             return
         if audit:
             _audit(tmp, audit_records, as_json)
             return
         if compare:
-            _compare(settings, tmp, agents, tasks, rate, paced_seconds, wrk_options, as_json)
+            _compare(settings, tmp, agents, tasks, rate, paced_seconds, wrk_options, loop, as_json)
             return
         if executor_kind is not None:
             explicit = click.get_current_context().get_parameter_source
             _executor(settings, tasks if explicit("tasks") != click.core.ParameterSource.DEFAULT else 2000,
                       capacity, rate if explicit("rate") != click.core.ParameterSource.DEFAULT else 200.0,
-                      paced_seconds, as_json)
+                      paced_seconds, loop, as_json)
             return
         result = measure(settings, tmp, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
                          workers=workers, http=http, http_requests=http_requests, http_clients=http_clients,
-                         raw_records=raw_records, coordinator_agents=coordinator_agents)
+                         raw_records=raw_records, coordinator_agents=coordinator_agents, loop=loop)
     except UsedLog as exc:
         fail(str(exc))
     finally:
@@ -122,7 +125,7 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"backend           {result['broker']}")
+    click.echo(f"backend           {result['broker']} (event loop: {result['loop']})")
     if "topic_prefix" in result:
         click.echo(f"topics            {result['topic_prefix']}* (app id {result['app_id']})")
     click.echo(f"scenario          {agents} agents, {tasks} tasks, {result['commands']} commands")
@@ -176,11 +179,11 @@ def _audit(scratch: Path, records: int, as_json: bool) -> None:
 
 
 def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float, paced_seconds: float,
-             wrk_options: str, as_json: bool) -> None:
+             wrk_options: str, loop: str, as_json: bool) -> None:
     from services.bench.compare import compare
 
     result = compare(settings, scratch, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
-                     wrk_options=wrk_options)
+                     wrk_options=wrk_options, loop=loop)
     if as_json:
         click.echo(json.dumps(result))
         if "skipped" in result["http"]:
@@ -211,22 +214,23 @@ def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float,
                f"POST /v1/tasks)")
 
 
-def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float, workers: int,
+def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float, workers: int, loop: str,
                as_json: bool) -> None:
     import asyncio
 
-    from services.bench.scenario import refuse_a_used_log
+    from services.bench.scenario import loop_name, refuse_a_used_log, run_on
     from services.bench.workflows import bench_workflows
 
     if not settings.kafka:
         asyncio.run(refuse_a_used_log(settings))
-    result = asyncio.run(bench_workflows(settings, workflows, rate=rate, paced_seconds=paced_seconds,
-                                         workers=workers))
+    result = run_on(loop, bench_workflows(settings, workflows, rate=rate, paced_seconds=paced_seconds,
+                                          workers=workers))
     result["broker"] = settings.broker.split("?")[0]
+    result["loop"] = loop_name(loop)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"backend           {result['broker']}")
+    click.echo(f"backend           {result['broker']} (event loop: {result['loop']})")
     click.echo(f"scenario          {workflows} diamond workflows (1 -> 3 parallel -> 1), "
                f"{result['steps']} steps, {result['agents']} agents")
     click.echo(f"throughput        {result['steps_per_s']:,.0f} steps/s end to end ({result['seconds']} s, "
@@ -240,21 +244,21 @@ def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float,
     click.echo(_peak_rss(result))
 
 
-def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float,
+def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float, loop: str,
               as_json: bool) -> None:
-    import asyncio
-
     from services.bench.executors import bench_executor
+    from services.bench.scenario import loop_name, run_on
 
     if settings.kafka:
         fail("--executor runs on the embedded log (the executor's cost is what it measures)")
-    result = asyncio.run(bench_executor(settings, tasks, capacity=capacity, rate=rate,
-                                        paced_seconds=paced_seconds))
+    result = run_on(loop, bench_executor(settings, tasks, capacity=capacity, rate=rate,
+                                         paced_seconds=paced_seconds))
+    result["loop"] = loop_name(loop)
     if as_json:
         click.echo(json.dumps(result))
         return
     click.echo(f"scenario          {tasks} GET calls, http_api executor of capacity {capacity}, "
-               f"stand-in server in its own process")
+               f"stand-in server in its own process (event loop: {result['loop']})")
     click.echo(f"raw httpx         {result['raw_calls_per_s']:,.0f} calls/s; at {rate:,.0f}/s p50 "
                f"{result['raw_p50_ms']} ms, p99 {result['raw_p99_ms']} ms")
     click.echo(f"executor          {result['tasks_per_s']:,.0f} tasks/s end to end ({result['seconds']} s, "
@@ -266,22 +270,17 @@ def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_secon
 
 
 def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, rate: float, seconds: float,
-                 as_json: bool) -> None:
+                 loop: str, as_json: bool) -> None:
     import asyncio
-    import contextlib
 
-    from services.bench.scenario import refuse_a_used_log
+    from services.bench.scenario import loop_name, refuse_a_used_log, run_on
     from services.bench.subscribers import bench_subscribers
 
     if not settings.kafka:
         asyncio.run(refuse_a_used_log(settings))
-    loop_factory: Any = asyncio.new_event_loop
-    with contextlib.suppress(ImportError):  # the loop `agentbus serve` runs on, where it is installed
-        from uvloop import new_event_loop as loop_factory
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        result = runner.run(bench_subscribers(settings, subscribers, rate=rate, seconds=seconds,
-                                              processes=max(1, min(processes, subscribers)), batch=batch))
+    result = run_on(loop, bench_subscribers(settings, subscribers, rate=rate, seconds=seconds,
+                                            processes=max(1, min(processes, subscribers)), batch=batch))
+    result["loop"] = loop_name(loop)
     if as_json:
         click.echo(json.dumps(result))
         return
