@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -55,6 +56,13 @@ log = logging.getLogger("agentbus.decider")
 # 35,000 events of workflows): periodic snapshots are spaced so that it takes at most this share of
 # the time (of the loop's, where there is no fork; of a CPU's, in the forked child).
 SNAPSHOT_SHARE = 0.02
+# Events a rebuild reads at once; the next batch is read while this one is applied.
+REPLAY_BATCH = 5000
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass
@@ -150,34 +158,24 @@ class PartitionDecider:
                 last_cmd, first, n_of_cmd, digest = (snap.open.command_id, snap.open.first, snap.open.events,
                                                      snap.open.digest)
         start = offset
-        while until is None or offset < until:
-            limit = 5000 if until is None else min(5000, until - offset)
-            batch = await self.log.read_values(self.topics.events, self.partition, offset, limit)
-            if until is not None:
-                batch = [item for item in batch if item[0] < until]  # Kafka's offsets have gaps
-            if not batch:
-                break
-            for at, value in batch:
-                # Most events evolve straight from their JSON (services.domain.replay); the rest
-                # are decoded in full, and from_record names the position of a corrupt one.
-                try:
-                    obj = orjson.loads(value)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if type(obj) is dict and replay_record(self.state, obj):
-                    cid, cdigest = obj.get("commandid"), obj.get("commanddigest")
-                else:
-                    rec = StoredRecord(self.topics.events, self.partition, at, "", value, None, (), 0)
-                    env = from_record(rec)
-                    evolve(self.state(env.pool), env)
-                    cid, cdigest = env.commandid, env.commanddigest
-                if cid != last_cmd:
-                    if last_cmd is not None:
-                        self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd, digest))
-                    last_cmd, first, n_of_cmd, digest = cid, at, 0, cdigest
-                n_of_cmd += 1
-            count += len(batch)
-            offset = batch[-1][0] + 1
+        # The next batch is read (on the log's thread, or by its client) while this one is applied.
+        ahead = self._replay_read(offset, until)
+        try:
+            while ahead is not None:
+                batch = await ahead
+                if until is not None:
+                    batch = [item for item in batch if item[0] < until]  # Kafka's offsets have gaps
+                if not batch:
+                    break
+                ahead = self._replay_read(batch[-1][0] + 1, until)
+                opened = self._replay_batch(batch, last_cmd, first, n_of_cmd, digest)
+                last_cmd, first, n_of_cmd, digest = opened
+                count += len(batch)
+                offset = batch[-1][0] + 1
+        finally:
+            if ahead is not None:  # a batch read ahead of a failure: dropped, its error retrieved
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve)
         self.position = offset
         if until is None or last_cmd is None:
             # The log's end is a command's end: a decision's events are appended together.
@@ -194,6 +192,38 @@ class PartitionDecider:
                      self.replay.seconds, "from offset 0" if used is None else used.describe(), count)
             self._unsaved = count
             self._maybe_snapshot()  # a long replay is worth keeping at once
+
+    def _replay_read(self, offset: int, until: int | None) -> asyncio.Future[list[tuple[int, bytes]]] | None:
+        """The read of the replay's batch at ``offset``, under way; None past ``until``."""
+        if until is not None and offset >= until:
+            return None
+        limit = REPLAY_BATCH if until is None else min(REPLAY_BATCH, until - offset)
+        return asyncio.ensure_future(self.log.read_values(self.topics.events, self.partition, offset, limit))
+
+    def _replay_batch(self, batch: list[tuple[int, bytes]], last_cmd: str | None, first: int, n_of_cmd: int,
+                      digest: str | None) -> tuple[str | None, int, int, str | None]:
+        """Evolve the state by one batch of the replay; the command it ends in (id, first position,
+        events so far, digest), whose outcome is recorded once its last event is known."""
+        for at, value in batch:
+            # Most events evolve straight from their JSON (services.domain.replay); the rest
+            # are decoded in full, and from_record names the position of a corrupt one.
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict and replay_record(self.state, obj):
+                cid, cdigest = obj.get("commandid"), obj.get("commanddigest")
+            else:
+                rec = StoredRecord(self.topics.events, self.partition, at, "", value, None, (), 0)
+                env = from_record(rec)
+                evolve(self.state(env.pool), env)
+                cid, cdigest = env.commandid, env.commanddigest
+            if cid != last_cmd:
+                if last_cmd is not None:
+                    self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd, digest))
+                last_cmd, first, n_of_cmd, digest = cid, at, 0, cdigest
+            n_of_cmd += 1
+        return last_cmd, first, n_of_cmd, digest
 
     def snapshot(self) -> DeciderSnapshot:
         """The state as it is now, covering every event below ``position`` (between batches only)."""

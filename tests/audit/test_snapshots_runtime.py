@@ -32,11 +32,12 @@ from click.testing import CliRunner
 from contracts import commands as c
 from contracts.base import Command
 from contracts.commands import ModelPrice, RetryPolicy
-from events import EventLog, Record, open_log
+from events import CorruptRecord, EventLog, Record, open_log
 from events.chain import chain_at
 from projections import ProjectionStore
 from services.cli import main
 from services.domain.snapshot import FORMAT, encode
+from services.runtime import decider as decider_module
 from services.runtime.decider import PartitionDecider
 from services.runtime.embedded import Runner
 from services.runtime.ingest import command_envelope
@@ -192,6 +193,48 @@ async def test_a_snapshot_and_its_tail_rebuild_what_replay_from_zero_does(
             assert d.replay.snapshot is not None and d.replay.snapshot.id == saved
             assert (d.replay.start, d.replay.events) == (position, end - position)
             assert_same(d, zero)
+    finally:
+        await log.close()
+
+
+@pytest.mark.parametrize("name", ["lifecycle", "churn"])
+async def test_a_replay_read_ahead_in_small_batches_rebuilds_what_one_batch_does(
+        tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = await history_log(tmp_path / "log.db", name)
+    try:
+        whole = await from_zero(log)
+        end = whole.position
+        monkeypatch.setattr(decider_module, "REPLAY_BATCH", 3)  # every batch read while one is applied
+        assert_same(await from_zero(log), whole)
+        for until in (0, 1, 2, 3, 4, end // 2, end - 1, end):
+            small = PartitionDecider(log, 0, Outcomes(), DECIDER)
+            await small.rebuild(until=until)
+            monkeypatch.setattr(decider_module, "REPLAY_BATCH", 5000)
+            one = PartitionDecider(log, 0, Outcomes(), DECIDER)
+            await one.rebuild(until=until)
+            monkeypatch.setattr(decider_module, "REPLAY_BATCH", 3)
+            assert small.position == one.position == until
+            assert_same(small, one)
+            assert small._open == one._open
+    finally:
+        await log.close()
+
+
+async def test_a_corrupt_event_stops_a_replay_read_ahead_naming_its_position(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log.db"
+    log = await history_log(path, "lifecycle")
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE records SET value = ? WHERE \"offset\" = 7", (b"\xff not json",))
+    log = open_log(f"sqlite:///{path}")
+    await log.start()
+    monkeypatch.setattr(decider_module, "REPLAY_BATCH", 3)
+    try:
+        with pytest.raises(CorruptRecord) as caught:  # raised by a read made ahead, while 3-5 applied
+            await PartitionDecider(log, 0, Outcomes(), DECIDER).rebuild()
+        assert (caught.value.topic, caught.value.offset) == (EVENTS, 7)
+        await asyncio.sleep(0.05)  # the batch read ahead ends; its outcome is retrieved, not logged lost
     finally:
         await log.close()
 
