@@ -221,6 +221,26 @@ class EventLog(Protocol):
 
 
 @runtime_checkable
+class FilteringLog(EventLog, Protocol):
+    """A log that can skip, where it stores them, the records a reader does not want.
+
+    A start-up reader that wants a few event types (the timers) or one pool's records (the
+    subscriptions) out of a whole partition otherwise builds every record only to drop most of
+    them. ``events.matching.read_matching`` uses this where the log has it and filters what
+    ``read`` returns where it does not, so callers need not check.
+    """
+
+    async def read_matching(
+        self, topic: str, partition: int, offset: int, end: int, *,
+        types: frozenset[str] | None = None, key: str | None = None,
+    ) -> list[StoredRecord]:
+        """Records in [``offset``, ``end``), in order, whose key is ``key`` and whose ``ce_type``
+        header is one of ``types`` (each when given). A record whose first header is not
+        ``ce_type`` is returned whatever its type: the caller decodes it to find out. A superset
+        of the wanted records, never fewer."""
+
+
+@runtime_checkable
 class TransactionalLog(EventLog, Protocol):
     """A log whose appends are transactions across topics, with one fenced writer per partition.
 

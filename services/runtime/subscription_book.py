@@ -18,6 +18,7 @@ from contracts import SYSTEM_POOL, Envelope
 from contracts import event_types as e
 from events import EventLog, StoredRecord, partition_for
 from events.cache import EnvelopeCache, tail_raw
+from events.matching import read_matching
 from services.runtime.channels import Channel, ChannelError, event_keys, parse_channel
 
 __all__ = ["BATCH", "Subscription", "SubscriptionBook"]
@@ -80,14 +81,15 @@ class SubscriptionBook:
         failure, it rebuilds the book aside and swaps it in once caught up."""
         current: dict[str, Subscription] = {}
         offset = 0
-        while True:  # catch up with the log as it is now
+        while True:  # catch up with the log as it is now: the system pool's records only
             end = await self.log.end_offset(self.topic, self.partition)
-            recs = await self.log.read(self.topic, self.partition, offset, BATCH) if offset < end else []
-            if not recs:  # nothing below end (Kafka may end on a transaction marker)
-                offset = max(offset, end)
+            if end <= offset:
                 break
-            self._apply(recs, current)
-            offset = recs[-1].offset + 1
+            batches = read_matching(self.log, self.topic, self.partition, offset, end, key=SYSTEM_POOL)
+            async with contextlib.aclosing(batches):
+                async for recs in batches:
+                    self._apply(recs, current)
+            offset = end
         self.current = current
         self.ready.set()
         self.on_change()

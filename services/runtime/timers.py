@@ -6,6 +6,7 @@ from an injected clock and appends to the commands topic; it never decides anyth
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,7 @@ from contracts import Envelope, utcnow
 from events import EventLog
 from events.cache import EnvelopeCache, Follower
 from events.codec import from_record, record_type, to_record
+from events.matching import read_matching
 from services.coordination.timers import TIMER_EVENTS, Timer, TimerBook
 from services.runtime.decider import PartitionDecider
 from services.runtime.ingest import command_envelope
@@ -69,17 +71,22 @@ class TimerService:
                         # it from the log if it is there but not cached (the wait returns at once).
                         return n
                     continue
-            batch = await self.log.read(self.events, self.partition, self.offset, _READ)
-            if not batch:
+            # Start-up reads the whole history, and a follower the cache no longer holds reads
+            # what it missed: only the timer events are read and decoded (a record without a type
+            # header is decoded to find out what it is).
+            end = await self.log.end_offset(self.events, self.partition)
+            if end <= self.offset:
                 return n
-            for rec in batch:
-                # Start-up reads the whole history: only timer events are decoded (a record
-                # without a type header is decoded to find out).
-                kind = record_type(rec)
-                if kind is None or kind in TIMER_EVENTS:
-                    self.book.observe(from_record(rec))
-            n += len(batch)
-            self.offset = batch[-1].offset + 1
+            batches = read_matching(self.log, self.events, self.partition, self.offset, end,
+                                    types=TIMER_EVENTS)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    for rec in batch:
+                        kind = record_type(rec)
+                        if kind is None or kind in TIMER_EVENTS:
+                            self.book.observe(from_record(rec))
+            n += end - self.offset
+            self.offset = end
             if self._follower is not None:
                 assert self.cache is not None
                 self.cache.advance(self._follower, self.offset)

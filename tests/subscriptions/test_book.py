@@ -83,3 +83,35 @@ async def test_the_book_follows_this_processes_appends_without_reading_them_back
             await following
         await other.close()
         await log.close()
+
+
+async def test_the_catch_up_reads_the_system_pools_records_only(tmp_path: Path) -> None:
+    """The book's start reads the whole partition (every pool's, embedded): only the system pool's
+    records are read out of the file, and the book is what a full read makes it."""
+    log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic(EVENTS, 1)
+    handed: list[str] = []
+
+    class Book(SubscriptionBook):
+        def _apply(self, recs: Any, current: Any) -> bool:
+            handed.extend(r.key for r in recs)
+            return super()._apply(recs, current)
+
+    try:
+        await _append(log, None, [_other_pool(i) for i in range(100)])
+        await _append(log, None, [_set("first", 1)])
+        await _append(log, None, [_other_pool(i) for i in range(100, 200)])
+        await _append(log, None, [_set("second", 2)])
+        book = Book(log, EnvelopeCache(), EVENTS, 1, lambda: None)
+        following = asyncio.create_task(book.run())
+        try:
+            await asyncio.wait_for(book.ready.wait(), 10)
+            assert set(book.current) == {"first", "second"}
+            assert handed == [SYSTEM_POOL, SYSTEM_POOL], handed[:5]
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+    finally:
+        await log.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from contracts import Payload
 from contracts import commands as c
@@ -249,6 +250,15 @@ async def test_once_caught_up_the_service_takes_this_processs_events_from_the_ca
             return await read(topic, partition, offset, limit)
 
         log.read = counted  # type: ignore[method-assign]
+        read_matching = log.read_matching  # type: ignore[attr-defined]
+
+        async def counted_matching(topic: str, partition: int, offset: int, end: int,
+                                   **kwargs: object) -> list[StoredRecord]:
+            if topic == EVENTS:
+                reads.append(offset)
+            return await read_matching(topic, partition, offset, end, **kwargs)  # type: ignore[no-any-return]
+
+        log.read_matching = counted_matching  # type: ignore[attr-defined]
         svc = TimerService(log, clock=clock, idle_s=0.05, cache=cache)
         task = asyncio.create_task(svc.run())
         try:
@@ -297,3 +307,47 @@ async def test_an_event_the_cache_does_not_hold_is_read_from_the_log(tmp_path: P
     finally:
         await log.close()
 
+
+
+async def test_the_history_is_read_for_its_timer_events_only(tmp_path: Path, monkeypatch: Any) -> None:
+    """Start-up reads the whole partition: only its timer events are decoded, and the timers come
+    due as they would from a full read."""
+    import services.runtime.timers as timers
+
+    log = await _open(tmp_path)
+    try:
+        clock = Clock()
+        decider = MiniDecider(log)
+        await decider.append(c.RegisterAgent(agent_id="a", name="a", heartbeat_timeout_s=10), "r", at(0))
+        for i in range(100):  # other events of the partition, before and after the timer's
+            await decider.append(c.SubmitTask(task_id=f"t{i}", type="x"), f"s{i}", at(0))
+        await decider.append(c.AgentHeartbeat(agent_id="a"), "hb", at(0))
+        history = await log.read(EVENTS, 0, 0, 10_000)
+        kinds = ("TimerScheduled", "TimerCancelled")
+        timer_offsets = [r.offset for r in history if from_record(r).type in kinds]
+        assert timer_offsets and len(timer_offsets) < len(history) // 10
+
+        decoded: list[int] = []
+        real = timers.from_record  # type: ignore[attr-defined]
+
+        def counting(rec: StoredRecord) -> Any:
+            decoded.append(rec.offset)
+            return real(rec)
+
+        typed: list[int] = []
+        real_type = timers.record_type  # type: ignore[attr-defined]
+
+        def typing(rec: StoredRecord) -> str | None:
+            typed.append(rec.offset)
+            return real_type(rec)
+
+        monkeypatch.setattr(timers, "from_record", counting)
+        monkeypatch.setattr(timers, "record_type", typing)
+        svc = TimerService(log, clock=clock)
+        clock.to(10)
+        assert await svc.step() == ["timer:default:heartbeat:a:2"]
+        assert decoded == timer_offsets
+        assert typed == timer_offsets, "records of other types were read into the service"
+        assert svc.offset == len(history)
+    finally:
+        await log.close()
