@@ -141,7 +141,13 @@ def decode(raw: bytes, *, registry: Registry = REGISTRY, trusted: bool = False) 
 
 def from_record(rec: StoredRecord, *, registry: Registry = REGISTRY) -> Envelope:
     """Decode a stored record of this service's own log; errors name topic, partition, offset."""
+    return from_value(rec.topic, rec.partition, rec.offset, rec.value, registry=registry)
+
+
+def from_value(topic: str, partition: int, offset: int, value: bytes, *,
+               registry: Registry = REGISTRY) -> Envelope:
+    """``from_record`` for a value read without its record (``EventLog.read_values``)."""
     try:
-        return decode(rec.value, registry=registry, trusted=True)
+        return decode(value, registry=registry, trusted=True)
     except (DecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CorruptRecord(rec.topic, rec.partition, rec.offset, str(exc)) from exc
+        raise CorruptRecord(topic, partition, offset, str(exc)) from exc

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
-from events.codec import from_record, to_record
+from events.codec import from_value, to_record
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
@@ -29,6 +29,9 @@ from services.webhooks.reactor import WebhookReactor
 from services.workflows.reactor import SOURCE as WORKFLOWS_SOURCE
 from services.workflows.reactor import Assignment as StepCommand
 from services.workflows.reactor import WorkflowReactor
+
+# Events read at a time while rebuilding a partition's views.
+HISTORY_BATCH = 5000
 
 
 @dataclass
@@ -115,19 +118,39 @@ class CoordinatorDriver:
 
 async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowReactor, WebhookReactor],
                            topic: str, partition: int, end: int) -> None:
-    """Fold events [0, end) of one partition into the reactors' views, without acting on them."""
+    """Fold events [0, end) of one partition into the reactors' views, without acting on them.
+
+    Reads (offset, value) only, as the decider's replay does, and reads the next batch while this
+    one is folded in (SQLite steps on its own thread meanwhile)."""
     coordinator, workflows, hooks = reactors
-    offset = 0
-    while offset < end:
-        batch = await log.read(topic, partition, offset, min(5000, end - offset))
-        if not batch:
-            break
-        for rec in batch:
-            env = from_record(rec)
-            coordinator.observe(env)
-            workflows.observe(env)
-            hooks.observe(env)
-        offset = batch[-1].offset + 1
+
+    def read(offset: int) -> asyncio.Future[list[tuple[int, bytes]]] | None:
+        if offset >= end:
+            return None
+        limit = min(HISTORY_BATCH, end - offset)
+        return asyncio.ensure_future(log.read_values(topic, partition, offset, limit))
+
+    ahead = read(0)
+    try:
+        while ahead is not None:
+            batch = [item for item in await ahead if item[0] < end]
+            if not batch:
+                break  # nothing below end (Kafka may end on a transaction marker)
+            ahead = read(batch[-1][0] + 1)
+            for at, value in batch:
+                env = from_value(topic, partition, at, value)
+                coordinator.observe(env)
+                workflows.observe(env)
+                hooks.observe(env)
+    finally:
+        if ahead is not None:  # a batch read ahead of a failure: dropped, its error retrieved
+            ahead.cancel()
+            ahead.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[list[tuple[int, bytes]]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _assignment_envelope(a: Assignment | StepCommand, source: str = "urn:agentbus:coordinator",
