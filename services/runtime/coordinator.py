@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from dataclasses import dataclass, field
+
+import orjson
 
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
 from events.codec import from_value, to_record
 from services.coordination.coordinator import Assignment, Coordinator
+from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
 from services.webhooks.reactor import ACTOR as WEBHOOKS_ACTOR
@@ -29,6 +34,8 @@ from services.webhooks.reactor import WebhookReactor
 from services.workflows.reactor import SOURCE as WORKFLOWS_SOURCE
 from services.workflows.reactor import Assignment as StepCommand
 from services.workflows.reactor import WorkflowReactor
+
+log = logging.getLogger("agentbus.coordinator")
 
 # Events read at a time while rebuilding a partition's views.
 HISTORY_BATCH = 5000
@@ -57,22 +64,70 @@ class CoordinatorDriver:
     # So does the webhook reactor (deliveries -> their mapped commands and triggered workflows).
     webhooks: dict[int, WebhookReactor] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Coordinator snapshots (embedded): where they are kept, every how many events folded in a new
+    # one is made, and the log and read-model URLs the process that makes it opens.
+    snapshots: CoordinatorSnapshots | None = None
+    snapshot_every: int = 0
+    snapshot_urls: tuple[str, str] | None = None
+    # Per partition, the position its views were rebuilt from (0: from the start of the log).
+    rebuilt_from: dict[int, int] = field(default_factory=dict)
+    snapshots_written: int = 0
+    _unsaved: dict[int, int] = field(default_factory=dict)
+    _snapshotting: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
     async def run(self) -> None:
         """Rebuild every partition, then react to each one's new events until cancelled."""
-        starts = await self.rebuild()
-        await asyncio.gather(*(self._tail(p, start) for p, start in starts.items()))
+        try:
+            starts = await self.rebuild()
+            await asyncio.gather(*(self._tail(p, start) for p, start in starts.items()))
+        finally:
+            running = list(self._snapshotting.values())
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _snapshot(self, partition: int, position: int) -> None:
+        """Have a process of its own store a snapshot of ``partition`` at ``position`` (see
+        ``services.runtime.coordinator_snapshots``); a failure is logged, never raised."""
+        assert self.snapshot_urls is not None
+        broker, database = self.snapshot_urls
+        config = {"broker": broker, "database": database, "topic": self.topics.events, "partition": partition,
+                  "position": position}
+        proc = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.runtime.coordinator_snapshotter",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            await proc.communicate(orjson.dumps(config) + b"\n")
+            if proc.returncode != 0:
+                log.warning("the coordinator snapshot of partition %d at %d failed (exit code %s); its "
+                            "error is in the log above", partition, position, proc.returncode)
+            else:
+                self.snapshots_written += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a cache: the service goes on without it
+            log.warning("the coordinator snapshot of partition %d at %d failed: %r", partition, position, exc)
+        finally:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self._snapshotting.pop(partition, None)
 
     async def rebuild(self) -> dict[int, int]:
         """Rebuild each partition's view and re-issue assignments lost in flight; returns, per
         partition, the offset to go on from."""
         starts = {}
         for p in self.partitions:
-            coordinator = self.coordinators[p] = Coordinator()
-            reactor = self.workflows[p] = WorkflowReactor()
-            hooks = self.webhooks[p] = WebhookReactor()
             end = await self.log.committed(self.group, self.topics.events, p)
-            await _observe_history(self.log, (coordinator, reactor, hooks), self.topics.events, p, end)
+            found = None
+            if self.snapshots is not None:
+                found = await self.snapshots.newest(self.log, self.topics.events, p, end)
+            start, views = found if found is not None else (0, fresh_views())
+            hooks = views[2]
+            self.coordinators[p], self.workflows[p], self.webhooks[p] = views
+            await _observe_history(self.log, views, self.topics.events, p, end, start=start)
+            self.rebuilt_from[p] = start
             # Deliveries below ``end`` were mapped with the commit of ``end``: only new ones are.
             hooks.live = True
             # Same ids as the lost ones (derived from history), so the decider drops any repeats.
@@ -90,6 +145,12 @@ class CoordinatorDriver:
             reactor.observe(env)
             hooks.observe(env)
         await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
+        if self.snapshot_every > 0:
+            self._unsaved[partition] = self._unsaved.get(partition, 0) + len(batch)
+            if self._unsaved[partition] >= self.snapshot_every and partition not in self._snapshotting:
+                self._unsaved[partition] = 0
+                self._snapshotting[partition] = asyncio.create_task(
+                    self._snapshot(partition, batch[-1][0] + 1), name=f"coordinator snapshot[{partition}]")
 
     async def _tail(self, partition: int, start: int) -> None:
         batches = tail(self.log, self.cache, self.topics.events, partition, start, limit=BATCH)
@@ -117,8 +178,8 @@ class CoordinatorDriver:
 
 
 async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowReactor, WebhookReactor],
-                           topic: str, partition: int, end: int) -> None:
-    """Fold events [0, end) of one partition into the reactors' views, without acting on them.
+                           topic: str, partition: int, end: int, *, start: int = 0) -> None:
+    """Fold events [start, end) of one partition into the reactors' views, without acting on them.
 
     Reads (offset, value) only, as the decider's replay does, and reads the next batch while this
     one is folded in (SQLite steps on its own thread meanwhile)."""
@@ -130,7 +191,7 @@ async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowR
         limit = min(HISTORY_BATCH, end - offset)
         return asyncio.ensure_future(log.read_values(topic, partition, offset, limit))
 
-    ahead = read(0)
+    ahead = read(start)
     try:
         while ahead is not None:
             batch = [item for item in await ahead if item[0] < end]

@@ -26,6 +26,7 @@ from events.codec import to_record
 from events.sqlite import SqliteLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
+from services.runtime.coordinator_snapshots import CoordinatorSnapshots
 from services.runtime.decider import PartitionDecider
 from services.runtime.deliveries import Deliveries
 from services.runtime.outcomes import OutcomeRef, Outcomes
@@ -131,6 +132,12 @@ class Runner:
         if want_coordinator:
             self.coordinator = CoordinatorDriver(self.log, tuple(range(self.partitions)), self.topics,
                                                  cache=self.cache)
+            every = self.settings.coordinator_snapshot_every
+            if self.snapshots is not None and every > 0 and isinstance(self.log, SqliteLog):
+                await self.snapshots.start()
+                self.coordinator.snapshots = CoordinatorSnapshots(self.snapshots)
+                self.coordinator.snapshot_every = every
+                self.coordinator.snapshot_urls = (self.settings.broker, self.settings.database)
             self._spawn(self.coordinator.run(), "coordinator")
         if want_projector and self.settings.projector_own_process and isinstance(self.log, SqliteLog):
             self.projector_process = ProjectorProcess(self.log, self.store, self.settings.broker,

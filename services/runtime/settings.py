@@ -64,6 +64,10 @@ class Settings(BaseSettings):
                                                           "spaced so copying the state takes at most 2% of "
                                                           "the decider's time (0: no snapshots, written or "
                                                           "read).")
+    coordinator_snapshot_every: int = Field(
+        50_000, ge=0, description="Embedded, with snapshot_every on: every this many events a process of "
+                                  "its own stores the coordinator's views as a rebuild makes them, so a "
+                                  "start folds in only the events after them (0: none written or read).")
     projector_linger_ms: int = Field(30, ge=0, le=10_000,
                                      description="Embedded: after applying a partial batch the projector "
                                                  "waits this long for more events before the next, so the "

@@ -1,0 +1,226 @@
+"""Coordinator snapshots (``services.runtime.coordinator_snapshots``) on real SQLite files, made by
+the real snapshot process: a snapshot and the events after it rebuild what the whole log does, a
+snapshot that does not check out is passed over with the reason, and the service writes them as
+it goes and starts from the newest.
+
+Whatever a snapshot is, the views it gives must be what folding the log from offset 0 gives: the
+tests compare the assignments both would issue next and every task's status and holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from contracts import commands as c
+from contracts import event_types as e
+from events import EventLog, open_log
+from events.codec import from_record, record_type
+from projections import ProjectionStore
+from services.runtime import coordinator_snapshots as snaps
+from services.runtime.coordinator import _observe_history
+from services.runtime.coordinator_snapshots import (
+    CODE_MODULES,
+    CoordinatorSnapshots,
+    Views,
+    fresh_views,
+    table,
+)
+from services.runtime.embedded import Runner
+from services.runtime.settings import Settings
+from services.runtime.snapshots import SnapshotStore
+from tests.audit.test_snapshots_runtime import run_workload, settle, workload
+from tests.unit.test_coordinator_history import _decided
+from tests.waiting import eventually
+
+EVENTS = "events"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _picture(views: Views) -> tuple[Any, ...]:
+    """What the views would do next and what they hold of every task and agent."""
+    coordinator = views[0]
+    tasks = {(pool, t.task_id): (t.status, t.agent_id, t.assigned, t.rejected)
+             for pool, v in coordinator.views.items() for t in v.tasks.values()}
+    agents = {(pool, a.agent_id): (a.load, a.capacity, a.active)
+              for pool, v in coordinator.views.items() for a in v.agents.values()}
+    return tasks, agents, _decided(coordinator.schedule())
+
+
+def _snapshot_process(settings: Settings, position: int) -> dict[str, Any]:
+    config = {"broker": settings.broker, "database": settings.database, "topic": EVENTS, "partition": 0,
+              "position": position}
+    done = subprocess.run([sys.executable, "-m", "services.runtime.coordinator_snapshotter"], cwd=ROOT,
+                          input=orjson.dumps(config) + b"\n", capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    said: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+    return said
+
+
+async def _history(tmp_path: Path) -> Settings:
+    """The workload of the decider snapshot tests, decided and coordinated by the service."""
+    settings = Settings(data_dir=tmp_path, coordinator_snapshot_every=0)
+    async with Runner(settings, projector=False) as runner:
+        await runner.ready()
+        await run_workload(runner, workload(12))
+        await settle(runner)
+    return settings
+
+
+async def _from_zero(log: EventLog, end: int) -> Views:
+    views = fresh_views()
+    await _observe_history(log, views, EVENTS, 0, end)
+    return views
+
+
+async def _open(settings: Settings) -> tuple[EventLog, ProjectionStore, CoordinatorSnapshots]:
+    log = open_log(settings.broker)
+    await log.start()
+    db = ProjectionStore(settings.database)
+    await db.start()
+    store = SnapshotStore(db)
+    await store.start()
+    return log, db, CoordinatorSnapshots(store)
+
+
+async def test_a_snapshot_and_the_events_after_it_rebuild_what_the_whole_log_does(tmp_path: Path) -> None:
+    settings = await _history(tmp_path)
+    log, db, store = await _open(settings)
+    try:
+        end = await log.end_offset(EVENTS, 0)
+        first = _snapshot_process(settings, end // 3)
+        assert first["from"] == 0
+        second = _snapshot_process(settings, 2 * end // 3)
+        assert second["from"] == end // 3, "the second one went on from the first"
+        # Right after a submission (before its assignment) the views have work to assign.
+        history = await log.read(EVENTS, 0, 0, end)
+        submitted = [r.offset + 1 for r in history if record_type(r) == "TaskSubmitted"]
+        points = [end // 3, next(o for o in submitted if o > end // 3),
+                  next(o for o in submitted if o > 2 * end // 3), end]
+        work = []
+        for until in points:
+            found = await store.newest(log, EVENTS, 0, until)
+            assert found is not None
+            position, views = found
+            assert position == (end // 3 if until < 2 * end // 3 else 2 * end // 3)
+            await _observe_history(log, views, EVENTS, 0, until, start=position)
+            whole = _picture(await _from_zero(log, until))
+            work.append(len(whole[2]))
+            assert _picture(views) == whole
+        assert any(work), "no point of the history left work to assign: nothing was compared"
+    finally:
+        await db.close()
+        await log.close()
+
+
+async def test_a_snapshot_that_does_not_check_out_is_passed_over_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = await _history(tmp_path)
+    log, db, store = await _open(settings)
+    try:
+        end = await log.end_offset(EVENTS, 0)
+        older = _snapshot_process(settings, end // 2)
+        newer = _snapshot_process(settings, end)
+        t = table.c
+        spoilt: dict[str, dict[str, Any]] = {
+            "written by other code": {"code": "0" * 64},
+            "a corrupt body": {"sha256": "0" * 64},
+            "but the log ends at": {"position": end + 1},
+            "its chain value differs": {"chain": b"\x00" * 32},
+        }
+        for reason, change in spoilt.items():
+            async with db.begin_write() as conn:
+                original = (await conn.execute(sa.select(t.code, t.sha256, t.position, t.chain)
+                                               .where(t.id == newer["id"]))).one()
+                await conn.execute(table.update().where(t.id == newer["id"]).values(**change))
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="agentbus.coordinator_snapshots"):
+                found = await store.newest(log, EVENTS, 0, end + 1)
+            assert found is not None and found[0] == end // 2, reason  # the older one instead
+            assert any(reason in r.getMessage() and f"snapshot {newer['id']}" in r.getMessage()
+                       for r in caplog.records), (reason, caplog.text)
+            async with db.begin_write() as conn:
+                await conn.execute(table.update().where(t.id == newer["id"]).values(
+                    code=original[0], sha256=original[1], position=original[2], chain=original[3]))
+        found = await store.newest(log, EVENTS, 0, end)
+        assert found is not None and found[0] == end
+        # Both refused: a rebuild from offset 0.
+        async with db.begin_write() as conn:
+            await conn.execute(table.update().values(code="0" * 64))
+        assert await store.newest(log, EVENTS, 0, end) is None
+        assert older["id"] != newer["id"]
+    finally:
+        await db.close()
+        await log.close()
+
+
+async def test_the_service_snapshots_its_coordinator_and_a_restart_folds_in_only_the_tail(
+        tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, coordinator_snapshot_every=40)
+    async with Runner(settings) as runner:
+        await runner.ready()
+        await run_workload(runner, workload(12))
+        await settle(runner)
+        assert runner.coordinator is not None
+        driver = runner.coordinator
+        await eventually(lambda: driver.snapshots_written >= 1 and not driver._snapshotting, timeout=60)
+    log, db, store = await _open(settings)
+    try:
+        rows = await store.rows(EVENTS, 0)
+        assert rows and rows[0].position >= 40
+        committed = await log.committed("coordinator", EVENTS, 0)
+        async with Runner(settings, projector=False) as again:
+            await again.ready()
+            assert again.coordinator is not None
+            assert again.coordinator.rebuilt_from == {0: rows[0].position}
+            # ... and it goes on assigning from there: a new agent takes a new task.
+            await run_workload(again, [
+                c.RegisterAgent(agent_id="late", name="late", capabilities=("late",)),
+                c.SubmitTask(task_id="late-task", type="w", required_capabilities=("late",))])
+            await settle(again)
+            events = [from_record(r) for r in await again.log.read(EVENTS, 0, committed, 100_000)]
+            assert [(x.data.task_id, x.data.agent_id) for x in events if isinstance(x.data, e.TaskAssigned)
+                    and x.data.task_id == "late-task"] == [("late-task", "late")]
+        assert committed > 0
+    finally:
+        await db.close()
+        await log.close()
+
+
+def test_every_class_a_snapshot_holds_is_in_the_code_it_is_checked_against(tmp_path: Path) -> None:
+    """``CODE`` digests ``CODE_MODULES``: a snapshot holding an object of a class defined elsewhere
+    could be loaded by code where that class changed. Every object of real views is looked at."""
+
+    async def views() -> Views:
+        settings = await _history(tmp_path)
+        log = open_log(settings.broker)
+        await log.start()
+        try:
+            return await _from_zero(log, await log.end_offset(EVENTS, 0))
+        finally:
+            await log.close()
+
+    modules: set[str] = set()
+
+    class Looking(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            modules.add(type(obj).__module__)
+            return NotImplemented
+
+    Looking(io.BytesIO(), protocol=5).dump(asyncio.run(views()))
+    covered = tuple(m.replace("/", ".").removesuffix(".py") for m in CODE_MODULES)
+    ours = {m for m in modules if m.split(".")[0] in ("contracts", "services", "projections", "events")}
+    assert ours, modules
+    outside = [m for m in ours if not any(m == p or m.startswith(p + ".") for p in covered)]
+    assert not outside, f"classes of these modules are in a snapshot but not in CODE: {outside}"
+    assert snaps.CODE == snaps._code()
