@@ -15,17 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from dataclasses import dataclass, field
-
-import orjson
 
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
 from events.codec import from_value, to_record
 from services.coordination.coordinator import Assignment, Coordinator
-from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views
+from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
 from services.webhooks.reactor import ACTOR as WEBHOOKS_ACTOR
@@ -87,31 +84,17 @@ class CoordinatorDriver:
             await asyncio.gather(*running, return_exceptions=True)
 
     async def _snapshot(self, partition: int, position: int) -> None:
-        """Have a process of its own store a snapshot of ``partition`` at ``position`` (see
-        ``services.runtime.coordinator_snapshots``); a failure is logged, never raised."""
-        assert self.snapshot_urls is not None
-        broker, database = self.snapshot_urls
-        config = {"broker": broker, "database": database, "topic": self.topics.events, "partition": partition,
-                  "position": position}
-        proc = None
+        """Have the snapshot process make a snapshot of ``partition`` at ``position`` and store it
+        (``coordinator_snapshots.make``); a failure is logged, never raised: snapshots are a cache."""
+        assert self.snapshots is not None and self.snapshot_urls is not None
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.runtime.coordinator_snapshotter",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-            await proc.communicate(orjson.dumps(config) + b"\n")
-            if proc.returncode != 0:
-                log.warning("the coordinator snapshot of partition %d at %d failed (exit code %s); its "
-                            "error is in the log above", partition, position, proc.returncode)
-            else:
-                self.snapshots_written += 1
+            await make(self.snapshots, self.snapshot_urls, self.topics.events, partition, position)
+            self.snapshots_written += 1
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a cache: the service goes on without it
-            log.warning("the coordinator snapshot of partition %d at %d failed: %r", partition, position, exc)
+        except Exception as exc:
+            log.warning("the coordinator snapshot of partition %d at %d failed: %s", partition, position, exc)
         finally:
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             self._snapshotting.pop(partition, None)
 
     async def rebuild(self) -> dict[int, int]:

@@ -6,17 +6,23 @@ fresh views (about 20 us an event: read, decode, observe; four of the nine secon
 on the bench's 207,000 events). The live views cannot simply be copied: ``schedule`` changes them
 (what was issued and is in flight, rate limits on the process's monotonic clock), so they are not
 what a rebuild at that position would give. A snapshot is therefore made apart, by a process of
-its own (``python -m services.runtime.coordinator_snapshotter``): it takes the newest usable
-snapshot, folds in the events from there up to the position it was given, as a rebuild does, and
-stores the result. The driver starts one every ``every`` events it folds in (at most one at a
-time); the events are folded once more there, on the other CPU, never on the service's loop.
+its own (``python -m services.runtime.coordinator_snapshotter``, run by ``make``): it takes the
+newest usable snapshot, folds in the events from there up to the position it was given, as a
+rebuild does, and hands the result back to be stored. The driver starts one every ``every`` events
+it folds in (at most one at a time); the events are folded once more there, at the lowest CPU
+priority (``SCHED_IDLE``: only on a CPU nothing else wants), never on the service's loop.
 
-The body is the three views pickled (protocol 5), lz4-compressed. pickle rebuilds the objects of
-the classes the body names, so a snapshot is used only by the same code: each row carries
-``CODE``, a SHA-256 over the source of every module whose objects the views hold (a test checks
-the list against the classes a real snapshot holds), and the Python and pydantic versions. The
-table is as trusted as the log beside it (both are the deployment's own files or database), and
-the body's SHA-256 is checked before anything is unpickled.
+The body is the three views pickled (protocol 5), lz4-compressed: the views are about forty
+classes of plain Python state (heaps, sets, dataclasses, a few pydantic models) that pickle
+writes and reads as they are, where a JSON format of their own would be a second description of
+every one of them to keep in step. Two rules make that safe:
+
+- a body is loaded only by the code that wrote it: each row carries ``CODE``, a SHA-256 over the
+  source of every module whose classes the views hold (a test checks the list against every
+  object of real views) and the Python and pydantic versions;
+- a body may name only those classes and a few plain types (``_Unpickler``): anything else, a
+  function above all, is refused before it is called, so a row written by someone else cannot
+  make the service run code. The body's SHA-256 is checked before it is read at all.
 
 Any snapshot may be missing or refused (other code, a corrupt body, a position past the log's end
 or a chain value that differs from the log's there): the start then takes the next one, or
@@ -26,7 +32,9 @@ rebuild from the log).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import logging
 import pickle
 import sys
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import lz4.frame
+import orjson
 import pydantic
 import sqlalchemy as sa
 
@@ -86,6 +95,27 @@ table = sa.Table(
 )
 
 
+# The only globals a body may name: the classes of these packages and modules, and these types.
+_PACKAGES = tuple(name.removesuffix(".py").replace("/", ".") for name in CODE_MODULES)
+_TYPES = frozenset({("collections", n) for n in ("Counter", "deque", "OrderedDict", "defaultdict")}
+                   | {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")}
+                   | {("builtins", n) for n in ("set", "frozenset", "list", "dict", "tuple", "int", "float",
+                                                "str", "bytes", "bool")})
+
+
+class _Unpickler(pickle.Unpickler):
+    """Loads only objects of the views' own classes (``_PACKAGES``) and plain types: a body that
+    names anything else (a function, another module's class) is refused before it is called, so
+    a row of the table cannot make the service run code of its choosing."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _TYPES or any(module == p or module.startswith(p + ".") for p in _PACKAGES):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a coordinator snapshot may not hold")
+
+
 def fresh_views() -> Views:
     return Coordinator(), WorkflowReactor(), WebhookReactor()
 
@@ -112,12 +142,15 @@ class CoordinatorSnapshots:
 
     async def save(self, topic: str, partition: int, position: int, chain: bytes | None, body: bytes) -> int:
         """Store a body and drop all but the newest ``keep`` of the partition, in one transaction."""
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())  # a few MB: off the loop
         row = dict(topic=topic, partition=partition, position=position, chain=chain,
-                   created=datetime.now(UTC), code=CODE, sha256=hashlib.sha256(body).hexdigest(), body=body)
+                   created=datetime.now(UTC), code=CODE, sha256=digest, body=body)
         return await self.store._run_write(_save, self.keep, row)
 
     async def rows(self, topic: str, partition: int) -> list[Row]:
         """The partition's snapshots, newest first (bodies not read)."""
+        if self.store._missing:
+            return []  # a read-only store on a database that does not exist: no snapshots
         t = table.c
         stmt = (sa.select(t.id, t.position, t.chain, t.code, t.sha256)
                 .where(t.topic == topic, t.partition == partition).order_by(t.position.desc(), t.id.desc()))
@@ -160,7 +193,7 @@ class CoordinatorSnapshots:
         if hashlib.sha256(body).hexdigest() != row.sha256:
             return "its body's SHA-256 differs from the one stored with it (a corrupt body)"
         try:
-            views = pickle.loads(lz4.frame.decompress(body))
+            views = _Unpickler(io.BytesIO(lz4.frame.decompress(body))).load()
         except Exception as exc:  # a body that checks out but does not load: refused, named
             return f"its body does not load ({type(exc).__name__}: {exc})"
         if not (isinstance(views, tuple) and [type(v) for v in views] == [Coordinator, WorkflowReactor,
@@ -182,15 +215,55 @@ def _save(conn: sa.Connection, keep: int, row: dict[str, Any]) -> int:
     return int(new_id)
 
 
-async def snapshot(event_log: EventLog, snapshots: CoordinatorSnapshots, topic: str, partition: int,
-                   position: int) -> tuple[int, int]:
-    """Fold the events below ``position`` into the newest usable snapshot (or fresh views) and store
-    the result; returns (the position it started from, the new row's id)."""
+async def fold(event_log: EventLog, snapshots: CoordinatorSnapshots, topic: str, partition: int,
+               position: int) -> tuple[int, bytes, bytes | None]:
+    """Fold the events below ``position`` into the newest usable snapshot (or fresh views), as a
+    rebuild does; returns (the position it started from, the body, the chain value at ``position``).
+    What the snapshot process runs."""
     from services.runtime.coordinator import _observe_history  # the rebuild's own fold
 
     found = await snapshots.newest(event_log, topic, partition, position)
     start, views = found if found is not None else (0, fresh_views())
     await _observe_history(event_log, views, topic, partition, position, start=start)
-    body = encode(views)  # in a process of its own: nothing waits on this loop
-    chain = await chain_at(event_log, topic, partition, position)
-    return start, await snapshots.save(topic, partition, position, chain, body)
+    return start, encode(views), await chain_at(event_log, topic, partition, position)
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A snapshot the process made and ``make`` stored."""
+
+    id: int
+    position: int
+    start: int  # the position of the snapshot it went on from (0: none)
+    size: int  # bytes of the body
+
+
+async def make(snapshots: CoordinatorSnapshots, urls: tuple[str, str], topic: str, partition: int,
+               position: int) -> Made:
+    """Run the snapshot process (``services.runtime.coordinator_snapshotter``) for ``topic[partition]``
+    at ``position`` and store what it hands back. The process only reads; the row is written here,
+    through the service's own writer, so the process never holds the database's write lock.
+    Raises RuntimeError naming the exit code when it fails; killed if this is cancelled."""
+    broker, database = urls
+    config = {"broker": broker, "database": database, "topic": topic, "partition": partition,
+              "position": position}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.runtime.coordinator_snapshotter",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await proc.communicate(orjson.dumps(config) + b"\n")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the snapshot process exited with code {proc.returncode} (its error is in the "
+                           "log above)")
+    head, _, body = out.partition(b"\n")
+    said = orjson.loads(head)
+    if len(body) != said["size"] or said["position"] != position:
+        raise RuntimeError(f"the snapshot process handed back {len(body)} bytes at {said['position']}, "
+                           f"not the {said['size']} at {position} it announced")
+    chain = None if said["chain"] is None else bytes.fromhex(said["chain"])
+    row = await snapshots.save(topic, partition, position, chain, body)
+    return Made(row, position, int(said["from"]), len(body))

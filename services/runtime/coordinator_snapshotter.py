@@ -1,9 +1,11 @@
-"""The process that stores a coordinator snapshot: ``python -m services.runtime.coordinator_snapshotter``,
-one JSON line on its standard input (log and read-model URLs, topic, partition, position); it
-prints one line (the new row, the position it started from) and exits. It runs niced: under load
-the service's processes keep the CPUs. See
-``services.runtime.coordinator_snapshots``; a module of its own so that the one it runs is
-imported once (as itself, not as ``__main__`` beside it).
+"""The process that makes a coordinator snapshot: ``python -m services.runtime.coordinator_snapshotter``.
+
+In: one JSON line on its standard input (log and read-model URLs, topic, partition, position).
+Out: one JSON line (the position it went on from, the position, the chain value there, the body's
+size), then the body; ``services.runtime.coordinator_snapshots.make`` stores it. It only reads
+the log and the snapshots table. It runs at the lowest CPU priority (Linux ``SCHED_IDLE``: only
+when a CPU is otherwise idle; elsewhere niced), so under load the service keeps the CPUs. A
+module of its own so that ``coordinator_snapshots`` is imported once (not also as ``__main__``).
 """
 
 from __future__ import annotations
@@ -17,31 +19,43 @@ from typing import Any
 import orjson
 
 from events import open_log
-from services.runtime.coordinator_snapshots import CoordinatorSnapshots, snapshot
+from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fold
 from services.runtime.snapshots import SnapshotStore
 
-# The process's niceness: a share of a CPU the service is using of about a tenth.
+# Where SCHED_IDLE is not available: the niceness (a share of a busy CPU of about a tenth).
 NICE = 10
+
+
+def lowest_priority() -> str:
+    """Put this process at the lowest CPU priority there is; which one it got."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        os.nice(NICE)
+        return f"nice {NICE}"
 
 
 async def _main(config: dict[str, Any]) -> None:
     event_log = open_log(config["broker"])
-    store = SnapshotStore(config["database"])
+    store = SnapshotStore(config["database"], readonly=True)
     await event_log.start()
     try:
         await store.start()
-        start, row = await snapshot(event_log, CoordinatorSnapshots(store), config["topic"],
-                                    int(config["partition"]), int(config["position"]))
-        said = {"id": row, "from": start, "position": int(config["position"])}
-        print(orjson.dumps(said).decode(), flush=True)
+        position = int(config["position"])
+        start, body, chain = await fold(event_log, CoordinatorSnapshots(store), config["topic"],
+                                        int(config["partition"]), position)
+        head = {"from": start, "position": position, "chain": None if chain is None else chain.hex(),
+                "size": len(body)}
+        sys.stdout.buffer.write(orjson.dumps(head) + b"\n" + body)
+        sys.stdout.buffer.flush()
     finally:
         await store.close()
         await event_log.close()
 
 
 if __name__ == "__main__":
-    # Folding the events in again is work the service can wait for: under load it keeps its CPUs.
-    os.nice(NICE)
+    lowest_priority()
     logging.basicConfig(level=logging.WARNING,
                         format="coordinator snapshot: %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(orjson.loads(sys.stdin.buffer.readline())))

@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
+import lz4.frame
 import pytest
 import sqlalchemy as sa
 
 from contracts import commands as c
 from contracts import event_types as e
 from events import EventLog, open_log
+from events.chain import chain_at
 from events.codec import from_record, record_type
 from projections import ProjectionStore
 from services.runtime import coordinator_snapshots as snaps
@@ -32,8 +34,10 @@ from services.runtime.coordinator import _observe_history
 from services.runtime.coordinator_snapshots import (
     CODE_MODULES,
     CoordinatorSnapshots,
+    Made,
     Views,
     fresh_views,
+    make,
     table,
 )
 from services.runtime.embedded import Runner
@@ -57,14 +61,9 @@ def _picture(views: Views) -> tuple[Any, ...]:
     return tasks, agents, _decided(coordinator.schedule())
 
 
-def _snapshot_process(settings: Settings, position: int) -> dict[str, Any]:
-    config = {"broker": settings.broker, "database": settings.database, "topic": EVENTS, "partition": 0,
-              "position": position}
-    done = subprocess.run([sys.executable, "-m", "services.runtime.coordinator_snapshotter"], cwd=ROOT,
-                          input=orjson.dumps(config) + b"\n", capture_output=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr.decode()
-    said: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
-    return said
+async def _snapshot_process(settings: Settings, store: CoordinatorSnapshots, position: int) -> Made:
+    """The real snapshot process, run and stored as the service does it."""
+    return await make(store, (settings.broker, settings.database), EVENTS, 0, position)
 
 
 async def _history(tmp_path: Path) -> Settings:
@@ -98,10 +97,10 @@ async def test_a_snapshot_and_the_events_after_it_rebuild_what_the_whole_log_doe
     log, db, store = await _open(settings)
     try:
         end = await log.end_offset(EVENTS, 0)
-        first = _snapshot_process(settings, end // 3)
-        assert first["from"] == 0
-        second = _snapshot_process(settings, 2 * end // 3)
-        assert second["from"] == end // 3, "the second one went on from the first"
+        first = await _snapshot_process(settings, store, end // 3)
+        assert first.start == 0
+        second = await _snapshot_process(settings, store, 2 * end // 3)
+        assert second.start == end // 3, "the second one went on from the first"
         # Right after a submission (before its assignment) the views have work to assign.
         history = await log.read(EVENTS, 0, 0, end)
         submitted = [r.offset + 1 for r in history if record_type(r) == "TaskSubmitted"]
@@ -129,8 +128,8 @@ async def test_a_snapshot_that_does_not_check_out_is_passed_over_with_the_reason
     log, db, store = await _open(settings)
     try:
         end = await log.end_offset(EVENTS, 0)
-        older = _snapshot_process(settings, end // 2)
-        newer = _snapshot_process(settings, end)
+        older = await _snapshot_process(settings, store, end // 2)
+        newer = await _snapshot_process(settings, store, end)
         t = table.c
         spoilt: dict[str, dict[str, Any]] = {
             "written by other code": {"code": "0" * 64},
@@ -141,16 +140,16 @@ async def test_a_snapshot_that_does_not_check_out_is_passed_over_with_the_reason
         for reason, change in spoilt.items():
             async with db.begin_write() as conn:
                 original = (await conn.execute(sa.select(t.code, t.sha256, t.position, t.chain)
-                                               .where(t.id == newer["id"]))).one()
-                await conn.execute(table.update().where(t.id == newer["id"]).values(**change))
+                                               .where(t.id == newer.id))).one()
+                await conn.execute(table.update().where(t.id == newer.id).values(**change))
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="agentbus.coordinator_snapshots"):
                 found = await store.newest(log, EVENTS, 0, end + 1)
             assert found is not None and found[0] == end // 2, reason  # the older one instead
-            assert any(reason in r.getMessage() and f"snapshot {newer['id']}" in r.getMessage()
+            assert any(reason in r.getMessage() and f"snapshot {newer.id}" in r.getMessage()
                        for r in caplog.records), (reason, caplog.text)
             async with db.begin_write() as conn:
-                await conn.execute(table.update().where(t.id == newer["id"]).values(
+                await conn.execute(table.update().where(t.id == newer.id).values(
                     code=original[0], sha256=original[1], position=original[2], chain=original[3]))
         found = await store.newest(log, EVENTS, 0, end)
         assert found is not None and found[0] == end
@@ -158,7 +157,7 @@ async def test_a_snapshot_that_does_not_check_out_is_passed_over_with_the_reason
         async with db.begin_write() as conn:
             await conn.execute(table.update().values(code="0" * 64))
         assert await store.newest(log, EVENTS, 0, end) is None
-        assert older["id"] != newer["id"]
+        assert older.id != newer.id
     finally:
         await db.close()
         await log.close()
@@ -224,3 +223,62 @@ def test_every_class_a_snapshot_holds_is_in_the_code_it_is_checked_against(tmp_p
     outside = [m for m in ours if not any(m == p or m.startswith(p + ".") for p in covered)]
     assert not outside, f"classes of these modules are in a snapshot but not in CODE: {outside}"
     assert snaps.CODE == snaps._code()
+
+
+class _Runs:
+    """An object whose unpickling would call a function: ``os.system`` on a command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> Any:
+        return os.system, (self.command,)
+
+
+async def test_a_body_naming_anything_but_the_views_classes_is_refused_before_it_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = await _history(tmp_path)
+    log, db, store = await _open(settings)
+    try:
+        end = await log.end_offset(EVENTS, 0)
+        proof = tmp_path / "ran"
+        chain = await chain_at(log, EVENTS, 0, end)
+        bodies = {
+            "posix.system": (fresh_views()[0], _Runs(f"touch {proof}"), fresh_views()[2]),
+            "subprocess.Popen": (fresh_views()[0], subprocess.Popen, fresh_views()[2]),
+        }
+        for named, views in bodies.items():
+            body = lz4.frame.compress(pickle.dumps(views, protocol=5))
+            row = await store.save(EVENTS, 0, end, chain, body)  # the right code, checksum and chain
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="agentbus.coordinator_snapshots"):
+                assert await store.newest(log, EVENTS, 0, end) is None
+            assert f"snapshot {row}" in caplog.text and f"it names {named}" in caplog.text, caplog.text
+            assert not proof.exists(), "the snapshot ran a command"
+        # The same views with nothing foreign in them load.
+        await store.save(EVENTS, 0, end, chain, snaps.encode(await _from_zero(log, end)))
+        found = await store.newest(log, EVENTS, 0, end)
+        assert found is not None and found[0] == end
+    finally:
+        await db.close()
+        await log.close()
+
+
+def test_the_snapshot_process_runs_at_the_lowest_cpu_priority() -> None:
+    code = ("import os; from services.runtime.coordinator_snapshotter import lowest_priority; "
+            "print(lowest_priority(), os.sched_getscheduler(0) == os.SCHED_IDLE)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.split() == ["SCHED_IDLE", "True"]
+
+
+async def test_a_snapshot_process_that_fails_is_an_error_naming_its_exit_code(tmp_path: Path) -> None:
+    settings = await _history(tmp_path)
+    log, db, store = await _open(settings)
+    try:
+        with pytest.raises(RuntimeError, match="exited with code 1"):
+            await make(store, ("nothing://here", settings.database), EVENTS, 0, 10)
+        assert await store.rows(EVENTS, 0) == []
+    finally:
+        await db.close()
+        await log.close()
