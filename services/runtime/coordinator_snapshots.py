@@ -52,7 +52,7 @@ from events import EventLog
 from events.chain import chain_at
 from projections.tables import UTCDateTime
 from services.coordination.coordinator import Coordinator
-from services.runtime.snapshots import KEEP, SnapshotStore, metadata
+from services.runtime.snapshots import KEEP, SnapshotStore, metadata, save_row
 from services.webhooks.reactor import WebhookReactor
 from services.workflows.reactor import WorkflowReactor
 
@@ -145,7 +145,7 @@ class CoordinatorSnapshots:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())  # a few MB: off the loop
         row = dict(topic=topic, partition=partition, position=position, chain=chain,
                    created=datetime.now(UTC), code=CODE, sha256=digest, body=body)
-        return await self.store._run_write(_save, self.keep, row)
+        return await self.store._run_write(save_row, self.keep, row, table)
 
     async def rows(self, topic: str, partition: int) -> list[Row]:
         """The partition's snapshots, newest first (bodies not read)."""
@@ -200,19 +200,6 @@ class CoordinatorSnapshots:
                                                                           WebhookReactor]):
             return "its body is not the coordinator's views"
         return views
-
-
-def _save(conn: sa.Connection, keep: int, row: dict[str, Any]) -> int:
-    t = table.c
-    result = conn.execute(table.insert().values(**row))
-    [new_id] = result.inserted_primary_key or (None,)
-    if new_id is None:  # pragma: no cover - every backend returns the new id
-        raise RuntimeError("the database returned no id for the new snapshot")
-    kept = (sa.select(t.id).where(t.topic == row["topic"], t.partition == row["partition"])
-            .order_by(t.position.desc(), t.id.desc()).limit(keep))
-    conn.execute(table.delete().where(t.topic == row["topic"], t.partition == row["partition"],
-                                      t.id.not_in(kept.scalar_subquery())))
-    return int(new_id)
 
 
 async def fold(event_log: EventLog, snapshots: CoordinatorSnapshots, topic: str, partition: int,

@@ -37,7 +37,7 @@ from projections import ProjectionStore
 from projections.tables import UTCDateTime
 from services.domain.snapshot import FORMAT, DeciderSnapshot, SnapshotError, decode
 
-__all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "metadata", "newest_valid", "snapshots"]
+__all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "metadata", "newest_valid", "save_row", "snapshots"]
 
 log = logging.getLogger("agentbus.snapshots")
 T = TypeVar("T")
@@ -167,7 +167,7 @@ class SnapshotStore:
         # Off the loop: a few MB of state hash in 10-20 ms.
         digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
         created = datetime.now(UTC)
-        new_id = await self._run_write(_save, self.keep, dict(
+        new_id = await self._run_write(save_row, self.keep, dict(
             topic=topic, partition=partition, position=position, chain=chain, created=created,
             version=version, sha256=digest, body=body))
         return SnapshotInfo(int(new_id), topic, partition, position, chain, created, version, digest,
@@ -198,17 +198,18 @@ def _create_table(conn: sa.Connection) -> None:
     metadata.create_all(conn)
 
 
-def _save(conn: sa.Connection, keep: int, row: dict[str, Any]) -> int:
-    """Insert one snapshot and drop all but the newest ``keep`` of its partition; the new id."""
-    t = snapshots.c
-    result = conn.execute(snapshots.insert().values(**row))
+def save_row(conn: sa.Connection, keep: int, row: dict[str, Any], table: sa.Table = snapshots) -> int:
+    """Insert one snapshot into ``table`` and drop all but the newest ``keep`` of its partition there;
+    the new id (the coordinator's snapshots, ``coordinator_snapshots``, are kept the same way)."""
+    t = table.c
+    result = conn.execute(table.insert().values(**row))
     [new_id] = result.inserted_primary_key or (None,)
     if new_id is None:  # pragma: no cover - every backend returns the new id
         raise RuntimeError("the database returned no id for the new snapshot")
     kept = (sa.select(t.id).where(t.topic == row["topic"], t.partition == row["partition"])
             .order_by(t.position.desc(), t.id.desc()).limit(keep))
-    conn.execute(snapshots.delete().where(t.topic == row["topic"], t.partition == row["partition"],
-                                          t.id.not_in(kept.scalar_subquery())))
+    conn.execute(table.delete().where(t.topic == row["topic"], t.partition == row["partition"],
+                                      t.id.not_in(kept.scalar_subquery())))
     return int(new_id)
 
 
