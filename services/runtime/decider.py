@@ -118,6 +118,8 @@ class PartitionDecider:
     _unsaved: int = field(default=0, init=False, repr=False)  # events appended since the last snapshot
     _not_before: float = field(default=0.0, init=False, repr=False)  # monotonic time of the next one
     _writing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    # Set while the state is not the log's up to ``position`` (a batch or a replay under way, or one
+    # that failed): no snapshot may be taken then.
     _in_batch: bool = field(default=False, init=False, repr=False)
     _open: OpenCommand = field(default_factory=OpenCommand, init=False, repr=False)
     # The next commands offset to decide (everything below is decided, its events durable), for
@@ -142,6 +144,7 @@ class PartitionDecider:
         more of its events may follow).
         """
         started = time.perf_counter()
+        self._in_batch = True
         offset, count = 0, 0
         last_cmd: str | None = None
         first = 0
@@ -187,6 +190,7 @@ class PartitionDecider:
             # is left open (a snapshot of this state carries it; see ``snapshot``).
             self._open = OpenCommand(last_cmd, first, n_of_cmd, digest)
         self.replay = ReplayStats(count, time.perf_counter() - started, used, start)
+        self._in_batch = until is not None  # a state as of ``until`` is not the log's
         if until is None:
             log.info("decider[%d]: state rebuilt in %.3f s: %s, then %d events", self.partition,
                      self.replay.seconds, "from offset 0" if used is None else used.describe(), count)
@@ -253,7 +257,7 @@ class PartitionDecider:
                           or time.monotonic() < self._not_before):
             return
         if self._writing is not None and not self._writing.done():
-            return  # the next batch tries again
+            return  # tried again when that write ends (``_after_write``) and at the next batch
         try:
             started = start_copy(self.snapshot, fork=self.fork_snapshots)
         except SnapshotError as exc:
@@ -264,7 +268,15 @@ class PartitionDecider:
         self._unsaved = 0
         self._writing = asyncio.create_task(self._write_snapshot(self.snapshots, self.position, started),
                                             name=f"snapshot[{self.partition}]")
+        self._writing.add_done_callback(self._after_write)
         self.snapshots.track(self._writing)
+
+    def _after_write(self, task: asyncio.Task[None]) -> None:
+        """A snapshot that came due while ``task`` was writing the last one starts now if the state is
+        the log's: otherwise a service that went idle meanwhile would keep the older one until its next
+        batch (and a stop would leave up to twice ``snapshot_every`` events to replay)."""
+        if not task.cancelled() and not self._in_batch:
+            self._maybe_snapshot()
 
     def _outcome_entries(self) -> dict[str, tuple[int, int, str | None]]:
         """This partition's part of the outcome index (it may be shared by every partition's decider)."""
@@ -304,8 +316,9 @@ class PartitionDecider:
         await self._written()
 
     async def _written(self) -> None:
-        """Wait for the snapshot being written, if any (its failure was logged where it happened)."""
-        if self._writing is not None:
+        """Wait for the snapshot being written, if any, and for one started when it ended (its failure
+        was logged where it happened)."""
+        while self._writing is not None and not self._writing.done():
             await asyncio.wait([self._writing])
 
     def decide_one(self, item: StoredRecord | Envelope) -> tuple[str, list[Envelope]]:

@@ -430,6 +430,44 @@ async def test_the_service_snapshots_as_it_goes_and_a_restart_replays_only_the_t
         await log.close()
 
 
+async def test_a_snapshot_due_while_one_is_written_is_taken_when_it_ends_on_an_idle_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first write is held until the workload is over and the service idle: the snapshot that came
+    # due meanwhile must follow it at once, not wait for a batch that may never come.
+    monkeypatch.setattr("services.runtime.decider.SNAPSHOT_SHARE", 1e9)
+    gate = asyncio.Event()
+    real_chain_at = decider_module.chain_at
+
+    async def held(*args: Any) -> bytes | None:
+        await gate.wait()
+        return await real_chain_at(*args)
+
+    monkeypatch.setattr(decider_module, "chain_at", held)
+    settings = Settings(data_dir=tmp_path, snapshot_every=40)
+    # Without the coordinator and the projector nothing appends once the workload is decided.
+    async with Runner(settings, coordinator=False, projector=False) as runner:
+        await runner.ready()
+        decider = runner.deciders[0]
+        await run_workload(runner, workload(24))  # about 160 events: the first write is due at 40
+        await settle(runner)
+        first = decider._writing
+        assert first is not None and not first.done()  # held at the gate
+        end = decider.position
+        gate.set()
+        await asyncio.wait_for(decider._written(), 30)
+        assert decider._writing is not first  # a second one followed with no batch in between
+        assert decider.position == end
+    db = ProjectionStore(settings.database)
+    await db.start()
+    try:
+        kept = await SnapshotStore(db).list(EVENTS, 0)
+    finally:
+        await db.close()
+    assert [s.position for s in kept][:1] == [end]
+    assert len(kept) == 2 and end - kept[1].position >= 40
+
+
 async def test_snapshot_every_zero_neither_writes_nor_reads_snapshots(tmp_path: Path) -> None:
     async with Runner(Settings(data_dir=tmp_path, snapshot_every=3)) as runner:
         await runner.ready()
