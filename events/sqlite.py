@@ -116,7 +116,6 @@ def _matching_query(topic: str, partition: int, offset: int, end: int, types: fr
     return sql + ' ORDER BY "offset"', tuple(args)
 
 
-
 def _parse_url(url: str) -> tuple[Path, str]:
     """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``) -> path, mode."""
     scheme, sep, rest = url.partition("://")

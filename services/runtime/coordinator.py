@@ -21,6 +21,7 @@ from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
 from events.codec import from_value, to_record
+from events.readahead import read_values_ahead
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
 from services.runtime.ingest import command_envelope
@@ -167,34 +168,14 @@ async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowR
     Reads (offset, value) only, as the decider's replay does, and reads the next batch while this
     one is folded in (SQLite steps on its own thread meanwhile)."""
     coordinator, workflows, hooks = reactors
-
-    def read(offset: int) -> asyncio.Future[list[tuple[int, bytes]]] | None:
-        if offset >= end:
-            return None
-        limit = min(HISTORY_BATCH, end - offset)
-        return asyncio.ensure_future(log.read_values(topic, partition, offset, limit))
-
-    ahead = read(start)
-    try:
-        while ahead is not None:
-            batch = [item for item in await ahead if item[0] < end]
-            if not batch:
-                break  # nothing below end (Kafka may end on a transaction marker)
-            ahead = read(batch[-1][0] + 1)
+    batches = read_values_ahead(log, topic, partition, start, end, HISTORY_BATCH)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
             for at, value in batch:
                 env = from_value(topic, partition, at, value)
                 coordinator.observe(env)
                 workflows.observe(env)
                 hooks.observe(env)
-    finally:
-        if ahead is not None:  # a batch read ahead of a failure: dropped, its error retrieved
-            ahead.cancel()
-            ahead.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[list[tuple[int, bytes]]]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _assignment_envelope(a: Assignment | StepCommand, source: str = "urn:agentbus:coordinator",

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -29,6 +28,7 @@ from events import Commit, EventLog, Extra, Record, StoredRecord, TransactionalL
 from events.cache import EnvelopeCache, tail_raw
 from events.chain import chain_at
 from events.codec import DecodeError, decode, from_record, to_record
+from events.readahead import read_values_ahead
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
 from services.domain.replay import replay_record
@@ -58,11 +58,6 @@ log = logging.getLogger("agentbus.decider")
 SNAPSHOT_SHARE = 0.02
 # Events a rebuild reads at once; the next batch is read while this one is applied.
 REPLAY_BATCH = 5000
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 @dataclass
@@ -162,23 +157,13 @@ class PartitionDecider:
                                                      snap.open.digest)
         start = offset
         # The next batch is read (on the log's thread, or by its client) while this one is applied.
-        ahead = self._replay_read(offset, until)
-        try:
-            while ahead is not None:
-                batch = await ahead
-                if until is not None:
-                    batch = [item for item in batch if item[0] < until]  # Kafka's offsets have gaps
-                if not batch:
-                    break
-                ahead = self._replay_read(batch[-1][0] + 1, until)
+        batches = read_values_ahead(self.log, self.topics.events, self.partition, offset, until, REPLAY_BATCH)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
                 opened = self._replay_batch(batch, last_cmd, first, n_of_cmd, digest)
                 last_cmd, first, n_of_cmd, digest = opened
                 count += len(batch)
                 offset = batch[-1][0] + 1
-        finally:
-            if ahead is not None:  # a batch read ahead of a failure: dropped, its error retrieved
-                ahead.cancel()
-                ahead.add_done_callback(_retrieve)
         self.position = offset
         if until is None or last_cmd is None:
             # The log's end is a command's end: a decision's events are appended together.
@@ -196,13 +181,6 @@ class PartitionDecider:
                      self.replay.seconds, "from offset 0" if used is None else used.describe(), count)
             self._unsaved = count
             self._maybe_snapshot()  # a long replay is worth keeping at once
-
-    def _replay_read(self, offset: int, until: int | None) -> asyncio.Future[list[tuple[int, bytes]]] | None:
-        """The read of the replay's batch at ``offset``, under way; None past ``until``."""
-        if until is not None and offset >= until:
-            return None
-        limit = REPLAY_BATCH if until is None else min(REPLAY_BATCH, until - offset)
-        return asyncio.ensure_future(self.log.read_values(self.topics.events, self.partition, offset, limit))
 
     def _replay_batch(self, batch: list[tuple[int, bytes]], last_cmd: str | None, first: int, n_of_cmd: int,
                       digest: str | None) -> tuple[str | None, int, int, str | None]:
