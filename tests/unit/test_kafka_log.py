@@ -366,3 +366,69 @@ async def test_partition_writers_chain_their_records_across_fencing_and_aborts(
     await second.append(topic, [Record("k", b"unchained")])
     bad = await verify_log(second, topic)
     assert bad.mismatch is not None and "no chain" in bad.mismatch.reason
+
+
+class _SlowProxy:
+    """A TCP relay to the broker that holds each of the broker's answers ``delay`` seconds, and
+    notes when the client sent its ``nth`` request and when the client closed its side."""
+
+    def __init__(self, host: str, port: int, delay: float, nth: int) -> None:
+        self.host, self.port, self.delay, self.nth = host, port, delay, nth
+        self.asked = asyncio.Event()
+        self.closed_by_client = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def to_broker() -> None:
+            requests = 0
+            while True:
+                try:
+                    head = await reader.readexactly(4)  # Kafka frames: a 4-byte size, then the request
+                    body = await reader.readexactly(int.from_bytes(head, "big"))
+                except asyncio.IncompleteReadError:
+                    break
+                up_writer.write(head + body)
+                requests += 1
+                if requests == self.nth:
+                    self.asked.set()
+            self.closed_by_client.set()
+            up_writer.close()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                await asyncio.sleep(self.delay)
+                if not writer.is_closing():
+                    writer.write(data)
+
+        try:
+            await asyncio.gather(to_broker(), to_client())
+        except (ConnectionError, OSError):
+            self.closed_by_client.set()
+        finally:
+            writer.close()
+            up_writer.close()
+
+
+async def test_a_consumer_stopped_while_it_bootstraps_closes_the_bootstrap_connection(bootstrap: str) -> None:
+    # aiokafka's bootstrap connection asks for the API versions (closed by aiokafka itself if that
+    # is cut short), then for the metadata, before it is kept or closed: a stop landing then must
+    # still close that socket (else a ResourceWarning surfaces at some later garbage collection).
+    from events.kafka.clients import start_or_close
+    from events.kafka.reader import read_committed_consumer
+
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    proxy = _SlowProxy(host, int(port), delay=1.0, nth=2)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    try:
+        consumer = read_committed_consumer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", 100)
+        starting = asyncio.create_task(start_or_close(consumer.start(), consumer.stop))
+        await asyncio.wait_for(proxy.asked.wait(), 10)  # the metadata request is out, its answer held
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        # Closed by the client as the stop went through (the relay reads the end a moment later).
+        await asyncio.wait_for(proxy.closed_by_client.wait(), 1.0)
+    finally:
+        server.close()
+        await server.wait_closed()
