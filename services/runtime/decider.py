@@ -32,7 +32,7 @@ from events.readahead import read_values_ahead
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
 from services.domain.replay import replay_record
-from services.domain.snapshot import DeciderSnapshot, OpenCommand, SnapshotError
+from services.domain.snapshot import DeciderSnapshot, OpenCommand, OutcomeColumns, SnapshotError
 from services.domain.state import PoolState
 from services.runtime.metrics import ACCEPTED, DUPLICATE, Tally
 from services.runtime.outcomes import OutcomeRef, Outcomes
@@ -209,15 +209,15 @@ class PartitionDecider:
 
     def snapshot(self) -> DeciderSnapshot:
         """The state as it is now, covering every event below ``position`` (between batches only)."""
-        return DeciderSnapshot(self.partition, self.position, self.states, self._outcome_entries(),
-                               self._open)
+        outcomes = OutcomeColumns.of((cid, (ref.offset, ref.count, ref.digest))
+                                     for cid, ref in self.outcomes.of_partition(self.partition))
+        return DeciderSnapshot(self.partition, self.position, self.states, outcomes, self._open)
 
     def _restore(self, snap: DeciderSnapshot) -> None:
         """Take the state and this partition's outcome index from a snapshot."""
         self.states.update(snap.states)
-        record, p = self.outcomes.record, self.partition
-        for cid, (at, n, digest) in snap.outcomes.items():
-            record(cid, OutcomeRef(p, at, n, digest))
+        cols = snap.outcomes
+        self.outcomes.restore(self.partition, cols.ids, cols.offsets, cols.counts, cols.digests)
 
     def _maybe_snapshot(self, *, force: bool = False) -> None:
         """Start a snapshot if ``snapshot_every`` events were appended since the last one (``force``:
@@ -255,12 +255,6 @@ class PartitionDecider:
         batch (and a stop would leave up to twice ``snapshot_every`` events to replay)."""
         if not task.cancelled() and not self._in_batch:
             self._maybe_snapshot()
-
-    def _outcome_entries(self) -> dict[str, tuple[int, int, str | None]]:
-        """This partition's part of the outcome index (it may be shared by every partition's decider)."""
-        p = self.partition
-        return {cid: (ref.offset, ref.count, ref.digest)
-                for cid, ref in self.outcomes._index.items() if ref.partition == p}
 
     async def _write_snapshot(self, store: SnapshotStore, position: int, started: Started) -> None:
         """Finish the copy and store it; a failure is logged, never raised (the log is the truth)."""

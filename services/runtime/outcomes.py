@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from typing import NamedTuple
 
 __all__ = ["KeyReused", "OutcomeRef", "Outcomes", "command_digest"]
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeRef:
+class OutcomeRef(NamedTuple):
     """The events a command produced: ``count`` records from ``offset`` in ``partition``.
 
     ``digest`` is the command's ``commanddigest`` (None for commands nobody stamped, e.g. the
-    coordinator's, or ones ingested before digests existed).
+    coordinator's, or ones ingested before digests existed). A named tuple: a replay or a snapshot
+    makes one per command (a million at 1,000,000 commands), about three times faster than a
+    frozen dataclass.
     """
 
     partition: int
     offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, which nothing here calls
     digest: str | None = None
 
 
@@ -80,6 +83,28 @@ class Outcomes:
 
     def get(self, command_id: str) -> OutcomeRef | None:
         return self._index.get(command_id)
+
+    def restore(self, partition: int, ids: Iterable[str], offsets: Iterable[int], counts: Iterable[int],
+                digests: Iterable[str | None]) -> None:
+        """``record`` each command of ``partition`` whose outcome a snapshot holds, by column: what
+        a replay of those events records, in one pass."""
+        refs = zip(ids, map(OutcomeRef, repeat(partition), offsets, counts, digests), strict=True)
+        if not self._index:
+            self._index.update(refs)
+        else:
+            setdefault = self._index.setdefault
+            for cid, ref in refs:
+                setdefault(cid, ref)
+        for cid in [c for c in self._in_flight if c in self._index]:
+            del self._in_flight[cid]
+        for cid in [c for c in self._waiters if c in self._index]:
+            for fut in self._waiters.pop(cid):
+                if not fut.done():
+                    fut.set_result(self._index[cid])
+
+    def of_partition(self, partition: int) -> Iterator[tuple[str, OutcomeRef]]:
+        """The (command id, outcome) pairs of ``partition``."""
+        return ((cid, ref) for cid, ref in self._index.items() if ref.partition == partition)
 
     def admit(self, command_id: str, digest: str | None) -> tuple[OutcomeRef | None, bool]:
         """Before appending a command: (its first outcome if decided, whether the id was seen).

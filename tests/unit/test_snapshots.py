@@ -38,7 +38,7 @@ from events.codec import decode as decode_event
 from services.domain import snapshot as snap
 from services.domain.decider import evolve
 from services.domain.replay import replay_record
-from services.domain.snapshot import FORMAT, DeciderSnapshot, OpenCommand, SnapshotError
+from services.domain.snapshot import FORMAT, DeciderSnapshot, OpenCommand, OutcomeColumns, SnapshotError
 from services.domain.state import AgentState, PoolState
 from tests.unit.test_histories import SCENARIOS, lines_of
 
@@ -109,7 +109,8 @@ def _history_states(name: str) -> Iterator[tuple[int, dict[str, PoolState], dict
 def test_every_state_of_a_recorded_history_round_trips(name: str) -> None:
     seen = 0
     for position, full, raw in _history_states(name):
-        outcomes = {f"cmd-{i}": (i, 1 + i % 3, None if i % 2 else f"d{i}") for i in range(position)}
+        outcomes = OutcomeColumns.of((f"cmd-{i}", (i, 1 + i % 3, None if i % 2 else f"d{i}"))
+                                     for i in range(position))
         for states in (full, raw):
             open_command = OpenCommand("cmd-x", position - 1, 1, None)
             round_trip(DeciderSnapshot(0, position, states, outcomes, open_command))
@@ -162,6 +163,9 @@ def strategy(tp: Any) -> st.SearchStrategy[Any]:
         return st.tuples(*(strategy(a) for a in args))
     if origin in (dict, Mapping):
         return st.dictionaries(strategy(args[0]), strategy(args[1]), max_size=2)
+    if tp is OutcomeColumns:  # columns of one length: from (command id, outcome) pairs
+        return st.dictionaries(strategy(str), strategy(tuple[int, int, str | None]), max_size=3).map(
+            lambda index: OutcomeColumns.of(index.items()))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         return st.builds(tp, **{f.name: strategy(hints[f.name]) for f in dataclasses.fields(tp) if f.init})
@@ -367,7 +371,10 @@ def _valid_tree() -> Any:
     (_body({**_valid_tree(), "format": FORMAT + 1}), f"format {FORMAT + 1}"),
     (_body({**_valid_tree(), "schema": "0" * 32}), "another state schema"),
     (_body({**_valid_tree(), "snapshot": [1, 2]}), "expected 5 fields"),
-    (_body({**_valid_tree(), "snapshot": [1, 2, {"p": 5}, {}, [None, 0, 0, None]]}), "does not decode"),
+    (_body({**_valid_tree(), "snapshot": [1, 2, {"p": 5}, [[], [], [], []], [None, 0, 0, None]]}),
+     "does not decode"),
+    (_body({**_valid_tree(), "snapshot": [1, 2, {}, [["c"], [], [1], [None]], [None, 0, 0, None]]}),
+     "the outcome columns differ in length"),
     (_body({k: v for k, v in _valid_tree().items() if k != "snapshot"}), "does not decode"),
 ])
 def test_a_body_that_cannot_be_used_raises_snapshot_error(body: bytes, why: str) -> None:
