@@ -237,7 +237,7 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
 
     async def go() -> dict[str, Any]:
         pools: dict[str, dict[str, Any]] = {}
-        total, seconds = 0, 0.0
+        total, seconds, loading = 0, 0.0, 0.0
         used: dict[str, int | None] = {}
         last: dict[str, int] = {}  # with --until: the last position replayed per partition (-1: none)
         snapshots = SnapshotStore(settings.database, readonly=True) if from_snapshot else None
@@ -259,6 +259,7 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
                     await decider.rebuild(until=last[str(p)] + 1)
                 total += decider.replay.events
                 seconds += decider.replay.seconds
+                loading += decider.replay.snapshot_seconds
                 used[str(p)] = decider.replay.start if decider.replay.snapshot is not None else None
                 for name, state in decider.states.items():
                     statuses: dict[str, int] = {}
@@ -273,7 +274,8 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
                     }
         return {"events": total, "seconds": round(seconds, 6),
                 "events_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
-                **({"snapshot_positions": used} if from_snapshot else {}),
+                **({"snapshot_positions": used, "snapshot_seconds": round(loading, 6)}
+                   if from_snapshot else {}),
                 **({"until": last} if until is not None else {}),
                 "pools": {k: v for k, v in sorted(pools.items()) if pool is None or k == pool}}
 
@@ -289,6 +291,8 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
     for p, at in result.get("snapshot_positions", {}).items():
         click.echo(f"partition {p}: " + ("no usable snapshot, replayed from 0" if at is None
                                          else f"from the snapshot at position {at}"))
+    if "snapshot_seconds" in result:
+        click.echo(f"finding, checking and loading the snapshots took {result['snapshot_seconds']:.3f} s")
     for name, p in result["pools"].items():
         tasks = ", ".join(f"{k} {v}" for k, v in p["tasks"].items()) or "none"
         click.echo(f"pool {name}: {p['agents_active']} agents active ({p['agents_total']} registered); "

@@ -65,13 +65,15 @@ class ReplayStats:
     """How long rebuilding the decider state took, and where it started.
 
     ``events`` were replayed from the log, from ``start``: the position of ``snapshot`` when the
-    state was loaded from one (its load included in ``seconds``), else 0.
+    state was loaded from one (its load included in ``seconds``: ``snapshot_seconds`` of them to
+    find, check, decode and restore it), else 0.
     """
 
     events: int = 0
     seconds: float = 0.0
     snapshot: SnapshotInfo | None = None
     start: int = 0
+    snapshot_seconds: float = 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -155,6 +157,7 @@ class PartitionDecider:
                 offset = snap.position
                 last_cmd, first, n_of_cmd, digest = (snap.open.command_id, snap.open.first, snap.open.events,
                                                      snap.open.digest)
+        loaded = time.perf_counter() - started if used is not None else 0.0
         start = offset
         # The next batch is read (on the log's thread, or by its client) while this one is applied.
         batches = read_values_ahead(self.log, self.topics.events, self.partition, offset, until, REPLAY_BATCH)
@@ -174,11 +177,12 @@ class PartitionDecider:
             # Stopped at ``until``: the last command's events may go on after it, so its outcome
             # is left open (a snapshot of this state carries it; see ``snapshot``).
             self._open = OpenCommand(last_cmd, first, n_of_cmd, digest)
-        self.replay = ReplayStats(count, time.perf_counter() - started, used, start)
+        self.replay = ReplayStats(count, time.perf_counter() - started, used, start, loaded)
         self._in_batch = until is not None  # a state as of ``until`` is not the log's
         if until is None:
             log.info("decider[%d]: state rebuilt in %.3f s: %s, then %d events", self.partition,
-                     self.replay.seconds, "from offset 0" if used is None else used.describe(), count)
+                     self.replay.seconds, "from offset 0" if used is None
+                     else f"{used.describe()} (loaded in {loaded:.3f} s)", count)
             self._unsaved = count
             self._maybe_snapshot()  # a long replay is worth keeping at once
 

@@ -518,9 +518,11 @@ def test_replay_uses_a_snapshot_only_when_asked(tmp_path: Path) -> None:
     assert used.exit_code == 0, used.output
     result = orjson.loads(used.output)
     assert result["events"] == end - 7 and result["snapshot_positions"] == {"0": 7}
+    assert 0 < result["snapshot_seconds"] < result["seconds"]
     assert result["pools"] == orjson.loads(plain.output)["pools"]
     text = CliRunner().invoke(main, ["replay", "--data-dir", str(tmp_path), "--from-snapshot"], env=env)
     assert f"replayed {end - 7} events" in text.output and "from the snapshot at position 7" in text.output
+    assert "loading the snapshots took" in text.output
 
 
 # -- a crash: the service killed, no last snapshot ----------------------------------------------------
