@@ -43,6 +43,6 @@ async def read_values_ahead(log: EventLog, topic: str, partition: int, offset: i
             ahead = read(batch[-1][0] + 1)
             yield batch
     finally:
-        if ahead is not None and not ahead.done():  # read ahead of a failure or an early stop
+        if ahead is not None:  # read ahead of a failure or an early stop: dropped, its error retrieved
             ahead.cancel()
             ahead.add_done_callback(_retrieve)
