@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,34 @@ async def test_stopping_early_cancels_the_read_ahead(log: SqliteLog) -> None:
     await asyncio.sleep(0.05)
     # The read asked for ahead was cancelled before it began: it did not outlive the stop.
     assert (counting.asked, counting.ran, counting.ended) == (2, 1, 1)
+
+
+class _FailingLog(_CountingLog):
+    """Fails every read after the first."""
+
+    async def _read(self, topic: str, partition: int, offset: int, limit: int) -> list[tuple[int, bytes]]:
+        self.ran += 1
+        if self.ran > 1:
+            raise RuntimeError("the disk is gone")
+        return await self.log.read_values(topic, partition, offset, limit)
+
+
+async def test_a_read_ahead_that_failed_before_the_stop_has_its_error_retrieved(log: SqliteLog) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        failing = _FailingLog(log)
+        batches = read_values_ahead(failing, TOPIC, 0, 0, None, 3)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="caller failed"):
+            async with contextlib.aclosing(batches):
+                async for _ in batches:
+                    await asyncio.sleep(0.05)  # the read ahead fails meanwhile
+                    assert failing.ran == 2
+                    raise RuntimeError("caller failed")
+        del batches
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [m for m in reported if "never retrieved" in m], reported
+    finally:
+        loop.set_exception_handler(None)
