@@ -232,8 +232,8 @@ class FaustWorker:
         self._own_store = store is None
         # The deciders' snapshots, in the read-model database (0: none written or read).
         self.snapshots = SnapshotStore(self.store) if settings.snapshot_every > 0 else None
-        self.outcomes = outcomes or Outcomes()
-        self.cache = cache or EnvelopeCache()
+        self.outcomes = outcomes if outcomes is not None else Outcomes()
+        self.cache = cache if cache is not None else EnvelopeCache()
         # Seconds before the group gives a silent (e.g. killed) worker's partitions to the others.
         self.session_timeout = session_timeout or settings.session_timeout
         self.partitions = settings.partitions

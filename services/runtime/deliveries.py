@@ -144,7 +144,7 @@ class Deliveries:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.log, self.topic, self.commands = log, topic, commands
         self.partitions = partitions
-        self.cache = cache or EnvelopeCache()
+        self.cache = cache if cache is not None else EnvelopeCache()
         self.group_prefix = group_prefix
         self.owned = set(range(partitions)) if owned is None else set(owned)
         self.transport = transport  # tests may inject one; the network otherwise
