@@ -52,7 +52,7 @@ from events import EventLog
 from events.chain import chain_at
 from projections.tables import UTCDateTime
 from services.coordination.coordinator import Coordinator
-from services.runtime.snapshots import KEEP, SnapshotStore, metadata, save_row
+from services.runtime.snapshots import KEEP, SnapshotStore, checked_body, metadata
 from services.webhooks.reactor import WebhookReactor
 from services.workflows.reactor import WorkflowReactor
 
@@ -142,10 +142,10 @@ class CoordinatorSnapshots:
 
     async def save(self, topic: str, partition: int, position: int, chain: bytes | None, body: bytes) -> int:
         """Store a body and drop all but the newest ``keep`` of the partition, in one transaction."""
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())  # a few MB: off the loop
         row = dict(topic=topic, partition=partition, position=position, chain=chain,
-                   created=datetime.now(UTC), code=CODE, sha256=digest, body=body)
-        return await self.store._run_write(save_row, self.keep, row, table)
+                   created=datetime.now(UTC), code=CODE, body=body)
+        new_id, _ = await self.store.insert(table, self.keep, row)
+        return new_id
 
     async def rows(self, topic: str, partition: int) -> list[Row]:
         """The partition's snapshots, newest first (bodies not read)."""
@@ -179,19 +179,10 @@ class CoordinatorSnapshots:
     async def _load(self, row: Row, event_log: EventLog, topic: str, partition: int, end: int) -> str | Views:
         if row.code != CODE:
             return "written by other code (its classes may differ from these)"
-        if row.position > end:
-            return f"it covers events up to position {row.position} but the log ends at {end}"
-        if row.chain is not None:
-            found = await chain_at(event_log, topic, partition, row.position)
-            if found != row.chain:
-                return "its chain value differs from the log's at that position (another or a rewritten log)"
-        async with self.store.engine.connect() as conn:
-            body = await conn.scalar(sa.select(table.c.body).where(table.c.id == row.id))
-        if body is None:
-            return "it was dropped meanwhile"
-        body = bytes(body)
-        if hashlib.sha256(body).hexdigest() != row.sha256:
-            return "its body's SHA-256 differs from the one stored with it (a corrupt body)"
+        body = await checked_body(event_log, topic, partition, end, row.position, row.chain, row.sha256,
+                                  lambda: self._body(row.id))
+        if isinstance(body, str):
+            return body
         try:
             views = _Unpickler(io.BytesIO(lz4.frame.decompress(body))).load()
         except Exception as exc:  # a body that checks out but does not load: refused, named
@@ -200,6 +191,11 @@ class CoordinatorSnapshots:
                                                                           WebhookReactor]):
             return "its body is not the coordinator's views"
         return views
+
+    async def _body(self, snapshot_id: int) -> bytes | None:
+        async with self.store.engine.connect() as conn:
+            body = await conn.scalar(sa.select(table.c.body).where(table.c.id == snapshot_id))
+        return None if body is None else bytes(body)
 
 
 async def fold(event_log: EventLog, snapshots: CoordinatorSnapshots, topic: str, partition: int,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from projections import ProjectionStore
 from projections.tables import UTCDateTime
 from services.domain.snapshot import FORMAT, DeciderSnapshot, SnapshotError, decode
 
-__all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "metadata", "newest_valid", "save_row", "snapshots"]
+__all__ = ["KEEP", "SnapshotInfo", "SnapshotStore", "checked_body", "metadata", "newest_valid", "snapshots"]
 
 log = logging.getLogger("agentbus.snapshots")
 T = TypeVar("T")
@@ -164,14 +164,21 @@ class SnapshotStore:
         """Store a snapshot body and drop all but the newest ``keep`` of the partition, in one transaction."""
         if self.readonly:
             raise RuntimeError("this SnapshotStore is read-only")
-        # Off the loop: a few MB of state hash in 10-20 ms.
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
         created = datetime.now(UTC)
-        new_id = await self._run_write(save_row, self.keep, dict(
+        new_id, digest = await self.insert(snapshots, self.keep, dict(
             topic=topic, partition=partition, position=position, chain=chain, created=created,
-            version=version, sha256=digest, body=body))
-        return SnapshotInfo(int(new_id), topic, partition, position, chain, created, version, digest,
-                            len(body))
+            version=version, body=body))
+        return SnapshotInfo(new_id, topic, partition, position, chain, created, version, digest, len(body))
+
+    async def insert(self, table: sa.Table, keep: int, row: dict[str, Any]) -> tuple[int, str]:
+        """Store ``row`` with the SHA-256 of its ``body`` (hashed off the loop: a few MB hash in
+        10-20 ms) and drop all but the newest ``keep`` of its partition from ``table``, in one
+        transaction; (the new id, the digest). The coordinator's snapshots are kept the same way."""
+        if self.readonly:
+            raise RuntimeError("this SnapshotStore is read-only")
+        body: bytes = row["body"]
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+        return await self._run_write(save_row, keep, {**row, "sha256": digest}, table), digest
 
     async def list(self, topic: str, partition: int) -> list[SnapshotInfo]:
         """The partition's snapshots, newest (highest position) first."""
@@ -254,20 +261,10 @@ async def _refusal(info: SnapshotInfo, store: SnapshotStore, event_log: EventLog
     """Why ``info`` cannot be used (a sentence), or its decoded snapshot."""
     if info.version != FORMAT:
         return f"format version {info.version}, this version of agentbus reads {FORMAT}"
-    if info.position > end:
-        return (f"it covers events up to position {info.position} but the log ends at {end} "
-                "(a snapshot of another or a truncated log)")
-    if info.chain is not None:
-        found = await chain_at(event_log, info.topic, info.partition, info.position)
-        if found is not None and found != info.chain:
-            return (f"its chain value {info.chain.hex()} differs from the log's at that position "
-                    f"({found.hex()}): a snapshot of another or a rewritten log")
-    body = await store.body(info.id)
-    if body is None:
-        return "it was dropped meanwhile"
-    digest = hashlib.sha256(body).hexdigest()
-    if digest != info.sha256:
-        return f"its body's SHA-256 is {digest}, not the {info.sha256} stored with it (a corrupt body)"
+    body = await checked_body(event_log, info.topic, info.partition, end, info.position, info.chain,
+                              info.sha256, lambda: store.body(info.id))
+    if isinstance(body, str):
+        return body
     try:
         snap = decode(body)
     except SnapshotError as exc:
@@ -276,3 +273,26 @@ async def _refusal(info: SnapshotInfo, store: SnapshotStore, event_log: EventLog
         return (f"its body is of partition {snap.partition} at position {snap.position}, not what its row "
                 "says")
     return snap
+
+
+async def checked_body(event_log: EventLog, topic: str, partition: int, end: int, position: int,
+                       chain: bytes | None, sha256: str,
+                       read: Callable[[], Awaitable[bytes | None]]) -> bytes | str:
+    """What every snapshot row (a decider's or a coordinator's) must pass before its body is
+    decoded: its position within the log (``end``), its chain value equal to the log's there, its
+    body still stored and matching its SHA-256. The body (``read``), or why not (a sentence)."""
+    if position > end:
+        return (f"it covers events up to position {position} but the log ends at {end} "
+                "(a snapshot of another or a truncated log)")
+    if chain is not None:
+        found = await chain_at(event_log, topic, partition, position)
+        if found != chain:
+            return (f"its chain value differs from the log's at that position ({chain.hex()} against "
+                    f"{found.hex()}): a snapshot of another or a rewritten log")
+    body = await read()
+    if body is None:
+        return "it was dropped meanwhile"
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != sha256:
+        return f"its body's SHA-256 is {digest}, not the {sha256} stored with it (a corrupt body)"
+    return body
