@@ -230,9 +230,11 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
     """
     from services.audit.as_of import AsOfBeyondEnd, AsOfError, parse_as_of, resolve
     from services.runtime.decider import PartitionDecider
+    from services.runtime.embedded import tune_gc
     from services.runtime.outcomes import Outcomes
     from services.runtime.snapshots import SnapshotStore
 
+    tune_gc()  # as serve and bench do: the rebuilt state is long-lived, and collections would walk it
     topics = topics_of(settings)
 
     async def go() -> dict[str, Any]:

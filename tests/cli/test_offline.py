@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from contracts import REGISTRY
@@ -171,6 +172,27 @@ def test_replay_reports_speed_and_state(history: tuple[Path, Any]) -> None:
     text = invoke("replay", "--data-dir", str(data), "--pool", "gpu")
     assert "events/s" in text.output and "pool gpu: 1 agents active" in text.output
     assert "pool default" not in text.output
+
+
+def test_replay_tunes_the_collector_as_serve_does(history: tuple[Path, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuilt state is long-lived: with the default thresholds collections walk it again and
+    again (``agentbus replay`` of 207,000 events: 58,000-66,000 events/s with them, 72,000-83,000
+    without)."""
+    import gc
+
+    from services.runtime import embedded
+
+    data, _ = history
+    thresholds = gc.get_threshold()
+    monkeypatch.setattr(embedded, "_FREEZE_AFTER_READY", embedded._FREEZE_AFTER_READY)
+    try:
+        gc.set_threshold(700, 10, 10)
+        result = invoke("replay", "--data-dir", str(data), "--json")
+        assert result.exit_code == 0, result.output
+        assert gc.get_threshold()[0] > 700, "replay ran with the default collector thresholds"
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def test_log_commands_name_a_corrupt_record(history: tuple[Path, Any]) -> None:
