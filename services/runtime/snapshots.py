@@ -162,8 +162,6 @@ class SnapshotStore:
     async def save(self, topic: str, partition: int, position: int, chain: bytes | None, body: bytes, *,
                    version: int = FORMAT) -> SnapshotInfo:
         """Store a snapshot body and drop all but the newest ``keep`` of the partition, in one transaction."""
-        if self.readonly:
-            raise RuntimeError("this SnapshotStore is read-only")
         created = datetime.now(UTC)
         new_id, digest = await self.insert(snapshots, self.keep, dict(
             topic=topic, partition=partition, position=position, chain=chain, created=created,
