@@ -13,7 +13,8 @@ the restarted host call again with the same key (``HostView`` finds the runs its
 hold). The report is recorded once: its command ids are derived from the same triple, so the
 decider drops a repeat. A run's report is one append: ``RecordCost`` (when the call reported
 usage), then ``CompleteTask``, ``FailTask`` (with ``retryable`` and ``error_code``) or ``DeferTask``
-(the target asked to be called later: no attempt spent).
+(the target asked to be called later: no attempt spent), after the run's ``StartTask`` when the
+call answered within ``start_with_report_s`` (a longer call has its start reported then, alone).
 
 Progress: with ``publish`` (inside ``agentbus serve``, the service's hub), each run tells the task's
 live subscribers (``task:<id>``, ``workflow:<run>``) "started", then "finished", "failed" or
@@ -58,6 +59,7 @@ SOURCE = "urn:agentbus:executor"
 COMMIT_INTERVAL_S = 1.0  # how often the resume offsets are stored
 REFUSED_RETRY_S = 10.0  # a refused registration is tried again after this long
 CATCH_UP_BATCH = 5000
+START_WITH_REPORT_S = 0.02  # see ExecutorHost.start_with_report_s
 MAX_DEFER_S = 86_400.0  # a target's Retry-After is honoured up to a day
 _CONFIG = TypeAdapter(ExecutorConfig)
 
@@ -112,6 +114,10 @@ class ExecutorHost:
     workflow_agents: bool = False
     group: str | None = None
     grace_s: float = 10.0
+    # A call answering within this has its start reported with its outcome, in one append (as a
+    # durable-execution service records an activity's start with its completion); a longer one
+    # has its start reported at this point, while it goes on.
+    start_with_report_s: float = START_WITH_REPORT_S
     build: Callable[[ExecutorConfig], Executor] = build_executor
     publish: Publish | None = None
     hosted: dict[str, Hosted] = field(default_factory=dict)
@@ -351,10 +357,6 @@ class ExecutorHost:
             return self._envelope(cmd, pool, run_command_id(agent_id, pool, task_id, attempt, what), agent_id,
                                   cause=task.cause)
 
-        # The start is reported while the call is already on its way (a round trip through the
-        # log saved per run); the report after the call waits for it, so the log keeps the order.
-        starting = None if started else asyncio.ensure_future(
-            self._append([envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start")]))
         progress = self._progress(pool, task_id)
         call = Call(task_id=task_id, attempt=attempt, action=task.action, parameters=task.parameters,
                     idempotency_key=idempotency_key(pool, task_id, attempt), timeout_s=task.timeout_s,
@@ -362,9 +364,22 @@ class ExecutorHost:
         if progress is not None:
             progress(message="started", data={"agent_id": agent_id, "attempt": attempt})
         called = time.perf_counter()
+        running = asyncio.ensure_future(agent.executor.call(call))
+        running.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even after a cancel
+        # The start is reported with the report when the call answers within
+        # ``start_with_report_s`` (one append, one decision: two round trips through the log saved
+        # per run), else at that point while the call goes on; the report waits for it, so the log
+        # keeps the order.
+        starting: asyncio.Future[None] | None = None
         try:
-            outcome = await agent.executor.call(call)
+            if not started:
+                done, _ = await asyncio.wait({running}, timeout=self.start_with_report_s)
+                if not done:
+                    starting = asyncio.ensure_future(
+                        self._append([envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start")]))
+            outcome = await running
         except asyncio.CancelledError:
+            running.cancel()
             if starting is not None:
                 starting.cancel()
             if progress is not None:
@@ -378,10 +393,12 @@ class ExecutorHost:
         if progress is not None:
             # Before the report: a subscriber sees the run end, then the event that records it.
             progress(**ended(outcome, agent_id, attempt))
+        envs = [envelope(cmd, what) for what, cmd in report(agent_id, pool, task_id, attempt, outcome)]
         if starting is not None:
             await starting
-        reports = report(agent_id, pool, task_id, attempt, outcome)
-        await self._append([envelope(cmd, what) for what, cmd in reports])
+        elif not started:
+            envs.insert(0, envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start"))
+        await self._append(envs)
 
     def _progress(self, pool: str, task_id: str) -> Progress | None:
         """The progress sink of one run, or None when this host publishes nowhere."""

@@ -17,7 +17,7 @@ from contracts import Command, Envelope
 from contracts import commands as c
 from contracts import event_types as e
 from contracts.executors import ExecutorsFile
-from events.codec import from_record
+from events.codec import decode, from_record
 from services.executors.host import ExecutorHost, idempotency_key
 from services.executors.standins.http_target import create_app
 from services.executors.standins.serving import serving
@@ -155,3 +155,64 @@ async def test_retry_after_defers_the_task_without_spending_an_attempt(tmp_path:
         assert deferred and deferred[0].agent_id == "api" and 0.1 <= deferred[0].delay_s <= 1.0
         assert not of(envs, e.TaskFailed, "t429") and not of(envs, e.TaskRetryScheduled, "t429")
         await send(service, c.CancelTask(task_id="t429"))
+
+
+class _Appends:
+    """The service's log, noting the command types of each append (everything else passes through)."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.appends: list[list[tuple[str, str]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def append(self, topic: str, records: Any, **kw: Any) -> Any:
+        envs = [decode(r.value) for r in records]
+        self.appends.append([(x.type.rsplit(".", 1)[-1], getattr(x.data, "task_id", "")) for x in envs])
+        return await self._log.append(topic, records, **kw)
+
+
+async def test_a_call_that_answers_at_once_has_its_start_reported_with_its_outcome(
+        tmp_path: Path, target: str) -> None:
+    """One append (and so one decision) for the start and the outcome instead of two each; the
+    log still says started, then completed."""
+    async with embedded(tmp_path) as service:
+        spied = _Appends(service.log)
+        host = ExecutorHost(spied, executors(target).agents, topics=service.topics,  # type: ignore[arg-type]
+                            cache=service.cache, start_with_report_s=5.0)
+        hosting = asyncio.create_task(host.run())
+        try:
+            await asyncio.wait_for(host.ready.wait(), WAIT_S)
+            await send(service, submit("quick", "GET", path="/echo/q"))
+            envs = await until(service, ended("quick"))
+            kinds = [x.type.rsplit(".", 1)[-1] for x in envs if getattr(x.data, "task_id", None) == "quick"]
+            assert kinds.index("TaskStarted") < kinds.index("TaskCompleted"), kinds
+            runs = [a for a in spied.appends if ("StartTask", "quick") in a]
+            assert runs == [[("StartTask", "quick"), ("CompleteTask", "quick")]], spied.appends
+        finally:
+            hosting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hosting
+
+
+async def test_a_call_that_takes_longer_has_its_start_reported_while_it_runs(
+        tmp_path: Path, target: str) -> None:
+    async with embedded(tmp_path) as service:
+        spied = _Appends(service.log)
+        host = ExecutorHost(spied, executors(target).agents, topics=service.topics,  # type: ignore[arg-type]
+                            cache=service.cache, start_with_report_s=0.05)
+        hosting = asyncio.create_task(host.run())
+        try:
+            await asyncio.wait_for(host.ready.wait(), WAIT_S)
+            await send(service, submit("slow", "GET", path="/slow", query={"seconds": "3"}))
+            envs = await until(service, lambda envs: bool(of(envs, e.TaskStarted, "slow")))
+            assert not ended("slow")(envs), "the start was not reported while the call ran"
+            assert [("StartTask", "slow")] in spied.appends
+            envs = await until(service, ended("slow"))
+            assert of(envs, e.TaskCompleted, "slow")
+            assert [a for a in spied.appends if ("CompleteTask", "slow") in a] == [[("CompleteTask", "slow")]]
+        finally:
+            hosting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hosting
