@@ -41,9 +41,11 @@ def executors(target: str, **extra: Any) -> ExecutorsFile:
 
 
 @contextlib.asynccontextmanager
-async def hosted(service: Service, config: ExecutorsFile, **kw: Any) -> AsyncIterator[ExecutorHost]:
+async def hosted(service: Service, config: ExecutorsFile, log: Any = None,
+                 **kw: Any) -> AsyncIterator[ExecutorHost]:
+    """A host of ``config`` on the service's log (or ``log``, a spy around it), running and ready."""
     cache = service.cache
-    host = ExecutorHost(service.log, config.agents, topics=service.topics, cache=cache, **kw)
+    host = ExecutorHost(log or service.log, config.agents, topics=service.topics, cache=cache, **kw)
     task = asyncio.create_task(host.run())
     await asyncio.wait_for(host.ready.wait(), WAIT_S)
     try:
@@ -179,40 +181,24 @@ async def test_a_call_that_answers_at_once_has_its_start_reported_with_its_outco
     log still says started, then completed."""
     async with embedded(tmp_path) as service:
         spied = _Appends(service.log)
-        host = ExecutorHost(spied, executors(target).agents, topics=service.topics,  # type: ignore[arg-type]
-                            cache=service.cache, start_with_report_s=5.0)
-        hosting = asyncio.create_task(host.run())
-        try:
-            await asyncio.wait_for(host.ready.wait(), WAIT_S)
+        async with hosted(service, executors(target), log=spied, start_with_report_s=5.0):
             await send(service, submit("quick", "GET", path="/echo/q"))
             envs = await until(service, ended("quick"))
-            kinds = [x.type.rsplit(".", 1)[-1] for x in envs if getattr(x.data, "task_id", None) == "quick"]
-            assert kinds.index("TaskStarted") < kinds.index("TaskCompleted"), kinds
-            runs = [a for a in spied.appends if ("StartTask", "quick") in a]
-            assert runs == [[("StartTask", "quick"), ("CompleteTask", "quick")]], spied.appends
-        finally:
-            hosting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hosting
+        kinds = [x.type.rsplit(".", 1)[-1] for x in envs if getattr(x.data, "task_id", None) == "quick"]
+        assert kinds.index("TaskStarted") < kinds.index("TaskCompleted"), kinds
+        runs = [a for a in spied.appends if ("StartTask", "quick") in a]
+        assert runs == [[("StartTask", "quick"), ("CompleteTask", "quick")]], spied.appends
 
 
 async def test_a_call_that_takes_longer_has_its_start_reported_while_it_runs(
         tmp_path: Path, target: str) -> None:
     async with embedded(tmp_path) as service:
         spied = _Appends(service.log)
-        host = ExecutorHost(spied, executors(target).agents, topics=service.topics,  # type: ignore[arg-type]
-                            cache=service.cache, start_with_report_s=0.05)
-        hosting = asyncio.create_task(host.run())
-        try:
-            await asyncio.wait_for(host.ready.wait(), WAIT_S)
+        async with hosted(service, executors(target), log=spied, start_with_report_s=0.05):
             await send(service, submit("slow", "GET", path="/slow", query={"seconds": "3"}))
             envs = await until(service, lambda envs: bool(of(envs, e.TaskStarted, "slow")))
             assert not ended("slow")(envs), "the start was not reported while the call ran"
             assert [("StartTask", "slow")] in spied.appends
             envs = await until(service, ended("slow"))
-            assert of(envs, e.TaskCompleted, "slow")
-            assert [a for a in spied.appends if ("CompleteTask", "slow") in a] == [[("CompleteTask", "slow")]]
-        finally:
-            hosting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hosting
+        assert of(envs, e.TaskCompleted, "slow")
+        assert [a for a in spied.appends if ("CompleteTask", "slow") in a] == [[("CompleteTask", "slow")]]
