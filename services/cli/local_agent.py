@@ -87,6 +87,9 @@ class LocalAgent:
     finished: dict[str, None] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=random.Random)
     _generation: int = 0
+    # Set when ``run`` stops: the loops end at their next turn even if a cancellation was lost in
+    # a request (one made in-process, through the ASGI app, can swallow it).
+    _stopping: bool = False
 
     def __post_init__(self) -> None:
         self.agent_id = self.config.agent_id or self.agent_id or new_id()
@@ -191,7 +194,7 @@ class LocalAgent:
     # -- loops --------------------------------------------------------------------------------
 
     async def heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.heartbeat()
             except (httpx.HTTPError, AgentError, ValueError) as exc:
@@ -200,7 +203,7 @@ class LocalAgent:
 
     async def task_loop(self) -> None:
         pause = min(POLL_S, max(self.config.work_s, 0.01))
-        while True:
+        while not self._stopping:
             try:
                 for task in await self.assigned():
                     key = f"{task['task_id']}:{task['attempts']}"
@@ -216,10 +219,12 @@ class LocalAgent:
         await self.register()
         if on_registered is not None:
             on_registered(self.agent_id)
+        self._stopping = False
         loops = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.task_loop())]
         try:
             await stop.wait()
         finally:
+            self._stopping = True
             for t in [*loops, *self.working.values()]:
                 t.cancel()
             for t in [*loops, *self.working.values()]:

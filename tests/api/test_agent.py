@@ -66,3 +66,42 @@ async def test_the_agent_registers_again_when_the_server_removed_it(service: Ser
         stop.set()
         await run
         await agent.client.aclose()
+
+
+class _SwallowingTransport(httpx.AsyncBaseTransport):
+    """A server that answers everything and, in one heartbeat, swallows the cancellation that
+    reaches it (as a request run in-process through an ASGI stack can)."""
+
+    def __init__(self) -> None:
+        self.swallowed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"items": []})
+        if request.url.path.endswith("/heartbeat") and not self.swallowed:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.swallowed = True
+            return httpx.Response(200, json={})
+        return httpx.Response(201 if request.method == "POST" else 200, json={})
+
+
+async def test_the_agent_stops_even_when_a_request_swallowed_its_cancellation() -> None:
+    transport = _SwallowingTransport()
+    client = httpx.AsyncClient(transport=transport, base_url="http://t")
+    config = AgentConfig(url="http://t", name="w", capabilities=("text",), heartbeat_s=0.05)
+    agent = LocalAgent(config, client)
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        for _ in range(100):
+            if agent.agent_id and not run.done():
+                await asyncio.sleep(0.02)
+        stop.set()
+        done, _ = await asyncio.wait({run}, timeout=5)  # (wait_for would cancel it again)
+        assert run in done, "the agent's run did not end after stop"
+        assert transport.swallowed, "the cancellation never reached the heartbeat"
+    finally:
+        run.cancel()
+        await client.aclose()
