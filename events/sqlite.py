@@ -2,10 +2,13 @@
 
 Appends from any number of coroutines are queued; one writer task drains the queue and writes
 everything in ONE transaction, then acknowledges each caller after COMMIT (``synchronous=FULL``
-by default, so an acknowledged append survives a process crash and a power loss). The writer's
-connection lives on a thread of its own and each transaction is one call to it, BEGIN to COMMIT:
-a connection that hands every statement to its thread (aiosqlite) costs six round trips through
-the event loop a transaction, each waiting behind whatever else the loop is running. Reads use a
+by default, so an acknowledged append survives a process crash and a power loss). A transaction
+is one call, BEGIN to COMMIT, of ``events.sqlite_writer.write_batch``: a small one (at most
+``INLINE_ROWS`` records) on the event loop itself, a larger one on the writer's thread, where the
+loop goes on with other work meanwhile. Each hand-off to a thread and back waits behind whatever
+else the loop is running, and the thread waits for the interpreter at every statement: for a
+transaction of a few records that cost several times the transaction (a connection that hands
+every statement to its thread, as aiosqlite does, costs six such round trips). Reads use a
 second, read-only connection, which WAL lets run beside the writer. Consumers are woken in-process
 when the writer commits; appends made by another process on the same file are seen by re-checking
 every ``POLL_INTERVAL_S`` (a low-frequency fallback, so cross-process consumers lag by up to that).
@@ -16,7 +19,7 @@ partition writers to claim or fence.
 
 Every record carries its partition's hash chain value (``events.chain``), computed by the writer
 as it numbers the record; a file written before chains existed is chained in place once, when
-opened (``events.sqlite_chain.migrate``). What runs on the writer's thread is ``events.sqlite_writer``.
+opened (``events.sqlite_chain.migrate``).
 
 This module must never skip or rewrite a stored record: a record that cannot be read raises
 CorruptRecord naming its position, and appended rows are never updated or deleted (the one-time
@@ -63,7 +66,7 @@ from events.sqlite_records import (
     _to_stored,
     _to_values,
 )
-from events.sqlite_writer import Pending, Row, State, ensure_topic, open_writer
+from events.sqlite_writer import Pending, Row, State, Written, ensure_topic, open_writer
 
 # Values this large are worth compressing. Below it, every consumer paying lz4 on every read
 # costs more than the space saved (measured: events are mostly well under 2 KiB).
@@ -74,6 +77,9 @@ COMPRESS_MAX_RATIO = 0.9
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
+# A transaction of at most this many records is written on the event loop itself, a larger one on
+# the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
+INLINE_ROWS = 64
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
@@ -116,8 +122,9 @@ def _matching_query(topic: str, partition: int, offset: int, end: int, types: fr
     return sql + ' ORDER BY "offset"', tuple(args)
 
 
-def _parse_url(url: str) -> tuple[Path, str]:
-    """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``) -> path, mode."""
+def _parse_url(url: str) -> tuple[Path, str, int]:
+    """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``, ``&inline_rows=N``)
+    -> path, mode, the largest transaction written on the event loop."""
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "sqlite" or not sep:
         raise ValueError(f"not a sqlite log URL: {url!r}")
@@ -129,12 +136,15 @@ def _parse_url(url: str) -> tuple[Path, str]:
         # The reader and the writer are two connections; they must share a file.
         raise ValueError(f"sqlite log URL needs a file path: {url!r}")
     synchronous = "FULL"
+    inline_rows = INLINE_ROWS
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "synchronous" and value.upper() in {"FULL", "NORMAL", "EXTRA"}:
             synchronous = value.upper()
+        elif name == "inline_rows" and value.isdigit() and len(value) <= 6:
+            inline_rows = int(value)
         else:
             raise ValueError(f"unsupported sqlite log URL option {name}={value!r} in {url!r}")
-    return Path(path), synchronous
+    return Path(path), synchronous, inline_rows
 
 
 def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[Row]:
@@ -174,7 +184,7 @@ class SqliteLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path, self.synchronous = _parse_url(url)
+        self.path, self.synchronous, self.inline_rows = _parse_url(url)
         # Committed write transactions (group commit batches); tests and benchmarks read it.
         self.transactions = 0
         # The writer's connection and the one thread that ever touches it.
@@ -386,8 +396,12 @@ class SqliteLog:
         assert writer is not None and thread is not None
         async with self._write_lock:
             state = State(self._topics, self._ends, self._heads, self._data_version)
-            work = asyncio.get_running_loop().run_in_executor(
-                thread, sqlite_writer.write_batch, writer, batch, state, self.chained)
+            work = None
+            if sum(item.size for item in batch) <= self.inline_rows:
+                work = self._inline(writer, batch, state)
+            if work is None:
+                work = asyncio.get_running_loop().run_in_executor(
+                    thread, sqlite_writer.write_batch, writer, batch, state, self.chained)
             # The transaction goes on in its thread through a cancel: settle it first, so the
             # offsets kept here and the callers' answers agree with the file, then stop.
             cancelled = await settled(work)
@@ -412,6 +426,19 @@ class SqliteLog:
                 event.set()
         if cancelled is not None:
             raise cancelled
+
+    def _inline(self, writer: sqlite3.Connection, batch: list[Pending],
+                state: State) -> asyncio.Future[Written] | None:
+        """A small transaction, written on the loop (see the module's doc); None, having written
+        nothing, when another process holds the write lock: the thread then waits for it."""
+        work: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        try:
+            work.set_result(sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False))
+        except sqlite_writer.Busy:
+            return None
+        except Exception as exc:
+            work.set_exception(exc)
+        return work
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from events.sqlite_records import _to_values
 
 # Bound parameters per statement, well under SQLite's limit (32766 since 3.32, 999 before).
 _ID_CHUNK = 500
+# How long the writer's thread waits for another process's write lock before giving up.
+BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -121,9 +123,11 @@ class Written:
 
 def open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, State]:
     """Open the writer's connection, create the schema, chain an old file, read the state."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    # Used by one coroutine or thread at a time (the log's write lock): small transactions run
+    # on the event loop, large ones on the writer's thread.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Only takes effect on a new file (before WAL): 16 KiB pages read ~1.4x faster
         # than 4 KiB for rows of a few hundred bytes, at the same write speed.
         conn.execute("PRAGMA page_size = 16384")
@@ -179,13 +183,36 @@ def _existing_ids(conn: sqlite3.Connection, batch: list[Pending]) -> dict[str, d
     return known
 
 
-def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, chained: bool) -> Written:
-    """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT.
+class Busy(Exception):
+    """Another connection holds the file's write lock: the transaction did not begin."""
+
+
+def begin_now(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, or ``Busy`` at once instead of waiting for another process's lock (the
+    event loop must never sleep in SQLite's busy handler)."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # and its extended codes (recovery, ...)
+            raise Busy(str(exc)) from exc
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, chained: bool,
+                wait: bool = True) -> Written:
+    """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT; with
+    ``wait`` False, ``Busy`` rather than waiting for another connection's write lock.
 
     Works on copies of ``state`` (the caller's stay as they were should this fail) and never
     touches the callers' futures: the event loop settles them from what this returns.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if wait:
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        begin_now(conn)
     try:
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
         if version != state.version:

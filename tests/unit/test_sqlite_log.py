@@ -9,21 +9,28 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from events import CorruptRecord, EventLog, LogError, Record, TransactionalLog, open_log
-from events.sqlite import CODEC_LZ4, CODEC_RAW, SqliteLog
-from events.sqlite_writer import existing_ids_sql
+from events.sqlite import CODEC_LZ4, CODEC_RAW, INLINE_ROWS, SqliteLog
+from events.sqlite_writer import Pending, existing_ids_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[SqliteLog]:
-    instance = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+# Both ways a transaction is written: on the event loop (small ones, the default) and on the
+# writer's thread (every one, with ``inline_rows=0``).
+WRITERS = pytest.mark.parametrize("option", ["", "?inline_rows=0"], ids=["inline", "thread"])
+
+
+@pytest.fixture(params=["", "?inline_rows=0"], ids=["inline", "thread"])
+async def log(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SqliteLog]:
+    instance = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}{request.param}")
     await instance.start()
     await instance.ensure_topic("t", 2)
     try:
@@ -51,8 +58,11 @@ def test_urls_map_to_paths_and_options(tmp_path: Path, monkeypatch: pytest.Monke
     assert SqliteLog("sqlite:////abs/x.db").path == Path("/abs/x.db")
     assert SqliteLog("sqlite:///x.db").synchronous == "FULL"
     assert SqliteLog("sqlite:///x.db?synchronous=normal").synchronous == "NORMAL"
+    assert SqliteLog("sqlite:///x.db").inline_rows == INLINE_ROWS
+    assert SqliteLog("sqlite:///x.db?synchronous=normal&inline_rows=0").inline_rows == 0
     assert isinstance(open_log("sqlite:///x.db"), SqliteLog)
-    for bad in ("sqlite://x.db", "sqlite:///:memory:", "sqlite:///x.db?cache=1", "sqlite:///"):
+    for bad in ("sqlite://x.db", "sqlite:///:memory:", "sqlite:///x.db?cache=1", "sqlite:///",
+                "sqlite:///x.db?inline_rows=-1", "sqlite:///x.db?inline_rows=lots", "sqlite:///x.db?inline_rows="):
         with pytest.raises(ValueError):
             SqliteLog(bad)
 
@@ -110,6 +120,62 @@ async def test_one_failing_append_does_not_fail_the_others_in_its_batch(
     assert [r.key for r in await log.read("t", 0, 0)] == ["a", "b", "c", "d"]
     # The writer survives and keeps numbering contiguously.
     assert (await log.append("t", [Record("e", b"e")], partition=0))[0].offset == 4
+
+
+async def test_small_transactions_are_written_on_the_loop_and_large_ones_on_the_writers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import events.sqlite_writer as sqlite_writer
+
+    real = sqlite_writer.write_batch
+    seen: list[tuple[int, bool]] = []
+
+    def spy(conn: sqlite3.Connection, batch: list[Pending], *args: Any, **kwargs: Any) -> Any:
+        seen.append((sum(item.size for item in batch), threading.current_thread() is threading.main_thread()))
+        return real(conn, batch, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_writer, "write_batch", spy)
+    sizes = (1, INLINE_ROWS, INLINE_ROWS + 1)
+    for option, expected in (("", [(1, True), (INLINE_ROWS, True), (INLINE_ROWS + 1, False)]),
+                             ("?inline_rows=0", [(n, False) for n in sizes])):
+        log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}{option}")
+        await log.start()
+        try:
+            await log.ensure_topic("t", 1)
+            seen.clear()
+            for n in sizes:
+                await log.append("t", [Record("k", b"%d" % i) for i in range(n)])
+            assert seen == expected, option
+        finally:
+            await log.close()
+    again = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    await again.start()
+    try:  # both wrote one numbering, read back whole
+        values = [r.value for r in await again.read("t", 0, 0, limit=1000)]
+        assert values == [b"%d" % i for n in sizes for i in range(n)] * 2
+    finally:
+        await again.close()
+
+
+async def test_an_append_waits_for_another_processs_write_lock_without_holding_up_the_loop(
+    log: SqliteLog, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as another process appending would
+        append = asyncio.create_task(log.append("t", [Record("k", b"v")], partition=0))
+        began = time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - began < 2.0, "the loop waited in SQLite's busy handler"
+        assert not append.done()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    [appended] = await asyncio.wait_for(append, 10)
+    assert (appended.offset, [r.value for r in await log.read("t", 0, 0)]) == (0, [b"v"])
 
 
 async def test_large_values_are_stored_lz4_compressed_and_read_back(
@@ -289,8 +355,9 @@ def test_a_line_cut_by_the_kill_is_not_an_acknowledgement() -> None:
 
 
 @pytest.mark.slow
-async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+@WRITERS
+async def test_every_acknowledged_append_survives_kill_9(tmp_path: Path, option: str) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}{option}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # subprocess.Popen, not asyncio's: asyncio's child watcher loses the exit status when
     # anything else in the test process reaps children ("Unknown child process pid").
@@ -370,7 +437,7 @@ async def test_a_writer_cancelled_mid_transaction_settles_it_first(
         release.wait(10)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+    url = f"sqlite:///{tmp_path / 'log.db'}?inline_rows=0"  # the thread: a loop is not cancelled mid-call
     log = SqliteLog(url)
     await log.start()
     await log.ensure_topic("t", 1)
