@@ -276,46 +276,58 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
     tag = f"{target.app_id}-" if target.kafka else ""
     pool = f"{tag}bench"
     await target.start()
+    try:
+        result = await _scenario(target, settings, pool, tag, agents, tasks, rate, paced_seconds)
+    finally:  # a failed run too: its connections' threads would keep the process from exiting
+        await target.stop()
+    return {**result, "workers": workers, "projector_peak_rss_mb": target.projector_peak_rss_mb}
+
+
+async def _scenario(target: Target, settings: Settings, pool: str, tag: str, agents: int, tasks: int,
+                    rate: float, paced_seconds: float) -> dict[str, Any]:
     part = target.partition_of(pool)
     fleet = Fleet(target, expected=tasks)
     fleet_task = asyncio.create_task(fleet.run(part, await target.log.end_offset(target.topics.events, part)))
-    t0 = time.perf_counter()
-    await _register(target, agents, pool, f"{tag}a")
-    batch = 500
-    for i in range(0, tasks, batch):
-        envs = [command_envelope(_task(j, f"{tag}t"), pool=pool, source="urn:agentbus:bench")
-                for j in range(i, min(tasks, i + batch))]
-        await target.submit_many(envs)
-        now = time.perf_counter()
-        for env in envs:
-            fleet.submitted_at[env.subject or ""] = now
-        await asyncio.sleep(0)
-    await fleet.done.wait()
-    await _caught_up(target)
-    elapsed = time.perf_counter() - t0
-    commands = agents + tasks * 4  # register; submit, assign, complete, cost
-    saturated = list(fleet.latencies_ms)
+    try:
+        t0 = time.perf_counter()
+        await _register(target, agents, pool, f"{tag}a")
+        batch = 500
+        for i in range(0, tasks, batch):
+            envs = [command_envelope(_task(j, f"{tag}t"), pool=pool, source="urn:agentbus:bench")
+                    for j in range(i, min(tasks, i + batch))]
+            await target.submit_many(envs)
+            now = time.perf_counter()
+            for env in envs:
+                fleet.submitted_at[env.subject or ""] = now
+            await asyncio.sleep(0)
+        await fleet.done.wait()
+        await _caught_up(target)
+        elapsed = time.perf_counter() - t0
+        commands = agents + tasks * 4  # register; submit, assign, complete, cost
+        saturated = list(fleet.latencies_ms)
 
-    # Paced phase: a steady offered load (4 commands per task) to measure latency, not queueing.
-    fleet.latencies_ms.clear()
-    fleet.costs, fleet.expected = 0, max(1, int(rate / 4 * paced_seconds))
-    fleet.done.clear()
-    interval = 4 / rate * 10  # submit 10 tasks per tick
-    n = 0
-    tick = time.perf_counter()
-    while n < fleet.expected:
-        envs = [command_envelope(_task(j, f"{tag}p"), pool=pool, source="urn:agentbus:bench")
-                for j in range(n, min(fleet.expected, n + 10))]
-        await target.submit_many(envs)
-        now = time.perf_counter()
-        for env in envs:
-            fleet.submitted_at[env.subject or ""] = now
-        n += len(envs)
-        tick += interval
-        await asyncio.sleep(max(0.0, tick - time.perf_counter()))
-    await asyncio.wait_for(fleet.done.wait(), timeout=120)
-    paced = list(fleet.latencies_ms)
-    fleet_task.cancel()
+        # Paced phase: a steady offered load (4 commands per task) to measure latency, not queueing.
+        fleet.latencies_ms.clear()
+        fleet.costs, fleet.expected = 0, max(1, int(rate / 4 * paced_seconds))
+        fleet.done.clear()
+        interval = 4 / rate * 10  # submit 10 tasks per tick
+        n = 0
+        tick = time.perf_counter()
+        while n < fleet.expected:
+            envs = [command_envelope(_task(j, f"{tag}p"), pool=pool, source="urn:agentbus:bench")
+                    for j in range(n, min(fleet.expected, n + 10))]
+            await target.submit_many(envs)
+            now = time.perf_counter()
+            for env in envs:
+                fleet.submitted_at[env.subject or ""] = now
+            n += len(envs)
+            tick += interval
+            await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+        await asyncio.wait_for(fleet.done.wait(), timeout=120)
+        paced = list(fleet.latencies_ms)
+    finally:
+        fleet_task.cancel()
+        await asyncio.gather(fleet_task, return_exceptions=True)
 
     replay_events, replay_s = 0, 0.0
     for p in range(target.partitions):
@@ -323,13 +335,11 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
         await d.rebuild()
         replay_events += d.replay.events
         replay_s += d.replay.seconds
-    await target.stop()
     return {
         **({"topic_prefix": target.settings.topic_prefix, "app_id": target.app_id} if target.kafka else {}),
         "agents": agents,
         "tasks": tasks,
         "commands": commands,
-        "workers": workers,
         "seconds": round(elapsed, 3),
         "commands_per_s": round(commands / elapsed, 1),
         "saturated_p50_ms": round(percentile(saturated, 50), 3),
@@ -340,7 +350,6 @@ async def bench_inprocess(settings: Settings, agents: int, tasks: int, rate: flo
         "replay_events": replay_events,
         "replay_events_per_s": round(replay_events / replay_s, 1) if replay_s else 0.0,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "projector_peak_rss_mb": target.projector_peak_rss_mb,
     }
 
 
