@@ -74,11 +74,13 @@ class _SwallowingTransport(httpx.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self.swallowed = False
+        self.holding = asyncio.Event()  # a heartbeat is in flight, waiting to swallow a cancel
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             return httpx.Response(200, json={"items": []})
         if request.url.path.endswith("/heartbeat") and not self.swallowed:
+            self.holding.set()
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
@@ -95,9 +97,7 @@ async def test_the_agent_stops_even_when_a_request_swallowed_its_cancellation() 
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
     try:
-        for _ in range(100):
-            if agent.agent_id and not run.done():
-                await asyncio.sleep(0.02)
+        await asyncio.wait_for(transport.holding.wait(), 5)
         stop.set()
         done, _ = await asyncio.wait({run}, timeout=5)  # (wait_for would cancel it again)
         assert run in done, "the agent's run did not end after stop"
