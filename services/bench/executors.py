@@ -232,4 +232,18 @@ async def bench_executor(settings: Settings, tasks: int, *, capacity: int = 8, r
     result = {"executor": "http", "tasks": tasks, "capacity": capacity, "rate": rate, **raw, **ours,
               "peak_rss_mb": round(peak_rss_mb(), 1)}
     result["ratio_to_raw"] = round(result["tasks_per_s"] / result["raw_calls_per_s"], 3)
+    result["offered_load"] = round(rate / result["tasks_per_s"], 3)
     return result
+
+
+# Offered at this share of the saturated rate or more, paced tasks wait for one another.
+QUEUEING_LOAD = 0.8
+
+
+def queueing_note(offered_load: float) -> str | None:
+    """What to tell the reader when the paced rate is close to (or above) what the executor
+    completes saturated: its latency is then mostly queueing, not what agentbus adds to a call."""
+    if offered_load < QUEUEING_LOAD:
+        return None
+    return (f"the offered rate is {offered_load:.0%} of this run's saturated rate: the paced tasks queue, "
+            f"so the added latency above is mostly waiting, not what a call costs")

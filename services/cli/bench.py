@@ -246,7 +246,7 @@ def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float,
 
 def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float, loop: str,
               as_json: bool) -> None:
-    from services.bench.executors import bench_executor
+    from services.bench.executors import bench_executor, queueing_note
     from services.bench.scenario import loop_name, run_on
 
     if settings.kafka:
@@ -266,6 +266,9 @@ def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_secon
     click.echo(f"added latency     p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms at "
                f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
                f"{result['task_p50_ms']} ms, p99 {result['task_p99_ms']} ms)")
+    note = queueing_note(result["offered_load"])
+    if note is not None:
+        click.echo(f"note              {note}")
     click.echo(_peak_rss(result))
 
 
