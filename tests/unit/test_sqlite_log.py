@@ -100,6 +100,16 @@ async def test_group_commit_batches_concurrent_single_appends(log: SqliteLog) ->
     assert log.transactions - before <= 20, log.transactions - before
 
 
+async def test_an_append_made_while_the_writer_wakes_joins_its_transaction(log: SqliteLog) -> None:
+    before = log.transactions
+    first = asyncio.ensure_future(log.append("t", [Record("k", b"a")], partition=0))
+    await asyncio.sleep(0)  # the first append is queued and the writer woken
+    second = asyncio.ensure_future(log.append("t", [Record("k", b"b")], partition=0))
+    [[a], [b]] = await asyncio.gather(first, second)
+    assert (a.offset, b.offset) == (0, 1)
+    assert log.transactions - before == 1  # one commit (one fsync) for both
+
+
 async def test_one_failing_append_does_not_fail_the_others_in_its_batch(
     log: SqliteLog, tmp_path: Path
 ) -> None:
