@@ -400,18 +400,19 @@ class SqliteLog:
         assert writer is not None and thread is not None
         async with self._write_lock:
             state = State(self._topics, self._ends, self._heads, self._data_version)
-            work = None
+            cancelled: asyncio.CancelledError | None = None
+            written = None
             if sum(item.size for item in batch) <= self.inline_rows:
-                work = self._inline(writer, batch, state)
-            if work is None:
+                written = self._inline(writer, batch, state)  # its error, if any, for ``_write``
+            if written is None:
                 work = asyncio.get_running_loop().run_in_executor(
                     thread, sqlite_writer.write_batch, writer, batch, state, self.chained)
-            # The transaction goes on in its thread through a cancel: settle it first, so the
-            # offsets kept here and the callers' answers agree with the file, then stop.
-            cancelled = await settled(work)
-            if cancelled is not None and work.exception() is not None:
-                raise cancelled
-            written = work.result()  # the thread's error, if any, for ``_write``
+                # The transaction goes on in its thread through a cancel: settle it first, so the
+                # offsets kept here and the callers' answers agree with the file, then stop.
+                cancelled = await settled(work)
+                if cancelled is not None and work.exception() is not None:
+                    raise cancelled
+                written = work.result()  # the thread's error, if any, for ``_write``
             self.transactions += 1
             if written.state.version != self._data_version:
                 self._topics.update(written.state.topics)  # another process wrote: reloaded
@@ -431,18 +432,13 @@ class SqliteLog:
         if cancelled is not None:
             raise cancelled
 
-    def _inline(self, writer: sqlite3.Connection, batch: list[Pending],
-                state: State) -> asyncio.Future[Written] | None:
+    def _inline(self, writer: sqlite3.Connection, batch: list[Pending], state: State) -> Written | None:
         """A small transaction, written on the loop (see the module's doc); None, having written
         nothing, when another process holds the write lock: the thread then waits for it."""
-        work: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         try:
-            work.set_result(sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False))
+            return sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False)
         except sqlite_writer.Busy:
             return None
-        except Exception as exc:
-            work.set_exception(exc)
-        return work
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Both ways a transaction is written: on the event loop (small ones, the default) and on the
 # writer's thread (every one, with ``inline_rows=0``).
-WRITERS = pytest.mark.parametrize("option", ["", "?inline_rows=0"], ids=["inline", "thread"])
+WRITER_OPTIONS, WRITER_IDS = ["", "?inline_rows=0"], ["inline", "thread"]
+WRITERS = pytest.mark.parametrize("option", WRITER_OPTIONS, ids=WRITER_IDS)
 
 
-@pytest.fixture(params=["", "?inline_rows=0"], ids=["inline", "thread"])
+@pytest.fixture(params=WRITER_OPTIONS, ids=WRITER_IDS)
 async def log(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SqliteLog]:
     instance = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}{request.param}")
     await instance.start()
