@@ -1,6 +1,6 @@
 """Every statement the projector runs, and the places where SQLite and PostgreSQL differ.
 
-Rows are read in bulk (``IN`` lists on SQLite, one array parameter on PostgreSQL) and written in
+Rows are read in bulk (one JSON array parameter on SQLite, one array parameter on PostgreSQL) and written in
 bulk (executemany INSERT, or INSERT .. ON CONFLICT DO UPDATE in each dialect's own syntax); the
 position moves by a conditional upsert. Statements are built once per table and cached. Nothing
 here decides what a row holds: that is the handlers' work. Never one statement per event.
@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,8 @@ from projections.batch import Key, Row, Rows
 # parameter per SELECT instead, so its chunks only bound the size of one query.
 _CHUNK = 500
 _PG_CHUNK = 10_000
+# Keys per SQLite SELECT whose keys all are text (one JSON array parameter, ``_driver_select``).
+_JSON_CHUNK = 10_000
 
 
 def _insert(dialect: str) -> Callable[[sa.Table], Any]:
@@ -44,6 +47,42 @@ def _member_of(column: sa.Column[Any], values: list[str], dialect: str) -> sa.Co
     return column.in_(values)
 
 
+_READERS: dict[tuple[str, str, int], tuple[str, Callable[[Any], Row]]] = {}
+
+
+def _driver_select(dialect: sa.Dialect, table: sa.Table, prefix: int) -> tuple[str, Callable[[Any], Row]]:
+    """SQLite: the SELECT of ``table``'s rows by the first ``prefix`` key columns and a JSON array
+    of the last one (``IN json_each(?)``: one SQL text whatever the number of keys, and SQLite
+    still searches the primary-key index per value), with a raw row -> row function (cached).
+
+    As ``_driver_statement`` for writes: SQLAlchemy's statement building and row handling cost
+    several times SQLite's own work for these reads. Values go through the column types' own
+    result processors, so a row reads back exactly as SQLAlchemy would return it.
+    """
+    key = (dialect.name, table.name, prefix)
+    cached = _READERS.get(key)
+    if cached is not None:
+        return cached
+    quote = dialect.identifier_preparer.quote
+    names = [c.name for c in table.columns]
+    pk = [c.name for c in table.primary_key.columns]
+    where = [f"{quote(n)} = ?" for n in pk[:prefix]]
+    where.append(f"{quote(pk[prefix])} IN (SELECT value FROM json_each(?))")
+    text = (f"SELECT {', '.join(quote(n) for n in names)} FROM {quote(table.name)} "
+            f"WHERE {' AND '.join(where)}")
+    procs = [(i, p) for i, c in enumerate(table.columns)
+             if (p := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None]
+
+    def to_row(raw: Any) -> Row:
+        values = list(raw)
+        for i, proc in procs:
+            values[i] = proc(values[i])
+        return dict(zip(names, values, strict=True))
+
+    cached = _READERS[key] = (text, to_row)
+    return cached
+
+
 def select_rows(conn: sa.Connection, rows: Rows, keys: Iterable[Key]) -> None:
     """SELECT the existing rows for ``keys`` into ``rows``: one query per key prefix and chunk."""
     table = rows.table
@@ -55,6 +94,16 @@ def select_rows(conn: sa.Connection, rows: Rows, keys: Iterable[Key]) -> None:
             by_prefix[key[:-1]].append(key[-1])
     chunk = _CHUNK if dialect == "sqlite" else _PG_CHUNK
     for prefix, last in by_prefix.items():
+        if dialect == "sqlite" and all(type(v) is str for v in (*prefix, *last)):
+            text, to_row = _driver_select(conn.dialect, table, len(prefix))
+            for i in range(0, len(last), _JSON_CHUNK):
+                params = (*prefix, orjson.dumps(last[i : i + _JSON_CHUNK]).decode())
+                for raw in conn.exec_driver_sql(text, params):
+                    row = to_row(raw)
+                    key = tuple(row[c.name] for c in cols)
+                    rows.rows[key] = row
+                    rows.stored.add(key)
+            continue
         where = [col == value for col, value in zip(cols, prefix, strict=False)]
         for i in range(0, len(last), chunk):
             stmt = sa.select(table).where(*where, _member_of(cols[-1], last[i : i + chunk], dialect))

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from contracts import event_types as ev
-from projections import ProjectionError, ProjectionStore, Projector, tables
+from projections import ProjectionError, ProjectionStore, Projector, sql, tables
+from projections.batch import Rows
 
 from .history import T0, Story
 
@@ -505,3 +506,38 @@ async def test_times_are_utc_whatever_offset_the_envelope_had(store: ProjectionS
     await Projector(store).apply(TOPIC, 0, [(0, local)])
     registered = (await agent(store, "a1"))["registered_at"]
     assert registered == T0 and registered.utcoffset() == timedelta(0)
+
+
+async def test_rows_are_read_in_bulk_exactly_as_sqlalchemy_reads_them(
+    store: ProjectionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows with JSON, times, booleans and NULLs; on SQLite the projector reads them with one JSON
+    # array of keys per SELECT (``sql._driver_select``): what it gets must equal SQLAlchemy's read.
+    s = Story()
+    s.register("a1")
+    s.register("a2")
+    for i in range(5):
+        s.add(ev.TaskSubmitted(task_id=f"t{i}", type="summarize", priority=i,
+                               required_capabilities=("python",), data={"doc": i, "é": [1.5, None]}))
+    s.assign("t0", "a1")
+    s.complete("t0", "a1")
+    await apply(store, s)
+    monkeypatch.setattr(sql, "_JSON_CHUNK", 2)  # several SELECTs per key prefix
+    wanted = {("default", f"t{i}") for i in range(7)} | {("other", "t1")}  # t5, t6 and other/t1: none
+
+    def read(conn: sa.Connection) -> tuple[dict[Any, Any], set[Any], list[dict[str, Any]], dict[Any, Any]]:
+        tasks, agents = Rows(tables.tasks), Rows(tables.agents)
+        sql.select_rows(conn, tasks, wanted)
+        sql.select_rows(conn, agents, {("default", "a1"), ("default", "a2")})
+        ordered = sa.select(tables.tasks).order_by(tables.tasks.c.task_id)
+        plain = [dict(r._mapping) for r in conn.execute(ordered)]
+        return tasks.rows, tasks.stored, plain, agents.rows
+
+    rows, stored, plain, agents = await store.run_write(read)
+    assert stored == {("default", f"t{i}") for i in range(5)} == set(rows)
+    assert [rows[("default", r["task_id"])] for r in plain] == plain
+    t0 = rows[("default", "t0")]
+    assert t0["status"] == "completed" and t0["data"] == {"doc": 0, "é": [1.5, None]}
+    assert t0["finished_at"] == s.envelopes[-1].time and t0["next_attempt_at"] is None
+    assert (await agent(store, "a1")) == agents[("default", "a1")]
+    assert (await agent(store, "a2")) == agents[("default", "a2")]
