@@ -11,6 +11,8 @@ thread on SQLite, and under ``AsyncConnection.run_sync`` elsewhere (``Projection
 
 from __future__ import annotations
 
+import operator
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -83,6 +85,15 @@ def _driver_select(dialect: sa.Dialect, table: sa.Table, prefix: int) -> tuple[s
     return cached
 
 
+def _fetch(conn: sa.Connection, text: str, params: tuple[Any, ...]) -> list[Any]:
+    """Every row of a driver-level query, as the driver returns them: on a plain sqlite3
+    connection (a file's writer) without SQLAlchemy's per-row result handling."""
+    driver = conn.connection.driver_connection
+    if isinstance(driver, sqlite3.Connection):
+        return driver.execute(text, params).fetchall()
+    return list(conn.exec_driver_sql(text, params))
+
+
 def select_rows(conn: sa.Connection, rows: Rows, keys: Iterable[Key]) -> None:
     """SELECT the existing rows for ``keys`` into ``rows``: one query per key prefix and chunk."""
     table = rows.table
@@ -98,7 +109,7 @@ def select_rows(conn: sa.Connection, rows: Rows, keys: Iterable[Key]) -> None:
             text, to_row = _driver_select(conn.dialect, table, len(prefix))
             for i in range(0, len(last), _JSON_CHUNK):
                 params = (*prefix, orjson.dumps(last[i : i + _JSON_CHUNK]).decode())
-                for raw in conn.exec_driver_sql(text, params):
+                for raw in _fetch(conn, text, params):
                     row = to_row(raw)
                     key = tuple(row[c.name] for c in cols)
                     rows.rows[key] = row
@@ -169,11 +180,15 @@ def _driver_statement(
     stmt = _upsert(dialect.name, table) if upsert else sa.insert(table)
     compiled = stmt.compile(dialect=dialect, column_keys=[c.name for c in table.columns])
     order = list(compiled.positiontup or ())
-    procs = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
-    plan = list(zip(order, procs, strict=True))
+    procs = [(i, p) for i, name in enumerate(order)
+             if (p := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+    values_of = operator.itemgetter(*order)  # a table has several columns: always a tuple
 
     def to_params(row: Row) -> tuple[Any, ...]:
-        return tuple(row[n] if p is None else p(row[n]) for n, p in plan)
+        values = list(values_of(row))
+        for i, proc in procs:
+            values[i] = proc(values[i])
+        return tuple(values)  # SQLAlchemy's executemany takes tuples (or dicts)
 
     cached = _DRIVER[key] = (str(compiled), to_params)
     return cached
