@@ -1,9 +1,10 @@
 """Every statement the projector runs, and the places where SQLite and PostgreSQL differ.
 
-Rows are read in bulk (one JSON array parameter on SQLite, one array parameter on PostgreSQL) and written in
-bulk (executemany INSERT, or INSERT .. ON CONFLICT DO UPDATE in each dialect's own syntax); the
-position moves by a conditional upsert. Statements are built once per table and cached. Nothing
-here decides what a row holds: that is the handlers' work. Never one statement per event.
+Rows are read in bulk (one JSON array parameter on SQLite, one array parameter on PostgreSQL) and
+written in bulk (executemany INSERT, or INSERT .. ON CONFLICT DO UPDATE in each dialect's own
+syntax); the position moves by a conditional upsert. Statements are built once per table and
+cached. Nothing here decides what a row holds: that is the handlers' work. Never one statement
+per event.
 
 Synchronous, on a plain ``Connection``: an apply runs whole in the read-model store's writer
 thread on SQLite, and under ``AsyncConnection.run_sync`` elsewhere (``ProjectionStore.run_write``).
@@ -25,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from projections import tables
 from projections.batch import Key, Row, Rows
 
-# IN-list size per SELECT: well under SQLite's bound-parameter limit. PostgreSQL gets one array
-# parameter per SELECT instead, so its chunks only bound the size of one query.
+# IN-list size per SELECT: well under SQLite's bound-parameter limit (used on SQLite only for a key
+# that is not all text). PostgreSQL gets one array parameter per SELECT instead, so its chunks only
+# bound the size of one query.
 _CHUNK = 500
 _PG_CHUNK = 10_000
 # Keys per SQLite SELECT whose keys all are text (one JSON array parameter, ``_driver_select``).
