@@ -50,6 +50,8 @@ MAX_BATCH_RECORDS = 20_000
 # transactional.id); the timeout only bounds how long a hung one blocks read_committed readers.
 PARTITION_TRANSACTION_TIMEOUT_MS = 15_000
 MAIN_TRANSACTION_TIMEOUT_MS = 60_000
+# How long closing a writer waits for its transaction to end, and then for its producer to stop.
+CLOSE_TIMEOUT_S = 30.0
 
 # Errors caused by one record, not by the broker: a shared transaction is retried per append.
 _RECORD_ERRORS: tuple[type[BaseException], ...] = (
@@ -120,16 +122,28 @@ class Writer:
         self.task = asyncio.create_task(self.run(), name=f"kafka-writer {self.tid}")
 
     async def close(self) -> None:
-        """Write what is already queued, then stop the producer."""
+        """Write what is already queued, then stop the producer; within ``CLOSE_TIMEOUT_S`` each.
+
+        A transaction that does not end by then is abandoned (its appends fail): after a broker
+        restart the client can wait for an end that never comes, and whoever registers this
+        transactional.id next aborts it anyway.
+        """
         self.closing = True
         self.wake.set()
         task, self.task = self.task, None
         if task is not None and not task.done():
-            await asyncio.shield(task)
+            done, _ = await asyncio.wait([task], timeout=CLOSE_TIMEOUT_S)
+            if not done:
+                logger.warning("Kafka writer %s still in a transaction after %.0f s; abandoning it",
+                               self.tid, CLOSE_TIMEOUT_S)
+                task.cancel()
+                await asyncio.wait([task])
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # its appends failed with it (run), nothing to report twice
         producer, self.producer = self.producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
 
     async def enqueue(self, item: Pending) -> list[Appended]:
         """Queue an append; its positions once its transaction committed."""

@@ -20,7 +20,7 @@ Faust assigns the partition and dropped when it is revoked:
 
 Faust is used for what it does well (group membership, assignment, rebalancing) and nothing
 else. It does not deliver records: each role on each assigned partition tails it itself from its
-own committed offset with a long-polling read_committed consumer of the log (``_Part.run``), and
+own committed offset (``services.runtime.partition_role``, which also restarts a role that stalls), and
 records this process wrote are not decoded again (``EnvelopeCache``). Measured on a 2-core
 machine, Faust's per-message path (consumer thread hop, events, channels, acks, ``take_events``)
 topped out near 6,000 records/s, and with commands and events fetched by one aiokafka consumer
@@ -46,12 +46,10 @@ This module must never decide, react or project itself: it only feeds records to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import sqlalchemy as sa
@@ -62,18 +60,19 @@ from contracts import Envelope
 from events import EventLog, LogError, StoredRecord, TransactionalLog, open_log, partition_for
 from events.cache import EnvelopeCache
 from events.codec import to_record
-from events.kafka import Fenced, KafkaLog
+from events.kafka import KafkaLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.decider import PartitionDecider
 from services.runtime.deliveries import Deliveries, group_prefix
 from services.runtime.outcomes import OutcomeRef, Outcomes
+from services.runtime.partition_role import RETRY_MAX_S, PartitionRole
 from services.runtime.sealing import Sealer, sealer_of
 from services.runtime.service import Starting, StopDeadline, ended, wait_committed
 from services.runtime.settings import Settings
 from services.runtime.snapshots import SnapshotStore
 from services.runtime.timers import TimerService
-from services.runtime.topics import BATCH, Topics
+from services.runtime.topics import Topics
 from services.runtime.tracker import OutcomeTracker
 
 log = logging.getLogger("agentbus.faust")
@@ -81,10 +80,6 @@ log = logging.getLogger("agentbus.faust")
 HEARTBEAT_S = 1.0
 # The read models take bigger batches: one database transaction per batch.
 PROJECTOR_BATCH = 5000
-RETRY_MAX_S = 5.0
-# After a fence, how long a partition loop waits for a rebalance to revoke it before claiming the
-# partition again (longer than a rebalance takes with group.initial.rebalance.delay.ms=0).
-FENCED_RETRY_S = 5.0
 UNSTARTED_APP_STOP_S = 3.0
 
 
@@ -102,7 +97,7 @@ class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Faust delivers nothing: its per-message path (thread hop, events, channels, acks) tops
         # out at ~6,000 records/s here, and aiokafka's one fetch in flight per broker made each
         # topic wait for the other's long poll (~1 s per hop). The roles tail their partitions
-        # themselves (_Part.run); pausing stops this consumer fetching what nobody reads.
+        # themselves (PartitionRole.run); pausing stops this consumer fetching what nobody reads.
         consumer = self._ensure_consumer()
         consumer.pause(*[TopicPartition(tp.topic, tp.partition) for tp in assigned])
         await super().on_partitions_assigned(assigned, generation_id)
@@ -115,96 +110,6 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
 
 class _ReadCommittedTransport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
-
-
-# --- one role on one partition ------------------------------------------------------------------
-
-
-@dataclass
-class _Part:
-    """One role (decider, coordinator or projector) on one partition, while it is assigned here.
-
-    It tails the partition itself from ``next``, its own committed position (records below it
-    were applied already), through the log's long-polling read_committed consumer: Faust only
-    says which partitions are ours. Any failure rebuilds the state from the log and goes on
-    from the committed position again, so nothing is skipped and nothing applied twice.
-    """
-
-    role: str
-    topic: str
-    partition: int
-    build: Callable[[], Awaitable[int]]
-    step: Callable[[list[StoredRecord]], Awaitable[None]]
-    log: EventLog
-    limit: int = BATCH
-    next: int = 0
-    dirty: bool = True
-    closed: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        """Build the state, then apply the partition's records in order until closed."""
-        delay = 0.2
-        while not self.closed:
-            try:
-                async with self.lock:
-                    if self.closed:
-                        return
-                    if self.dirty:
-                        self.next = await self.build()
-                        self.dirty = False
-                stream = cast(AsyncGenerator[list[StoredRecord], None],
-                              self.log.subscribe(self.topic, self.partition, self.next, limit=self.limit))
-                async with contextlib.aclosing(stream):
-                    async for recs in stream:
-                        async with self.lock:
-                            if self.closed:
-                                return
-                            await self._apply(recs)
-                        delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Fenced as exc:
-                # Either another worker owns this partition now (Faust revokes it from us within a
-                # rebalance), or the broker aborted a transaction of ours that outlived its timeout
-                # (a broker restart): then nobody else will take the partition and closing would
-                # leave its pools undecided for good. So wait past a rebalance and, if still ours,
-                # claim it again: registering the transactional.id fences any other holder and
-                # aborts its open transaction, and the rebuild reads only committed records, so
-                # nothing is applied twice either way.
-                log.warning("%s[%d] fenced (%s); claiming it again in %.0f s unless revoked",
-                            self.role, self.partition, exc, FENCED_RETRY_S)
-                self.dirty = True
-                await asyncio.sleep(FENCED_RETRY_S)
-            except Exception as exc:  # broker away, a timeout: rebuild from the log and retry
-                log.warning("%s[%d] failed (%r); rebuilding and retrying in %.1f s",
-                            self.role, self.partition, exc, delay)
-                self.dirty = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-
-    async def stop(self) -> None:
-        """Stop after the batch being applied (never in the middle of one)."""
-        self.closed = True
-        task, self.task = self.task, None
-        if task is None:
-            return
-        async with self.lock:
-            task.cancel()
-        await ended([task])
-
-    async def _apply(self, recs: list[StoredRecord]) -> None:
-        if recs[0].offset < self.next:  # never apply below our own committed position
-            recs = [r for r in recs if r.offset >= self.next]
-            if not recs:
-                return
-        try:
-            await self.step(recs)
-        except BaseException:
-            self.dirty = True  # the state may hold half of this batch: rebuild before going on
-            raise
-        self.next = recs[-1].offset + 1
 
 
 # --- the worker ---------------------------------------------------------------------------------
@@ -240,9 +145,9 @@ class FaustWorker:
         self.decider_group = f"{self.app_id}-decider"
         self.coordinator_group = f"{self.app_id}-coordinator"
         self.projector = Projector(self.store)
-        self.deciders: dict[int, _Part] = {}
-        self.coordinators: dict[int, _Part] = {}
-        self.projectors: dict[int, _Part] = {}
+        self.deciders: dict[int, PartitionRole] = {}
+        self.coordinators: dict[int, PartitionRole] = {}
+        self.projectors: dict[int, PartitionRole] = {}
         # Durable timers: one service per commands partition this worker owns. A brief overlap
         # with the previous owner is harmless: FireTimer ids are deterministic, repeats dropped.
         self.timers: dict[int, asyncio.Task[None]] = {}
@@ -348,7 +253,7 @@ class FaustWorker:
 
         async def assigned_only(stream: Any) -> None:
             # Subscribes the group to the topic; the partitions are paused (_ReadCommittedThread),
-            # so nothing arrives here: each role tails its partitions itself (_Part.run).
+            # so nothing arrives here: each role tails its partitions itself (PartitionRole.run).
             async for _ in stream:
                 pass
 
@@ -416,7 +321,7 @@ class FaustWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
-    async def _release(self, part: _Part, group: str | None, topic: str, partition: int) -> None:
+    async def _release(self, part: PartitionRole, group: str | None, topic: str, partition: int) -> None:
         await part.stop()  # after its last batch
         if group is not None:
             await self.log.release(group, topic, partition)
@@ -431,7 +336,7 @@ class FaustWorker:
 
     # -- the three roles ------------------------------------------------------------------------
 
-    def _decider(self, p: int) -> _Part:
+    def _decider(self, p: int) -> PartitionRole:
         holder: dict[str, PartitionDecider] = {}
 
         async def build() -> int:
@@ -450,9 +355,9 @@ class FaustWorker:
             get = self.cache.get
             await holder["d"].process([(r.offset, get(r) or r) for r in recs])
 
-        return _Part("decider", self.topics.commands, p, build, step, self.log)
+        return PartitionRole("decider", self.topics.commands, p, build, step, self.log)
 
-    def _coordinator(self, p: int) -> _Part:
+    def _coordinator(self, p: int) -> PartitionRole:
         holder: dict[str, CoordinatorDriver] = {}
 
         async def build() -> int:
@@ -466,9 +371,9 @@ class FaustWorker:
             decode = self.cache.decode
             await holder["c"].react(p, [(r.offset, decode(r)) for r in recs])
 
-        return _Part("coordinator", self.topics.events, p, build, step, self.log)
+        return PartitionRole("coordinator", self.topics.events, p, build, step, self.log)
 
-    def _projector(self, p: int) -> _Part:
+    def _projector(self, p: int) -> PartitionRole:
         async def build() -> int:
             return await self.projector.position(self.topics.events, p)
 
@@ -476,7 +381,7 @@ class FaustWorker:
             decode = self.cache.decode
             await self.projector.apply(self.topics.events, p, [(r.offset, decode(r)) for r in recs])
 
-        return _Part("projector", self.topics.events, p, build, step, self.log, limit=PROJECTOR_BATCH)
+        return PartitionRole("projector", self.topics.events, p, build, step, self.log, limit=PROJECTOR_BATCH)
 
 
 async def start_store(store: ProjectionStore, attempts: int = 5) -> None:

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 from events import Commit, Record, StoredRecord, open_log
 from events.kafka import Fenced, KafkaLog
-from services.runtime import cluster
+from services.runtime import partition_role
+from services.runtime.partition_role import PartitionRole
 from tests.cluster.conftest import bootstrap_of, drop_topics, kafka_url
 
 pytestmark = pytest.mark.kafka
@@ -73,10 +74,10 @@ async def test_a_fenced_partition_loop_still_assigned_claims_again_and_applies_e
     """A broker restart can outlast a transaction's timeout: the broker then aborts it and bumps the
     epoch, so the owner's next append fails with Fenced although no other worker took the
     partition. The loop must claim it again (not stop for good), and apply each record once."""
-    monkeypatch.setattr(cluster, "FENCED_RETRY_S", 0.2)
+    monkeypatch.setattr(partition_role, "FENCED_RETRY_S", 0.2)
     log, other = await _log(), await _log()
     source = f"{topic}-in"
-    part: cluster._Part | None = None
+    part: PartitionRole | None = None
     try:
         await log.ensure_topic(topic, 1)
         await log.ensure_topic(source, 1)
@@ -97,7 +98,7 @@ async def test_a_fenced_partition_loop_still_assigned_claims_again_and_applies_e
                     return got
                 await asyncio.sleep(0.1)
 
-        part = cluster._Part(role="copy", topic=source, partition=0, build=build, step=step, log=log)
+        part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step, log=log)
         part.task = asyncio.create_task(part.run())
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
         assert await copied(3) == [b"0", b"1", b"2"]

@@ -1,0 +1,142 @@
+"""A partition role that stops moving is rebuilt, and still applies each record exactly once.
+
+After a broker restart a Kafka client can wait, without an error, for something that will not
+come: a transaction's end, a fetch. A role whose step outlives ``STEP_TIMEOUT_S``, or whose tail
+delivers nothing for ``STALL_S`` while its partition has records past its position, is rebuilt
+from its committed offset (``services.runtime.partition_role``). The hang is played by the test's
+own step and tail; the log, the offsets and the transactions are a real broker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+
+from events import Commit, EventLog, Record, StoredRecord
+from services.runtime import partition_role
+from services.runtime.partition_role import PartitionRole
+from tests.cluster.conftest import bootstrap_of, drop_topics, kafka_url
+from tests.cluster.test_fencing import _log
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+async def topic() -> AsyncIterator[str]:
+    name = f"stall-{uuid.uuid4().hex[:10]}"
+    yield name
+    await drop_topics(bootstrap_of(kafka_url()), name, f"{name}-in")
+
+
+async def _copied(log: EventLog, topic: str, n: int) -> list[bytes]:
+    deadline = time.monotonic() + 60
+    while True:
+        got = [r.value for r in await log.read(topic, 0, 0, 1000)]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("hangs", ["before its append", "after its append"])
+async def test_a_step_that_never_ends_is_abandoned_and_its_batch_applied_once(
+    topic: str, hangs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partition_role, "STEP_TIMEOUT_S", 1.0)
+    log = await _log()
+    source = f"{topic}-in"
+    part: PartitionRole | None = None
+    calls = 0
+    try:
+        await log.ensure_topic(topic, 1)
+        await log.ensure_topic(source, 1)
+
+        async def build() -> int:
+            await log.claim("g", source, 0)  # fence, THEN read: as the decider does
+            return await log.committed("g", source, 0)
+
+        async def step(recs: list[StoredRecord]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1 and hangs == "before its append":
+                await asyncio.Event().wait()
+            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
+                             commit=Commit("g", source, 0, recs[-1].offset + 1))
+            if calls == 1:
+                await asyncio.Event().wait()  # committed, then never returns
+
+        part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step, log=log)
+        part.task = asyncio.create_task(part.run())
+        await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
+        assert await _copied(log, topic, 3) == [b"0", b"1", b"2"]
+        await log.append(source, [Record("k", f"{i}".encode()) for i in range(3, 5)])
+        assert await _copied(log, topic, 5) == [f"{i}".encode() for i in range(5)]
+        await asyncio.sleep(0.5)  # nothing more arrives: no record was copied twice
+        assert [r.value for r in await log.read(topic, 0, 0, 1000)] == [f"{i}".encode() for i in range(5)]
+        assert part.stalls == 1 and not part.closed
+        last = (await log.read(source, 0, 0, 1000))[-1].offset
+        assert await log.committed("g", source, 0) == last + 1
+    finally:
+        if part is not None:
+            await part.stop()
+        await log.close()
+
+
+class _FirstTailHangs:
+    """The broker's log, except that its first tail never delivers (a consumer stuck for good)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.tails = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)
+
+    async def subscribe(self, topic: str, partition: int, offset: int, *,
+                        limit: int = 1000) -> AsyncIterator[list[StoredRecord]]:
+        self.tails += 1
+        if self.tails == 1:
+            await asyncio.Event().wait()
+        async for batch in self.log.subscribe(topic, partition, offset, limit=limit):
+            yield batch
+
+
+async def test_a_tail_that_delivers_nothing_while_records_wait_is_replaced(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partition_role, "STALL_S", 1.0)
+    monkeypatch.setattr(partition_role, "STALL_CHECK_S", 0.2)
+    log = await _log()
+    source = f"{topic}-in"
+    hanging = _FirstTailHangs(log)
+    part: PartitionRole | None = None
+    try:
+        await log.ensure_topic(topic, 1)
+        await log.ensure_topic(source, 1)
+
+        async def build() -> int:
+            await log.claim("g", source, 0)
+            return await log.committed("g", source, 0)
+
+        async def step(recs: list[StoredRecord]) -> None:
+            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
+                             commit=Commit("g", source, 0, recs[-1].offset + 1))
+
+        part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step,
+                             log=cast(EventLog, hanging))
+        part.task = asyncio.create_task(part.run())
+        await asyncio.sleep(1.5)  # idle past STALL_S with nothing to read: no stall
+        assert part.stalls == 0 and hanging.tails == 1
+        await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
+        assert await _copied(log, topic, 3) == [b"0", b"1", b"2"]
+        assert part.stalls == 1 and hanging.tails == 2
+        last = (await log.read(source, 0, 0, 1000))[-1].offset
+        assert await log.committed("g", source, 0) == last + 1
+    finally:
+        if part is not None:
+            await part.stop()
+        await log.close()
