@@ -287,11 +287,33 @@ async def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, time
     raise AssertionError(f"{base} not healthy after {timeout}s:\n{tail}")
 
 
+# Lines of each process's log a failing test prints, access-log lines left out.
+FAILURE_LOG_LINES = 120
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def logs(tmp_path: Path) -> Iterator[Path]:
+def logs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory for the test's process logs; a failing test prints their tails (CI keeps no files)."""
     d = tmp_path / "logs"
     d.mkdir()
     yield d
+    if request.node.stash.get(_CALL_FAILED, False):
+        for path in sorted(d.glob("*.log")):
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if '"GET /' not in line and '"POST /' not in line]
+            print(f"\n--- {path.name}: last {FAILURE_LOG_LINES} of {len(lines)} lines (access log left out)")
+            print("\n".join(lines[-FAILURE_LOG_LINES:]))
 
 
 async def read_topic(log: Any, topic: str) -> dict[int, list[Any]]:
