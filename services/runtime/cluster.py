@@ -20,8 +20,8 @@ Faust assigns the partition and dropped when it is revoked:
 
 Faust is used for what it does well (group membership, assignment, rebalancing) and nothing
 else. It does not deliver records: each role on each assigned partition tails it itself from its
-own committed offset (``services.runtime.partition_role``, which also restarts a role that stalls), and
-records this process wrote are not decoded again (``EnvelopeCache``). Measured on a 2-core
+own committed offset (``services.runtime.partition_role``, which also rebuilds a role that
+stalls), and records this process wrote are not decoded again (``EnvelopeCache``). Measured on a 2-core
 machine, Faust's per-message path (consumer thread hop, events, channels, acks, ``take_events``)
 topped out near 6,000 records/s, and with commands and events fetched by one aiokafka consumer
 (one fetch in flight per broker, Faust's fetch wait hard-coded to 1.5 s) every hand-off waited

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import Commit, Record, StoredRecord, open_log
+from events import Commit, EventLog, Record, StoredRecord, open_log
 from events.kafka import Fenced, KafkaLog
 from services.runtime import partition_role
 from services.runtime.partition_role import PartitionRole
@@ -36,6 +36,31 @@ async def _log() -> KafkaLog:
     assert isinstance(log, KafkaLog)
     await log.start()
     return log
+
+
+async def copy(log: EventLog, recs: list[StoredRecord], topic: str) -> None:
+    """A copying role's step: ``recs`` (of ``<topic>-in``[0]) to ``topic``[0], offset in the transaction."""
+    await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
+                     commit=Commit("g", recs[0].topic, 0, recs[-1].offset + 1))
+
+
+async def copied(log: EventLog, topic: str, n: int) -> list[bytes]:
+    """What ``topic``[0] holds once it holds ``n`` records (or after 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        got = [r.value for r in await log.read(topic, 0, 0, 1000)]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.1)
+
+
+async def assert_copied_once(log: EventLog, topic: str, n: int) -> None:
+    """``topic``[0] holds ``<topic>-in``[0]'s ``n`` records, each once, and the offset is past them."""
+    await asyncio.sleep(0.5)  # nothing more arrives: no record is copied twice
+    assert [r.value for r in await log.read(topic, 0, 0, 1000)] == [f"{i}".encode() for i in range(n)]
+    source = f"{topic}-in"
+    last = (await log.read(source, 0, 0, 1000))[-1].offset
+    assert await log.committed("g", source, 0) == last + 1
 
 
 async def test_a_new_owner_fences_the_old_one_and_aborts_its_open_transaction(topic: str) -> None:
@@ -87,30 +112,18 @@ async def test_a_fenced_partition_loop_still_assigned_claims_again_and_applies_e
             return await log.committed("g", source, 0)
 
         async def step(recs: list[StoredRecord]) -> None:
-            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
-                             commit=Commit("g", source, 0, recs[-1].offset + 1))
-
-        async def copied(n: int) -> list[bytes]:
-            deadline = time.monotonic() + 60
-            while True:
-                got = [r.value for r in await log.read(topic, 0, 0, 1000)]
-                if len(got) >= n or time.monotonic() > deadline:
-                    return got
-                await asyncio.sleep(0.1)
+            await copy(log, recs, topic)
 
         part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step, log=log)
         part.task = asyncio.create_task(part.run())
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
-        assert await copied(3) == [b"0", b"1", b"2"]
+        assert await copied(log, topic, 3) == [b"0", b"1", b"2"]
         # What the broker does to a timed-out transaction: a newer epoch of the same id.
         await other.claim("g", source, 0)
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3, 6)])
-        assert await copied(6) == [f"{i}".encode() for i in range(6)]
-        await asyncio.sleep(0.5)  # nothing more arrives: no record is copied twice
-        assert [r.value for r in await log.read(topic, 0, 0, 1000)] == [f"{i}".encode() for i in range(6)]
+        assert await copied(log, topic, 6) == [f"{i}".encode() for i in range(6)]
+        await assert_copied_once(log, topic, 6)
         assert not part.closed
-        last = (await log.read(source, 0, 0, 1000))[-1].offset
-        assert await log.committed("g", source, 0) == last + 1
     finally:
         if part is not None:
             await part.stop()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +25,7 @@ from services.runtime import partition_role
 from services.runtime.partition_role import PartitionRole
 from tests.cluster.conftest import bootstrap_of, drop_topics, kafka_url
 from tests.cluster.test_faults import private_broker
-from tests.cluster.test_fencing import _log
+from tests.cluster.test_fencing import _log, assert_copied_once, copied, copy
 
 pytestmark = pytest.mark.kafka
 
@@ -37,13 +37,21 @@ async def topic() -> AsyncIterator[str]:
     await drop_topics(bootstrap_of(kafka_url()), name, f"{name}-in")
 
 
-async def _copied(log: EventLog, topic: str, n: int) -> list[bytes]:
-    deadline = time.monotonic() + 60
-    while True:
-        got = [r.value for r in await log.read(topic, 0, 0, 1000)]
-        if len(got) >= n or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.1)
+async def _started(log: EventLog, topic: str, step: Callable[[list[StoredRecord]], Awaitable[None]],
+                   tail_log: EventLog | None = None) -> PartitionRole:
+    """A role copying ``<topic>-in``[0] to ``topic``[0] with ``step``, running; its tails come from
+    ``tail_log`` (default ``log``)."""
+    source = f"{topic}-in"
+    await log.ensure_topic(topic, 1)
+    await log.ensure_topic(source, 1)
+
+    async def build() -> int:
+        await log.claim("g", source, 0)  # fence, THEN read the committed offset: as the decider does
+        return await log.committed("g", source, 0)
+
+    part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step, log=tail_log or log)
+    part.task = asyncio.create_task(part.run())
+    return part
 
 
 @pytest.mark.parametrize("hangs", ["before its append", "after its append"])
@@ -55,35 +63,24 @@ async def test_a_step_that_never_ends_is_abandoned_and_its_batch_applied_once(
     source = f"{topic}-in"
     part: PartitionRole | None = None
     calls = 0
+
+    async def step(recs: list[StoredRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1 and hangs == "before its append":
+            await asyncio.Event().wait()
+        await copy(log, recs, topic)
+        if calls == 1:
+            await asyncio.Event().wait()  # committed, then never returns
+
     try:
-        await log.ensure_topic(topic, 1)
-        await log.ensure_topic(source, 1)
-
-        async def build() -> int:
-            await log.claim("g", source, 0)  # fence, THEN read: as the decider does
-            return await log.committed("g", source, 0)
-
-        async def step(recs: list[StoredRecord]) -> None:
-            nonlocal calls
-            calls += 1
-            if calls == 1 and hangs == "before its append":
-                await asyncio.Event().wait()
-            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
-                             commit=Commit("g", source, 0, recs[-1].offset + 1))
-            if calls == 1:
-                await asyncio.Event().wait()  # committed, then never returns
-
-        part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step, log=log)
-        part.task = asyncio.create_task(part.run())
+        part = await _started(log, topic, step)
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
-        assert await _copied(log, topic, 3) == [b"0", b"1", b"2"]
+        assert await copied(log, topic, 3) == [b"0", b"1", b"2"]
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3, 5)])
-        assert await _copied(log, topic, 5) == [f"{i}".encode() for i in range(5)]
-        await asyncio.sleep(0.5)  # nothing more arrives: no record was copied twice
-        assert [r.value for r in await log.read(topic, 0, 0, 1000)] == [f"{i}".encode() for i in range(5)]
+        assert await copied(log, topic, 5) == [f"{i}".encode() for i in range(5)]
+        await assert_copied_once(log, topic, 5)
         assert part.stalls == 1 and not part.closed
-        last = (await log.read(source, 0, 0, 1000))[-1].offset
-        assert await log.committed("g", source, 0) == last + 1
     finally:
         if part is not None:
             await part.stop()
@@ -118,28 +115,18 @@ async def test_a_tail_that_delivers_nothing_while_records_wait_is_replaced(
     source = f"{topic}-in"
     hanging = _FirstTailHangs(log)
     part: PartitionRole | None = None
+
+    async def step(recs: list[StoredRecord]) -> None:
+        await copy(log, recs, topic)
+
     try:
-        await log.ensure_topic(topic, 1)
-        await log.ensure_topic(source, 1)
-
-        async def build() -> int:
-            await log.claim("g", source, 0)
-            return await log.committed("g", source, 0)
-
-        async def step(recs: list[StoredRecord]) -> None:
-            await log.append(topic, [Record("k", r.value) for r in recs], partition=0,
-                             commit=Commit("g", source, 0, recs[-1].offset + 1))
-
-        part = PartitionRole(role="copy", topic=source, partition=0, build=build, step=step,
-                             log=cast(EventLog, hanging))
-        part.task = asyncio.create_task(part.run())
+        part = await _started(log, topic, step, cast(EventLog, hanging))
         await asyncio.sleep(1.5)  # idle past STALL_S with nothing to read: no stall
         assert part.stalls == 0 and hanging.tails == 1
         await log.append(source, [Record("k", f"{i}".encode()) for i in range(3)])
-        assert await _copied(log, topic, 3) == [b"0", b"1", b"2"]
+        assert await copied(log, topic, 3) == [b"0", b"1", b"2"]
         assert part.stalls == 1 and hanging.tails == 2
-        last = (await log.read(source, 0, 0, 1000))[-1].offset
-        assert await log.committed("g", source, 0) == last + 1
+        await assert_copied_once(log, topic, 3)
     finally:
         if part is not None:
             await part.stop()
