@@ -223,12 +223,19 @@ class CircuitBreakerConfig(_Config):
     recovery_timeout: Seconds = 60.0
 
 
+MAX_PROCESSES = 16
+
+
 class _Executor(_Config):
     """What every executor has: its identity as an agent and how much it takes on."""
 
     name: Id = Field(description="The agent id the executor registers as.")
     capabilities: Capabilities = ()
     capacity: int = Field(default=4, ge=1, le=MAX_CAPACITY, description="Calls in flight at once.")
+    processes: int = Field(default=0, ge=0, le=MAX_PROCESSES, description=(
+        "Worker processes that make the calls (0: the host's own process). A call's client work "
+        "then runs beside the log and the decider instead of on their core; the capacity is shared "
+        "among them."))
     timeout: Seconds = Field(default=30.0, description="Seconds one call may take (a task's own limit wins).")
     retry_config: RetryConfig | None = None
     circuit_breaker: CircuitBreakerConfig | None = None

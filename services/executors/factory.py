@@ -11,7 +11,17 @@ from services.executors.base import Executor
 
 
 def build_executor(config: ExecutorConfig) -> Executor:
-    """A new, not yet started executor for ``config``."""
+    """A new, not yet started executor for ``config``: its calls in ``config.processes`` worker
+    processes when that is set (``services.executors.processes``), else in this one."""
+    if config.processes:
+        from services.executors.processes import WorkerExecutor
+
+        return WorkerExecutor(config)
+    return build_in_process(config)
+
+
+def build_in_process(config: ExecutorConfig) -> Executor:
+    """A new, not yet started executor for ``config`` that calls from this process."""
     match config.type:
         case "http_api":
             from services.executors.http_api import HttpApiExecutor
