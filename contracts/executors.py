@@ -232,7 +232,9 @@ class _Executor(_Config):
     name: Id = Field(description="The agent id the executor registers as.")
     capabilities: Capabilities = ()
     capacity: int = Field(default=4, ge=1, le=MAX_CAPACITY, description="Calls in flight at once.")
-    processes: int = Field(default=0, ge=0, le=MAX_PROCESSES, description=(
+    # Left out of a dump when 0, so a workflow definition's snapshot (and digest) is what it was.
+    processes: int = Field(default=0, ge=0, le=MAX_PROCESSES, exclude_if=lambda value: value == 0,
+                           description=(
         "Worker processes that make the calls (0: the host's own process). A call's client work "
         "then runs beside the log and the decider instead of on their core; the capacity is shared "
         "among them."))

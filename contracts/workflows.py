@@ -178,6 +178,15 @@ class WorkflowDefinition(Model):
         return self
 
     @model_validator(mode="after")
+    def _no_worker_processes(self) -> WorkflowDefinition:
+        for i, agent in enumerate(self.agents):
+            if agent.processes:
+                raise ValueError(f"agents.{i}.processes: worker processes are chosen where executors are "
+                                 "deployed (an executors file for agentbus serve or agentbus executor run), "
+                                 "not by a workflow")
+        return self
+
+    @model_validator(mode="after")
     def _triggerable(self) -> WorkflowDefinition:
         problem = trigger_problem(self.trigger, self.inputs)
         if problem is not None:

@@ -8,7 +8,9 @@ so it never shares this process's interpreter with what is measured. Reported:
   offered rate (default 200/s), the call latency p50/p99;
 - agentbus: ``N`` tasks submitted at once to the embedded runtime (log, decider, coordinator,
   projector) with an in-process executor host of one http_api executor of the same ``capacity``:
-  tasks/s until every task completed; the ratio to raw;
+  tasks/s until every task completed; the ratio to raw. Twice, on a fresh log each: the executor
+  making its calls in the host's process, then in ``processes`` worker processes
+  (``services.executors.processes``);
 - added latency at the offered rate: per task, (TaskCompleted seen - SubmitTask appended) minus
   the time its call took, p50/p99: what agentbus adds to a call.
 
@@ -166,11 +168,12 @@ def _submit(i: str) -> c.SubmitTask:
 
 
 async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int, rate: float,
-                         paced: int) -> dict[str, Any]:
-    """The same calls as tasks through the embedded runtime and an in-process executor host."""
+                         paced: int, processes: int = 0) -> dict[str, Any]:
+    """The same calls as tasks through the embedded runtime and an in-process executor host (its
+    executor calling from ``processes`` worker processes, or from this one)."""
     config: ExecutorConfig = ExecutorsFile.model_validate({"agents": [{
         "name": "bench_http", "type": "http_api", "endpoint": url, "capabilities": ["http"],
-        "capacity": capacity, "timeout": 30}]}).agents[0]
+        "capacity": capacity, "timeout": 30, "processes": processes}]}).agents[0]
     timed: list[_Timed] = []
 
     def build(cfg: ExecutorConfig) -> Executor:
@@ -216,24 +219,46 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await target.stop()
-    return {"tasks_per_s": round(tasks / seconds, 1), "seconds": round(seconds, 2), "failed": watch.failed,
+    return {"processes": processes, "tasks_per_s": round(tasks / seconds, 1), "seconds": round(seconds, 2),
+            "failed": watch.failed,
             "projector_peak_rss_mb": target.projector_peak_rss_mb,
             "task_p50_ms": round(percentile(total, 50), 2), "task_p99_ms": round(percentile(total, 99), 2),
             "added_p50_ms": round(percentile(added, 50), 2), "added_p99_ms": round(percentile(added, 99), 2)}
 
 
 async def bench_executor(settings: Settings, tasks: int, *, capacity: int = 8, rate: float = 200.0,
-                         paced_seconds: float = 5.0) -> dict[str, Any]:
-    """Raw httpx and the http_api executor against the same stand-in server, in one run."""
+                         paced_seconds: float = 5.0, processes: int = 1) -> dict[str, Any]:
+    """Raw httpx and the http_api executor against the same stand-in server, in one run: the
+    executor calling from the host's process, then from ``processes`` worker processes."""
     paced = max(1, int(rate * paced_seconds))
+    runs = []
     with target_process() as url:
         raw = await raw_calls(url, tasks, capacity, rate, paced)
-        ours = await executor_tasks(settings, url, tasks, capacity, rate, paced)
-    result = {"executor": "http", "tasks": tasks, "capacity": capacity, "rate": rate, **raw, **ours,
-              "peak_rss_mb": round(peak_rss_mb(), 1)}
-    result["ratio_to_raw"] = round(result["tasks_per_s"] / result["raw_calls_per_s"], 3)
-    result["offered_load"] = round(rate / result["tasks_per_s"], 3)
-    return result
+        for n in (0, processes):
+            run_settings = settings if n == 0 else _fresh(settings, f"processes{n}")
+            ours = await executor_tasks(run_settings, url, tasks, capacity, rate, paced, processes=n)
+            ours["ratio_to_raw"] = round(ours["tasks_per_s"] / raw["raw_calls_per_s"], 3)
+            ours["offered_load"] = round(rate / ours["tasks_per_s"], 3)
+            runs.append(ours)
+    return {"executor": "http", "tasks": tasks, "capacity": capacity, "rate": rate, **raw, "runs": runs,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "projector_peak_rss_mb": max(r["projector_peak_rss_mb"] or 0.0 for r in runs)}
+
+
+def _beside(url: str, tag: str) -> str:
+    """A SQLite URL's file with ``tag`` added to its name (``log.db`` -> ``log-tag.db``)."""
+    base, sep, options = url.partition("?")
+    base = f"{base[:-3]}-{tag}.db" if base.endswith(".db") else f"{base}-{tag}"
+    return base + sep + options
+
+
+def _fresh(settings: Settings, tag: str) -> Settings:
+    """The settings of another run on fresh SQLite files beside the first run's (the executor
+    benchmark runs on the embedded log only)."""
+    update = {"broker": _beside(settings.broker, tag)}
+    if settings.database.startswith("sqlite"):
+        update["database"] = _beside(settings.database, tag)
+    return settings.model_copy(update=update)
 
 
 # Offered at this share of the saturated rate or more, paced tasks wait for one another.

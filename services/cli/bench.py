@@ -50,6 +50,9 @@ from services.cli.common import fail, load_settings, setting_option
                    "local server (default 2,000), beside raw httpx calls to it; --rate is the offered "
                    "tasks/s of the added-latency phase (default 200).")
 @click.option("--capacity", default=8, show_default=True, help="--executor: the executor's concurrent calls.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="--executor: worker processes of the second executor run (the first calls from the "
+                   "host's process).")
 @click.option("--subscribers", default=0, show_default=True,
               help="Instead of the task scenario: this many WebSocket subscribers to `events` while --rate "
                    "commands/s of it run for --paced-seconds: events/s delivered, append->delivery p99.")
@@ -75,7 +78,8 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                   http_requests: int, http_clients: int, broker: str | None, database: str | None,
                   topic_prefix: str | None, app_id: str | None, partitions: int | None, workers: int,
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
-                  executor_kind: str | None, capacity: int, subscribers: int, subscriber_processes: int,
+                  executor_kind: str | None, capacity: int, processes: int, subscribers: int,
+                  subscriber_processes: int,
                   subscriber_batch: bool, audit: bool, audit_records: int, compare: bool, wrk_options: str,
                   loop: str, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
@@ -111,9 +115,9 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
             return
         if executor_kind is not None:
             explicit = click.get_current_context().get_parameter_source
-            _executor(settings, tasks if explicit("tasks") != click.core.ParameterSource.DEFAULT else 2000,
-                      capacity, rate if explicit("rate") != click.core.ParameterSource.DEFAULT else 200.0,
-                      paced_seconds, loop, as_json)
+            default = click.core.ParameterSource.DEFAULT
+            _executor(settings, tasks if explicit("tasks") != default else 2000, capacity, processes,
+                      rate if explicit("rate") != default else 200.0, paced_seconds, loop, as_json)
             return
         result = measure(settings, tmp, agents=agents, tasks=tasks, rate=rate, paced_seconds=paced_seconds,
                          workers=workers, http=http, http_requests=http_requests, http_clients=http_clients,
@@ -244,15 +248,15 @@ def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float,
     click.echo(_peak_rss(result))
 
 
-def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_seconds: float, loop: str,
-              as_json: bool) -> None:
+def _executor(settings: Any, tasks: int, capacity: int, processes: int, rate: float, paced_seconds: float,
+              loop: str, as_json: bool) -> None:
     from services.bench.executors import bench_executor, queueing_note
     from services.bench.scenario import loop_name, run_on
 
     if settings.kafka:
         fail("--executor runs on the embedded log (the executor's cost is what it measures)")
     result = run_on(loop, bench_executor(settings, tasks, capacity=capacity, rate=rate,
-                                         paced_seconds=paced_seconds))
+                                         paced_seconds=paced_seconds, processes=processes))
     result["loop"] = loop_name(loop)
     if as_json:
         click.echo(json.dumps(result))
@@ -261,14 +265,17 @@ def _executor(settings: Any, tasks: int, capacity: int, rate: float, paced_secon
                f"stand-in server in its own process (event loop: {result['loop']})")
     click.echo(f"raw httpx         {result['raw_calls_per_s']:,.0f} calls/s; at {rate:,.0f}/s p50 "
                f"{result['raw_p50_ms']} ms, p99 {result['raw_p99_ms']} ms")
-    click.echo(f"executor          {result['tasks_per_s']:,.0f} tasks/s end to end ({result['seconds']} s, "
-               f"{result['failed']} failed): {result['ratio_to_raw']:.0%} of the raw rate")
-    click.echo(f"added latency     p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms at "
-               f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
-               f"{result['task_p50_ms']} ms, p99 {result['task_p99_ms']} ms)")
-    note = queueing_note(result["offered_load"])
-    if note is not None:
-        click.echo(f"note              {note}")
+    for run in result["runs"]:
+        where = (f"calls in {run['processes']} worker process{'es' if run['processes'] > 1 else ''}"
+                 if run["processes"] else "calls in the host's process")
+        click.echo(f"executor          {where}: {run['tasks_per_s']:,.0f} tasks/s end to end "
+                   f"({run['seconds']} s, {run['failed']} failed): {run['ratio_to_raw']:.0%} of the raw rate")
+        click.echo(f"  added latency   p50 {run['added_p50_ms']} ms, p99 {run['added_p99_ms']} ms at "
+                   f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
+                   f"{run['task_p50_ms']} ms, p99 {run['task_p99_ms']} ms)")
+        note = queueing_note(run["offered_load"])
+        if note is not None:
+            click.echo(f"  note            {note}")
     click.echo(_peak_rss(result))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from contracts import new_id
 from contracts.executors import ExecutorConfig
 from services.executors.base import Call
-from services.executors.factory import build_executor
+from services.executors.factory import build_in_process
 
 TRIAL_TIMEOUT_S = 30.0  # a trial is cut here, whatever the configuration's timeout
 
@@ -25,7 +25,7 @@ async def try_executor(config: ExecutorConfig, action: str | None,
     """``{agent_name, success, response_time, result, error, error_code, retryable, retry_after}``;
     ``response_time`` in seconds, start and close of the executor included."""
     began = time.perf_counter()
-    executor = build_executor(config)
+    executor = build_in_process(config)  # a trial is one call: never worker processes
     try:
         async with asyncio.timeout(TRIAL_TIMEOUT_S):
             await executor.start()

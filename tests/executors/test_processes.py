@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from contracts import event_types as e
 from contracts.executors import ExecutorConfig, ExecutorsFile
+from contracts.workflows import WorkflowDefinition
 from services.executors.base import INTERNAL, Call, Outcome
 from services.executors.factory import build_executor
 from services.executors.processes import WorkerExecutor, WorkerStartError
@@ -177,3 +179,20 @@ async def test_a_task_runs_through_a_worker_process_of_a_host(tmp_path: Path, ta
         envs = await until(service, ended("wt1"))
         [done] = of(envs, e.TaskCompleted, "wt1")
         assert done.result["status"] == 200 and done.result["body"]["body"] == {"n": 1}
+
+
+def _definition(**agent: Any) -> dict[str, Any]:
+    return {"name": "wf", "version": "1", "tasks": [{"name": "a", "agent_name": "api"}],
+            "agents": [{"name": "api", "type": "http_api", "endpoint": "http://127.0.0.1:9/", **agent}]}
+
+
+def test_a_workflow_cannot_start_worker_processes() -> None:
+    with pytest.raises(ValidationError, match=r"agents\.0\.processes: worker processes are chosen where"):
+        WorkflowDefinition.model_validate(_definition(processes=2))
+
+
+def test_a_definition_without_processes_keeps_its_stored_form() -> None:
+    """A field left at 0 is not in the dump: definitions stored before it keep their digest."""
+    dumped = WorkflowDefinition.model_validate(_definition()).model_dump(mode="json")
+    assert "processes" not in dumped["agents"][0]
+    assert WorkflowDefinition.model_validate(_definition(processes=0)).model_dump(mode="json") == dumped
