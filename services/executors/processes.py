@@ -192,16 +192,22 @@ class WorkerExecutor:
             async with asyncio.timeout(limit):
                 return await future
         except TimeoutError:
+            self._drop(worker, n)
             return _died(f"did not answer within {limit:g} s")
         except (ConnectionError, RuntimeError):  # the pipe closed under the write: it is ending
             return await future
         except asyncio.CancelledError:
-            if worker.calls.pop(n, None) is not None and worker.alive:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    worker.send({"cancel": n})
+            self._drop(worker, n)
             raise
         finally:
             worker.calls.pop(n, None)
+
+    @staticmethod
+    def _drop(worker: _Worker, n: int) -> None:
+        """Stop waiting for call ``n`` and have the worker cancel it (freeing its slot)."""
+        if worker.calls.pop(n, None) is not None and worker.alive:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                worker.send({"cancel": n})
 
     async def close(self) -> None:
         """Close each worker's stdin (it closes its executor and exits); kill one that does not."""

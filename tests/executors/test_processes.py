@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -196,3 +197,43 @@ def test_a_definition_without_processes_keeps_its_stored_form() -> None:
     dumped = WorkflowDefinition.model_validate(_definition()).model_dump(mode="json")
     assert "processes" not in dumped["agents"][0]
     assert WorkflowDefinition.model_validate(_definition(processes=0)).model_dump(mode="json") == dumped
+
+
+ORPHAN = """
+import asyncio, sys
+from contracts.executors import ExecutorsFile
+from services.executors.factory import build_executor
+
+async def main():
+    config = ExecutorsFile.model_validate({"agents": [{
+        "name": "api", "type": "http_api", "endpoint": sys.argv[1], "processes": 1}]}).agents[0]
+    executor = build_executor(config)
+    await executor.start()
+    print(executor._workers[0].proc.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_worker_exits_when_its_host_is_killed(target: str) -> None:
+    host = await asyncio.create_subprocess_exec(sys.executable, "-c", ORPHAN, target,
+                                                stdout=asyncio.subprocess.PIPE)
+    assert host.stdout is not None
+    line = await asyncio.wait_for(host.stdout.readline(), 30)
+    worker = int(line)
+    os.kill(worker, 0)  # running
+    host.kill()
+    await host.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and "zombie" not in _state(worker):
+        assert time.monotonic() < deadline, "the worker outlived its host by 10 s"
+        await asyncio.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("State:")).lower()
+    except (OSError, StopIteration):
+        return "zombie"
