@@ -12,7 +12,10 @@ so it never shares this process's interpreter with what is measured. Reported:
   making its calls in the host's process, then in ``processes`` worker processes
   (``services.executors.processes``);
 - added latency at the offered rate: per task, (TaskCompleted seen - SubmitTask appended) minus
-  the time its call took, p50/p99: what agentbus adds to a call.
+  the time its call took, p50/p99: what agentbus adds to a call;
+- a saturated slot's cycle, p50 of each step: AssignTask -> TaskAssigned (decided), -> the call
+  begins (the host saw it), the call, -> CompleteTask (reported), -> TaskCompleted (decided), and
+  a TaskCompleted -> the coordinator's next AssignTask: where the time between two calls goes.
 
 Measures; never asserts.
 """
@@ -20,6 +23,7 @@ Measures; never asserts.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import subprocess
 import sys
@@ -111,11 +115,13 @@ async def raw_calls(url: str, calls: int, capacity: int, rate: float, paced: int
 
 @dataclass
 class _Timed:
-    """The executor, with how long each task's call took."""
+    """The executor, with when each task's call began and ended and how long it took."""
 
     inner: Executor
     name: str = ""
     call_ms: dict[str, float] = field(default_factory=dict)
+    called: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
@@ -124,11 +130,12 @@ class _Timed:
         await self.inner.start()
 
     async def call(self, call: Call) -> Outcome:
-        t0 = time.perf_counter()
+        t0 = self.called[call.task_id] = time.perf_counter()
         try:
             return await self.inner.call(call)
         finally:
-            self.call_ms[call.task_id] = (time.perf_counter() - t0) * 1000
+            t1 = self.answered[call.task_id] = time.perf_counter()
+            self.call_ms[call.task_id] = (t1 - t0) * 1000
 
     async def close(self) -> None:
         await self.inner.close()
@@ -136,23 +143,64 @@ class _Timed:
 
 @dataclass
 class _Watch:
-    """Notes when each task completed (seen on the events topic)."""
+    """Notes when each task completed (seen on the events topic), and when each of its assignment
+    and report was seen on the commands topic and decided on the events topic (a slot's cycle)."""
 
     done_at: dict[str, float] = field(default_factory=dict)
     failed: int = 0
     expected: set[str] = field(default_factory=set)
     all_done: asyncio.Event = field(default_factory=asyncio.Event)
+    assign: dict[str, float] = field(default_factory=dict)  # AssignTask seen
+    assigned: dict[str, float] = field(default_factory=dict)  # TaskAssigned seen
+    report: dict[str, float] = field(default_factory=dict)  # CompleteTask seen
 
     async def follow(self, target: Target) -> None:
         async for batch in tail(target.log, target.cache, target.topics.events, 0, 0):
             now = time.perf_counter()
             for _, env in batch:
                 ev = env.data
-                if isinstance(ev, e.TaskCompleted | e.TaskFailed) and ev.task_id in self.expected:
+                if isinstance(ev, e.TaskAssigned):
+                    self.assigned.setdefault(ev.task_id, now)
+                elif isinstance(ev, e.TaskCompleted | e.TaskFailed) and ev.task_id in self.expected:
                     self.done_at.setdefault(ev.task_id, now)
                     self.failed += isinstance(ev, e.TaskFailed)
             if self.expected and self.expected <= self.done_at.keys():
                 self.all_done.set()
+
+    async def follow_commands(self, target: Target) -> None:
+        async for batch in tail(target.log, target.cache, target.topics.commands, 0, 0):
+            now = time.perf_counter()
+            for _, env in batch:
+                cmd = env.data
+                if isinstance(cmd, c.AssignTask):
+                    self.assign.setdefault(cmd.task_id, now)
+                elif isinstance(cmd, c.CompleteTask):
+                    self.report.setdefault(cmd.task_id, now)
+
+    def cycle(self, ids: list[str], timed: _Timed) -> dict[str, float]:
+        """A saturated slot's cycle, p50 of each step in ms, over the middle 80% of ``ids`` (the
+        steady state): the assignment decided, seen by the host and called, the call, its report
+        appended, decided, and the coordinator's next assignment after a completion."""
+        steady = ids[len(ids) // 10: len(ids) - len(ids) // 10]
+
+        def p50(a: dict[str, float], b: dict[str, float]) -> float:
+            spans = [(b[t] - a[t]) * 1000 for t in steady if t in a and t in b]
+            return round(percentile(spans, 50), 2) if spans else 0.0
+
+        completions = sorted(self.done_at[t] for t in ids if t in self.done_at)
+        reacted = []
+        for t in steady:
+            if t in self.assign:
+                k = bisect.bisect_right(completions, self.assign[t]) - 1
+                if k >= 0:
+                    reacted.append((self.assign[t] - completions[k]) * 1000)
+        return {"assignment_decided_ms": p50(self.assign, self.assigned),
+                "seen_and_called_ms": p50(self.assigned, timed.called),
+                "call_ms": p50(timed.called, timed.answered),
+                "reported_ms": p50(timed.answered, self.report),
+                "report_decided_ms": p50(self.report, self.done_at),
+                "next_assignment_ms": round(percentile(reacted, 50), 2) if reacted else 0.0,
+                "cycle_ms": p50(self.assign, self.done_at)}
 
     async def until(self, ids: list[str], timeout: float = 300.0) -> None:
         self.expected = set(ids)
@@ -185,6 +233,7 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
     await target.start()
     watch = _Watch()
     follower = asyncio.create_task(watch.follow(target))
+    commands = asyncio.create_task(watch.follow_commands(target))
     host = ExecutorHost(target.log, [config], topics=target.topics, cache=target.cache, build=build)
     hosting = asyncio.create_task(host.run())
     try:
@@ -199,6 +248,7 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
             await target.submit_many(envs[k:k + 1000])
         await watch.until(ids)
         seconds = time.perf_counter() - began
+        cycle = watch.cycle(ids, timed[0])
         # Paced: the added latency without queueing.
         submitted: dict[str, float] = {}
         paced_ids = [f"paced-{i}" for i in range(paced)]
@@ -215,15 +265,17 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
         hosting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await hosting
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for watching in (follower, commands):
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await target.stop()
     return {"processes": processes, "tasks_per_s": round(tasks / seconds, 1), "seconds": round(seconds, 2),
             "failed": watch.failed,
             "projector_peak_rss_mb": target.projector_peak_rss_mb,
             "task_p50_ms": round(percentile(total, 50), 2), "task_p99_ms": round(percentile(total, 99), 2),
-            "added_p50_ms": round(percentile(added, 50), 2), "added_p99_ms": round(percentile(added, 99), 2)}
+            "added_p50_ms": round(percentile(added, 50), 2), "added_p99_ms": round(percentile(added, 99), 2),
+            "cycle": cycle}
 
 
 async def bench_executor(settings: Settings, tasks: int, *, capacity: int = 8, rate: float = 200.0,

@@ -273,6 +273,11 @@ def _executor(settings: Any, tasks: int, capacity: int, processes: int, rate: fl
         click.echo(f"  added latency   p50 {run['added_p50_ms']} ms, p99 {run['added_p99_ms']} ms at "
                    f"{rate:,.0f} tasks/s offered (submit -> completed minus the call; whole task p50 "
                    f"{run['task_p50_ms']} ms, p99 {run['task_p99_ms']} ms)")
+        cyc = run["cycle"]
+        click.echo(f"  a slot's cycle  p50 {cyc['cycle_ms']} ms saturated: assignment decided "
+                   f"{cyc['assignment_decided_ms']}, seen and called {cyc['seen_and_called_ms']}, call "
+                   f"{cyc['call_ms']}, reported {cyc['reported_ms']}, decided {cyc['report_decided_ms']} ms; "
+                   f"completion -> next assignment {cyc['next_assignment_ms']} ms")
         note = queueing_note(run["offered_load"])
         if note is not None:
             click.echo(f"  note            {note}")

@@ -226,14 +226,16 @@ async def test_a_worker_exits_when_its_host_is_killed(target: str) -> None:
     host.kill()
     await host.wait()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{worker}").exists() and "zombie" not in _state(worker):
+    while _running(worker):
         assert time.monotonic() < deadline, "the worker outlived its host by 10 s"
         await asyncio.sleep(0.1)
 
 
-def _state(pid: int) -> str:
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has: only its parent's wait is left)."""
     try:
-        return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                    if line.startswith("State:")).lower()
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
     except (OSError, StopIteration):
-        return "zombie"
+        return False
+    return "zombie" not in state.lower()
