@@ -303,10 +303,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         import uvloop
-
-        return uvloop.run(_serve())
-    except ImportError:
+    except ImportError:  # the service's loop where it is installed, as uvicorn's "auto"
         return asyncio.run(_serve())
+    return uvloop.run(_serve())
 
 
 if __name__ == "__main__":
