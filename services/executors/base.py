@@ -87,6 +87,11 @@ class Outcome:
         return cls(ok=False, error=error, error_code=code, retryable=retryable, usage=usage)
 
     @classmethod
+    def bug(cls, exc: Exception) -> Outcome:
+        """An executor raised (a bug of ours, not the target's answer): retryable ``executor_error``."""
+        return cls.failure(f"executor error: {type(exc).__name__}: {exc}"[:2000], INTERNAL, retryable=True)
+
+    @classmethod
     def later(cls, seconds: float, error: str, code: str) -> Outcome:
         """The target asked to be called again after ``seconds`` (429/503 Retry-After, overload)."""
         return cls(ok=False, error=error, error_code=code, retryable=True, retry_after_s=seconds)

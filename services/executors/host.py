@@ -46,7 +46,7 @@ from contracts.executors import ExecutorConfig
 from events import EventLog
 from events.cache import EnvelopeCache, tail
 from events.codec import to_record
-from services.executors.base import INTERNAL, Call, Executor, Outcome, Progress
+from services.executors.base import Call, Executor, Outcome, Progress
 from services.executors.factory import build_executor
 from services.executors.view import Drop, Host, HostView, OpenTask, Refused, Register, Run
 from services.runtime.ingest import command_envelope
@@ -387,8 +387,7 @@ class ExecutorHost:
             raise
         except Exception as exc:  # a bug of ours, not the target's answer: report it, retryable
             log.exception("executor %s raised on task %s", agent_id, task_id)
-            outcome = Outcome.failure(f"executor error: {type(exc).__name__}: {exc}"[:2000], INTERNAL,
-                                      retryable=True)
+            outcome = Outcome.bug(exc)
         executor_run(agent.config.type, agent.config.name, outcome, time.perf_counter() - called)
         if progress is not None:
             # Before the report: a subscriber sees the run end, then the event that records it.

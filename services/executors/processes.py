@@ -119,7 +119,7 @@ class _Worker:
 
 
 class WorkerExecutor:
-    """``inner``'s configuration run in ``config.processes`` worker processes (see the module doc)."""
+    """``config``'s executor run in ``config.processes`` worker processes (see the module doc)."""
 
     def __init__(self, config: ExecutorConfig) -> None:
         self.name = config.name
@@ -270,8 +270,7 @@ async def _serve() -> int:
         except asyncio.CancelledError:
             return
         except Exception as exc:  # a bug of ours, as the host reports it in-process
-            outcome = Outcome.failure(f"executor error: {type(exc).__name__}: {exc}"[:2000], INTERNAL,
-                                      retryable=True)
+            outcome = Outcome.bug(exc)
         send({"id": n, "outcome": _outcome_json(outcome)})
 
     try:
