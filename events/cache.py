@@ -15,8 +15,9 @@ import itertools
 from collections.abc import AsyncGenerator, Sequence
 
 from contracts import Envelope
-from events.codec import from_record
-from events.log import Appended, EventLog, StoredRecord
+from events.codec import from_record, to_record
+from events.log import Appended, Commit, EventLog, StoredRecord
+from events.sqlite import SqliteLog
 
 # Entries held at most (about 1.5 kB each): a deeper backlog is decoded from the log in its turn.
 CAPACITY = 50_000
@@ -71,6 +72,20 @@ class EnvelopeCache:
             part[pos.offset] = env
         if self._size > self.capacity:
             self._evict(self._size - self.capacity + self.capacity // 10)
+
+    async def append(self, log: EventLog, topic: str, envelopes: Sequence[Envelope], *,
+                     partition: int | None = None, commit: Commit | None = None) -> list[Appended]:
+        """Append ``envelopes`` to ``log`` and remember them; on a SQLite log they go with their
+        records, so a reactor in this process (the partition's decider) can take them as they are
+        written (``SqliteLog.react``)."""
+        records = [to_record(x) for x in envelopes]
+        if isinstance(log, SqliteLog):
+            appended = await log.append(topic, records, partition=partition, commit=commit,
+                                        envelopes=envelopes)
+        else:
+            appended = await log.append(topic, records, partition=partition, commit=commit)
+        self.put(topic, appended, envelopes)
+        return appended
 
     def _evict(self, n: int) -> None:
         """Drop ``n`` entries, the oldest of the fullest partition first."""

@@ -32,9 +32,11 @@ import asyncio
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 from zlib import crc32
 
@@ -173,6 +175,25 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """What a reactor appends in the transaction of the append it reacted to: ``records`` to
+    ``topic[partition]`` with ``commit``; ``written`` is told the positions (or the error) on the
+    loop, right after COMMIT and before the appenders hear of theirs."""
+
+    topic: str
+    partition: int
+    records: list[Record]
+    commit: Commit | None
+    written: Callable[[list[Appended] | BaseException], None]
+
+
+# (positions of an append just numbered, its envelopes, a token naming the transaction) -> a Reaction
+# or None. Runs inside the transaction, on the event loop: it must not await, and whatever it
+# changes must follow the transaction (``Reaction.written`` says whether it committed).
+Reactor = Callable[[list[Appended], Sequence[Any], object], Reaction | None]
+
+
 class SqliteLog:
     """EventLog over one SQLite file: group-committed appends, WAL reads, in-process wake-ups."""
 
@@ -205,6 +226,11 @@ class SqliteLog:
         # PRAGMA data_version seen by the writer; a change means another process wrote.
         self._data_version: int | None = None
         self._writer_error: BaseException | None = None
+        # Reactors by the (topic, partition) whose appends they see (``react``), and the appends
+        # they made in the transaction being written.
+        self._reactors: dict[tuple[str, int], Reactor] = {}
+        self._reacted: list[Pending] = []
+        self._token: object = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -308,8 +334,12 @@ class SqliteLog:
         partition: int | None = None,
         expected_offset: int | None = None,
         commit: Commit | None = None,
+        envelopes: Sequence[Any] | None = None,
     ) -> list[Appended]:
-        """Append atomically and durably (one group-committed transaction); positions in order."""
+        """Append atomically and durably (one group-committed transaction); positions in order.
+
+        ``envelopes``: what ``records`` encode, for a reactor of the partition (``react``).
+        """
         self._conn()
         n = await self.partitions(topic)
         check_routing(topic, n, partition, expected_offset)
@@ -319,8 +349,40 @@ class SqliteLog:
             return []
         return await self._enqueue(
             Pending(topic, _prepare(records, partition, n), partition, expected_offset, commit,
-                     asyncio.get_running_loop().create_future())
+                     asyncio.get_running_loop().create_future(),
+                     envelopes=envelopes if self._reactors else None)
         )
+
+    def react(self, topic: str, partition: int, reactor: Reactor | None) -> None:
+        """Have ``reactor`` see every append to ``topic[partition]`` made with its envelopes and
+        written on the event loop, inside its transaction, and add its own records to it (None: no
+        more). The decider of a commands partition in this process decides there, so a command and
+        its events are written in one transaction, with one fsync, instead of two in a row.
+        An append the reactor passes on (it answers None), or one written on the writer's thread,
+        reaches it the usual way, by reading the log."""
+        if reactor is None:
+            self._reactors.pop((topic, partition), None)
+        else:
+            self._reactors[(topic, partition)] = reactor
+
+    def _react(self, item: Pending, out: list[Appended]) -> Pending | None:
+        """``sqlite_writer.React``: the reactor's append for ``item`` (all of it in one partition)."""
+        if not out or item.envelopes is None:
+            return None
+        p = out[0].partition
+        if any(a.partition != p for a in out):
+            return None
+        reactor = self._reactors.get((item.topic, p))
+        if reactor is None:
+            return None
+        got = reactor(out, item.envelopes, self._token)
+        if got is None:
+            return None
+        rows = _prepare(got.records, got.partition, self._topics[got.topic])
+        follow = Pending(got.topic, rows, got.partition, None, got.commit,
+                         asyncio.get_running_loop().create_future(), on_written=got.written)
+        self._reacted.append(follow)
+        return follow
 
     async def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
         """Store the next offset ``group`` will read from the partition (group-committed too)."""
@@ -419,7 +481,10 @@ class SqliteLog:
             self._ends, self._heads = written.state.ends, written.state.heads
             self._data_version = written.state.version
         for item, result in written.results:
-            if item.future.done():
+            if item.on_written is not None:  # a reactor's: before the appends it reacted to
+                item.on_written(result)
+        for item, result in written.results:
+            if item.on_written is not None or item.future.done():
                 continue
             if isinstance(result, BaseException):
                 item.future.set_exception(result)
@@ -435,10 +500,20 @@ class SqliteLog:
     def _inline(self, writer: sqlite3.Connection, batch: list[Pending], state: State) -> Written | None:
         """A small transaction, written on the loop (see the module's doc); None, having written
         nothing, when another process holds the write lock: the thread then waits for it."""
+        self._token = object()
+        self._reacted = []
         try:
-            return sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False)
+            return sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False,
+                                             react=self._react if self._reactors else None)
         except sqlite_writer.Busy:
-            return None
+            return None  # at BEGIN: nothing was numbered, nobody reacted
+        except BaseException as exc:
+            for follow in self._reacted:  # rolled back: what they decided is not in the log
+                assert follow.on_written is not None
+                follow.on_written(exc)
+            raise
+        finally:
+            self._reacted = []
 
     # -- reading -----------------------------------------------------------------------------
 

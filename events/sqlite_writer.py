@@ -12,6 +12,8 @@ import asyncio
 import hashlib
 import sqlite3
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,11 @@ class Pending:
     expected: int | None
     commit: Commit | None
     future: asyncio.Future[list[Appended]]
+    # What ``rows`` encode, when the caller has it decoded (see ``React``).
+    envelopes: Sequence[Any] | None = None
+    # An append a ``React`` made inside the transaction: told its result, on the loop, right after
+    # COMMIT (before any caller's future), instead of through ``future``.
+    on_written: Callable[[list[Appended] | BaseException], None] | None = None
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +190,11 @@ def _existing_ids(conn: sqlite3.Connection, batch: list[Pending]) -> dict[str, d
     return known
 
 
+# Called inside the transaction, on the event loop, for an append just numbered (``Pending.envelopes``
+# set, its positions): another append for the same transaction, numbered right after it, or None.
+React = Callable[[Pending, list[Appended]], Pending | None]
+
+
 class Busy(Exception):
     """Another connection holds the file's write lock: the transaction did not begin."""
 
@@ -202,9 +214,14 @@ def begin_now(conn: sqlite3.Connection) -> None:
 
 
 def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, chained: bool,
-                wait: bool = True) -> Written:
+                wait: bool = True, react: React | None = None) -> Written:
     """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT; with
     ``wait`` False, ``Busy`` rather than waiting for another connection's write lock.
+
+    ``react`` (on the event loop only) sees each append that carries its envelopes once it is
+    numbered, and may add another to the same transaction, numbered next (the decider's events for
+    the commands it decided there: see ``events.sqlite.SqliteLog.react``). Its ids are not checked
+    for duplicates beforehand: one already stored fails the transaction.
 
     Works on copies of ``state`` (the caller's stay as they were should this fail) and never
     touches the callers' futures: the event loop settles them from what this returns.
@@ -226,7 +243,9 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
         offsets: list[tuple[Any, ...]] = []
         results: list[tuple[Pending, list[Appended] | BaseException]] = []
         touched: set[tuple[str, int]] = set()
-        for item in batch:
+        todo = deque(batch)
+        while todo:
+            item = todo.popleft()
             topic = item.topic
             if item.expected is not None:
                 assert item.partition is not None
@@ -259,6 +278,10 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
                 c = item.commit
                 offsets.append((c.group, c.topic, c.partition, c.offset))
             results.append((item, out))
+            if react is not None and item.envelopes is not None:
+                follow = react(item, out)
+                if follow is not None:
+                    todo.appendleft(follow)
         if rows:
             conn.executemany(_INSERT, rows)
         if offsets:

@@ -28,7 +28,6 @@ from contracts import Envelope
 from contracts import commands as c
 from contracts import event_types as e
 from events.cache import tail
-from events.codec import to_record
 from services.runtime.decider import PartitionDecider
 from services.runtime.ingest import command_envelope
 from services.runtime.outcomes import Outcomes
@@ -171,8 +170,7 @@ class Target:
         return int(self.service.partition_of(pool))
 
     async def submit_many(self, envs: list[Envelope]) -> None:
-        appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs])
-        self.cache.put(self.topics.commands, appended, envs)
+        await self.cache.append(self.log, self.topics.commands, envs)
 
 
 @dataclass

@@ -45,7 +45,6 @@ from contracts import commands as c
 from contracts.executors import ExecutorConfig
 from events import EventLog
 from events.cache import EnvelopeCache, tail
-from events.codec import to_record
 from services.executors.base import Call, Executor, Outcome, Progress
 from services.executors.factory import build_executor
 from services.executors.view import Drop, Host, HostView, OpenTask, Refused, Register, Run
@@ -422,8 +421,7 @@ class ExecutorHost:
                                 causation_id=cause)
 
     async def _append(self, envs: list[Envelope]) -> None:
-        appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs])
-        self.cache.put(self.topics.commands, appended, envs)
+        await self.cache.append(self.log, self.topics.commands, envs)
 
 
 def report(agent_id: str, pool: str, task_id: str, attempt: int,

@@ -59,7 +59,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from contracts import Envelope
 from events import EventLog, LogError, StoredRecord, TransactionalLog, open_log, partition_for
 from events.cache import EnvelopeCache
-from events.codec import to_record
 from events.kafka import KafkaLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
@@ -503,8 +502,7 @@ class ClusterService:
         (same outcome, no new events); ``duplicate`` says the outcome was already known here.
         """
         known = self.outcomes.get(env.commandid or env.id) is not None
-        [appended] = await self.log.append(self.topics.commands, [to_record(env)])
-        self.cache.put(self.topics.commands, [appended], [env])
+        [appended] = await self.cache.append(self.log, self.topics.commands, [env])
         return appended.partition, appended.offset, known
 
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:

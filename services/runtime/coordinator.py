@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
-from events.codec import from_value, to_record
+from events.codec import from_value
 from events.readahead import read_values_ahead
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
@@ -152,9 +152,7 @@ class CoordinatorDriver:
             envs = [_assignment_envelope(a) for a in assignments]
             envs += [_assignment_envelope(a, WORKFLOWS_SOURCE, "workflows") for a in steps]
             envs += [_assignment_envelope(a, WEBHOOKS_SOURCE, WEBHOOKS_ACTOR) for a in mapped]
-            appended = await self.log.append(self.topics.commands, [to_record(x) for x in envs],
-                                             partition=partition, commit=commit)
-            self.cache.put(self.topics.commands, appended, envs)
+            await self.cache.append(self.log, self.topics.commands, envs, partition=partition, commit=commit)
         elif self.fenced:
             await self.log.append(self.topics.commands, [], partition=partition, commit=commit)
         else:

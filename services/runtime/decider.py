@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -28,7 +31,9 @@ from events import Commit, EventLog, Extra, Record, StoredRecord, TransactionalL
 from events.cache import EnvelopeCache, tail_raw
 from events.chain import chain_at
 from events.codec import DecodeError, decode, from_record, to_record
+from events.log import Appended
 from events.readahead import read_values_ahead
+from events.sqlite import Reaction, SqliteLog
 from services.domain.decider import DeciderConfig, Rejected, decide, evolve
 from services.domain.envelopes import event_envelopes, rejection
 from services.domain.replay import replay_record
@@ -125,6 +130,15 @@ class PartitionDecider:
     # The batch's decisions by command type and outcome, counted once its events are durable.
     tally: Tally = field(default_factory=Tally, init=False, repr=False)
     _advanced: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    # Deciding in the appender's transaction (``_react``, on a SqliteLog in this process): whether it
+    # may, the next commands offset after the decisions made in the transaction being written, how
+    # many such decisions are waiting for their COMMIT and in which transaction, and the error of
+    # one that was rolled back (the state then runs ahead of the log: the decider stops).
+    _reacting: bool = field(default=False, init=False, repr=False)
+    _react_next: int = field(default=0, init=False, repr=False)
+    _react_pending: int = field(default=0, init=False, repr=False)
+    _react_token: object = field(default=None, init=False, repr=False)
+    _broken: BaseException | None = field(default=None, init=False, repr=False)
 
     def state(self, pool: str) -> PoolState:
         st = self.states.get(pool)
@@ -371,13 +385,84 @@ class PartitionDecider:
         self.ready.set()
         start = await self.log.committed(self.group, self.topics.commands, self.partition)
         self._decided(start)
+        inline = isinstance(self.log, SqliteLog) and not self.dead_letters and self.partitions is None
+        if inline:
+            assert isinstance(self.log, SqliteLog)
+            self._reacting = True
+            self.log.react(self.topics.commands, self.partition, self._react)
         batches = tail_raw(self.log, self.cache, self.topics.commands, self.partition, start, limit=BATCH)
-        async with contextlib.aclosing(batches):  # a stop lets go of the cache's entries at once
-            async for batch in batches:
-                await self.process(batch)
+        try:
+            async with contextlib.aclosing(batches):  # a stop lets go of the cache's entries at once
+                async for batch in batches:
+                    await self.process(batch)
+        finally:
+            if inline:
+                assert isinstance(self.log, SqliteLog)
+                self._reacting = False
+                self.log.react(self.topics.commands, self.partition, None)
+
+    def _react(self, out: list[Appended], envs: Sequence[Any], token: object) -> Reaction | None:
+        """``events.sqlite.Reactor``: decide commands of this partition inside the transaction that
+        appends them, when every command before them is decided and no batch is under way; their
+        events and this decider's offset then commit with them. None (they are read and decided as
+        usual) otherwise. The state changes at once, as in a batch; ``_reacted`` hears whether the
+        transaction committed."""
+        if self._react_pending:
+            if token is not self._react_token:
+                return None  # a transaction that held decisions was rolled back: see ``process``
+        elif self._in_batch or not self._reacting or self._broken is not None:
+            return None
+        first = self._react_next if self._react_pending else self.decided
+        todo = [(a, env) for a, env in zip(out, envs, strict=True) if not a.duplicate]
+        if not todo or any(a.offset != first + i or not isinstance(env, Envelope)
+                           for i, (a, env) in enumerate(todo)):
+            return None
+        events: list[Envelope] = []
+        decided: list[tuple[str, int, str | None]] = []
+        try:
+            for _, env in todo:
+                cid, envs_out, _ = self._decide(env)
+                if envs_out:
+                    decided.append((cid, len(envs_out), envs_out[0].commanddigest))
+                    events.extend(envs_out)
+            records = [to_record(x) for x in events]
+        except BaseException as exc:
+            self._broken = exc  # decided in part: the state is neither before nor after
+            raise
+        end = todo[-1][0].offset + 1
+        self._react_next = end
+        self._react_pending += 1
+        self._react_token = token
+        commit = Commit(self.group, self.topics.commands, self.partition, end)
+        return Reaction(self.topics.events, self.partition, records, commit,
+                        functools.partial(self._reacted, events, decided, end))
+
+    def _reacted(self, events: list[Envelope], decided: list[tuple[str, int, str | None]], end: int,
+                 result: list[Appended] | BaseException) -> None:
+        """The transaction holding decisions ``_react`` made committed (``result``: their events'
+        positions) or was rolled back."""
+        if isinstance(result, BaseException):
+            self._broken = result
+            return
+        self._react_pending -= 1
+        self.cache.put(self.topics.events, result, events)
+        self._settle(events, result, decided, end)
+        if not self._react_pending:
+            asyncio.get_running_loop().call_soon(self._snapshot_when_idle)
+
+    def _snapshot_when_idle(self) -> None:
+        if not self._in_batch and not self._react_pending and self._broken is None:
+            self._maybe_snapshot()
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""
+        if self._broken is not None or self._react_pending:
+            raise RuntimeError(f"decider[{self.partition}]: a transaction holding decisions failed, so the "
+                               f"state is ahead of the log; a restart rebuilds it") from self._broken
+        if self._reacting and batch and batch[0][0] < self.decided:
+            batch = [item for item in batch if item[0] >= self.decided]  # decided as they were appended
+            if not batch:
+                return
         self._in_batch = True  # stays set if the batch fails or is cancelled: the state is not the log's
         await self._process(batch)
         self._in_batch = False
@@ -418,9 +503,14 @@ class PartitionDecider:
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)
+        self._settle(out, appended, decided, commit.offset)
+
+    def _settle(self, out: list[Envelope], appended: list[Appended],
+                decided: list[tuple[str, int, str | None]], end: int) -> None:
+        """The decisions up to commands offset ``end`` are durable: count them, say so, index them."""
         self.tally.durable(out)
         # Decided before the outcomes are known: whoever sees an outcome may take it as decided.
-        self._decided(commit.offset)
+        self._decided(end)
         i = 0
         for cid, n, digest in decided:
             self.outcomes.record(cid, OutcomeRef(self.partition, appended[i].offset, n, digest))

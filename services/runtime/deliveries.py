@@ -49,7 +49,6 @@ from contracts import SYSTEM_POOL, Envelope
 from contracts import commands as c
 from events import EventLog, StoredRecord
 from events.cache import EnvelopeCache
-from events.codec import to_record
 from services.runtime.ingest import command_envelope
 from services.runtime.sealing import Sealer, SealError
 from services.runtime.settings import Settings
@@ -319,8 +318,7 @@ class Deliveries:
         digest = hashlib.sha256(f"{sub.name}\0{sub.incarnation}\0{partition}\0{rec.offset}".encode())
         cmd_env = command_envelope(cmd, pool=SYSTEM_POOL, command_id=f"dead-letter:{digest.hexdigest()[:40]}",
                                    source=SOURCE)
-        appended = await self.log.append(self.commands, [to_record(cmd_env)])
-        self.cache.put(self.commands, appended, [cmd_env])
+        await self.cache.append(self.log, self.commands, [cmd_env])
         self.dead_letters += 1
         log.error("subscription %r: event %s at %s[%d]@%d is a dead letter after %d tries (%s)",
                   sub.name, env.id, self.topic, partition, rec.offset, attempts, error)

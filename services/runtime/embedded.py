@@ -22,7 +22,6 @@ import httpx
 from contracts import Envelope
 from events import EventLog, open_log, partition_for
 from events.cache import EnvelopeCache
-from events.codec import to_record
 from events.sqlite import SqliteLog
 from projections import ProjectionStore, Projector
 from services.runtime.coordinator import CoordinatorDriver
@@ -250,13 +249,11 @@ class Runner:
 
     async def submit(self, env: Envelope) -> tuple[int, int, bool]:
         """Append a command durably: (partition, offset, duplicate)."""
-        [appended] = await self.log.append(COMMANDS, [to_record(env)])
-        self.cache.put(COMMANDS, [appended], [env])
+        [appended] = await self.cache.append(self.log, COMMANDS, [env])
         return appended.partition, appended.offset, appended.duplicate
 
     async def submit_many(self, envs: list[Envelope]) -> list[tuple[int, int, bool]]:
-        res = await self.log.append(COMMANDS, [to_record(x) for x in envs])
-        self.cache.put(COMMANDS, res, envs)
+        res = await self.cache.append(self.log, COMMANDS, envs)
         return [(a.partition, a.offset, a.duplicate) for a in res]
 
     async def outcome_events(self, ref: OutcomeRef) -> list[tuple[int, Envelope]]:

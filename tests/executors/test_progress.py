@@ -165,12 +165,13 @@ async def test_a_hosted_agent_streams_its_answer_to_live_subscribers_and_logs_on
         assert plain.ok and plain.usage is not None and plain.usage.output_tokens > 0
         assert result == plain.result
 
-        # A run that fails says so, with why.
+        # A run that fails says so, with why (subscribed first: progress is live only, and the run
+        # may be over before a later subscription starts).
+        on_failed = await subscribe(stack, base, "workflow:r2")
         resp = await client.post("/v1/tasks", json={"task_id": "r2.answer", "type": "chat",
                                                     "required_capabilities": [provider],
                                                     "parameters": {"prompt": "[400] no"}})
         assert resp.status_code == 202, resp.text
-        on_failed = await subscribe(stack, base, "workflow:r2")
         failed_progress, failed = await until_ended(on_failed, "r2.answer")
         assert failed["type"] == "TaskFailed"
         assert [m["message"] for m in failed_progress][-1] == "failed"

@@ -1,0 +1,131 @@
+"""On the SQLite log the decider of a partition decides a command this process appends inside the
+transaction that appends it: the command, its events and the decider's offset commit together.
+
+Real SQLite files throughout; the failed transaction is a real one (a trigger in the file refuses
+the events' rows), not a patched function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from contracts import commands as c
+from events.codec import to_record
+from services.domain.snapshot import DeciderSnapshot, dump
+from services.runtime.decider import PartitionDecider
+from services.runtime.embedded import Runner
+from services.runtime.ingest import command_envelope
+from services.runtime.outcomes import Outcomes
+from services.runtime.settings import Settings
+from services.runtime.topics import DECIDER_GROUP
+from tests.waiting import eventually
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, snapshot_every=0, coordinator_snapshot_every=0)
+
+
+async def _rebuilt(runner: Runner) -> bytes:
+    """The state of partition 0 rebuilt from the log by a decider of its own."""
+    d = PartitionDecider(runner.log, 0, Outcomes(), runner.settings.decider, topics=runner.topics)
+    await d.rebuild()
+    return dump(DeciderSnapshot(0, d.position, d.states))
+
+
+async def test_a_command_is_decided_in_the_transaction_that_appends_it(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    try:
+        await runner.ready()
+        decider = runner.deciders[0]
+        agent = c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",), capacity=4)
+        await runner.submit(command_envelope(agent))
+        for i in range(30):
+            env = command_envelope(c.SubmitTask(task_id=f"t{i}", type="demo", required_capabilities=("x",)))
+            await eventually(lambda: not decider._in_batch)  # the decider idle: nothing queued ahead
+            partition, offset, duplicate = await runner.submit(env)
+            assert not duplicate
+            # No wait: when the append returns, its decision is durable and indexed already (read
+            # from the cache before anything else ran: the coordinator may decide more meanwhile).
+            assert decider.decided >= offset + 1
+            assert runner.outcomes.get(env.id) is not None
+            assert await runner.log.committed(DECIDER_GROUP, "commands", partition) >= offset + 1
+        # A repeat of a command is a duplicate in the log and decided nowhere again.
+        before = decider.position
+        _, _, duplicate = await runner.submit(env)
+        assert duplicate and decider.position == before
+        await eventually(lambda: not decider._in_batch
+                         and runner.log.committed_end("commands", 0) == decider.decided)
+        live = dump(DeciderSnapshot(0, decider.position, decider.states))
+        assert await _rebuilt(runner) == live  # the same decisions on replay
+    finally:
+        await runner.stop()
+
+
+async def test_a_record_without_its_envelope_is_decided_by_the_tail_in_log_order(tmp_path: Path) -> None:
+    """A record another writer appended (no envelope to decide from) is read and decided as usual,
+    and the commands after it wait for it: decisions stay in log order."""
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    try:
+        await runner.ready()
+        first = command_envelope(c.SubmitTask(task_id="raw", type="demo"))
+        second = command_envelope(c.SubmitTask(task_id="after", type="demo"))
+        # Both in one transaction: the first arrives without its envelope, so the second cannot be
+        # decided before it.
+        raw = asyncio.ensure_future(runner.log.append("commands", [to_record(first)]))
+        await asyncio.sleep(0)  # queued first
+        _, offset, _ = await runner.submit(second)
+        [at] = await raw
+        assert at.offset == offset - 1
+        assert runner.outcomes.get(second.id) is None  # not decided before the command ahead of it
+        assert await runner.wait_decided(0, offset, 10) is not None
+        assert list(runner.deciders[0].state("default").tasks) == ["raw", "after"]
+        raw_ref, second_ref = runner.outcomes.get(first.id), runner.outcomes.get(second.id)
+        assert raw_ref is not None and second_ref is not None and raw_ref.offset < second_ref.offset
+    finally:
+        await runner.stop()
+
+
+async def test_a_rolled_back_transaction_stops_the_decider_and_a_restart_decides_from_the_log(
+        tmp_path: Path) -> None:
+    """The file refuses the events' rows (a trigger): the transaction that held the command and its
+    decision rolls back, the command alone is then written (its caller is answered), and the
+    decider, whose state ran ahead of the log, stops the service rather than decide on. A restart
+    decides the command once, from the log."""
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    env = command_envelope(c.SubmitTask(task_id="t-refused", type="demo"))
+    try:
+        await runner.ready()
+        await runner.submit(command_envelope(c.SubmitTask(task_id="t-ok", type="demo")))
+        other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.topic = 'events'"
+                      " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        await eventually(lambda: not runner.deciders[0]._in_batch)
+        _, offset, _ = await runner.submit(env)  # answered: the command is in the log
+        await asyncio.wait_for(runner.failed.wait(), 10)
+        assert "ahead of the log" in str(runner.failure)
+        assert runner.outcomes.get(env.id) is None
+        other.execute("DROP TRIGGER refuse")
+        other.close()
+    finally:
+        await runner.stop()
+
+    again = Runner(_settings(tmp_path))
+    await again.start()
+    try:
+        await again.ready()
+        assert await again.wait_decided(0, offset, 10) is not None
+        assert again.outcomes.get(env.id) is not None
+        assert list(again.deciders[0].state("default").tasks) == ["t-ok", "t-refused"]
+        with sqlite3.connect(tmp_path / "log.db") as conn:
+            values = [bytes(v) for (v,) in conn.execute("SELECT value FROM records WHERE topic = 'events'")]
+        submitted = [v for v in values if b'"TaskSubmitted"' in v and b'"t-refused"' in v]
+        assert len(submitted) == 1  # nothing decided twice
+        live = dump(DeciderSnapshot(0, again.deciders[0].position, again.deciders[0].states))
+        assert await _rebuilt(again) == live
+    finally:
+        await again.stop()
