@@ -385,21 +385,22 @@ class PartitionDecider:
         self.ready.set()
         start = await self.log.committed(self.group, self.topics.commands, self.partition)
         self._decided(start)
-        inline = isinstance(self.log, SqliteLog) and not self.dead_letters and self.partitions is None
-        if inline:
-            assert isinstance(self.log, SqliteLog)
+        # Decide in the appender's transaction on a SQLite log (Kafka's dead letters and forwarding
+        # need a batch of their own).
+        sqlite = self.log if isinstance(self.log, SqliteLog) and not self.dead_letters \
+            and self.partitions is None else None
+        if sqlite is not None:
             self._reacting = True
-            self.log.react(self.topics.commands, self.partition, self._react)
+            sqlite.react(self.topics.commands, self.partition, self._react)
         batches = tail_raw(self.log, self.cache, self.topics.commands, self.partition, start, limit=BATCH)
         try:
             async with contextlib.aclosing(batches):  # a stop lets go of the cache's entries at once
                 async for batch in batches:
                     await self.process(batch)
         finally:
-            if inline:
-                assert isinstance(self.log, SqliteLog)
+            if sqlite is not None:
                 self._reacting = False
-                self.log.react(self.topics.commands, self.partition, None)
+                sqlite.react(self.topics.commands, self.partition, None)
 
     def _react(self, out: list[Appended], envs: Sequence[Any], token: object) -> Reaction | None:
         """``events.sqlite.Reactor``: decide commands of this partition inside the transaction that
@@ -410,7 +411,7 @@ class PartitionDecider:
         if self._react_pending:
             if token is not self._react_token:
                 return None  # a transaction that held decisions was rolled back: see ``process``
-        elif self._in_batch or not self._reacting or self._broken is not None:
+        elif self._in_batch or self._broken is not None:
             return None
         first = self._react_next if self._react_pending else self.decided
         todo = [(a, env) for a, env in zip(out, envs, strict=True) if not a.duplicate]
