@@ -327,4 +327,7 @@ def _peak_rss(result: dict[str, Any], what: str = "") -> str:
     projector = result.get("projector_peak_rss_mb") or 0.0
     if projector:
         line += f" + {projector} MB the projector process = {result['peak_rss_mb'] + projector:.1f} MB"
+    if result.get("peak_rss_with_replay_mb", 0.0) > result["peak_rss_mb"]:
+        line += (f"; the bench's replay (a second decider state beside the service's) then took this "
+                 f"process to {result['peak_rss_with_replay_mb']} MB")
     return line

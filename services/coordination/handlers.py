@@ -20,6 +20,7 @@ from contracts.commands import PoolPolicy
 from contracts.money import to_micros
 from services.coordination.ratelimit import call_tokens, max_tokens_default
 from services.coordination.records import Agent, Task, Waiting, pin
+from services.domain.capabilities import capability_set
 
 if TYPE_CHECKING:
     from services.coordination.view import PoolView
@@ -35,13 +36,14 @@ RATE_LIMITED = Waiting("rate_limited")
 def _task_submitted(v: PoolView, env: Envelope, ev: e.TaskSubmitted) -> None:
     v.arrivals += 1
     named = ev.data.get("agent_kind")
-    req = frozenset(ev.required_capabilities)
+    req = capability_set(ev.required_capabilities)
     if ev.agent_id is not None:
         v.pin_target(ev.agent_id)
-        req = req | {pin(ev.agent_id)}
+        req = capability_set(req | {pin(ev.agent_id)})
     task = Task(ev.task_id, req, ev.priority, v.arrivals,
                 env.correlationid, workflow_of(ev.data), strategy=ev.strategy,
-                preferred=frozenset(ev.inferred_capabilities), kind=None if named is None else str(named))
+                preferred=capability_set(ev.inferred_capabilities),
+                kind=None if named is None else str(named))
     v.tasks[ev.task_id] = task
     task.prompt_tokens, task.max_tokens = call_tokens(ev.parameters or ev.data.get("parameters"))
     v.enqueue(task)

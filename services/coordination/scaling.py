@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from contracts import Envelope
 from contracts import commands as c
 from contracts import event_types as e
+from services.domain.capabilities import capability_set
 
 
 @dataclass(slots=True)
@@ -165,7 +166,7 @@ class Scaler:
                 named = ev.data.get("agent_kind")
                 self.tasks[ev.task_id] = (
                     "new",
-                    frozenset(ev.required_capabilities),
+                    capability_set(ev.required_capabilities),
                     None if named is None else str(named),
                     None,
                 )

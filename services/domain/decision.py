@@ -11,7 +11,6 @@ from typing import Any
 
 from contracts import Payload, Reason
 from contracts import event_types as e
-from contracts.budgets import workflow_of
 from services.domain.state import AgentState, PoolState, TaskState
 
 
@@ -88,7 +87,7 @@ def holder_of(held: TaskState, agent_id: str | None) -> str:
 
 def task_workflow(of: TaskState | None) -> str | None:
     """The workflow a task belongs to (``contracts.budgets.workflow_of`` of its data)."""
-    return None if of is None else workflow_of(of.data)
+    return None if of is None else of.workflow
 
 
 # -- the events of one decision --------------------------------------------------------------------

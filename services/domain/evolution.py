@@ -15,10 +15,11 @@ from typing import Any
 
 from contracts import Envelope
 from contracts import event_types as e
-from contracts.budgets import cost_scopes
+from contracts.budgets import cost_scopes, workflow_of
 from contracts.commands import PoolPolicy
 from contracts.money import to_micros
 from services.domain import access, subscriptions, webhooks
+from services.domain.capabilities import capability_set
 from services.domain.decision import ROUND, task_workflow
 from services.domain.prices import Prices
 from services.domain.state import AgentState, Allocation, PoolState, TaskState, TimerState
@@ -51,7 +52,7 @@ def apply_event(state: PoolState, kind: type[Any], ev: Any, sequence: int | None
 
 
 def _agent_registered(state: PoolState, ev: e.AgentRegistered) -> None:
-    state.agents[ev.agent_id] = AgentState(ev.agent_id, ev.kind, frozenset(ev.capabilities), ev.capacity,
+    state.agents[ev.agent_id] = AgentState(ev.agent_id, ev.kind, capability_set(ev.capabilities), ev.capacity,
                                            heartbeat_timeout_s=ev.heartbeat_timeout_s, weight=ev.weight,
                                            name=ev.name, retry=ev.retry,
                                            breaker_threshold=ev.breaker_threshold,
@@ -87,10 +88,11 @@ def _circuit_closed(state: PoolState, ev: e.CircuitClosed) -> None:
 
 
 def _task_submitted(state: PoolState, ev: e.TaskSubmitted) -> None:
-    state.tasks[ev.task_id] = TaskState(ev.task_id, ev.type, ev.priority, frozenset(ev.required_capabilities),
-                                        ev.data, strategy=ev.strategy, retry=ev.retry, timeout_s=ev.timeout_s,
-                                        preferred=frozenset(ev.inferred_capabilities), pinned=ev.agent_id,
-                                        action=ev.action, parameters=ev.parameters)
+    state.tasks[ev.task_id] = TaskState(ev.task_id, ev.type, ev.priority,
+                                        capability_set(ev.required_capabilities), workflow_of(ev.data),
+                                        strategy=ev.strategy, retry=ev.retry, timeout_s=ev.timeout_s,
+                                        preferred=capability_set(ev.inferred_capabilities),
+                                        pinned=ev.agent_id)
     if state.workflows:
         workflow_id, name = ev.data.get("workflow_id"), ev.data.get("step")
         run = state.workflows.get(workflow_id) if isinstance(workflow_id, str) else None

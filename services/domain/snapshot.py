@@ -40,6 +40,7 @@ import lz4.frame
 import orjson
 from pydantic import BaseModel
 
+from services.domain.capabilities import capability_set
 from services.domain.state import PoolState
 
 __all__ = ["FORMAT", "DeciderSnapshot", "OpenCommand", "OutcomeColumns", "SnapshotError", "decode", "dump",
@@ -219,11 +220,12 @@ def _union(tp: Any, args: tuple[Any, ...]) -> _Codec:
 
 def _collection(kind: type, item: _Codec) -> _Codec:
     enc, dec = item.enc, item.dec
-    return _Codec(
-        f"{kind.__name__}[{item.name}]",
-        list if enc is None else (lambda v: [enc(x) for x in v]),
-        kind if dec is None else (lambda v: kind(dec(x) for x in v)),
-    )
+    if kind is frozenset and item.name == "str":
+        read: Any = capability_set  # shared, as ``evolve`` shares them (capability sets)
+    else:
+        read = kind if dec is None else (lambda v: kind(dec(x) for x in v))
+    write = list if enc is None else (lambda v: [enc(x) for x in v])
+    return _Codec(f"{kind.__name__}[{item.name}]", write, read)
 
 
 def _list(item: _Codec) -> _Codec:

@@ -44,7 +44,10 @@ class TaskState:
     type: str
     priority: int
     required: frozenset[str]
-    data: dict[str, Any]
+    # The workflow its data names (``contracts.budgets.workflow_of``): its costs count against that
+    # workflow's budget. The data itself, and the action and parameters, stay on the log: state the
+    # decider keeps for every task ever submitted must not grow with what a client puts in one.
+    workflow: str | None
     status: str = "queued"  # queued|assigned|running|retrying|completed|failed|cancelled
     agent_id: str | None = None
     attempts: int = 0  # assignments so far
@@ -55,8 +58,6 @@ class TaskState:
     failures: int = 0  # runs that failed (timeouts included)
     unassignable: tuple[str, ...] | None = None  # missing capabilities, while marked
     pinned: str | None = None  # the only agent that may take it
-    action: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
     # (agent, reason) while the agent that held it deferred it: queued, but no agent may take it
     # until its defer timer requeues it.
     deferred: tuple[str, str] | None = None

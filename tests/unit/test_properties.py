@@ -355,8 +355,10 @@ class PoolMachine(RuleBasedStateMachine):
         costs = [env.data for env in self.loop.log if isinstance(env.data, e.CostRecorded)]
         assert len({x.cost_id for x in costs}) == len(costs) == len(state.costs)
         spent: dict[tuple[str, str], Decimal] = {}
+        # The workflow as the task's submission on the log names it (the state keeps no data).
+        data = {env.data.task_id: env.data.data for env in self.loop.log if isinstance(env.data, e.TaskSubmitted)}
         for x in costs:  # in decimal: money sums are exact, whatever the order
-            wf = state.tasks[x.task_id].data.get("workflow_id") if x.task_id else None
+            wf = data[x.task_id].get("workflow_id") if x.task_id else None
             keys = [("pool", "default"), ("agent", x.agent_id)] + ([("workflow", str(wf))] if wf else [])
             for key in keys:
                 spent[key] = spent.get(key, Decimal(0)) + Decimal(str(x.cost_usd))
