@@ -92,7 +92,7 @@ async def history_log(path: Path, name: str) -> EventLog:
 
 
 def index(outcomes: Outcomes, partition: int = 0) -> dict[str, OutcomeRef]:
-    return {cid: ref for cid, ref in outcomes._index.items() if ref.partition == partition}
+    return dict(outcomes.of_partition(partition))
 
 
 async def from_zero(log: EventLog, partition: int = 0) -> PartitionDecider:

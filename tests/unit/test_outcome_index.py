@@ -57,3 +57,27 @@ async def test_restoring_settles_waiters_and_ids_in_flight() -> None:
 def test_columns_of_unequal_length_are_refused() -> None:
     with pytest.raises(SnapshotError, match="differ in length"):
         OutcomeColumns(["a", "b"], [1, 2], [1], [None, None])
+
+
+@pytest.mark.parametrize("ref", [
+    OutcomeRef(0, 0, 0), OutcomeRef(0, 0, 1), OutcomeRef(65_535, 2**40, 1), OutcomeRef(3, 2**62, 2**20 - 1),
+    OutcomeRef(65_536, 5, 1), OutcomeRef(1, 5, 2**20), OutcomeRef(1, 5, 1, "digest"), OutcomeRef(1, 5, 1, ""),
+])
+def test_every_outcome_comes_back_as_recorded_however_it_is_kept(ref: OutcomeRef) -> None:
+    index = Outcomes()
+    index.record("c", ref)
+    assert index.get("c") == ref and type(index.get("c")) is OutcomeRef
+    assert index.admit("c", None) == (ref, True)
+    assert dict(index.of_partition(ref.partition)) == {"c": ref}
+    other = restored(ref.partition, OutcomeColumns.of([("c", (ref.offset, ref.count, ref.digest))]))
+    assert other.get("c") == ref
+
+
+def test_an_outcome_without_a_digest_is_kept_as_one_int() -> None:
+    # The index holds one entry per command ever decided: the reactors' commands (no digest) are
+    # kept in a third of the memory of a named tuple and its offset.
+    index = Outcomes()
+    index.record("plain", OutcomeRef(7, 123_456_789, 3))
+    index.record("stamped", OutcomeRef(7, 5, 1, "d"))
+    assert type(index._index["plain"]) is int and type(index._index["stamped"]) is OutcomeRef
+    assert index.get("plain") == OutcomeRef(7, 123_456_789, 3)
