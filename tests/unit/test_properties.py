@@ -356,7 +356,8 @@ class PoolMachine(RuleBasedStateMachine):
         assert len({x.cost_id for x in costs}) == len(costs) == len(state.costs)
         spent: dict[tuple[str, str], Decimal] = {}
         # The workflow as the task's submission on the log names it (the state keeps no data).
-        data = {env.data.task_id: env.data.data for env in self.loop.log if isinstance(env.data, e.TaskSubmitted)}
+        data = {env.data.task_id: env.data.data for env in self.loop.log
+                if isinstance(env.data, e.TaskSubmitted)}
         for x in costs:  # in decimal: money sums are exact, whatever the order
             wf = data[x.task_id].get("workflow_id") if x.task_id else None
             keys = [("pool", "default"), ("agent", x.agent_id)] + ([("workflow", str(wf))] if wf else [])

@@ -374,7 +374,8 @@ def test_the_state_keeps_no_payload_of_a_task() -> None:
     # The decider keeps every task ever submitted: what it keeps of one must not grow with what the
     # client put in it (the data, action and parameters stay on the log), only its workflow.
     big = {"doc": "x" * 10_000, "workflow_id": "w1"}
-    cmd = c.SubmitTask(task_id="t", type="fetch", data=big, action="GET /x", parameters={"body": "y" * 10_000})
+    cmd = c.SubmitTask(task_id="t", type="fetch", data=big, action="GET /x",
+                       parameters={"body": "y" * 10_000})
     given().when(cmd).then_state(lambda s: (s.tasks["t"].workflow == "w1"
                                             and not any(hasattr(s.tasks["t"], f)
                                                         for f in ("data", "action", "parameters"))))
