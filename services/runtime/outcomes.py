@@ -32,10 +32,11 @@ class OutcomeRef(NamedTuple):
     digest: str | None = None
 
 
-# A ref without a digest (the reactors' commands: most of them) is kept as one int: offset, count and
-# partition in 27+ bits, 20 bits and 16 bits. One int takes 32-36 bytes where the named tuple and its
-# offset took about 110: the index holds one entry per command ever decided (a million at 1,000,000
-# commands). A ref whose count or partition does not fit, or with a digest, is kept as it is.
+# A ref without a digest (the reactors' commands: most of them) is kept as one int: the partition in
+# the low 16 bits, the count in the next 20, the offset above them. One int takes 32-36 bytes where
+# the named tuple and its offset took about 110: the index holds one entry per command ever decided
+# (a million at 1,000,000 commands). A ref whose count or partition does not fit, or with a digest,
+# is kept as it is.
 _COUNT_BITS, _PARTITION_BITS = 20, 16
 _SHIFT_OFFSET = _COUNT_BITS + _PARTITION_BITS
 _COUNT_MASK, _PARTITION_MASK = (1 << _COUNT_BITS) - 1, (1 << _PARTITION_BITS) - 1
