@@ -179,13 +179,16 @@ def _prepare(records: Sequence[Record], partition: int | None, partitions: int) 
 class Reaction:
     """What a reactor appends in the transaction of the append it reacted to: ``records`` to
     ``topic[partition]`` with ``commit``; ``written`` is told the positions (or the error) on the
-    loop, right after COMMIT and before the appenders hear of theirs."""
+    loop, right after COMMIT and before the appenders hear of theirs. ``envelopes``: what
+    ``records`` encode, so the reactor of ``topic[partition]`` reacts to them in turn (None: it
+    reads them from the log as usual)."""
 
     topic: str
     partition: int
     records: list[Record]
     commit: Commit | None
     written: Callable[[list[Appended] | BaseException], None]
+    envelopes: Sequence[Any] | None = None
 
 
 # (positions of an append just numbered, its envelopes, a token naming the transaction) -> a Reaction
@@ -230,6 +233,7 @@ class SqliteLog:
         # they made in the transaction being written.
         self._reactors: dict[tuple[str, int], Reactor] = {}
         self._reacted: list[Pending] = []
+        self._rolled_back_reactions = False
         self._token: object = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -357,7 +361,9 @@ class SqliteLog:
         """Have ``reactor`` see every append to ``topic[partition]`` made with its envelopes and
         written on the event loop, inside its transaction, and add its own records to it (None: no
         more). The decider of a commands partition in this process decides there, so a command and
-        its events are written in one transaction, with one fsync, instead of two in a row.
+        its events are written in one transaction, with one fsync, instead of two in a row. A
+        reaction that carries its envelopes is seen in turn by the reactor of its own partition
+        (the coordinator's, which reacts to those events), and so on, all in that transaction.
         An append the reactor passes on (it answers None), or one written on the writer's thread,
         reaches it the usual way, by reading the log."""
         if reactor is None:
@@ -380,7 +386,8 @@ class SqliteLog:
             return None
         rows = _prepare(got.records, got.partition, self._topics[got.topic])
         follow = Pending(got.topic, rows, got.partition, None, got.commit,
-                         asyncio.get_running_loop().create_future(), on_written=got.written)
+                         asyncio.get_running_loop().create_future(), envelopes=got.envelopes,
+                         on_written=got.written)
         self._reacted.append(follow)
         return follow
 
@@ -443,12 +450,15 @@ class SqliteLog:
             raise
 
     async def _write(self, batch: list[Pending]) -> None:
-        """Write ``batch`` in one transaction; on a database error retry each append alone."""
+        """Write ``batch`` in one transaction; on a database error retry each append alone (and an
+        append alone once more when what reactors added to its transaction may be what failed:
+        the reactors, told of the rollback, add nothing the second time)."""
         try:
             await self._transaction(batch)
         except sqlite3.Error as exc:
             self._data_version = None  # reload end offsets: the file may not be what we think
-            if len(batch) > 1:
+            reacted, self._rolled_back_reactions = self._rolled_back_reactions, False
+            if len(batch) > 1 or reacted:
                 for item in batch:
                     await self._write([item])
                 return
@@ -508,6 +518,7 @@ class SqliteLog:
         except sqlite_writer.Busy:
             return None  # at BEGIN: nothing was numbered, nobody reacted
         except BaseException as exc:
+            self._rolled_back_reactions = bool(self._reacted)
             for follow in self._reacted:  # rolled back: what they decided is not in the log
                 assert follow.on_written is not None
                 follow.on_written(exc)

@@ -4,6 +4,9 @@ to the commands topic with its events offset in one transaction.
 One driver for both runtimes, told its topics, consumer group and the events partitions it covers:
 the embedded runner runs one over every partition (``run``: rebuild, then tail each partition);
 the Faust worker makes one per assigned partition and drives it itself (``rebuild``, ``react``).
+On a SQLite log in this process the embedded driver also reacts inside the transaction that
+appends its events (``_react_inline``): a command, its events, the assignments they lead to and
+those assignments' decisions then commit together, with one fsync.
 Each partition has its own ``Coordinator``: a pool lives in one partition, so no decision needs
 another's state, and a partition is rebuilt on its own when it changes owner.
 
@@ -14,14 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
-from events.codec import from_value
+from events.codec import from_value, to_record
+from events.log import Appended
 from events.readahead import read_values_ahead
+from events.sqlite import Reaction, SqliteLog
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
 from services.runtime.ingest import command_envelope
@@ -72,13 +80,34 @@ class CoordinatorDriver:
     snapshots_written: int = 0
     _unsaved: dict[int, int] = field(default_factory=dict)
     _snapshotting: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    # Per partition, the next events offset the views have folded in (the tail skips what is below
+    # it when reacting). Reacting in the appender's transaction (``_react_inline``; embedded, on a
+    # SqliteLog): whether it may; per partition, whether a tail batch's commands are being
+    # appended (no reaction meanwhile), how many reactions wait for their COMMIT and in which
+    # transaction; and the error of one rolled back (the views then run ahead of the log: the
+    # driver stops, a restart rebuilds them).
+    _reacting: bool = field(default=False, init=False, repr=False)
+    _next: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _busy: set[int] = field(default_factory=set, init=False, repr=False)
+    _react_pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _react_token: dict[int, object] = field(default_factory=dict, init=False, repr=False)
+    _broken: BaseException | None = field(default=None, init=False, repr=False)
 
     async def run(self) -> None:
         """Rebuild every partition, then react to each one's new events until cancelled."""
+        sqlite = self.log if isinstance(self.log, SqliteLog) and not self.fenced else None
         try:
             starts = await self.rebuild()
+            if sqlite is not None:
+                self._reacting = True
+                for p in starts:
+                    sqlite.react(self.topics.events, p, functools.partial(self._react_inline, p))
             await asyncio.gather(*(self._tail(p, start) for p, start in starts.items()))
         finally:
+            if sqlite is not None:
+                self._reacting = False
+                for p in self.partitions:
+                    sqlite.react(self.topics.events, p, None)
             running = list(self._snapshotting.values())
             for task in running:
                 task.cancel()
@@ -116,25 +145,91 @@ class CoordinatorDriver:
             hooks.live = True
             # Same ids as the lost ones (derived from history), so the decider drops any repeats.
             await self._emit(p, Commit(self.group, self.topics.events, p, end))
-            starts[p] = end
+            starts[p] = self._next[p] = end
         self.ready.set()
         return starts
 
     async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
         """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
+        if self._reacting:
+            if self._broken is not None or self._react_pending.get(partition):
+                raise RuntimeError(
+                    f"coordinator[{partition}]: a transaction holding its reaction failed, so its views "
+                    f"are ahead of the log; a restart rebuilds them") from self._broken
+            if batch and batch[0][0] < self._next[partition]:
+                nxt = self._next[partition]
+                batch = [item for item in batch if item[0] >= nxt]  # folded in as they were appended
+            if not batch:
+                return
+            self._busy.add(partition)
+        self._next[partition] = batch[-1][0] + 1
+        try:
+            self._observe(partition, [env for _, env in batch])
+            await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
+        finally:
+            self._busy.discard(partition)
+        self._folded(partition, len(batch), batch[-1][0] + 1)
+
+    def _observe(self, partition: int, envs: Sequence[Envelope]) -> None:
         coordinator, reactor = self.coordinators[partition], self.workflows[partition]
         hooks = self.webhooks[partition]
-        for _, env in batch:
+        for env in envs:
             coordinator.observe(env)
             reactor.observe(env)
             hooks.observe(env)
-        await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
+
+    def _folded(self, partition: int, n: int, position: int) -> None:
+        """``n`` more events folded in and committed, up to ``position``: a snapshot when due."""
         if self.snapshot_every > 0:
-            self._unsaved[partition] = self._unsaved.get(partition, 0) + len(batch)
+            self._unsaved[partition] = self._unsaved.get(partition, 0) + n
             if self._unsaved[partition] >= self.snapshot_every and partition not in self._snapshotting:
                 self._unsaved[partition] = 0
                 self._snapshotting[partition] = asyncio.create_task(
-                    self._snapshot(partition, batch[-1][0] + 1), name=f"coordinator snapshot[{partition}]")
+                    self._snapshot(partition, position), name=f"coordinator snapshot[{partition}]")
+
+    def _react_inline(self, partition: int, out: list[Appended], envs: Sequence[Any],
+                      token: object) -> Reaction | None:
+        """``events.sqlite.Reactor``: fold events of ``partition`` in inside the transaction that
+        appends them (the decider's, deciding a command appended in this process), when every
+        event before them is folded in and no tail batch is being appended; the commands that
+        follow and this group's offset then commit with them (and the decider of the commands
+        partition decides those in turn). None (they are read from the log as usual) otherwise."""
+        if self._react_pending.get(partition):
+            if token is not self._react_token.get(partition):
+                return None  # a transaction that held a reaction was rolled back: see ``react``
+        elif partition in self._busy or self._broken is not None:
+            return None
+        first = self._next[partition]
+        if any(a.duplicate or a.offset != first + i or not isinstance(env, Envelope)
+               for i, (a, env) in enumerate(zip(out, envs, strict=True))):
+            return None
+        try:
+            self._observe(partition, envs)
+            commands = self._scheduled(partition)
+            records = [to_record(x) for x in commands]
+        except BaseException as exc:
+            self._broken = exc  # folded in part: the views are neither before nor after
+            raise
+        end = out[-1].offset + 1
+        self._next[partition] = end
+        self._react_pending[partition] = self._react_pending.get(partition, 0) + 1
+        self._react_token[partition] = token
+        commit = Commit(self.group, self.topics.events, partition, end)
+        return Reaction(self.topics.commands, partition, records, commit,
+                        functools.partial(self._reacted, partition, commands, len(out), end),
+                        envelopes=commands or None)
+
+    def _reacted(self, partition: int, commands: list[Envelope], n: int, end: int,
+                 result: list[Appended] | BaseException) -> None:
+        """The transaction holding a reaction ``_react_inline`` made committed (``result``: its
+        commands' positions) or was rolled back."""
+        if isinstance(result, BaseException):
+            self._broken = result
+            return
+        self._react_pending[partition] -= 1
+        if commands:
+            self.cache.put(self.topics.commands, result, commands)
+        self._folded(partition, n, end)
 
     async def _tail(self, partition: int, start: int) -> None:
         batches = tail(self.log, self.cache, self.topics.events, partition, start, limit=BATCH)
@@ -142,16 +237,21 @@ class CoordinatorDriver:
             async for batch in batches:
                 await self.react(partition, batch)
 
-    async def _emit(self, partition: int, commit: Commit) -> None:
-        """Append the commands the partition's coordinator wants now, with ``commit`` in the same
-        transaction."""
+    def _scheduled(self, partition: int) -> list[Envelope]:
+        """The commands the partition's coordinator, workflow and webhook reactors want now."""
         assignments = self.coordinators[partition].schedule()
         steps = self.workflows[partition].schedule()
         mapped = self.webhooks[partition].schedule()
-        if assignments or steps or mapped:
-            envs = [_assignment_envelope(a) for a in assignments]
-            envs += [_assignment_envelope(a, WORKFLOWS_SOURCE, "workflows") for a in steps]
-            envs += [_assignment_envelope(a, WEBHOOKS_SOURCE, WEBHOOKS_ACTOR) for a in mapped]
+        envs = [_assignment_envelope(a) for a in assignments]
+        envs += [_assignment_envelope(a, WORKFLOWS_SOURCE, "workflows") for a in steps]
+        envs += [_assignment_envelope(a, WEBHOOKS_SOURCE, WEBHOOKS_ACTOR) for a in mapped]
+        return envs
+
+    async def _emit(self, partition: int, commit: Commit) -> None:
+        """Append the commands the partition's coordinator wants now, with ``commit`` in the same
+        transaction."""
+        envs = self._scheduled(partition)
+        if envs:
             await self.cache.append(self.log, self.topics.commands, envs, partition=partition, commit=commit)
         elif self.fenced:
             await self.log.append(self.topics.commands, [], partition=partition, commit=commit)

@@ -435,8 +435,9 @@ class PartitionDecider:
         self._react_pending += 1
         self._react_token = token
         commit = Commit(self.group, self.topics.commands, self.partition, end)
+        # The events go on to the reactor of their partition (the coordinator's, in this process).
         return Reaction(self.topics.events, self.partition, records, commit,
-                        functools.partial(self._reacted, events, decided, end))
+                        functools.partial(self._reacted, events, decided, end), envelopes=events)
 
     def _reacted(self, events: list[Envelope], decided: list[tuple[str, int, str | None]], end: int,
                  result: list[Appended] | BaseException) -> None:
