@@ -45,6 +45,9 @@ log = logging.getLogger("agentbus.coordinator")
 
 # Events read at a time while rebuilding a partition's views.
 HISTORY_BATCH = 5000
+# Reacting in the appender's transaction: how long the offset of events the tail folded in without
+# anything to append may wait for a transaction to ride on before it is committed alone.
+OWED_COMMIT_S = 0.05
 
 
 @dataclass
@@ -92,6 +95,11 @@ class CoordinatorDriver:
     _react_pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _react_token: dict[int, object] = field(default_factory=dict, init=False, repr=False)
     _broken: BaseException | None = field(default=None, init=False, repr=False)
+    # Per partition, an events offset folded in by the tail, with nothing to append, and not yet
+    # committed (the next reaction's commit covers it; else ``_commit_owed`` after OWED_COMMIT_S).
+    _owed: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _owed_timer: dict[int, asyncio.TimerHandle] = field(default_factory=dict, init=False, repr=False)
+    _owed_commits: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     async def run(self) -> None:
         """Rebuild every partition, then react to each one's new events until cancelled."""
@@ -108,7 +116,9 @@ class CoordinatorDriver:
                 self._reacting = False
                 for p in self.partitions:
                     sqlite.react(self.topics.events, p, None)
-            running = list(self._snapshotting.values())
+            for timer in self._owed_timer.values():
+                timer.cancel()
+            running = [*self._snapshotting.values(), *self._owed_commits]
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
@@ -161,14 +171,65 @@ class CoordinatorDriver:
                 batch = [item for item in batch if item[0] >= nxt]  # folded in as they were appended
             if not batch:
                 return
-            self._busy.add(partition)
-        self._next[partition] = batch[-1][0] + 1
-        try:
-            self._observe(partition, [env for _, env in batch])
-            await self._emit(partition, Commit(self.group, self.topics.events, partition, batch[-1][0] + 1))
-        finally:
-            self._busy.discard(partition)
-        self._folded(partition, len(batch), batch[-1][0] + 1)
+        end = batch[-1][0] + 1
+        self._next[partition] = end
+        self._observe(partition, [env for _, env in batch])
+        if self._reacting:
+            envs = self._scheduled(partition)
+            if envs:
+                # No reaction until these are appended: theirs would be numbered ahead of them.
+                self._busy.add(partition)
+                try:
+                    await self.cache.append(self.log, self.topics.commands, envs, partition=partition,
+                                            commit=Commit(self.group, self.topics.events, partition, end))
+                finally:
+                    self._busy.discard(partition)
+                self._paid(partition, end)
+            else:
+                # Nothing to append: no commit of its own now (it would hold reactions back while
+                # it waits for its transaction, and they would come back here): owed instead.
+                self._owe(partition, end)
+        else:
+            await self._emit(partition, Commit(self.group, self.topics.events, partition, end))
+        self._folded(partition, len(batch), end)
+
+    def _owe(self, partition: int, end: int) -> None:
+        self._owed[partition] = end
+        if partition not in self._owed_timer:
+            self._owed_timer[partition] = asyncio.get_running_loop().call_later(
+                OWED_COMMIT_S, self._commit_owed, partition)
+
+    def _paid(self, partition: int, end: int) -> None:
+        """The offset ``end`` is committed: what was owed up to it is paid."""
+        if self._owed.get(partition, end + 1) <= end:
+            del self._owed[partition]
+
+    def _commit_owed(self, partition: int) -> None:
+        """Commit the owed offset alone (no reaction paid it meanwhile), once nothing of this
+        partition waits for its transaction; no reaction until it is written."""
+        self._owed_timer.pop(partition, None)
+        owed = self._owed.get(partition)
+        if owed is None or self._broken is not None:
+            return
+        if partition in self._busy or self._react_pending.get(partition):
+            self._owe(partition, owed)
+            return
+        self._busy.add(partition)
+
+        async def commit() -> None:
+            try:
+                await self.log.commit(self.group, self.topics.events, partition, owed)
+            except Exception as exc:  # the log stopped: a restart folds those events in again
+                log.warning("committing the coordinator's offset %d of partition %d failed: %s",
+                            owed, partition, exc)
+                return
+            finally:
+                self._busy.discard(partition)
+            self._paid(partition, owed)
+
+        task = asyncio.create_task(commit(), name=f"coordinator owed commit[{partition}]")
+        self._owed_commits.add(task)
+        task.add_done_callback(self._owed_commits.discard)
 
     def _observe(self, partition: int, envs: Sequence[Envelope]) -> None:
         coordinator, reactor = self.coordinators[partition], self.workflows[partition]
@@ -229,6 +290,7 @@ class CoordinatorDriver:
         self._react_pending[partition] -= 1
         if commands:
             self.cache.put(self.topics.commands, result, commands)
+        self._paid(partition, end)
         self._folded(partition, n, end)
 
     async def _tail(self, partition: int, start: int) -> None:
