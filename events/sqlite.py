@@ -475,7 +475,18 @@ class SqliteLog:
             cancelled: asyncio.CancelledError | None = None
             written = None
             if sum(item.size for item in batch) <= self.inline_rows:
-                written = self._inline(writer, batch, state)  # its error, if any, for ``_write``
+                inline = self._inline(writer, batch, state)  # its error, if any, for ``_write``
+                if inline is not None:
+                    # The COMMIT (its fsync) on the writer's thread: the loop goes on meanwhile
+                    # (no other transaction begins: this one holds the write lock).
+                    loop = asyncio.get_running_loop()
+                    committing = loop.run_in_executor(thread, sqlite_writer.commit, writer)
+                    cancelled = await settled(committing)
+                    error = committing.exception()
+                    if error is not None:
+                        self._rolled_back(inline[1], error)
+                        raise cancelled if cancelled is not None else error
+                    written = inline[0]
             if written is None:
                 work = asyncio.get_running_loop().run_in_executor(
                     thread, sqlite_writer.write_batch, writer, batch, state, self.chained)
@@ -507,24 +518,32 @@ class SqliteLog:
         if cancelled is not None:
             raise cancelled
 
-    def _inline(self, writer: sqlite3.Connection, batch: list[Pending], state: State) -> Written | None:
-        """A small transaction, written on the loop (see the module's doc); None, having written
-        nothing, when another process holds the write lock: the thread then waits for it."""
+    def _inline(self, writer: sqlite3.Connection, batch: list[Pending],
+                state: State) -> tuple[Written, list[Pending]] | None:
+        """A small transaction, written on the loop up to its COMMIT (see the module's doc), and
+        the appends reactors added to it; None, having written nothing, when another process holds
+        the write lock: the thread then waits for it."""
         self._token = object()
         self._reacted = []
         try:
-            return sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False,
-                                             react=self._react if self._reactors else None)
+            written = sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False,
+                                                react=self._react if self._reactors else None, commit=False)
+            return written, self._reacted
         except sqlite_writer.Busy:
             return None  # at BEGIN: nothing was numbered, nobody reacted
         except BaseException as exc:
-            self._rolled_back_reactions = bool(self._reacted)
-            for follow in self._reacted:  # rolled back: what they decided is not in the log
-                assert follow.on_written is not None
-                follow.on_written(exc)
+            self._rolled_back(self._reacted, exc)
             raise
         finally:
             self._reacted = []
+
+    def _rolled_back(self, reacted: list[Pending], exc: BaseException) -> None:
+        """Tell the reactors whose appends were in a transaction rolled back: what they decided is
+        not in the log."""
+        self._rolled_back_reactions = bool(reacted)
+        for follow in reacted:
+            assert follow.on_written is not None
+            follow.on_written(exc)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -195,6 +195,17 @@ def _existing_ids(conn: sqlite3.Connection, batch: list[Pending]) -> dict[str, d
 React = Callable[[Pending, list[Appended]], Pending | None]
 
 
+def commit(conn: sqlite3.Connection) -> None:
+    """End the transaction ``write_batch(commit=False)`` left open: COMMIT, or ROLLBACK if that
+    fails (the error is raised)."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class Busy(Exception):
     """Another connection holds the file's write lock: the transaction did not begin."""
 
@@ -214,7 +225,7 @@ def begin_now(conn: sqlite3.Connection) -> None:
 
 
 def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, chained: bool,
-                wait: bool = True, react: React | None = None) -> Written:
+                wait: bool = True, react: React | None = None, commit: bool = True) -> Written:
     """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT; with
     ``wait`` False, ``Busy`` rather than waiting for another connection's write lock.
 
@@ -222,6 +233,9 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
     numbered, and may add another to the same transaction, numbered next (the decider's events for
     the commands it decided there: see ``events.sqlite.SqliteLog.react``). Its ids are not checked
     for duplicates beforehand: one already stored fails the transaction.
+
+    ``commit`` False leaves the transaction open once its rows are in, for ``commit`` to end (the
+    fsync then happens wherever that runs); anything failing before is rolled back here.
 
     Works on copies of ``state`` (the caller's stay as they were should this fail) and never
     touches the callers' futures: the event loop settles them from what this returns.
@@ -286,7 +300,8 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
             conn.executemany(_INSERT, rows)
         if offsets:
             conn.executemany(_UPSERT_OFFSET, offsets)
-        conn.execute("COMMIT")
+        if commit:
+            conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -95,6 +95,8 @@ class CoordinatorDriver:
     _react_pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _react_token: dict[int, object] = field(default_factory=dict, init=False, repr=False)
     _broken: BaseException | None = field(default=None, init=False, repr=False)
+    # Set when no reaction waits for its COMMIT (which runs on the log's writer thread).
+    _unpending: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     # Per partition, an events offset folded in by the tail, with nothing to append, and not yet
     # committed (the next reaction's commit covers it; else ``_commit_owed`` after OWED_COMMIT_S).
     _owed: dict[int, int] = field(default_factory=dict, init=False, repr=False)
@@ -162,6 +164,9 @@ class CoordinatorDriver:
     async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
         """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
         if self._reacting:
+            while self._react_pending.get(partition) and self._broken is None:  # a reaction committing
+                self._unpending.clear()
+                await self._unpending.wait()
             if self._broken is not None or self._react_pending.get(partition):
                 raise RuntimeError(
                     f"coordinator[{partition}]: a transaction holding its reaction failed, so its views "
@@ -286,8 +291,11 @@ class CoordinatorDriver:
         commands' positions) or was rolled back."""
         if isinstance(result, BaseException):
             self._broken = result
+            self._unpending.set()
             return
         self._react_pending[partition] -= 1
+        if not self._react_pending[partition]:
+            self._unpending.set()
         if commands:
             self.cache.put(self.topics.commands, result, commands)
         self._paid(partition, end)

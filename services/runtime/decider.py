@@ -139,6 +139,8 @@ class PartitionDecider:
     _react_pending: int = field(default=0, init=False, repr=False)
     _react_token: object = field(default=None, init=False, repr=False)
     _broken: BaseException | None = field(default=None, init=False, repr=False)
+    # Set when no such decision waits for its COMMIT (which runs on the log's writer thread).
+    _unpending: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def state(self, pool: str) -> PoolState:
         st = self.states.get(pool)
@@ -445,11 +447,13 @@ class PartitionDecider:
         positions) or was rolled back."""
         if isinstance(result, BaseException):
             self._broken = result
+            self._unpending.set()
             return
         self._react_pending -= 1
         self.cache.put(self.topics.events, result, events)
         self._settle(events, result, decided, end)
         if not self._react_pending:
+            self._unpending.set()
             asyncio.get_running_loop().call_soon(self._snapshot_when_idle)
 
     def _snapshot_when_idle(self) -> None:
@@ -458,6 +462,9 @@ class PartitionDecider:
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""
+        while self._react_pending and self._broken is None:  # decided in a transaction now committing
+            self._unpending.clear()
+            await self._unpending.wait()
         if self._broken is not None or self._react_pending:
             raise RuntimeError(f"decider[{self.partition}]: a transaction holding decisions failed, so the "
                                f"state is ahead of the log; a restart rebuilds it") from self._broken
