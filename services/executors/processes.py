@@ -31,7 +31,6 @@ import itertools
 import logging
 import os
 import sys
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -59,7 +58,14 @@ class WorkerStartError(RuntimeError):
 
 
 def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    return asdict(outcome)
+    # Field by field: ``dataclasses.asdict`` deep-copies the result on its way to orjson (6% of a
+    # worker's time in the executor benchmark's profile).
+    usage = outcome.usage
+    return {"ok": outcome.ok, "result": outcome.result, "error": outcome.error,
+            "error_code": outcome.error_code, "retryable": outcome.retryable,
+            "retry_after_s": outcome.retry_after_s,
+            "usage": None if usage is None else {"model": usage.model, "input_tokens": usage.input_tokens,
+                                                 "output_tokens": usage.output_tokens}}
 
 
 def _outcome_of(data: dict[str, Any]) -> Outcome:
