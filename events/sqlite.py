@@ -4,8 +4,9 @@ Appends from any number of coroutines are queued; one writer task drains the que
 everything in ONE transaction, then acknowledges each caller after COMMIT (``synchronous=FULL``
 by default, so an acknowledged append survives a process crash and a power loss). A transaction
 is one call, BEGIN to COMMIT, of ``events.sqlite_writer.write_batch``: a small one (at most
-``INLINE_ROWS`` records) on the event loop itself, a larger one on the writer's thread, where the
-loop goes on with other work meanwhile. Each hand-off to a thread and back waits behind whatever
+``INLINE_ROWS`` records) on the event loop itself up to its COMMIT, which (an fsync, the loop's
+time otherwise spent waiting) runs on the writer's thread, and a larger one wholly on that thread;
+the loop goes on with other work meanwhile. Each hand-off to a thread and back waits behind whatever
 else the loop is running, and the thread waits for the interpreter at every statement: for a
 transaction of a few records that cost several times the transaction (a connection that hands
 every statement to its thread, as aiosqlite does, costs six such round trips). Reads use a
@@ -79,8 +80,8 @@ COMPRESS_MAX_RATIO = 0.9
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
-# A transaction of at most this many records is written on the event loop itself, a larger one on
-# the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
+# A transaction of at most this many records is written on the event loop itself (but for its
+# COMMIT), a larger one on the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
 INLINE_ROWS = 64
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
