@@ -22,6 +22,9 @@ Every record carries its partition's hash chain value (``events.chain``), comput
 as it numbers the record; a file written before chains existed is chained in place once, when
 opened (``events.sqlite_chain.migrate``).
 
+Reactors (``react``, ``events.sqlite_reactions``) add their appends to the transaction of the
+append they react to.
+
 This module must never skip or rewrite a stored record: a record that cannot be read raises
 CorruptRecord naming its position, and appended rows are never updated or deleted (the one-time
 chain migration only fills the new column).
@@ -33,16 +36,14 @@ import asyncio
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 from zlib import crc32
 
 import aiosqlite
-import lz4.block
 import orjson
 
 from events import sqlite_writer
@@ -58,30 +59,28 @@ from events.log import (
     check_partition,
     check_partition_count,
     check_routing,
-    partition_for,
 )
 from events.settle import settled
+from events.sqlite_reactions import Reaction, Reactions, Reactor
 from events.sqlite_records import (
     CODEC_LZ4,
     CODEC_RAW,
-    _encode_headers,
     _original,
     _to_stored,
     _to_values,
+    to_rows,
 )
-from events.sqlite_writer import Pending, Row, State, Written, ensure_topic, open_writer
+from events.sqlite_writer import Pending, State, Written, ensure_topic, open_writer
 
-# Values this large are worth compressing. Below it, every consumer paying lz4 on every read
-# costs more than the space saved (measured: events are mostly well under 2 KiB).
-COMPRESS_MIN_BYTES = 2048
-# Keep the compressed form only when it saves at least 10% (otherwise reads pay for nothing).
-COMPRESS_MAX_RATIO = 0.9
+__all__ = ["CODEC_LZ4", "CODEC_RAW", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
+
 # Cross-process fallback: how often waiters re-check the file for other writers' appends.
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
 # A transaction of at most this many records is written on the event loop itself (but for its
-# COMMIT), a larger one on the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
+# COMMIT), a larger one on the writer's thread (URL option ``inline_rows``; 0: always the
+# thread). See ``_transaction``.
 INLINE_ROWS = 64
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
@@ -150,54 +149,6 @@ def _parse_url(url: str) -> tuple[Path, str, int]:
     return Path(path), synchronous, inline_rows
 
 
-def _prepare(records: Sequence[Record], partition: int | None, partitions: int) -> list[Row]:
-    """Route, checksum, compress and encode on the caller's turn, so the writer only numbers."""
-    rows: list[Row] = []
-    route: dict[str, int] = {}
-    compress = lz4.block.compress
-    for rec in records:
-        if partition is None:
-            p = route.get(rec.key)
-            if p is None:
-                p = route[rec.key] = partition_for(rec.key, partitions)
-        else:
-            p = partition
-        original = value = bytes(rec.value)
-        crc = crc32(value)
-        codec = CODEC_RAW
-        if len(value) >= COMPRESS_MIN_BYTES:
-            packed = compress(value, store_size=True)
-            if len(packed) <= len(value) * COMPRESS_MAX_RATIO:
-                value, codec = packed, CODEC_LZ4
-        rows.append(
-            (p, rec.id, rec.key, value, codec, _encode_headers(rec.headers) if rec.headers else None, crc,
-             original)
-        )
-    return rows
-
-
-@dataclass(frozen=True, slots=True)
-class Reaction:
-    """What a reactor appends in the transaction of the append it reacted to: ``records`` to
-    ``topic[partition]`` with ``commit``; ``written`` is told the positions (or the error) on the
-    loop, right after COMMIT and before the appenders hear of theirs. ``envelopes``: what
-    ``records`` encode, so the reactor of ``topic[partition]`` reacts to them in turn (None: it
-    reads them from the log as usual)."""
-
-    topic: str
-    partition: int
-    records: list[Record]
-    commit: Commit | None
-    written: Callable[[list[Appended] | BaseException], None]
-    envelopes: Sequence[Any] | None = None
-
-
-# (positions of an append just numbered, its envelopes, a token naming the transaction) -> a Reaction
-# or None. Runs inside the transaction, on the event loop: it must not await, and whatever it
-# changes must follow the transaction (``Reaction.written`` says whether it committed).
-Reactor = Callable[[list[Appended], Sequence[Any], object], Reaction | None]
-
-
 class SqliteLog:
     """EventLog over one SQLite file: group-committed appends, WAL reads, in-process wake-ups."""
 
@@ -230,12 +181,8 @@ class SqliteLog:
         # PRAGMA data_version seen by the writer; a change means another process wrote.
         self._data_version: int | None = None
         self._writer_error: BaseException | None = None
-        # Reactors by the (topic, partition) whose appends they see (``react``), and the appends
-        # they made in the transaction being written.
-        self._reactors: dict[tuple[str, int], Reactor] = {}
-        self._reacted: list[Pending] = []
-        self._rolled_back_reactions = False
-        self._token: object = None
+        # Reactors by the (topic, partition) whose appends they see (``react``).
+        self._reactions = Reactions(self._topics)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -353,44 +300,17 @@ class SqliteLog:
         if not records and commit is None:
             return []
         return await self._enqueue(
-            Pending(topic, _prepare(records, partition, n), partition, expected_offset, commit,
+            Pending(topic, to_rows(records, partition, n), partition, expected_offset, commit,
                      asyncio.get_running_loop().create_future(),
-                     envelopes=envelopes if self._reactors else None)
+                     envelopes=envelopes if self._reactions else None)
         )
 
     def react(self, topic: str, partition: int, reactor: Reactor | None) -> None:
         """Have ``reactor`` see every append to ``topic[partition]`` made with its envelopes and
         written on the event loop, inside its transaction, and add its own records to it (None: no
-        more). The decider of a commands partition in this process decides there, so a command and
-        its events are written in one transaction, with one fsync, instead of two in a row. A
-        reaction that carries its envelopes is seen in turn by the reactor of its own partition
-        (the coordinator's, which reacts to those events), and so on, all in that transaction.
-        An append the reactor passes on (it answers None), or one written on the writer's thread,
-        reaches it the usual way, by reading the log."""
-        if reactor is None:
-            self._reactors.pop((topic, partition), None)
-        else:
-            self._reactors[(topic, partition)] = reactor
-
-    def _react(self, item: Pending, out: list[Appended]) -> Pending | None:
-        """``sqlite_writer.React``: the reactor's append for ``item`` (all of it in one partition)."""
-        if not out or item.envelopes is None:
-            return None
-        p = out[0].partition
-        if any(a.partition != p for a in out):
-            return None
-        reactor = self._reactors.get((item.topic, p))
-        if reactor is None:
-            return None
-        got = reactor(out, item.envelopes, self._token)
-        if got is None:
-            return None
-        rows = _prepare(got.records, got.partition, self._topics[got.topic])
-        follow = Pending(got.topic, rows, got.partition, None, got.commit,
-                         asyncio.get_running_loop().create_future(), envelopes=got.envelopes,
-                         on_written=got.written)
-        self._reacted.append(follow)
-        return follow
+        more): see ``events.sqlite_reactions``. An append the reactor passes on (it answers None),
+        or one written on the writer's thread, reaches it the usual way, by reading the log."""
+        self._reactions.set(topic, partition, reactor)
 
     async def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
         """Store the next offset ``group`` will read from the partition (group-committed too)."""
@@ -458,7 +378,7 @@ class SqliteLog:
             await self._transaction(batch)
         except sqlite3.Error as exc:
             self._data_version = None  # reload end offsets: the file may not be what we think
-            reacted, self._rolled_back_reactions = self._rolled_back_reactions, False
+            reacted, self._reactions.rolled_back = self._reactions.rolled_back, False
             if len(batch) > 1 or reacted:
                 for item in batch:
                     await self._write([item])
@@ -485,7 +405,7 @@ class SqliteLog:
                     cancelled = await settled(committing)
                     error = committing.exception()
                     if error is not None:
-                        self._rolled_back(inline[1], error)
+                        self._reactions.roll_back(inline[1], error)
                         raise cancelled if cancelled is not None else error
                     written = inline[0]
             if written is None:
@@ -524,27 +444,18 @@ class SqliteLog:
         """A small transaction, written on the loop up to its COMMIT (see the module's doc), and
         the appends reactors added to it; None, having written nothing, when another process holds
         the write lock: the thread then waits for it."""
-        self._token = object()
-        self._reacted = []
+        reactions = self._reactions
+        reactions.begin()
         try:
             written = sqlite_writer.write_batch(writer, batch, state, self.chained, wait=False,
-                                                react=self._react if self._reactors else None, commit=False)
-            return written, self._reacted
+                                                react=reactions.follow if reactions else None, commit=False)
         except sqlite_writer.Busy:
+            reactions.end()
             return None  # at BEGIN: nothing was numbered, nobody reacted
         except BaseException as exc:
-            self._rolled_back(self._reacted, exc)
+            reactions.roll_back(reactions.end(), exc)
             raise
-        finally:
-            self._reacted = []
-
-    def _rolled_back(self, reacted: list[Pending], exc: BaseException) -> None:
-        """Tell the reactors whose appends were in a transaction rolled back: what they decided is
-        not in the log."""
-        self._rolled_back_reactions = bool(reacted)
-        for follow in reacted:
-            assert follow.on_written is not None
-            follow.on_written(exc)
+        return written, reactions.end()
 
     # -- reading -----------------------------------------------------------------------------
 

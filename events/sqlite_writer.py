@@ -21,7 +21,7 @@ from typing import Any
 from events.chain import GENESIS
 from events.log import Appended, Commit, ConcurrencyError
 from events.sqlite_chain import migrate
-from events.sqlite_records import _to_values
+from events.sqlite_records import Row, _to_values
 
 # Bound parameters per statement, well under SQLite's limit (32766 since 3.32, 999 before).
 _ID_CHUNK = 500
@@ -70,11 +70,6 @@ _LAST = (
     'SELECT "offset", chain FROM records WHERE topic = ? AND "partition" = ?'
     ' ORDER BY "offset" DESC LIMIT 1'
 )
-
-# (partition, id, key, stored value, codec, encoded headers, crc of the original value,
-#  the original value: what the chain covers)
-Row = tuple[int, str | None, str, bytes, int, bytes | None, int, bytes]
-
 
 @dataclass(slots=True)
 class Pending:
