@@ -12,7 +12,7 @@ never do I/O.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -112,6 +112,20 @@ def partition_for(key: str, partitions: int) -> int:
     if partitions <= 1:
         return 0
     return zlib.crc32(key.encode()) % partitions
+
+
+def routed(records: Sequence[Record], partition: int | None, partitions: int) -> Iterator[tuple[int, Record]]:
+    """Each record with its partition: ``partition`` if given, else its key's (``partition_for``)."""
+    if partition is not None:
+        for rec in records:
+            yield partition, rec
+        return
+    route: dict[str, int] = {}
+    for rec in records:
+        p = route.get(rec.key)
+        if p is None:
+            p = route[rec.key] = partition_for(rec.key, partitions)
+        yield p, rec
 
 
 # -- argument rules shared by every adapter (checked before anything is written or read) ----------

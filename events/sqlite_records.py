@@ -13,7 +13,7 @@ from zlib import crc32
 import lz4.block
 import orjson
 
-from events.log import CorruptRecord, Headers, Record, StoredRecord, partition_for
+from events.log import CorruptRecord, Headers, Record, StoredRecord, routed
 
 __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMPRESS_MAX_RATIO", "COMPRESS_MIN_BYTES", "Row", "to_rows"]
 
@@ -33,15 +33,8 @@ Row = tuple[int, str | None, str, bytes, int, bytes | None, int, bytes]
 def to_rows(records: Sequence[Record], partition: int | None, partitions: int) -> list[Row]:
     """Route, checksum, compress and encode on the caller's turn, so the writer only numbers."""
     rows: list[Row] = []
-    route: dict[str, int] = {}
     compress = lz4.block.compress
-    for rec in records:
-        if partition is None:
-            p = route.get(rec.key)
-            if p is None:
-                p = route[rec.key] = partition_for(rec.key, partitions)
-        else:
-            p = partition
+    for p, rec in routed(records, partition, partitions):
         original = value = bytes(rec.value)
         crc = crc32(value)
         codec = CODEC_RAW

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from events.chain import CHAIN_HEADER
-from events.log import CorruptRecord, Record, StoredRecord, partition_for
+from events.log import CorruptRecord, Record, StoredRecord, routed
 
 ID_HEADER = "ce_id"
 
@@ -28,14 +28,7 @@ Row = tuple[str, int, bytes, bytes, list[tuple[str, bytes]]]
 def prepare(topic: str, records: Sequence[Record], partition: int | None, partitions: int) -> list[Row]:
     """Route and encode on the caller's turn, so the writer only sends."""
     rows: list[Row] = []
-    route: dict[str, int] = {}
-    for rec in records:
-        if partition is None:
-            p = route.get(rec.key)
-            if p is None:
-                p = route[rec.key] = partition_for(rec.key, partitions)
-        else:
-            p = partition
+    for p, rec in routed(records, partition, partitions):
         headers = [(name, bytes(value)) for name, value in rec.headers]
         if rec.id is not None and not any(name == ID_HEADER for name, _ in headers):
             headers.append((ID_HEADER, rec.id.encode()))

@@ -34,6 +34,7 @@ from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
 from services.runtime.ingest import command_envelope
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
+from services.runtime.uncommitted import Uncommitted
 from services.webhooks.reactor import ACTOR as WEBHOOKS_ACTOR
 from services.webhooks.reactor import SOURCE as WEBHOOKS_SOURCE
 from services.webhooks.reactor import WebhookReactor
@@ -86,17 +87,13 @@ class CoordinatorDriver:
     # Per partition, the next events offset the views have folded in (the tail skips what is below
     # it when reacting). Reacting in the appender's transaction (``_react_inline``; embedded, on a
     # SqliteLog): whether it may; per partition, whether a tail batch's commands are being
-    # appended (no reaction meanwhile), how many reactions wait for their COMMIT and in which
-    # transaction; and the error of one rolled back (the views then run ahead of the log: the
+    # appended (no reaction meanwhile); and the reactions waiting for their COMMIT
+    # (``services.runtime.uncommitted``; one rolled back leaves the views ahead of the log: the
     # driver stops, a restart rebuilds them).
     _reacting: bool = field(default=False, init=False, repr=False)
     _next: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _busy: set[int] = field(default_factory=set, init=False, repr=False)
-    _react_pending: dict[int, int] = field(default_factory=dict, init=False, repr=False)
-    _react_token: dict[int, object] = field(default_factory=dict, init=False, repr=False)
-    _broken: BaseException | None = field(default=None, init=False, repr=False)
-    # Set when no reaction waits for its COMMIT (which runs on the log's writer thread).
-    _unpending: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _uncommitted: Uncommitted = field(default_factory=Uncommitted, init=False, repr=False)
     # Per partition, an events offset folded in by the tail, with nothing to append, and not yet
     # committed (the next reaction's commit covers it; else ``_commit_owed`` after OWED_COMMIT_S).
     _owed: dict[int, int] = field(default_factory=dict, init=False, repr=False)
@@ -164,13 +161,7 @@ class CoordinatorDriver:
     async def react(self, partition: int, batch: list[tuple[int, Envelope]]) -> None:
         """Fold one batch of ``partition``'s events (offset, envelope) in, then append what follows."""
         if self._reacting:
-            while self._react_pending.get(partition) and self._broken is None:  # a reaction committing
-                self._unpending.clear()
-                await self._unpending.wait()
-            if self._broken is not None or self._react_pending.get(partition):
-                raise RuntimeError(
-                    f"coordinator[{partition}]: a transaction holding its reaction failed, so its views "
-                    f"are ahead of the log; a restart rebuilds them") from self._broken
+            await self._uncommitted.settle(partition, f"coordinator[{partition}]")  # reactions committing
             if batch and batch[0][0] < self._next[partition]:
                 nxt = self._next[partition]
                 batch = [item for item in batch if item[0] >= nxt]  # folded in as they were appended
@@ -214,9 +205,9 @@ class CoordinatorDriver:
         partition waits for its transaction; no reaction until it is written."""
         self._owed_timer.pop(partition, None)
         owed = self._owed.get(partition)
-        if owed is None or self._broken is not None:
+        if owed is None or self._uncommitted.broken is not None:
             return
-        if partition in self._busy or self._react_pending.get(partition):
+        if partition in self._busy or self._uncommitted(partition):
             self._owe(partition, owed)
             return
         self._busy.add(partition)
@@ -245,7 +236,8 @@ class CoordinatorDriver:
             hooks.observe(env)
 
     def _folded(self, partition: int, n: int, position: int) -> None:
-        """``n`` more events folded in and committed, up to ``position``: a snapshot when due."""
+        """``n`` more events folded in, up to ``position`` (its offset committed, or owed to the next
+        commit): a snapshot when due."""
         if self.snapshot_every > 0:
             self._unsaved[partition] = self._unsaved.get(partition, 0) + n
             if self._unsaved[partition] >= self.snapshot_every and partition not in self._snapshotting:
@@ -260,10 +252,7 @@ class CoordinatorDriver:
         event before them is folded in and no tail batch is being appended; the commands that
         follow and this group's offset then commit with them (and the decider of the commands
         partition decides those in turn). None (they are read from the log as usual) otherwise."""
-        if self._react_pending.get(partition):
-            if token is not self._react_token.get(partition):
-                return None  # a transaction that held a reaction was rolled back: see ``react``
-        elif partition in self._busy or self._broken is not None:
+        if not self._uncommitted.admits(partition, token, partition in self._busy):
             return None
         first = self._next[partition]
         if any(a.duplicate or a.offset != first + i or not isinstance(env, Envelope)
@@ -274,12 +263,11 @@ class CoordinatorDriver:
             commands = self._scheduled(partition)
             records = [to_record(x) for x in commands]
         except BaseException as exc:
-            self._broken = exc  # folded in part: the views are neither before nor after
+            self._uncommitted.fail(exc)  # folded in part: the views are neither before nor after
             raise
         end = out[-1].offset + 1
         self._next[partition] = end
-        self._react_pending[partition] = self._react_pending.get(partition, 0) + 1
-        self._react_token[partition] = token
+        self._uncommitted.add(partition, token)
         commit = Commit(self.group, self.topics.events, partition, end)
         return Reaction(self.topics.commands, partition, records, commit,
                         functools.partial(self._reacted, partition, commands, len(out), end),
@@ -290,12 +278,9 @@ class CoordinatorDriver:
         """The transaction holding a reaction ``_react_inline`` made committed (``result``: its
         commands' positions) or was rolled back."""
         if isinstance(result, BaseException):
-            self._broken = result
-            self._unpending.set()
+            self._uncommitted.fail(result)
             return
-        self._react_pending[partition] -= 1
-        if not self._react_pending[partition]:
-            self._unpending.set()
+        self._uncommitted.committed(partition)
         if commands:
             self.cache.put(self.topics.commands, result, commands)
         self._paid(partition, end)

@@ -54,6 +54,7 @@ from services.runtime.topics import (
     DLQ_TOPIC,
     Topics,
 )
+from services.runtime.uncommitted import Uncommitted
 
 log = logging.getLogger("agentbus.decider")
 
@@ -131,16 +132,11 @@ class PartitionDecider:
     tally: Tally = field(default_factory=Tally, init=False, repr=False)
     _advanced: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     # Deciding in the appender's transaction (``_react``, on a SqliteLog in this process): whether it
-    # may, the next commands offset after the decisions made in the transaction being written, how
-    # many such decisions are waiting for their COMMIT and in which transaction, and the error of
-    # one that was rolled back (the state then runs ahead of the log: the decider stops).
+    # may, the next commands offset after the decisions made in the transaction being written, and
+    # the decisions waiting for their COMMIT (``services.runtime.uncommitted``).
     _reacting: bool = field(default=False, init=False, repr=False)
     _react_next: int = field(default=0, init=False, repr=False)
-    _react_pending: int = field(default=0, init=False, repr=False)
-    _react_token: object = field(default=None, init=False, repr=False)
-    _broken: BaseException | None = field(default=None, init=False, repr=False)
-    # Set when no such decision waits for its COMMIT (which runs on the log's writer thread).
-    _unpending: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _uncommitted: Uncommitted = field(default_factory=Uncommitted, init=False, repr=False)
 
     def state(self, pool: str) -> PoolState:
         st = self.states.get(pool)
@@ -410,12 +406,10 @@ class PartitionDecider:
         events and this decider's offset then commit with them. None (they are read and decided as
         usual) otherwise. The state changes at once, as in a batch; ``_reacted`` hears whether the
         transaction committed."""
-        if self._react_pending:
-            if token is not self._react_token:
-                return None  # a transaction that held decisions was rolled back: see ``process``
-        elif self._in_batch or self._broken is not None:
+        waiting = self._uncommitted(self.partition)
+        if not self._uncommitted.admits(self.partition, token, self._in_batch):
             return None
-        first = self._react_next if self._react_pending else self.decided
+        first = self._react_next if waiting else self.decided
         todo = [(a, env) for a, env in zip(out, envs, strict=True) if not a.duplicate]
         if not todo or any(a.offset != first + i or not isinstance(env, Envelope)
                            for i, (a, env) in enumerate(todo)):
@@ -430,12 +424,11 @@ class PartitionDecider:
                     events.extend(envs_out)
             records = [to_record(x) for x in events]
         except BaseException as exc:
-            self._broken = exc  # decided in part: the state is neither before nor after
+            self._uncommitted.fail(exc)  # decided in part: the state is neither before nor after
             raise
         end = todo[-1][0].offset + 1
         self._react_next = end
-        self._react_pending += 1
-        self._react_token = token
+        self._uncommitted.add(self.partition, token)
         commit = Commit(self.group, self.topics.commands, self.partition, end)
         # The events go on to the reactor of their partition (the coordinator's, in this process).
         return Reaction(self.topics.events, self.partition, records, commit,
@@ -446,28 +439,22 @@ class PartitionDecider:
         """The transaction holding decisions ``_react`` made committed (``result``: their events'
         positions) or was rolled back."""
         if isinstance(result, BaseException):
-            self._broken = result
-            self._unpending.set()
+            self._uncommitted.fail(result)
             return
-        self._react_pending -= 1
+        idle = self._uncommitted.committed(self.partition)
         self.cache.put(self.topics.events, result, events)
         self._settle(events, result, decided, end)
-        if not self._react_pending:
-            self._unpending.set()
+        if idle:
             asyncio.get_running_loop().call_soon(self._snapshot_when_idle)
 
     def _snapshot_when_idle(self) -> None:
-        if not self._in_batch and not self._react_pending and self._broken is None:
+        if not self._in_batch and self._uncommitted.idle(self.partition):
             self._maybe_snapshot()
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""
-        while self._react_pending and self._broken is None:  # decided in a transaction now committing
-            self._unpending.clear()
-            await self._unpending.wait()
-        if self._broken is not None or self._react_pending:
-            raise RuntimeError(f"decider[{self.partition}]: a transaction holding decisions failed, so the "
-                               f"state is ahead of the log; a restart rebuilds it") from self._broken
+        # Decisions made in a transaction now committing: their COMMIT first.
+        await self._uncommitted.settle(self.partition, f"decider[{self.partition}]")
         if self._reacting and batch and batch[0][0] < self.decided:
             batch = [item for item in batch if item[0] >= self.decided]  # decided as they were appended
             if not batch:
