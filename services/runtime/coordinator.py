@@ -26,13 +26,16 @@ from typing import Any
 from contracts import Envelope
 from events import Commit, EventLog
 from events.cache import EnvelopeCache, tail
+from events.chain import chain_at
 from events.codec import from_value, to_record
 from events.log import Appended
 from events.readahead import read_values_ahead
 from events.sqlite import Reaction, SqliteLog
 from services.coordination.coordinator import Assignment, Coordinator
-from services.runtime.coordinator_snapshots import CoordinatorSnapshots, fresh_views, make
+from services.runtime.coordinator_snapshots import CoordinatorSnapshots, Views, encode, fresh_views, make
 from services.runtime.ingest import command_envelope
+from services.runtime.snapshot_copy import finish as finish_copy
+from services.runtime.snapshot_copy import start as start_copy
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
 from services.runtime.uncommitted import Uncommitted
 from services.webhooks.reactor import ACTOR as WEBHOOKS_ACTOR
@@ -136,6 +139,38 @@ class CoordinatorDriver:
         finally:
             self._snapshotting.pop(partition, None)
 
+    def _store_rebuilt(self, partition: int, position: int, views: Views) -> None:
+        """Store the views a start has just folded in, many events of them, as the partition's
+        snapshot at ``position``, so the next start need not fold them in again: copied in a forked
+        child (``snapshot_copy``; the views are exactly what a rebuild makes, nothing having
+        changed them yet) and saved once the service runs. A failure is logged, never raised."""
+        assert self.snapshots is not None
+        snapshots = self.snapshots
+        try:
+            started = start_copy(lambda: views, encode=encode)
+        except Exception as exc:
+            log.warning("no coordinator snapshot of partition %d at %d: %s", partition, position, exc)
+            return
+
+        async def save() -> None:
+            try:
+                copy = await finish_copy(started)
+                chain = await chain_at(self.log, self.topics.events, partition, position)
+                await snapshots.save(self.topics.events, partition, position, chain, copy.body)
+                self.snapshots_written += 1
+                log.info("coordinator snapshot of partition %d at %d stored as the start made it (%d bytes, "
+                         "copied in %.3f s, the loop held %.3f s)", partition, position, len(copy.body),
+                         copy.work_s, copy.held_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("the coordinator snapshot of partition %d at %d failed: %s", partition, position,
+                            exc)
+            finally:
+                self._snapshotting.pop(partition, None)
+
+        self._snapshotting[partition] = asyncio.create_task(save(), name=f"coordinator snapshot[{partition}]")
+
     async def rebuild(self) -> dict[int, int]:
         """Rebuild each partition's view and re-issue assignments lost in flight; returns, per
         partition, the offset to go on from."""
@@ -150,6 +185,8 @@ class CoordinatorDriver:
             self.coordinators[p], self.workflows[p], self.webhooks[p] = views
             await _observe_history(self.log, views, self.topics.events, p, end, start=start)
             self.rebuilt_from[p] = start
+            if self.snapshot_every > 0 and end - start >= self.snapshot_every:
+                self._store_rebuilt(p, end, views)  # before anything changes them
             # Deliveries below ``end`` were mapped with the commit of ``end``: only new ones are.
             hooks.live = True
             # Same ids as the lost ones (derived from history), so the decider drops any repeats.

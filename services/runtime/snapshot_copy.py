@@ -9,7 +9,8 @@ up front): the child builds the snapshot, encodes and compresses it and writes t
 pipe, and the parent goes on deciding. The loop is held for the fork alone, a few ms (it grows
 with the process's mapped memory, not with the number of objects).
 
-What runs in the child is pure code: the snapshot's encoders, orjson, lz4 and ``os.write``, then
+What runs in the child is pure code: the snapshot's encoders (orjson, or pickle for the
+coordinator's views), lz4 and ``os.write``, then
 ``os._exit``. No lock another thread might have held at the fork is taken there, no atexit
 handler or finaliser runs, and nothing of the parent's event loop. The child ignores SIGINT (a
 Ctrl-C reaches the whole process group; the parent's stop waits for the copy) and does not
@@ -18,6 +19,9 @@ it holds copies of the pages it touched: at most about the size of the state, fo
 of a second the copy takes.
 
 Where there is no fork (Windows), or with ``fork=False``, the copy is made on the loop as before.
+
+The coordinator's driver copies its views the same way, with an ``encode`` of their own
+(``services.runtime.coordinator_snapshots.encode``), right after a start that folded in many events.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from services.domain.snapshot import DeciderSnapshot, SnapshotError, dump, pack
 
@@ -67,14 +71,20 @@ class Started:
     done: Copy | None = None
 
 
-def start(make: Callable[[], DeciderSnapshot], *, fork: bool = CAN_FORK) -> Started:
-    """Begin copying ``make()``, the state as it is now; call between batches, on the state's loop.
+def _decider_body(snapshot: DeciderSnapshot) -> bytes:
+    return pack(dump(snapshot))
+
+
+def start(make: Callable[[], Any], *, fork: bool = CAN_FORK,
+          encode: Callable[[Any], bytes] = _decider_body) -> Started:
+    """Begin copying ``encode(make())``, the state as it is now (by default a decider snapshot's
+    body); call between batches, on the state's loop.
 
     Raises ``SnapshotError`` at once when the copy is made here (no fork) and fails.
     """
     began = time.perf_counter()
     if not fork:
-        body = pack(dump(make()))
+        body = encode(make())
         took = time.perf_counter() - began
         return Started(0, -1, took, Copy(body, took, took))
     r, w = os.pipe()
@@ -84,7 +94,7 @@ def start(make: Callable[[], DeciderSnapshot], *, fork: bool = CAN_FORK) -> Star
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:
-        _child(make, r, w)
+        _child(make, encode, r, w)
     os.close(w)
     return Started(pid, r, time.perf_counter() - began)
 
@@ -136,7 +146,7 @@ def _private_kb() -> int:
     return 0
 
 
-def _child(make: Callable[[], DeciderSnapshot], r: int, w: int) -> NoReturn:
+def _child(make: Callable[[], Any], encode: Callable[[Any], bytes], r: int, w: int) -> NoReturn:
     """In the forked child: write the snapshot's body (or why there is none) to ``w``, then leave."""
     try:
         gc.disable()
@@ -147,7 +157,7 @@ def _child(make: Callable[[], DeciderSnapshot], r: int, w: int) -> NoReturn:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         began = time.perf_counter()
         try:
-            body = pack(dump(make()))
+            body = encode(make())
             out = _OK + _HEADER.pack(time.perf_counter() - began, _private_kb()) + body
         except SnapshotError as exc:
             out = _REFUSED + str(exc).encode()

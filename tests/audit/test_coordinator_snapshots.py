@@ -196,6 +196,49 @@ async def test_the_service_snapshots_its_coordinator_and_a_restart_folds_in_only
         await log.close()
 
 
+async def test_a_start_that_folded_in_many_events_stores_them_and_the_next_start_folds_in_none(
+        tmp_path: Path) -> None:
+    """A start folds in every event after the newest snapshot; when that was ``every`` events or
+    more, it stores the views it made (copied in a forked child) at the position it reached. Those
+    views rebuild what the whole log does, and the next start begins there."""
+    settings = await _history(tmp_path)  # written with coordinator snapshots off: none stored
+    log, db, store = await _open(settings)
+    try:
+        end = await log.committed("coordinator", EVENTS, 0)
+        assert end > 10 and await store.rows(EVENTS, 0) == []
+    finally:
+        await db.close()
+        await log.close()
+    # Fewer events than ``every`` to fold in: nothing stored.
+    few = settings.model_copy(update={"coordinator_snapshot_every": end + 1})
+    async with Runner(few, projector=False) as runner:
+        await runner.ready()
+        assert runner.coordinator is not None and runner.coordinator.rebuilt_from == {0: 0}
+        assert not runner.coordinator._snapshotting and runner.coordinator.snapshots_written == 0
+    many = settings.model_copy(update={"coordinator_snapshot_every": end})
+    async with Runner(many, projector=False) as runner:
+        await runner.ready()
+        driver = runner.coordinator
+        assert driver is not None and driver.rebuilt_from == {0: 0}
+        await eventually(lambda: driver.snapshots_written == 1 and not driver._snapshotting, timeout=60)
+    log, db, store = await _open(settings)
+    try:
+        rows = await store.rows(EVENTS, 0)
+        assert [r.position for r in rows] == [end]
+        found = await store.newest(log, EVENTS, 0, end)
+        assert found is not None and found[0] == end
+        whole = _picture(await _from_zero(log, end))
+        assert _picture(found[1]) == whole
+        assert whole[0], "no task in the history: nothing was compared"
+    finally:
+        await db.close()
+        await log.close()
+    async with Runner(many, projector=False) as again:
+        await again.ready()
+        assert again.coordinator is not None and again.coordinator.rebuilt_from == {0: end}
+        assert not again.coordinator._snapshotting  # nothing to fold in: nothing stored
+
+
 def test_every_class_a_snapshot_holds_is_in_the_code_it_is_checked_against(tmp_path: Path) -> None:
     """``CODE`` digests ``CODE_MODULES``: a snapshot holding an object of a class defined elsewhere
     could be loaded by code where that class changed. Every object of real views is looked at."""
