@@ -34,6 +34,7 @@ from events.sqlite import Reaction, SqliteLog
 from services.coordination.coordinator import Assignment, Coordinator
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots, Views, encode, fresh_views, make
 from services.runtime.ingest import command_envelope
+from services.runtime.memory import give_back
 from services.runtime.snapshot_copy import finish as finish_copy
 from services.runtime.snapshot_copy import start as start_copy
 from services.runtime.topics import BATCH, COORDINATOR_GROUP, Topics
@@ -161,6 +162,8 @@ class CoordinatorDriver:
                 log.info("coordinator snapshot of partition %d at %d stored as the start made it (%d bytes, "
                          "copied in %.3f s, the loop held %.3f s)", partition, position, len(copy.body),
                          copy.work_s, copy.held_s)
+                del copy
+                await asyncio.to_thread(give_back)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

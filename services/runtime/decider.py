@@ -39,6 +39,7 @@ from services.domain.envelopes import event_envelopes, rejection
 from services.domain.replay import replay_record
 from services.domain.snapshot import DeciderSnapshot, OpenCommand, OutcomeColumns, SnapshotError
 from services.domain.state import PoolState
+from services.runtime.memory import give_back
 from services.runtime.metrics import ACCEPTED, DUPLICATE, Tally
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.snapshot_copy import CAN_FORK, Started
@@ -286,6 +287,8 @@ class PartitionDecider:
             log.info("decider[%d]: %s written (%d bytes; state copied in %.3f s, the loop held %.3f s, "
                      "the copying child's own memory %.1f MB)", self.partition, info.describe(), info.size,
                      copy.work_s, copy.held_s, copy.child_mb)
+            del copy
+            await asyncio.to_thread(give_back)  # the body's MB, and the copies made to store it
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -28,6 +28,7 @@ from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots
 from services.runtime.decider import PartitionDecider
 from services.runtime.deliveries import Deliveries
+from services.runtime.memory import keep_large_blocks_apart
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
 from services.runtime.projector_process import ProjectorProcess
@@ -107,6 +108,7 @@ class Runner:
 
     async def _start(self) -> None:
         checkpoints = self._checkpoints()  # a bad audit key fails the start before anything runs
+        keep_large_blocks_apart()  # services.runtime.memory
         if self.settings.broker.startswith("sqlite:"):
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.start()

@@ -105,10 +105,13 @@ async def finish(started: Started) -> Copy:
     if started.done is not None:
         return started.done
     out, status = await asyncio.to_thread(_collect, started.pid, started.fd)
-    kind, rest = out[:2], out[2:]
-    if kind == _OK and len(rest) >= _HEADER.size:
-        work_s, private_kb = _HEADER.unpack_from(rest)
-        return Copy(rest[_HEADER.size:], started.held_s, work_s, round(private_kb / 1024, 1))
+    kind = bytes(out[:2])
+    if kind == _OK and len(out) >= 2 + _HEADER.size:
+        work_s, private_kb = _HEADER.unpack_from(out, 2)
+        # One copy of the body (the whole message is as large): its peak is the process's.
+        body = bytes(memoryview(out)[2 + _HEADER.size:])
+        return Copy(body, started.held_s, work_s, round(private_kb / 1024, 1))
+    rest = bytes(out[2:])
     if kind == _REFUSED:
         raise SnapshotError(rest.decode(errors="replace"))
     if kind == _FAILED:
@@ -116,16 +119,16 @@ async def finish(started: Started) -> Copy:
     raise RuntimeError(f"the child copying the state ended ({_describe(status)}) before writing it")
 
 
-def _collect(pid: int, fd: int) -> tuple[bytes, int]:
+def _collect(pid: int, fd: int) -> tuple[bytearray, int]:
     """Read the child's pipe to its end, then reap the child (on a thread: both block)."""
-    chunks: list[bytes] = []
+    out = bytearray()
     try:
         while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
+            out += chunk
     finally:
         os.close(fd)
         _, status = os.waitpid(pid, 0)
-    return b"".join(chunks), status
+    return out, status
 
 
 def _describe(status: int) -> str:
