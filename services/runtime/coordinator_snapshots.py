@@ -10,7 +10,10 @@ its own (``python -m services.runtime.coordinator_snapshotter``, run by ``make``
 newest usable snapshot, folds in the events from there up to the position it was given, as a
 rebuild does, and hands the result back to be stored. The driver starts one every ``every`` events
 it folds in (at most one at a time); the events are folded once more there, at the lowest CPU
-priority (``SCHED_IDLE``: only on a CPU nothing else wants), never on the service's loop.
+priority (``SCHED_IDLE``: only on a CPU nothing else wants), never on the service's loop. On a
+machine kept busy that process may not finish before a stop, so a start that folded in ``every``
+events or more stores the views it made itself (``CoordinatorDriver._store_rebuilt``): right after
+the fold, nothing has changed them yet.
 
 The body is the three views pickled (protocol 5), lz4-compressed: the views are about forty
 classes of plain Python state (heaps, sets, dataclasses, a few pydantic models) that pickle
