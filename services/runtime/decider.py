@@ -240,13 +240,18 @@ class PartitionDecider:
         """Start a snapshot if ``snapshot_every`` events were appended since the last one (``force``:
         if any were) and none is being written.
 
-        Called between batches only, where the state is exactly the log's up to ``position``. The
+        Only where the state is exactly the log's up to ``position``: not during a batch or a replay,
+        nor while decisions made in an appender's transaction wait for its COMMIT. The
         copy is made in a forked child (``services.runtime.snapshot_copy``), which holds the loop
         for the fork (``snapshot_dump_s``); the next periodic one waits until the copy's own time
         (``Copy.work_s``) is at most ``SNAPSHOT_SHARE`` of the time since. Storing happens in
         the background.
         """
         if self.snapshots is None or self._unsaved <= 0:
+            return
+        if self._in_batch or not self._uncommitted.idle(self.partition):
+            # Decisions made in a transaction not yet committed are in the state and not below
+            # ``position``: ``_reacted`` tries again once the last of them commits.
             return
         if not force and (self.snapshot_every <= 0 or self._unsaved < self.snapshot_every
                           or time.monotonic() < self._not_before):
@@ -270,7 +275,7 @@ class PartitionDecider:
         """A snapshot that came due while ``task`` was writing the last one starts now if the state is
         the log's: otherwise a service that went idle meanwhile would keep the older one until its next
         batch (and a stop would leave up to twice ``snapshot_every`` events to replay)."""
-        if not task.cancelled() and not self._in_batch:
+        if not task.cancelled():
             self._maybe_snapshot()
 
     async def _write_snapshot(self, store: SnapshotStore, position: int, started: Started) -> None:
@@ -448,11 +453,7 @@ class PartitionDecider:
         self.cache.put(self.topics.events, result, events)
         self._settle(events, result, decided, end)
         if idle:
-            asyncio.get_running_loop().call_soon(self._snapshot_when_idle)
-
-    def _snapshot_when_idle(self) -> None:
-        if not self._in_batch and self._uncommitted.idle(self.partition):
-            self._maybe_snapshot()
+            asyncio.get_running_loop().call_soon(self._maybe_snapshot)
 
     async def process(self, batch: list[tuple[int, StoredRecord | Envelope]]) -> None:
         """Decide a batch of commands; append its events and commit its offset atomically."""

@@ -36,7 +36,7 @@ from events import CorruptRecord, EventLog, Record, open_log
 from events.chain import chain_at
 from projections import ProjectionStore
 from services.cli import main
-from services.domain.snapshot import FORMAT, encode
+from services.domain.snapshot import FORMAT, decode, encode
 from services.runtime import decider as decider_module
 from services.runtime.decider import PartitionDecider
 from services.runtime.embedded import Runner
@@ -466,6 +466,67 @@ async def test_a_snapshot_due_while_one_is_written_is_taken_when_it_ends_on_an_i
         await db.close()
     assert [s.position for s in kept][:1] == [end]
     assert len(kept) == 2 and end - kept[1].position >= 40
+
+
+async def test_a_snapshot_due_when_a_write_ends_waits_for_decisions_not_yet_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command decided inside its appender's transaction changes the state at once, and the position
+    once that transaction commits: a snapshot taken in between would label decisions with a position
+    below their events, and a restart from it would apply them twice. The window is widened here: the
+    first snapshot's write is held, and so is the report of one such commit, while the write ends."""
+    monkeypatch.setattr("services.runtime.decider.SNAPSHOT_SHARE", 1e9)
+    gate = asyncio.Event()
+    real_chain_at = decider_module.chain_at
+
+    async def held(*args: Any) -> bytes | None:
+        await gate.wait()
+        return await real_chain_at(*args)
+
+    monkeypatch.setattr(decider_module, "chain_at", held)
+    settings = Settings(data_dir=tmp_path, snapshot_every=40)
+    async with Runner(settings, coordinator=False, projector=False) as runner:
+        await runner.ready()
+        decider = runner.deciders[0]
+        await run_workload(runner, workload(24))
+        await settle(runner)
+        first = decider._writing
+        assert first is not None and not first.done()  # held at the gate
+        end = decider.position
+        reports: list[Callable[[], None]] = []
+        real_reacted = decider._reacted
+
+        def late(*args: Any) -> None:
+            reports.append(lambda: real_reacted(*args))
+
+        monkeypatch.setattr(decider, "_reacted", late)
+        late_agent = c.RegisterAgent(agent_id="late", name="late", kind="llm")
+        await runner.submit(command_envelope(late_agent, pool="default", source="urn:test"))
+        assert len(reports) == 1  # decided in the transaction, its commit not reported yet
+        assert "late" in decider.states["default"].agents and decider.position == end
+        gate.set()
+        await asyncio.wait_for(first, 30)
+        await asyncio.sleep(0.1)  # a snapshot the write's end started has been forked by now
+        monkeypatch.setattr(decider, "_reacted", real_reacted)
+        reports.pop()()
+        assert decider.position > end
+        await asyncio.wait_for(decider._written(), 30)
+    log = open_log(settings.broker)
+    await log.start()
+    store = SnapshotStore(f"sqlite+aiosqlite:///{tmp_path / 'read.db'}")
+    await store.start()
+    try:
+        kept = await store.list(EVENTS, 0)
+        assert kept
+        for info in kept:
+            body = await store.body(info.id)
+            assert body is not None
+            as_of = PartitionDecider(log, 0, Outcomes(), DECIDER)
+            await as_of.rebuild(until=info.position)
+            assert decode(body).states == as_of.states, f"the snapshot at {info.position}"
+    finally:
+        await store.close()
+        await log.close()
 
 
 async def test_snapshot_every_zero_neither_writes_nor_reads_snapshots(tmp_path: Path) -> None:
