@@ -246,8 +246,8 @@ def _head(v: PoolView, queue: Queue, out: list[Assignment]) -> Task | None:
     heap = queue.heap
     while heap:
         _, _, task_id, version = heap[0]
-        task = v.tasks[task_id]
-        if task.qversion != version or task.status != "queued" or task.pending is not None:
+        task = v.tasks.get(task_id)  # None: it ended (``handlers.forget``)
+        if task is None or task.qversion != version or task.status != "queued" or task.pending is not None:
             heapq.heappop(heap)
             continue
         if task.workflow is not None and ("workflow", task.workflow) in v.exhausted:
@@ -369,8 +369,8 @@ def reconcile(v: PoolView, queue: Queue, why: Waiting | None) -> list[Assignment
     if why != queue.waiting:
         queue.waiting = why
         queue.fresh.clear()
-        live = ((v.tasks[task_id], version) for _, _, task_id, version in queue.heap)
-        tasks: Iterable[Task] = (t for t, version in live if t.qversion == version)
+        live = ((v.tasks.get(task_id), version) for _, _, task_id, version in queue.heap)
+        tasks: Iterable[Task] = (t for t, version in live if t is not None and t.qversion == version)
     elif queue.fresh:
         tasks, queue.fresh = queue.fresh, []
     else:

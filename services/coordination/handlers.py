@@ -80,6 +80,20 @@ def _task_ended(v: PoolView, env: Envelope, ev: e.TaskCompleted | e.TaskFailed |
         v.add_load(task.agent_id, -1)
     task.status = "done"
     v.limiter.release(task.task_id, v.now)  # ended with no cost recorded for its run
+    forget(v, task)
+
+
+def forget(v: PoolView, task: Task) -> None:
+    """Drop an ended task from the view once no command of ours about it is in flight (the
+    decider's rejection of one is taken back into the task: its load, its counts). No later event
+    names an ended task, bar a cost recorded for its run, which needs only its workflow: kept in
+    ``ended_in``. Entries of it left in the queues' heaps are passed over as stale."""
+    if task.status != "done" or task.pending is not None or task.marking is not None \
+            or task.deferring is not None or task.noting:
+        return
+    del v.tasks[task.task_id]
+    if task.workflow is not None:
+        v.ended_in[task.task_id] = task.workflow
 
 
 def _task_retry_scheduled(v: PoolView, env: Envelope, ev: e.TaskRetryScheduled) -> None:
@@ -263,9 +277,12 @@ def _rate_limit_set(v: PoolView, env: Envelope, ev: e.RateLimitSet) -> None:
 
 # -- budgets -------------------------------------------------------------------------------------
 def _cost_recorded(v: PoolView, env: Envelope, ev: e.CostRecorded) -> None:
-    task = v.tasks.get(ev.task_id) if ev.task_id is not None else None
+    workflow = None
+    if ev.task_id is not None:
+        task = v.tasks.get(ev.task_id)
+        workflow = v.ended_in.get(ev.task_id) if task is None else task.workflow
     cost = to_micros(ev.cost_usd)  # whole micro-dollars, as the decider counts
-    for key in cost_scopes(v.pool, ev.agent_id, None if task is None else task.workflow):
+    for key in cost_scopes(v.pool, ev.agent_id, workflow):
         v.spent[key] = v.spent.get(key, 0) + cost
     if v.limiter:  # the run's reservation (if any) settled: the net spend is the real usage
         v.limiter.settle(ev.task_id, ev.agent_id, ev.model, ev.input_tokens + ev.output_tokens, v.now)
@@ -312,6 +329,7 @@ def _command_rejected(v: PoolView, env: Envelope, ev: e.CommandRejected) -> None
             task.pending = None
             if task.status == "queued":
                 v.enqueue(task)
+    forget(v, task)
 
 
 HANDLERS: dict[type[Any], Callable[[PoolView, Envelope, Any], None]] = {

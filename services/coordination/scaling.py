@@ -104,7 +104,10 @@ class Scaler:
                 self.queued_for[named] += 1
         elif status == "held" and agent_id is not None and agent_id in self.agents:
             self.kind(self.agents[agent_id][0]).held += 1
-        self.tasks[task_id] = (status, req, named, agent_id if status == "held" else None)
+        if status == "done":
+            del self.tasks[task_id]  # nothing follows a task's end
+        else:
+            self.tasks[task_id] = (status, req, named, agent_id if status == "held" else None)
 
     def bootstrap(
         self,

@@ -42,7 +42,10 @@ class PoolView:
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self.agents: dict[str, Agent] = {}
+        # The tasks not ended, and those ended with a command of ours about them still in flight
+        # (``handlers.forget``); of the others only the workflow, for a cost recorded after the end.
         self.tasks: dict[str, Task] = {}
+        self.ended_in: dict[str, str] = {}  # ended task id -> its workflow
         self.groups: dict[frozenset[str], Group] = {}
         self.queues: dict[frozenset[str], Queue] = {}
         self._eligible: dict[frozenset[str], list[Group]] = {}  # required caps -> groups
@@ -304,8 +307,9 @@ class PoolView:
             if self.covered(req)[0]:
                 continue
             for _, _, task_id, version in queue.heap:
-                task = self.tasks[task_id]
-                if task.qversion == version and task.status == "queued" and not task.flagged:
+                task = self.tasks.get(task_id)  # None: it ended, an entry left behind
+                if task is not None and task.qversion == version and task.status == "queued" \
+                        and not task.flagged:
                     self.to_mark.append(task)
         # Tasks parked under a spent workflow budget left the heaps but are still queued: a
         # coordinator rebuilt from the log would see them in the heaps, so treat them alike.
@@ -327,9 +331,10 @@ class PoolView:
             # new reason is not noted on a parked task): their reason is looked at again.
             for req, queue in self.queues.items():
                 for _, _, task_id, version in queue.heap:
-                    task = self.tasks[task_id]
-                    if task.workflow == scope_id and task.qversion == version and task.status == "queued":
-                        queue.fresh.append(task)
+                    queued = self.tasks.get(task_id)
+                    if queued is not None and queued.workflow == scope_id and queued.qversion == version \
+                            and queued.status == "queued":
+                        queue.fresh.append(queued)
                         self.work.add(req)
         else:  # agents skipped while a pool or agent budget was spent get back into the heaps
             for agent in self.agents.values():

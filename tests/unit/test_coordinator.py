@@ -586,3 +586,38 @@ async def test_the_driver_appends_to_the_pools_partition_and_reissues_the_same_i
         assert await log.committed("g", topics.events, p) == 2
     finally:
         await log.close()
+
+
+# -- ended tasks leave the view --------------------------------------------------------------------
+
+
+def test_an_ended_task_leaves_the_view_and_a_later_cost_still_counts_against_its_workflow() -> None:
+    f = Feed()
+    f(agent("a", capacity=2))
+    f(e.TaskSubmitted(task_id="t", type="work", priority=5, data={"workflow_id": "w"}), task("u"))
+    assigned = f.schedule()
+    assert sorted(pairs(assigned)) == [("t", "a"), ("u", "a")]
+    for a in assigned:
+        f(e.TaskAssigned(task_id=a.command.task_id, agent_id="a", attempt=1), command_id=a.command_id)
+    f(e.TaskCompleted(task_id="t", agent_id="a"))
+    f(e.TaskFailed(task_id="u", agent_id="a", error="x", attempt=1))
+    assert f.view.tasks == {} and f.view.ended_in == {"t": "w"}
+    assert loads(f.view) == {"a": 0}
+    f(e.CostRecorded(cost_id="k", agent_id="a", task_id="t", model="m", input_tokens=1, output_tokens=1,
+                     cost_usd=2))
+    assert f.view.spent[("workflow", "w")] == 2_000_000
+    assert f.view.spent[("agent", "a")] == f.view.spent[("pool", "default")] == 2_000_000
+
+
+def test_a_task_ended_with_an_assignment_in_flight_stays_until_the_rejection_frees_the_agent() -> None:
+    f = Feed()
+    f(agent("a"), task("t"))
+    [first] = f.schedule()
+    assert loads(f.view) == {"a": 1}  # counted when issued
+    f(e.TaskCancelled(task_id="t", reason="no longer needed"))
+    assert f.view.tasks["t"].status == "done"  # its AssignTask is still to be answered
+    f(reject(first, code="INVALID_TASK_STATE"), command_id=first.command_id)
+    assert "t" not in f.view.tasks and loads(f.view) == {"a": 0}
+    # The heap's entry for the task is passed over: the next task gets the agent.
+    f(task("u"))
+    assert pairs(f.schedule()) == [("u", "a")]
