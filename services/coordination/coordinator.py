@@ -35,6 +35,11 @@ class Coordinator:
     def observe(self, env: Envelope) -> None:
         self.view(env.pool).observe(env)
 
+    def compact(self) -> None:
+        """After a fold of history: see ``PoolView.compact``."""
+        for v in self.views.values():
+            v.compact()
+
     def schedule(self) -> list[Assignment]:
         out: list[Assignment] = []
         for v in self.views.values():

@@ -278,6 +278,22 @@ class PoolView:
         if not task.flagged:
             self.to_mark.append(task)
 
+    def compact(self) -> None:
+        """Drop what only a look at the queues would have dropped: heap entries no longer live (the
+        task ended, was queued again since, or is held: ``choice._head`` pops such an entry when it
+        reaches the top) and ended tasks still listed to check or to note (skipped there). A fold of
+        history never looks, so a rebuilt view held an entry and the ``Task`` of every task ever
+        queued until its first schedule; compacted, every later decision is the same (the entries
+        kept are unique, so the heap pops them in the same order)."""
+        tasks = self.tasks
+        for queue in self.queues.values():
+            live = [entry for entry in queue.heap if _live(tasks.get(entry[2]), entry[3])]
+            if len(live) < len(queue.heap):
+                heapq.heapify(live)
+                queue.heap = live
+            queue.fresh = [t for t in queue.fresh if tasks.get(t.task_id) is t]
+        self.to_mark = [t for t in self.to_mark if tasks.get(t.task_id) is t]
+
     def waits(self, task: Task, why: Waiting | None, *, look: bool = True) -> None:
         """The log now says why ``task`` waits (None: busy agents): a look at its queue checks that
         still holds, since things may have changed while the event was on its way (soon, or with
@@ -340,3 +356,8 @@ class PoolView:
             for agent in self.agents.values():
                 self.touch(agent)
             self.work.update(req for req, q in self.queues.items() if q.heap)
+
+
+def _live(task: Task | None, version: int) -> bool:
+    """Whether a heap entry of ``task`` at ``version`` may still be scheduled."""
+    return task is not None and task.qversion == version and task.status == "queued" and task.pending is None

@@ -369,6 +369,7 @@ async def _observe_history(log: EventLog, reactors: tuple[Coordinator, WorkflowR
                 coordinator.observe(env)
                 workflows.observe(env)
                 hooks.observe(env)
+    coordinator.compact()  # what the first schedule would drop, before a snapshot copies it
 
 
 def _assignment_envelope(a: Assignment | StepCommand, source: str = "urn:agentbus:coordinator",

@@ -621,3 +621,49 @@ def test_a_task_ended_with_an_assignment_in_flight_stays_until_the_rejection_fre
     # The heap's entry for the task is passed over: the next task gets the agent.
     f(task("u"))
     assert pairs(f.schedule()) == [("u", "a")]
+
+
+def test_a_compacted_fold_holds_only_live_entries_and_decides_exactly_as_before() -> None:
+    """A fold of history never schedules: its heaps keep an entry of every task ever queued and its
+    list of tasks to check every task. Compacting drops the dead ones and no decision changes."""
+
+    def history(f: Feed) -> None:
+        f(agent("a", capacity=3), agent("b", ("gpu",), capacity=1))
+        for i in range(12):
+            f(task(f"t{i}", ("gpu",) if i % 4 == 0 else (), priority=i % 3))
+        for i in (1, 2, 3):  # assigned, and one given back to the queue
+            f(e.TaskAssigned(task_id=f"t{i}", agent_id="a", attempt=1))
+        f(e.TaskRequeued(task_id="t3", agent_id="a", reason="agent left"))
+        f(e.TaskCompleted(task_id="t1", agent_id="a"))
+        f(e.TaskCancelled(task_id="t5", reason="not needed"))
+        f(e.TaskAssigned(task_id="t0", agent_id="b", attempt=1))
+        f(e.TaskFailed(task_id="t0", agent_id="b", error="x", attempt=1))
+        f(e.AgentDeregistered(agent_id="b", reason="gone"))  # the gpu tasks left nobody can serve
+
+    plain, compacted = Feed(), Feed()
+    history(plain)
+    history(compacted)
+    compacted.view.compact()
+    v = compacted.view
+    entries = [entry for q in v.queues.values() for entry in q.heap]
+    assert sorted(entry[2] for entry in entries) == sorted(
+        t.task_id for t in v.tasks.values() if t.status == "queued")
+    assert all(v.tasks[entry[2]].qversion == entry[3] for entry in entries)
+    assert sum(len(q.heap) for q in plain.view.queues.values()) > len(entries)
+    assert {t.task_id for t in v.to_mark} <= v.tasks.keys() and len(plain.view.to_mark) > len(v.to_mark)
+
+    def decisions(f: Feed) -> list[tuple[str, Any]]:
+        out = []
+        for a in f.schedule():
+            command = a.command.model_dump()
+            if command.get("audit"):
+                del command["audit"]["decision_us"]  # the time the choice took
+            out.append((a.command_id, command))
+        return out
+
+    first = decisions(plain)
+    assert first and decisions(compacted) == first
+    f_more = [agent("c", ("gpu",), capacity=5), task("late")]
+    plain(*f_more)
+    compacted(*f_more)
+    assert decisions(compacted) == decisions(plain)
