@@ -430,11 +430,9 @@ async def test_the_service_snapshots_as_it_goes_and_a_restart_replays_only_the_t
         await log.close()
 
 
-async def test_a_snapshot_due_while_one_is_written_is_taken_when_it_ends_on_an_idle_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The first write is held until the workload is over and the service idle: the snapshot that came
-    # due meanwhile must follow it at once, not wait for a batch that may never come.
+def hold_snapshot_writes(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Decider snapshots every ``snapshot_every`` events whatever a copy took, each write held
+    (before it reads the chain value) until the returned event is set."""
     monkeypatch.setattr("services.runtime.decider.SNAPSHOT_SHARE", 1e9)
     gate = asyncio.Event()
     real_chain_at = decider_module.chain_at
@@ -444,6 +442,15 @@ async def test_a_snapshot_due_while_one_is_written_is_taken_when_it_ends_on_an_i
         return await real_chain_at(*args)
 
     monkeypatch.setattr(decider_module, "chain_at", held)
+    return gate
+
+
+async def test_a_snapshot_due_while_one_is_written_is_taken_when_it_ends_on_an_idle_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first write is held until the workload is over and the service idle: the snapshot that came
+    # due meanwhile must follow it at once, not wait for a batch that may never come.
+    gate = hold_snapshot_writes(monkeypatch)
     settings = Settings(data_dir=tmp_path, snapshot_every=40)
     # Without the coordinator and the projector nothing appends once the workload is decided.
     async with Runner(settings, coordinator=False, projector=False) as runner:
@@ -475,15 +482,7 @@ async def test_a_snapshot_due_when_a_write_ends_waits_for_decisions_not_yet_comm
     once that transaction commits: a snapshot taken in between would label decisions with a position
     below their events, and a restart from it would apply them twice. The window is widened here: the
     first snapshot's write is held, and so is the report of one such commit, while the write ends."""
-    monkeypatch.setattr("services.runtime.decider.SNAPSHOT_SHARE", 1e9)
-    gate = asyncio.Event()
-    real_chain_at = decider_module.chain_at
-
-    async def held(*args: Any) -> bytes | None:
-        await gate.wait()
-        return await real_chain_at(*args)
-
-    monkeypatch.setattr(decider_module, "chain_at", held)
+    gate = hold_snapshot_writes(monkeypatch)
     settings = Settings(data_dir=tmp_path, snapshot_every=40)
     async with Runner(settings, coordinator=False, projector=False) as runner:
         await runner.ready()
