@@ -17,6 +17,6 @@ apt_install() {
     sudo=(sudo)
   fi
   printf '[%s] installing the Debian packages: %s\n' "$label" "$*" >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "$@" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o Acquire::Retries=3 update >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o Acquire::Retries=3 install -y --no-install-recommends "$@" >&2
 }

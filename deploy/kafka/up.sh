@@ -34,10 +34,21 @@ fetch_libs() {
   rm -rf "${tmp}"
   trap 'rm -rf "${tmp}"' EXIT
   local start=${SECONDS}
-  if ! mvn -B -q -Dstyle.color=never -f "${KAFKA_DIR}/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="${tmp}" >&2; then
-    kafka_die "mvn dependency:copy-dependencies failed"
-  fi
+  # A registry that fails for a moment must not fail a fresh machine's set-up: three attempts, the
+  # last one without -q so that its error is in the output.
+  local attempt quiet
+  for attempt in 1 2 3; do
+    quiet=-q
+    [[ ${attempt} -lt 3 ]] || quiet=
+    if mvn -B ${quiet} -Dstyle.color=never -f "${KAFKA_DIR}/pom.xml" dependency:copy-dependencies \
+          -DincludeScope=runtime -DoutputDirectory="${tmp}" >&2; then
+      break
+    fi
+    [[ ${attempt} -lt 3 ]] || kafka_die "mvn dependency:copy-dependencies failed 3 times (its output is above)"
+    kafka_log "mvn dependency:copy-dependencies failed (attempt ${attempt} of 3); trying again in $((attempt * 10)) s"
+    rm -rf "${tmp}"
+    sleep $((attempt * 10))
+  done
   sha256sum "${KAFKA_DIR}/pom.xml" | cut -d' ' -f1 >"${tmp}/.complete"
   rm -rf "${KAFKA_LIBS}"
   mv "${tmp}" "${KAFKA_LIBS}"
