@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from contracts import Command
 from contracts import commands as c
@@ -240,14 +240,20 @@ def _pick(v: PoolView, strategy: str, req: frozenset[str], preferred: frozenset[
     return best[:k]
 
 
+def live(task: Task | None, version: int) -> TypeGuard[Task]:
+    """Whether a heap entry of ``task`` (None: it ended, ``handlers.forget``) at ``version`` may
+    still be scheduled; a stale one is popped when it reaches the top."""
+    return task is not None and task.qversion == version and task.status == "queued" and task.pending is None
+
+
 def _head(v: PoolView, queue: Queue, out: list[Assignment]) -> Task | None:
     """The best schedulable task of ``queue``, dropping stale entries on the way (and parking the
     tasks of a workflow whose budget is spent, noting why they wait)."""
     heap = queue.heap
     while heap:
         _, _, task_id, version = heap[0]
-        task = v.tasks.get(task_id)  # None: it ended (``handlers.forget``)
-        if task is None or task.qversion != version or task.status != "queued" or task.pending is not None:
+        task = v.tasks.get(task_id)
+        if not live(task, version):
             heapq.heappop(heap)
             continue
         if task.workflow is not None and ("workflow", task.workflow) in v.exhausted:

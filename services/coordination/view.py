@@ -287,7 +287,7 @@ class PoolView:
         kept are unique, so the heap pops them in the same order)."""
         tasks = self.tasks
         for queue in self.queues.values():
-            live = [entry for entry in queue.heap if _live(tasks.get(entry[2]), entry[3])]
+            live = [entry for entry in queue.heap if choice.live(tasks.get(entry[2]), entry[3])]
             if len(live) < len(queue.heap):
                 heapq.heapify(live)
                 queue.heap = live
@@ -356,8 +356,3 @@ class PoolView:
             for agent in self.agents.values():
                 self.touch(agent)
             self.work.update(req for req, q in self.queues.items() if q.heap)
-
-
-def _live(task: Task | None, version: int) -> bool:
-    """Whether a heap entry of ``task`` at ``version`` may still be scheduled."""
-    return task is not None and task.qversion == version and task.status == "queued" and task.pending is None

@@ -236,9 +236,9 @@ class PartitionDecider:
         cols = snap.outcomes
         self.outcomes.restore(self.partition, cols.ids, cols.offsets, cols.counts, cols.digests)
 
-    def _maybe_snapshot(self, *, force: bool = False) -> None:
-        """Start a snapshot if ``snapshot_every`` events were appended since the last one (``force``:
-        if any were) and none is being written.
+    def _maybe_snapshot(self) -> None:
+        """Start a snapshot if ``snapshot_every`` events were appended since the last one and none is
+        being written.
 
         Only where the state is exactly the log's up to ``position``: not during a batch or a replay,
         nor while decisions made in an appender's transaction wait for its COMMIT. The
@@ -253,8 +253,8 @@ class PartitionDecider:
             # Decisions made in a transaction not yet committed are in the state and not below
             # ``position``: ``_reacted`` tries again once the last of them commits.
             return
-        if not force and (self.snapshot_every <= 0 or self._unsaved < self.snapshot_every
-                          or time.monotonic() < self._not_before):
+        if (self.snapshot_every <= 0 or self._unsaved < self.snapshot_every
+                or time.monotonic() < self._not_before):
             return
         if self._writing is not None and not self._writing.done():
             return  # tried again when that write ends (``_after_write``) and at the next batch
