@@ -188,7 +188,10 @@ async def tail(
     """
     async with contextlib.aclosing(tail_raw(log, cache, topic, partition, offset, limit=limit)) as batches:
         async for batch in batches:
-            yield [(o, x if isinstance(x, Envelope) else cache.decode(x)) for o, x in batch]
+            decoded = [(o, x if isinstance(x, Envelope) else cache.decode(x)) for o, x in batch]
+            del batch  # the records: only the caller's batch is kept while it is handled
+            yield decoded
+            del decoded  # handled: not kept while the next batch is read and decoded
 
 
 async def tail_raw(
@@ -201,6 +204,8 @@ async def tail_raw(
     # yet, most likely, so wait for it rather than query the log for it (a read per wake otherwise).
     # A record that is there but was not cached (evicted, or another process's) is read after the
     # wait, which returns at once for it.
+    # Nothing of a handled batch is kept while the next one is read: a reader holding batches of a
+    # few thousand records would otherwise hold two at its peak.
     ran_out = False
     try:
         while True:
@@ -216,8 +221,10 @@ async def tail_raw(
                     await asyncio.sleep(0)  # let the appender that woke us put its envelopes first
                     continue
                 batch = [(r.offset, cache.get(r) or r) for r in recs]
-            yield batch
+                del recs
             offset = batch[-1][0] + 1
+            yield batch
+            del batch
             cache.advance(follower, offset)  # the batch is handled: the caller asked for the next
     finally:
         cache.unfollow(follower)

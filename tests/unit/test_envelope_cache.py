@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from contracts import Envelope
@@ -16,7 +18,11 @@ from events import open_log
 from events.cache import EnvelopeCache, tail, tail_raw
 from events.codec import to_record
 from events.log import Appended, EventLog, StoredRecord
+from projections import ProjectionStore, Projector
 from services.runtime.ingest import command_envelope
+from services.runtime.projector import ProjectorLoop
+from services.runtime.topics import EVENTS
+from tests.projections.history import Story
 from tests.waiting import eventually
 
 TOPIC = "commands"
@@ -193,3 +199,87 @@ async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tm
             await follower
         await log.close()
 
+
+
+
+def _held_below(offset: int) -> list[str]:
+    """The locals, in the frames awaiting this read (the tail's and its reader's), holding a batch
+    of (offset, record or envelope) or of records from below ``offset``: a batch already handled."""
+    held = []
+    frame = sys._getframe(2)
+    while frame is not None:
+        for name, value in frame.f_locals.items():
+            if not isinstance(value, list) or not value:
+                continue
+            first = value[0]
+            if isinstance(first, StoredRecord):
+                below = first.offset < offset
+            else:
+                below = (isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], int)
+                         and first[0] < offset)
+            if below:
+                held.append(f"{frame.f_code.co_name}: {name}")
+        frame = frame.f_back
+    return held
+
+
+async def _reading_past_handled_batches(tmp_path: Path,
+                                        follow: Callable[[EventLog], Awaitable[None]]) -> list[list[str]]:
+    """A real log followed by ``follow``: at each read of it, what the frames awaiting the read
+    still held of the batches before."""
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    held: list[list[str]] = []
+    read = log.read
+
+    async def watched(topic: str, partition: int, offset: int, limit: int = 1000) -> list[StoredRecord]:
+        held.append(_held_below(offset))
+        return await read(topic, partition, offset, limit)
+
+    log.read = watched  # type: ignore[method-assign]
+    try:
+        await follow(log)
+    finally:
+        await log.close()
+    return held
+
+
+async def test_a_tail_keeps_nothing_of_a_handled_batch_while_it_reads_the_next(tmp_path: Path) -> None:
+    # A reader applying batches of thousands (the projector) held two at its peak when the tail
+    # kept the last one, as records, while it read and decoded the next.
+    async def follow(log: EventLog) -> None:
+        await log.ensure_topic(TOPIC, 1)
+        await log.append(TOPIC, [to_record(e) for e in envs(30)])  # in no cache: read and decoded
+        seen = 0
+        async with contextlib.aclosing(tail(log, EnvelopeCache(), TOPIC, 0, 0, limit=10)) as batches:
+            async for batch in batches:
+                seen += len(batch)
+                del batch
+                if seen == 30:
+                    return
+
+    held = await _reading_past_handled_batches(tmp_path, follow)
+    assert held == [[], [], []]  # reads at 0, 10 and 20, and nothing below each held
+
+
+async def test_the_projector_keeps_nothing_of_an_applied_batch_while_reading_the_next(tmp_path: Path) -> None:
+    async def follow(log: EventLog) -> None:
+        store = ProjectionStore(f"sqlite+aiosqlite:///{tmp_path / 'read.db'}")
+        await store.start()
+        try:
+            await log.ensure_topic(EVENTS, 1)
+            story = Story()
+            for i in range(30):
+                story.register(f"a{i}")
+            await log.append(EVENTS, [to_record(e) for e in story.envelopes], partition=0)
+            loop = asyncio.create_task(ProjectorLoop(log, Projector(store), 1, limit=10).run())
+            try:
+                assert await store.wait_for_position(EVENTS, 0, 29, timeout=10)
+            finally:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
+        finally:
+            await store.close()
+
+    held = await _reading_past_handled_batches(tmp_path, follow)
+    assert len(held) >= 3 and all(h == [] for h in held), held  # reads at 0, 10, 20 (and 30)
