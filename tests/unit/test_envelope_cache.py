@@ -200,8 +200,6 @@ async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tm
         await log.close()
 
 
-
-
 def _held_below(offset: int) -> list[str]:
     """The locals, in the frames awaiting this read (the tail's and its reader's), holding a batch
     of (offset, record or envelope) or of records from below ``offset``: a batch already handled."""
