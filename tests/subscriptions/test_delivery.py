@@ -108,3 +108,22 @@ async def test_a_retry_after_answer_is_waited_for(tmp_path: Path, receiver: tupl
     first, second = got.calls
     assert (first.status, second.status) == (429, 204)
     assert second.at - first.at >= 0.9  # not the 10 ms backoff: the second the receiver asked for
+
+
+async def test_the_http_client_is_made_for_the_first_delivery_and_closed_at_the_stop(
+        tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    """A start does not build the client deliveries post with (its TLS context held the event loop
+    0.14-0.25 s of every start); the first delivery makes it, and the stop closes it."""
+    got, url = receiver
+    async with running(tmp_path) as (service, client):
+        deliveries = service.deliveries
+        assert deliveries is not None and deliveries._client is None
+        await submit_tasks(client, "before")
+        assert deliveries._client is None  # events, but no subscription: nothing posted
+        await subscribe(client, "s", f"{url}/hook", ["type:TaskSubmitted"])
+        await submit_tasks(client, "t1")
+        await until(lambda: len(got.delivered()) == 1, what="one delivery")
+        made = deliveries._client
+        assert made is not None and not made.is_closed
+    assert made.is_closed and deliveries._client is None
+    assert [e["data"]["task_id"] for e in got.delivered()] == ["t1"]
