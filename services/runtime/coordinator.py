@@ -32,7 +32,14 @@ from events.log import Appended
 from events.readahead import read_values_ahead
 from events.sqlite import Reaction, SqliteLog
 from services.coordination.coordinator import Assignment, Coordinator
-from services.runtime.coordinator_snapshots import CoordinatorSnapshots, Views, encode, fresh_views, make
+from services.runtime.coordinator_snapshots import (
+    CODE,
+    CoordinatorSnapshots,
+    Views,
+    encode,
+    fresh_views,
+    make,
+)
 from services.runtime.ingest import command_envelope
 from services.runtime.memory import give_back
 from services.runtime.snapshot_copy import finish as finish_copy
@@ -53,6 +60,11 @@ HISTORY_BATCH = 5000
 # Reacting in the appender's transaction: how long the offset of events the tail folded in without
 # anything to append may wait for a transaction to ride on before it is committed alone.
 OWED_COMMIT_S = 0.05
+# A start with at least this many events after a partition's newest coordinator snapshot has the
+# snapshot process fold them in, at normal priority, on the other CPU while this loop rebuilds the
+# deciders, and loads the views it stores. Fewer are folded in here: the process's own start
+# (about a second of imports) would cost more than they do (about 30,000 events a second).
+FOLD_ELSEWHERE_FROM = 10_000
 
 
 @dataclass
@@ -178,8 +190,10 @@ class CoordinatorDriver:
         """Rebuild each partition's view and re-issue assignments lost in flight; returns, per
         partition, the offset to go on from."""
         starts = {}
+        ends = {p: await self.log.committed(self.group, self.topics.events, p) for p in self.partitions}
+        await self._fold_elsewhere(ends)
         for p in self.partitions:
-            end = await self.log.committed(self.group, self.topics.events, p)
+            end = ends[p]
             found = None
             if self.snapshots is not None:
                 found = await self.snapshots.newest(self.log, self.topics.events, p, end)
@@ -266,6 +280,36 @@ class CoordinatorDriver:
         task = asyncio.create_task(commit(), name=f"coordinator owed commit[{partition}]")
         self._owed_commits.add(task)
         task.add_done_callback(self._owed_commits.discard)
+
+    async def _fold_elsewhere(self, ends: dict[int, int]) -> None:
+        """Have the snapshot process fold in every partition with ``FOLD_ELSEWHERE_FROM`` events or
+        more between its newest snapshot and ``ends`` (its committed position), each in a process of
+        its own, and store the views at that position, where the rebuild then starts. The loop is
+        free meanwhile (the deciders rebuild). A failure is logged: the rebuild folds them in here."""
+        if self.snapshots is None or self.snapshot_urls is None or self.snapshot_every <= 0:
+            return
+        snapshots, urls, topic = self.snapshots, self.snapshot_urls, self.topics.events
+
+        async def fold(partition: int, end: int) -> None:
+            try:
+                made = await make(snapshots, urls, topic, partition, end, urgent=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("the snapshot process did not fold in partition %d up to %d (%s): folded in "
+                            "here", partition, end, exc)
+                return
+            self.snapshots_written += 1
+            log.info("coordinator snapshot of partition %d at %d made by the snapshot process for the start "
+                     "(from %d, %d bytes)", partition, end, made.start, made.size)
+
+        due = []
+        for p, end in ends.items():
+            rows = await snapshots.rows(topic, p)
+            newest = max((r.position for r in rows if r.position <= end and r.code == CODE), default=0)
+            if end - newest >= FOLD_ELSEWHERE_FROM:
+                due.append(fold(p, end))
+        await asyncio.gather(*due)
 
     def _observe(self, partition: int, envs: Sequence[Envelope]) -> None:
         coordinator, reactor = self.coordinators[partition], self.workflows[partition]

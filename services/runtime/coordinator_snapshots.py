@@ -225,14 +225,15 @@ class Made:
 
 
 async def make(snapshots: CoordinatorSnapshots, urls: tuple[str, str], topic: str, partition: int,
-               position: int) -> Made:
+               position: int, *, urgent: bool = False) -> Made:
     """Run the snapshot process (``services.runtime.coordinator_snapshotter``) for ``topic[partition]``
     at ``position`` and store what it hands back. The process only reads; the row is written here,
     through the service's own writer, so the process never holds the database's write lock.
+    ``urgent``: at normal CPU priority (a start waits for it), not the lowest.
     Raises RuntimeError naming the exit code when it fails; killed if this is cancelled."""
     broker, database = urls
     config = {"broker": broker, "database": database, "topic": topic, "partition": partition,
-              "position": position}
+              "position": position, "priority": "normal" if urgent else "lowest"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.runtime.coordinator_snapshotter",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)

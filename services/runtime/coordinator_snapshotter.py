@@ -1,11 +1,12 @@
 """The process that makes a coordinator snapshot: ``python -m services.runtime.coordinator_snapshotter``.
 
-In: one JSON line on its standard input (log and read-model URLs, topic, partition, position).
-Out: one JSON line (the position it went on from, the position, the chain value there, the body's
-size), then the body; ``services.runtime.coordinator_snapshots.make`` stores it. It only reads
-the log and the snapshots table. It runs at the lowest CPU priority (Linux ``SCHED_IDLE``: only
-when a CPU is otherwise idle; elsewhere niced), so under load the service keeps the CPUs. A
-module of its own so that ``coordinator_snapshots`` is imported once (not also as ``__main__``).
+In: one JSON line on its standard input (log and read-model URLs, topic, partition, position,
+priority). Out: one JSON line (the position it went on from, the position, the chain value there,
+the body's size), then the body; ``services.runtime.coordinator_snapshots.make`` stores it. It only
+reads the log and the snapshots table. It runs at the lowest CPU priority (Linux ``SCHED_IDLE``:
+only when a CPU is otherwise idle; elsewhere niced), so under load the service keeps the CPUs;
+at normal priority when a start waits for it (priority "normal"). A module of its own so that
+``coordinator_snapshots`` is imported once (not also as ``__main__``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ async def _main(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    lowest_priority()
+    _config = orjson.loads(sys.stdin.buffer.readline())
+    if _config.get("priority") != "normal":  # "normal": a start waits for this snapshot
+        lowest_priority()
     logging.basicConfig(level=logging.WARNING,
                         format="coordinator snapshot: %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_main(orjson.loads(sys.stdin.buffer.readline())))
+    asyncio.run(_main(_config))

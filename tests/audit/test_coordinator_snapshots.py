@@ -29,6 +29,7 @@ from events import EventLog, open_log
 from events.chain import chain_at
 from events.codec import from_record, record_type
 from projections import ProjectionStore
+from services.runtime import coordinator as coordinator_module
 from services.runtime import coordinator_snapshots as snaps
 from services.runtime.coordinator import _observe_history
 from services.runtime.coordinator_snapshots import (
@@ -237,6 +238,73 @@ async def test_a_start_that_folded_in_many_events_stores_them_and_the_next_start
         await again.ready()
         assert again.coordinator is not None and again.coordinator.rebuilt_from == {0: end}
         assert not again.coordinator._snapshotting  # nothing to fold in: nothing stored
+
+
+async def test_a_start_with_many_events_to_fold_in_has_the_snapshot_process_fold_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FOLD_ELSEWHERE_FROM`` events or more after the newest snapshot: the start has the snapshot
+    process fold them in (on the other CPU, while its loop rebuilds the deciders), stores what it
+    hands back at the committed position and starts there. Those views are what the whole log
+    rebuilds; fewer events are folded in by the start itself, as before."""
+    settings = await _history(tmp_path)  # written with coordinator snapshots off: none stored
+    log, db, store = await _open(settings)
+    try:
+        end = await log.committed("coordinator", EVENTS, 0)
+        assert end > 10 and await store.rows(EVENTS, 0) == []
+    finally:
+        await db.close()
+        await log.close()
+    # ``every`` above the history: a start that folded the events in itself would store nothing.
+    every = settings.model_copy(update={"coordinator_snapshot_every": end + 1})
+    monkeypatch.setattr(coordinator_module, "FOLD_ELSEWHERE_FROM", end + 1)
+    async with Runner(every, projector=False) as runner:
+        await runner.ready()
+        assert runner.coordinator is not None and runner.coordinator.rebuilt_from == {0: 0}
+        assert runner.coordinator.snapshots_written == 0
+    monkeypatch.setattr(coordinator_module, "FOLD_ELSEWHERE_FROM", end)
+    async with Runner(every, projector=False) as runner:
+        await runner.ready()
+        driver = runner.coordinator
+        assert driver is not None and driver.rebuilt_from == {0: end} and driver.snapshots_written == 1
+        assert not driver._snapshotting
+    log, db, store = await _open(settings)
+    try:
+        rows = await store.rows(EVENTS, 0)
+        assert [r.position for r in rows] == [end]
+        found = await store.newest(log, EVENTS, 0, end)
+        assert found is not None and found[0] == end
+        whole = _picture(await _from_zero(log, end))
+        assert _picture(found[1]) == whole
+        assert whole[0], "no task in the history: nothing was compared"
+    finally:
+        await db.close()
+        await log.close()
+
+
+async def test_a_start_whose_snapshot_process_fails_folds_the_events_in_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    settings = await _history(tmp_path)
+    every = settings.model_copy(update={"coordinator_snapshot_every": 1_000_000})
+    monkeypatch.setattr(coordinator_module, "FOLD_ELSEWHERE_FROM", 1)
+
+    async def failing(*args: Any, **kwargs: Any) -> Made:
+        return await make(*args[:1], ("nothing://here", settings.database), *args[2:], **kwargs)
+
+    monkeypatch.setattr(coordinator_module, "make", failing)
+    with caplog.at_level(logging.WARNING, logger="agentbus.coordinator"):
+        async with Runner(every, projector=False) as runner:
+            await runner.ready()
+            driver = runner.coordinator
+            assert driver is not None and driver.rebuilt_from == {0: 0} and driver.snapshots_written == 0
+            # ... and it goes on assigning: a new agent takes a new task.
+            await run_workload(runner, [
+                c.RegisterAgent(agent_id="late", name="late", capabilities=("late",)),
+                c.SubmitTask(task_id="late-task", type="w", required_capabilities=("late",))])
+            await settle(runner)
+            events = [from_record(r) for r in await runner.log.read(EVENTS, 0, 0, 100_000)]
+            assert [x.data.agent_id for x in events if isinstance(x.data, e.TaskAssigned)
+                    and x.data.task_id == "late-task"] == ["late"]
+    assert "did not fold in partition 0" in caplog.text and "exited with code 1" in caplog.text
 
 
 def test_every_class_a_snapshot_holds_is_in_the_code_it_is_checked_against(tmp_path: Path) -> None:
