@@ -4,6 +4,18 @@ It must never decide or project anything itself: it calls the runtime, the HTTP 
 ``events.export`` and ``projections.rebuild``, so the CLI and the service cannot disagree.
 """
 
-from services.cli.main import main
+import gc
+
+# Imported with the cyclic collector off. Importing the CLI (the HTTP app, the runtime and their
+# models) leaves about 180,000 objects the collector tracks and frees almost nothing; with the
+# collector on it ran about 400 times during the import, each walking the young objects again and
+# now and then all of them: 15% of every command's start (2.2-2.6 s against 1.9-2.1 s here).
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from services.cli.main import main
+finally:
+    if _collecting:
+        gc.enable()
 
 __all__ = ["main"]
