@@ -93,6 +93,34 @@ async def _open(settings: Settings) -> tuple[EventLog, ProjectionStore, Coordina
     return log, db, CoordinatorSnapshots(store)
 
 
+async def _committed_without_snapshots(settings: Settings) -> int:
+    """The coordinator's committed position on a log with no coordinator snapshot stored."""
+    log, db, store = await _open(settings)
+    try:
+        end = await log.committed("coordinator", EVENTS, 0)
+        assert end > 10 and await store.rows(EVENTS, 0) == []
+        return end
+    finally:
+        await db.close()
+        await log.close()
+
+
+async def _only_snapshot_is_the_whole_log(settings: Settings, end: int) -> None:
+    """One coordinator snapshot is stored, at ``end``, and it holds what folding the log from 0 gives."""
+    log, db, store = await _open(settings)
+    try:
+        rows = await store.rows(EVENTS, 0)
+        assert [r.position for r in rows] == [end]
+        found = await store.newest(log, EVENTS, 0, end)
+        assert found is not None and found[0] == end
+        whole = _picture(await _from_zero(log, end))
+        assert _picture(found[1]) == whole
+        assert whole[0], "no task in the history: nothing was compared"
+    finally:
+        await db.close()
+        await log.close()
+
+
 async def test_a_snapshot_and_the_events_after_it_rebuild_what_the_whole_log_does(tmp_path: Path) -> None:
     settings = await _history(tmp_path)
     log, db, store = await _open(settings)
@@ -203,13 +231,7 @@ async def test_a_start_that_folded_in_many_events_stores_them_and_the_next_start
     more, it stores the views it made (copied in a forked child) at the position it reached. Those
     views rebuild what the whole log does, and the next start begins there."""
     settings = await _history(tmp_path)  # written with coordinator snapshots off: none stored
-    log, db, store = await _open(settings)
-    try:
-        end = await log.committed("coordinator", EVENTS, 0)
-        assert end > 10 and await store.rows(EVENTS, 0) == []
-    finally:
-        await db.close()
-        await log.close()
+    end = await _committed_without_snapshots(settings)
     # Fewer events than ``every`` to fold in: nothing stored.
     few = settings.model_copy(update={"coordinator_snapshot_every": end + 1})
     async with Runner(few, projector=False) as runner:
@@ -222,18 +244,7 @@ async def test_a_start_that_folded_in_many_events_stores_them_and_the_next_start
         driver = runner.coordinator
         assert driver is not None and driver.rebuilt_from == {0: 0}
         await eventually(lambda: driver.snapshots_written == 1 and not driver._snapshotting, timeout=60)
-    log, db, store = await _open(settings)
-    try:
-        rows = await store.rows(EVENTS, 0)
-        assert [r.position for r in rows] == [end]
-        found = await store.newest(log, EVENTS, 0, end)
-        assert found is not None and found[0] == end
-        whole = _picture(await _from_zero(log, end))
-        assert _picture(found[1]) == whole
-        assert whole[0], "no task in the history: nothing was compared"
-    finally:
-        await db.close()
-        await log.close()
+    await _only_snapshot_is_the_whole_log(settings, end)
     async with Runner(many, projector=False) as again:
         await again.ready()
         assert again.coordinator is not None and again.coordinator.rebuilt_from == {0: end}
@@ -247,13 +258,7 @@ async def test_a_start_with_many_events_to_fold_in_has_the_snapshot_process_fold
     hands back at the committed position and starts there. Those views are what the whole log
     rebuilds; fewer events are folded in by the start itself, as before."""
     settings = await _history(tmp_path)  # written with coordinator snapshots off: none stored
-    log, db, store = await _open(settings)
-    try:
-        end = await log.committed("coordinator", EVENTS, 0)
-        assert end > 10 and await store.rows(EVENTS, 0) == []
-    finally:
-        await db.close()
-        await log.close()
+    end = await _committed_without_snapshots(settings)
     # ``every`` above the history: a start that folded the events in itself would store nothing.
     every = settings.model_copy(update={"coordinator_snapshot_every": end + 1})
     monkeypatch.setattr(coordinator_module, "FOLD_ELSEWHERE_FROM", end + 1)
@@ -267,18 +272,7 @@ async def test_a_start_with_many_events_to_fold_in_has_the_snapshot_process_fold
         driver = runner.coordinator
         assert driver is not None and driver.rebuilt_from == {0: end} and driver.snapshots_written == 1
         assert not driver._snapshotting
-    log, db, store = await _open(settings)
-    try:
-        rows = await store.rows(EVENTS, 0)
-        assert [r.position for r in rows] == [end]
-        found = await store.newest(log, EVENTS, 0, end)
-        assert found is not None and found[0] == end
-        whole = _picture(await _from_zero(log, end))
-        assert _picture(found[1]) == whole
-        assert whole[0], "no task in the history: nothing was compared"
-    finally:
-        await db.close()
-        await log.close()
+    await _only_snapshot_is_the_whole_log(settings, end)
 
 
 async def test_a_start_whose_snapshot_process_fails_folds_the_events_in_itself(
