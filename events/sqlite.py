@@ -1,18 +1,19 @@
 """The embedded SQLite adapter of the EventLog port: one file, WAL, group commit.
 
 Appends from any number of coroutines are queued; one writer task drains the queue and writes
-everything in ONE transaction, then acknowledges each caller after COMMIT (``synchronous=FULL``
-by default, so an acknowledged append survives a process crash and a power loss). A transaction
-is one call, BEGIN to COMMIT, of ``events.sqlite_writer.write_batch``: a small one (at most
-``INLINE_ROWS`` records) on the event loop itself up to its COMMIT, which (an fsync, the loop's
-time otherwise spent waiting) runs on the writer's thread, and a larger one wholly on that thread;
-the loop goes on with other work meanwhile. Each hand-off to a thread and back waits behind whatever
-else the loop is running, and the thread waits for the interpreter at every statement: for a
-transaction of a few records that cost several times the transaction (a connection that hands
-every statement to its thread, as aiosqlite does, costs six such round trips). Reads use a
-second, read-only connection, which WAL lets run beside the writer. Consumers are woken in-process
-when the writer commits; appends made by another process on the same file are seen by re-checking
-every ``POLL_INTERVAL_S`` (a low-frequency fallback, so cross-process consumers lag by up to that).
+everything in ONE transaction, then acknowledges each caller after COMMIT (``synchronous=FULL`` by
+default, so an acknowledged append survives a process crash and a power loss). A transaction is one
+call, BEGIN to COMMIT, of ``events.sqlite_writer.write_batch``: a small one (at most
+``INLINE_ROWS`` records) on the event loop itself, and its COMMIT (an fsync) there too while
+COMMITs are quick, on the writer's thread while they are slow (``sqlite_writer.CommitPace``), and a
+larger one wholly on that thread; the loop goes on with other work meanwhile. Each hand-off to a
+thread and back waits behind whatever else the loop is running, and the thread waits for the
+interpreter at every statement: for a transaction of a few records that cost several times the
+transaction (a connection that hands every statement to its thread, as aiosqlite does, costs six
+such round trips). Reads use a second, read-only connection, which WAL lets run beside the writer.
+Consumers are woken in-process when the writer commits; appends made by another process on the same
+file are seen by re-checking every ``POLL_INTERVAL_S`` (a low-frequency fallback, so cross-process
+consumers lag by up to that).
 
 It deduplicates record ids within a topic (``dedupes_ids``). It is a plain ``EventLog``, not a
 ``TransactionalLog``: an append writes one topic (plus its ``commit`` offset), and there are no
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,9 +72,9 @@ from events.sqlite_records import (
     _to_values,
     to_rows,
 )
-from events.sqlite_writer import Pending, State, Written, ensure_topic, open_writer
+from events.sqlite_writer import CommitPace, Pending, State, Written, ensure_topic, open_writer
 
-__all__ = ["CODEC_LZ4", "CODEC_RAW", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
+__all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
 
 # Cross-process fallback: how often waiters re-check the file for other writers' appends.
 POLL_INTERVAL_S = 0.2
@@ -82,6 +84,9 @@ MAX_BATCH_RECORDS = 20_000
 # COMMIT), a larger one on the writer's thread (URL option ``inline_rows``; 0: always the
 # thread). See ``_transaction``.
 INLINE_ROWS = 64
+# Its COMMIT runs on the loop too while COMMITs take under this on average (URL option
+# ``commit_on_loop_ms``; 0: always the writer's thread). See ``sqlite_writer.CommitPace``.
+COMMIT_ON_LOOP_MS = 1.0
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
@@ -124,9 +129,10 @@ def _matching_query(topic: str, partition: int, offset: int, end: int, types: fr
     return sql + ' ORDER BY "offset"', tuple(args)
 
 
-def _parse_url(url: str) -> tuple[Path, str, int]:
-    """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``, ``&inline_rows=N``)
-    -> path, mode, the largest transaction written on the event loop."""
+def _parse_url(url: str) -> tuple[Path, str, int, float]:
+    """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``, ``&inline_rows=N``,
+    ``&commit_on_loop_ms=F``) -> path, mode, the largest transaction written on the event loop,
+    the mean COMMIT time under which its COMMIT runs there too."""
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "sqlite" or not sep:
         raise ValueError(f"not a sqlite log URL: {url!r}")
@@ -139,14 +145,26 @@ def _parse_url(url: str) -> tuple[Path, str, int]:
         raise ValueError(f"sqlite log URL needs a file path: {url!r}")
     synchronous = "FULL"
     inline_rows = INLINE_ROWS
+    commit_on_loop_ms = COMMIT_ON_LOOP_MS
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "synchronous" and value.upper() in {"FULL", "NORMAL", "EXTRA"}:
             synchronous = value.upper()
         elif name == "inline_rows" and value.isdigit() and len(value) <= 6:
             inline_rows = int(value)
+        elif name == "commit_on_loop_ms" and (ms := _milliseconds(value)) is not None:
+            commit_on_loop_ms = ms
         else:
             raise ValueError(f"unsupported sqlite log URL option {name}={value!r} in {url!r}")
-    return Path(path), synchronous, inline_rows
+    return Path(path), synchronous, inline_rows, commit_on_loop_ms
+
+
+def _milliseconds(value: str) -> float | None:
+    """A URL option's milliseconds, 0 to 1000 (decimals allowed), or None."""
+    try:
+        ms = float(value)
+    except ValueError:
+        return None
+    return ms if 0 <= ms <= 1000 else None  # NaN fails both
 
 
 class SqliteLog:
@@ -160,7 +178,9 @@ class SqliteLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path, self.synchronous, self.inline_rows = _parse_url(url)
+        self.path, self.synchronous, self.inline_rows, commit_on_loop_ms = _parse_url(url)
+        # Where a small transaction's COMMIT runs (``_commit``).
+        self._pace = CommitPace(commit_on_loop_ms / 1000)
         # Committed write transactions (group commit batches); tests and benchmarks read it.
         self.transactions = 0
         # The writer's connection and the one thread that ever touches it.
@@ -400,10 +420,7 @@ class SqliteLog:
                 if inline is not None:
                     # The COMMIT (its fsync) on the writer's thread: the loop goes on meanwhile
                     # (no other transaction begins: this one holds the write lock).
-                    loop = asyncio.get_running_loop()
-                    committing = loop.run_in_executor(thread, sqlite_writer.commit, writer)
-                    cancelled = await settled(committing)
-                    error = committing.exception()
+                    error, cancelled = await self._commit(writer, thread)
                     if error is not None:
                         self._reactions.roll_back(inline[1], error)
                         raise cancelled if cancelled is not None else error
@@ -438,6 +455,28 @@ class SqliteLog:
                 event.set()
         if cancelled is not None:
             raise cancelled
+
+    async def _commit(self, writer: sqlite3.Connection, thread: ThreadPoolExecutor,
+                      ) -> tuple[BaseException | None, asyncio.CancelledError | None]:
+        """COMMIT the transaction ``_inline`` left open, here or on the writer's thread (here while
+        COMMITs are quick, see ``sqlite_writer.CommitPace``): why it failed (it was rolled back) or
+        None, and the cancel that came while the thread committed, if any."""
+        pace = self._pace
+        if pace.on_loop:
+            began = time.perf_counter()
+            try:
+                sqlite_writer.commit(writer)
+            except Exception as exc:
+                return exc, None
+            finally:
+                pace.note(time.perf_counter() - began)
+            return None, None
+        committing = asyncio.get_running_loop().run_in_executor(thread, sqlite_writer.timed_commit, writer)
+        cancelled = await settled(committing)
+        error = committing.exception()
+        if error is None:
+            pace.note(committing.result())
+        return error, cancelled
 
     def _inline(self, writer: sqlite3.Connection, batch: list[Pending],
                 state: State) -> tuple[Written, list[Pending]] | None:

@@ -17,15 +17,17 @@ from typing import Any
 import pytest
 
 from events import CorruptRecord, EventLog, LogError, Record, TransactionalLog, open_log
-from events.sqlite import CODEC_LZ4, CODEC_RAW, INLINE_ROWS, SqliteLog
-from events.sqlite_writer import Pending, existing_ids_sql
+from events.sqlite import CODEC_LZ4, CODEC_RAW, COMMIT_ON_LOOP_MS, INLINE_ROWS, SqliteLog
+from events.sqlite_writer import CommitPace, Pending, existing_ids_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Both ways a transaction is written: on the event loop (small ones, the default) and on the
-# writer's thread (every one, with ``inline_rows=0``).
-WRITER_OPTIONS, WRITER_IDS = ["", "?inline_rows=0"], ["inline", "thread"]
+# Every way a transaction is written: on the event loop, COMMIT included (small ones, the default,
+# while COMMITs are quick); on the loop with its COMMIT on the writer's thread (always, with
+# ``commit_on_loop_ms=0``); and wholly on the writer's thread (every one, with ``inline_rows=0``).
+WRITER_OPTIONS = ["", "?commit_on_loop_ms=0", "?inline_rows=0"]
+WRITER_IDS = ["inline", "commit-on-thread", "thread"]
 WRITERS = pytest.mark.parametrize("option", WRITER_OPTIONS, ids=WRITER_IDS)
 
 
@@ -61,9 +63,15 @@ def test_urls_map_to_paths_and_options(tmp_path: Path, monkeypatch: pytest.Monke
     assert SqliteLog("sqlite:///x.db?synchronous=normal").synchronous == "NORMAL"
     assert SqliteLog("sqlite:///x.db").inline_rows == INLINE_ROWS
     assert SqliteLog("sqlite:///x.db?synchronous=normal&inline_rows=0").inline_rows == 0
+    assert SqliteLog("sqlite:///x.db")._pace.limit_s == COMMIT_ON_LOOP_MS / 1000
+    assert SqliteLog("sqlite:///x.db?commit_on_loop_ms=0")._pace.limit_s == 0
+    assert SqliteLog("sqlite:///x.db?commit_on_loop_ms=2.5")._pace.limit_s == 0.0025
     assert isinstance(open_log("sqlite:///x.db"), SqliteLog)
     for bad in ("sqlite://x.db", "sqlite:///:memory:", "sqlite:///x.db?cache=1", "sqlite:///",
-                "sqlite:///x.db?inline_rows=-1", "sqlite:///x.db?inline_rows=lots", "sqlite:///x.db?inline_rows="):
+                "sqlite:///x.db?inline_rows=-1", "sqlite:///x.db?inline_rows=lots", "sqlite:///x.db?inline_rows=",
+                "sqlite:///x.db?commit_on_loop_ms=-1", "sqlite:///x.db?commit_on_loop_ms=1001",
+                "sqlite:///x.db?commit_on_loop_ms=nan", "sqlite:///x.db?commit_on_loop_ms=soon",
+                "sqlite:///x.db?commit_on_loop_ms="):
         with pytest.raises(ValueError):
             SqliteLog(bad)
 
@@ -168,6 +176,70 @@ async def test_small_transactions_are_written_on_the_loop_and_large_ones_on_the_
         assert values == [b"%d" % i for n in sizes for i in range(n)] * 2
     finally:
         await again.close()
+
+
+async def test_a_small_transactions_commit_runs_on_the_loop_while_commits_are_quick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where each small transaction's COMMIT ran: on the loop by default; on the writer's thread with
+    ``commit_on_loop_ms=0``; on the thread after COMMITs got slow (a disk whose fsync takes
+    milliseconds, made here by a COMMIT that sleeps), and back on the loop once they are quick."""
+    import threading
+
+    import events.sqlite_writer as sqlite_writer
+
+    real = sqlite_writer.commit
+    places: list[bool] = []  # on the loop's thread
+    slow = [0.0]
+
+    def spy(conn: sqlite3.Connection) -> None:
+        places.append(threading.current_thread() is threading.main_thread())
+        time.sleep(slow[0])
+        real(conn)
+
+    monkeypatch.setattr(sqlite_writer, "commit", spy)
+
+    async def commits(log: SqliteLog, n: int) -> list[bool]:
+        places.clear()
+        for i in range(n):
+            await log.append("t", [Record("k", b"%d" % i)])
+        return list(places)
+
+    for option, on_loop in (("", True), ("?commit_on_loop_ms=0", False)):
+        log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}{option}")
+        await log.start()
+        try:
+            await log.ensure_topic("t", 1)
+            assert await commits(log, 5) == [on_loop] * 5, option
+        finally:
+            await log.close()
+    log = SqliteLog(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    try:
+        assert await commits(log, 3) == [True] * 3
+        slow[0] = 0.02  # 20 ms COMMITs: the first on the loop, and the mean is past 1 ms
+        slowly = await commits(log, 6)
+        assert slowly[0] is True and slowly[-1] is False, slowly
+        slow[0] = 0.0
+        quickly = await commits(log, 80)  # measured on the thread, the mean comes down
+        assert quickly[0] is False and quickly[-1] is True, quickly
+        assert log._pace.mean_s < COMMIT_ON_LOOP_MS / 1000
+        assert [r.value for r in await log.read("t", 0, 0, limit=1000)][-89:] == [
+            b"%d" % i for n in (3, 6, 80) for i in range(n)]
+    finally:
+        await log.close()
+
+
+def test_the_commit_pace_is_a_running_mean_against_its_limit() -> None:
+    pace = CommitPace(0.001, weight=0.5)
+    assert pace.on_loop  # nothing measured yet
+    pace.note(0.004)
+    assert pace.mean_s == 0.002 and not pace.on_loop
+    pace.note(0.0)
+    assert pace.mean_s == 0.001 and not pace.on_loop  # at the limit: the thread
+    pace.note(0.0)
+    assert pace.on_loop
+    assert not CommitPace(0.0).on_loop  # a limit of 0: never on the loop
 
 
 async def test_an_append_waits_for_another_processs_write_lock_without_holding_up_the_loop(
