@@ -214,10 +214,10 @@ class CommitPace:
 
     Handing a COMMIT to the thread and back waits for the thread to take the interpreter and then
     for the loop's next turn: in the executor benchmark (COMMITs of 0.45 ms at p50, fsync 0.2 ms)
-    that hand-off doubled a transaction's time to about 1.8 ms and made the writer the pipeline's
-    bottleneck. A disk whose fsync takes milliseconds would instead hold the loop, every coroutine
-    of the process waiting; from ``limit_s`` on, measured as a running mean (``note``), the COMMIT
-    goes to the thread, where it is measured too, and comes back once COMMITs are quick again.
+    a transaction took 1.8 ms on average with that hand-off, 1.3 ms without. A disk whose fsync
+    takes milliseconds would instead hold the loop, every coroutine of the process waiting; from
+    ``limit_s`` on, measured as a running mean (``note``), the COMMIT goes to the thread, where it
+    is measured too, and comes back once COMMITs are quick again.
     """
 
     __slots__ = ("limit_s", "mean_s", "weight")
