@@ -80,9 +80,8 @@ __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reacti
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
-# A transaction of at most this many records is written on the event loop itself (but for its
-# COMMIT), a larger one on the writer's thread (URL option ``inline_rows``; 0: always the
-# thread). See ``_transaction``.
+# A transaction of at most this many records is written on the event loop itself, a larger one on
+# the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
 INLINE_ROWS = 64
 # Its COMMIT runs on the loop too while COMMITs take under this on average (URL option
 # ``commit_on_loop_ms``; 0: always the writer's thread). See ``sqlite_writer.CommitPace``.
@@ -418,8 +417,8 @@ class SqliteLog:
             if sum(item.size for item in batch) <= self.inline_rows:
                 inline = self._inline(writer, batch, state)  # its error, if any, for ``_write``
                 if inline is not None:
-                    # The COMMIT (its fsync) on the writer's thread: the loop goes on meanwhile
-                    # (no other transaction begins: this one holds the write lock).
+                    # The COMMIT (its fsync) here, or on the writer's thread while the loop goes on
+                    # (no other transaction begins meanwhile: this one holds the write lock).
                     error, cancelled = await self._commit(writer, thread)
                     if error is not None:
                         self._reactions.roll_back(inline[1], error)
