@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -462,13 +461,10 @@ class SqliteLog:
         None, and the cancel that came while the thread committed, if any."""
         pace = self._pace
         if pace.on_loop:
-            began = time.perf_counter()
             try:
-                sqlite_writer.commit(writer)
+                pace.note(sqlite_writer.timed_commit(writer))
             except Exception as exc:
                 return exc, None
-            finally:
-                pace.note(time.perf_counter() - began)
             return None, None
         committing = asyncio.get_running_loop().run_in_executor(thread, sqlite_writer.timed_commit, writer)
         cancelled = await settled(committing)
