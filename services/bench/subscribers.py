@@ -48,10 +48,12 @@ FLEET_TIMEOUT_S = 300.0
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def _spawn(url: str, counts: list[int], batch: bool) -> list[subprocess.Popen[str]]:
+def _spawn(url: str, counts: list[int], batch: bool, compression: str,
+           parser: str) -> list[subprocess.Popen[str]]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "services.bench.fanout_client", url]
-    return [subprocess.Popen([*args, str(n), *(["batch"] if batch else [])], env=env, stdin=subprocess.PIPE,
+    options = ["--parser", parser, "--compression", compression, *(["--batch"] if batch else [])]
+    return [subprocess.Popen([*args, str(n), *options], env=env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True) for n in counts if n]
 
 
@@ -78,7 +80,8 @@ async def _serve(app: Any) -> tuple[Any, asyncio.Task[None], int]:
 
 
 async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float, seconds: float,
-                            processes: int, batch: bool = True, agents: int = 100) -> dict[str, Any]:
+                            processes: int, batch: bool = True, compression: str = "lz4",
+                            parser: str = "simdjson", agents: int = 100) -> dict[str, Any]:
     """N subscribers on ``events`` while ``rate`` commands/s of the task scenario run for ``seconds``."""
     from services.http.app import create_app
 
@@ -91,7 +94,7 @@ async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float
         pool = "bench"
         await _register(target, agents, pool, "a")
         per = [subscribers // processes + (1 if i < subscribers % processes else 0) for i in range(processes)]
-        procs = _spawn(f"ws://127.0.0.1:{port}/ws/v1/events", per, batch)
+        procs = _spawn(f"ws://127.0.0.1:{port}/ws/v1/events", per, batch, compression, parser)
         for proc in procs:
             assert proc.stdout is not None
             line = await asyncio.to_thread(proc.stdout.readline)
@@ -103,13 +106,15 @@ async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float
         fleet_task = asyncio.create_task(fleet.run(part, start))
         started_wall, started, cpu = time.time(), time.perf_counter(), _cpu()
         n, tick, interval = 0, started, 4 / rate * 10  # 10 tasks (40 commands) per tick
+        submits: set[asyncio.Task[None]] = set()
         while n < fleet.expected:
             envs = [command_envelope(_task(j, "t"), pool=pool, source="urn:agentbus:bench")
                     for j in range(n, min(fleet.expected, n + 10))]
-            await target.submit_many(envs)
+            submits.add(asyncio.create_task(target.submit_many(envs)))
             n += len(envs)
             tick += interval
             await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+        await asyncio.gather(*submits)
         offered_s = time.perf_counter() - started
         with contextlib.suppress(TimeoutError):  # a saturated service: report what it did do
             await asyncio.wait_for(fleet.done.wait(), timeout=FLEET_TIMEOUT_S)
@@ -124,9 +129,13 @@ async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float
         server_cpu = _cpu() - cpu
         clients_cpu = _cpu(resource.RUSAGE_CHILDREN)  # the client processes, reaped just now
         result = await _summary(target, reports, started_wall, offered_s, subscribers, processes, rate, fleet)
-        return {**result, "batch": batch, "tasks_completed": fleet.costs, "run_seconds": round(run_s, 3),
-                "server_cpu_s": round(server_cpu, 2),
-                "clients_cpu_s": round(clients_cpu, 2), "cpus": os.cpu_count()}
+        frames = app.state.frames
+        return {**result, "batch": batch, "compression": compression, "parser": parser,
+                "frames_built": frames.built, "frames_reused": frames.reused, "tasks_completed": fleet.costs,
+                "run_seconds": round(run_s, 3), "server_cpu_s": round(server_cpu, 2),
+                "clients_cpu_s": round(clients_cpu, 2),
+                "clients_cpu_us_per_event": round(clients_cpu / max(result["delivered"], 1) * 1e6, 3),
+                "cpus": os.cpu_count()}
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -190,6 +199,7 @@ async def _summary(target: Target, reports: list[dict[str, Any]], started_wall: 
     end_to_end = [(at - command_at) * 1000 for _, _, at, command_at in samples]
     last_at = max((c["last_at"] for c in conns), default=started_wall)
     delivered = sum(c["count"] for c in conns)
+    frames = sum(c["frames"] for c in conns)
     return {
         "broker": target.settings.broker.split("?")[0],
         "subscribers": subscribers,
@@ -203,6 +213,9 @@ async def _summary(target: Target, reports: list[dict[str, Any]], started_wall: 
         "delivered_per_subscriber_min_per_s": round(min(rates), 1) if rates else 0.0,
         "delivered_per_s": round(delivered / max(last_at - started_wall, 1e-9), 1),
         "delivered": delivered,
+        "frames_per_subscriber_per_s": round(frames / max(len(conns), 1) / max(last_at - started_wall, 1e-9),
+                                             1),
+        "events_per_frame": round(delivered / max(frames, 1), 1),
         "complete_subscribers": complete,
         "lagged": sum(1 for c in conns if c["lagged"]),
         "latency_p50_ms": round(percentile(latencies, 50), 3),

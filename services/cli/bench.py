@@ -60,6 +60,14 @@ from services.cli.common import fail, load_settings, setting_option
               help="--subscribers: client processes the subscribers are spread over.")
 @click.option("--subscriber-batch/--no-subscriber-batch", default=True, show_default=True,
               help="--subscribers: ask for batched frames (several messages per frame) or one per message.")
+@click.option("--subscriber-compression", type=click.Choice(["lz4", "none"]), default="lz4",
+              show_default=True,
+              help="--subscribers: ask for the frames that carry events lz4-compressed (binary frames) or "
+                   "as text.")
+@click.option("--subscriber-parser", type=click.Choice(["simdjson", "orjson"]), default="simdjson",
+              show_default=True,
+              help="--subscribers: how the clients read a frame: simdjson parses it whole and reads each "
+                   "message's type, partition and position; orjson builds every message as Python objects.")
 @click.option("--audit", is_flag=True,
               help="Only the audit figures: appends/s with and without the hash chain (same run), "
                    "and how fast a log and its export verify.")
@@ -80,7 +88,8 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
                   raw_records: int, coordinator_agents: int, workflows: int, workflow_rate: float,
                   executor_kind: str | None, capacity: int, processes: int, subscribers: int,
                   subscriber_processes: int,
-                  subscriber_batch: bool, audit: bool, audit_records: int, compare: bool, wrk_options: str,
+                  subscriber_batch: bool, subscriber_compression: str, subscriber_parser: str, audit: bool,
+                  audit_records: int, compare: bool, wrk_options: str,
                   loop: str, as_json: bool) -> None:
     """Run the fixed benchmark scenario and report throughput, latency, replay and memory.
 
@@ -104,8 +113,8 @@ def bench_command(agents: int, tasks: int, rate: float, paced_seconds: float, ht
             _workflows(settings, workflows, workflow_rate, paced_seconds, workers, loop, as_json)
             return
         if subscribers > 0:
-            _subscribers(settings, subscribers, subscriber_processes, subscriber_batch, rate, paced_seconds,
-                         loop, as_json)
+            _subscribers(settings, subscribers, subscriber_processes, subscriber_batch,
+                         subscriber_compression, subscriber_parser, rate, paced_seconds, loop, as_json)
             return
         if audit:
             _audit(tmp, audit_records, as_json)
@@ -284,8 +293,8 @@ def _executor(settings: Any, tasks: int, capacity: int, processes: int, rate: fl
     click.echo(_peak_rss(result))
 
 
-def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, rate: float, seconds: float,
-                 loop: str, as_json: bool) -> None:
+def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, compression: str, parser: str,
+                 rate: float, seconds: float, loop: str, as_json: bool) -> None:
     import asyncio
 
     from services.bench.scenario import loop_name, refuse_a_used_log, run_on
@@ -294,15 +303,18 @@ def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, r
     if not settings.kafka:
         asyncio.run(refuse_a_used_log(settings))
     result = run_on(loop, bench_subscribers(settings, subscribers, rate=rate, seconds=seconds,
-                                            processes=max(1, min(processes, subscribers)), batch=batch))
+                                            processes=max(1, min(processes, subscribers)), batch=batch,
+                                            compression=compression, parser=parser))
     result["loop"] = loop_name(loop)
     if as_json:
         click.echo(json.dumps(result))
         return
     click.echo(f"backend           {result['broker']}")
     frames = "batched frames" if batch else "a frame per message"
-    click.echo(f"scenario          {subscribers} WebSocket subscribers to `events` ({frames}, "
-               f"{result['subscriber_processes']} client processes); {rate:,.0f} commands/s offered for "
+    frames += ", lz4" if compression == "lz4" else ", text"
+    click.echo(f"scenario          {subscribers} WebSocket subscribers to `events` ({frames}, read with "
+               f"{parser}, {result['subscriber_processes']} client processes); {rate:,.0f} commands/s "
+               f"offered for "
                f"{result['load_seconds']} s: "
                f"{result['events']} events ({result['events_appended_per_s']:,.0f}/s appended); "
                f"{result['tasks_completed']} of {result['commands'] // 4} tasks completed in "
@@ -316,8 +328,12 @@ def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, r
                f"max {result['latency_max_ms']} ms (event appended -> received; from the command's "
                f"append: p50 {result['command_to_delivery_p50_ms']} ms, "
                f"p99 {result['command_to_delivery_p99_ms']} ms)")
+    click.echo(f"frames            {result['frames_per_subscriber_per_s']:,.0f}/s per subscriber, "
+               f"{result['events_per_frame']:,.1f} events each; the server built {result['frames_built']:,} "
+               f"and sent {result['frames_reused']:,} again as built")
     click.echo(f"CPU               service, hub and API {result['server_cpu_s']} s; subscribers "
-               f"{result['clients_cpu_s']} s ({result['cpus']} CPUs)")
+               f"{result['clients_cpu_s']} s, {result['clients_cpu_us_per_event']} us per event delivered "
+               f"({result['cpus']} CPUs)")
     click.echo(_peak_rss(result, " (the bench process: service, hub and API)"))
 
 

@@ -1,0 +1,49 @@
+"""``agentbus bench --subscribers``, small: real WebSocket clients in a process of their own get
+every event of the run, whichever way they ask for frames and read them, and subscribers to the
+same channel are sent frames built once; the clients' latency sample is uniform and bounded."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from services.bench.fanout_client import _Sample
+from services.bench.scenario import run_on
+from services.bench.subscribers import bench_subscribers
+from services.cli.common import load_settings
+
+
+@pytest.mark.parametrize(("compression", "parser"), [("lz4", "simdjson"), ("none", "orjson")])
+def test_every_subscriber_gets_every_event(tmp_path: Path, compression: str, parser: str) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    result = run_on("served", bench_subscribers(settings, 3, rate=400.0, seconds=1.0, processes=1,
+                                                compression=compression, parser=parser, agents=10))
+    assert result["events"] >= 400  # 100 tasks, 4 commands each, an event per command
+    assert result["events_appended_per_s"] > 0
+    assert result["complete_subscribers"] == 3 and result["lagged"] == 0
+    assert result["delivered"] == 3 * result["events"]
+    assert result["tasks_completed"] == 100
+    assert result["compression"] == compression and result["parser"] == parser
+    # Three subscribers to `events`, pulling the same messages: most frames are built once.
+    assert result["frames_reused"] >= result["frames_built"]
+    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"] <= result["latency_max_ms"]
+    assert result["events_per_frame"] >= 1
+
+
+def test_the_latency_sample_is_bounded_and_uniform() -> None:
+    random.seed(7)
+    sample = _Sample(1000)
+    offered = 100_000
+    for i in range(offered):
+        if sample.skip:
+            sample.skip -= 1
+        else:
+            sample.offer(0, i, 0.0, {"time": "2026-12-05T10:00:00+00:00"})
+    positions = sorted(p for _, p, _, _ in sample.values)
+    assert len(positions) == 1000 == len(set(positions))
+    # Uniform over the whole run: about a tenth of the sample in each tenth of the positions.
+    tenths = [sum(1 for p in positions if k * offered // 10 <= p < (k + 1) * offered // 10)
+              for k in range(10)]
+    assert all(60 <= n <= 140 for n in tenths), tenths
