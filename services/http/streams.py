@@ -6,7 +6,9 @@ Both streams carry the same messages (JSON objects with a ``type``) from one ``F
 lifespan starts with the service (``running_hub``). A WebSocket client sends
 ``{"type": "subscribe", "channels": [...], "after": P}``, ``{"type": "unsubscribe", "channels": [...]}``
 and ``{"type": "ping"}``; anything else is answered ``{"type": "error", "message": ...}`` and the
-connection stays open. ``"batch": true`` in a subscribe asks for several messages per frame. An
+connection stays open. ``"batch": true`` in a subscribe asks for several messages per frame, and
+``"compression": "lz4"`` for the frames that carry events as binary frames, each the lz4 frame of
+the JSON text it would otherwise be (replies, errors and pings stay text). An
 idle connection gets ``{"type": "ping"}`` every ``PING_INTERVAL_S`` (WebSocket) or a comment line
 (SSE); uvicorn also pings at the protocol level and answers the client's protocol pings.
 
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import lz4.frame
 import orjson
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
@@ -42,8 +46,8 @@ MAX_PROGRESS_MESSAGE = 4000
 MAX_PROGRESS_DELTA = 16_000
 MAX_PROGRESS_DATA = 16 * 1024  # bytes of JSON
 _PING = '{"type":"ping"}'
-_FIELDS = {"subscribe": {"type", "channels", "after", "batch"}, "unsubscribe": {"type", "channels"},
-           "ping": {"type"}, "pong": {"type"}}
+_FIELDS = {"subscribe": {"type", "channels", "after", "batch", "compression"},
+           "unsubscribe": {"type", "channels"}, "ping": {"type"}, "pong": {"type"}}
 # A client that subscribed with "batch": true gets what is waiting for it as one frame,
 # {"type": "batch", "messages": [...]}, of at most this many messages: the cost of a frame (a socket
 # write, uvicorn's framing) is paid once per frame, not per event, and a subscriber that falls
@@ -51,6 +55,11 @@ _FIELDS = {"subscribe": {"type", "channels", "after", "batch"}, "unsubscribe": {
 # frame per message, the service, hub and API used 11.4 s of CPU and the load ran at 371 events/s;
 # batched, 4.8 s and 966 events/s (the offered rate), as with a single subscriber.
 BATCH_FRAME = 500
+COMPRESSIONS = ("lz4", "none")
+# Frames built lately, kept to be sent again as they are: subscribers to the same channels are
+# handed the same messages (the same objects) by the hub, and pull them as the same frames, so a
+# frame is built (and compressed) once, not once per subscriber.
+FRAME_CACHE = 16
 
 router = APIRouter(tags=["streams"])
 
@@ -61,6 +70,7 @@ async def running_hub(app: FastAPI, service: Service) -> AsyncIterator[Hub]:
     ``ping_interval``) are ``app.state.hub_options`` when set before startup (tests, the bench)."""
     hub = Hub.for_service(service, **(getattr(app.state, "hub_options", None) or {}))
     app.state.hub = hub
+    app.state.frames = FrameCache()
     await hub.start()
     try:
         yield hub
@@ -77,13 +87,55 @@ def _hub(app: Any) -> Hub | None:
 # --- WebSocket ----------------------------------------------------------------------------------
 
 
+class _Frame:
+    """One frame's payload, as text and, when first asked for, as an lz4 frame of that text."""
+
+    __slots__ = ("_lz4", "messages", "text")
+
+    def __init__(self, messages: list[Message], batch: bool) -> None:
+        self.messages = messages  # held: the cache's key is their ids, valid while they live
+        self.text = batch_frame(messages) if batch else messages[0].text
+        self._lz4: bytes | None = None
+
+    @property
+    def lz4(self) -> bytes:
+        if self._lz4 is None:
+            self._lz4 = lz4.frame.compress(self.text.encode())
+        return self._lz4
+
+
+class FrameCache:
+    """The last ``size`` frames built, by the identity of the messages they hold (see FRAME_CACHE)."""
+
+    def __init__(self, size: int = FRAME_CACHE) -> None:
+        self.size = size
+        self.built = self.reused = 0
+        self._frames: OrderedDict[tuple[int, ...], _Frame] = OrderedDict()
+
+    def get(self, messages: list[Message], batch: bool) -> _Frame:
+        """The frame of ``messages``: a batch frame, or (``batch`` false) the one message's own."""
+        key = (batch, *map(id, messages))
+        frame = self._frames.get(key)
+        if frame is not None:
+            self.reused += 1
+            return frame
+        self.built += 1
+        frame = self._frames[key] = _Frame(messages, batch)
+        if len(self._frames) > self.size:
+            self._frames.popitem(last=False)
+        return frame
+
+
 @dataclass
 class _Socket:
-    """One WebSocket connection: its feed, and whether the client takes batched frames."""
+    """One WebSocket connection: its feed, whether the client takes batched frames, and whether
+    it takes the frames that carry events lz4-compressed (as binary frames)."""
 
     websocket: WebSocket
     feed: Feed
+    frames: FrameCache
     batch: bool = False
+    lz4: bool = False
 
 
 @router.websocket("/ws/v1/events", name="events_socket")
@@ -94,7 +146,8 @@ async def events_socket(websocket: WebSocket) -> None:
     if hub is None:
         await websocket.close(1013, "the event streams are not running")
         return
-    conn = _Socket(websocket, Feed(hub))
+    frames = getattr(websocket.app.state, "frames", None) or FrameCache()
+    conn = _Socket(websocket, Feed(hub), frames)
     tasks = [asyncio.create_task(_read(conn)), asyncio.create_task(_write(conn))]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -144,8 +197,13 @@ async def handle(conn: _Socket, raw: str | bytes) -> None:
             batch = body.get("batch", conn.batch)
             if not isinstance(batch, bool):
                 raise FeedError("batch: true (several messages per frame) or false")
+            compression = body.get("compression", "lz4" if conn.lz4 else "none")
+            if compression is None:
+                compression = "none"
+            if compression not in COMPRESSIONS:
+                raise FeedError('compression: "lz4" (events in binary frames, lz4-compressed) or "none"')
             await feed.subscribe(body.get("channels"), body.get("after"))
-            conn.batch = batch
+            conn.batch, conn.lz4 = batch, compression == "lz4"
         elif kind == "unsubscribe":
             feed.unsubscribe(body.get("channels"))
         elif kind == "ping":
@@ -156,7 +214,8 @@ async def handle(conn: _Socket, raw: str | bytes) -> None:
 
 async def _write(conn: _Socket) -> None:
     """Send what the feed gives, a ping when idle, until it is done or the client went away."""
-    feed, send = conn.feed, conn.websocket.send_text
+    feed, frames = conn.feed, conn.frames
+    send, send_bytes = conn.websocket.send_text, conn.websocket.send_bytes
     interval = feed.hub.ping_interval
     with contextlib.suppress(WebSocketDisconnect, OSError):
         while not feed.done:
@@ -165,11 +224,27 @@ async def _write(conn: _Socket) -> None:
                 await send(_PING)
             if conn.batch and len(messages) > 1:
                 for i in range(0, len(messages), BATCH_FRAME):
-                    part = messages[i:i + BATCH_FRAME]
-                    await send(f'{{"type":"batch","messages":[{",".join(m.text for m in part)}]}}')
+                    frame = frames.get(messages[i:i + BATCH_FRAME], True)
+                    if conn.lz4:
+                        await send_bytes(frame.lz4)
+                    else:
+                        await send(frame.text)
                 continue
             for m in messages:
-                await send(m.text)
+                if conn.lz4 and m.partition >= 0:
+                    await send_bytes(frames.get([m], False).lz4)
+                else:
+                    await send(m.text)
+
+
+def batch_frame(messages: list[Message]) -> str:
+    """``{"type": "batch", "messages": [...]}`` of one or more messages, built with one copy of their
+    text (the frame's head and tail are joined to the first and last message, not around the whole:
+    a frame of 200 events is about 170 kB, built once per subscriber)."""
+    texts = [m.text for m in messages]
+    texts[0] = '{"type":"batch","messages":[' + texts[0]
+    texts[-1] += "]}"
+    return ",".join(texts)
 
 
 # --- Server-Sent Events -------------------------------------------------------------------------

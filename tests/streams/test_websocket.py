@@ -11,6 +11,7 @@ import secrets
 import socket
 from typing import Any
 
+import lz4.frame
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -63,7 +64,7 @@ async def test_subscribe_unsubscribe_and_every_mistake_is_answered(service: Serv
         await ws.send(json.dumps({"type": "subscribe", "channels": ["nope"]}))
         assert (await recv(ws))["message"].startswith("channels: unknown channel 'nope'")
         await ws.send(json.dumps({"type": "subscribe", "channels": ["events"], "afer": 3}))
-        expected = "subscribe: unknown field(s) afer; expected after, batch, channels, type"
+        expected = "subscribe: unknown field(s) afer; expected after, batch, channels, compression, type"
         assert (await recv(ws))["message"] == expected
         await ws.send(json.dumps({"type": "subscribe", "channels": ["events"], "after": 10**6}))
         assert "beyond the end of the log" in (await recv(ws))["message"]
@@ -232,3 +233,63 @@ async def test_batched_frames_carry_the_same_messages(service: Service) -> None:
         assert got[0]["type"] == "subscribed"
         assert [(m["partition"], m["position"]) for m in got[1:]] == on_log
         assert any(f["type"] == "batch" for f in frames)  # the replay came in one frame or few
+
+
+async def _frames_until(ws: ClientConnection, count: int) -> list[str | bytes]:
+    """Raw frames until ``count`` events came (an lz4 frame is read to count its events)."""
+    frames: list[str | bytes] = []
+    seen = 0
+    async with asyncio.timeout(10):
+        while seen < count:
+            frame = await ws.recv()
+            frames.append(frame)
+            body = json.loads(lz4.frame.decompress(frame) if isinstance(frame, bytes) else frame)
+            messages = body["messages"] if body["type"] == "batch" else [body]
+            seen += sum(1 for m in messages if m["type"] == "event")
+    return frames
+
+
+def _messages(frames: list[str | bytes]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for frame in frames:
+        body = json.loads(lz4.frame.decompress(frame) if isinstance(frame, bytes) else frame)
+        out += body["messages"] if body["type"] == "batch" else [body]
+    return out
+
+
+async def test_lz4_frames_carry_the_same_messages_as_text_frames(service: Service) -> None:
+    await submit(service, register("a1"), *[task(f"t{i}") for i in range(20)])
+    await settled(service)
+    async with live(service) as (base, _), contextlib.AsyncExitStack() as stack:
+        url = f"ws://{base}/ws/v1/events"
+        text, packed, single = [await stack.enter_async_context(websockets.connect(url)) for _ in range(3)]
+        await packed.send(json.dumps({"type": "subscribe", "channels": ["events"], "compression": "zstd"}))
+        assert await recv(packed) == {"type": "error", "message": 'compression: "lz4" (events in binary '
+                                                                  'frames, lz4-compressed) or "none"'}
+        subscribe = {"type": "subscribe", "channels": ["events"], "after": -1}
+        await text.send(json.dumps({**subscribe, "batch": True}))
+        await packed.send(json.dumps({**subscribe, "batch": True, "compression": "lz4"}))
+        await single.send(json.dumps({**subscribe, "compression": "lz4"}))
+        for ws in (text, packed, single):
+            assert (await recv(ws))["type"] == "subscribed"  # a reply stays a text frame
+        replayed = len(await log_events(service))
+        await submit(service, *[task(f"u{i}") for i in range(10)])  # and live ones after the replay
+        await settled(service)
+        on_log = [(p, o) for p, o, _ in await log_events(service)]
+        assert len(on_log) > replayed
+        got = {name: await _frames_until(ws, len(on_log))
+               for name, ws in (("text", text), ("packed", packed), ("single", single))}
+        assert all(isinstance(f, str) for f in got["text"])
+        assert all(isinstance(f, bytes) for f in got["packed"] + got["single"])
+        assert any(json.loads(lz4.frame.decompress(f))["type"] == "batch" for f in got["packed"])
+        assert all(json.loads(lz4.frame.decompress(f))["type"] == "event" for f in got["single"])
+        messages = {name: _messages(frames) for name, frames in got.items()}
+        assert [(m["partition"], m["position"]) for m in messages["text"]] == on_log
+        assert messages["packed"] == messages["text"] == messages["single"]
+        # Back to text frames for this connection's next events.
+        await packed.send(json.dumps({"type": "subscribe", "channels": ["events"], "compression": "none"}))
+        assert (await recv(packed))["type"] == "subscribed"
+        await submit(service, task("v1"))
+        frame = await asyncio.wait_for(packed.recv(), 5)
+        assert isinstance(frame, str)
+        assert _messages([frame])[0]["event"]["subject"] == "v1"
