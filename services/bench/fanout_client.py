@@ -51,14 +51,14 @@ class _Sample:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.values: list[tuple[int, int, float, float]] = []
+        self.values: list[tuple[int, int, float, str]] = []  # its time as sent: parsed in ``report``
         self._w = math.exp(math.log(random.random()) / size)
         self.skip = 0  # deliveries to pass over before the next one kept
 
     def offer(self, partition: int, position: int, at: float, event: Any) -> None:
         """Keep the delivery of ``event`` (its time is read only when the sample keeps it): call
         only when ``skip`` is 0; the caller counts ``skip`` down otherwise."""
-        kept = (partition, position, at, _TIME(str(event["time"])).timestamp())
+        kept = (partition, position, at, str(event["time"]))
         if len(self.values) < self.size:
             self.values.append(kept)
             if len(self.values) == self.size:
@@ -70,6 +70,10 @@ class _Sample:
 
     def _next_skip(self) -> None:
         self.skip = int(math.log(random.random()) / math.log(1.0 - self._w))
+
+    def report(self) -> list[tuple[int, int, float, float]]:
+        """The sample, each event's time as seconds since the epoch."""
+        return [(p, o, at, _TIME(sent).timestamp()) for p, o, at, sent in self.values]
 
 
 class _Conn:
@@ -151,9 +155,18 @@ class _Conn:
 def _parse(parser: str) -> Callable[[bytes], Any]:
     if parser == "orjson":
         return orjson.loads
-    import simdjson  # pysimdjson
+    global _SIMDJSON
+    if _SIMDJSON is None:
+        import simdjson  # pysimdjson
 
-    return simdjson.Parser().parse  # one per connection: a parser holds one document at a time
+        # One parser for the process's connections: a parser holds one document at a time, and each
+        # frame's is let go before the next is parsed; one parser's buffers stay in the CPU's caches
+        # (50 parsers: 0.84 us an event, parsing and reading it; one: 0.55-0.68 us).
+        _SIMDJSON = simdjson.Parser()
+    return _SIMDJSON.parse  # type: ignore[no-any-return]
+
+
+_SIMDJSON: Any = None
 
 
 async def _client(url: str, count: int, batch: bool, compression: str, parser: str) -> None:
@@ -175,7 +188,7 @@ async def _client(url: str, count: int, batch: bool, compression: str, parser: s
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    print(json.dumps({"connections": [c.report() for c in conns], "samples": latencies.values}), flush=True)
+    print(json.dumps({"connections": [c.report() for c in conns], "samples": latencies.report()}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
