@@ -296,10 +296,14 @@ def _executor(settings: Any, tasks: int, capacity: int, processes: int, rate: fl
 def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, compression: str, parser: str,
                  rate: float, seconds: float, loop: str, as_json: bool) -> None:
     import asyncio
+    import importlib.util
 
     from services.bench.scenario import loop_name, refuse_a_used_log, run_on
     from services.bench.subscribers import bench_subscribers
 
+    if parser == "simdjson" and importlib.util.find_spec("simdjson") is None:
+        fail("--subscriber-parser simdjson needs pysimdjson (pip install pysimdjson; it comes with "
+             "agentbus[dev]), or read the frames with --subscriber-parser orjson")
     if not settings.kafka:
         asyncio.run(refuse_a_used_log(settings))
     result = run_on(loop, bench_subscribers(settings, subscribers, rate=rate, seconds=seconds,

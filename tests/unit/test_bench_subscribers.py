@@ -47,3 +47,20 @@ def test_the_latency_sample_is_bounded_and_uniform() -> None:
     tenths = [sum(1 for p in positions if k * offered // 10 <= p < (k + 1) * offered // 10)
               for k in range(10)]
     assert all(60 <= n <= 140 for n in tenths), tenths
+
+
+def test_the_simdjson_clients_without_pysimdjson_are_refused_saying_what_to_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "simdjson" else find_spec(name, *a))
+    result = CliRunner().invoke(main, ["bench", "--subscribers", "2", "--subscriber-parser", "simdjson"])
+    assert result.exit_code == 1
+    assert "--subscriber-parser simdjson needs pysimdjson" in result.output
+    assert "--subscriber-parser orjson" in result.output
