@@ -178,6 +178,55 @@ async def test_small_transactions_are_written_on_the_loop_and_large_ones_on_the_
         await again.close()
 
 
+async def test_the_commit_that_checkpoints_the_wal_runs_on_the_writers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite checkpoints inside the COMMIT that takes the WAL to ``wal_autocheckpoint`` frames
+    (copying them into the database file and fsyncing it: tens of ms); the log reads the WAL's frame
+    count before each small COMMIT and runs that one on the writer's thread, never on the loop."""
+    import threading
+
+    import events.sqlite_writer as sqlite_writer
+
+    path = tmp_path / "log.db"
+    real = sqlite_writer.commit
+    commits: list[tuple[bool, bool]] = []  # (on the loop's thread, the database file changed)
+
+    def spy(conn: sqlite3.Connection) -> None:
+        before = path.stat()
+        real(conn)
+        after = path.stat()
+        changed = (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size)
+        commits.append((threading.current_thread() is threading.main_thread(), changed))
+
+    log = SqliteLog(f"sqlite:///{path}")
+    await log.start()
+    try:
+        await log.ensure_topic("t", 1)
+        assert log._wal is not None and log._wal.autocheckpoint == 1000  # SQLite's default
+        assert log._writer is not None
+        log._writer.execute("PRAGMA wal_autocheckpoint = 200")  # a checkpoint every ~100 COMMITs
+        log._wal.autocheckpoint = 200
+        monkeypatch.setattr(sqlite_writer, "commit", spy)
+        for i in range(400):
+            await log.append("t", [Record("k", b"%d" % i)])
+        checkpointed = [on_loop for on_loop, changed in commits if changed]
+        assert len(checkpointed) >= 2, commits  # the WAL did reach the limit, more than once
+        assert not any(checkpointed), commits  # and never in a COMMIT on the loop
+        assert sum(on_loop for on_loop, _ in commits) > len(commits) // 2  # the others stay there
+        assert [r.value for r in await log.read("t", 0, 0, limit=1000)] == [b"%d" % i for i in range(400)]
+    finally:
+        await log.close()
+
+
+def test_the_wal_frame_count_is_none_where_it_cannot_be_read(tmp_path: Path) -> None:
+    from events.sqlite_writer import WalFrames
+
+    frames = WalFrames(tmp_path / "none.db", 1000)
+    assert frames.count() is None and not frames.checkpoint_near()
+    assert not WalFrames(tmp_path / "none.db", 0).checkpoint_near()  # checkpoints off
+
+
 async def test_a_small_transactions_commit_runs_on_the_loop_while_commits_are_quick(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
