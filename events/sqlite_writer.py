@@ -250,21 +250,27 @@ class WalFrames:
     SQLite checkpoints inside the COMMIT that takes the WAL to ``wal_autocheckpoint`` frames (1,000
     by default; 16 MB of pages): copying them into the file and fsyncing it takes tens of ms.
     Read before a COMMIT, the count says whether this one will: that one runs on the writer's
-    thread, not the loop. ``None`` when the file cannot be read (the caller then does not know).
+    thread, not the loop. ``None`` when the file cannot be read (the caller then does not know); a
+    file that could not be read once is not tried again (no ``-shm`` under an exclusive lock, a file
+    system without shared mappings): every COMMIT asks.
     """
 
     def __init__(self, path: Path, autocheckpoint: int) -> None:
         self.path = Path(f"{path}-shm")
         self.autocheckpoint = autocheckpoint
         self._map: mmap.mmap | None = None
+        self.unreadable = False
 
     def count(self) -> int | None:
+        if self.unreadable:
+            return None
         try:
             if self._map is None:
                 with open(self.path, "rb") as f:
                     self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             return int(_MX_FRAME.unpack_from(self._map, 16)[0])
         except (OSError, ValueError, struct.error):
+            self.unreadable = True
             return None
 
     def checkpoint_near(self) -> bool:

@@ -146,7 +146,7 @@ async def events_socket(websocket: WebSocket) -> None:
     if hub is None:
         await websocket.close(1013, "the event streams are not running")
         return
-    frames = getattr(websocket.app.state, "frames", None) or FrameCache()
+    frames: FrameCache = websocket.app.state.frames  # set with the hub
     conn = _Socket(websocket, Feed(hub), frames)
     tasks = [asyncio.create_task(_read(conn)), asyncio.create_task(_write(conn))]
     try:

@@ -225,6 +225,10 @@ def test_the_wal_frame_count_is_none_where_it_cannot_be_read(tmp_path: Path) -> 
     frames = WalFrames(tmp_path / "none.db", 1000)
     assert frames.count() is None and not frames.checkpoint_near()
     assert not WalFrames(tmp_path / "none.db", 0).checkpoint_near()  # checkpoints off
+    # Not tried again on every COMMIT once it failed: a file that appears later stays unread.
+    (tmp_path / "none.db-shm").write_bytes(bytes(16) + (7).to_bytes(4, sys.byteorder) + bytes(12))
+    assert frames.unreadable and frames.count() is None
+    assert WalFrames(tmp_path / "none.db", 1000).count() == 7  # a new one reads it
 
 
 async def test_a_small_transactions_commit_runs_on_the_loop_while_commits_are_quick(
