@@ -202,7 +202,13 @@ class PartitionDecider:
     def _replay_batch(self, batch: list[tuple[int, bytes]], last_cmd: str | None, first: int, n_of_cmd: int,
                       digest: str | None) -> tuple[str | None, int, int, str | None]:
         """Evolve the state by one batch of the replay; the command it ends in (id, first position,
-        events so far, digest), whose outcome is recorded once its last event is known."""
+        events so far, digest), whose outcome is recorded once its last event is known. The
+        outcomes of the commands the batch ends are recorded together, by column, at its end (as a
+        snapshot's are restored): one call per command cost about a seventh of the replay."""
+        ids: list[str] = []
+        offsets: list[int] = []
+        counts: list[int] = []
+        digests: list[str | None] = []
         for at, value in batch:
             # Most events evolve straight from their JSON (services.domain.replay); the rest
             # are decoded in full, and from_record names the position of a corrupt one.
@@ -219,9 +225,14 @@ class PartitionDecider:
                 cid, cdigest = env.commandid, env.commanddigest
             if cid != last_cmd:
                 if last_cmd is not None:
-                    self.outcomes.record(last_cmd, OutcomeRef(self.partition, first, n_of_cmd, digest))
+                    ids.append(last_cmd)
+                    offsets.append(first)
+                    counts.append(n_of_cmd)
+                    digests.append(digest)
                 last_cmd, first, n_of_cmd, digest = cid, at, 0, cdigest
             n_of_cmd += 1
+        if ids:
+            self.outcomes.restore(self.partition, ids, offsets, counts, digests)
         return last_cmd, first, n_of_cmd, digest
 
     def snapshot(self) -> DeciderSnapshot:

@@ -136,15 +136,21 @@ class Outcomes:
 
     def restore(self, partition: int, ids: Iterable[str], offsets: Iterable[int], counts: Iterable[int],
                 digests: Iterable[str | None]) -> None:
-        """``record`` each command of ``partition`` whose outcome a snapshot holds, by column: what
-        a replay of those events records, in one pass."""
-        refs = zip(ids, _kept_columns(partition, list(offsets), list(counts), list(digests)), strict=True)
-        if not self._index:
-            self._index.update(refs)
-        else:
-            setdefault = self._index.setdefault
-            for cid, ref in refs:
-                setdefault(cid, ref)
+        """``record`` each command of ``partition`` whose outcome a snapshot holds, or a replayed
+        batch of events ends, by column, in one pass: an outcome already known is kept, and of an
+        id given twice the first is (as ``record`` keeps the first)."""
+        ids = list(ids)
+        kept = _kept_columns(partition, list(offsets), list(counts), list(digests))
+        index = self._index
+        new = dict(zip(ids, kept, strict=True))
+        if len(new) != len(ids):  # an id twice: rare, so one by one
+            new = {}
+            for cid, ref in zip(ids, kept, strict=True):
+                new.setdefault(cid, ref)
+        if index:
+            for cid in new.keys() & index.keys():
+                del new[cid]
+        index.update(new)
         for cid in [c for c in self._in_flight if c in self._index]:
             del self._in_flight[cid]
         for cid in [c for c in self._waiters if c in self._index]:

@@ -11,6 +11,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+import services.runtime.decider as decider_module
 from contracts import commands as c
 from events.codec import to_record
 from services.domain.snapshot import DeciderSnapshot, dump
@@ -60,6 +63,35 @@ async def test_a_command_is_decided_in_the_transaction_that_appends_it(tmp_path:
                          and runner.log.committed_end("commands", 0) == decider.decided)
         live = dump(DeciderSnapshot(0, decider.position, decider.states))
         assert await _rebuilt(runner) == live  # the same decisions on replay
+    finally:
+        await runner.stop()
+
+
+async def test_a_replay_rebuilds_the_outcome_index_deciding_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deciding records each command's outcome as it goes; a replay records them by column, a
+    batch at a time. Both give the same index: every command's first event, its number of events
+    and its digest (commands with and without one, accepted and rejected, one in a batch of several)."""
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    try:
+        await runner.ready()
+        decider = runner.deciders[0]
+        await runner.submit(command_envelope(c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",),
+                                                             capacity=2)))
+        for i in range(25):
+            task = c.SubmitTask(task_id=f"t{i % 20}", type="demo", required_capabilities=("x",))  # 5 rejected
+            await runner.submit(command_envelope(task, digest=f"digest-{i}" if i % 3 else None))
+        await runner.submit_many([command_envelope(c.CancelTask(task_id=f"t{i}")) for i in range(15, 20)])
+        await eventually(lambda: not decider._in_batch
+                         and runner.log.committed_end("commands", 0) == decider.decided)
+        live = dict(runner.outcomes.of_partition(0))
+        assert len(live) >= 31 and any(ref.digest for ref in live.values())
+        for batch in (3, 5000):  # commands whose events span two batches, and one batch
+            monkeypatch.setattr(decider_module, "REPLAY_BATCH", batch)
+            d = PartitionDecider(runner.log, 0, Outcomes(), runner.settings.decider, topics=runner.topics)
+            await d.rebuild()
+            assert dict(d.outcomes.of_partition(0)) == live
     finally:
         await runner.stop()
 

@@ -42,6 +42,24 @@ def test_an_outcome_already_known_wins_over_the_snapshot() -> None:
     assert len(index) == 1001
 
 
+def test_of_an_id_given_twice_in_one_call_the_first_outcome_wins_as_recording_keeps_it() -> None:
+    """A replayed batch's columns are not a dict's: a command id could come twice. ``record`` keeps
+    the first; so does ``restore``, and the index keeps the order the ids came in."""
+    ids, offsets, counts, digests = ["a", "b", "a", "c"], [1, 2, 3, 4], [1, 1, 1, 1], [None, "x", "y", None]
+    one_by_one = Outcomes()
+    for cid, offset, count, digest in zip(ids, offsets, counts, digests, strict=True):
+        one_by_one.record(cid, OutcomeRef(0, offset, count, digest))
+    fresh = Outcomes()
+    fresh.restore(0, ids, offsets, counts, digests)
+    assert list(fresh.of_partition(0)) == list(one_by_one.of_partition(0))
+    assert [cid for cid, _ in fresh.of_partition(0)] == ["a", "b", "c"]
+    holding = Outcomes()  # an index that already holds something: what it holds is kept
+    holding.record("b", OutcomeRef(0, 99, 1, None))
+    holding.restore(0, ids, offsets, counts, digests)
+    assert holding.get("a") == one_by_one.get("a") and holding.get("b") == OutcomeRef(0, 99, 1, None)
+    assert [cid for cid, _ in holding.of_partition(0)] == ["b", "a", "c"]
+
+
 async def test_restoring_settles_waiters_and_ids_in_flight() -> None:
     index = Outcomes()
     assert index.admit("cmd-3", None) == (None, False)  # in flight
