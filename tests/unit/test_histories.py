@@ -339,8 +339,11 @@ def test_an_event_the_raw_replay_cannot_read_is_left_to_the_full_decode() -> Non
     sub = orjson.loads(submitted)
     with_retry = {**sub, "data": {**sub["data"], "retry": {"max_attempts": 2}}}
     no_pool = {k: v for k, v in obj.items() if k != "pool"}
+    bad_caps = {**sub, "data": {**sub["data"], "required_capabilities": ["x", 1]}}
+    caps_not_a_list = {**sub, "data": {**sub["data"], "required_capabilities": "x"}}
     states, state_of = _states()
-    for item in (orjson.loads(v1), bad_attempt, no_agent, with_retry, no_pool, {**obj, "type": "Nope"}):
+    for item in (orjson.loads(v1), bad_attempt, no_agent, with_retry, no_pool, {**obj, "type": "Nope"},
+                 bad_caps, caps_not_a_list):
         assert replay_record(state_of, item) is False
     assert states == {}
 
@@ -380,3 +383,30 @@ def test_every_scenario_has_its_history_and_summary() -> None:
     assert sorted(p.name for p in HISTORIES.glob("*.expected.json")) == sorted(
         f"{n}.expected.json" for n in SCENARIOS
     )
+
+
+def test_a_raw_view_holds_what_the_contract_would_give_its_handler() -> None:
+    """The views are written out per event type at import (``services.domain.replay``): of a
+    submission that leaves out the optional fields, and of a cost whose amount is a JSON integer,
+    they hold what validating the payload gives (defaults, factories, a float, a tuple)."""
+    from services.domain.replay import _SPECS
+
+    # Every optional field left out but the two arrays: an absent array's default is a tuple, not a
+    # JSON value, so that record is decoded in full (stored events carry every field).
+    assert _SPECS["TaskSubmitted"].view({"task_id": "t", "type": "demo", "priority": 5}) is None
+    minimal = {"task_id": "t", "type": "demo", "priority": 5, "required_capabilities": [],
+               "inferred_capabilities": []}
+    view = _SPECS["TaskSubmitted"].view(minimal)
+    model = e.TaskSubmitted.model_validate(minimal)
+    assert view is not None
+    for name in RAW_FIELDS[e.TaskSubmitted]:
+        assert getattr(view, name) == getattr(model, name), name
+    again = _SPECS["TaskSubmitted"].view(minimal)
+    assert view.data == {} and again is not None and view.data is not again.data  # a new dict each
+    caps = _SPECS["TaskSubmitted"].view({**minimal, "required_capabilities": ["a", "b"]})
+    assert caps is not None and caps.required_capabilities == ("a", "b")
+    cost = {"cost_id": "c", "agent_id": "a", "task_id": None, "cost_usd": 2}
+    cview = _SPECS["CostRecorded"].view(cost)
+    assert cview is not None and type(cview.cost_usd) is float and cview.cost_usd == 2.0
+    assert _SPECS["CostRecorded"].view({**cost, "cost_usd": "2"}) is None
+    assert _SPECS["CostRecorded"].view({k: v for k, v in cost.items() if k != "cost_id"}) is None
