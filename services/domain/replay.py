@@ -124,7 +124,8 @@ def _view_function(owner: str, fields: tuple[tuple[str, tuple[type, ...], Any, A
     not of its JSON type. Written out field by field for each event type and compiled once, at
     import, as ``namedtuple`` and ``dataclasses`` write their methods: the same checks as a loop
     over ``fields``, in about half the time (the views were a fifth of a replay)."""
-    namespace: dict[str, Any] = {"make": make, "_str_items": _str_items}
+    # tuple.__new__ with the named tuple's class: its instance without the Python-level __new__.
+    namespace: dict[str, Any] = {"cls": make, "_new": tuple.__new__, "_str_items": _str_items}
     lines = ["def view(data):"]
     for i, (name, types_, default, convert) in enumerate(fields):
         namespace[f"d{i}"], namespace[f"t{i}"] = default, types_
@@ -139,7 +140,7 @@ def _view_function(owner: str, fields: tuple[tuple[str, tuple[type, ...], Any, A
             lines.append(f"    if v{i} is not None:")
             lines.append(f"        v{i} = _str_items(v{i})")
             lines.append(f"        if v{i} is None: return None")
-    lines.append(f"    return make({', '.join(f'v{i}' for i in range(len(fields)))})")
+    lines.append(f"    return _new(cls, ({''.join(f'v{i}, ' for i in range(len(fields)))}))")
     exec(compile("\n".join(lines), f"<replay view of {owner}>", "exec"), namespace)
     view: Callable[[dict[str, Any]], Any] = namespace["view"]
     return view
