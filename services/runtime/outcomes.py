@@ -139,18 +139,24 @@ class Outcomes:
         """``record`` each command of ``partition`` whose outcome a snapshot holds, or a replayed
         batch of events ends, by column, in one pass: an outcome already known is kept, and of an
         id given twice the first is (as ``record`` keeps the first)."""
-        ids = list(ids)
+        ids = ids if isinstance(ids, list) else list(ids)
         kept = _kept_columns(partition, list(offsets), list(counts), list(digests))
         index = self._index
-        new = dict(zip(ids, kept, strict=True))
-        if len(new) != len(ids):  # an id twice: rare, so one by one
-            new = {}
-            for cid, ref in zip(ids, kept, strict=True):
-                new.setdefault(cid, ref)
-        if index:
+        if not index:  # a start's snapshot, a replay's first batch: straight in
+            index.update(zip(ids, kept, strict=True))
+            if len(index) != len(ids):  # an id twice (rare): again, one by one
+                index.clear()
+                for cid, ref in zip(ids, kept, strict=True):
+                    index.setdefault(cid, ref)
+        else:
+            new = dict(zip(ids, kept, strict=True))
+            if len(new) != len(ids):
+                new = {}
+                for cid, ref in zip(ids, kept, strict=True):
+                    new.setdefault(cid, ref)
             for cid in new.keys() & index.keys():
                 del new[cid]
-        index.update(new)
+            index.update(new)
         for cid in [c for c in self._in_flight if c in self._index]:
             del self._in_flight[cid]
         for cid in [c for c in self._waiters if c in self._index]:
