@@ -5,9 +5,8 @@ everything in ONE transaction, then acknowledges each caller after COMMIT (``syn
 default, so an acknowledged append survives a process crash and a power loss). A transaction is one
 call, BEGIN to COMMIT, of ``events.sqlite_writer.write_batch``: a small one (at most
 ``INLINE_ROWS`` records) on the event loop itself, and its COMMIT (an fsync) there too while
-COMMITs are quick, on the writer's thread while they are slow (``sqlite_writer.CommitPace``) or
-when it is the one that checkpoints the WAL (``sqlite_writer.WalFrames``), and a larger one wholly
-on that thread; the loop goes on with other work meanwhile. Each hand-off to a
+COMMITs are quick, on the writer's thread while they are slow (``sqlite_writer.CommitPace``), and a
+larger one wholly on that thread; the loop goes on with other work meanwhile. Each hand-off to a
 thread and back waits behind whatever else the loop is running, and the thread waits for the
 interpreter at every statement: for a transaction of a few records that cost several times the
 transaction (a connection that hands every statement to its thread, as aiosqlite does, costs six
@@ -72,7 +71,7 @@ from events.sqlite_records import (
     _to_values,
     to_rows,
 )
-from events.sqlite_writer import CommitPace, Pending, State, WalFrames, Written, ensure_topic, open_writer
+from events.sqlite_writer import CommitPace, Pending, State, Written, ensure_topic, open_writer
 
 __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
 
@@ -185,7 +184,6 @@ class SqliteLog:
         # The writer's connection and the one thread that ever touches it.
         self._writer: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._wal: WalFrames | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -234,7 +232,6 @@ class SqliteLog:
         self._topics.update(state.topics)
         self._ends, self._heads, self._data_version = state.ends, state.heads, state.version
         self._writer, self._thread, self._reader = writer, thread, reader
-        self._wal = WalFrames(self.path, int(writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
         self._closing = False
         self._writer_error = None
         self._writer_task = asyncio.create_task(self._run_writer(), name=f"sqlite-writer {self.url}")
@@ -250,9 +247,6 @@ class SqliteLog:
             await asyncio.shield(task)
         writer, thread, reader = self._writer, self._thread, self._reader
         self._writer = self._thread = self._reader = None
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
         if reader is not None:
             await reader.close()
         assert thread is not None
@@ -466,8 +460,7 @@ class SqliteLog:
         COMMITs are quick, see ``sqlite_writer.CommitPace``): why it failed (it was rolled back) or
         None, and the cancel that came while the thread committed, if any."""
         pace = self._pace
-        # Not the COMMIT that checkpoints (see ``sqlite_writer.WalFrames``): tens of ms on the loop.
-        if pace.on_loop and not (self._wal is not None and self._wal.checkpoint_near()):
+        if pace.on_loop:
             try:
                 pace.note(sqlite_writer.timed_commit(writer))
             except Exception as exc:

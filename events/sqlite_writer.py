@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import mmap
 import sqlite3
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -235,55 +233,6 @@ class CommitPace:
     @property
     def on_loop(self) -> bool:
         return self.mean_s < self.limit_s
-
-
-# Frames a small transaction adds to the WAL at most, about (each page it changes is one frame).
-SMALL_TRANSACTION_FRAMES = 32
-_MX_FRAME = struct.Struct("=I")  # the wal-index header's mxFrame: native byte order, at byte 16
-
-
-class WalFrames:
-    """How many frames the write-ahead log holds, read from the wal-index header at the start of
-    the ``-shm`` file (SQLite's file format, "The WAL-Index Format": ``mxFrame``, the number of
-    valid frames, a native-endian 32-bit integer at byte 16), and how many make SQLite checkpoint.
-
-    SQLite checkpoints inside the COMMIT that takes the WAL to ``wal_autocheckpoint`` frames (1,000
-    by default; 16 MB of pages): copying them into the file and fsyncing it takes tens of ms.
-    Read before a COMMIT, the count says whether this one will: that one runs on the writer's
-    thread, not the loop. ``None`` when the file cannot be read (the caller then does not know); a
-    file that could not be read once is not tried again (no ``-shm`` under an exclusive lock, a file
-    system without shared mappings): every COMMIT asks.
-    """
-
-    def __init__(self, path: Path, autocheckpoint: int) -> None:
-        self.path = Path(f"{path}-shm")
-        self.autocheckpoint = autocheckpoint
-        self._map: mmap.mmap | None = None
-        self.unreadable = False
-
-    def count(self) -> int | None:
-        if self.unreadable:
-            return None
-        try:
-            if self._map is None:
-                with open(self.path, "rb") as f:
-                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            return int(_MX_FRAME.unpack_from(self._map, 16)[0])
-        except (OSError, ValueError, struct.error):
-            self.unreadable = True
-            return None
-
-    def checkpoint_near(self) -> bool:
-        """Whether a small transaction's COMMIT may take the WAL to the checkpoint now."""
-        if self.autocheckpoint <= 0:
-            return False
-        frames = self.count()
-        return frames is not None and frames + SMALL_TRANSACTION_FRAMES >= self.autocheckpoint
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
 
 
 class Busy(Exception):

@@ -178,59 +178,6 @@ async def test_small_transactions_are_written_on_the_loop_and_large_ones_on_the_
         await again.close()
 
 
-async def test_the_commit_that_checkpoints_the_wal_runs_on_the_writers_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite checkpoints inside the COMMIT that takes the WAL to ``wal_autocheckpoint`` frames
-    (copying them into the database file and fsyncing it: tens of ms); the log reads the WAL's frame
-    count before each small COMMIT and runs that one on the writer's thread, never on the loop."""
-    import threading
-
-    import events.sqlite_writer as sqlite_writer
-
-    path = tmp_path / "log.db"
-    real = sqlite_writer.commit
-    commits: list[tuple[bool, bool]] = []  # (on the loop's thread, the database file changed)
-
-    def spy(conn: sqlite3.Connection) -> None:
-        before = path.stat()
-        real(conn)
-        after = path.stat()
-        changed = (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size)
-        commits.append((threading.current_thread() is threading.main_thread(), changed))
-
-    log = SqliteLog(f"sqlite:///{path}")
-    await log.start()
-    try:
-        await log.ensure_topic("t", 1)
-        assert log._wal is not None and log._wal.autocheckpoint == 1000  # SQLite's default
-        assert log._writer is not None
-        log._writer.execute("PRAGMA wal_autocheckpoint = 200")  # a checkpoint every ~100 COMMITs
-        log._wal.autocheckpoint = 200
-        monkeypatch.setattr(sqlite_writer, "commit", spy)
-        for i in range(400):
-            await log.append("t", [Record("k", b"%d" % i)])
-        checkpointed = [on_loop for on_loop, changed in commits if changed]
-        assert len(checkpointed) >= 2, commits  # the WAL did reach the limit, more than once
-        assert not any(checkpointed), commits  # and never in a COMMIT on the loop
-        assert sum(on_loop for on_loop, _ in commits) > len(commits) // 2  # the others stay there
-        assert [r.value for r in await log.read("t", 0, 0, limit=1000)] == [b"%d" % i for i in range(400)]
-    finally:
-        await log.close()
-
-
-def test_the_wal_frame_count_is_none_where_it_cannot_be_read(tmp_path: Path) -> None:
-    from events.sqlite_writer import WalFrames
-
-    frames = WalFrames(tmp_path / "none.db", 1000)
-    assert frames.count() is None and not frames.checkpoint_near()
-    assert not WalFrames(tmp_path / "none.db", 0).checkpoint_near()  # checkpoints off
-    # Not tried again on every COMMIT once it failed: a file that appears later stays unread.
-    (tmp_path / "none.db-shm").write_bytes(bytes(16) + (7).to_bytes(4, sys.byteorder) + bytes(12))
-    assert frames.unreadable and frames.count() is None
-    assert WalFrames(tmp_path / "none.db", 1000).count() == 7  # a new one reads it
-
-
 async def test_a_small_transactions_commit_runs_on_the_loop_while_commits_are_quick(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -691,3 +638,45 @@ async def test_a_log_written_before_chains_is_chained_in_place_once(
         await again.start()  # already chained: nothing to do
     await again.close()
     assert "chained" not in caplog.text
+
+
+# Another process asks for SQLite's "DMS" lock on the -shm file (byte 128: UNIX_SHM_DMS in SQLite's
+# os_unix.c) in write mode. Every process with the database open holds it in read mode.
+_TAKE_SHM = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    sys.exit(1)
+sys.exit(0)
+"""
+
+
+def _take_shm(shm: Path) -> int:
+    """1 when another process cannot take the -shm's DMS lock (someone holds the file), 0 when it can."""
+    return subprocess.run([sys.executable, "-c", _TAKE_SHM, str(shm)], timeout=30).returncode
+
+
+async def test_the_log_keeps_sqlites_locks_on_the_wal_index(tmp_path: Path) -> None:
+    """SQLite's locks on the -shm file are POSIX locks, which a process loses, all of them, when it
+    closes any descriptor it holds on that file. Another process then finds the file unused and
+    resets it under this one's mapping (a SIGBUS at the next COMMIT), and readers' snapshots are no
+    longer protected from checkpoints. So nothing here may open and close the -shm: after appends
+    (and reads), another process still cannot take the lock every user of the file holds."""
+    path = tmp_path / "log.db"
+    log = SqliteLog(f"sqlite:///{path}")
+    await log.start()
+    try:
+        await log.ensure_topic("t", 1)
+        for i in range(50):
+            await log.append("t", [Record("k", b"%d" % i)])
+        assert len(await log.read("t", 0, 0, limit=100)) == 50
+        took = await asyncio.to_thread(_take_shm, Path(f"{path}-shm"))
+        assert took == 1, "another process took the -shm: this one's locks on it were dropped"
+    finally:
+        await log.close()
+    # The check can succeed: with the file open by nobody, the other process takes the lock.
+    shm = tmp_path / "log.db-shm"
+    shm.touch()
+    assert await asyncio.to_thread(_take_shm, shm) == 0
