@@ -142,18 +142,14 @@ class Outcomes:
         ids = ids if isinstance(ids, list) else list(ids)
         kept = _kept_columns(partition, list(offsets), list(counts), list(digests))
         index = self._index
-        if not index:  # a start's snapshot, a replay's first batch: straight in
-            index.update(zip(ids, kept, strict=True))
-            if len(index) != len(ids):  # an id twice (rare): again, one by one
-                index.clear()
-                for cid, ref in zip(ids, kept, strict=True):
-                    index.setdefault(cid, ref)
-        else:
-            new = dict(zip(ids, kept, strict=True))
-            if len(new) != len(ids):
-                new = {}
-                for cid, ref in zip(ids, kept, strict=True):
-                    new.setdefault(cid, ref)
+        # Into an empty index (a start's snapshot, a replay's first batch) straight, without a copy.
+        new = index if not index else {}
+        new.update(zip(ids, kept, strict=True))
+        if len(new) != len(ids):  # an id twice (rare): again, one by one
+            new.clear()
+            for cid, ref in zip(ids, kept, strict=True):
+                new.setdefault(cid, ref)
+        if new is not index:
             for cid in new.keys() & index.keys():
                 del new[cid]
             index.update(new)
