@@ -1,6 +1,6 @@
 """Counts of the read models by pool and status, across every pool: what the metrics read.
 
-One GROUP BY per table, answered from the (pool, status) indexes, on one connection (one snapshot
+One GROUP BY per table, answered from the (pool, status) indexes, in one ``run_read`` (one snapshot
 on SQLite, so the tables agree with each other). It must never write a table nor import
 ``services``.
 """
@@ -30,14 +30,15 @@ class StatusCounts:
     workflows: Counts = field(default_factory=dict)
 
 
+def _counts(conn: sa.Connection) -> StatusCounts:
+    def count(table: sa.Table) -> Counts:
+        pool, status = table.c.pool, table.c.status
+        rows = conn.execute(sa.select(pool, status, sa.func.count()).group_by(pool, status))
+        return {(str(p), str(s)): int(n) for p, s, n in rows}
+
+    return StatusCounts(count(tables.tasks), count(tables.agents), count(tables.workflows))
+
+
 async def status_counts(store: ProjectionStore) -> StatusCounts:
     """Every pool's tasks, agents and workflow runs counted by status."""
-    async with store.engine.connect() as conn:
-
-        async def count(table: sa.Table) -> Counts:
-            pool, status = table.c.pool, table.c.status
-            rows = await conn.execute(sa.select(pool, status, sa.func.count()).group_by(pool, status))
-            return {(str(p), str(s)): int(n) for p, s, n in rows}
-
-        return StatusCounts(await count(tables.tasks), await count(tables.agents),
-                            await count(tables.workflows))
+    return await store.run_read(_counts)

@@ -1,7 +1,9 @@
 """Read-model queries for the HTTP API and CLI: plain, JSON-ready dicts and lists.
 
 Datetimes come back as ISO 8601 strings in UTC. Every function reads only; none may ever write a
-table (only the projector writes) or import ``services``.
+table (only the projector writes) or import ``services``. Each query's statements run in one
+``ProjectionStore.run_read`` (one read transaction, one hand-off to a reader thread on SQLite), so
+the figures of one answer agree with each other.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.commands import PoolPolicy
 from contracts.money import to_usd
@@ -31,10 +32,12 @@ def _jsonable(row: sa.RowMapping | dict[str, Any]) -> dict[str, Any]:
     return {str(k): v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
+def _rows(conn: sa.Connection, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
+    return [_jsonable(r) for r in conn.execute(stmt).mappings()]
+
+
 async def _all(store: ProjectionStore, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
-        result = await conn.execute(stmt)
-        return [_jsonable(r) for r in result.mappings()]
+    return await store.run_read(_rows, stmt)
 
 
 async def _one(store: ProjectionStore, stmt: sa.Select[Any]) -> dict[str, Any] | None:
@@ -99,10 +102,13 @@ async def list_tasks(
         .limit(page_size)
         .offset((page - 1) * page_size)
     )
-    # One connection (one transaction on SQLite) so the total and the page agree.
-    async with store.engine.connect() as conn:
-        total = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(*where))
-        items = [_jsonable(r) for r in (await conn.execute(page_stmt)).mappings()]
+    count_stmt = sa.select(sa.func.count()).select_from(t).where(*where)
+
+    def read(conn: sa.Connection) -> tuple[Any, list[dict[str, Any]]]:
+        # One read transaction, so the total and the page agree.
+        return conn.scalar(count_stmt), _rows(conn, page_stmt)
+
+    total, items = await store.run_read(read)
     return {"items": items, "page": page, "page_size": page_size, "total": int(total or 0)}
 
 
@@ -118,17 +124,14 @@ async def get_task(store: ProjectionStore, pool: str, task_id: str) -> dict[str,
 async def resources(store: ProjectionStore, pool: str) -> dict[str, Any]:
     """The pool's limits, what active allocations hold, what is free, and those allocations."""
     lim, al = tables.resource_limits, tables.allocations
-    async with store.engine.connect() as conn:
-        limits_row = (await conn.execute(sa.select(lim).where(lim.c.pool == pool))).mappings()
-        limits = next(iter(limits_row), None)
-        active = (
-            await conn.execute(
-                sa.select(al)
-                .where(al.c.pool == pool, al.c.status == "active")
-                .order_by(al.c.allocated_at, al.c.allocation_id)
-            )
-        ).mappings()
-        allocations = [_jsonable(r) for r in active]
+    active = (sa.select(al).where(al.c.pool == pool, al.c.status == "active")
+              .order_by(al.c.allocated_at, al.c.allocation_id))
+
+    def read(conn: sa.Connection) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        found = conn.execute(sa.select(lim).where(lim.c.pool == pool)).mappings().first()
+        return None if found is None else dict(found), _rows(conn, active)
+
+    limits, allocations = await store.run_read(read)
     allocated = {r: sum(a[r] for a in allocations) for r in _RESOURCES}
     free = None
     if limits is not None:
@@ -146,12 +149,11 @@ async def resources(store: ProjectionStore, pool: str) -> dict[str, Any]:
 
 async def cost_summary(store: ProjectionStore, pool: str) -> dict[str, Any]:
     """Total spend, spend by agent, model and task, and every budget with what is left."""
-    c, bu = tables.costs, tables.budgets
+    c = tables.costs
 
-    async with store.engine.connect() as conn:
-
-        async def by(column: sa.Column[Any]) -> dict[str, float]:
-            rows = await conn.execute(
+    def read(conn: sa.Connection) -> dict[str, Any]:
+        def by(column: sa.Column[Any]) -> dict[str, float]:
+            rows = conn.execute(
                 sa.select(column, sa.func.sum(c.c.cost_micros))
                 .where(c.c.pool == pool, column.is_not(None))
                 .group_by(column)
@@ -159,23 +161,16 @@ async def cost_summary(store: ProjectionStore, pool: str) -> dict[str, Any]:
             )
             return {key: to_usd(int(total)) for key, total in rows}
 
-        total = await conn.scalar(sa.select(sa.func.sum(c.c.cost_micros)).where(c.c.pool == pool))
-        by_agent = await by(c.c.agent_id)
-        by_model = await by(c.c.model)
-        by_task = await by(c.c.task_id)
-        budget_rows = (
-            await conn.execute(
-                sa.select(bu).where(bu.c.pool == pool).order_by(bu.c.scope, bu.c.scope_id)
-            )
-        ).mappings()
-        budgets = [_budget(b) for b in budget_rows]
-    return {
-        "total_usd": to_usd(int(total or 0)),
-        "by_agent": by_agent,
-        "by_model": by_model,
-        "by_task": by_task,
-        "budgets": budgets,
-    }
+        total = conn.scalar(sa.select(sa.func.sum(c.c.cost_micros)).where(c.c.pool == pool))
+        return {
+            "total_usd": to_usd(int(total or 0)),
+            "by_agent": by(c.c.agent_id),
+            "by_model": by(c.c.model),
+            "by_task": by(c.c.task_id),
+            "budgets": _budget_rows(conn, pool),
+        }
+
+    return await store.run_read(read)
 
 
 def _budget(b: sa.RowMapping) -> dict[str, Any]:
@@ -192,12 +187,15 @@ def _budget(b: sa.RowMapping) -> dict[str, Any]:
     }
 
 
-async def budgets(store: ProjectionStore, pool: str) -> list[dict[str, Any]]:
-    """The pool's budgets, each with what is spent and left, by scope and scope id."""
+def _budget_rows(conn: sa.Connection, pool: str) -> list[dict[str, Any]]:
     bu = tables.budgets
     stmt = sa.select(bu).where(bu.c.pool == pool).order_by(bu.c.scope, bu.c.scope_id)
-    async with store.engine.connect() as conn:
-        return [_budget(b) for b in (await conn.execute(stmt)).mappings()]
+    return [_budget(b) for b in conn.execute(stmt).mappings()]
+
+
+async def budgets(store: ProjectionStore, pool: str) -> list[dict[str, Any]]:
+    """The pool's budgets, each with what is spent and left, by scope and scope id."""
+    return await store.run_read(_budget_rows, pool)
 
 
 async def prices(store: ProjectionStore, pool: str) -> dict[str, Any] | None:
@@ -254,9 +252,9 @@ async def rejections(
 # --- pools and policies ---
 
 
-async def _pool_row(conn: AsyncConnection, pool: str) -> dict[str, Any] | None:
+def _pool_row(conn: sa.Connection, pool: str) -> dict[str, Any] | None:
     p = tables.pools
-    found = (await conn.execute(sa.select(p).where(p.c.pool == pool))).mappings().first()
+    found = conn.execute(sa.select(p).where(p.c.pool == pool)).mappings().first()
     return None if found is None else dict(found)
 
 
@@ -268,8 +266,7 @@ def _policy(pool_row: dict[str, Any] | None) -> PoolPolicy:
 
 async def pool_policy(store: ProjectionStore, pool: str) -> dict[str, Any]:
     """The pool's coordination policy, defaults filled in, and when it was last set (or None)."""
-    async with store.engine.connect() as conn:
-        row = await _pool_row(conn, pool)
+    row = await store.run_read(_pool_row, pool)
     set_at = None if row is None or row["policy_set_at"] is None else row["policy_set_at"]
     return {
         "policy": _policy(row).model_dump(mode="json"),
@@ -324,15 +321,16 @@ async def agent_performance(
     their weighted parts, which sum to ``score``.
     """
     perf = tables.agent_performance
-    async with store.engine.connect() as conn:
-        stored = (
-            await conn.execute(
-                sa.select(perf).where(perf.c.pool == pool, perf.c.agent_id == agent_id)
-            )
+
+    def read(conn: sa.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        found = conn.execute(
+            sa.select(perf).where(perf.c.pool == pool, perf.c.agent_id == agent_id)
         ).mappings().first()
-        if stored is None:
-            return None
-        pool_row = await _pool_row(conn, pool)
+        return None if found is None else dict(found), _pool_row(conn, pool)
+
+    stored, pool_row = await store.run_read(read)
+    if stored is None:
+        return None
     profile = profile_from_row(stored)
     weights = _policy(pool_row).performance
     as_of = None if pool_row is None else pool_row["last_event_at"]
@@ -479,21 +477,19 @@ async def capacity(store: ProjectionStore, pool: str) -> dict[str, Any]:
     the figures alone, so the same read model always gives the same advice.
     """
     a, t, al, lim = tables.agents, tables.tasks, tables.allocations, tables.resource_limits
-    async with store.engine.connect() as conn:
+
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
         agent_rows = [
             dict(r)
-            for r in (
-                await conn.execute(
-                    sa.select(a.c.agent_id, a.c.capabilities, a.c.load, a.c.capacity,
-                              a.c.healthy, a.c.circuit)
-                    .where(a.c.pool == pool, a.c.status != "deregistered")
-                    .order_by(a.c.agent_id)
-                )
+            for r in conn.execute(
+                sa.select(a.c.agent_id, a.c.capabilities, a.c.load, a.c.capacity, a.c.healthy, a.c.circuit)
+                .where(a.c.pool == pool, a.c.status != "deregistered")
+                .order_by(a.c.agent_id)
             ).mappings()
         ]
         by_status = {
             status: int(n)
-            for status, n in await conn.execute(
+            for status, n in conn.execute(
                 sa.select(t.c.status, sa.func.count())
                 .where(t.c.pool == pool)
                 .group_by(t.c.status)
@@ -502,21 +498,20 @@ async def capacity(store: ProjectionStore, pool: str) -> dict[str, Any]:
         }
         queued = [
             dict(r)
-            for r in (
-                await conn.execute(
-                    sa.select(t.c.required_capabilities, t.c.unassignable, t.c.deferred_until)
-                    .where(t.c.pool == pool, t.c.status == "queued")
-                )
+            for r in conn.execute(
+                sa.select(t.c.required_capabilities, t.c.unassignable, t.c.deferred_until)
+                .where(t.c.pool == pool, t.c.status == "queued")
             ).mappings()
         ]
-        used = (
-            await conn.execute(
-                sa.select(*(sa.func.coalesce(sa.func.sum(al.c[r]), 0.0) for r in _RESOURCES))
-                .where(al.c.pool == pool, al.c.status == "active")
-            )
+        used = conn.execute(
+            sa.select(*(sa.func.coalesce(sa.func.sum(al.c[r]), 0.0) for r in _RESOURCES))
+            .where(al.c.pool == pool, al.c.status == "active")
         ).one()
-        limits = (await conn.execute(sa.select(lim).where(lim.c.pool == pool))).mappings().first()
-        pool_row = await _pool_row(conn, pool)
+        found = conn.execute(sa.select(lim).where(lim.c.pool == pool)).mappings().first()
+        limits = None if found is None else dict(found)
+        return agent_rows, by_status, queued, tuple(used), limits, _pool_row(conn, pool)
+
+    agent_rows, by_status, queued, used, limits, pool_row = await store.run_read(read)
     now = None if pool_row is None else pool_row["last_event_at"]
 
     available = [r for r in agent_rows if _available(r)]
@@ -617,9 +612,9 @@ async def capacity(store: ProjectionStore, pool: str) -> dict[str, Any]:
 
 async def dump_tables(store: ProjectionStore) -> dict[str, list[dict[str, Any]]]:
     """Every read-model table's rows by primary key (positions excluded): rebuild == live checks."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    async with store.engine.connect() as conn:
-        for table in tables.READ_MODELS:
-            stmt = sa.select(table).order_by(*table.primary_key.columns)
-            out[table.name] = [_jsonable(r) for r in (await conn.execute(stmt)).mappings()]
-    return out
+
+    def read(conn: sa.Connection) -> dict[str, list[dict[str, Any]]]:
+        return {table.name: _rows(conn, sa.select(table).order_by(*table.primary_key.columns))
+                for table in tables.READ_MODELS}
+
+    return await store.run_read(read)

@@ -15,6 +15,13 @@ connection: one hand-off per transaction, where the async driver (aiosqlite) mak
 through the event loop per statement, each queued behind whatever else the loop runs. Elsewhere
 (PostgreSQL, SQLite in memory) it runs under ``AsyncConnection.run_sync`` on the async engine.
 
+Reads. ``run_read`` runs a synchronous function (a query, one read transaction) the same way: on a
+SQLite file on one of the store's reader threads (``READ_THREADS``) with a plain pysqlite
+connection, in one hand-off; elsewhere under ``AsyncConnection.run_sync``. Through aiosqlite a
+point read made five or six round trips (connection, cursor, execute, fetch, close, rollback), each
+queued behind the loop's other work: ``GET /v1/tasks/{id}`` answered about 650 requests/s at 64
+connections, and about 1,500/s in one hand-off (README, "Measured").
+
 Every write of agentbus's own to a SQLite file goes that way (the schema at start, the projector,
 snapshots, a reset), so the async connections only ever read. A write on one could outlive its
 task: cancelled between a SELECT's execute and its fetch, the connection is invalidated and closed
@@ -65,6 +72,9 @@ T = TypeVar("T")
 # dispose alone leaves a checked-out connection open, holding the lock against the next process or
 # runtime on the file until the garbage collector finds it.
 CLOSE_GRACE_S = 5.0
+# Threads that run reads on a SQLite file (``run_read``): a long read (a page of a large table)
+# leaves another thread for the point reads; more only contend for the interpreter.
+READ_THREADS = 2
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +111,11 @@ class ProjectionStore:
         # SQLite file: the synchronous engine ``run_write`` uses, and the one thread that uses it.
         self._sync: sa.Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._threaded: set[asyncio.Future[Any]] = set()  # ``run_write`` transactions now running
+        # SQLite file: the same engine without the write option, and the threads ``run_read`` uses.
+        self._reads: sa.Engine | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        # ``run_write`` transactions and ``run_read`` reads now running on the threads.
+        self._threaded: set[asyncio.Future[Any]] = set()
         # Positions committed by projectors in this process; lets waiters return without a query.
         self._known: dict[PositionKey, int] = {}
         # SQLite has one writer at a time; queueing in-process writers here (e.g. one projector
@@ -153,6 +167,9 @@ class ProjectionStore:
                 _configure_sqlite(sync)
                 self._sync = sync.execution_options(agentbus_write=True)
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-models-writer")
+                self._reads = sync
+                self._readers = ThreadPoolExecutor(max_workers=READ_THREADS,
+                                                   thread_name_prefix="read-models-reader")
         _track_checkouts(engine, self._out)
         self._engine = engine
         # Writes on SQLite start with BEGIN IMMEDIATE (see _configure_sqlite).
@@ -194,18 +211,20 @@ class ProjectionStore:
                 log.warning("closing the connection of %s failed: %r", holder, exc)
         self._out.clear()
         await engine.dispose()
-        # Transactions on the writer thread cannot be cut short (each ends within the busy
-        # timeout): wait for them, then close its connection there.
+        # Transactions and reads on the threads cannot be cut short (each ends within the busy
+        # timeout): wait for them, then close the connections on the writer's thread.
         while self._threaded:  # noqa: ASYNC110  (see above: maybe another loop's)
             await asyncio.sleep(0.01)
         await self._close_sync()
 
     async def _close_sync(self) -> None:
         sync, thread, self._sync, self._thread = self._sync, self._thread, None, None
+        readers, self._reads, self._readers = self._readers, None, None
         if sync is not None and thread is not None:
             await asyncio.get_running_loop().run_in_executor(thread, sync.dispose)
-        if thread is not None:
-            thread.shutdown(wait=False)
+        for pool in (thread, readers):
+            if pool is not None:
+                pool.shutdown(wait=False)
 
     async def reset(self) -> None:
         """Drop and re-create every table, positions included (the start of a rebuild)."""
@@ -247,6 +266,27 @@ class ProjectionStore:
                 return work.result()
             finally:
                 self._threaded.discard(work)
+
+    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` on a synchronous ``Connection`` of its own (one read transaction
+        on SQLite), and what it returns. ``fn`` must only read. See the module's "Reads"."""
+        if self._engine is None:
+            raise RuntimeError("ProjectionStore is not started")
+        reads, readers = self._reads, self._readers
+        if reads is None or readers is None:
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(fn, *args)
+        work = asyncio.get_running_loop().run_in_executor(readers, _in_connection, reads, fn, args)
+        self._threaded.add(work)
+        try:
+            # A read goes on in its thread through a cancel: ``close`` must find it done before it
+            # disposes of the engine, so it is waited for (a read takes milliseconds).
+            cancelled = await settled(work)
+            if cancelled is not None:
+                raise cancelled
+            return work.result()
+        finally:
+            self._threaded.discard(work)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -329,6 +369,11 @@ def _recreate_tables(conn: sa.Connection) -> None:
 
 def _in_transaction(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     with engine.begin() as conn:
+        return fn(conn, *args)
+
+
+def _in_connection(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.connect() as conn:  # rolled back (the read transaction ended) on the way out
         return fn(conn, *args)
 
 

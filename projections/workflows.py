@@ -10,7 +10,8 @@ The latest version of a definition is the one registered last (log order), as Ze
 guessed. Lists of runs come newest first.
 
 Every function reads only: none may write a table (only the projector writes), read a clock (a
-caller passes ``now``) or import ``services``.
+caller passes ``now``) or import ``services``. Each answer's statements run in one
+``ProjectionStore.run_read`` (one read transaction), so its figures agree with each other.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.money import to_usd
 from projections import queries, tables
@@ -51,12 +51,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-async def _as_of(conn: AsyncConnection, pool: str, now: datetime | None) -> datetime | None:
+def _as_of(conn: sa.Connection, pool: str, now: datetime | None) -> datetime | None:
     """``now``, or else the pool's latest event time (the read model's own "now")."""
     if now is not None:
         return now
     p = tables.pools.c
-    value: datetime | None = await conn.scalar(sa.select(p.last_event_at).where(p.pool == pool))
+    value: datetime | None = conn.scalar(sa.select(p.last_event_at).where(p.pool == pool))
     return value
 
 
@@ -90,6 +90,14 @@ def _summary(run: sa.RowMapping, now: datetime | None) -> dict[str, Any]:
     }
 
 
+def _fetch_all(conn: sa.Connection, stmt: sa.Select[Any]) -> Any:
+    return conn.execute(stmt).all()
+
+
+def _mappings(conn: sa.Connection, stmt: sa.Select[Any]) -> Any:
+    return conn.execute(stmt).mappings().all()
+
+
 # --- runs ---
 
 
@@ -121,11 +129,13 @@ async def list_workflows(
         .limit(page_size)
         .offset((page - 1) * page_size)
     )
-    # One connection (one transaction on SQLite) so the total and the page agree.
-    async with store.engine.connect() as conn:
-        total = await conn.scalar(sa.select(sa.func.count()).select_from(w).where(*where))
-        rows = (await conn.execute(page_stmt)).mappings().all()
-        as_of = await _as_of(conn, pool, now)
+    count_stmt = sa.select(sa.func.count()).select_from(w).where(*where)
+
+    def read(conn: sa.Connection) -> tuple[Any, Any, datetime | None]:
+        # One read transaction, so the total and the page agree.
+        return conn.scalar(count_stmt), conn.execute(page_stmt).mappings().all(), _as_of(conn, pool, now)
+
+    total, rows, as_of = await store.run_read(read)
     return {
         "workflows": [_summary(r, as_of) for r in rows],
         "total": int(total or 0),
@@ -185,23 +195,29 @@ async def get_workflow(
     candidate the coordinator weighed, in log order); a signal step has none.
     """
     w, s, a = tables.workflows, tables.workflow_steps, tables.assignments
-    async with store.engine.connect() as conn:
-        run = (await conn.execute(
+
+    def read(conn: sa.Connection) -> tuple[Any, Any, dict[str, list[dict[str, Any]]], datetime | None] | None:
+        run = conn.execute(
             sa.select(w).where(w.c.pool == pool, w.c.workflow_id == workflow_id)
-        )).mappings().first()
+        ).mappings().first()
         if run is None:
             return None
-        steps = (await conn.execute(
+        steps = conn.execute(
             sa.select(s).where(s.c.pool == pool, s.c.workflow_id == workflow_id).order_by(s.c.position)
-        )).mappings().all()
+        ).mappings().all()
         task_ids = [r["task_id"] for r in steps if r["task_id"] is not None]
         audits: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
         if task_ids:
-            for row in (await conn.execute(
+            for row in conn.execute(
                 sa.select(a).where(a.c.pool == pool, a.c.task_id.in_(task_ids)).order_by(a.c.position)
-            )).mappings():
+            ).mappings():
                 audits[row["task_id"]].append(_audit(row))
-        as_of = await _as_of(conn, pool, now)
+        return run, steps, audits, _as_of(conn, pool, now)
+
+    found = await store.run_read(read)
+    if found is None:
+        return None
+    run, steps, audits, as_of = found
     out = _summary(run, as_of)
     out.update(
         inputs=run["inputs"],
@@ -235,18 +251,25 @@ async def workflow_status(store: ProjectionStore, pool: str, workflow_id: str) -
     """Where a run is: status, progress (ended steps / steps), its open steps and a summary; None
     if unknown."""
     w, s = tables.workflows, tables.workflow_steps
-    async with store.engine.connect() as conn:
-        run = (await conn.execute(
+
+    def read(conn: sa.Connection) -> tuple[Any, Any] | None:
+        run = conn.execute(
             sa.select(w.c.status, w.c.reason, w.c.completed_tasks)
             .where(w.c.pool == pool, w.c.workflow_id == workflow_id)
-        )).mappings().first()
+        ).mappings().first()
         if run is None:
             return None
-        steps = (await conn.execute(
+        steps = conn.execute(
             sa.select(s.c.step, s.c.kind, s.c.status)
             .where(s.c.pool == pool, s.c.workflow_id == workflow_id)
             .order_by(s.c.position)
-        )).mappings().all()
+        ).mappings().all()
+        return run, steps
+
+    found = await store.run_read(read)
+    if found is None:
+        return None
+    run, steps = found
     ended = sum(1 for r in steps if r["status"] in ENDED)
     return {
         "execution_id": workflow_id,
@@ -264,10 +287,8 @@ async def list_definitions(store: ProjectionStore, pool: str) -> dict[str, Any]:
     """Every named definition of the pool (by name) with its versions in registration order and
     the latest (the last registered)."""
     d = tables.workflow_definitions
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(
-            sa.select(d.c.name, d.c.version).where(d.c.pool == pool).order_by(d.c.name, d.c.position)
-        )).all()
+    rows = await store.run_read(_fetch_all, sa.select(d.c.name, d.c.version).where(d.c.pool == pool)
+                                .order_by(d.c.name, d.c.position))
     by_name: dict[str, list[str]] = {}
     for name, version in rows:
         by_name.setdefault(name, []).append(version)
@@ -286,10 +307,8 @@ async def definition_versions(
     """A named definition's versions (registration order; only ``version`` if given: none when
     it was never registered) with the latest; None if the name was never registered."""
     d = tables.workflow_definitions
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(
-            sa.select(d).where(d.c.pool == pool, d.c.name == name).order_by(d.c.position)
-        )).mappings().all()
+    rows = await store.run_read(
+        _mappings, sa.select(d).where(d.c.pool == pool, d.c.name == name).order_by(d.c.position))
     if not rows:
         return None
     chosen = [r for r in rows if version is None or r["version"] == version]
@@ -305,11 +324,10 @@ async def get_definition(
     stmt = sa.select(d).where(d.c.pool == pool, d.c.name == name)
     stmt = stmt.where(d.c.version == version) if version is not None else stmt.order_by(
         d.c.position.desc()).limit(1)
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(stmt)).mappings().first()
-    if row is None:
+    rows = await store.run_read(_mappings, stmt)
+    if not rows:
         return None
-    return {"name": row["name"], **_version(row)}
+    return {"name": rows[0]["name"], **_version(rows[0])}
 
 
 async def definition_snapshot(
@@ -337,10 +355,9 @@ async def find_agent(store: ProjectionStore, pool: str, agent: str) -> dict[str,
         .order_by((a.c.status == "deregistered").asc(), a.c.agent_id)
         .limit(1)
     )
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(stmt)).mappings().first()
-    return None if row is None else {str(k): _iso(v) if isinstance(v, datetime) else v
-                                     for k, v in row.items()}
+    rows = await store.run_read(_mappings, stmt)
+    return None if not rows else {str(k): _iso(v) if isinstance(v, datetime) else v
+                                  for k, v in rows[0].items()}
 
 
 async def agent_exists(store: ProjectionStore, pool: str, agent: str) -> bool:
@@ -357,10 +374,9 @@ async def system_status(store: ProjectionStore, pool: str) -> dict[str, Any]:
     waiting task's submission, how many wait for each reason) and the rate limits."""
     w, t, a, c = tables.workflows, tables.tasks, tables.agents, tables.costs
 
-    async with store.engine.connect() as conn:
-
-        async def by_status(table: sa.Table) -> dict[str, int]:
-            rows = await conn.execute(
+    def read(conn: sa.Connection) -> tuple[Any, ...]:
+        def by_status(table: sa.Table) -> dict[str, int]:
+            rows = conn.execute(
                 sa.select(table.c.status, sa.func.count())
                 .where(table.c.pool == pool)
                 .group_by(table.c.status)
@@ -368,20 +384,20 @@ async def system_status(store: ProjectionStore, pool: str) -> dict[str, Any]:
             )
             return {status: int(n) for status, n in rows}
 
-        workflows = await by_status(w)
-        tasks = await by_status(t)
-        agents = await by_status(a)
-        total = await conn.scalar(sa.select(sa.func.sum(c.c.cost_micros)).where(c.c.pool == pool))
+        total = conn.scalar(sa.select(sa.func.sum(c.c.cost_micros)).where(c.c.pool == pool))
         waiting = [t.c.pool == pool, t.c.status.in_(WAITING_TASKS)]
-        oldest = await conn.scalar(sa.select(sa.func.min(t.c.submitted_at)).where(*waiting))
+        oldest = conn.scalar(sa.select(sa.func.min(t.c.submitted_at)).where(*waiting))
         code = t.c.waiting_reason["code"].as_string()
         reasons = {
             str(reason): int(n)
-            for reason, n in await conn.execute(
+            for reason, n in conn.execute(
                 sa.select(code, sa.func.count()).where(*waiting, code.is_not(None))
                 .group_by(code).order_by(code)
             )
         }
+        return by_status(w), by_status(t), by_status(a), total, oldest, reasons
+
+    workflows, tasks, agents, total, oldest, reasons = await store.run_read(read)
     return {
         "workflows": workflows,
         "tasks": tasks,
