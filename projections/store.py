@@ -255,17 +255,9 @@ class ProjectionStore:
             sync, thread = self._sync, self._thread
             if sync is None or thread is None:  # closed while this one queued for the lock
                 raise RuntimeError("ProjectionStore is closed")
-            work = asyncio.get_running_loop().run_in_executor(thread, _in_transaction, sync, fn, args)
-            self._threaded.add(work)
-            try:
-                # The transaction goes on in its thread through a cancel: let it end (committed or
-                # rolled back) before this stops, so the lock is free and close finds it done.
-                cancelled = await settled(work)
-                if cancelled is not None:
-                    raise cancelled
-                return work.result()
-            finally:
-                self._threaded.discard(work)
+            # The transaction goes on in its thread through a cancel: it ends (committed or rolled
+            # back) before this stops, so the lock is free and close finds it done.
+            return await self._on_thread(thread, _in_transaction, sync, fn, args)
 
     async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on a synchronous ``Connection`` of its own (one read transaction
@@ -276,11 +268,14 @@ class ProjectionStore:
         if reads is None or readers is None:
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args)
-        work = asyncio.get_running_loop().run_in_executor(readers, _in_connection, reads, fn, args)
+        return await self._on_thread(readers, _in_connection, reads, fn, args)
+
+    async def _on_thread(self, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on ``thread``, waited for to its end through any cancel (raised after),
+        and known to ``close`` meanwhile (it disposes of the engine only once nothing runs)."""
+        work = asyncio.get_running_loop().run_in_executor(thread, call, *args)
         self._threaded.add(work)
         try:
-            # A read goes on in its thread through a cancel: ``close`` must find it done before it
-            # disposes of the engine, so it is waited for (a read takes milliseconds).
             cancelled = await settled(work)
             if cancelled is not None:
                 raise cancelled

@@ -8,6 +8,8 @@
   against a bare FastAPI + uvicorn endpoint validating the same body
   (``services.bench.bare_http``): requests/s and latency p50/p99 of each. Skipped, saying how to
   install it, where ``wrk`` is not on PATH.
+- The HTTP read path, after the writes: ``GET /v1/tasks/{id}`` of one of the tasks posted, from
+  agentbus's read models, and from the bare endpoint answering the same document from memory.
 
 Ratios are agentbus / the other (above 1: agentbus is faster). Measures; never asserts.
 """
@@ -38,9 +40,21 @@ WRK_OPTIONS = "-t2 -c64 -d10s"
 WRK_MISSING = "wrk is not on PATH: install it (Debian/Ubuntu: apt-get install wrk) to compare the HTTP path"
 HTTP_AGENTS = 100  # registered before the load, as the scenario's HTTP phase does
 
+# done() reports wrk's own figures as one JSON line (latency in microseconds), so nothing is read
+# back from its human-readable table.
+WRK_DONE = """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
+    .. '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
 # Each wrk thread has a Lua state of its own: setup() numbers them so that every request, in every
-# thread, posts a task id of its own. done() reports wrk's own figures as one JSON line (latency
-# in microseconds), so nothing is read back from its human-readable table.
+# thread, posts a task id of its own.
 WRK_SCRIPT = """
 local threads = 0
 
@@ -60,16 +74,7 @@ function request()
     .. '"required_capabilities":["text"],"data":{"doc":' .. n .. '}}'
   return wrk.format("POST", "/v1/tasks", {["Content-Type"] = "application/json"}, body)
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
-    .. '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
+""" + WRK_DONE
 
 
 def parse_wrk(output: str) -> dict[str, Any]:
@@ -92,13 +97,15 @@ def parse_wrk(output: str) -> dict[str, Any]:
     raise RuntimeError(f"wrk printed no result:\n{output[-2000:]}")
 
 
-def run_wrk(wrk: str, url: str, options: str, tag: str) -> dict[str, Any]:
-    """One wrk run of ``options`` against ``url`` (the base URL) posting tasks ``tag-*``."""
+def run_wrk(wrk: str, url: str, options: str, tag: str, read: str | None = None) -> dict[str, Any]:
+    """One wrk run of ``options`` against ``url`` (the base URL) posting tasks ``tag-*``, or
+    getting the path ``read``."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
+        f.write(WRK_SCRIPT if read is None else WRK_DONE)
         script = f.name
     try:
-        cmd = [wrk, *shlex.split(options), "-s", script, f"{url}/v1/tasks", "--", tag]
+        target = f"{url}/v1/tasks" if read is None else f"{url}{read}"
+        cmd = [wrk, *shlex.split(options), "-s", script, target, "--", tag]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_wrk_timeout(options), check=False)
     finally:
         os.unlink(script)
@@ -181,13 +188,28 @@ def bench_http_pair(scratch: Path, wrk: str, options: str = WRK_OPTIONS) -> dict
                                                     "capabilities": ["text"], "capacity": 1000})
                 r.raise_for_status()
         agentbus = run_wrk(wrk, base, options, tag)
+        # The read: the first task wrk posted, once the read models hold everything written.
+        with httpx.Client(base_url=base, timeout=30) as client:
+            last = client.post("/v1/tasks", json={"type": "summarize", "required_capabilities": ["text"]})
+            last.raise_for_status()
+            first = client.get("/v1/tasks", params={"page_size": 1, "min_position": last.json()["position"]})
+            first.raise_for_status()
+            read = f"/v1/tasks/{first.json()['items'][0]['task_id']}"
+            r = client.get(read)
+            r.raise_for_status()
+        task_file = scratch / "task.json"
+        task_file.write_bytes(r.content)
+        agentbus_read = run_wrk(wrk, base, options, tag, read=read)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with _process([sys.executable, "-m", "services.bench.bare_http", "--port", str(port)], dict(os.environ),
-                  f"POST {base}/v1/tasks", "the bare endpoint"):
+    with _process([sys.executable, "-m", "services.bench.bare_http", "--port", str(port), "--task-file",
+                   str(task_file)], dict(os.environ), f"POST {base}/v1/tasks", "the bare endpoint"):
         bare = run_wrk(wrk, base, options, tag)
+        bare_read = run_wrk(wrk, base, options, tag, read=read)
     return {"wrk_options": options, "agentbus": agentbus, "bare": bare,
-            "http_ratio": _ratio(agentbus["requests_per_s"], bare["requests_per_s"])}
+            "http_ratio": _ratio(agentbus["requests_per_s"], bare["requests_per_s"]),
+            "read_path": read, "agentbus_read": agentbus_read, "bare_read": bare_read,
+            "read_ratio": _ratio(agentbus_read["requests_per_s"], bare_read["requests_per_s"])}
 
 
 def _ratio(ours: float, theirs: float) -> float | None:

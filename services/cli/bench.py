@@ -219,12 +219,17 @@ def _compare(settings: Any, scratch: Path, agents: int, tasks: int, rate: float,
     if "skipped" in http:
         click.echo(f"HTTP              skipped: {http['skipped']}")
         return
-    for name, label in (("agentbus", "agentbus"), ("bare", "bare FastAPI")):
+    _http_pair(http, "agentbus", "bare", "HTTP ", "http_ratio", "POST /v1/tasks")
+    _http_pair(http, "agentbus_read", "bare_read", "HTTP read ", "read_ratio", f"GET {http['read_path']}")
+
+
+def _http_pair(http: dict[str, Any], ours: str, bare: str, prefix: str, ratio: str, what: str) -> None:
+    """Two wrk runs, agentbus's and the bare endpoint's, and their ratio."""
+    for name, label in ((ours, "agentbus"), (bare, "bare FastAPI")):
         row = http[name]
-        click.echo(f"HTTP {label:<13}{row['requests_per_s']:,.0f} requests/s, p50 {row['p50_ms']} ms, "
+        click.echo(f"{prefix + label:<17} {row['requests_per_s']:,.0f} requests/s, p50 {row['p50_ms']} ms, "
                    f"p99 {row['p99_ms']} ms ({row['errors']} errors, {row['non_2xx']} not 2xx)")
-    click.echo(f"HTTP ratio        {result['http_ratio']} (agentbus / bare; wrk {http['wrk_options']}, "
-               f"POST /v1/tasks)")
+    click.echo(f"{prefix + 'ratio':<17} {http[ratio]} (agentbus / bare; wrk {http['wrk_options']}, {what})")
 
 
 def _workflows(settings: Any, workflows: int, rate: float, paced_seconds: float, workers: int, loop: str,

@@ -2,6 +2,7 @@
 (every task assigned by the least-loaded rule, completed once, its cost recorded; a replay that
 reads every stored event), and the bare endpoint validates as agentbus does. Counts, never speed."""
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -103,9 +104,14 @@ def test_peer_replay_on_a_fresh_store_counts_nothing(tmp_path):
     assert (aggregates, replayed) == ({}, 0)
 
 
-def test_bare_endpoint_answers_202_to_a_valid_body_and_422_to_an_invalid_one():
+def test_bare_endpoint_answers_202_to_a_valid_body_422_to_an_invalid_one_and_reads_its_task(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "services.bench.bare_http", "--port", str(port)],
+    task = {"task_id": "known", "status": "assigned", "data": {"doc": 1},
+            "submitted_at": "2026-12-05T00:00:00Z"}
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(task))
+    proc = subprocess.Popen([sys.executable, "-m", "services.bench.bare_http", "--port", str(port),
+                             "--task-file", str(task_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/v1/tasks"
     try:
@@ -127,6 +133,11 @@ def test_bare_endpoint_answers_202_to_a_valid_body_and_422_to_an_invalid_one():
         for bad in ({"type": 5}, {"task_id": "t2"}, {"type": "x", "priority": "high"},
                     {"type": "x", "task_id": "a/b"}):
             assert httpx.post(url, json=bad).status_code == 422, bad
+        # The read answers the document it was given, and nothing else.
+        read = httpx.get(f"{url}/known")
+        assert read.status_code == 200
+        assert read.json() == task
+        assert httpx.get(f"{url}/t1").status_code == 404
     finally:
         proc.terminate()
         proc.wait(timeout=10)
