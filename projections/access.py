@@ -13,19 +13,18 @@ import sqlalchemy as sa
 
 from contracts import SYSTEM_POOL
 from projections import tables
-from projections.queries import _all, _one
+from projections.queries import _all, _by_key, _one
 from projections.store import ProjectionStore
 
 __all__ = ["token", "tokens"]
 
 _LISTED = [c for c in tables.api_tokens.c if c.name not in ("pool", "secret_hash")]
+_TOKEN = _by_key(tables.api_tokens, "token_id")
 
 
 async def token(store: ProjectionStore, token_id: str) -> dict[str, Any] | None:
     """The token ``token_id`` with its secret's hash (ISO times), or None when no token has it."""
-    t = tables.api_tokens.c
-    stmt = sa.select(tables.api_tokens).where(t.pool == SYSTEM_POOL, t.token_id == token_id)
-    return await _one(store, stmt)
+    return await _one(store, _TOKEN, {"pool": SYSTEM_POOL, "key": token_id})
 
 
 async def tokens(store: ProjectionStore, *, revoked: bool = True) -> list[dict[str, Any]]:

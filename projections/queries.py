@@ -32,17 +32,31 @@ def _jsonable(row: sa.RowMapping | dict[str, Any]) -> dict[str, Any]:
     return {str(k): v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-def _rows(conn: sa.Connection, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
-    return [_jsonable(r) for r in conn.execute(stmt).mappings()]
+def _rows(conn: sa.Connection, stmt: sa.Select[Any],
+          params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [_jsonable(r) for r in conn.execute(stmt, params).mappings()]
 
 
-async def _all(store: ProjectionStore, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
-    return await store.run_read(_rows, stmt)
+async def _all(store: ProjectionStore, stmt: sa.Select[Any], params: dict[str, Any] | None = None,
+               ) -> list[dict[str, Any]]:
+    """The rows of ``stmt`` (its bound parameters' values in ``params``), JSON-ready."""
+    return await store.run_read(_rows, stmt, params)
 
 
-async def _one(store: ProjectionStore, stmt: sa.Select[Any]) -> dict[str, Any] | None:
-    rows = await _all(store, stmt)
+async def _one(store: ProjectionStore, stmt: sa.Select[Any], params: dict[str, Any] | None = None,
+               ) -> dict[str, Any] | None:
+    rows = await _all(store, stmt, params)
     return rows[0] if rows else None
+
+
+def _by_key(table: sa.Table, key: str) -> sa.Select[Any]:
+    """One row of ``table`` by pool and ``key``, built once: the point reads every status poll makes
+    skip building the statement and its cache key per request (values bound at execution)."""
+    return sa.select(table).where(table.c.pool == sa.bindparam("pool"), table.c[key] == sa.bindparam("key"))
+
+
+_AGENT = _by_key(tables.agents, "agent_id")
+_TASK = _by_key(tables.tasks, "task_id")
 
 
 # --- agents ---
@@ -61,8 +75,7 @@ async def list_agents(
 
 async def get_agent(store: ProjectionStore, pool: str, agent_id: str) -> dict[str, Any] | None:
     """One agent with its capabilities, capacity, load, status and counters; None if unknown."""
-    a = tables.agents
-    return await _one(store, sa.select(a).where(a.c.pool == pool, a.c.agent_id == agent_id))
+    return await _one(store, _AGENT, {"pool": pool, "key": agent_id})
 
 
 # --- tasks ---
@@ -114,8 +127,7 @@ async def list_tasks(
 
 async def get_task(store: ProjectionStore, pool: str, task_id: str) -> dict[str, Any] | None:
     """One task with its status, agent, attempts and timings; None if unknown."""
-    t = tables.tasks
-    return await _one(store, sa.select(t).where(t.c.pool == pool, t.c.task_id == task_id))
+    return await _one(store, _TASK, {"pool": pool, "key": task_id})
 
 
 # --- resources ---

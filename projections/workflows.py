@@ -98,6 +98,22 @@ def _mappings(conn: sa.Connection, stmt: sa.Select[Any]) -> Any:
     return conn.execute(stmt).mappings().all()
 
 
+def _of_run(stmt: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+    run = table.c.workflow_id == sa.bindparam("workflow_id")
+    return stmt.where(table.c.pool == sa.bindparam("pool"), run)
+
+
+# A run and its steps by pool and run id, built once (values bound at execution): the statements a
+# client polling a run's status makes on every poll.
+
+
+_W, _S = tables.workflows, tables.workflow_steps
+_RUN = _of_run(sa.select(_W), _W)
+_STEPS = _of_run(sa.select(_S), _S).order_by(_S.c.position)
+_RUN_STATUS = _of_run(sa.select(_W.c.status, _W.c.reason, _W.c.completed_tasks), _W)
+_STEP_STATUSES = _of_run(sa.select(_S.c.step, _S.c.kind, _S.c.status), _S).order_by(_S.c.position)
+
+
 # --- runs ---
 
 
@@ -194,17 +210,14 @@ async def get_workflow(
     A task step's ``audit`` is the assignment audit of its task (``queries.assignments``: every
     candidate the coordinator weighed, in log order); a signal step has none.
     """
-    w, s, a = tables.workflows, tables.workflow_steps, tables.assignments
+    a = tables.assignments
+    key = {"pool": pool, "workflow_id": workflow_id}
 
     def read(conn: sa.Connection) -> tuple[Any, Any, dict[str, list[dict[str, Any]]], datetime | None] | None:
-        run = conn.execute(
-            sa.select(w).where(w.c.pool == pool, w.c.workflow_id == workflow_id)
-        ).mappings().first()
+        run = conn.execute(_RUN, key).mappings().first()
         if run is None:
             return None
-        steps = conn.execute(
-            sa.select(s).where(s.c.pool == pool, s.c.workflow_id == workflow_id).order_by(s.c.position)
-        ).mappings().all()
+        steps = conn.execute(_STEPS, key).mappings().all()
         task_ids = [r["task_id"] for r in steps if r["task_id"] is not None]
         audits: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
         if task_ids:
@@ -250,21 +263,13 @@ def _message(status: str, reason: str | None, steps: list[sa.RowMapping], comple
 async def workflow_status(store: ProjectionStore, pool: str, workflow_id: str) -> dict[str, Any] | None:
     """Where a run is: status, progress (ended steps / steps), its open steps and a summary; None
     if unknown."""
-    w, s = tables.workflows, tables.workflow_steps
+    key = {"pool": pool, "workflow_id": workflow_id}
 
     def read(conn: sa.Connection) -> tuple[Any, Any] | None:
-        run = conn.execute(
-            sa.select(w.c.status, w.c.reason, w.c.completed_tasks)
-            .where(w.c.pool == pool, w.c.workflow_id == workflow_id)
-        ).mappings().first()
+        run = conn.execute(_RUN_STATUS, key).mappings().first()
         if run is None:
             return None
-        steps = conn.execute(
-            sa.select(s.c.step, s.c.kind, s.c.status)
-            .where(s.c.pool == pool, s.c.workflow_id == workflow_id)
-            .order_by(s.c.position)
-        ).mappings().all()
-        return run, steps
+        return run, conn.execute(_STEP_STATUSES, key).mappings().all()
 
     found = await store.run_read(read)
     if found is None:
