@@ -34,7 +34,26 @@ def _jsonable(row: sa.RowMapping | dict[str, Any]) -> dict[str, Any]:
 
 def _rows(conn: sa.Connection, stmt: sa.Select[Any],
           params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    return [_jsonable(r) for r in conn.execute(stmt, params).mappings()]
+    """The rows of ``stmt`` as ``_jsonable`` makes them, with the keys and the datetime columns found
+    once per result instead of once per value (a page of 50 tasks spent a fifth of its time in
+    ``_jsonable``)."""
+    result = conn.execute(stmt, params)
+    columns = stmt.selected_columns
+    keys = [str(k) for k in result.keys()]
+    if len(columns) != len(keys):
+        return [_jsonable(r) for r in result.mappings()]
+    times = [i for i, c in enumerate(columns) if isinstance(c.type, sa.DateTime | tables.UTCDateTime)]
+    if not times:
+        return [dict(zip(keys, row, strict=True)) for row in result]
+    out = []
+    for row in result:
+        values = list(row)
+        for i in times:
+            value = values[i]
+            if value is not None:
+                values[i] = value.isoformat()
+        out.append(dict(zip(keys, values, strict=True)))
+    return out
 
 
 async def _all(store: ProjectionStore, stmt: sa.Select[Any], params: dict[str, Any] | None = None,

@@ -172,3 +172,26 @@ async def test_rejections(projected: ProjectionStore) -> None:
     assert await queries.rejections(projected, "blue") == []
     assert len(await queries.rejections(projected, POOL, limit=1)) == 1
     orjson.dumps(all_rejections)
+
+
+async def test_rows_read_in_bulk_equal_each_row_made_json_ready_alone(projected: ProjectionStore) -> None:
+    """``_rows`` finds the keys and the datetime columns once per result: every table's rows come
+    back exactly as ``_jsonable`` makes each one (ISO strings, None kept, plain str keys)."""
+    import sqlalchemy as sa
+
+    from projections import tables
+
+    def one_by_one(conn: sa.Connection, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
+        return [queries._jsonable(r) for r in conn.execute(stmt).mappings()]
+
+    checked = 0
+    for table in tables.READ_MODELS:
+        stmt = sa.select(table).order_by(*table.primary_key.columns)
+        bulk = await projected.run_read(queries._rows, stmt)
+        assert bulk == await projected.run_read(one_by_one, stmt), table.name
+        assert all(type(k) is str for row in bulk for k in row)
+        checked += len(bulk)
+    tasks = await queries.list_tasks(projected, POOL, page_size=100)
+    assert any(t["started_at"] is None for t in tasks["items"])  # a None among the datetimes
+    assert all(t["submitted_at"].endswith("+00:00") for t in tasks["items"])
+    assert checked > 20
