@@ -84,17 +84,18 @@ class Reactions:
         reacted, self._reacted = self._reacted, []
         return reacted
 
-    def follow(self, item: Pending, out: list[Appended]) -> Pending | None:
-        """``sqlite_writer.React``: the reactor's append for ``item`` (all of it in one partition)."""
-        if not out or item.envelopes is None:
+    def follow(self, topic: str, out: list[Appended], envelopes: Sequence[Any]) -> Pending | None:
+        """``sqlite_writer.React``: the reactor's append for appends to ``topic`` just numbered at
+        ``out`` (all of them in one partition), which carry ``envelopes``."""
+        if not out:
             return None
         p = out[0].partition
         if any(a.partition != p for a in out):
             return None
-        reactor = self._reactors.get((item.topic, p))
+        reactor = self._reactors.get((topic, p))
         if reactor is None:
             return None
-        got = reactor(out, item.envelopes, self._token)
+        got = reactor(out, envelopes, self._token)
         if got is None:
             return None
         rows = to_rows(got.records, got.partition, self._topics[got.topic])

@@ -185,9 +185,21 @@ def _existing_ids(conn: sqlite3.Connection, batch: list[Pending]) -> dict[str, d
     return known
 
 
-# Called inside the transaction, on the event loop, for an append just numbered (``Pending.envelopes``
-# set, its positions): another append for the same transaction, numbered right after it, or None.
-React = Callable[[Pending, list[Appended]], Pending | None]
+# Called inside the transaction, on the event loop, for appends just numbered (their topic, their
+# positions, the envelopes they carry): another append for the same transaction, numbered right after
+# them, or None.
+React = Callable[[str, list[Appended], Sequence[Any]], Pending | None]
+
+
+def _reaction_key(item: Pending) -> tuple[str, int] | None:
+    """The (topic, partition) of an append a reactor may see together with its neighbours of the
+    same partition: one carrying envelopes, all its rows in one partition, no expected offset."""
+    if item.envelopes is None or item.expected is not None or not item.rows:
+        return None
+    p = item.rows[0][0]
+    if any(row[0] != p for row in item.rows):
+        return None
+    return item.topic, p
 
 
 def commit(conn: sqlite3.Connection) -> None:
@@ -258,10 +270,13 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
     """Number, chain and write ``batch`` in one transaction, BEGIN IMMEDIATE to COMMIT; with
     ``wait`` False, ``Busy`` rather than waiting for another connection's write lock.
 
-    ``react`` (on the event loop only) sees each append that carries its envelopes once it is
+    ``react`` (on the event loop only) sees the appends that carry their envelopes once they are
     numbered, and may add another to the same transaction, numbered next (the decider's events for
-    the commands it decided there: see ``events.sqlite.SqliteLog.react``). Its ids are not checked
-    for duplicates beforehand: one already stored fails the transaction.
+    the commands it decided there: see ``events.sqlite.SqliteLog.react``). Consecutive appends to one
+    partition (each a command of its own caller, say) are seen together, in one call, so the
+    decider decides them and the coordinator schedules for all their events at once; whatever a
+    call adds is numbered before the next append of the batch. Its ids are not checked for
+    duplicates beforehand: one already stored fails the transaction.
 
     ``commit`` False leaves the transaction open once its rows are in, for ``commit`` to end (the
     fsync then happens wherever that runs); anything failing before is rolled back here.
@@ -287,7 +302,19 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
         results: list[tuple[Pending, list[Appended] | BaseException]] = []
         touched: set[tuple[str, int]] = set()
         todo = deque(batch)
-        while todo:
+        # The positions and envelopes of the consecutive appends to one partition that ``react``
+        # has not seen yet, and that partition.
+        group: list[Appended] = []
+        group_envelopes: list[Any] = []
+        group_key: tuple[str, int] | None = None
+        while todo or group:
+            if group and (not todo or _reaction_key(todo[0]) != group_key):
+                assert react is not None and group_key is not None
+                follow = react(group_key[0], group, group_envelopes)
+                group, group_envelopes, group_key = [], [], None
+                if follow is not None:
+                    todo.appendleft(follow)
+                continue
             item = todo.popleft()
             topic = item.topic
             if item.expected is not None:
@@ -322,7 +349,13 @@ def write_batch(conn: sqlite3.Connection, batch: list[Pending], state: State, ch
                 offsets.append((c.group, c.topic, c.partition, c.offset))
             results.append((item, out))
             if react is not None and item.envelopes is not None:
-                follow = react(item, out)
+                joins = _reaction_key(item)
+                if joins is not None:
+                    group_key = joins
+                    group.extend(out)
+                    group_envelopes.extend(item.envelopes)
+                    continue
+                follow = react(topic, out, item.envelopes)
                 if follow is not None:
                     todo.appendleft(follow)
         if rows:

@@ -67,6 +67,48 @@ async def test_a_command_is_decided_in_the_transaction_that_appends_it(tmp_path:
         await runner.stop()
 
 
+async def test_commands_of_several_callers_in_one_transaction_are_decided_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends to one partition that share a transaction reach the decider in one call, its events
+    reach the coordinator in one call, and every caller's command is decided when its append
+    returns; the log replays to the same state."""
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    try:
+        await runner.ready()
+        decider = runner.deciders[0]
+        await runner.submit(command_envelope(c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",),
+                                                             capacity=50)))
+        await eventually(lambda: not decider._in_batch)
+        reactions = runner.log._reactions
+        seen: list[tuple[str, int]] = []
+        follow = reactions.follow
+
+        def spy(topic: str, out: list, envelopes: list) -> object:  # type: ignore[type-arg]
+            seen.append((topic, len(out)))
+            return follow(topic, out, envelopes)
+
+        monkeypatch.setattr(reactions, "follow", spy)
+        envs = [command_envelope(c.SubmitTask(task_id=f"t{i}", type="demo", required_capabilities=("x",)))
+                for i in range(12)]
+        before = runner.log.transactions
+        results = await asyncio.gather(*(runner.submit(env) for env in envs))
+        assert runner.log.transactions == before + 1  # one transaction for the twelve callers
+        assert all(decider.decided >= offset + 1 for _, offset, _ in results)
+        assert all(runner.outcomes.get(env.id) is not None for env in envs)
+        # The twelve commands in one call, their twelve events in one, the twelve assignments the
+        # coordinator made in one, their events in one.
+        assert seen[:4] == [("commands", 12), ("events", 12), ("commands", 12), ("events", 12)], seen
+        await eventually(lambda: all(runner.deciders[0].states["default"].tasks[f"t{i}"].agent_id == "a1"
+                                     for i in range(12)))
+        await eventually(lambda: not decider._in_batch
+                         and runner.log.committed_end("commands", 0) == decider.decided)
+        live = dump(DeciderSnapshot(0, decider.position, decider.states))
+        assert await _rebuilt(runner) == live  # the same decisions on replay
+    finally:
+        await runner.stop()
+
+
 async def test_a_replay_rebuilds_the_outcome_index_deciding_recorded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deciding records each command's outcome as it goes; a replay records them by column, a
