@@ -8,14 +8,19 @@ the events' rows), not a patched function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import services.runtime.decider as decider_module
 from contracts import commands as c
 from events.codec import to_record
+from events.log import Appended
+from events.sqlite_writer import Pending
 from services.domain.snapshot import DeciderSnapshot, dump
 from services.runtime.decider import PartitionDecider
 from services.runtime.embedded import Runner
@@ -28,6 +33,20 @@ from tests.waiting import eventually
 
 def _settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, snapshot_every=0, coordinator_snapshot_every=0)
+
+
+@contextlib.asynccontextmanager
+async def _running(tmp_path: Path, capacity: int) -> AsyncIterator[Runner]:
+    """A runner, ready, with agent a1 (capability x) registered."""
+    runner = Runner(_settings(tmp_path))
+    await runner.start()
+    try:
+        await runner.ready()
+        await runner.submit(command_envelope(c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",),
+                                                             capacity=capacity)))
+        yield runner
+    finally:
+        await runner.stop()
 
 
 async def _rebuilt(runner: Runner) -> bytes:
@@ -72,19 +91,14 @@ async def test_commands_of_several_callers_in_one_transaction_are_decided_togeth
     """Appends to one partition that share a transaction reach the decider in one call, its events
     reach the coordinator in one call, and every caller's command is decided when its append
     returns; the log replays to the same state."""
-    runner = Runner(_settings(tmp_path))
-    await runner.start()
-    try:
-        await runner.ready()
+    async with _running(tmp_path, capacity=50) as runner:
         decider = runner.deciders[0]
-        await runner.submit(command_envelope(c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",),
-                                                             capacity=50)))
         await eventually(lambda: not decider._in_batch)
         reactions = runner.log._reactions
         seen: list[tuple[str, int]] = []
         follow = reactions.follow
 
-        def spy(topic: str, out: list, envelopes: list) -> object:  # type: ignore[type-arg]
+        def spy(topic: str, out: list[Appended], envelopes: Sequence[Any]) -> Pending | None:
             seen.append((topic, len(out)))
             return follow(topic, out, envelopes)
 
@@ -105,8 +119,6 @@ async def test_commands_of_several_callers_in_one_transaction_are_decided_togeth
                          and runner.log.committed_end("commands", 0) == decider.decided)
         live = dump(DeciderSnapshot(0, decider.position, decider.states))
         assert await _rebuilt(runner) == live  # the same decisions on replay
-    finally:
-        await runner.stop()
 
 
 async def test_a_replay_rebuilds_the_outcome_index_deciding_recorded(
@@ -114,13 +126,8 @@ async def test_a_replay_rebuilds_the_outcome_index_deciding_recorded(
     """Deciding records each command's outcome as it goes; a replay records them by column, a
     batch at a time. Both give the same index: every command's first event, its number of events
     and its digest (commands with and without one, accepted and rejected, one in a batch of several)."""
-    runner = Runner(_settings(tmp_path))
-    await runner.start()
-    try:
-        await runner.ready()
+    async with _running(tmp_path, capacity=2) as runner:
         decider = runner.deciders[0]
-        await runner.submit(command_envelope(c.RegisterAgent(agent_id="a1", name="a1", capabilities=("x",),
-                                                             capacity=2)))
         for i in range(25):
             task = c.SubmitTask(task_id=f"t{i % 20}", type="demo", required_capabilities=("x",))  # 5 rejected
             await runner.submit(command_envelope(task, digest=f"digest-{i}" if i % 3 else None))
@@ -134,8 +141,6 @@ async def test_a_replay_rebuilds_the_outcome_index_deciding_recorded(
             d = PartitionDecider(runner.log, 0, Outcomes(), runner.settings.decider, topics=runner.topics)
             await d.rebuild()
             assert dict(d.outcomes.of_partition(0)) == live
-    finally:
-        await runner.stop()
 
 
 async def test_a_record_without_its_envelope_is_decided_by_the_tail_in_log_order(tmp_path: Path) -> None:
