@@ -84,7 +84,7 @@ async def test_a_failing_read_raises_and_gives_its_connection_back(store: Projec
     assert await asyncio.wait_for(store.run_read(_count), 10) == 0
 
 
-async def test_a_cancelled_read_ends_before_its_caller_stops_and_close_waits_for_reads(tmp_path: Path) -> None:
+async def test_a_cancelled_read_ends_before_its_caller_stops_and_close_waits(tmp_path: Path) -> None:
     store = ProjectionStore(f"sqlite+aiosqlite:///{tmp_path / 'read.db'}")
     await store.start()
     entered, release = threading.Event(), threading.Event()
