@@ -75,9 +75,10 @@ from services.cli.common import fail, load_settings, setting_option
 @click.option("--compare", is_flag=True,
               help="Instead of the task scenario: the scenario beside the same one on the eventsourcing "
                    "library (commands/s, replay events/s), and `agentbus serve` beside a bare FastAPI "
-                   "endpoint under the same wrk load (requests/s, p50/p99); prints each ratio.")
+                   "endpoint under the same wrk load, POST /v1/tasks then GET /v1/tasks/{id} "
+                   "(requests/s, p50/p99); prints each ratio.")
 @click.option("--wrk-options", default="-t2 -c64 -d10s", show_default=True,
-              help="--compare: the wrk options of both HTTP runs.")
+              help="--compare: the wrk options of every HTTP run.")
 @click.option("--loop", type=click.Choice(["served", "asyncio"]), default="served", show_default=True,
               help="The event loop the in-process runtime runs on: the one `agentbus serve` runs on "
                    "(uvloop, installed with agentbus), or the standard library's.")
