@@ -360,9 +360,7 @@ async def find_agent(store: ProjectionStore, pool: str, agent: str) -> dict[str,
         .order_by((a.c.status == "deregistered").asc(), a.c.agent_id)
         .limit(1)
     )
-    rows = await store.run_read(_mappings, stmt)
-    return None if not rows else {str(k): _iso(v) if isinstance(v, datetime) else v
-                                  for k, v in rows[0].items()}
+    return await queries._one(store, stmt)
 
 
 async def agent_exists(store: ProjectionStore, pool: str, agent: str) -> bool:
