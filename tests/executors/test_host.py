@@ -18,11 +18,13 @@ from contracts import commands as c
 from contracts import event_types as e
 from contracts.executors import ExecutorsFile
 from events.codec import decode, from_record
+from projections.queries import get_task
 from services.executors.host import ExecutorHost, idempotency_key
 from services.executors.standins.http_target import create_app
 from services.executors.standins.serving import serving
 from services.runtime.ingest import command_envelope
 from services.runtime.service import Service
+from tests.api.conftest import settle
 from tests.api.runtimes import embedded
 
 WAIT_S = 20.0
@@ -111,7 +113,6 @@ async def test_a_task_runs_on_the_executor_and_its_result_is_recorded(tmp_path: 
         assert done.agent_id == "api" and done.result["status"] == 200
         echoed = done.result["body"]
         assert echoed["method"] == "POST" and echoed["query"] == {"q": "1"} and echoed["body"] == {"n": 1}
-        assert of(envs, e.TaskStarted, "t1")
         key = idempotency_key("default", "t1", 1)
         assert (await counts(target))["applied"][key] == 1
         # The run's report answers the assignment: its causation is the TaskAssigned event.
@@ -175,26 +176,29 @@ class _Appends:
         return await self._log.append(topic, records, **kw)
 
 
-async def test_a_call_that_answers_at_once_has_its_start_reported_with_its_outcome(
-        tmp_path: Path, target: str) -> None:
-    """One append (and so one decision) for the start and the outcome instead of two each; the
-    log still says started, then completed."""
+async def test_a_call_that_answers_at_once_reports_its_outcome_alone(tmp_path: Path, target: str) -> None:
+    """One append and one decision per run: no start reported with the outcome (it would say
+    nothing the outcome does not); the task goes from assigned to completed."""
     async with embedded(tmp_path) as service:
         spied = _Appends(service.log)
-        async with hosted(service, executors(target), log=spied, start_with_report_s=5.0):
+        async with hosted(service, executors(target), log=spied, report_start_after_s=5.0):
             await send(service, submit("quick", "GET", path="/echo/q"))
             envs = await until(service, ended("quick"))
         kinds = [x.type.rsplit(".", 1)[-1] for x in envs if getattr(x.data, "task_id", None) == "quick"]
-        assert kinds.index("TaskStarted") < kinds.index("TaskCompleted"), kinds
-        runs = [a for a in spied.appends if ("StartTask", "quick") in a]
-        assert runs == [[("StartTask", "quick"), ("CompleteTask", "quick")]], spied.appends
+        assert kinds == ["TaskSubmitted", "TaskAssigned", "TaskCompleted"], kinds
+        runs = [a for a in spied.appends if any(task == "quick" for _, task in a)]
+        assert runs == [[("CompleteTask", "quick")]], spied.appends
+        await settle(service)
+        task = await get_task(service.store, "default", "quick")
+        assert task is not None and task["status"] == "completed" and task["started_at"] is None, task
+        assert task["assigned_at"] is not None and task["finished_at"] is not None, task
 
 
 async def test_a_call_that_takes_longer_has_its_start_reported_while_it_runs(
         tmp_path: Path, target: str) -> None:
     async with embedded(tmp_path) as service:
         spied = _Appends(service.log)
-        async with hosted(service, executors(target), log=spied, start_with_report_s=0.05):
+        async with hosted(service, executors(target), log=spied, report_start_after_s=0.05):
             await send(service, submit("slow", "GET", path="/slow", query={"seconds": "3"}))
             envs = await until(service, lambda envs: bool(of(envs, e.TaskStarted, "slow")))
             assert not ended("slow")(envs), "the start was not reported while the call ran"
