@@ -22,6 +22,7 @@ from contracts import commands as c
 from contracts import event_types as e
 from contracts.commands import STRATEGIES
 from services.coordination.coordinator import PoolView
+from services.runtime.memory import GC_THRESHOLDS
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 CAPS = ("text", "code", "sql", "vision", "audio", "search", "math", "translate")
@@ -133,7 +134,7 @@ def run(
     thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
+    gc.set_threshold(*GC_THRESHOLDS)
     wall: list[float] = []
     audited: list[float] = []
     for _ in range(tasks):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ from pydantic import TypeAdapter
 
 from contracts.executors import ExecutorConfig
 from services.executors.base import INTERNAL, Call, Executor, Outcome, Progress, Usage
+from services.runtime.memory import GC_THRESHOLDS
 
 __all__ = ["MAX_LINE", "WorkerExecutor", "WorkerStartError"]
 
@@ -261,6 +263,11 @@ async def _serve() -> int:
         await out.drain()
         return 1
     send({"started": True})
+    # As the service's processes (``services.runtime.embedded.tune_gc``): a call allocates
+    # hundreds of short-lived objects, so young collections every 700 allocations ran several
+    # times a call; what the start built (modules, the client) stays out of full collections.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     running: dict[int, asyncio.Task[None]] = {}
 
     async def run(n: int, spec: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from services.runtime.coordinator import CoordinatorDriver
 from services.runtime.coordinator_snapshots import CoordinatorSnapshots
 from services.runtime.decider import PartitionDecider
 from services.runtime.deliveries import Deliveries
-from services.runtime.memory import keep_large_blocks_apart
+from services.runtime.memory import GC_THRESHOLDS, keep_large_blocks_apart
 from services.runtime.outcomes import OutcomeRef, Outcomes
 from services.runtime.projector import ProjectorLoop
 from services.runtime.projector_process import ProjectorProcess
@@ -58,7 +58,7 @@ def tune_gc() -> None:
     at start-up so full collections skip it.
     """
     global _FREEZE_AFTER_READY
-    gc.set_threshold(100_000, 50, 1000)
+    gc.set_threshold(*GC_THRESHOLDS)
     _FREEZE_AFTER_READY = True
 
 

@@ -23,11 +23,14 @@ import functools
 import logging
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "give_back", "keep_large_blocks_apart"]
+__all__ = ["GC_THRESHOLDS", "MMAP_THRESHOLD", "give_back", "keep_large_blocks_apart"]
 
 log = logging.getLogger("agentbus.memory")
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+# The collector's thresholds in agentbus's long-running processes (``gc.set_threshold``): a young
+# collection every 100,000 allocations, not 700 (``services.runtime.embedded.tune_gc`` says why).
+GC_THRESHOLDS = (100_000, 50, 1000)
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
 
 

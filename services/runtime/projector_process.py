@@ -35,7 +35,7 @@ import orjson
 from events.sqlite import SqliteLog
 from projections import ProjectionStore, Projector
 from projections.store import MAIN_PROJECTOR
-from services.runtime.memory import keep_large_blocks_apart
+from services.runtime.memory import GC_THRESHOLDS, keep_large_blocks_apart
 from services.runtime.projector import ProjectorLoop
 from services.runtime.topics import EVENTS
 
@@ -196,7 +196,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING,
                         format="projector process: %(levelname)s %(name)s: %(message)s")
-    gc.set_threshold(100_000, 50, 1000)  # as the runner's (services.runtime.embedded.tune_gc)
+    gc.set_threshold(*GC_THRESHOLDS)  # as the runner's (services.runtime.embedded.tune_gc)
     keep_large_blocks_apart()  # as the runner does (services.runtime.memory)
     asyncio.run(_child())
 
