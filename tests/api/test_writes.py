@@ -273,6 +273,8 @@ async def test_spent_budget_rejects_new_tasks(client: httpx.AsyncClient) -> None
     )
     assert budget.status_code == 200 and budget.json()["events"][0]["type"] == "BudgetSet"
     assert (await submit(client, "before")).status_code == 201
+    # The coordinator assigns it on its own time (on Kafka, in another stage): wait for it.
+    await poll(client, "/v1/tasks/before", lambda j: j["status"] == "assigned")
     cost = await client.post(
         "/v1/costs",
         params={"wait": "true"},
