@@ -365,36 +365,38 @@ class ExecutorHost:
                     task_type=task.type, progress=progress)
         if progress is not None:
             progress(message="started", data={"agent_id": agent_id, "attempt": attempt})
-        called = time.perf_counter()
-        running = asyncio.ensure_future(agent.executor.call(call))
-        running.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even after a cancel
         # The start is reported when the call is still going after ``report_start_after_s``; the
         # report waits for it, so the log keeps the order.
-        starting: asyncio.Future[None] | None = None
+        starting: list[asyncio.Future[None]] = []
+
+        def report_start() -> None:
+            starting.append(asyncio.ensure_future(
+                self._append([envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start")])))
+
+        timer = None if started else asyncio.get_running_loop().call_later(self.report_start_after_s,
+                                                                           report_start)
+        called = time.perf_counter()
         try:
-            if not started:
-                done, _ = await asyncio.wait({running}, timeout=self.report_start_after_s)
-                if not done:
-                    starting = asyncio.ensure_future(
-                        self._append([envelope(c.StartTask(task_id=task_id, agent_id=agent_id), "start")]))
-            outcome = await running
+            outcome = await agent.executor.call(call)
         except asyncio.CancelledError:
-            running.cancel()
-            if starting is not None:
-                starting.cancel()
+            for append in starting:
+                append.cancel()
             if progress is not None:
                 progress(message="stopped", data={"agent_id": agent_id, "attempt": attempt})
             raise
         except Exception as exc:  # a bug of ours, not the target's answer: report it, retryable
             log.exception("executor %s raised on task %s", agent_id, task_id)
             outcome = Outcome.bug(exc)
+        finally:
+            if timer is not None:
+                timer.cancel()
         executor_run(agent.config.type, agent.config.name, outcome, time.perf_counter() - called)
         if progress is not None:
             # Before the report: a subscriber sees the run end, then the event that records it.
             progress(**ended(outcome, agent_id, attempt))
         envs = [envelope(cmd, what) for what, cmd in report(agent_id, pool, task_id, attempt, outcome)]
-        if starting is not None:
-            await starting
+        for append in starting:
+            await append
         await self._append(envs)
 
     def _progress(self, pool: str, task_id: str) -> Progress | None:
