@@ -117,8 +117,7 @@ class ExecutorHost:
     grace_s: float = 10.0
     # A call still going after this has its start reported then, while it goes on; one that
     # answered sooner reports its outcome only (a start reported with the outcome would say nothing
-    # the outcome does not: it cost a command and an event per run, 6-7% of the executor
-    # benchmark's throughput).
+    # the outcome does not, for a command and an event: a quarter of a run's records).
     report_start_after_s: float = REPORT_START_AFTER_S
     build: Callable[[ExecutorConfig], Executor] = build_executor
     publish: Publish | None = None
