@@ -39,7 +39,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import orjson
 
 from contracts.executors import MAX_RESPONSE_BYTES, ApiKeyAuth, BasicAuth, HttpApiConfig, is_sensitive_name
@@ -187,7 +187,7 @@ class HttpApiExecutor:
     def __init__(self, config: HttpApiConfig) -> None:
         self.name = config.name
         self.config = config
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx2.AsyncClient | None = None
         self._static: dict[str, str] = {}
         self._auth: dict[str, str] = {}
         self._redact = Redactor()
@@ -217,11 +217,11 @@ class HttpApiExecutor:
                 raise ValueError(f"{cfg.name}: the value resolved for header {name!r} is not printable "
                                  "ASCII (a line break or control character in the variable or file?)")
         self._redact = Redactor(secrets)
-        self._client = httpx.AsyncClient(
+        self._client = httpx2.AsyncClient(
             base_url=cfg.endpoint,
             http2=cfg.http2,
-            timeout=httpx.Timeout(cfg.timeout),
-            limits=httpx.Limits(max_connections=cfg.capacity, max_keepalive_connections=cfg.capacity),
+            timeout=httpx2.Timeout(cfg.timeout),
+            limits=httpx2.Limits(max_connections=cfg.capacity, max_keepalive_connections=cfg.capacity),
             follow_redirects=cfg.follow_redirects,
             headers={"User-Agent": USER_AGENT},
         )
@@ -240,7 +240,7 @@ class HttpApiExecutor:
             req = _request_of(call)
         except _BadRequest as exc:
             return self._failure(str(exc), BAD_REQUEST, retryable=False)
-        headers = httpx.Headers(self._static)
+        headers = httpx2.Headers(self._static)
         headers.update(req.headers)
         headers.update(self._auth)
         headers["Idempotency-Key"] = call.idempotency_key
@@ -250,8 +250,8 @@ class HttpApiExecutor:
         try:
             request = self._client.build_request(
                 req.method, req.path, params=req.query, headers=headers,
-                json=req.body if req.has_body else None, timeout=httpx.Timeout(limit))
-        except (httpx.InvalidURL, ValueError) as exc:
+                json=req.body if req.has_body else None, timeout=httpx2.Timeout(limit))
+        except (httpx2.InvalidURL, ValueError) as exc:
             return self._failure(f"{what}: no request can be made of the parameters "
                                  f"({type(exc).__name__})", BAD_REQUEST, retryable=False)
         try:
@@ -261,15 +261,15 @@ class HttpApiExecutor:
                     raw, truncated = await self._read(response)
                 finally:
                     await response.aclose()
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx2.TimeoutException):
             return self._failure(f"{what}: no response within {limit:g} s", TIMEOUT, retryable=True)
-        except httpx.LocalProtocolError as exc:
+        except httpx2.LocalProtocolError as exc:
             # Its message may quote a header value (a secret's): name the kind of problem only.
             return self._failure(f"{what}: the request is not valid HTTP ({type(exc).__name__})",
                                  BAD_REQUEST, retryable=False)
-        except httpx.TooManyRedirects:
+        except httpx2.TooManyRedirects:
             return self._failure(f"{what}: too many redirects", HTTP_STATUS, retryable=False)
-        except (httpx.TransportError, httpx.DecodingError) as exc:
+        except (httpx2.TransportError, httpx2.DecodingError) as exc:
             reason = str(exc) or "no detail"
             return self._failure(f"{what}: {type(exc).__name__}: {reason}", CONNECTION, retryable=True)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -282,7 +282,7 @@ class HttpApiExecutor:
     def _failure(self, error: str, code: str, *, retryable: bool) -> Outcome:
         return Outcome.failure(self._text(error), code, retryable=retryable)
 
-    async def _read(self, response: httpx.Response) -> tuple[bytes, bool]:
+    async def _read(self, response: httpx2.Response) -> tuple[bytes, bool]:
         """The body, at most ``max_response_bytes`` of it, and whether there was more."""
         limit = self.config.max_response_bytes
         chunks: list[bytes] = []
@@ -294,7 +294,7 @@ class HttpApiExecutor:
                 return b"".join(chunks)[:limit], True
         return b"".join(chunks), False
 
-    def _outcome(self, what: str, response: httpx.Response, raw: bytes, truncated: bool,
+    def _outcome(self, what: str, response: httpx2.Response, raw: bytes, truncated: bool,
                  elapsed_ms: float) -> Outcome:
         status = response.status_code
         result = self._result(response, raw, truncated, elapsed_ms)
@@ -315,7 +315,7 @@ class HttpApiExecutor:
             error += f": {excerpt[:EXCERPT]}{'...' if len(excerpt) > EXCERPT else ''}"
         return self._failure(error, code, retryable=status in (408, 429) or status >= 500)
 
-    def _result(self, response: httpx.Response, raw: bytes, truncated: bool,
+    def _result(self, response: httpx2.Response, raw: bytes, truncated: bool,
                 elapsed_ms: float) -> dict[str, Any]:
         """The response as storable JSON, within MAX_RESULT_BYTES."""
         got = response.headers
