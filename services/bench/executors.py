@@ -1,14 +1,16 @@
 """The executor benchmark (``agentbus bench --executor http``): tasks through the http_api executor
-against a local HTTP server, beside raw httpx calls to the same server in the same run.
+against a local HTTP server, beside raw calls to the same server (with the executor's client, and
+with httpx) in the same run.
 
 The target is the stand-in HTTP server (``services.executors.standins``) in a process of its own,
 so it never shares this process's interpreter with what is measured. Reported:
 
-- raw: ``N`` calls with httpx (``capacity`` at once) to ``GET /echo/bench``: calls/s; and at the
-  offered rate (default 200/s), the call latency p50/p99;
+- raw: ``N`` calls (``capacity`` at once) to ``GET /echo/bench``: calls/s; and at the offered
+  rate (default 200/s), the call latency p50/p99. With the executor's own client (httpx2:
+  ``raw_calls_per_s``, the like-for-like baseline) and with httpx (``raw_httpx_calls_per_s``);
 - agentbus: ``N`` tasks submitted at once to the embedded runtime (log, decider, coordinator,
   projector) with an in-process executor host of one http_api executor of the same ``capacity``:
-  tasks/s until every task completed; the ratio to raw. Twice, on a fresh log each: the executor
+  tasks/s until every task completed; the ratio to each raw rate. Twice, on a fresh log each: the executor
   making its calls in the host's process, then in ``processes`` worker processes
   (``services.executors.processes``);
 - added latency at the offered rate: per task, (TaskCompleted seen - SubmitTask appended) minus
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import httpx2
 
 from contracts import commands as c
 from contracts import event_types as e
@@ -87,10 +90,12 @@ async def _paced(rate: float, count: int) -> AsyncIterator[int]:
         yield i
 
 
-async def raw_calls(url: str, calls: int, capacity: int, rate: float, paced: int) -> dict[str, Any]:
-    """httpx alone: ``calls`` at ``capacity`` at once (calls/s), then ``paced`` at ``rate`` (latency)."""
-    limits = httpx.Limits(max_connections=capacity, max_keepalive_connections=capacity)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+async def raw_calls(url: str, calls: int, capacity: int, rate: float, paced: int,
+                    client_module: Any = httpx2) -> dict[str, Any]:
+    """The HTTP client alone (``client_module``: httpx2, the executor's, or httpx, which has the same
+    API): ``calls`` at ``capacity`` at once (calls/s), then ``paced`` at ``rate`` (latency)."""
+    limits = client_module.Limits(max_connections=capacity, max_keepalive_connections=capacity)
+    async with client_module.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         queue = iter(range(calls))
 
         async def worker() -> None:
@@ -279,16 +284,20 @@ async def executor_tasks(settings: Settings, url: str, tasks: int, capacity: int
 
 async def bench_executor(settings: Settings, tasks: int, *, capacity: int = 8, rate: float = 200.0,
                          paced_seconds: float = 5.0, processes: int = 1) -> dict[str, Any]:
-    """Raw httpx and the http_api executor against the same stand-in server, in one run: the
-    executor calling from the host's process, then from ``processes`` worker processes."""
+    """Raw calls (httpx2, the executor's client, and httpx) and the http_api executor against the
+    same stand-in server, in one run: the executor calling from the host's process, then from
+    ``processes`` worker processes."""
     paced = max(1, int(rate * paced_seconds))
     runs = []
     with target_process() as url:
         raw = await raw_calls(url, tasks, capacity, rate, paced)
+        named = await raw_calls(url, tasks, capacity, rate, paced, httpx)
+        raw.update({k.replace("raw_", "raw_httpx_", 1): v for k, v in named.items()})
         for n in (0, processes):
             run_settings = settings if n == 0 else _fresh(settings, f"processes{n}")
             ours = await executor_tasks(run_settings, url, tasks, capacity, rate, paced, processes=n)
             ours["ratio_to_raw"] = round(ours["tasks_per_s"] / raw["raw_calls_per_s"], 3)
+            ours["ratio_to_raw_httpx"] = round(ours["tasks_per_s"] / raw["raw_httpx_calls_per_s"], 3)
             ours["offered_load"] = round(rate / ours["tasks_per_s"], 3)
             runs.append(ours)
     return {"executor": "http", "tasks": tasks, "capacity": capacity, "rate": rate, **raw, "runs": runs,
