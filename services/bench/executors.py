@@ -159,16 +159,19 @@ class _Watch:
 
     async def follow(self, target: Target) -> None:
         async for batch in tail(target.log, target.cache, target.topics.events, 0, 0):
-            now = time.perf_counter()
-            for _, env in batch:
-                ev = env.data
-                if isinstance(ev, e.TaskAssigned):
-                    self.assigned.setdefault(ev.task_id, now)
-                elif isinstance(ev, e.TaskCompleted | e.TaskFailed) and ev.task_id in self.expected:
-                    self.done_at.setdefault(ev.task_id, now)
-                    self.failed += isinstance(ev, e.TaskFailed)
-            if self.expected and self.expected <= self.done_at.keys():
-                self.all_done.set()
+            self.saw([env.data for _, env in batch], time.perf_counter())
+
+    def saw(self, events: list[Any], now: float) -> None:
+        """Events seen at ``now``: every task's end is noted, expected yet or not (the first tasks
+        may end before the last is submitted and ``until`` says which it waits for)."""
+        for ev in events:
+            if isinstance(ev, e.TaskAssigned):
+                self.assigned.setdefault(ev.task_id, now)
+            elif isinstance(ev, e.TaskCompleted | e.TaskFailed) and ev.task_id not in self.done_at:
+                self.done_at[ev.task_id] = now
+                self.failed += isinstance(ev, e.TaskFailed)
+        if self.expected and self.expected <= self.done_at.keys():
+            self.all_done.set()
 
     async def follow_commands(self, target: Target) -> None:
         async for batch in tail(target.log, target.cache, target.topics.commands, 0, 0):

@@ -4,9 +4,11 @@ queueing rather than what a call costs."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from services.bench.executors import QUEUEING_LOAD, bench_executor, queueing_note
+from contracts import event_types as e
+from services.bench.executors import QUEUEING_LOAD, _Watch, bench_executor, queueing_note
 from services.bench.scenario import run_on
 from services.cli.common import load_settings
 
@@ -34,3 +36,19 @@ def test_a_small_run_reports_both_raw_clients_and_each_ratio(tmp_path: Path) -> 
         assert run["ratio_to_raw"] == round(run["tasks_per_s"] / result["raw_calls_per_s"], 3)
         assert run["ratio_to_raw_httpx"] == round(run["tasks_per_s"] / result["raw_httpx_calls_per_s"], 3)
         assert 0 < run["added_p50_ms"] <= run["added_p99_ms"]
+
+
+async def test_tasks_that_end_before_the_wait_begins_are_counted() -> None:
+    """Under load the first tasks complete while the last are still being submitted: the watch
+    notes every end, so waiting for all of them afterwards returns (it waited for ever before)."""
+    watch = _Watch()
+    watch.saw([e.TaskCompleted(task_id="t1", agent_id="a"), e.TaskFailed(task_id="t2", agent_id="a",
+                                                                         error="no", attempt=1)], 1.0)
+    await asyncio.wait_for(watch.until(["t1", "t2"]), 1.0)
+    assert watch.failed == 1
+    waiting = asyncio.create_task(watch.until(["t1", "t3"], timeout=5.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    watch.saw([e.TaskCompleted(task_id="t3", agent_id="a"), e.TaskCompleted(task_id="t3", agent_id="b")], 2.0)
+    await asyncio.wait_for(waiting, 1.0)
+    assert watch.done_at == {"t1": 1.0, "t2": 1.0, "t3": 2.0}
