@@ -1,6 +1,6 @@
 """An executor whose calls run in worker processes of their own (configuration ``processes: N``).
 
-A call to the outside world is mostly interpreter work on the host's side (``httpx`` building the
+A call to the outside world is mostly interpreter work on the host's side (``httpx2`` building the
 request and parsing the response, an SDK's models): in the host's process it shares one core with
 the log, the decider and the coordinator. ``processes: N`` starts N worker processes, each running
 the same executor (the same class and configuration, its own connection pool), and hands each call
