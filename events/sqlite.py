@@ -47,6 +47,7 @@ from zlib import crc32
 import aiosqlite
 import orjson
 
+from contracts.envelope import SYSTEM_POOL
 from events import sqlite_writer
 from events.log import (
     Appended,
@@ -71,7 +72,7 @@ from events.sqlite_records import (
     _to_values,
     to_rows,
 )
-from events.sqlite_writer import CommitPace, Pending, State, Written, ensure_topic, open_writer
+from events.sqlite_writer import SYSTEM_INDEX, CommitPace, Pending, State, Written, ensure_topic, open_writer
 
 __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
 
@@ -110,12 +111,19 @@ def _matching_query(topic: str, partition: int, offset: int, end: int, types: fr
     """The SELECT of ``read_matching``: rows in [offset, end) with ``key``, and whose headers do not
     start with a ``ce_type`` header or start with one of ``types`` (the exact bytes
     ``_encode_headers`` writes for it, closing quote and bracket included)."""
-    sql = ('SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
-           ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? AND "offset" < ?')
     args: list[object] = [topic, partition, offset, end]
-    if key is not None:
-        sql += " AND key = ?"
-        args.append(key)
+    if key == SYSTEM_POOL:
+        # Through the partial index of the system pool's records, named: without statistics the
+        # planner ranks the primary key's range as high and scans the partition. The key is written
+        # as the index's WHERE has it (a bound value cannot show SQLite the index applies).
+        source, match = f"records INDEXED BY {SYSTEM_INDEX}", f" AND key = '{SYSTEM_POOL}'"
+    else:
+        source, match = "records", ""
+        if key is not None:
+            match = " AND key = ?"
+            args.append(key)
+    sql = (f'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM {source}'
+           ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? AND "offset" < ?' + match)
     if types is not None:
         prefixes = [orjson.dumps([["ce_type", t]])[:-1] for t in sorted(types)]
         sql += " AND (headers IS NULL OR substr(headers, 1, ?) != ?"

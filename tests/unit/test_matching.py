@@ -5,6 +5,7 @@ log takes), for keys, event types, records without a type header, odd type names
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import events.matching as matching
+from contracts import SYSTEM_POOL
 from events import FilteringLog, Record, StoredRecord
 from events.matching import read_matching, wanted
 from events.sqlite import SqliteLog
@@ -36,7 +38,7 @@ class _PlainLog:
 
 
 def _record(rng: random.Random, i: int) -> Record:
-    key = rng.choice(("system", "default", "p1"))
+    key = rng.choice(("system", "default", "p1", SYSTEM_POOL))
     shape = rng.random()
     if shape < 0.1:
         headers: tuple[tuple[str, bytes], ...] = ()  # no headers at all
@@ -75,6 +77,8 @@ CASES: list[dict[str, Any]] = [
     {"types": frozenset({'Q"uote', "Ünïcode"})},
     {"types": frozenset(), "key": "p1"},
     {"types": frozenset({"TaskSubmitted"}), "key": "default"},
+    {"key": SYSTEM_POOL},  # through the partial index of the system pool's records
+    {"types": frozenset({"TimerScheduled"}), "key": SYSTEM_POOL},
 ]
 
 
@@ -113,6 +117,38 @@ async def test_sqlite_never_builds_the_records_it_skips(log: SqliteLog,
     assert got and all(r.key == "system" for r in got)
     # Only the kept records were built: the system pool's timers and its records without a type first.
     assert sum(built) == len(got) < end // 4
+
+
+def _plan(path: Path, key: str) -> str:
+    sql, args = SqliteLog.read_matching.__globals__["_matching_query"](TOPIC, 0, 0, 10**9, None, key)
+    with sqlite3.connect(path) as conn:
+        return " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+
+async def test_the_system_pools_records_are_read_from_their_index_which_an_older_log_gets(
+        tmp_path: Path) -> None:
+    """A start reads the system pool's records from the whole history (tokens, subscriptions):
+    through the partial index of those records only, not a scan of the partition; a log made
+    before the index existed gets it at its next start."""
+    path = tmp_path / "log.db"
+    log = SqliteLog(f"sqlite:///{path}")
+    await log.start()
+    await log.ensure_topic(TOPIC, 1)
+    keys = ("default", SYSTEM_POOL, "default")
+    await log.append(TOPIC, [Record(key=k, value=b"{}") for k in keys], partition=0)
+    await log.close()
+    assert "USING INDEX records_system" in _plan(path, SYSTEM_POOL)
+    assert "records_system" not in _plan(path, "default")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX records_system")  # as a log of an older version has it
+    log = SqliteLog(f"sqlite:///{path}")
+    await log.start()
+    try:
+        got = await _all(read_matching(log, TOPIC, 0, 0, 3, key=SYSTEM_POOL))
+        assert [(r.offset, r.key) for r in got] == [(1, SYSTEM_POOL)]
+    finally:
+        await log.close()
+    assert "USING INDEX records_system" in _plan(path, SYSTEM_POOL)
 
 
 def test_the_rule_keeps_untyped_records_and_compares_the_first_type_header() -> None:
