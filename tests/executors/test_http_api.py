@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from contracts import commands as c
 from contracts import roundtrip
@@ -326,3 +331,42 @@ async def test_http2_is_offered(target: str) -> None:
     async for api in _started(_config(target, http2=True)):
         out = await api.run(path="/echo")
         assert out.ok and out.result["http_version"] in ("HTTP/1.1", "HTTP/2")
+
+
+def _self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that signs itself (and may so be a trust anchor), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentbus test target")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "target.pem", folder / "target.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def test_https_is_verified_against_the_certificates_ssl_cert_file_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the README says: HTTPS is verified against the system's certificate store, or the file
+    ``SSL_CERT_FILE`` names. A target whose certificate nobody trusts is a retryable connection
+    error naming the verification; trusted through ``SSL_CERT_FILE``, it is called."""
+    cert_file, key_file = _self_signed(tmp_path)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with serving(create_app(), ssl_certfile=cert_file, ssl_keyfile=key_file) as url:
+        assert url.startswith("https://")
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        async for api in _started(_config(url)):
+            refused = await api.run(path="/echo")
+            assert not refused.ok and refused.error_code == CONNECTION and refused.retryable
+            assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
+        monkeypatch.setenv("SSL_CERT_FILE", cert_file)
+        async for api in _started(_config(url)):
+            out = await api.run(path="/echo")
+            assert out.ok and out.result["status"] == 200

@@ -5,7 +5,8 @@ MCP server) are real servers reached over TCP: tests, the benchmark and the exam
 through the same client code as to the real thing. Each runs its own event loop in a daemon
 thread, so a test's loop (or a benchmark's) never shares time with the server it measures.
 
-Never for production traffic: no TLS, bound to 127.0.0.1 by default.
+Never for production traffic: bound to 127.0.0.1 by default, TLS only with the certificate a test
+gives (``ssl_certfile``/``ssl_keyfile``, uvicorn's own options).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ class _Server(uvicorn.Server):
 
 @contextlib.contextmanager
 def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
-            start_timeout: float = 10.0) -> Iterator[str]:
+            start_timeout: float = 10.0, ssl_certfile: str | None = None,
+            ssl_keyfile: str | None = None) -> Iterator[str]:
     """Serve ``app`` on ``host:port`` (a free port when None) until the block ends; yields its
-    base URL (``http://127.0.0.1:PORT``)."""
+    base URL (``http://127.0.0.1:PORT``, ``https://`` with a certificate)."""
     port = free_port(host) if port is None else port
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                                    access_log=False, timeout_graceful_shutdown=1))
+                                    access_log=False, timeout_graceful_shutdown=1,
+                                    ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True,
                               name=f"standin:{port}")
     thread.start()
@@ -53,7 +56,7 @@ def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
             raise TimeoutError(f"the server on {host}:{port} did not start in {start_timeout} s")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{port}"
+        yield f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
