@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -109,13 +110,58 @@ def _history_states(name: str) -> Iterator[tuple[int, dict[str, PoolState], dict
 def test_every_state_of_a_recorded_history_round_trips(name: str) -> None:
     seen = 0
     for position, full, raw in _history_states(name):
-        outcomes = OutcomeColumns.of((f"cmd-{i}", (i, 1 + i % 3, None if i % 2 else f"d{i}"))
-                                     for i in range(position))
+        # The index holds the commands the pools have seen (written as runs of its positions) but
+        # one (written by name), then more.
+        ids = [cid for state in full.values() for cid in sorted(state.seen)][1:]
+        ids += [f"cmd-{i}" for i in range(position)]
+        outcomes = OutcomeColumns.of((cid, (i, 1 + i % 3, None if i % 2 else f"d{i}"))
+                                     for i, cid in enumerate(ids))
         for states in (full, raw):
             open_command = OpenCommand("cmd-x", position - 1, 1, None)
             round_trip(DeciderSnapshot(0, position, states, outcomes, open_command))
         seen += 1
     assert seen == len(lines_of(name)) > 10
+
+
+def test_seen_ids_are_written_as_runs_of_the_index_and_come_back() -> None:
+    ids = [f"c{i}" for i in range(1000)]
+    a, b = PoolState("a"), PoolState("b")
+    a.seen = set(ids[:400]) | set(ids[600:700]) | {"open-one"}
+    b.seen = set(ids[400:600]) | set(ids[700::2])
+    outcomes = OutcomeColumns(ids, list(range(1000)), [1] * 1000, [None] * 999 + ["dg"])
+    s = DeciderSnapshot(0, 1001, {"a": a, "b": b}, outcomes, OpenCommand("open-one", 1000, 1, None))
+    header, sections = _parts(snap.encode(s))
+    rows = header["snapshot"][2]
+    assert rows["a"][snap._SEEN_AT] == [[0, 400, 600, 100], ["open-one"]]
+    b_runs = rows["b"][snap._SEEN_AT][0]
+    assert b_runs[:2] == [400, 200] and b_runs[2:] == [x for i in range(700, 1000, 2) for x in (i, 1)]
+    assert header["columns"] == {"n": 1000, "ids_bytes": len("\n".join(ids)), "digests": [[999, "dg"]]}
+    assert sections == "\n".join(ids).encode() + _int64s(*range(1000)) + _int64s(*[1] * 1000)
+    round_trip(s)
+
+
+@pytest.mark.parametrize("ids", [["plain", "two\nlines", "end"], ["\n"], [""], ["", "a", ""]])
+def test_ids_a_line_cannot_hold_come_back(ids: list[str]) -> None:
+    unique = list(dict.fromkeys(ids))
+    state = PoolState("p")
+    state.seen = set(unique)
+    n = len(unique)
+    outcomes = OutcomeColumns(unique, list(range(n)), [1] * n, [None] * n)
+    round_trip(DeciderSnapshot(0, n, {"p": state}, outcomes))
+
+
+def test_a_seen_id_beside_an_id_the_columns_hold_twice_comes_back() -> None:
+    state = PoolState("p")
+    state.seen = {"a", "x"}
+    outcomes = OutcomeColumns(["a", "a"], [0, 1], [1, 1], [None, None])
+    back = snap.decode(snap.encode(DeciderSnapshot(0, 2, {"p": state}, outcomes)))
+    assert back.states["p"].seen == {"a", "x"} and back.outcomes == outcomes
+
+
+def test_an_id_utf8_cannot_hold_is_refused_on_encode() -> None:
+    outcomes = OutcomeColumns(["bad\ud800"], [0], [1], [None])
+    with pytest.raises(SnapshotError, match="cannot be written"):
+        snap.encode(DeciderSnapshot(0, 1, {"p": PoolState("p")}, outcomes))
 
 
 # -- generated states -------------------------------------------------------------------------------
@@ -374,27 +420,62 @@ def test_a_value_json_cannot_hold_is_refused_on_encode() -> None:
 # -- bodies that must not decode -------------------------------------------------------------------
 
 
-def _body(header: Any) -> bytes:
-    return bytes(lz4.frame.compress(orjson.dumps(header)))
+def _parts(body: bytes) -> tuple[Any, bytes]:
+    """A body's JSON header and the binary sections after it."""
+    raw = lz4.frame.decompress(body)
+    mark, n = struct.unpack_from("<4sQ", raw)
+    assert mark == b"\x00abs"
+    return orjson.loads(raw[12:12 + n]), raw[12 + n:]
+
+
+def _body(header: Any, sections: bytes = b"") -> bytes:
+    head = orjson.dumps(header)
+    return bytes(lz4.frame.compress(struct.pack("<4sQ", b"\x00abs", len(head)) + head + sections))
 
 
 def _valid_tree() -> Any:
-    return orjson.loads(lz4.frame.decompress(snap.encode(DeciderSnapshot(3, 7, {"p": PoolState("p")}))))
+    return _parts(snap.encode(DeciderSnapshot(3, 7, {"p": PoolState("p")})))[0]
+
+
+def _columns(n: int, lines: bytes, **more: Any) -> Any:
+    return {**_valid_tree(), "columns": {"n": n, "ids_bytes": len(lines), "digests": [], **more}}
+
+
+def _int64s(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+def _seen_of(runs: list[int], others: list[Any]) -> Any:
+    tree = _valid_tree()
+    tree["snapshot"][2]["p"][snap._SEEN_AT] = [runs, others]
+    return tree
 
 
 @pytest.mark.parametrize(("body", "why"), [
     (b"", "not lz4"),
     (b"not a snapshot at all", "not lz4"),
-    (bytes(lz4.frame.compress(b"{not json")), "not lz4-compressed JSON"),
+    (bytes(lz4.frame.compress(b"{not json")), "header is not JSON"),
+    (bytes(lz4.frame.compress(b"\x01\x00")), "no header"),
+    (bytes(lz4.frame.compress(struct.pack("<4sQ", b"\x00xyz", 2) + b"{}")), "no header"),
+    (bytes(lz4.frame.compress(struct.pack("<4sQ", b"\x00abs", 99) + b"{}")), "cut short"),
     (_body([1, 2]), "no header"),
+    # A body of format 2 or older was JSON alone: refused by its format, never misread.
+    (bytes(lz4.frame.compress(orjson.dumps({**_valid_tree(), "format": 2}))), "format 2, this version reads"),
     (_body({**_valid_tree(), "format": FORMAT + 1}), f"format {FORMAT + 1}"),
     (_body({**_valid_tree(), "schema": "0" * 32}), "another state schema"),
     (_body({**_valid_tree(), "snapshot": [1, 2]}), "expected 5 fields"),
-    (_body({**_valid_tree(), "snapshot": [1, 2, {"p": 5}, [[], [], [], []], [None, 0, 0, None]]}),
+    (_body({**_valid_tree(), "snapshot": [1, 2, {"p": 5}, None, [None, 0, 0, None]]}),
      "does not decode"),
-    (_body({**_valid_tree(), "snapshot": [1, 2, {}, [["c"], [], [1], [None]], [None, 0, 0, None]]}),
-     "the outcome columns differ in length"),
+    (_body(_columns(1, b"c"), b"c" + _int64s(4)), "the outcome columns take 9 bytes, not the 17"),
+    (_body(_columns(2, b"c"), b"c" + _int64s(4, 5, 1, 1)), "1 outcome ids where the header says 2"),
+    (_body(_columns(1, b"c", digests=[[1, "d"]]), b"c" + _int64s(4, 1)), "an outcome digest at 1 of 1"),
+    (_body(_columns(-1, b"")), "not counts"),
+    (_body(_columns(1, b"", ids=[7]), _int64s(4, 1)), "not a list of strings"),
+    (_body(_seen_of([0, 1], [])), r"a run of seen command ids \(0, 1\) outside the 0"),
+    (_body(_seen_of([0], [])), "not runs and ids"),
+    (_body(_seen_of([], [5])), "other seen command ids are not strings"),
     (_body({k: v for k, v in _valid_tree().items() if k != "snapshot"}), "does not decode"),
+    (_body({k: v for k, v in _valid_tree().items() if k != "columns"}), "does not decode"),
 ])
 def test_a_body_that_cannot_be_used_raises_snapshot_error(body: bytes, why: str) -> None:
     with pytest.raises(SnapshotError, match=why):
