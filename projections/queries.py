@@ -57,7 +57,7 @@ def _rows(conn: sa.Connection, stmt: sa.Select[Any],
 async def _all(store: ProjectionStore, stmt: sa.Select[Any], params: dict[str, Any] | None = None,
                ) -> list[dict[str, Any]]:
     """The rows of ``stmt`` (its bound parameters' values in ``params``), JSON-ready."""
-    return await store.run_read(_rows, stmt, params)
+    return await store.run_statement(_rows, stmt, params)
 
 
 async def _one(store: ProjectionStore, stmt: sa.Select[Any], params: dict[str, Any] | None = None,

@@ -74,6 +74,45 @@ async def test_reads_on_a_sqlite_file_run_on_a_reader_thread_and_never_through_t
     assert drivers and set(drivers) == {"pysqlite"}, drivers
 
 
+async def test_a_point_read_on_sqlite_is_its_select_alone_and_a_read_keeps_its_transaction(
+        tmp_path: Path) -> None:
+    """``run_statement`` (every one-statement query: a task by id, a page) sends the SELECT alone,
+    no BEGIN and no ROLLBACK around it; ``run_read`` (several statements) still begins one
+    transaction, and a point read made meanwhile neither waits for it nor changes it."""
+    store = ProjectionStore(f"sqlite+aiosqlite:///{tmp_path / 'read.db'}")
+    await store.start()
+    sent: list[str] = []
+
+    def _statement(conn: sa.Connection, cursor: object, statement: str, *_: object) -> None:
+        if threading.current_thread().name.startswith("read-models-reader"):  # not the writes
+            sent.append(statement.split()[0].upper())
+
+    try:
+        await store.run_write(_add, "before")
+        event.listen(sa.Engine, "before_cursor_execute", _statement)
+        assert await queries.get_task(store, "default", "t-1") is None
+        assert sent == ["SELECT"]
+        sent.clear()
+        first_done, read_meanwhile = threading.Event(), threading.Event()
+
+        def read(conn: sa.Connection) -> tuple[int, int]:
+            first = _count(conn)
+            first_done.set()
+            assert read_meanwhile.wait(10)
+            return first, _count(conn)
+
+        reading = asyncio.create_task(store.run_read(read))
+        assert await asyncio.to_thread(first_done.wait, 10)
+        await store.run_write(_add, "meanwhile")
+        assert await store.run_statement(_count) == 2  # the point read sees the commit at once
+        read_meanwhile.set()
+        assert await reading == (1, 1)  # the transaction keeps its snapshot
+        assert sent == ["BEGIN", "SELECT", "SELECT", "SELECT"]  # the read's, the point read's, the read's
+    finally:
+        event.remove(sa.Engine, "before_cursor_execute", _statement)
+        await store.close()
+
+
 async def test_a_failing_read_raises_and_gives_its_connection_back(store: ProjectionStore) -> None:
     def broken(conn: sa.Connection) -> None:
         conn.execute(sa.text("SELECT * FROM no_such_table"))
