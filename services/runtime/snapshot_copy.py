@@ -9,10 +9,10 @@ up front): the child builds the snapshot, encodes and compresses it and writes t
 pipe, and the parent goes on deciding. The loop is held for the fork alone, a few ms (it grows
 with the process's mapped memory, not with the number of objects).
 
-What runs in the child is pure code: the snapshot's encoders (orjson, or pickle for the
-coordinator's views), lz4 and ``os.write``, then
-``os._exit``. No lock another thread might have held at the fork is taken there, no atexit
-handler or finaliser runs, and nothing of the parent's event loop. The child ignores SIGINT (a
+What runs in the child is pure code: the snapshot's encoders (orjson and the standard library's
+``array``, or pickle for the coordinator's views), lz4 and ``os.write``, then ``os._exit``. No
+lock another thread might have held at the fork is taken there, no atexit handler or finaliser
+runs, and nothing of the parent's event loop. The child ignores SIGINT (a
 Ctrl-C reaches the whole process group; the parent's stop waits for the copy) and does not
 collect garbage (a collection would touch, and so copy, every page of the state). While it runs
 it holds copies of the pages it touched: at most about the size of the state, for the fraction
@@ -50,7 +50,7 @@ _HEADER = struct.Struct("!dQ")  # the copy's seconds, the child's private memory
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """The stored body of a snapshot (lz4-compressed JSON), what it held the loop for, how long the
+    """The stored body of a snapshot (lz4-compressed), what it held the loop for, how long the
     copy took (in the child, or on the loop without one), and the memory the child had of its own
     at the end (the pages it copied plus what it allocated; 0 without a child or where Linux's
     ``/proc/self/smaps_rollup`` is missing)."""
