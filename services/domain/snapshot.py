@@ -452,7 +452,10 @@ def dump(snapshot: DeciderSnapshot) -> bytes:
     cols = snapshot.outcomes
     try:
         with _no_collection():
-            tree = _SNAPSHOT.enc(DeciderSnapshot(snapshot.partition, snapshot.position, snapshot.states,
+            # Each pool without its seen ids (written as runs below, not listed first and then
+            # replaced): a shallow copy, the other fields are the state's own objects.
+            states = {pool: dataclasses.replace(state, seen=set()) for pool, state in snapshot.states.items()}
+            tree = _SNAPSHOT.enc(DeciderSnapshot(snapshot.partition, snapshot.position, states,
                                                  OutcomeColumns(), snapshot.open))
             tree[_OUTCOMES_AT] = None
             for pool, row in tree[2].items():
