@@ -119,6 +119,20 @@ async def test_an_append_made_while_the_writer_wakes_joins_its_transaction(log: 
     assert log.transactions - before == 1  # one commit (one fsync) for both
 
 
+async def test_a_full_batch_is_written_without_waiting_a_turn_of_the_loop(log: SqliteLog) -> None:
+    # More than INLINE_ROWS records waiting: the writer begins at once; an append made meanwhile
+    # goes into the next transaction instead of holding this one back a whole turn of the loop.
+    before = log.transactions
+    first = asyncio.ensure_future(
+        log.append("t", [Record("k", b"%d" % i) for i in range(INLINE_ROWS + 1)], partition=0))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(log.append("t", [Record("k", b"b")], partition=0))
+    first_result, [b] = await asyncio.gather(first, second)
+    assert [a.offset for a in first_result] == list(range(INLINE_ROWS + 1))
+    assert b.offset == INLINE_ROWS + 1
+    assert log.transactions - before == 2
+
+
 async def test_one_failing_append_does_not_fail_the_others_in_its_batch(
     log: SqliteLog, tmp_path: Path
 ) -> None:
