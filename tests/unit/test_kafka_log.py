@@ -35,6 +35,7 @@ from events import (
 )
 from events.codec import encode, from_record, to_record
 from events.kafka import KafkaLog, parse_url
+from events.kafka.transaction import RETRY_BACKOFF_MS, new_producer
 
 KAFKA_ENV = "AGENTBUS_TEST_KAFKA"
 LZ4 = 3  # Kafka's record batch compression codec id
@@ -141,6 +142,18 @@ def test_kafka_is_a_transactional_log_that_does_not_dedupe_ids() -> None:
     assert isinstance(log, KafkaLog) and isinstance(log, EventLog)
     assert isinstance(log, TransactionalLog)  # extra=, claim() and release()
     assert log.dedupes_ids is False
+
+
+async def test_transactional_producers_retry_after_a_short_backoff() -> None:
+    # A verifying broker answers a produce that follows a transaction's end too closely with a
+    # retriable error: the next try comes after RETRY_BACKOFF_MS, not aiokafka's 100 ms.
+    producer = new_producer(parse_url("kafka://127.0.0.1:1"), "agentbus-test", 60_000)
+    try:
+        assert RETRY_BACKOFF_MS == 20
+        assert producer._sender._retry_backoff == RETRY_BACKOFF_MS / 1000
+        assert producer.client._retry_backoff == RETRY_BACKOFF_MS / 1000
+    finally:
+        await producer.stop()
 
 
 async def test_an_unreachable_broker_is_a_clear_log_error() -> None:
