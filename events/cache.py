@@ -207,6 +207,7 @@ async def tail_raw(
     # Nothing of a handled batch is kept while the next one is read: a reader holding batches of a
     # few thousand records would otherwise hold two at its peak.
     ran_out = False
+    woken = False
     try:
         while True:
             batch: list[tuple[int, Envelope | StoredRecord]] = list(
@@ -214,11 +215,17 @@ async def tail_raw(
             if batch:
                 ran_out = len(batch) < limit
             else:
+                if woken:
+                    # Woken by a commit whose envelopes are not cached yet: let the appender that
+                    # woke us put them first (it runs ahead of us in the loop's next pass).
+                    woken = False
+                    await asyncio.sleep(0)
+                    continue
                 recs = [] if ran_out else await log.read(topic, partition, offset, limit)
                 ran_out = False
                 if not recs:
                     await log.wait(topic, partition, offset, timeout=1.0)
-                    await asyncio.sleep(0)  # let the appender that woke us put its envelopes first
+                    woken = True
                     continue
                 batch = [(r.offset, cache.get(r) or r) for r in recs]
                 del recs

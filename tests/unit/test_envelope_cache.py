@@ -200,6 +200,38 @@ async def test_a_tail_out_of_cached_records_waits_instead_of_querying_the_log(tm
         await log.close()
 
 
+
+async def test_a_woken_tail_takes_what_the_appender_cached_in_the_same_pass(tmp_path: Path) -> None:
+    """The appender resumes ahead of the tail its commit woke, and caches the envelopes: the tail
+    yields them in that pass of the loop, not one pass later (a whole turn of a busy loop).
+    Measured by a callback the appender schedules once it has cached them: it runs in the next
+    pass, so the tail must have its batch before it."""
+    log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
+    await log.start()
+    await log.ensure_topic(TOPIC, 1)
+    cache = EnvelopeCache()
+    order: list[str] = []
+
+    async def follow() -> None:
+        async with contextlib.aclosing(tail_raw(log, cache, TOPIC, 0, 0, limit=10)) as batches:
+            async for batch in batches:
+                order.append(f"tail got {len(batch)}")
+
+    follower = asyncio.create_task(follow())
+    try:
+        for _ in range(5):  # the tail looks at the log once, then waits for a commit
+            await asyncio.sleep(0)
+        await _write(log, cache, envs(3))
+        asyncio.get_running_loop().call_soon(order.append, "next pass")
+        await eventually(lambda: "next pass" in order and "tail got 3" in order)
+        assert order == ["tail got 3", "next pass"]
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await log.close()
+
+
 def _held_below(offset: int) -> list[str]:
     """The locals, in the frames awaiting this read (the tail's and its reader's), holding a batch
     of (offset, record or envelope) or of records from below ``offset``: a batch already handled."""
