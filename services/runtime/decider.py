@@ -414,6 +414,10 @@ class PartitionDecider:
             async with contextlib.aclosing(batches):  # a stop lets go of the cache's entries at once
                 async for batch in batches:
                     await self.process(batch)
+                    # What the batch's commit woke (the live streams' hub, the coordinator) runs
+                    # before the next batch is decided: deciding one is tens of milliseconds on a
+                    # busy loop, and the batch's events would reach their subscribers that late.
+                    await asyncio.sleep(0)
         finally:
             if sqlite is not None:
                 self._reacting = False

@@ -208,3 +208,32 @@ async def test_a_rolled_back_transaction_stops_the_decider_and_a_restart_decides
         assert await _rebuilt(again) == live
     finally:
         await again.stop()
+
+
+async def test_what_a_batch_woke_runs_before_the_next_batch_is_decided(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands too many for one transaction to decide inline are decided in batches; once a
+    batch's events are durable, what that woke (the live streams' hub, the coordinator) gets the
+    loop before the decider takes on the next batch, which is already waiting in the cache."""
+    monkeypatch.setattr(decider_module, "BATCH", 40)
+    order: list[tuple[str, int]] = []
+    process = PartitionDecider.process
+
+    async def recorded(self: PartitionDecider, batch: list[Any]) -> None:
+        order.append(("decide", batch[0][0]))
+        await process(self, batch)
+        # As the log's commit wakes a follower: a callback on the loop's next pass.
+        asyncio.get_running_loop().call_soon(order.append, ("woken", batch[0][0]))
+
+    monkeypatch.setattr(PartitionDecider, "process", recorded)
+    async with _running(tmp_path, capacity=1) as runner:
+        assert await runner.wait_decided(0, 0, 10.0) is not None  # the agent's registration
+        await asyncio.sleep(0.1)
+        order.clear()
+        envs = [command_envelope(c.SubmitTask(task_id=f"t{i}", type="demo")) for i in range(120)]
+        appended = await runner.submit_many(envs)
+        assert await runner.wait_decided(0, appended[-1][1], 10.0) is not None
+        await eventually(lambda: len(order) >= 6)
+        first = appended[0][1]
+        assert order[:6] == [("decide", first), ("woken", first), ("decide", first + 40),
+                             ("woken", first + 40), ("decide", first + 80), ("woken", first + 80)]
