@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from services.http.bodies import MAX_ID, JSONBodyRoute
 from services.http.errors import error_item, invalid
 from services.http.responses import Error, ValidationErrors, json_response
 from services.runtime.channels import Cursor, cursor_text
+from services.runtime.eager import run_eagerly
 from services.runtime.feed import BeyondEnd, Feed, FeedError
 from services.runtime.hub import Hub, Message
 from services.runtime.service import Service, ended
@@ -129,13 +131,20 @@ class FrameCache:
 @dataclass
 class _Socket:
     """One WebSocket connection: its feed, whether the client takes batched frames, and whether
-    it takes the frames that carry events lz4-compressed (as binary frames)."""
+    it takes the frames that carry events lz4-compressed (as binary frames).
+
+    ``sending``: the rest of a send the hub began (``_send_now``) that had to wait for the
+    connection's buffer to drain; ``error``: what such a send raised at once. The writer deals with
+    both before it sends anything else.
+    """
 
     websocket: WebSocket
     feed: Feed
     frames: FrameCache
     batch: bool = False
     lz4: bool = False
+    sending: asyncio.Task[None] | None = None
+    error: BaseException | None = None
 
 
 @router.websocket("/ws/v1/events", name="events_socket")
@@ -152,6 +161,9 @@ async def events_socket(websocket: WebSocket) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        conn.feed.sub.direct = None
+        if conn.sending is not None:
+            tasks.append(conn.sending)
         for task in tasks:
             task.cancel()
         await ended(tasks)
@@ -213,28 +225,75 @@ async def handle(conn: _Socket, raw: str | bytes) -> None:
 
 
 async def _write(conn: _Socket) -> None:
-    """Send what the feed gives, a ping when idle, until it is done or the client went away."""
-    feed, frames = conn.feed, conn.frames
-    send, send_bytes = conn.websocket.send_text, conn.websocket.send_bytes
+    """Send what the feed gives, a ping when idle, until it is done or the client went away.
+
+    While it waits with the stream live, the hub hands what it fans out straight to ``_send_now``,
+    which writes it in the hub's step: a batch reaches every such connection's socket in the step
+    that fanned it out, not one pass of the event loop later per connection.
+    """
+    feed = conn.feed
+    direct = functools.partial(_send_now, conn)
     interval = feed.hub.ping_interval
     with contextlib.suppress(WebSocketDisconnect, OSError):
         while not feed.done:
-            messages = await feed.pull(interval)
-            if not messages and not feed.done:
-                await send(_PING)
-            if conn.batch and len(messages) > 1:
-                for i in range(0, len(messages), BATCH_FRAME):
-                    frame = frames.get(messages[i:i + BATCH_FRAME], True)
-                    if conn.lz4:
-                        await send_bytes(frame.lz4)
-                    else:
-                        await send(frame.text)
-                continue
-            for m in messages:
-                if conn.lz4 and m.partition >= 0:
-                    await send_bytes(frames.get([m], False).lz4)
-                else:
-                    await send(m.text)
+            feed.sub.direct = direct if conn.sending is None and feed.live() else None
+            try:
+                messages = await feed.pull(interval)
+            finally:
+                feed.sub.direct = None
+            began = conn.sending is not None or conn.error is not None
+            await _caught_up(conn)  # what the hub began sending goes first
+            if not messages and not feed.done and not began:  # idle for the interval
+                await conn.websocket.send_text(_PING)
+            await _send(conn, messages)
+
+
+def _send_now(conn: _Socket, messages: list[Message]) -> None:
+    """``Subscriber.direct``: send what the hub offers, in its step, as far as the socket takes it;
+    the rest (a full send buffer) goes on in a task the writer waits for before sending more."""
+    out = conn.feed.take(messages)
+    if not out:
+        return
+    try:
+        conn.sending = run_eagerly(_send(conn, out))
+    except Exception as exc:  # the client went away, most likely: the writer raises it
+        conn.error = exc
+    if conn.sending is not None or conn.error is not None:
+        conn.feed.sub.direct = None
+        if conn.sending is not None:
+            conn.sending.add_done_callback(lambda _: conn.feed.sub.wake())
+        else:
+            conn.feed.sub.wake()
+
+
+async def _caught_up(conn: _Socket) -> None:
+    """Wait for the rest of a send the hub began; raise what such a send raised."""
+    sending, error = conn.sending, conn.error
+    conn.sending = conn.error = None
+    if sending is not None:
+        await sending
+    if error is not None:
+        raise error
+
+
+async def _send(conn: _Socket, messages: list[Message]) -> None:
+    """Send ``messages`` in order as the client asked: batched frames or one per message, events
+    lz4-compressed or as text."""
+    frames = conn.frames
+    send, send_bytes = conn.websocket.send_text, conn.websocket.send_bytes
+    if conn.batch and len(messages) > 1:
+        for i in range(0, len(messages), BATCH_FRAME):
+            frame = frames.get(messages[i:i + BATCH_FRAME], True)
+            if conn.lz4:
+                await send_bytes(frame.lz4)
+            else:
+                await send(frame.text)
+        return
+    for m in messages:
+        if conn.lz4 and m.partition >= 0:
+            await send_bytes(frames.get([m], False).lz4)
+        else:
+            await send(m.text)
 
 
 def batch_frame(messages: list[Message]) -> str:

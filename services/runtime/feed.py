@@ -155,6 +155,16 @@ class Feed:
                 return out
         return []
 
+    def live(self) -> bool:
+        """Whether what the hub offers now may be sent as it comes (``Subscriber.direct``):
+        subscribed, no replay under way, not done."""
+        return self.sent is not None and self._replay is None and not self.done
+
+    def take(self, messages: list[Message]) -> list[Message]:
+        """What ``pull`` would return for ``messages``, offered by the hub while nothing was queued:
+        those still to send, the cursor moved past them. Only while ``live``."""
+        return self._unpack([messages])
+
     def _unpack(self, items: list[object]) -> list[Message]:
         out: list[Message] = []
         sent = self.sent
