@@ -211,6 +211,14 @@ async def test_a_woken_tail_takes_what_the_appender_cached_in_the_same_pass(tmp_
     await log.ensure_topic(TOPIC, 1)
     cache = EnvelopeCache()
     order: list[str] = []
+    waits: list[int] = []
+    wait = log.wait
+
+    async def entered(topic: str, partition: int, offset: int, timeout: float) -> bool:
+        waits.append(offset)  # from here to its wait for a commit, the log's wait does not yield
+        return await wait(topic, partition, offset, timeout)
+
+    log.wait = entered  # type: ignore[method-assign]
 
     async def follow() -> None:
         async with contextlib.aclosing(tail_raw(log, cache, TOPIC, 0, 0, limit=10)) as batches:
@@ -219,8 +227,7 @@ async def test_a_woken_tail_takes_what_the_appender_cached_in_the_same_pass(tmp_
 
     follower = asyncio.create_task(follow())
     try:
-        for _ in range(5):  # the tail looks at the log once, then waits for a commit
-            await asyncio.sleep(0)
+        await eventually(lambda: waits == [0])  # the tail looked at the log and waits for a commit
         await _write(log, cache, envs(3))
         asyncio.get_running_loop().call_soon(order.append, "next pass")
         await eventually(lambda: "next pass" in order and "tail got 3" in order)
