@@ -10,12 +10,15 @@ import secrets
 import socket
 from typing import Any
 
+import pytest
 import websockets
 from websockets.client import ClientProtocol
 from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from services.http import streams
+from services.runtime.eager import run_eagerly
 from services.runtime.hub import Message, Subscriber, publish_progress
 from services.runtime.service import Service
 from tests.streams.conftest import live, log_events, register, submit, task
@@ -105,7 +108,16 @@ async def _read_all(ws: Any, count: int) -> list[dict[str, Any]]:
     return await events_until(ws, count, timeout=60)
 
 
-async def test_a_connection_whose_buffer_fills_gets_every_event_once_in_order(service: Service) -> None:
+async def test_a_connection_whose_buffer_fills_gets_every_event_once_in_order(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    continued: list[bool] = []
+
+    def spied(coro: Any) -> Any:  # the real one, noting when a send had to go on in a task
+        rest = run_eagerly(coro)
+        continued.append(rest is not None)
+        return rest
+
+    monkeypatch.setattr(streams, "run_eagerly", spied)
     await submit(service, register("a1"))
     async with live(service, bound=100_000) as (base, hub):
         # A client that stops reading, with a small receive buffer: the server's sends to it stop
@@ -121,12 +133,14 @@ async def test_a_connection_whose_buffer_fills_gets_every_event_once_in_order(se
         assert subscribed["type"] == "subscribed"
         after = subscribed["after"]
         start = after if isinstance(after, int) else after["0"]
-        payload = {"blob": secrets.token_hex(20_000)}
-        for i in range(8):
+        # About 12 MB of events: more than the socket buffers on both sides hold.
+        payload = {"blob": secrets.token_hex(50_000)}
+        for i in range(12):
             await submit(service, *[task(f"t{i}-{j}", data=payload) for j in range(10)])
         await asyncio.sleep(0.5)
         expected = [(p, o) for p, o, _ in await log_events(service) if o > start]
         got = await _read_all(slow, len(expected))
         assert [(m["partition"], m["position"]) for m in got] == expected
         assert hub.subscribers == 1  # not lagged: the bound was never reached
+        assert any(continued), "no send waited for the client: the test did not fill the buffer"
         await slow.close()
