@@ -20,6 +20,11 @@ __all__ = ["run_eagerly"]
 def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
     """Run ``coro`` until it finishes or first waits: None when it finished (an exception it raised
     is raised here); otherwise a task on the running loop that runs the rest, as a task would have.
+
+    Until its first wait the coroutine runs in the caller's task, and the rest in another: only for
+    code that does not bind anything to ``asyncio.current_task()`` before it waits (no
+    ``asyncio.timeout``, no anyio cancel scope), such as a WebSocket send. Python 3.12's eager
+    tasks have no such limit.
     """
     try:
         waiting = coro.send(None)
