@@ -254,16 +254,17 @@ def _send_now(conn: _Socket, messages: list[Message]) -> None:
     out = conn.feed.take(messages)
     if not out:
         return
+    sub = conn.feed.sub
     try:
         conn.sending = run_eagerly(_send(conn, out))
     except Exception as exc:  # the client went away, most likely: the writer raises it
         conn.error = exc
-    if conn.sending is not None or conn.error is not None:
-        conn.feed.sub.direct = None
-        if conn.sending is not None:
-            conn.sending.add_done_callback(lambda _: conn.feed.sub.wake())
-        else:
-            conn.feed.sub.wake()
+        sub.direct = None
+        sub.wake()
+        return
+    if conn.sending is not None:
+        sub.direct = None
+        conn.sending.add_done_callback(lambda _: sub.wake())
 
 
 async def _caught_up(conn: _Socket) -> None:

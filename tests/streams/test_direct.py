@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import socket
 from typing import Any
 
 import pytest
-import websockets
 from websockets.client import ClientProtocol
 from websockets.frames import Frame
 from websockets.http11 import Response
@@ -21,8 +19,8 @@ from services.http import streams
 from services.runtime.eager import run_eagerly
 from services.runtime.hub import Message, Subscriber, publish_progress
 from services.runtime.service import Service
-from tests.streams.conftest import live, log_events, register, submit, task
-from tests.streams.test_websocket import events_until, recv
+from tests.streams.conftest import live, log_events, register, submit
+from tests.streams.test_websocket import events_until, flood, recv, slow_client
 
 
 def _message(n: int) -> Message:
@@ -104,10 +102,6 @@ async def test_a_waiting_connection_is_written_to_in_the_hubs_own_step(service: 
             client.sock.close()
 
 
-async def _read_all(ws: Any, count: int) -> list[dict[str, Any]]:
-    return await events_until(ws, count, timeout=60)
-
-
 async def test_a_connection_whose_buffer_fills_gets_every_event_once_in_order(
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     continued: list[bool] = []
@@ -120,26 +114,17 @@ async def test_a_connection_whose_buffer_fills_gets_every_event_once_in_order(
     monkeypatch.setattr(streams, "run_eagerly", spied)
     await submit(service, register("a1"))
     async with live(service, bound=100_000) as (base, hub):
-        # A client that stops reading, with a small receive buffer: the server's sends to it stop
-        # part way and go on once it reads again.
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
-        host, port = base.split(":")
-        sock.connect((host, int(port)))
-        slow = await websockets.connect(f"ws://{base}/ws/v1/events", sock=sock, max_queue=1, compression=None,
-                                        max_size=None)
+        # The server's sends to it stop part way and go on once it reads again.
+        slow = await slow_client(base)
         await slow.send(json.dumps({"type": "subscribe", "channels": ["events"]}))
         subscribed = await recv(slow)
         assert subscribed["type"] == "subscribed"
         after = subscribed["after"]
         start = after if isinstance(after, int) else after["0"]
-        # About 12 MB of events: more than the socket buffers on both sides hold.
-        payload = {"blob": secrets.token_hex(50_000)}
-        for i in range(12):
-            await submit(service, *[task(f"t{i}-{j}", data=payload) for j in range(10)])
+        await flood(service)
         await asyncio.sleep(0.5)
         expected = [(p, o) for p, o, _ in await log_events(service) if o > start]
-        got = await _read_all(slow, len(expected))
+        got = await events_until(slow, len(expected), timeout=60)
         assert [(m["partition"], m["position"]) for m in got] == expected
         assert hub.subscribers == 1  # not lagged: the bound was never reached
         assert any(continued), "no send waited for the client: the test did not fill the buffer"

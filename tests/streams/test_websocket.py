@@ -47,6 +47,25 @@ async def quiet(ws: ClientConnection, seconds: float = 0.3) -> list[dict[str, An
     return out
 
 
+async def slow_client(base: str) -> ClientConnection:
+    """A client that reads only when told to, with a small receive buffer (no autotuning to
+    megabytes): while it does not read, the server's sends to it back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+    host, port = base.split(":")
+    sock.connect((host, int(port)))
+    return await websockets.connect(f"ws://{base}/ws/v1/events", sock=sock, max_queue=1, compression=None,
+                                    max_size=None)
+
+
+async def flood(service: Service) -> None:
+    """About 12 MB of events: more than the socket buffers on both sides hold (the server's is 4 MB
+    at most)."""
+    payload = {"blob": secrets.token_hex(50_000)}
+    for i in range(12):
+        await submit(service, *[task(f"t{i}-{j}", data=payload) for j in range(10)])
+
+
 async def test_subscribe_unsubscribe_and_every_mistake_is_answered(service: Service) -> None:
     async with live(service) as (base, _), websockets.connect(f"ws://{base}/ws/v1/events") as ws:
         await ws.send(json.dumps({"type": "subscribe", "channels": ["tasks", "agent:a1"]}))
@@ -163,20 +182,12 @@ async def test_a_slow_consumer_is_told_where_to_resume_and_closed(service: Servi
     await submit(service, register("a1"))
     async with live(service, bound=40) as (base, hub):
         fast = await websockets.connect(f"ws://{base}/ws/v1/events")
-        # A client that does not read, with a small receive buffer (no autotuning to megabytes).
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
-        host, port = base.split(":")
-        sock.connect((host, int(port)))
-        slow = await websockets.connect(f"ws://{base}/ws/v1/events", sock=sock, max_queue=1, compression=None)
+        slow = await slow_client(base)
         for ws in (fast, slow):
             await ws.send(json.dumps({"type": "subscribe", "channels": ["events"]}))
             assert (await recv(ws))["type"] == "subscribed"
         reading = asyncio.create_task(events_until(fast, 10**9, timeout=60))
-        # Fills the server's socket buffer (4 MB at most), which the client stops emptying.
-        payload = {"blob": secrets.token_hex(50_000)}
-        for i in range(12):
-            await submit(service, *[task(f"t{i}-{j}", data=payload) for j in range(10)])
+        await flood(service)
         # The slow one reads now: what was sent, then lagged with its last position, then closed.
         positions = []
         while True:
