@@ -37,6 +37,10 @@ class EnvelopeCache:
         self.capacity = capacity
         self._parts: dict[tuple[str, int], dict[int, Envelope]] = {}
         self._size = 0
+        # The topics whose records' bytes are kept beside their envelopes (``keep_values``), and
+        # those bytes, entry for entry.
+        self._valued: set[str] = set()
+        self._values: dict[tuple[str, int], dict[int, bytes]] = {}
         # The next offset each follower of a partition reads, and the offset below which its
         # followers have let every entry go.
         self._followers: dict[tuple[str, int], dict[Follower, int]] = {}
@@ -47,13 +51,27 @@ class EnvelopeCache:
     def __len__(self) -> int:
         return self._size
 
-    def put(self, topic: str, appended: Sequence[Appended], envelopes: Sequence[Envelope]) -> None:
+    def keep_values(self, topic: str) -> None:
+        """Keep the bytes of ``topic``'s records too, beside their envelopes, while they are cached
+        (when the appender gives them to ``put``): for a follower that sends records on as they are
+        stored (the event hub), which would otherwise encode each envelope again."""
+        self._valued.add(topic)
+
+    def values(self, topic: str, partition: int) -> dict[int, bytes]:
+        """Offset -> the record's bytes, of the entries of ``topic[partition]`` cached with them
+        (read only; empty unless ``keep_values``)."""
+        return self._values.get((topic, partition)) or {}
+
+    def put(self, topic: str, appended: Sequence[Appended], envelopes: Sequence[Envelope],
+            values: Sequence[bytes] | None = None) -> None:
         """Remember the envelopes just appended at ``appended`` positions (duplicates skipped, and
-        positions every follower has read past already)."""
+        positions every follower has read past already), and ``values``, their records' bytes,
+        when the topic keeps them."""
         if self.capacity <= 0:
             return
         parts = self._parts
-        for pos, env in zip(appended, envelopes, strict=True):
+        valued = values if values is not None and topic in self._valued else None
+        for i, (pos, env) in enumerate(zip(appended, envelopes, strict=True)):
             if pos.duplicate:
                 continue
             key = (topic, pos.partition)
@@ -70,6 +88,11 @@ class EnvelopeCache:
             if pos.offset not in part:
                 self._size += 1
             part[pos.offset] = env
+            if valued is not None:
+                kept = self._values.get(key)
+                if kept is None:
+                    kept = self._values[key] = {}
+                kept[pos.offset] = valued[i]
         if self._size > self.capacity:
             self._evict(self._size - self.capacity + self.capacity // 10)
 
@@ -84,16 +107,18 @@ class EnvelopeCache:
                                         envelopes=envelopes)
         else:
             appended = await log.append(topic, records, partition=partition, commit=commit)
-        self.put(topic, appended, envelopes)
+        self.put(topic, appended, envelopes, [r.value for r in records] if topic in self._valued else None)
         return appended
 
     def _evict(self, n: int) -> None:
         """Drop ``n`` entries, the oldest of the fullest partition first."""
         while n > 0 and self._size:
-            part = max(self._parts.values(), key=len)
+            key, part = max(self._parts.items(), key=lambda kv: len(kv[1]))
             drop = list(itertools.islice(part, min(n, len(part))))
+            values = self._values.get(key, {})
             for offset in drop:
                 del part[offset]
+                values.pop(offset, None)
             self._size -= len(drop)
             n -= len(drop)
 
@@ -147,9 +172,11 @@ class EnvelopeCache:
         if not part:
             return
         below = [o for o in part if o < low] if low - floor > len(part) else range(floor, low)
+        values = self._values.get(key, {})
         for o in below:
             if part.pop(o, None) is not None:
                 self._size -= 1
+                values.pop(o, None)
 
     def followers(self, topic: str, partition: int) -> int:
         """How many followers the partition has now."""

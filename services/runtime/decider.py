@@ -455,9 +455,11 @@ class PartitionDecider:
         commit = Commit(self.group, self.topics.commands, self.partition, end)
         # The events go on to the reactor of their partition (the coordinator's, in this process).
         return Reaction(self.topics.events, self.partition, records, commit,
-                        functools.partial(self._reacted, events, decided, end), envelopes=events)
+                        functools.partial(self._reacted, events, [r.value for r in records], decided, end),
+                        envelopes=events)
 
-    def _reacted(self, events: list[Envelope], decided: list[tuple[str, int, str | None]], end: int,
+    def _reacted(self, events: list[Envelope], values: list[bytes],
+                 decided: list[tuple[str, int, str | None]], end: int,
                  result: list[Appended] | BaseException) -> None:
         """The transaction holding decisions ``_react`` made committed (``result``: their events'
         positions) or was rolled back."""
@@ -465,7 +467,7 @@ class PartitionDecider:
             self._uncommitted.fail(result)
             return
         idle = self._uncommitted.committed(self.partition)
-        self.cache.put(self.topics.events, result, events)
+        self.cache.put(self.topics.events, result, events, values)
         self._settle(events, result, decided, end)
         if idle:
             asyncio.get_running_loop().call_soon(self._maybe_snapshot)
@@ -514,7 +516,7 @@ class PartitionDecider:
             else:
                 appended = await self.log.append(self.topics.events, records, partition=self.partition,
                                                  commit=commit)
-            self.cache.put(self.topics.events, appended, out)
+            self.cache.put(self.topics.events, appended, out, [r.value for r in records])
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)

@@ -71,13 +71,14 @@ def reply(body: dict[str, Any], cursor: Cursor | None = None) -> Message:
 
 
 def event_message(partition: int, offset: int, item: Envelope | StoredRecord,
-                  decode: Callable[[StoredRecord], Envelope] | None) -> Message:
+                  decode: Callable[[StoredRecord], Envelope] | None, stored: bytes | None = None) -> Message:
     """The message of one event: the record's CloudEvent as stored, with its position.
 
     ``decode`` given: the channels it is on are worked out too (decoding the record if need be).
+    ``stored``: for an envelope, its record's bytes when at hand (else it is encoded again).
     """
     if isinstance(item, Envelope):
-        value, env = encode(item), item
+        value, env = stored if stored is not None else encode(item), item
     else:
         value, env = item.value, None
     keys: frozenset[Channel] = frozenset()
@@ -226,6 +227,8 @@ class Hub:
     async def start(self) -> None:
         """Start following every partition from its end."""
         self.partitions = await self.log.partitions(self.topic)
+        if self.cache is not None and not self.long_poll:
+            self.cache.keep_values(self.topic)  # its events go out as stored, not encoded again
         for p in range(self.partitions):
             self.last[p] = await self.log.end_offset(self.topic, p) - 1
         self._tasks = [asyncio.create_task(self._follow(p), name=f"hub[{p}]") for p in range(self.partitions)]
@@ -306,6 +309,8 @@ class Hub:
         if not subs:
             return
         decode = None if all(s.everything for s in subs) else self.decoder()
-        messages = [event_message(partition, offset, item, decode) for offset, item in batch]
+        stored = self.cache.values(self.topic, partition) if self.cache is not None else {}
+        messages = [event_message(partition, offset, item, decode, stored.get(offset))
+                    for offset, item in batch]
         for sub in subs:
             sub.offer(messages if sub.everything else [m for m in messages if sub.wants(m.keys)])

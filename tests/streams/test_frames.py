@@ -41,6 +41,19 @@ def test_other_messages_or_another_shape_get_a_frame_of_their_own() -> None:
     assert (cache.built, cache.reused) == (5, 0)
 
 
+def test_messages_that_differ_only_inside_get_a_frame_of_their_own() -> None:
+    """Two subscribers' lists with the same first and last message and the same count, another
+    message between them (each took the events of its own channels): each gets its own frame."""
+    cache = FrameCache(size=4)
+    messages = _events(4)
+    one = [messages[0], messages[1], messages[3]]
+    other = [messages[0], messages[2], messages[3]]
+    assert cache.get(one, True).text == batch_frame(one)
+    assert cache.get(other, True).text == batch_frame(other)
+    assert cache.get(list(other), True).text == batch_frame(other)  # the newest of the two is kept
+    assert (cache.built, cache.reused) == (2, 1)
+
+
 def test_the_cache_keeps_only_the_latest_frames() -> None:
     cache = FrameCache(size=2)
     first, second, third = _events(2), _events(2, 2), _events(2, 4)

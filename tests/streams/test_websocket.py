@@ -304,3 +304,34 @@ async def test_lz4_frames_carry_the_same_messages_as_text_frames(service: Servic
         frame = await asyncio.wait_for(packed.recv(), 5)
         assert isinstance(frame, str)
         assert _messages([frame])[0]["event"]["subject"] == "v1"
+
+
+async def test_live_events_go_out_as_the_log_stores_them_without_encoding_them_again(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event appended in this process reaches a subscriber as its record's very bytes, which the
+    cache kept beside its envelope: the hub does not encode the envelope again."""
+    import services.runtime.hub as hub_module
+
+    encoded: list[object] = []
+    real_encode = hub_module.encode
+    monkeypatch.setattr(hub_module, "encode", lambda env: encoded.append(env) or real_encode(env))
+    async with live(service) as (base, _), websockets.connect(f"ws://{base}/ws/v1/events") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channels": ["events"]}))
+        assert (await recv(ws))["type"] == "subscribed"
+        await submit(service, register("a1"), *[task(f"t{i}") for i in range(10)])
+        texts: list[str] = []
+        async with asyncio.timeout(10):
+            while len(texts) < 21:  # registered, 10 submitted, 10 assigned
+                text = await ws.recv()
+                assert isinstance(text, str)
+                if json.loads(text)["type"] == "event":
+                    texts.append(text)
+    topic = service.topics.events
+    stored = {(r.partition, r.offset): r.value
+              for p in range(await service.log.partitions(topic))
+              for r in await service.log.read(topic, p, 0, 1000)}
+    for text in texts:
+        m = json.loads(text)
+        value = stored[(m["partition"], m["position"])].decode()
+        assert text == f'{{"type":"event","partition":{m["partition"]},"position":{m["position"]},"event":{value}}}'
+    assert encoded == []

@@ -100,6 +100,32 @@ def test_duplicates_and_a_zero_capacity_are_never_cached() -> None:
     assert len(none) == 0
 
 
+def test_a_topic_that_keeps_values_has_its_records_bytes_beside_its_envelopes_while_they_stay() -> None:
+    cache = EnvelopeCache(capacity=10)
+    cache.keep_values(EVENTS)
+    follower = cache.follow(EVENTS, 0, 0)
+    written = envs(4)
+    values = [to_record(e).value for e in written]
+    cache.put(EVENTS, at(0, 1, 2, 3), written, values)
+    cache.put(TOPIC, at(0, 1), envs(2), [b"x", b"y"])  # a topic that does not keep them
+    assert cache.values(EVENTS, 0) == dict(enumerate(values))
+    assert cache.values(TOPIC, 0) == {} and cache.values(EVENTS, 1) == {}
+    cache.put(EVENTS, [Appended(1, 0)], envs(1), [b"p1"])  # another partition: its own
+    assert cache.values(EVENTS, 1) == {0: b"p1"}
+    cache.advance(follower, 2)  # read: gone with their envelopes
+    assert cache.values(EVENTS, 0) == {2: values[2], 3: values[3]}
+    cache.put(EVENTS, at(1), envs(1), [b"late"])  # below what every follower read: not kept
+    assert 1 not in cache.values(EVENTS, 0)
+    cache.unfollow(follower)
+    more = envs(20, 4)
+    cache.put(EVENTS, at(*range(4, 24)), more, [to_record(e).value for e in more])
+    # Evicted with their envelopes: every value kept is an entry's, at its offset.
+    kept = cache.values(EVENTS, 0)
+    assert len(cache) <= 10 and kept
+    assert set(kept) == {o for o, _ in cache.run(EVENTS, 0, min(kept), 100)}
+    assert all(kept[o] == to_record(more[o - 4]).value for o in kept)
+
+
 async def _write(log: EventLog, cache: EnvelopeCache, batch: list[Envelope]) -> None:
     appended = await log.append(TOPIC, [to_record(e) for e in batch])
     cache.put(TOPIC, appended, batch)
