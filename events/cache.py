@@ -52,15 +52,20 @@ class EnvelopeCache:
         return self._size
 
     def keep_values(self, topic: str) -> None:
-        """Keep the bytes of ``topic``'s records too, beside their envelopes, while they are cached
-        (when the appender gives them to ``put``): for a follower that sends records on as they are
-        stored (the event hub), which would otherwise encode each envelope again."""
+        """Keep the bytes of ``topic``'s records too, beside their envelopes (when the appender
+        gives them to ``put``), until ``take_values`` takes them or their entry leaves: for one
+        follower that sends records on as they are stored (the event hub), which would otherwise
+        encode each envelope again."""
         self._valued.add(topic)
 
-    def values(self, topic: str, partition: int) -> dict[int, bytes]:
-        """Offset -> the record's bytes, of the entries of ``topic[partition]`` cached with them
-        (read only; empty unless ``keep_values``)."""
-        return self._values.get((topic, partition)) or {}
+    def take_values(self, topic: str, partition: int, offsets: Sequence[int]) -> list[bytes | None]:
+        """The bytes kept for the records of ``topic[partition]`` at ``offsets`` (None where none
+        are), let go at once: the follower they were kept for has them now, and the others do not
+        read them."""
+        kept = self._values.get((topic, partition))
+        if not kept:
+            return [None] * len(offsets)
+        return [kept.pop(o, None) for o in offsets]
 
     def put(self, topic: str, appended: Sequence[Appended], envelopes: Sequence[Envelope],
             values: Sequence[bytes] | None = None) -> None:

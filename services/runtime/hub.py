@@ -305,12 +305,15 @@ class Hub:
 
     def _fan_out(self, partition: int, batch: list[Item]) -> None:
         self.last[partition] = batch[-1][0]
+        # The records' bytes the cache kept for the hub, taken (and so let go) with or without
+        # subscribers to send them to.
+        stored = (self.cache.take_values(self.topic, partition, [offset for offset, _ in batch])
+                  if self.cache is not None else [None] * len(batch))
         subs = [s for s in self._subscribers if s.channels and not s.lagged and s.closed is None]
         if not subs:
             return
         decode = None if all(s.everything for s in subs) else self.decoder()
-        stored = self.cache.values(self.topic, partition) if self.cache is not None else {}
-        messages = [event_message(partition, offset, item, decode, stored.get(offset))
-                    for offset, item in batch]
+        messages = [event_message(partition, offset, item, decode, value)
+                    for (offset, item), value in zip(batch, stored, strict=True)]
         for sub in subs:
             sub.offer(messages if sub.everything else [m for m in messages if sub.wants(m.keys)])

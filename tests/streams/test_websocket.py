@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from contracts import commands as c
 from services.runtime.service import Service
 from tests.streams.conftest import live, log_events, register, settled, submit, task
+from tests.waiting import eventually
 
 
 async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
@@ -332,6 +333,26 @@ async def test_live_events_go_out_as_the_log_stores_them_without_encoding_them_a
               for r in await service.log.read(topic, p, 0, 1000)}
     for text in texts:
         m = json.loads(text)
-        value = stored[(m["partition"], m["position"])].decode()
-        assert text == f'{{"type":"event","partition":{m["partition"]},"position":{m["position"]},"event":{value}}}'
+        p, o = m["partition"], m["position"]
+        assert text == f'{{"type":"event","partition":{p},"position":{o},"event":{stored[(p, o)].decode()}}}'
     assert encoded == []
+
+
+async def test_the_bytes_kept_for_the_hub_leave_once_it_read_them_even_with_nobody_to_send_to(
+        service: Service) -> None:
+    """The hub takes the bytes the cache kept for it as it reads, subscribers or not: they do not
+    wait for every follower of the partition (here one that never reads, pinning the envelopes)."""
+    topic = service.topics.events
+    cache = service.cache  # type: ignore[attr-defined]
+    async with live(service) as (_, hub):
+        start = await service.log.end_offset(topic, 0)
+        pinned = cache.follow(topic, 0, start)
+        try:
+            await submit(service, register("a1"), *[task(f"t{i}") for i in range(10)])
+            await settled(service)
+            end = await service.log.end_offset(topic, 0)
+            await eventually(lambda: hub.last[0] >= end - 1)
+            assert [o for o, _ in cache.run(topic, 0, start, 1000)] == list(range(start, end))  # still cached
+            assert cache.take_values(topic, 0, list(range(start, end))) == [None] * (end - start)
+        finally:
+            cache.unfollow(pinned)

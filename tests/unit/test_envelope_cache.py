@@ -100,7 +100,7 @@ def test_duplicates_and_a_zero_capacity_are_never_cached() -> None:
     assert len(none) == 0
 
 
-def test_a_topic_that_keeps_values_has_its_records_bytes_beside_its_envelopes_while_they_stay() -> None:
+def test_a_topic_that_keeps_values_has_its_records_bytes_until_taken_or_their_entry_leaves() -> None:
     cache = EnvelopeCache(capacity=10)
     cache.keep_values(EVENTS)
     follower = cache.follow(EVENTS, 0, 0)
@@ -108,22 +108,25 @@ def test_a_topic_that_keeps_values_has_its_records_bytes_beside_its_envelopes_wh
     values = [to_record(e).value for e in written]
     cache.put(EVENTS, at(0, 1, 2, 3), written, values)
     cache.put(TOPIC, at(0, 1), envs(2), [b"x", b"y"])  # a topic that does not keep them
-    assert cache.values(EVENTS, 0) == dict(enumerate(values))
-    assert cache.values(TOPIC, 0) == {} and cache.values(EVENTS, 1) == {}
+    assert cache.take_values(TOPIC, 0, [0, 1]) == [None, None]
     cache.put(EVENTS, [Appended(1, 0)], envs(1), [b"p1"])  # another partition: its own
-    assert cache.values(EVENTS, 1) == {0: b"p1"}
-    cache.advance(follower, 2)  # read: gone with their envelopes
-    assert cache.values(EVENTS, 0) == {2: values[2], 3: values[3]}
+    assert cache.take_values(EVENTS, 1, [0]) == [b"p1"]
+    assert cache.take_values(EVENTS, 1, [0]) == [None]  # taken: let go
+    assert cache.take_values(EVENTS, 0, [0]) == [values[0]]
+    assert [o for o, _ in cache.run(EVENTS, 0, 0, 10)] == [0, 1, 2, 3]  # the envelopes stay
+    cache.advance(follower, 2)  # 1 read by every follower: its bytes leave with its envelope
+    assert cache.take_values(EVENTS, 0, [1, 2, 3]) == [None, values[2], values[3]]
     cache.put(EVENTS, at(1), envs(1), [b"late"])  # below what every follower read: not kept
-    assert 1 not in cache.values(EVENTS, 0)
+    assert cache.take_values(EVENTS, 0, [1]) == [None]
     cache.unfollow(follower)
     more = envs(20, 4)
     cache.put(EVENTS, at(*range(4, 24)), more, [to_record(e).value for e in more])
-    # Evicted with their envelopes: every value kept is an entry's, at its offset.
-    kept = cache.values(EVENTS, 0)
-    assert len(cache) <= 10 and kept
-    assert set(kept) == {o for o, _ in cache.run(EVENTS, 0, min(kept), 100)}
-    assert all(kept[o] == to_record(more[o - 4]).value for o in kept)
+    # Evicted with their envelopes: bytes are kept for the entries left only, each at its offset.
+    cached = {o for o in range(4, 24) if cache.run(EVENTS, 0, o, 1)}
+    assert cached and len(cache) <= 10
+    got = cache.take_values(EVENTS, 0, list(range(4, 24)))
+    assert {o for o, v in zip(range(4, 24), got, strict=True) if v is not None} == cached
+    assert all(v == to_record(more[o - 4]).value for o, v in zip(range(4, 24), got, strict=True) if v)
 
 
 async def _write(log: EventLog, cache: EnvelopeCache, batch: list[Envelope]) -> None:
