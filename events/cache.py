@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from contracts import Envelope
 from events.codec import from_record, to_record
-from events.log import Appended, Commit, EventLog, StoredRecord
+from events.log import Appended, Commit, EventLog, Record, StoredRecord
 from events.sqlite import SqliteLog
 
 # Entries held at most (about 1.5 kB each): a deeper backlog is decoded from the log in its turn.
@@ -68,14 +68,14 @@ class EnvelopeCache:
         return [kept.pop(o, None) for o in offsets]
 
     def put(self, topic: str, appended: Sequence[Appended], envelopes: Sequence[Envelope],
-            values: Sequence[bytes] | None = None) -> None:
+            records: Sequence[Record] | None = None) -> None:
         """Remember the envelopes just appended at ``appended`` positions (duplicates skipped, and
-        positions every follower has read past already), and ``values``, their records' bytes,
-        when the topic keeps them."""
+        positions every follower has read past already), and the bytes of ``records`` (those
+        envelopes as written) when the topic keeps them."""
         if self.capacity <= 0:
             return
         parts = self._parts
-        valued = values if values is not None and topic in self._valued else None
+        valued = records if records is not None and topic in self._valued else None
         for i, (pos, env) in enumerate(zip(appended, envelopes, strict=True)):
             if pos.duplicate:
                 continue
@@ -97,7 +97,7 @@ class EnvelopeCache:
                 kept = self._values.get(key)
                 if kept is None:
                     kept = self._values[key] = {}
-                kept[pos.offset] = valued[i]
+                kept[pos.offset] = valued[i].value
         if self._size > self.capacity:
             self._evict(self._size - self.capacity + self.capacity // 10)
 
@@ -112,7 +112,7 @@ class EnvelopeCache:
                                         envelopes=envelopes)
         else:
             appended = await log.append(topic, records, partition=partition, commit=commit)
-        self.put(topic, appended, envelopes, [r.value for r in records] if topic in self._valued else None)
+        self.put(topic, appended, envelopes, records)
         return appended
 
     def _evict(self, n: int) -> None:

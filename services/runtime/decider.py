@@ -455,10 +455,10 @@ class PartitionDecider:
         commit = Commit(self.group, self.topics.commands, self.partition, end)
         # The events go on to the reactor of their partition (the coordinator's, in this process).
         return Reaction(self.topics.events, self.partition, records, commit,
-                        functools.partial(self._reacted, events, [r.value for r in records], decided, end),
+                        functools.partial(self._reacted, events, records, decided, end),
                         envelopes=events)
 
-    def _reacted(self, events: list[Envelope], values: list[bytes],
+    def _reacted(self, events: list[Envelope], records: list[Record],
                  decided: list[tuple[str, int, str | None]], end: int,
                  result: list[Appended] | BaseException) -> None:
         """The transaction holding decisions ``_react`` made committed (``result``: their events'
@@ -467,7 +467,7 @@ class PartitionDecider:
             self._uncommitted.fail(result)
             return
         idle = self._uncommitted.committed(self.partition)
-        self.cache.put(self.topics.events, result, events, values)
+        self.cache.put(self.topics.events, result, events, records)
         self._settle(events, result, decided, end)
         if idle:
             asyncio.get_running_loop().call_soon(self._maybe_snapshot)
@@ -516,7 +516,7 @@ class PartitionDecider:
             else:
                 appended = await self.log.append(self.topics.events, records, partition=self.partition,
                                                  commit=commit)
-            self.cache.put(self.topics.events, appended, out, [r.value for r in records])
+            self.cache.put(self.topics.events, appended, out, records)
         else:
             appended = []
             await self.log.commit(commit.group, commit.topic, commit.partition, commit.offset)

@@ -17,7 +17,7 @@ from contracts import commands as c
 from events import open_log
 from events.cache import EnvelopeCache, tail, tail_raw
 from events.codec import to_record
-from events.log import Appended, EventLog, StoredRecord
+from events.log import Appended, EventLog, Record, StoredRecord
 from projections import ProjectionStore, Projector
 from services.runtime.ingest import command_envelope
 from services.runtime.projector import ProjectorLoop
@@ -105,22 +105,23 @@ def test_a_topic_that_keeps_values_has_its_records_bytes_until_taken_or_their_en
     cache.keep_values(EVENTS)
     follower = cache.follow(EVENTS, 0, 0)
     written = envs(4)
-    values = [to_record(e).value for e in written]
-    cache.put(EVENTS, at(0, 1, 2, 3), written, values)
-    cache.put(TOPIC, at(0, 1), envs(2), [b"x", b"y"])  # a topic that does not keep them
+    records = [to_record(e) for e in written]
+    values = [r.value for r in records]
+    cache.put(EVENTS, at(0, 1, 2, 3), written, records)
+    cache.put(TOPIC, at(0, 1), envs(2), [Record("k", b"x"), Record("k", b"y")])  # a topic not keeping them
     assert cache.take_values(TOPIC, 0, [0, 1]) == [None, None]
-    cache.put(EVENTS, [Appended(1, 0)], envs(1), [b"p1"])  # another partition: its own
+    cache.put(EVENTS, [Appended(1, 0)], envs(1), [Record("k", b"p1")])  # another partition: its own
     assert cache.take_values(EVENTS, 1, [0]) == [b"p1"]
     assert cache.take_values(EVENTS, 1, [0]) == [None]  # taken: let go
     assert cache.take_values(EVENTS, 0, [0]) == [values[0]]
     assert [o for o, _ in cache.run(EVENTS, 0, 0, 10)] == [0, 1, 2, 3]  # the envelopes stay
     cache.advance(follower, 2)  # 1 read by every follower: its bytes leave with its envelope
     assert cache.take_values(EVENTS, 0, [1, 2, 3]) == [None, values[2], values[3]]
-    cache.put(EVENTS, at(1), envs(1), [b"late"])  # below what every follower read: not kept
+    cache.put(EVENTS, at(1), envs(1), [Record("k", b"late")])  # below what every follower read: not kept
     assert cache.take_values(EVENTS, 0, [1]) == [None]
     cache.unfollow(follower)
     more = envs(20, 4)
-    cache.put(EVENTS, at(*range(4, 24)), more, [to_record(e).value for e in more])
+    cache.put(EVENTS, at(*range(4, 24)), more, [to_record(e) for e in more])
     # Evicted with their envelopes: bytes are kept for the entries left only, each at its offset.
     cached = {o for o in range(4, 24) if cache.run(EVENTS, 0, o, 1)}
     assert cached and len(cache) <= 10
