@@ -68,6 +68,23 @@ def projector_peak_rss_mb(service: Any) -> float:
     return 0.0
 
 
+def projector_cpu_s(service: Any) -> float | None:
+    """CPU seconds (user and system) the embedded runner's projector process has used so far, read
+    from ``/proc`` while it runs; None when there is no such process (or no ``/proc``)."""
+    process = getattr(service, "projector_process", None)
+    pid = getattr(process, "pid", None)
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # After the command's name (in parentheses, itself free to hold spaces): utime and stime are the
+    # 12th and 13th fields, in clock ticks.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_namespace(settings: Settings) -> Settings:
     """The settings of one bench run on Kafka: topics and consumer groups of its own, nested under
     the deployment's topic prefix and app id, so a run never reads or writes a deployment's topics

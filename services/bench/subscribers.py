@@ -32,6 +32,7 @@ from services.bench.scenario import (
     _task,
     peak_rss_mb,
     percentile,
+    projector_cpu_s,
     projector_peak_rss_mb,
 )
 from services.runtime.ingest import command_envelope
@@ -105,6 +106,7 @@ async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float
         start = await target.log.end_offset(target.topics.events, part)
         fleet_task = asyncio.create_task(fleet.run(part, start))
         started_wall, started, cpu = time.time(), time.perf_counter(), _cpu()
+        projector_cpu = projector_cpu_s(target.service)
         n, tick, interval = 0, started, 4 / rate * 10  # 10 tasks (40 commands) per tick
         submits: set[asyncio.Task[None]] = set()
         while n < fleet.expected:
@@ -127,12 +129,15 @@ async def bench_subscribers(settings: Settings, subscribers: int, *, rate: float
             proc.stdin.flush()
         reports = [json.loads((await asyncio.to_thread(p.communicate))[0].splitlines()[-1]) for p in procs]
         server_cpu = _cpu() - cpu
+        projector_now = projector_cpu_s(target.service)
         clients_cpu = _cpu(resource.RUSAGE_CHILDREN)  # the client processes, reaped just now
         result = await _summary(target, reports, started_wall, offered_s, subscribers, processes, rate, fleet)
         frames = app.state.frames
         return {**result, "batch": batch, "compression": compression, "parser": parser,
                 "frames_built": frames.built, "frames_reused": frames.reused, "tasks_completed": fleet.costs,
                 "run_seconds": round(run_s, 3), "server_cpu_s": round(server_cpu, 2),
+                "projector_cpu_s": (round(projector_now - projector_cpu, 2)
+                                    if projector_now is not None and projector_cpu is not None else None),
                 "clients_cpu_s": round(clients_cpu, 2),
                 "clients_cpu_us_per_event": round(clients_cpu / max(result["delivered"], 1) * 1e6, 3),
                 "cpus": os.cpu_count()}

@@ -344,7 +344,9 @@ def _subscribers(settings: Any, subscribers: int, processes: int, batch: bool, c
     click.echo(f"frames            {result['frames_per_subscriber_per_s']:,.0f}/s per subscriber, "
                f"{result['events_per_frame']:,.1f} events each; the server built {result['frames_built']:,} "
                f"and sent {result['frames_reused']:,} again as built")
-    click.echo(f"CPU               service, hub and API {result['server_cpu_s']} s; subscribers "
+    projector = ("" if result["projector_cpu_s"] is None
+                 else f"; the projector process {result['projector_cpu_s']} s")
+    click.echo(f"CPU               service, hub and API {result['server_cpu_s']} s{projector}; subscribers "
                f"{result['clients_cpu_s']} s, {result['clients_cpu_us_per_event']} us per event delivered "
                f"({result['cpus']} CPUs)")
     click.echo(_peak_rss(result, " (the bench process: service, hub and API)"))

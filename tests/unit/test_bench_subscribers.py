@@ -5,12 +5,16 @@ same channel are sent frames built once; the clients' latency sample is uniform 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from services.bench.fanout_client import _Sample
-from services.bench.scenario import run_on
+from services.bench.scenario import projector_cpu_s, run_on
 from services.bench.subscribers import bench_subscribers
 from services.cli.common import load_settings
 
@@ -30,6 +34,28 @@ def test_every_subscriber_gets_every_event(tmp_path: Path, compression: str, par
     assert result["frames_reused"] >= result["frames_built"]
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"] <= result["latency_max_ms"]
     assert result["events_per_frame"] >= 1
+    # The projector's own process (on by default with more than one CPU) did the read models' work.
+    assert result["projector_cpu_s"] is None or result["projector_cpu_s"] > 0
+
+
+def test_a_projector_process_cpu_is_read_while_it_runs() -> None:
+    # A process that spins for 0.5 s of CPU, then waits to be told to end.
+    spin = ("import sys, time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+            "print('spun', flush=True)\nsys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    service = SimpleNamespace(projector_process=proc)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "spun"
+        used = projector_cpu_s(service)
+        assert used is not None and 0.45 <= used < 5.0
+        time.sleep(0.2)  # waiting costs nothing
+        again = projector_cpu_s(service)
+        assert again is not None and again - used < 0.1
+    finally:
+        proc.communicate("")
+    assert projector_cpu_s(service) is None  # gone: nothing to read
+    assert projector_cpu_s(SimpleNamespace(projector_process=None)) is None
 
 
 def test_the_latency_sample_is_bounded_and_uniform() -> None:
