@@ -178,7 +178,7 @@ def _audit(row: sa.RowMapping) -> dict[str, Any]:
     }
 
 
-def _step(row: sa.RowMapping, audit: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _step(row: sa.RowMapping, audit: list[dict[str, Any]] | None, names: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": row["step"],
         "kind": row["kind"],
@@ -187,6 +187,7 @@ def _step(row: sa.RowMapping, audit: list[dict[str, Any]] | None) -> dict[str, A
         "continue_on_failure": row["continue_on_failure"],
         "task_id": row["task_id"],
         "agent_id": row["agent_id"],
+        "agent_name": names.get(row["agent_id"]) if row["agent_id"] is not None else None,
         "attempts": row["attempts"],
         "submitted_at": _iso(row["submitted_at"]),
         "started_at": _iso(row["started_at"]),
@@ -210,10 +211,11 @@ async def get_workflow(
     A task step's ``audit`` is the assignment audit of its task (``queries.assignments``: every
     candidate the coordinator weighed, in log order); a signal step has none.
     """
-    a = tables.assignments
+    a, ag = tables.assignments, tables.agents
     key = {"pool": pool, "workflow_id": workflow_id}
 
-    def read(conn: sa.Connection) -> tuple[Any, Any, dict[str, list[dict[str, Any]]], datetime | None] | None:
+    def read(conn: sa.Connection) -> tuple[Any, Any, dict[str, list[dict[str, Any]]], dict[str, str],
+                                           datetime | None] | None:
         run = conn.execute(_RUN, key).mappings().first()
         if run is None:
             return None
@@ -225,19 +227,25 @@ async def get_workflow(
                 sa.select(a).where(a.c.pool == pool, a.c.task_id.in_(task_ids)).order_by(a.c.position)
             ).mappings():
                 audits[row["task_id"]].append(_audit(row))
-        return run, steps, audits, _as_of(conn, pool, now)
+        agent_ids = sorted({r["agent_id"] for r in steps if r["agent_id"] is not None})
+        names: dict[str, str] = {}
+        if agent_ids:
+            names = dict(conn.execute(
+                sa.select(ag.c.agent_id, ag.c.name).where(ag.c.pool == pool, ag.c.agent_id.in_(agent_ids))
+            ).all())
+        return run, steps, audits, names, _as_of(conn, pool, now)
 
     found = await store.run_read(read)
     if found is None:
         return None
-    run, steps, audits, as_of = found
+    run, steps, audits, names, as_of = found
     out = _summary(run, as_of)
     out.update(
         inputs=run["inputs"],
         reason=run["reason"],
         code=run["code"],
         definition=run["definition"],
-        steps=[_step(r, audits.get(r["task_id"], []) if r["kind"] == "task" else None) for r in steps],
+        steps=[_step(r, audits.get(r["task_id"], []) if r["kind"] == "task" else None, names) for r in steps],
     )
     return out
 

@@ -246,7 +246,7 @@ class Lines:
         for step in run.get("steps", []):
             text = f"step {step['name']}: {step['status']}"
             if step.get("agent_id") and step["status"] in ("assigned", "running"):
-                text += f" (agent {step['agent_id']})"
+                text += f" (agent {_agent(step)})"
             if step.get("error") and step["status"] in ("failed", "retrying"):
                 text += f": {_error(step['error'])}"
             changes.append((step["name"], text))
@@ -278,7 +278,7 @@ class Live:
         for s in steps:
             detail = []
             if s.get("agent_id"):
-                detail.append(f"agent {s['agent_id']}")
+                detail.append(f"agent {_agent(s)}")
             if s.get("attempts", 0) > 1:
                 detail.append(f"attempt {s['attempts']}")
             if s.get("error"):
@@ -305,6 +305,11 @@ def _fit(styled: str, plain: str, columns: int) -> str:
 
 def _status(status: str) -> str:
     return click.style(status, fg=COLOURS.get(status))
+
+
+def _agent(step: dict[str, Any]) -> str:
+    """A step's agent as a person reads it: its registered name, else its id."""
+    return str(step.get("agent_name") or step["agent_id"])
 
 
 def _error(error: Any) -> str:

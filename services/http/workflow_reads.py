@@ -105,6 +105,8 @@ class WorkflowStep(_Shape):
     continue_on_failure: bool
     task_id: str | None = Field(description="Its task, once submitted (<workflow id>.<step>).")
     agent_id: str | None
+    agent_name: str | None = Field(None, description="Its agent's name, as registered (None when the "
+                                                     "agent is not in the read model).")
     attempts: int = Field(ge=0)
     submitted_at: datetime | None
     started_at: datetime | None

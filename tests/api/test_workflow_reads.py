@@ -92,7 +92,9 @@ async def finish(client: httpx.AsyncClient, task_id: str, result: dict[str, Any]
 
 
 async def test_a_run_from_start_to_end(client: httpx.AsyncClient) -> None:
-    await agent(client)
+    registered = await client.post("/v1/agents", params=WAIT, json={
+        "agent_id": "a1", "name": "fetcher", "capabilities": ["fetch"], "capacity": 4})
+    assert registered.status_code == 201, registered.text
     started = await command(client, "StartWorkflow", {"workflow_id": "run1", "definition": etl(),
                                                       "inputs": {}})
     # Read your own write: the run is there at once.
@@ -102,6 +104,7 @@ async def test_a_run_from_start_to_end(client: httpx.AsyncClient) -> None:
     assert fresh["definition"]["tasks"][2]["depends_on"] == ["fetch_a", "fetch_b"]
     assert [s["name"] for s in fresh["steps"]] == ["fetch_a", "fetch_b", "merge"]
     assert fresh["steps"][2]["status"] == "pending" and fresh["steps"][2]["task_id"] is None
+    assert (fresh["steps"][2]["agent_id"], fresh["steps"][2]["agent_name"]) == (None, None)
 
     await submitted(client, "run1", "fetch_a")
     await submitted(client, "run1", "fetch_b")
@@ -134,6 +137,7 @@ async def test_a_run_from_start_to_end(client: httpx.AsyncClient) -> None:
     steps = {s["name"]: s for s in run["steps"]}
     a = steps["fetch_a"]
     assert (a["status"], a["task_id"], a["agent_id"], a["attempts"]) == ("completed", "run1.fetch_a", "a1", 1)
+    assert a["agent_name"] == "fetcher"  # as registered, beside the id
     assert a["result"] == {"rows": 2} and a["cost_usd"] == 0.25 and steps["merge"]["cost_usd"] == 0.0
     # The coordinator's reasoning for each step's assignment, as the audit trail has it.
     trail = (await client.get("/v1/audit/assignments", params={"task_id": "run1.fetch_a"})).json()["items"]

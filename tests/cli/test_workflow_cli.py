@@ -6,6 +6,7 @@ agents."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -22,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from services.cli import main
+from services.cli.workflow import Lines
 from tests.e2e.test_crash import REPO, Server
 
 EXAMPLES = REPO / "deploy" / "examples"
@@ -62,6 +64,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def test_followed_steps_name_their_agent_by_its_registered_name_else_its_id() -> None:
+    out = io.StringIO()
+    lines = Lines(out)
+    step = {"name": "fetch", "status": "running", "agent_id": "01a2-b3", "agent_name": "fetcher"}
+    lines.show({"execution_id": "r1", "status": "running", "steps": [step]}, 0.1)
+    unnamed = {**step, "name": "merge", "agent_id": "a9", "agent_name": None}
+    lines.show({"execution_id": "r1", "status": "running", "steps": [step, unnamed]}, 0.2)
+    assert out.getvalue().splitlines() == [
+        "workflow r1: running", "step fetch: running (agent fetcher)", "step merge: running (agent a9)"]
 
 
 # --- validate: the file alone ---------------------------------------------------------------------
@@ -370,6 +383,10 @@ def test_the_diamond_example_completes(server: Server, agents: Agents) -> None:
     run = get(server, "/v1/workflows/diamond-1")
     report = next(s for s in run["steps"] if s["name"] == "report")
     assert report["status"] == "completed" and run["completed_tasks"] == 5
+    # Each step names the agent that ran it as it was registered (`agent run --name`).
+    assert {s["name"]: s["agent_name"] for s in run["steps"]} == {
+        "plan": "planner", "research_history": "researcher", "research_market": "researcher",
+        "research_risks": "researcher", "report": "writer"}
 
 
 def read_until(proc: subprocess.Popen[bytes], line: str, timeout: float = 60.0) -> list[str]:

@@ -48,9 +48,10 @@ def finish(client: httpx.Client, task_id: str, agent: str | None = None, *, comp
         assert resp.status_code == 200, resp.text
 
 
-def register(client: httpx.Client, agent_id: str, capabilities: list[str], capacity: int) -> None:
+def register(client: httpx.Client, agent_id: str, capabilities: list[str], capacity: int,
+             name: str | None = None) -> None:
     resp = client.post("/v1/agents", params={"wait": "true"}, json={
-        "agent_id": agent_id, "name": agent_id, "kind": "llm-worker", "capabilities": capabilities,
+        "agent_id": agent_id, "name": name or agent_id, "kind": "llm-worker", "capabilities": capabilities,
         "capacity": capacity, "heartbeat_timeout_s": 3600})
     assert resp.status_code == 201, resp.text
 
@@ -182,7 +183,7 @@ def test_the_graph_turns_steps_green_as_they_complete(ui: UI, server: Server, wo
     run = "green-1"
     steps = ["fetch", "summarize", "classify", "review", "publish"]
     with server.client() as c:
-        register(c, "green-agent", ["green"], 3)
+        register(c, "green-agent", ["green"], 3, name="Green worker")
         start_run(c, run, [
             {"name": "fetch", "required_capabilities": ["green"]},
             {"name": "summarize", "required_capabilities": ["green"], "depends_on": ["fetch"]},
@@ -217,6 +218,9 @@ def test_the_graph_turns_steps_green_as_they_complete(ui: UI, server: Server, wo
     ui.wait(lambda drv: ui.text("#view .page-head .badge") == "completed", timeout=5)
     assert all(_fill(d, s) == GREEN for s in steps)
     assert _count(d, "#dag .dag-edge.st-completed") == 5
+    # Each step's agent by the name it registered with, linking to the agent's page by its id.
+    agents = d.find_elements(By.CSS_SELECTOR, "#steps-table tbody tr a[href='#agents/green-agent']")
+    assert [a.text for a in agents] == ["Green worker"] * 5
     assert ui.console() == []
 
 

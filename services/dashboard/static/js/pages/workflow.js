@@ -70,7 +70,7 @@ export function mount(view, ctx) {
     fill(graph, renderDag(run.steps, {
       selected,
       onSelect: (step) => { selected = step.name; render(); },
-      note: (step) => progress.get(step.name) || step.agent_id || '',
+      note: (step) => progress.get(step.name) || step.agent_name || step.agent_id || '',
     }));
     renderStep();
     renderSignals(mayRun);
@@ -80,7 +80,7 @@ export function mount(view, ctx) {
       {label: 'Status', value: (st) => badge(st.status)},
       {label: 'After', value: (st) => (st.depends_on || []).join(', ') || '–'},
       {label: 'Task', value: (st) => (st.task_id ? link(['tasks', st.task_id]) : '–')},
-      {label: 'Agent', value: (st) => (st.agent_id ? link(['agents', st.agent_id]) : '–')},
+      {label: 'Agent', value: (st) => (st.agent_id ? link(['agents', st.agent_id], st.agent_name || st.agent_id) : '–')},
       {label: 'Attempts', value: (st) => String(st.attempts), class: 'num'},
       {label: 'Cost', value: (st) => fmtMoney(st.cost_usd), class: 'num'},
       {label: 'Error / reason', value: (st) => st.error || st.reason || ''},
@@ -96,7 +96,9 @@ export function mount(view, ctx) {
         ['Status', badge(step.status)],
         ['Kind', step.kind],
         ['Task', step.task_id ? h('a', {href: hashOf(['tasks', step.task_id])}, step.task_id) : null],
-        ['Agent', step.agent_id],
+        ['Agent', step.agent_id ? h('a', {href: hashOf(['agents', step.agent_id])},
+          step.agent_name && step.agent_name !== step.agent_id ? `${step.agent_name} (${step.agent_id})` : step.agent_id)
+          : null],
         ['Attempts', String(step.attempts)],
         ['Submitted', fmtTime(step.submitted_at)],
         ['Started', fmtTime(step.started_at)],
