@@ -219,7 +219,7 @@ def test_the_graph_turns_steps_green_as_they_complete(ui: UI, server: Server, wo
     assert all(_fill(d, s) == GREEN for s in steps)
     assert _count(d, "#dag .dag-edge.st-completed") == 5
     # Each step's agent by the name it registered with, linking to the agent's page by its id.
-    agents = d.find_elements(By.CSS_SELECTOR, "#steps-table tbody tr a[href='#agents/green-agent']")
+    agents = d.find_elements(By.CSS_SELECTOR, "#steps-table tbody tr a[href='#/agents/green-agent']")
     assert [a.text for a in agents] == ["Green worker"] * 5
     assert ui.console() == []
 
