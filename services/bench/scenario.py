@@ -52,17 +52,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _projector_proc(service: Any, name: str) -> str | None:
+    """``/proc/<pid>/<name>`` of the embedded runner's projector process while it runs; None when
+    there is no such process (or no ``/proc``)."""
+    pid = getattr(getattr(service, "projector_process", None), "pid", None)
+    if pid is None:
+        return None
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return None
+
+
 def projector_peak_rss_mb(service: Any) -> float:
     """The peak RSS of the embedded runner's projector process, while it runs (0.0: none)."""
-    process = getattr(service, "projector_process", None)
-    pid = getattr(process, "pid", None)
-    if pid is None:
-        return 0.0
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
+    for line in (_projector_proc(service, "status") or "").splitlines():
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
@@ -70,14 +74,9 @@ def projector_peak_rss_mb(service: Any) -> float:
 
 def projector_cpu_s(service: Any) -> float | None:
     """CPU seconds (user and system) the embedded runner's projector process has used so far, read
-    from ``/proc`` while it runs; None when there is no such process (or no ``/proc``)."""
-    process = getattr(service, "projector_process", None)
-    pid = getattr(process, "pid", None)
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    while it runs; None when there is no such process (or no ``/proc``)."""
+    stat = _projector_proc(service, "stat")
+    if stat is None:
         return None
     # After the command's name (in parentheses, itself free to hold spaces): utime and stime are the
     # 12th and 13th fields, in clock ticks.
