@@ -27,7 +27,7 @@ from projections.batch import Batch, Item, ProjectionError
 from projections.handlers import HANDLERS
 from projections.loading import load
 from projections.performance import FOLDED
-from projections.store import MAIN_PROJECTOR, ProjectionStore, read_position
+from projections.store import MAIN_PROJECTOR, ProjectionStore
 
 # The table split for the two phases of an apply: what each event reads, then how it applies.
 _READS = {kind: entry.reads for kind, entry in HANDLERS.items()}
@@ -44,7 +44,7 @@ def _apply(conn: sa.Connection, name: str, topic: str, partition: int,
            batch: Sequence[Item]) -> tuple[int, int] | None:
     """One apply inside the write transaction on ``conn``: (events applied, the new position), or
     None when every item is below the stored position. Synchronous: see ``ProjectionStore.run_write``."""
-    start = read_position(conn, name, topic, partition)
+    start = sql.read_position(conn, name, topic, partition)
     items = [item for item in batch if item[0] >= start]
     if not items:
         return None

@@ -209,10 +209,64 @@ def write_rows(conn: sa.Connection, table: sa.Table, rows: list[Row], upsert: bo
         conn.execute(sa.insert(table), rows)
 
 
+def _position_sql(dialect: sa.Dialect) -> tuple[str, str]:
+    """SQLite: the driver-level SQL of reading the stored position and of its conditional move
+    (``positions`` keyed by projector, topic and partition)."""
+    quote = dialect.identifier_preparer.quote
+    p = tables.positions
+    table = quote(p.name)
+    key = ", ".join(quote(c.name) for c in p.primary_key.columns)
+    where = " AND ".join(f"{quote(c.name)} = ?" for c in p.primary_key.columns)
+    read = f"SELECT {quote('next_offset')} FROM {table} WHERE {where}"
+    move = (f"INSERT INTO {table} ({key}, {quote('next_offset')}) VALUES (?, ?, ?, ?) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {quote('next_offset')} = excluded.{quote('next_offset')} "
+            f"WHERE {table}.{quote('next_offset')} = ?")
+    return read, move
+
+
+_POSITION_SQL: dict[str, tuple[str, str]] = {}
+
+
+def _sqlite_driver(conn: sa.Connection) -> tuple[sqlite3.Connection, tuple[str, str]] | None:
+    """A plain sqlite3 connection under ``conn`` (a file's writer or reader thread) and the
+    position statements, or None (PostgreSQL; SQLite through aiosqlite)."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, sqlite3.Connection):
+        return None
+    texts = _POSITION_SQL.get(conn.dialect.name)
+    if texts is None:
+        texts = _POSITION_SQL[conn.dialect.name] = _position_sql(conn.dialect)
+    return driver, texts
+
+
+def read_position(conn: sa.Connection, projector: str, topic: str, partition: int) -> int:
+    """The stored next offset of ``projector`` in the partition, read on ``conn`` (0 if none).
+
+    Once per apply, as ``move_position``: on a plain sqlite3 connection as driver-level SQL.
+    SQLAlchemy's statement building and execution took about 90 us for this read and 180 us for
+    the move, against about 2 us each in the driver: with the transaction's own BEGIN and COMMIT,
+    most of what a small batch (a few events, as under a steady trickle of tasks) costs.
+    """
+    sqlite_driver = _sqlite_driver(conn)
+    if sqlite_driver is not None:
+        driver, (read, _) = sqlite_driver
+        found = driver.execute(read, (projector, topic, partition)).fetchone()
+        return 0 if found is None else int(found[0])
+    p = tables.positions.c
+    value = conn.scalar(
+        sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
+    )
+    return 0 if value is None else int(value)
+
+
 def move_position(
     conn: sa.Connection, projector: str, topic: str, partition: int, start: int, end: int
 ) -> bool:
     """Move the stored position from ``start`` to ``end``; False if it was not at ``start``."""
+    sqlite_driver = _sqlite_driver(conn)
+    if sqlite_driver is not None:
+        driver, (_, move) = sqlite_driver
+        return driver.execute(move, (projector, topic, partition, end, start)).rowcount == 1
     p = tables.positions
     ins = _insert(conn.dialect.name)(p).values(
         projector=projector, topic=topic, partition=partition, next_offset=end

@@ -59,6 +59,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from events.settle import settled
 from projections import tables
+from projections.sql import read_position
 
 DEFAULT_URL = "sqlite+aiosqlite:///agentbus-data/read.db"
 # The projector whose position readers wait for (``wait_for_position``).
@@ -346,15 +347,6 @@ class ProjectionStore:
                 return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), min(remaining, self.poll_interval))
-
-
-def read_position(conn: sa.Connection, projector: str, topic: str, partition: int) -> int:
-    """The stored next offset of ``projector`` in the partition, read on ``conn`` (0 if none)."""
-    p = tables.positions.c
-    value = conn.scalar(
-        sa.select(p.next_offset).where(p.projector == projector, p.topic == topic, p.partition == partition)
-    )
-    return 0 if value is None else int(value)
 
 
 def _prepare_schema(conn: sa.Connection, schema: str | None) -> None:

@@ -342,6 +342,32 @@ async def test_redelivered_offsets_are_never_applied_twice(store: ProjectionStor
     assert (await task(store, "t1"))["attempts"] == 1
 
 
+async def test_the_position_moves_only_from_where_it_was_read(store: ProjectionStore) -> None:
+    """``move_position`` is conditional: a second writer of the same partition (which moved the
+    position since it was read) is refused, and an apply reads whatever position is stored."""
+    s = Story()
+    s.register("a1")
+    s.register("a2")
+    projector = Projector(store)
+    assert await projector.apply(TOPIC, 0, s.items()[:1]) == 1
+
+    def race(conn: sa.Connection) -> list[Any]:
+        return [
+            sql.read_position(conn, "read_models", TOPIC, 0),
+            sql.move_position(conn, "read_models", TOPIC, 0, 1, 2),  # another writer: 1 -> 2
+            sql.move_position(conn, "read_models", TOPIC, 0, 1, 3),  # no longer at 1: refused
+            sql.read_position(conn, "read_models", TOPIC, 0),
+            sql.move_position(conn, "other", TOPIC, 5, 0, 7),  # never stored: created
+            sql.read_position(conn, "other", TOPIC, 5),
+        ]
+
+    assert await store.run_write(race) == [1, True, False, 2, True, 7]
+    assert await projector.position(TOPIC, 0) == 2
+    # Offset 1 (a2) is below the stored position now: skipped, not applied.
+    assert await projector.apply(TOPIC, 0, s.items()) == 0
+    assert await count(store, tables.agents) == 1
+
+
 async def _snapshot(store: ProjectionStore) -> dict[str, list[dict[str, Any]]]:
     from projections.queries import dump_tables
 
