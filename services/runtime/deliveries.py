@@ -24,6 +24,11 @@ consumer of that partition with its own durable position (consumer group
   moves on. Attempts are counted in memory: a restart gives the event in flight its tries anew.
 * A secret that does not open (another process's key) is never a dead letter: the loop logs it
   and waits, so fixing ``AGENTBUS_SECRET_KEY`` resumes delivery where it stopped.
+* A dead letter is an event like any other, which a subscription to the system pool's channels
+  may receive. A dead letter about one of them (a ``SubscriptionDeliveryFailed`` whose failed event
+  was itself a ``SubscriptionDeliveryFailed``) is recorded and readable as every other, but never
+  delivered: otherwise a subscription to dead letters whose receiver is down would fail on its own
+  dead letters, one after another, and grow the log for as long as it stayed down.
 
 A slow or failing receiver holds back only its own subscription, never the deciders, the
 coordinator, the projector or other subscriptions. This module never decides anything: it reads
@@ -47,6 +52,7 @@ from standardwebhooks import Webhook
 
 from contracts import SYSTEM_POOL, Envelope
 from contracts import commands as c
+from contracts.event_types import SubscriptionDeliveryFailed
 from events import EventLog, StoredRecord
 from events.cache import EnvelopeCache
 from services.runtime.ingest import command_envelope
@@ -82,6 +88,12 @@ def group_prefix(settings: Settings) -> str:
 def group_of(prefix: str, name: str, incarnation: int) -> str:
     """The consumer group holding a subscription's delivery position in each events partition."""
     return f"{prefix}subscription:{name}:{incarnation}"
+
+
+def _about_a_dead_letter(env: Envelope) -> bool:
+    """Whether ``env`` is a dead letter of a dead letter: recorded, never delivered (see above)."""
+    data = env.data
+    return type(data) is SubscriptionDeliveryFailed and data.event_type == SubscriptionDeliveryFailed.__name__
 
 
 class _Position:
@@ -247,7 +259,7 @@ class Deliveries:
                         if rec.key == SYSTEM_POOL and not any(ch[0] == SYSTEM_POOL for ch in sub.channels):
                             continue  # not decoded: nothing of this pool goes to this subscription
                         env = self.cache.decode(rec)
-                        if sub.wants(env):
+                        if sub.wants(env) and not _about_a_dead_letter(env):
                             if not await self._deliver(name, incarnation, partition, rec, env):
                                 return  # deleted meanwhile
                             await position.delivered(rec.offset)

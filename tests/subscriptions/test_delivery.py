@@ -98,6 +98,36 @@ async def test_after_max_attempts_an_event_is_a_dead_letter_and_delivery_moves_o
     assert all(f["last_status"] is None and "ConnectError" in str(f["last_error"]) for f in gone)
 
 
+async def test_a_subscription_to_dead_letters_whose_receiver_is_down_does_not_feed_on_its_own(
+        tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    """Its own dead letter is delivered (and fails) once; the dead letter about that one is
+    recorded but never delivered, so the log stops growing."""
+    got, url = receiver
+    got.answer = lambda event: 500
+    async with running(tmp_path) as (service, client):
+        await subscribe(client, "tasks", f"{url}/tasks", ["type:TaskSubmitted"], max_attempts=1)
+        await subscribe(client, "alerts", f"{url}/alerts",
+                        ["pool/_system/type:SubscriptionDeliveryFailed"], max_attempts=1)
+        await submit_tasks(client, "t1")
+
+        async def dead() -> list[dict[str, object]]:
+            return [e["data"] for e in await log_events(client, type="SubscriptionDeliveryFailed",
+                                                        pool="_system")]
+
+        for _ in range(200):
+            if len(await dead()) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # long enough for many more rounds, were there any
+        failed = await dead()
+        assert service.deliveries is not None
+        posts = len(got.calls)
+    assert [(d["name"], d["event_type"]) for d in failed] == [
+        ("tasks", "TaskSubmitted"), ("alerts", "SubscriptionDeliveryFailed")]
+    # TaskSubmitted once to /tasks, the first dead letter once to /alerts; the second never.
+    assert posts == 2
+
+
 async def test_a_retry_after_answer_is_waited_for(tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     got, url = receiver
     got.answer = lambda event: (429, {"retry-after": "1"}) if len(got.calls) == 0 else 204
