@@ -39,6 +39,7 @@ from projections import queries
 from services.http.credentials import Authenticator, JWTVerifier, Unauthorized
 from services.http.permissions import OPEN, PERMISSIONS, SELF_SCOPED, SIGNED, Forbidden, Principal, missing
 from services.http.responses import JSONBytesResponse, json_response
+from services.runtime.channels import workflow_of_task
 from services.runtime.service import SettingsError
 from services.runtime.settings import Settings
 
@@ -77,9 +78,10 @@ class AuthMiddleware:
 
     def __init__(self, app: ASGIApp, router: Router, authenticator: Authenticator) -> None:
         self.app, self.router, self.auth = app, router, authenticator
-        # (agent, pool, task) -> until when the agent is known to hold the task: progress posts
-        # (an LLM's token deltas) come many a second, and need not each cost a query.
-        self._held: dict[tuple[str, str, str], float] = {}
+        # (agent, pool, task) -> (until when the agent is known to hold the task, the task's workflow
+        # run): progress posts (an LLM's token deltas) come many a second, and need not each cost a
+        # query.
+        self._held: dict[tuple[str, str, str], tuple[float, str | None]] = {}
         # The routes as matched here: recomputed when routes were added since.
         self._index: list[_Indexed] = []
         self._indexed = -1
@@ -160,22 +162,29 @@ class AuthMiddleware:
 
     async def _holds(self, scope: Scope, receive: Receive, principal: Principal, task_id: str,
                      permission: str) -> Receive:
-        """Refuse unless the agent holds the task (in the pool of the query, else of the body);
-        the ``receive`` that replays the body read to find the pool."""
+        """Refuse unless the agent holds the task (in the pool the route takes: the body's, else the
+        query's) and the body names no workflow run but the task's own; the ``receive`` that
+        replays the body read to find them."""
         receive, body = await _buffered(receive, self.auth.max_body_bytes)
-        pool = _query(scope).get("pool", [None])[0] or _pool_of(body) or "default"
+        named_pool, named_run = _progress_target(body)
+        pool = named_pool or _query(scope).get("pool", [None])[0] or "default"
         key = (str(principal.agent_id), pool, task_id)
         now = time.monotonic()
-        if self._held.get(key, 0.0) > now:
-            return receive
-        task = await queries.get_task(scope["app"].state.service.store, pool, task_id)
-        if task is None or task["agent_id"] != principal.agent_id or task["status"] not in _HELD:
-            raise Forbidden(permission, f"agent {principal.agent_id!r} does not hold task {task_id!r} "
-                                        f"in pool {pool!r}")
-        if len(self._held) >= _MAX_HELD:
-            self._held = {k: v for k, v in self._held.items() if v > now}
-        if len(self._held) < _MAX_HELD:
-            self._held[key] = now + self.auth.cache_s
+        held = self._held.get(key)
+        if held is None or held[0] <= now:
+            task = await queries.get_task(scope["app"].state.service.store, pool, task_id)
+            if task is None or task["agent_id"] != principal.agent_id or task["status"] not in _HELD:
+                raise Forbidden(permission, f"agent {principal.agent_id!r} does not hold task {task_id!r} "
+                                            f"in pool {pool!r}")
+            data = task.get("data") or {}
+            run = data.get("workflow_id")
+            held = (now + self.auth.cache_s, run if isinstance(run, str) else workflow_of_task(task_id))
+            if len(self._held) >= _MAX_HELD:
+                self._held = {k: v for k, v in self._held.items() if v[0] > now}
+            if len(self._held) < _MAX_HELD:
+                self._held[key] = held
+        if named_run is not None and named_run != held[1]:
+            raise Forbidden(permission, f"task {task_id!r} is not a step of workflow run {named_run!r}")
         return receive
 
 
@@ -223,12 +232,16 @@ async def _buffered(receive: Receive, limit: int) -> tuple[Receive, bytes]:
     return replay, body
 
 
-def _pool_of(body: bytes) -> str | None:
+def _progress_target(body: bytes) -> tuple[str | None, str | None]:
+    """The ``pool`` and ``workflow_id`` a progress body names (None for either not given as text)."""
     try:
-        pool = orjson.loads(body).get("pool") if body else None
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return pool if isinstance(pool, str) else None
+        fields = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(fields, dict):
+        return None, None
+    pool, run = fields.get("pool"), fields.get("workflow_id")
+    return (pool if isinstance(pool, str) else None), (run if isinstance(run, str) else None)
 
 
 def _query(scope: Scope) -> dict[str, list[str]]:

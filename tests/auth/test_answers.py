@@ -154,10 +154,11 @@ def test_an_agent_cannot_touch_another_agents_task(dep: Deployment) -> None:
     with dep.client(operator) as op:
         for agent_id in ("mine", "theirs"):
             assert op.post("/v1/agents", params={"wait": "true"},
-                           json={"agent_id": agent_id, "name": agent_id}).status_code == 201
-        assert op.post("/v1/tasks", params={"wait": "true"},
-                       json={"task_id": "t1", "type": "x", "agent_id": "theirs"}).status_code == 201
-        _until_status(op, "t1", "assigned")
+                           json={"agent_id": agent_id, "name": agent_id, "capacity": 2}).status_code == 201
+        for task_id in ("t1", "r9.draft"):  # the second as a step's id: <run id>.<step>
+            assert op.post("/v1/tasks", params={"wait": "true"},
+                           json={"task_id": task_id, "type": "x", "agent_id": "theirs"}).status_code == 201
+            _until_status(op, task_id, "assigned")
     with dep.client(mine) as client:
         # Naming the other agent is refused outright.
         for verb in ("start", "complete", "fail"):
@@ -184,6 +185,16 @@ def test_an_agent_cannot_touch_another_agents_task(dep: Deployment) -> None:
         assert client.post("/v1/tasks/t1/progress", json={"message": "working"}).status_code == 202
         assert client.post("/v1/tasks/t1/progress", params={"pool": "other"},
                            json={"message": "wrong pool"}).status_code == 403
+        # The pool the progress goes to is the body's: the check looks there too.
+        assert client.post("/v1/tasks/t1/progress", params={"pool": "default"},
+                           json={"pool": "other", "message": "wrong pool"}).status_code == 403
+        # Nor may it tell a workflow run its task is no step of.
+        resp = client.post("/v1/tasks/t1/progress", json={"workflow_id": "someone-elses-run", "message": "x"})
+        assert resp.status_code == 403 and "not a step of workflow run" in resp.json()["detail"]
+        resp = client.post("/v1/tasks/t1/progress", json={"pool": "default", "message": "ok"})
+        assert resp.status_code == 202
+        assert client.post("/v1/tasks/r9.draft/progress", json={"workflow_id": "r9"}).status_code == 202
+        assert client.post("/v1/tasks/r9.draft/progress", json={"workflow_id": "r8"}).status_code == 403
         resp = client.post("/v1/tasks/t1/complete", params={"wait": "true"}, json={"result": {"ok": True}})
         assert resp.status_code == 200
         assert resp.json()["events"][0]["data"]["agent_id"] == "theirs"
