@@ -43,9 +43,13 @@ from services.runtime.channels import workflow_of_task
 from services.runtime.service import SettingsError
 from services.runtime.settings import Settings
 
-__all__ = ["AuthMiddleware", "check_exposure", "document_auth", "install_auth", "principal_of", "route_keys"]
+__all__ = ["AuthMiddleware", "check_exposure", "document_auth", "install_auth", "principal_of",
+           "recheck_interval", "route_keys", "still_valid"]
 
 SCOPE_KEY = "agentbus.principal"
+CREDENTIAL_KEY = "agentbus.credential"  # the bearer credential the principal came from
+# An open stream's credential is checked again this often at least (else every --auth-cache-s).
+RECHECK_MIN_S = 1.0
 # Routes a browser reaches without setting headers: the credential may come in the query string.
 QUERY_TOKEN_ROUTES = frozenset({("GET", "/v1/events/stream")})
 QUERY_TOKEN_PARAMS = ("access_token", "token")
@@ -71,6 +75,29 @@ def principal_of(request: HTTPConnection) -> Principal | None:
     """The authenticated caller of a request or WebSocket (None when authentication is off)."""
     found: Principal | None = request.scope.get(SCOPE_KEY)
     return found
+
+
+def recheck_interval(conn: HTTPConnection) -> float | None:
+    """How often an open stream (WebSocket, SSE) checks its credential again (``still_valid``):
+    None when the connection was opened without one (authentication off)."""
+    authenticator = getattr(conn.app.state, "authenticator", None)
+    if authenticator is None or conn.scope.get(CREDENTIAL_KEY) is None:
+        return None
+    return max(RECHECK_MIN_S, float(authenticator.cache_s))
+
+
+async def still_valid(conn: HTTPConnection) -> str | None:
+    """None while the credential that opened ``conn`` still authenticates; else why not (a revoked
+    API token, an expired JWT). Checked at the handshake only, a stream would outlive both."""
+    authenticator = getattr(conn.app.state, "authenticator", None)
+    credential = conn.scope.get(CREDENTIAL_KEY)
+    if authenticator is None or credential is None:
+        return None
+    try:
+        await authenticator.principal(conn.app.state.service, credential)
+    except Unauthorized as exc:
+        return str(exc)
+    return None
 
 
 class AuthMiddleware:
@@ -155,6 +182,7 @@ class AuthMiddleware:
         credential = _credential(scope, key)
         if credential is None:
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        scope[CREDENTIAL_KEY] = credential
         service = getattr(scope["app"].state, "service", None)
         if service is None:
             raise _Starting

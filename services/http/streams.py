@@ -12,6 +12,11 @@ the JSON text it would otherwise be (replies, errors and pings stay text). An
 idle connection gets ``{"type": "ping"}`` every ``PING_INTERVAL_S`` (WebSocket) or a comment line
 (SSE); uvicorn also pings at the protocol level and answers the client's protocol pings.
 
+With authentication on, an open stream checks the credential it was opened with again every
+``--auth-cache-s`` (at least every second): once it no longer passes (a revoked API token, an
+expired JWT) the stream sends ``{"type": "error", "message": ...}`` and ends (a WebSocket closes
+with 1008, policy violation).
+
 This module must never append anything to the log: progress is handed to the hub and forgotten.
 """
 
@@ -30,9 +35,11 @@ import orjson
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from contracts.values import Id, JSONObject, Text
+from services.http.auth import recheck_interval, still_valid
 from services.http.bodies import MAX_ID, JSONBodyRoute
 from services.http.errors import error_item, invalid
 from services.http.responses import Error, ValidationErrors, json_response
@@ -48,6 +55,7 @@ MAX_PROGRESS_MESSAGE = 4000
 MAX_PROGRESS_DELTA = 16_000
 MAX_PROGRESS_DATA = 16 * 1024  # bytes of JSON
 _PING = '{"type":"ping"}'
+POLICY_VIOLATION = 1008  # the close code when the stream's credential no longer passes
 _FIELDS = {"subscribe": {"type", "channels", "after", "batch", "compression"},
            "unsubscribe": {"type", "channels"}, "ping": {"type"}, "pong": {"type"}}
 # A client that subscribed with "batch": true gets what is waiting for it as one frame,
@@ -162,7 +170,12 @@ async def events_socket(websocket: WebSocket) -> None:
         return
     frames: FrameCache = websocket.app.state.frames  # set with the hub
     conn = _Socket(websocket, Feed(hub), frames)
-    tasks = [asyncio.create_task(_read(conn)), asyncio.create_task(_write(conn))]
+    writer = asyncio.create_task(_write(conn))
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(_read(conn)), writer]
+    every = recheck_interval(websocket)
+    watch = asyncio.create_task(_watch(websocket, every)) if every is not None else None
+    if watch is not None:
+        tasks.append(watch)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -174,9 +187,23 @@ async def events_socket(websocket: WebSocket) -> None:
         await ended(tasks)
         conn.feed.close()
     feed = conn.feed
-    if tasks[1] in done and not tasks[1].cancelled() and tasks[1].exception() is None and feed.done:
+    if watch is not None and watch in done and not watch.cancelled() and watch.exception() is None:
+        why = f"the credential is no longer valid: {watch.result()}"
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await websocket.send_text(orjson.dumps({"type": "error", "message": why}).decode())
+            await websocket.close(POLICY_VIOLATION, why.encode()[:120].decode(errors="ignore"))
+    elif writer in done and not writer.cancelled() and writer.exception() is None and feed.done:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await websocket.close(feed.close_code, feed.close_reason[:120])
+
+
+async def _watch(conn: HTTPConnection, every: float) -> str:
+    """Check the stream's credential every ``every`` seconds; return why, once it no longer passes."""
+    while True:
+        await asyncio.sleep(every)
+        why = await still_valid(conn)
+        if why is not None:
+            return why
 
 
 async def _read(conn: _Socket) -> None:
@@ -342,20 +369,36 @@ async def events_stream(
         if last_event_id:
             invalid([error_item(("header", "Last-Event-ID"), "value_error", str(exc), last_event_id)])
         invalid([error_item(("query", "after"), "value_error", str(exc), after)])
-    return StreamingResponse(_events(feed, start), media_type="text/event-stream",
+    return StreamingResponse(_events(feed, start, request), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _events(feed: Feed, start: Cursor) -> AsyncIterator[str]:
+async def _events(feed: Feed, start: Cursor, request: Request) -> AsyncIterator[str]:
+    """The stream's text: events and replies, a keepalive comment when idle for the hub's ping
+    interval; with authentication, an error message and the end once its credential fails."""
     cursor = dict(start)
+    loop = asyncio.get_running_loop()
+    ping = feed.hub.ping_interval
+    every = recheck_interval(request)
+    check_at = loop.time() + every if every is not None else None
+    spoke = loop.time()
     try:
         while not feed.done:
-            messages = await feed.pull(feed.hub.ping_interval)
-            if not messages:
-                if not feed.done:
-                    yield ": keepalive\n\n"
-                continue
-            yield "".join(_sse(m, cursor) for m in messages)
+            wait = ping if check_at is None else max(0.0, min(spoke + ping, check_at) - loop.time())
+            messages = await feed.pull(wait)
+            if check_at is not None and every is not None and loop.time() >= check_at:
+                why = await still_valid(request)
+                if why is not None:
+                    message = {"type": "error", "message": f"the credential is no longer valid: {why}"}
+                    yield f"data: {orjson.dumps(message).decode()}\n\n"
+                    return
+                check_at = loop.time() + every
+            if messages:
+                spoke = loop.time()
+                yield "".join(_sse(m, cursor) for m in messages)
+            elif not feed.done and loop.time() - spoke >= ping:
+                spoke = loop.time()
+                yield ": keepalive\n\n"
     finally:
         feed.close()
 

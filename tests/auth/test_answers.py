@@ -14,6 +14,7 @@ import websockets.exceptions
 import websockets.sync.client
 
 from contracts import Reason
+from services.runtime import tokens
 from tests.auth.conftest import Deployment, deployment
 
 
@@ -113,6 +114,37 @@ def test_the_websocket_handshake_is_refused_with_the_same_statuses(dep: Deployme
     with websockets.sync.client.connect(f"{ws}?access_token={reader}", open_timeout=10) as socket:
         socket.send('{"type": "subscribe", "channels": ["events"]}')
         assert '"subscribed"' in str(socket.recv(timeout=10))
+
+
+def test_an_open_stream_ends_once_its_token_is_revoked_and_others_go_on(dep: Deployment) -> None:
+    admin, reader, other = dep.token("admin"), dep.token("reader"), dep.token("reader")
+    parsed = tokens.parse(reader)
+    assert parsed is not None
+    ws = dep.url.replace("http://", "ws://") + "/ws/v1/events"
+    subscribe = '{"type": "subscribe", "channels": ["events"]}'
+    with websockets.sync.client.connect(f"{ws}?access_token={reader}", open_timeout=10) as revoked, \
+            websockets.sync.client.connect(f"{ws}?access_token={other}", open_timeout=10) as valid, \
+            httpx.Client(base_url=dep.url, timeout=10) as client, \
+            client.stream("GET", "/v1/events/stream",
+                          params={"channels": "events", "access_token": reader}) as sse:
+        for socket in (revoked, valid):
+            socket.send(subscribe)
+            assert '"subscribed"' in str(socket.recv(timeout=10))
+        with dep.client(admin) as management:
+            assert management.delete(f"/v1/tokens/{parsed[0]}").status_code == 200
+            received: list[str] = []
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                while True:
+                    received.append(str(revoked.recv(timeout=10)))
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            assert "revoked" in closed.value.rcvd.reason
+            assert '"type":"error"' in received[-1] and "no longer valid" in received[-1]
+            lines = list(sse.iter_lines())  # the server ends the response
+            assert "no longer valid" in lines[-2] and "revoked" in lines[-2], lines[-3:]
+            # A stream whose token still passes was checked as often, and goes on.
+            assert management.post("/v1/tasks", json={"task_id": "after", "type": "x"}).status_code == 202
+        while '"TaskSubmitted"' not in (got := str(valid.recv(timeout=10))):
+            assert '"error"' not in got
 
 
 def test_sse_takes_the_token_from_the_query_other_routes_only_from_the_header(dep: Deployment) -> None:
