@@ -13,9 +13,12 @@ fails ``start``, named, as in-process); a call's outcome, idempotency key and ti
 executor's own; a cancelled call is cancelled in the worker; progress (an ``ai_agent``'s text
 deltas) is carried back to the call's sink.
 
-A worker that dies (killed, out of memory) fails the calls it held as retryable
-``executor_error`` outcomes (the host reports them; the task's retry policy runs them again with the
-same idempotency key) and is started again for the next call.
+A worker that dies (killed, out of memory) is started again, and the calls it held are made again
+in the new one, each with its own ``Idempotency-Key`` (the same attempt of the same task): to the
+outside world that is a crash between the call and its report, which the key makes safe. A call
+whose worker dies ``REDO_AFTER_DEATH + 1`` times in a row (a request that kills it, say) fails as a
+retryable ``executor_error``, and the task's retry policy decides, as for any failure: its next
+attempt has a key of its own.
 
 The protocol: one JSON object per line. Parent to worker: the configuration first, then
 ``{"id": n, "call": {...}}`` or ``{"cancel": n}``. Worker to parent: ``{"started": true}`` or
@@ -52,6 +55,8 @@ START_TIMEOUT_S = 60.0  # a worker that has not said it started by then is stopp
 STOP_TIMEOUT_S = 10.0  # a worker asked to stop (stdin closed) is killed after this long
 # A call the worker has not answered this long after its own time limit is failed here.
 GRACE_S = 10.0
+# A call whose worker process died under it is made again (same key) in a new one this many times.
+REDO_AFTER_DEATH = 2
 _CONFIG: TypeAdapter[ExecutorConfig] = TypeAdapter(ExecutorConfig)
 
 
@@ -79,6 +84,10 @@ def _outcome_of(data: dict[str, Any]) -> Outcome:
 
 def _died(why: str) -> Outcome:
     return Outcome.failure(f"the executor's worker process {why}", INTERNAL, retryable=True)
+
+
+class _WorkerDied(Exception):
+    """The worker process holding a call ended before it answered (the call is made again)."""
 
 
 class _Worker:
@@ -122,7 +131,7 @@ class _Worker:
             code = await self.proc.wait()
             for future, _ in self.calls.values():
                 if not future.done():
-                    future.set_result(_died(f"{why} (exit status {code}) during the call"))
+                    future.set_exception(_WorkerDied(f"{why} (exit status {code}) during the call"))
             self.calls.clear()
 
 
@@ -181,6 +190,18 @@ class WorkerExecutor:
         return 0 if worker is None else len(worker.calls)
 
     async def call(self, call: Call) -> Outcome:
+        """``call`` in a worker; made again in a new worker (same key) if its worker dies under it."""
+        for deaths in itertools.count(1):
+            try:
+                return await self._call(call)
+            except _WorkerDied as exc:
+                if deaths > REDO_AFTER_DEATH:
+                    return _died(f"{exc}, {deaths} times in a row")
+                log.warning("executor %s: the worker process %s; calling again in a new one with the "
+                            "same Idempotency-Key", self.name, exc)
+        raise AssertionError("unreachable")
+
+    async def _call(self, call: Call) -> Outcome:
         # The worker holding the fewest calls (the first, on a tie).
         i = min(range(len(self._workers)), key=self._held)
         try:

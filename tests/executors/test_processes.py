@@ -1,7 +1,7 @@
 """Executors whose calls run in worker processes (``processes: N``), against the real local stand-in
 servers: the same outcomes as in the host's process, secrets resolved in the worker, a cancel
-reaching the worker, progress carried back, a killed worker failing its calls as retryable and
-replaced, calls spread over the workers, and a whole task run through a host."""
+reaching the worker, progress carried back, a killed worker replaced and its calls made again with
+their keys, calls spread over the workers, and a whole task run through a host."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from contracts.executors import ExecutorConfig, ExecutorsFile
 from contracts.workflows import WorkflowDefinition
 from services.executors.base import INTERNAL, Call, Outcome
 from services.executors.factory import build_executor
-from services.executors.processes import WorkerExecutor, WorkerStartError
+from services.executors.processes import REDO_AFTER_DEATH, WorkerExecutor, WorkerStartError
 from services.executors.standins.http_target import create_app
 from services.executors.standins.serving import serving
 from tests.api.runtimes import embedded
@@ -111,20 +111,39 @@ def _pids(executor: WorkerExecutor) -> list[int]:
     return [w.proc.pid for w in executor._workers if w is not None]
 
 
-async def test_a_killed_worker_fails_its_calls_as_retryable_and_is_replaced(target: str) -> None:
+async def test_a_killed_workers_calls_are_made_again_with_their_keys_in_a_new_worker(target: str) -> None:
     async for executor in started(http(target, 1)):
         assert isinstance(executor, WorkerExecutor)
         [pid] = _pids(executor)
-        slow = [asyncio.create_task(executor.call(call(f"kill-{i}", path="/slow", query={"seconds": 5})))
+        slow = [asyncio.create_task(executor.call(call(f"kill-{i}", path="/slow", query={"seconds": 1})))
                 for i in range(3)]
         await asyncio.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
-        outs = await asyncio.wait_for(asyncio.gather(*slow), 10)
-        for out in outs:
-            assert not out.ok and out.retryable and out.error_code == INTERNAL
-            assert out.error is not None and "worker process exited" in out.error
+        outs = await asyncio.wait_for(asyncio.gather(*slow), 20)
+        assert all(out.ok for out in outs), outs
+        assert _pids(executor) != [pid]
+        # Each call reached the target twice (the killed worker's, then the new one's), with one key.
+        requests = (await counts(target))["requests"]
+        assert {f"kill-{i}": requests.get(f"kill-{i}") for i in range(3)} == {f"kill-{i}": 2 for i in range(3)}
+
+
+async def test_a_call_whose_worker_keeps_dying_fails_as_retryable(target: str) -> None:
+    async for executor in started(http(target, 1)):
+        assert isinstance(executor, WorkerExecutor)
+        doomed = asyncio.create_task(executor.call(call("doomed", path="/slow", query={"seconds": 30})))
+        killed: list[int] = []
+        while len(killed) <= REDO_AFTER_DEATH:  # the first worker, then each one it is made again in
+            await asyncio.sleep(0.3)
+            [pid] = _pids(executor)
+            if pid not in killed and (await counts(target))["requests"].get("doomed", 0) > len(killed):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        out = await asyncio.wait_for(doomed, 20)
+        assert not out.ok and out.retryable and out.error_code == INTERNAL
+        assert out.error is not None and "worker process exited" in out.error
+        assert f"{REDO_AFTER_DEATH + 1} times in a row" in out.error
         after = await executor.call(call("kill-after", path="/echo"))
-        assert after.ok and _pids(executor) != [pid]
+        assert after.ok and _pids(executor)[0] not in killed
 
 
 async def test_a_cancelled_call_is_cancelled_in_the_worker(target: str) -> None:
