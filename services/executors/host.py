@@ -62,6 +62,11 @@ REFUSED_RETRY_S = 10.0  # a refused registration is tried again after this long
 CATCH_UP_BATCH = 5000
 REPORT_START_AFTER_S = 0.02  # see ExecutorHost.report_start_after_s
 MAX_DEFER_S = 86_400.0  # a target's Retry-After is honoured up to a day
+# A deferral waits at least MIN_DEFER_S, doubled with each attempt the task has had, up to
+# MAX_MIN_DEFER_S: a target answering "Retry-After: 0" to every call is called at a falling rate
+# (about once a minute after seven deferrals), not in a loop as fast as the log takes the reports.
+MIN_DEFER_S = 1.0
+MAX_MIN_DEFER_S = 60.0
 _CONFIG = TypeAdapter(ExecutorConfig)
 
 
@@ -437,7 +442,7 @@ def report(agent_id: str, pool: str, task_id: str, attempt: int,
     if outcome.ok:
         out.append(("complete", c.CompleteTask(task_id=task_id, agent_id=agent_id, result=outcome.result)))
     elif outcome.retry_after_s is not None:
-        delay = min(max(outcome.retry_after_s, 0.0), MAX_DEFER_S)
+        delay = min(max(outcome.retry_after_s, min_deferral(attempt)), MAX_DEFER_S)
         out.append(("defer", c.DeferTask(task_id=task_id, agent_id=agent_id,
                                          reason="RETRY_AFTER", delay_s=delay)))
     else:
@@ -445,6 +450,12 @@ def report(agent_id: str, pool: str, task_id: str, attempt: int,
                                        error=outcome.error or "failed", error_code=outcome.error_code,
                                        retryable=outcome.retryable)))
     return out
+
+
+def min_deferral(attempt: int) -> float:
+    """The shortest a run's deferral waits, whatever the target said: ``MIN_DEFER_S`` at the first
+    attempt, doubling with each (every deferral is an attempt of its own), up to ``MAX_MIN_DEFER_S``."""
+    return min(MAX_MIN_DEFER_S, MIN_DEFER_S * 2.0 ** min(max(attempt - 1, 0), 16))
 
 
 def ended(outcome: Outcome, agent_id: str, attempt: int) -> dict[str, Any]:

@@ -125,5 +125,22 @@ def test_a_report_records_the_cost_before_the_end() -> None:
     assert report("w", "p", "t", 1, ok)[0][1] == cost  # the same cost id on a repeat
     [(what, defer)] = report("w", "p", "t", 1, Outcome.later(2.5, "busy", "http_status:429"))
     assert what == "defer" and defer.delay_s == 2.5  # type: ignore[attr-defined]
+
+
+def test_a_deferral_waits_at_least_a_floor_that_doubles_with_the_attempts() -> None:
+    """A target answering Retry-After: 0 (or less) every time is not called in a loop."""
+    def delay(attempt: int, retry_after_s: float) -> float:
+        later = Outcome.later(retry_after_s, "busy", "http_status:503")
+        [(what, defer)] = report("w", "p", "t", attempt, later)
+        assert what == "defer"
+        return float(defer.delay_s)  # type: ignore[attr-defined]
+
+    assert [delay(n, 0.0) for n in (1, 2, 3, 4, 7, 8, 50)] == [1.0, 2.0, 4.0, 8.0, 60.0, 60.0, 60.0]
+    assert delay(1, -5.0) == 1.0
+    assert delay(3, 30.0) == 30.0  # a longer Retry-After wins
+    assert delay(1, 10**9) == 86_400.0  # up to a day
+
+
+def test_a_report_fails_a_run_that_failed() -> None:
     [(what, fail)] = report("w", "p", "t", 1, Outcome.failure("nope", "http_status:404", retryable=False))
     assert what == "fail" and fail.retryable is False  # type: ignore[attr-defined]
