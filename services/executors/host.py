@@ -259,14 +259,26 @@ class ExecutorHost:
                 config = _CONFIG.validate_python(raw)
             except ValidationError as exc:
                 log.error("workflow %s declares an executor that cannot run: %s", host.workflow_id, exc)
+                await self._cancel_run(host, str(raw.get("name")), f"it cannot run: {exc}")
                 continue
             try:
                 agent = await self._add(config, host.pool)
             except Exception as exc:
                 log.error("workflow %s: executor %s did not start: %s", host.workflow_id, config.name, exc)
+                await self._cancel_run(host, config.name, f"it did not start: {exc}")
                 continue
             if agent is not None and register:
                 await self._register(agent)
+
+    async def _cancel_run(self, host: Host, name: str, why: str) -> None:
+        """Cancel a run whose own executor cannot be hosted, saying why: its steps for that executor
+        would otherwise wait, queued, for an agent that never comes. The command id is fixed by the
+        run and the executor, so hosting it again (a restart) cancels once."""
+        reason = f"executor {name!r} declared by the workflow: {why}"[:1000]
+        reason = reason.replace("\x00", "?").encode("utf-8", "replace").decode()  # storable text
+        cmd = c.CancelWorkflow(workflow_id=host.workflow_id, reason=reason)
+        cid = f"exec-cancel-{_digest(host.pool, host.workflow_id, name)}"
+        await self._append([self._envelope(cmd, host.pool, cid, name)])
 
     # -- registration and heartbeats ------------------------------------------------------------
 

@@ -110,6 +110,22 @@ async def test_a_workflow_brings_its_own_executor(tmp_path: Path, target: str) -
         assert done["w1.pong"].result["body"]["body"] == {"got": 200}
 
 
+async def test_a_workflow_whose_own_executor_cannot_start_is_cancelled_saying_why(
+        tmp_path: Path, target: str) -> None:
+    definition = WorkflowDefinition.model_validate({
+        "name": "keyless", "agents": [{"name": "wf_llm", "type": "ai_agent", "provider": "openai",
+                                       "model": "gpt-4o-mini", "api_key": "${env:AGENTBUS_NO_SUCH_KEY}"}],
+        "tasks": [{"name": "write", "agent_name": "wf_llm", "parameters": {"prompt": "hi"}}]})
+    async with embedded(tmp_path) as service, hosted(service, _none(), workflow_agents=True):
+        await send(service, c.StartWorkflow(workflow_id="w1", definition=definition))
+        envs = await until(service, lambda envs: any(isinstance(x.data, e.WorkflowEnded) for x in envs))
+        [ended] = [x.data for x in envs if isinstance(x.data, e.WorkflowEnded)]
+        assert ended.status == "cancelled"
+        assert ended.reason is not None and "'wf_llm'" in ended.reason
+        assert "AGENTBUS_NO_SUCH_KEY" in ended.reason
+        assert not any(isinstance(x.data, e.TaskAssigned) for x in envs)
+
+
 def _none() -> Any:
     from contracts.executors import ExecutorsFile
 
