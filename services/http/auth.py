@@ -47,6 +47,9 @@ __all__ = ["AuthMiddleware", "check_exposure", "document_auth", "install_auth", 
            "recheck_interval", "route_keys", "still_valid"]
 
 SCOPE_KEY = "agentbus.principal"
+# The template of the route matched here, for the request metrics' label when this middleware
+# answers (401, 403, 429) before the router runs the route (``services.http.metrics``).
+ROUTE_TEMPLATE = "agentbus.route_template"
 CREDENTIAL_KEY = "agentbus.credential"  # the bearer credential the principal came from
 # An open stream's credential is checked again this often at least (else every --auth-cache-s).
 RECHECK_MIN_S = 1.0
@@ -124,6 +127,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         key, params = found
+        scope[ROUTE_TEMPLATE] = key[1]  # the metrics' label, should this answer before the route runs
         permission = PERMISSIONS.get(key, "system")  # a route nobody listed: admins only
         if permission in (OPEN, SIGNED):
             await self.app(scope, receive, send)

@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http.auth import ROUTE_TEMPLATE
 from services.http.deps import ServiceDep
 from services.http.responses import Error
 from services.runtime.gauges import Gauges, service_sources
@@ -81,7 +82,7 @@ class MetricsMiddleware:
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
-        template: str = getattr(route, "path", None) or _UNMATCHED
+        template: str = getattr(route, "path", None) or scope.get(ROUTE_TEMPLATE) or _UNMATCHED
         method: str = scope["method"]
         key = (method if method in _METHODS else "other", template, status)
         child = self._children.get(key)

@@ -12,10 +12,13 @@ import httpx
 import pytest
 import websockets.exceptions
 import websockets.sync.client
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import Reason
 from services.runtime import tokens
 from tests.auth.conftest import Deployment, deployment
+
+HTTP_FAMILY = "agentbus_http_request_duration_seconds"
 
 
 @pytest.fixture
@@ -57,6 +60,20 @@ def test_403_names_the_permission_the_role_lacks(dep: Deployment) -> None:
         assert resp.json() == {"detail": "the reader role lacks the permission 'tasks:submit'",
                                "permission": "tasks:submit"}
         assert client.get("/v1/tasks").status_code == 200
+
+
+def test_refused_requests_are_timed_under_their_routes_template(dep: Deployment) -> None:
+    reader = dep.token("reader")
+    with dep.client() as anonymous:
+        assert anonymous.get("/v1/tasks/t-x").status_code == 401
+    with dep.client(reader) as client:
+        assert client.post("/v1/tasks", json={"type": "x"}).status_code == 403
+        text = client.get("/metrics").text
+    counted = {(s.labels["method"], s.labels["route"], s.labels["status"])
+               for family in text_string_to_metric_families(text) if family.name == HTTP_FAMILY
+               for s in family.samples if s.name.endswith("_count")}
+    assert {("GET", "/v1/tasks/{task_id}", "401"), ("POST", "/v1/tasks", "403")} <= counted
+    assert not any(route == "unmatched" for _, route, _ in counted)
 
 
 def test_a_command_is_checked_whichever_route_sends_it(dep: Deployment) -> None:
