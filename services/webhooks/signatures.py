@@ -83,6 +83,13 @@ def _webhook_id(value: str | None, header: str) -> str:
 
 
 def _standard(secret: str, body: bytes, headers: Mapping[str, str]) -> Delivery:
+    absent = [name for name in ("webhook-id", "webhook-timestamp") if not headers.get(name)]
+    if absent:  # a request that is not a Standard Webhooks delivery: malformed, not unauthenticated
+        raise Refused(400, f"the {' and '.join(absent)} header{'s are' if len(absent) > 1 else ' is'} "
+                           "missing (a Standard Webhooks delivery carries webhook-id, webhook-timestamp "
+                           "and webhook-signature)")
+    if not headers.get("webhook-signature"):
+        raise Refused(401, "the webhook-signature header is missing")
     stamp = headers.get("webhook-timestamp")
     if stamp is not None:
         try:

@@ -80,6 +80,11 @@ async def test_a_bad_or_missing_signature_is_401_and_appends_nothing(
         resp = await client.post("/v1/webhooks/shop", content=content, headers=headers)
         assert resp.status_code == 401, resp.text
         assert sender.secret not in resp.text
+    # Without its id or timestamp a request is no Standard Webhooks delivery at all: 400.
+    for absent in ("webhook-id", "webhook-timestamp"):
+        headers = {k: v for k, v in sender.headers(body).items() if k != absent}
+        resp = await client.post("/v1/webhooks/shop", content=body, headers=headers)
+        assert resp.status_code == 400 and f"the {absent} header is missing" in resp.text, resp.text
     await settle(service)
     assert await ends(service) == before
     assert await events_of(client, "ExternalEventReceived") == []
