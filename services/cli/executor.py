@@ -65,6 +65,8 @@ def executor_run(config_path: Path, instance: str | None, workflow_agents: bool,
                  settings: Settings) -> None:
     """Host the executors of --config on the deployment (until SIGTERM/SIGINT)."""
     from services.executors.host import ExecutorHost
+    from services.executors.processes import WorkerStartError
+    from services.executors.secrets import SecretError
     from services.runtime.metrics import serve_metrics
 
     configs = check_executors_file(config_path).agents
@@ -92,6 +94,8 @@ def executor_run(config_path: Path, instance: str | None, workflow_agents: bool,
                 await task
         except UnknownTopic as exc:
             fail(f"{exc}: start the server first (`agentbus serve`), it creates the topics")
+        except (SecretError, WorkerStartError) as exc:  # a reference not set here, a worker that failed
+            fail(f"an executor did not start: {exc}")
         finally:
             ready.cancel()
             await log.close()

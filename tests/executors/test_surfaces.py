@@ -91,6 +91,19 @@ def test_serve_refuses_a_bad_executors_file_before_it_starts(tmp_path: Path) -> 
     assert "literal secret" in out.output and "plain-secret" not in out.output
 
 
+def test_executor_run_names_a_missing_reference_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "x.yaml"
+    config.write_text("agents:\n  - {name: api, type: http_api, endpoint: 'http://127.0.0.1:9', "
+                      "authentication: {type: bearer, token: '${env:AGENTBUS_NO_SUCH_TOKEN}'}}\n")
+    clean = {name: None for name in os.environ if name.startswith("AGENTBUS_")}
+    out = CliRunner().invoke(main, ["executor", "run", "--config", str(config),
+                                    "--data-dir", str(tmp_path / "d")], env=clean)
+    assert out.exit_code == 1, out.output
+    assert "an executor did not start: api.authentication.token: ${env:AGENTBUS_NO_SUCH_TOKEN} is not set" \
+        in out.output
+    assert "Traceback" not in out.output
+
+
 async def test_a_workflow_brings_its_own_executor(tmp_path: Path, target: str) -> None:
     definition = WorkflowDefinition.model_validate({
         "name": "own", "agents": [{"name": "wf_api", "type": "http_api", "endpoint": target,
