@@ -339,8 +339,12 @@ class HttpApiExecutor:
         if over > 0:  # escapes made the JSON form larger than the bytes: cut the text further
             text = body if isinstance(body, str) else _decode(raw, response.charset_encoding)
             text = self._redact.text(text)
-            while over > 0:  # every character is at least one byte of JSON: one pass, as a rule
-                text = text[: max(0, len(text) - over)]
+            while over > 0:
+                # Cut as many characters as ``over`` bytes of the text's JSON form hold on average
+                # (a control character takes six): a body of escapes keeps what fits, not nothing.
+                size = len(orjson.dumps(text))
+                drop = max(1, -(-over * len(text) // max(size, 1)))
+                text = text[: max(0, len(text) - drop)]
                 result.update(body=text, truncated=True)
                 over = len(orjson.dumps(result)) - MAX_RESULT_BYTES
         return result

@@ -321,6 +321,9 @@ async def test_a_result_stays_storable_whatever_the_body_holds(target: str) -> N
         control = await api.run(path="/big", query={"bytes": MAX_RESPONSE_BYTES, "fill": "01"})
         assert control.result["truncated"] is True
         assert len(orjson.dumps(control.result)) <= MAX_RESULT_BYTES
+        # As much of it as fits: about a sixth of the bytes, not nothing.
+        assert set(control.result["body"]) == {"\x01"}
+        assert len(control.result["body"]) > MAX_RESULT_BYTES // 6 - 1000
         nul = await api.run(path="/big", query={"bytes": 100, "fill": "00"})
         assert nul.result["body"] == "\ufffd" * 100
 
