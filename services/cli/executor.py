@@ -79,7 +79,7 @@ def executor_run(config_path: Path, instance: str | None, workflow_agents: bool,
         log = open_log(settings.broker)
         await log.start()
         host = ExecutorHost(log, configs, topics=topics_of(settings), instance=instance,
-                            workflow_agents=workflow_agents, grace_s=grace)
+                            workflow_agents=workflow_agents, grace_s=grace, guard=(settings.data_dir,))
         task = asyncio.create_task(host.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
@@ -49,6 +50,7 @@ from events import EventLog
 from events.cache import EnvelopeCache, tail
 from services.executors.base import Call, Executor, Outcome, Progress
 from services.executors.factory import build_executor
+from services.executors.secrets import guarded
 from services.executors.view import Drop, Host, HostView, OpenTask, Refused, Register, Run
 from services.runtime.ingest import command_envelope
 from services.runtime.metrics import executor_run
@@ -126,6 +128,9 @@ class ExecutorHost:
     report_start_after_s: float = REPORT_START_AFTER_S
     build: Callable[[ExecutorConfig], Executor] = build_executor
     publish: Publish | None = None
+    # The data directories whose files the executors workflows declare may not reference (nor any
+    # AGENTBUS_* variable: ``secrets.guarded``); the deployment's own configs are not guarded.
+    guard: Sequence[Path] = ()
     hosted: dict[str, Hosted] = field(default_factory=dict)
     view: HostView = field(default_factory=HostView)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -189,12 +194,14 @@ class ExecutorHost:
             with contextlib.suppress(Exception):
                 await agent.executor.close()
 
-    async def _add(self, config: ExecutorConfig, pool: str) -> Hosted | None:
+    async def _add(self, config: ExecutorConfig, pool: str, *, declared: bool = False) -> Hosted | None:
+        """Start and host ``config``'s executor (``declared``: by a workflow, so guarded)."""
         agent_id = self.agent_id(config)
         if agent_id in self.hosted:
             return None
         executor = self.build(config)
-        await executor.start()  # resolves its secrets: a missing one fails here, named
+        with guarded(self.guard) if declared else contextlib.nullcontext():
+            await executor.start()  # resolves its secrets: a missing one fails here, named
         agent = self.hosted[agent_id] = Hosted(agent_id, config, executor, pool)
         self.view.agents[agent_id] = pool
         log.info("hosting %s executor %s in pool %s", config.type, agent_id, pool)
@@ -262,7 +269,7 @@ class ExecutorHost:
                 await self._cancel_run(host, str(raw.get("name")), f"it cannot run: {exc}")
                 continue
             try:
-                agent = await self._add(config, host.pool)
+                agent = await self._add(config, host.pool, declared=True)
             except Exception as exc:
                 log.error("workflow %s: executor %s did not start: %s", host.workflow_id, config.name, exc)
                 await self._cancel_run(host, config.name, f"it did not start: {exc}")

@@ -52,7 +52,7 @@ async def hosted_executors(service: Service, settings: Settings) -> AsyncIterato
     host = ExecutorHost(service.log, configs, topics=service.topics,
                         cache=cache if isinstance(cache, EnvelopeCache) else EnvelopeCache(),
                         workflow_agents=hosts_workflow_agents(settings), group="executors",
-                        publish=publish)
+                        publish=publish, guard=(settings.data_dir,))
     task = asyncio.create_task(host.run(), name="executors")
     ready = asyncio.create_task(host.ready.wait())
     await asyncio.wait([task, ready], timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)

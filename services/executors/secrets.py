@@ -9,19 +9,28 @@ surface in a result or an error text (a target that echoes the request's headers
 
 Must never log, print or put in an exception message a resolved value: only the reference and
 the field it stands in.
+
+A configuration that came through the API rather than from the deployment's own files (a
+workflow's ``agents:``, ``POST /v1/agents/test``) is started under ``guarded``: its references may
+not name agentbus's own configuration, the ``AGENTBUS_*`` variables and the files of the data
+directory (the sealing key, a JWT secret). Otherwise whoever may run a workflow (an operator) could
+have the server send its secrets to an endpoint of their choosing, and mint an admin's token.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from contracts.executors import SECRET_REFERENCE
 
-__all__ = ["REDACTED", "Redactor", "SecretError", "resolve", "resolve_values"]
+__all__ = ["GUARDED_ENV_PREFIX", "REDACTED", "Redactor", "SecretError", "guarded", "resolve",
+           "resolve_values"]
 
 REDACTED = "[redacted]"
 # Shorter resolved values are not scrubbed: replacing every "abc" in a result would mangle it,
@@ -29,12 +38,44 @@ REDACTED = "[redacted]"
 MIN_REDACTED_LENGTH = 6
 
 
+GUARDED_ENV_PREFIX = "AGENTBUS_"
+# The data directories a guarded configuration may not read files from; None: not guarded.
+_GUARDED: contextvars.ContextVar[tuple[Path, ...] | None] = contextvars.ContextVar(
+    "agentbus_guarded_references", default=None)
+
+
 class SecretError(ValueError):
     """A reference that cannot be resolved: the message names it and the field, never a value."""
 
 
+@contextlib.contextmanager
+def guarded(data_dirs: Iterable[Path]) -> Iterator[None]:
+    """Resolve references (in this context) as for a configuration that came through the API: none
+    may name an ``AGENTBUS_*`` variable or a file inside ``data_dirs`` (see the module doc)."""
+    token = _GUARDED.set(tuple(Path(d).expanduser().resolve() for d in data_dirs))
+    try:
+        yield
+    finally:
+        _GUARDED.reset(token)
+
+
+def _refuse_guarded(kind: str, target: str, reference: str, field: str) -> None:
+    dirs = _GUARDED.get()
+    if dirs is None:
+        return
+    if kind == "env" and target.upper().startswith(GUARDED_ENV_PREFIX):
+        raise SecretError(f"{field}: {reference} is agentbus's own configuration, which an executor "
+                          "of a workflow or a trial may not reference")
+    if kind == "file":
+        real = Path(target).expanduser().resolve()
+        if any(real == d or real.is_relative_to(d) for d in dirs):
+            raise SecretError(f"{field}: {reference} is in agentbus's data directory, which an executor "
+                              "of a workflow or a trial may not reference")
+
+
 def _one(kind: str, target: str, field: str, environ: Mapping[str, str]) -> str:
     reference = f"${{{kind}:{target}}}"
+    _refuse_guarded(kind, target, reference, field)
     if kind == "env":
         if target not in environ:
             raise SecretError(f"{field}: {reference} is not set in the executor's environment")

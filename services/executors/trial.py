@@ -9,26 +9,32 @@ This module must never register an agent or write an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from contracts import new_id
 from contracts.executors import ExecutorConfig
 from services.executors.base import Call
 from services.executors.factory import build_in_process
+from services.executors.secrets import guarded
 
 TRIAL_TIMEOUT_S = 30.0  # a trial is cut here, whatever the configuration's timeout
 
 
-async def try_executor(config: ExecutorConfig, action: str | None,
-                       parameters: dict[str, Any]) -> dict[str, Any]:
+async def try_executor(config: ExecutorConfig, action: str | None, parameters: dict[str, Any],
+                       guard: Sequence[Path] | None = None) -> dict[str, Any]:
     """``{agent_name, success, response_time, result, error, error_code, retryable, retry_after}``;
-    ``response_time`` in seconds, start and close of the executor included."""
+    ``response_time`` in seconds, start and close of the executor included. ``guard``: the data
+    directories of a configuration that came through the API (``secrets.guarded``)."""
     began = time.perf_counter()
     executor = build_in_process(config)  # a trial is one call: never worker processes
     try:
         async with asyncio.timeout(TRIAL_TIMEOUT_S):
-            await executor.start()
+            with guarded(guard) if guard is not None else contextlib.nullcontext():
+                await executor.start()
             key = f"agentbus-test-{new_id()}"
             outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
                                                parameters=parameters, idempotency_key=key))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from contracts.executors import ExecutorConfig
 from contracts.values import JSONObject
 from services.executors.trial import try_executor
+from services.http.deps import ServiceDep
 from services.http.responses import Error, json_response
 
 __all__ = ["router"]
@@ -51,5 +52,7 @@ class AgentTestResult(BaseModel):
 
 @router.post("/v1/agents/test", summary="Try an executor configuration once, without registering it",
              response_model=AgentTestResult)
-async def test_agent(body: Annotated[AgentTest, Body()]) -> Response:
-    return json_response(await try_executor(body.agent_config, body.test_action, body.test_parameters))
+async def test_agent(body: Annotated[AgentTest, Body()], service: ServiceDep) -> Response:
+    # Its references are resolved in this process, guarded: none may name agentbus's own secrets.
+    return json_response(await try_executor(body.agent_config, body.test_action, body.test_parameters,
+                                            guard=[service.settings.data_dir]))

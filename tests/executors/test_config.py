@@ -28,7 +28,7 @@ from contracts.executors import (
 )
 from services.cli import main
 from services.executors.files import load_executors, parse_executors
-from services.executors.secrets import REDACTED, Redactor, SecretError, resolve, resolve_values
+from services.executors.secrets import REDACTED, Redactor, SecretError, guarded, resolve, resolve_values
 
 EXAMPLE = """\
 agents:
@@ -295,6 +295,29 @@ def test_env_and_file_references_resolve(tmp_path: Path) -> None:
     assert resolve("Bearer ${env:TOKEN}", "a.headers.Authorization", env) == "Bearer from-env"
     assert resolve("plain", "a.headers.X", env) == "plain"
     assert resolve_values({"A": "${env:TOKEN}", "B": "b"}, "a.headers", env) == {"A": "from-env", "B": "b"}
+
+
+def test_a_guarded_configuration_may_not_reference_agentbus_own_secrets(tmp_path: Path) -> None:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (data / "secret.key").write_text("the sealing key")
+    (outside / "token").write_text("a token")
+    (outside / "link").symlink_to(data / "secret.key")  # a way into the data directory from outside
+    env = {"AGENTBUS_SECRET_KEY": "k", "AGENTBUS_JWT_SECRET": "j", "OPENAI_API_KEY": "sk"}
+    refused = [("${env:AGENTBUS_SECRET_KEY}", "own configuration"), ("${env:agentbus_jwt_secret}", "own"),
+               (f"${{file:{data / 'secret.key'}}}", "data directory"),
+               (f"${{file:{outside / '..' / 'data' / 'secret.key'}}}", "data directory"),
+               (f"${{file:{outside / 'link'}}}", "data directory")]
+    with guarded([data]):
+        for reference, says in refused:
+            with pytest.raises(SecretError, match=says):
+                resolve(reference, "wf.authentication.token", env)
+        assert resolve("${env:OPENAI_API_KEY}", "wf.api_key", env) == "sk"
+        assert resolve(f"${{file:{outside / 'token'}}}", "wf.authentication.token", env) == "a token"
+    # The deployment's own configuration is not guarded.
+    assert resolve("${env:AGENTBUS_SECRET_KEY}", "api.authentication.token", env) == "k"
+    assert resolve(f"${{file:{data / 'secret.key'}}}", "api.authentication.token", env) == "the sealing key"
 
 
 def test_an_unresolvable_reference_names_the_reference_and_the_field(tmp_path: Path) -> None:

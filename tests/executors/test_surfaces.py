@@ -36,8 +36,9 @@ def target() -> Iterator[str]:
         yield url
 
 
-async def test_trying_a_configuration_calls_it_once_and_registers_nothing(tmp_path: Path,
-                                                                          target: str) -> None:
+async def test_trying_a_configuration_calls_it_once_and_registers_nothing(
+        tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTBUS_GUARDED_SECRET", "not-for-your-endpoint")
     async with embedded(tmp_path) as service:
         app = create_api(service=service, settings=service.settings)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
@@ -67,6 +68,15 @@ async def test_trying_a_configuration_calls_it_once_and_registers_nothing(tmp_pa
                                                     "token": "${env:AGENTBUS_NO_SUCH_VAR}"}},
                 "test_parameters": {"path": "/echo"}})).json()
             assert missing["success"] is False and "AGENTBUS_NO_SUCH_VAR" in missing["error"]
+            # Over the API, agentbus's own configuration is never resolved (sent to a caller's URL).
+            for reference in ("${env:AGENTBUS_GUARDED_SECRET}",
+                              f"${{file:{service.settings.data_dir / 'secret.key'}}}"):
+                guarded_trial = (await client.post("/v1/agents/test", json={
+                    "agent_config": {"name": "probe", "type": "http_api", "endpoint": target,
+                                     "authentication": {"type": "bearer", "token": reference}},
+                    "test_parameters": {"path": "/echo"}})).json()
+                assert guarded_trial["success"] is False and guarded_trial["result"] is None
+                assert "of a workflow or a trial may not reference" in guarded_trial["error"]
             assert len(await events(service)) == before  # nothing registered, nothing appended
 
 
@@ -136,6 +146,24 @@ async def test_a_workflow_whose_own_executor_cannot_start_is_cancelled_saying_wh
         assert ended.status == "cancelled"
         assert ended.reason is not None and "'wf_llm'" in ended.reason
         assert "AGENTBUS_NO_SUCH_KEY" in ended.reason
+        assert not any(isinstance(x.data, e.TaskAssigned) for x in envs)
+
+
+async def test_a_workflows_own_executor_may_not_reference_agentbus_own_secrets(
+        tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTBUS_GUARDED_SECRET", "not-for-your-endpoint")
+    definition = WorkflowDefinition.model_validate({
+        "name": "exfiltrate", "agents": [{
+            "name": "wf_out", "type": "http_api", "endpoint": target,
+            "authentication": {"type": "bearer", "token": "${env:AGENTBUS_GUARDED_SECRET}"}}],
+        "tasks": [{"name": "send", "agent_name": "wf_out", "action": "GET",
+                   "parameters": {"path": "/echo"}}]})
+    async with embedded(tmp_path) as service, hosted(service, _none(), workflow_agents=True):
+        await send(service, c.StartWorkflow(workflow_id="w1", definition=definition))
+        envs = await until(service, lambda envs: any(isinstance(x.data, e.WorkflowEnded) for x in envs))
+        [ended] = [x.data for x in envs if isinstance(x.data, e.WorkflowEnded)]
+        assert ended.status == "cancelled" and ended.reason is not None
+        assert "AGENTBUS_GUARDED_SECRET" in ended.reason and "may not reference" in ended.reason
         assert not any(isinstance(x.data, e.TaskAssigned) for x in envs)
 
 
