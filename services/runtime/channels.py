@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from contracts import DEFAULT_POOL, Envelope
+from contracts import DEFAULT_POOL, SYSTEM_POOL, Envelope
 from contracts.base import Payload
 
 __all__ = [
@@ -98,7 +98,8 @@ def _scoped(pool: str, names: list[str]) -> frozenset[Channel]:
 
 
 def event_keys(env: Envelope) -> frozenset[Channel]:
-    """Every channel ``env`` is delivered on (in every pool, and in its own)."""
+    """Every channel ``env`` is delivered on (in every pool, and in its own). The system pool's
+    events (token hashes, sealed secrets, subscriptions) only on channels that name that pool."""
     names = ["events", f"type:{env.type}"]
     data = env.data
     if isinstance(data, Payload):
@@ -118,6 +119,8 @@ def event_keys(env: Envelope) -> frozenset[Channel]:
         names.append(f"agent:{agent}")
     if isinstance(workflow, str):
         names.append(f"workflow:{workflow}")
+    if env.pool == SYSTEM_POOL:
+        return frozenset((SYSTEM_POOL, n) for n in names)
     return _scoped(env.pool, names)
 
 

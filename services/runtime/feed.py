@@ -219,7 +219,7 @@ class Feed:
                     break
                 sent[p] = rec.offset
                 m = event_message(p, rec.offset, rec, decode)
-                if everything or self.sub.wants(m.keys):
+                if self.sub.wants(m):
                     out.append(m)
             if sent[p] >= stop or records[-1].offset >= stop:
                 state.partitions.pop(0)

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from contracts import DEFAULT_POOL, Envelope, utcnow
+from contracts import DEFAULT_POOL, SYSTEM_POOL, Envelope, utcnow
 from events import EventLog
 from events.cache import EnvelopeCache, tail_raw
 from events.codec import encode, from_record
@@ -63,6 +63,9 @@ class Message:
     position: int = -1
     keys: frozenset[Channel] = frozenset()
     cursor: Cursor | None = None
+    # An event of the system pool (token hashes, sealed secrets): never to "everything" (``events``
+    # in every pool), only to channels that name the pool. Known without decoding the record.
+    system: bool = False
 
 
 def reply(body: dict[str, Any], cursor: Cursor | None = None) -> Message:
@@ -78,14 +81,14 @@ def event_message(partition: int, offset: int, item: Envelope | StoredRecord,
     ``stored``: for an envelope, its record's bytes when at hand (else it is encoded again).
     """
     if isinstance(item, Envelope):
-        value, env = stored if stored is not None else encode(item), item
+        value, env, pool = stored if stored is not None else encode(item), item, item.pool
     else:
-        value, env = item.value, None
+        value, env, pool = item.value, None, item.key  # a record's key is its pool
     keys: frozenset[Channel] = frozenset()
     if decode is not None:
         keys = event_keys(env if env is not None else decode(item))  # type: ignore[arg-type]
     text = f'{{"type":"event","partition":{partition},"position":{offset},"event":{value.decode()}}}'
-    return Message(text, partition, offset, keys)
+    return Message(text, partition, offset, keys, system=pool == SYSTEM_POOL)
 
 
 class Subscriber:
@@ -108,10 +111,12 @@ class Subscriber:
 
     def set_channels(self, channels: frozenset[Channel]) -> None:
         self.channels = channels
-        self.everything = (None, "events") in channels
+        # Every event but the system pool's, taken without working out each one's channels; with a
+        # channel of the system pool as well, each event's channels decide.
+        self.everything = (None, "events") in channels and not any(p == SYSTEM_POOL for p, _ in channels)
 
-    def wants(self, keys: frozenset[Channel]) -> bool:
-        return self.everything or not self.channels.isdisjoint(keys)
+    def wants(self, message: Message) -> bool:
+        return not message.system if self.everything else not self.channels.isdisjoint(message.keys)
 
     def offer(self, messages: list[Message]) -> bool:
         """Queue ``messages``; past the bound, drop the queue and mark the subscriber lagged.
@@ -315,5 +320,6 @@ class Hub:
         decode = None if all(s.everything for s in subs) else self.decoder()
         messages = [event_message(partition, offset, item, decode, value)
                     for (offset, item), value in zip(batch, stored, strict=True)]
+        public = [m for m in messages if not m.system] if any(m.system for m in messages) else messages
         for sub in subs:
-            sub.offer(messages if sub.everything else [m for m in messages if sub.wants(m.keys)])
+            sub.offer(public if sub.everything else [m for m in messages if sub.wants(m)])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from contracts import Envelope, utcnow
+from contracts import SYSTEM_POOL, Envelope, utcnow
 from contracts import event_types as e
 from events import partition_for
 from services.runtime.channels import (
@@ -56,6 +56,10 @@ def test_an_event_is_on_the_channels_of_what_it_names() -> None:
     assert event_keys(assigned) == {(p, n) for p in (None, "blue") for n in names}
     foreign = Envelope(id="2", type="com.example.Thing", time=utcnow(), data={"agent_id": "a9"})
     assert (None, "agent:a9") in event_keys(foreign) and (None, "agents") not in event_keys(foreign)
+    # The system pool's events (token hashes among them) only on channels that name that pool.
+    issued = Envelope(id="3", type="ApiTokenIssued", time=utcnow(), pool=SYSTEM_POOL,
+                      data=e.ApiTokenIssued(token_id="t1", role="reader", secret_hash="0" * 64))
+    assert event_keys(issued) == {(SYSTEM_POOL, n) for n in ("events", "type:ApiTokenIssued")}
 
 
 def test_cursors() -> None:

@@ -16,6 +16,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from contracts import SYSTEM_POOL
 from contracts import commands as c
 from services.runtime.service import Service
 from tests.streams.conftest import live, log_events, register, settled, submit, task
@@ -141,6 +142,37 @@ async def test_channels_pick_their_events_in_every_pool_or_in_one(service: Servi
             got = await events_until(ws, len(want))
             assert [m["event"]["id"] for m in got] == want, name
             assert await quiet(ws, 0.1) == [], name
+            await ws.close()
+
+
+async def test_the_system_pools_events_reach_only_channels_that_name_it(service: Service) -> None:
+    """Its events carry token hashes and sealed secrets: not on "events" or "type:...", live or
+    replayed, unless the channel names the pool."""
+    names = ["events", "type:ApiTokenIssued", "pool/_system/type:ApiTokenIssued"]
+    async with live(service) as (base, _):
+        sockets = {}
+        for name in names:
+            ws = await websockets.connect(f"ws://{base}/ws/v1/events")
+            await ws.send(json.dumps({"type": "subscribe", "channels": [name]}))
+            assert (await recv(ws))["type"] == "subscribed"
+            sockets[name] = ws
+        await submit(service, c.IssueApiToken(token_id="t1", role="reader", secret_hash="0" * 64),
+                     pool=SYSTEM_POOL)
+        await submit(service, register("a1"))
+        [issued] = [e for _, _, e in await log_events(service) if e["type"] == "ApiTokenIssued"]
+        named = await events_until(sockets[names[2]], 1)
+        assert [m["event"]["id"] for m in named] == [issued["id"]]
+        [registered] = await events_until(sockets["events"], 1)
+        assert registered["event"]["type"] == "AgentRegistered"
+        assert await quiet(sockets["type:ApiTokenIssued"], 0.2) == []
+        # Replayed from the start: the same.
+        for name, ws in sockets.items():
+            await quiet(ws, 0.2)  # what is still on its way live
+            await ws.send(json.dumps({"type": "subscribe", "channels": [name], "after": -1}))
+            while (await recv(ws))["type"] != "subscribed":
+                pass
+            replayed = [m["event"]["type"] for m in await quiet(ws, 0.5) if m["type"] == "event"]
+            assert ("ApiTokenIssued" in replayed) == (name == names[2]), (name, replayed)
             await ws.close()
 
 
