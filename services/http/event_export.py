@@ -59,16 +59,20 @@ async def export_events(
     partitions = await service.log.partitions(topic)
     ends = {p: await service.log.end_offset(topic, p) - 1 for p in range(partitions)}
     first = _cursor(after, "after", partitions) if after is not None else dict.fromkeys(ends, -1)
-    last = _cursor(until, "until", partitions) if until is not None else ends
+    # A partition that until's pairs leave out is exported to its end, as with no until at all.
+    last = _cursor(until, "until", partitions, missing=_TO_THE_END) if until is not None else ends
     last = {p: min(last[p], ends[p]) for p in ends}
     types = frozenset(type or ())
     return StreamingResponse(_frames(service, topic, first, last, types), media_type=LZ4_TYPE,
                              headers={"content-disposition": 'attachment; filename="events.ndjson.lz4"'})
 
 
-def _cursor(value: str, name: str, partitions: int) -> Cursor:
+_TO_THE_END = 2**63 - 1
+
+
+def _cursor(value: str, name: str, partitions: int, missing: int = -1) -> Cursor:
     try:
-        return parse_cursor(value, partitions)
+        return parse_cursor(value, partitions, missing)
     except ChannelError as exc:
         invalid([error_item(("query", name), "value_error", str(exc), value)])
 

@@ -136,9 +136,10 @@ def progress_keys(pool: str | None, task_id: str, workflow_id: str | None) -> fr
 # --- cursors --------------------------------------------------------------------------------------
 
 
-def parse_cursor(value: object, partitions: int) -> Cursor:
-    """A cursor from an integer, its text form, or a JSON object; ChannelError when malformed."""
-    every = dict.fromkeys(range(partitions), -1)
+def parse_cursor(value: object, partitions: int, missing: int = -1) -> Cursor:
+    """A cursor from an integer, its text form, or a JSON object; ChannelError when malformed.
+    A partition the pairs leave out is at ``missing`` (-1: before its first event)."""
+    every = dict.fromkeys(range(partitions), missing)
     if isinstance(value, bool):
         raise ChannelError(f"a position is an integer, not {value!r}")
     if isinstance(value, int):

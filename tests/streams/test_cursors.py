@@ -8,6 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+import lz4.frame
 import pytest
 import websockets
 
@@ -117,3 +119,19 @@ async def test_two_partitions_resume_from_a_position_per_partition(two_partition
             # The text form works as well: an SSE id, or a query parameter.
             await ws.send(json.dumps({"type": "subscribe", "channels": ["events"], "after": "0:-1,1:0"}))
             assert (await recv(ws))["after"] == {"0": -1, "1": 0}
+
+
+async def test_an_export_until_some_partitions_goes_to_the_end_of_the_others(two_partitions: Service) -> None:
+    service = two_partitions
+    for pool in ("default", "blue"):  # one in each partition
+        await submit(service, register(f"{pool}-a"), task(f"{pool}-t1"), task(f"{pool}-t2"), pool=pool)
+    on_log = [(p, o) for p, o, _ in await log_events(service)]
+    p_blue = partition_for("blue", 2)
+    async with live(service) as (base, _), httpx.AsyncClient(base_url=f"http://{base}", timeout=30) as client:
+        resp = await client.get("/v1/events/export", params={"until": f"{p_blue}:1"})
+        assert resp.status_code == 200, resp.text
+        got = [json.loads(line) for line in lz4.frame.decompress(resp.content).splitlines()]
+    # The named partition up to position 1; the other, left out, whole (not none of it).
+    want = [(p, o) for p, o in on_log if p != p_blue or o <= 1]
+    assert len(got) == len(want) and any(p != p_blue for p, _ in want)
+    assert [ev["id"] for ev in got] == [ev["id"] for p, o, ev in await log_events(service) if (p, o) in want]
