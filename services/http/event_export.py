@@ -62,6 +62,9 @@ async def export_events(
     # A partition that until's pairs leave out is exported to its end, as with no until at all.
     last = _cursor(until, "until", partitions, missing=_TO_THE_END) if until is not None else ends
     last = {p: min(last[p], ends[p]) for p in ends}
+    if type is not None and not all(type):
+        invalid([error_item(("query", "type"), "value_error",
+                            "an event type, e.g. TaskCompleted, not empty", "")])
     types = frozenset(type or ())
     return StreamingResponse(_frames(service, topic, first, last, types), media_type=LZ4_TYPE,
                              headers={"content-disposition": 'attachment; filename="events.ndjson.lz4"'})

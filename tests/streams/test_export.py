@@ -65,6 +65,8 @@ async def test_export_filters_by_position_and_type(service: Service) -> None:
         assert await export(after=str(len(ids) - 1)) == []
         bad = await client.get("/v1/events/export", params={"until": "x"})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "until"]
+        empty = await client.get("/v1/events/export", params={"type": ""})
+        assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["query", "type"]
 
 
 async def test_curl_lz4cat_jq_reads_it(service: Service) -> None:
