@@ -384,7 +384,8 @@ async def _events(feed: Feed, start: Cursor, request: Request) -> AsyncIterator[
     spoke = loop.time()
     try:
         while not feed.done:
-            wait = ping if check_at is None else max(0.0, min(spoke + ping, check_at) - loop.time())
+            until = spoke + ping if check_at is None else min(spoke + ping, check_at)
+            wait = max(0.0, until - loop.time())
             messages = await feed.pull(wait)
             if check_at is not None and every is not None and loop.time() >= check_at:
                 why = await still_valid(request)
