@@ -17,7 +17,7 @@ from typing import Any
 
 from contracts import new_id
 from contracts.executors import ExecutorConfig
-from services.executors.base import Call
+from services.executors.base import TIMEOUT, Call
 from services.executors.factory import build_in_process
 from services.executors.secrets import guarded
 
@@ -38,10 +38,13 @@ async def try_executor(config: ExecutorConfig, action: str | None, parameters: d
             key = f"agentbus-test-{new_id()}"
             outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
                                                parameters=parameters, idempotency_key=key))
-    except Exception as exc:  # a configuration that cannot start (a missing secret, say), or too slow
-        error = f"no answer within {TRIAL_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+    except TimeoutError:  # the trial's own limit, whatever the configuration's: as a call's timeout
         return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
-                "result": None, "error": error, "error_code": "executor_error", "retryable": False,
+                "result": None, "error": f"no answer within {TRIAL_TIMEOUT_S:g} s (a trial's limit)",
+                "error_code": TIMEOUT, "retryable": True, "retry_after": None}
+    except Exception as exc:  # a configuration that cannot start (a missing secret, say)
+        return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
+                "result": None, "error": str(exc), "error_code": "executor_error", "retryable": False,
                 "retry_after": None}
     finally:
         await executor.close()

@@ -80,6 +80,18 @@ async def test_trying_a_configuration_calls_it_once_and_registers_nothing(
             assert len(await events(service)) == before  # nothing registered, nothing appended
 
 
+async def test_a_trial_past_its_limit_is_a_timeout(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contracts.executors import ExecutorsFile
+    from services.executors import trial
+
+    monkeypatch.setattr(trial, "TRIAL_TIMEOUT_S", 0.5)
+    config = ExecutorsFile.model_validate({"agents": [{"name": "slow", "type": "http_api",
+                                                       "endpoint": target}]}).agents[0]
+    out = await trial.try_executor(config, "GET", {"path": "/slow", "query": {"seconds": 5}})
+    assert (out["success"], out["error_code"], out["retryable"]) == (False, "timeout", True)
+    assert "no answer within 0.5 s" in out["error"] and out["response_time"] < 3
+
+
 def test_executor_test_on_the_command_line(tmp_path: Path, target: str) -> None:
     config = tmp_path / "x.yaml"
     config.write_text(f"agents:\n  - {{name: api, type: http_api, endpoint: '{target}'}}\n")
