@@ -283,9 +283,13 @@ class ExecutorHost:
         run and the executor, so hosting it again (a restart) cancels once."""
         reason = f"executor {name!r} declared by the workflow: {why}"[:1000]
         reason = reason.replace("\x00", "?").encode("utf-8", "replace").decode()  # storable text
-        cmd = c.CancelWorkflow(workflow_id=host.workflow_id, reason=reason)
-        cid = f"exec-cancel-{_digest(host.pool, host.workflow_id, name)}"
-        await self._append([self._envelope(cmd, host.pool, cid, name)])
+        try:
+            cmd = c.CancelWorkflow(workflow_id=host.workflow_id, reason=reason)
+            cid = f"exec-cancel-{_digest(host.pool, host.workflow_id, name)}"
+            await self._append([command_envelope(cmd, pool=host.pool, command_id=cid, source=SOURCE,
+                                                 actor="executor-host")])
+        except Exception:  # the host goes on hosting everything else whatever this one's name was
+            log.exception("workflow %s: cancelling the run failed", host.workflow_id)
 
     # -- registration and heartbeats ------------------------------------------------------------
 
