@@ -23,7 +23,7 @@ from events.export import ChainedLines
 from events.log import StoredRecord
 from services.http.deps import ServiceDep
 from services.http.errors import error_item, invalid
-from services.http.responses import Error, ValidationErrors
+from services.http.responses import Error, ValidationErrors, json_response
 from services.runtime.channels import ChannelError, Cursor, parse_cursor
 from services.runtime.service import Service
 
@@ -44,6 +44,7 @@ _POSITION = ("A position: an integer (the same in every partition) or <partition
     response_class=Response,
     responses={200: {"content": {LZ4_TYPE: {"schema": {"type": "string", "format": "binary"}}},
                      "description": "lz4 frame of NDJSON, one CloudEvent per line: `lz4cat | jq`."},
+               409: {"model": Error, "description": "`after` is beyond the end of the log."},
                422: {"model": ValidationErrors, "description": "An invalid query parameter."},
                503: {"model": Error, "description": "The service is starting or cannot reach its log."}},
 )
@@ -59,6 +60,11 @@ async def export_events(
     partitions = await service.log.partitions(topic)
     ends = {p: await service.log.end_offset(topic, p) - 1 for p in range(partitions)}
     first = _cursor(after, "after", partitions) if after is not None else dict.fromkeys(ends, -1)
+    beyond = [p for p in ends if first[p] > ends[p]]
+    if beyond:  # as the streams answer it: the log has not reached that position (restored, another log?)
+        p = beyond[0]
+        return json_response({"detail": f"after: position {first[p]} of partition {p} is beyond the end of "
+                                        f"the log (its last position is {ends[p]})"}, 409)
     # A partition that until's pairs leave out is exported to its end, as with no until at all.
     last = _cursor(until, "until", partitions, missing=_TO_THE_END) if until is not None else ends
     last = {p: min(last[p], ends[p]) for p in ends}

@@ -62,7 +62,10 @@ async def test_export_filters_by_position_and_type(service: Service) -> None:
         types = ["TaskAssigned", "AgentRegistered"]
         assert [ev["id"] for ev in await export(type=types)] == [
             ev["id"] for _, _, ev in on_log if ev["type"] in types]
-        assert await export(after=str(len(ids) - 1)) == []
+        assert await export(after=str(len(ids) - 1)) == []  # up to date: nothing new
+        # A position the log has not reached (another log, one restored from an older backup).
+        beyond = await client.get("/v1/events/export", params={"after": str(len(ids))})
+        assert beyond.status_code == 409 and "beyond the end of the log" in beyond.json()["detail"]
         bad = await client.get("/v1/events/export", params={"until": "x"})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "until"]
         empty = await client.get("/v1/events/export", params={"type": ""})
