@@ -17,7 +17,7 @@ from typing import Any
 
 from contracts import new_id
 from contracts.executors import ExecutorConfig
-from services.executors.base import TIMEOUT, Call
+from services.executors.base import INTERNAL, TIMEOUT, Call
 from services.executors.factory import build_in_process
 from services.executors.secrets import guarded
 
@@ -39,13 +39,10 @@ async def try_executor(config: ExecutorConfig, action: str | None, parameters: d
             outcome = await executor.call(Call(task_id=f"test-{new_id()}", attempt=1, action=action,
                                                parameters=parameters, idempotency_key=key))
     except TimeoutError:  # the trial's own limit, whatever the configuration's: as a call's timeout
-        return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
-                "result": None, "error": f"no answer within {TRIAL_TIMEOUT_S:g} s (a trial's limit)",
-                "error_code": TIMEOUT, "retryable": True, "retry_after": None}
+        return _failed(config, began, f"no answer within {TRIAL_TIMEOUT_S:g} s (a trial's limit)", TIMEOUT,
+                       retryable=True)
     except Exception as exc:  # a configuration that cannot start (a missing secret, say)
-        return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
-                "result": None, "error": str(exc), "error_code": "executor_error", "retryable": False,
-                "retry_after": None}
+        return _failed(config, began, str(exc), INTERNAL, retryable=False)
     finally:
         await executor.close()
     usage = outcome.usage
@@ -56,3 +53,10 @@ async def try_executor(config: ExecutorConfig, action: str | None, parameters: d
     return {"agent_name": config.name, "success": outcome.ok, "response_time": time.perf_counter() - began,
             "result": result, "error": outcome.error, "error_code": outcome.error_code,
             "retryable": None if outcome.ok else outcome.retryable, "retry_after": outcome.retry_after_s}
+
+
+def _failed(config: ExecutorConfig, began: float, error: str, code: str, *,
+            retryable: bool) -> dict[str, Any]:
+    """The answer of a trial that ended before its call answered."""
+    return {"agent_name": config.name, "success": False, "response_time": time.perf_counter() - began,
+            "result": None, "error": error, "error_code": code, "retryable": retryable, "retry_after": None}

@@ -55,10 +55,8 @@ class Subscription:
         return self.start[partition] if partition < len(self.start) else 0
 
     def wants(self, env: Envelope) -> bool:
-        keys = event_keys(env)
-        if env.pool == SYSTEM_POOL:  # token hashes, sealed secrets: only to whoever names the pool
-            return any(ch in keys for ch in self.channels if ch[0] == SYSTEM_POOL)
-        return not self.channels.isdisjoint(keys)
+        # The system pool's events (token hashes, sealed secrets) are on that pool's channels only.
+        return not self.channels.isdisjoint(event_keys(env))
 
 
 class SubscriptionBook:
