@@ -2,7 +2,7 @@
 
 from contracts import commands, event_types, roundtrip, values
 from contracts.base import Command, Event, Model, Payload
-from contracts.envelope import DEFAULT_POOL, SYSTEM_POOL, Envelope, new_id, utcnow
+from contracts.envelope import DEFAULT_POOL, SYSTEM_POOL, Envelope, derived_id, new_id, utcnow
 from contracts.registry import REGISTRY, Contract, Registry, UnknownType
 from contracts.rejections import Reason
 
@@ -20,6 +20,7 @@ __all__ = [
     "Registry",
     "UnknownType",
     "commands",
+    "derived_id",
     "event_types",
     "new_id",
     "roundtrip",

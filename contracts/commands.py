@@ -113,6 +113,9 @@ MAX_NETWORK_MBPS = 1e9  # a petabit per second
 MAX_SCORE = 1e9  # a coordinator score, or a part of one
 MAX_METRIC = 1e15  # a scaling metric (utilization, queue length, rates)
 MAX_TIMER_ID = MAX_ID_LENGTH + 50  # a timer id is a short purpose prefix and an entity id
+# Derived from an entity id (``heartbeat:<agent id>``...): the id rules, a few characters longer.
+# (Field(max_length=...) on a field typed ``Key`` would not lift Key's own limit: the type's wins.)
+TimerId = Annotated[Name, Field(max_length=MAX_TIMER_ID)]
 Score = Annotated[float, Field(ge=-MAX_SCORE, le=MAX_SCORE)]
 Metric = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
@@ -401,8 +404,7 @@ class FireTimer(Command):
     """Issued by the timer service when a durable timer is due (one id per arming: idempotent)."""
 
     subject_field = "timer_id"
-    # Derived from an entity id (``heartbeat:<agent id>``...): the id rules, a few characters longer.
-    timer_id: Key = Field(max_length=MAX_TIMER_ID)
+    timer_id: TimerId
     generation: int = Field(ge=0, le=INT64_MAX)
 
 

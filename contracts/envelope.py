@@ -5,6 +5,7 @@ Extension attribute names follow CloudEvents rules (lower-case letters and digit
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,22 @@ def new_id() -> str:
     return str(uuid7())
 
 
+MAX_ENVELOPE_ID = 200  # the envelope's ``id`` (a command id): what the log and every reader accept
+
+
+def derived_id(kind: str, *parts: object) -> str:
+    """A command id made from what the command is about (``assign:<pool>:<task id>:<n>:<m>``), so
+    that the same decision replayed is the same command, which the log or the decider drops.
+
+    ``kind`` and the parts joined by ':'; when that is longer than an envelope id may be (a long
+    pool and a long id), ``<kind>~`` and the SHA-256 of it instead: still one id per decision, and
+    never equal to a joined one (those have ':' after the kind)."""
+    text = ":".join((kind, *map(str, parts)))
+    if len(text) <= MAX_ENVELOPE_ID:
+        return text
+    return f"{kind}~{hashlib.sha256(text.encode()).hexdigest()}"
+
+
 def utcnow() -> datetime:
     """The current time in UTC; only ingest and reactors may call it, never a decider."""
     return datetime.now(UTC)
@@ -46,7 +63,7 @@ class Envelope(BaseModel):
     # as malformed (dead-lettered), never decided into events PostgreSQL could not store.
 
     specversion: str = SPECVERSION
-    id: Text = Field(min_length=1, max_length=200)
+    id: Text = Field(min_length=1, max_length=MAX_ENVELOPE_ID)
     source: Text = DEFAULT_SOURCE
     type: Text = Field(min_length=1, max_length=200)
     time: datetime

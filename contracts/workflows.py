@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from contracts.base import Model
+from contracts.envelope import derived_id
 from contracts.executors import ExecutorConfig
 from contracts.money import MAX_LIMIT_USD
 from contracts.scheduling import RetryConfig, Strategy
@@ -245,7 +246,7 @@ def step_task_id(workflow_id: str, step: str) -> str:
 def step_command_id(workflow_id: str, step: str, attempt: int = 1) -> str:
     """The command id of a step's submission: the same on every replay, so a restart never submits
     a step twice."""
-    return f"wf:{workflow_id}:{step}:{attempt}"
+    return derived_id("wf", workflow_id, step, attempt)
 
 
 __all__ = [

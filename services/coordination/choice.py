@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from contracts import Command
+from contracts import Command, derived_id
 from contracts import commands as c
 from services.coordination import strategies
 from services.coordination.records import Agent, Group, Queue, Task, Waiting
@@ -151,7 +151,7 @@ def schedule(v: PoolView, clock: Callable[[], float] = time.perf_counter) -> lis
             preferred=tuple(sorted(task.preferred)),
             skipped=skipped,
         )
-        command_id = f"assign:{v.pool}:{task.task_id}:{task.assigned}:{task.rejected}"
+        command_id = derived_id("assign", v.pool, task.task_id, task.assigned, task.rejected)
         task.pending = (command_id, agent.agent_id)
         heapq.heappop(queue.heap)
         v.tick += 1
@@ -314,7 +314,7 @@ def _marks(v: PoolView) -> list[Assignment]:
         covered, best, gap = cover
         if covered:
             continue
-        command_id = f"unassignable:{v.pool}:{task.task_id}:{task.assigned}:{task.marks}"
+        command_id = derived_id("unassignable", v.pool, task.task_id, task.assigned, task.marks)
         task.marking = command_id
         out.append(Assignment(v.pool, command_id, c.MarkTaskUnassignable(
             task_id=task.task_id, missing=gap, best_match=round(best, 6),
@@ -330,7 +330,7 @@ def _defer(v: PoolView, task: Task) -> list[Assignment]:
     # Rounded up to the millisecond: a wake-up a hair before the agent is free would find it still
     # parked, and nothing else would look at the task again.
     delay = max(0.001, math.ceil((v.limited[0][0] - v.now) * 1000) / 1000)
-    command_id = f"defer:{v.pool}:{task.task_id}:{task.assigned}:{task.deferred}"
+    command_id = derived_id("defer", v.pool, task.task_id, task.assigned, task.deferred)
     task.deferring = command_id
     cmd = c.DeferTask(task_id=task.task_id, reason=RATE_LIMITED, delay_s=delay)
     return [Assignment(v.pool, command_id, cmd, task.correlation)]
@@ -401,7 +401,7 @@ def _parked(v: PoolView, task: Task) -> bool:
 
 def _note(v: PoolView, task: Task, why: Waiting | None) -> Assignment:
     """NoteTaskWaiting: ``why`` (None: all capable agents busy) is now the task's reason."""
-    command_id = f"waiting:{v.pool}:{task.task_id}:{task.assigned}:{task.notes + task.noting}"
+    command_id = derived_id("waiting", v.pool, task.task_id, task.assigned, task.notes + task.noting)
     task.noting += 1
     task.waiting = why
     if why is None:

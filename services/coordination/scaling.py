@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from contracts import Envelope
+from contracts import Envelope, derived_id
 from contracts import commands as c
 from contracts import event_types as e
 from services.domain.capabilities import capability_set
@@ -254,7 +254,7 @@ class Scaler:
             # out the stability window like any other (HPA's scale-down stabilization). Below
             # min_agents the bound applies at once.
             return
-        command_id = f"scale:{self.pool}:{name}:{k.decided}:{k.rejected}"
+        command_id = derived_id("scale", self.pool, name, k.decided, k.rejected)
         k.pending = command_id
         self.out.append(
             ScalingCommand(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from contracts import Envelope
+from contracts import Envelope, derived_id
 from contracts import commands as c
 from contracts import event_types as e
 
@@ -41,7 +41,7 @@ class Timer:
 
     @property
     def command_id(self) -> str:
-        return f"timer:{self.pool}:{self.timer_id}:{self.generation}"
+        return derived_id("timer", self.pool, self.timer_id, self.generation)
 
     def command(self) -> c.FireTimer:
         return c.FireTimer(timer_id=self.timer_id, generation=self.generation)

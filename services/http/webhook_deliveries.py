@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from jmespath.exceptions import JMESPathError  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from contracts import utcnow
+from contracts import derived_id, utcnow
 from contracts.commands import ReceiveExternalEvent
 from contracts.event_types import CommandRejected, ExternalEventReceived
 from contracts.values import json_problem, text_problem
@@ -48,7 +48,7 @@ __all__ = ["delivery_command_id", "router"]
 
 def delivery_command_id(source: str, webhook_id: str) -> str:
     """The command id of a delivery: one per (source, webhook id), so a repeat is refused by the log."""
-    return f"webhook:{source}:{webhook_id}"
+    return derived_id("webhook", source, webhook_id)
 
 
 class _Doc(BaseModel):

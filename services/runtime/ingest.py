@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from contracts import REGISTRY, Command, Envelope, new_id, roundtrip, utcnow
+from contracts.envelope import MAX_ENVELOPE_ID
 from contracts.roundtrip import Unreadable
 
 __all__ = ["Unreadable", "command_envelope", "parse_command"]
@@ -34,6 +35,9 @@ def command_envelope(
     """
     roundtrip.check(cmd)  # raises Unreadable: nothing is appended
     cid = command_id or new_id()
+    if len(cid) > MAX_ENVELOPE_ID:  # a reactor's own id (``contracts.derived_id`` keeps them short)
+        raise Unreadable(type(cmd).__name__, "", f"a command id is at most {MAX_ENVELOPE_ID} characters, "
+                                                 f"not {len(cid)}")
     contract = REGISTRY[type(cmd).__name__]
     return Envelope.trusted(
         specversion="1.0",

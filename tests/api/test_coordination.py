@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from events.codec import decode, from_record
 from services.http.app import create_app
 from services.runtime.embedded import Runner
 from services.runtime.service import Service
@@ -371,3 +372,28 @@ async def test_no_webhook_without_a_url(runner: Runner, monkeypatch: pytest.Monk
     assert runner.webhook is None
     monkeypatch.setenv("AGENTBUS_SCALING_WEBHOOK", "http://127.0.0.1:9/hook")
     assert Runner(Settings(data_dir=runner.settings.data_dir)).webhook_url == "http://127.0.0.1:9/hook"
+
+
+async def test_the_longest_pool_and_ids_go_through_assignment(client: httpx.AsyncClient,
+                                                              service: Service) -> None:
+    # The coordinator's commands are named after the pool and the task (assign:<pool>:<task>...):
+    # at the id limit, still commands the log accepts and reads back, so the task is assigned and
+    # completed, and every record of the run decodes as a reader of the log decodes it.
+    pool, agent, task = "p" * 200, "a" * 200, "t" * 200
+    params = {**WAIT, "pool": pool}
+    reg = await client.post("/v1/agents", params=params, json={"agent_id": agent, "name": "long"})
+    assert reg.status_code == 201, reg.text
+    sub = await client.post("/v1/tasks", params=params, json={"task_id": task, "type": "work"})
+    assert sub.status_code == 201, sub.text
+    got = await poll(client, f"/v1/tasks/{task}", lambda j: j["status"] == "assigned", pool=pool)
+    assert got["agent_id"] == agent
+    done = await client.post(f"/v1/tasks/{task}/complete", params=params, json={"result": {"ok": 1}})
+    assert done.status_code == 200, done.text
+    position = done.json()["position"]
+    read = await client.get(f"/v1/tasks/{task}", params={"pool": pool, "min_position": position})
+    assert read.json()["status"] == "completed"
+    for p in range(service.partitions):
+        # The deciders check every command they read as one from another system (not trusted).
+        commands = await service.log.read(service.topics.commands, p, 0, 100_000)
+        assert [decode(r.value).type for r in commands]  # raises on a command it cannot read
+        assert [from_record(r).type for r in await service.log.read(service.topics.events, p, 0, 100_000)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 
+from contracts.values import MAX_ID_LENGTH
 from tests.api.conftest import poll
 
 WAIT = {"wait": "true"}
@@ -35,3 +36,18 @@ async def test_an_agent_that_never_heartbeats_goes_unhealthy_and_its_task_moves(
     assert task["reassignments"] == 1 and task["attempts"] == 2
     assert task["requeue_reason"] == "agent unhealthy: no heartbeat for 3.0s"
     assert (await client.get("/v1/agents/alive")).json()["healthy"] is True
+
+
+async def test_the_longest_ids_arm_timers_that_fire(client: httpx.AsyncClient) -> None:
+    # An agent id and a pool at the id limit: the heartbeat timer's id and its firing's command id
+    # are longer than either, and the firing must still be a command the service can append.
+    pool, agent = "p" * MAX_ID_LENGTH, "a" * MAX_ID_LENGTH
+    reg = await client.post("/v1/agents", params={**WAIT, "pool": pool},
+                            json={"agent_id": agent, "name": "long", "heartbeat_timeout_s": 1.0})
+    assert reg.is_success, reg.text
+    assert reg.json()["events"][1]["data"]["timer_id"] == f"heartbeat:{agent}"
+    got = await poll(client, f"/v1/agents/{agent}", lambda j: not j["healthy"], timeout=10, pool=pool)
+    assert got["unhealthy_reason"] == "no heartbeat for 1.0s"
+    # The service is still up and deciding.
+    again = await client.post("/v1/agents", params=WAIT, json={"agent_id": "after", "name": "after"})
+    assert again.status_code == 201, again.text

@@ -9,18 +9,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from contracts import Payload
+from contracts import Payload, derived_id
 from contracts import commands as c
 from contracts import event_types as e
+from contracts.commands import MAX_TIMER_ID
+from contracts.envelope import MAX_ENVELOPE_ID
+from contracts.values import MAX_ID_LENGTH
 from events import EventLog, StoredRecord, open_log
 from events.cache import EnvelopeCache
-from events.codec import from_record, to_record
+from events.codec import decode, from_record, to_record
 from services.coordination.timers import TimerBook
 from services.domain.decider import decide, evolve
 from services.domain.envelopes import event_envelopes
 from services.domain.state import PoolState
 from services.runtime.ingest import command_envelope
-from services.runtime.timers import TimerService
+from services.runtime.timers import TimerService, fire_envelope
 from services.runtime.topics import COMMANDS, EVENTS
 from tests.unit.fleet import T0, stamp
 from tests.waiting import eventually
@@ -349,5 +352,46 @@ async def test_the_history_is_read_for_its_timer_events_only(tmp_path: Path, mon
         assert decoded == timer_offsets
         assert typed == timer_offsets, "records of other types were read into the service"
         assert svc.offset == len(history)
+    finally:
+        await log.close()
+
+
+def test_the_longest_pools_and_ids_give_firings_the_log_accepts() -> None:
+    # A pool and an agent id at the limit: joined, the firing's command id would be too long for an
+    # envelope; it is a digest of the same parts instead, one per arming and still a valid command.
+    pool, timer_id = "p" * MAX_ID_LENGTH, "heartbeat:" + "a" * MAX_ID_LENGTH
+    b = Book()
+    b(0, scheduled(timer_id, 1, 1), scheduled(timer_id, 1, 2), pool=pool)
+    [timer] = b.book.due(at(2).timestamp())
+    assert timer.command_id == derived_id("timer", pool, timer_id, 2)
+    assert timer.command_id.startswith("timer~") and len(timer.command_id) <= MAX_ENVELOPE_ID
+    assert timer.command_id != derived_id("timer", pool, timer_id, 1)
+    env = fire_envelope(timer, at(2))
+    assert decode(to_record(env).value) == env  # reads back: the decider takes it
+
+
+def test_derived_ids_join_their_parts_while_they_fit() -> None:
+    assert derived_id("assign", "p", "t1", 0, 1) == "assign:p:t1:0:1"
+    assert len(derived_id("assign", "p" * 200, "t", 0, 1)) <= MAX_ENVELOPE_ID
+    # The digest form never equals a joined id (those have ':' right after the kind).
+    assert derived_id("webhook", "s" * 300, "x") != derived_id("webhook", "s" * 300, "y")
+
+
+async def test_a_timer_that_cannot_be_fired_is_logged_and_the_others_fire(tmp_path: Path,
+                                                                         caplog: Any) -> None:
+    # A log written before timer ids were bounded: an arming whose id no FireTimer may carry.
+    log = await _open(tmp_path)
+    try:
+        bad = "x" * (MAX_TIMER_ID + 1)
+        events = [scheduled(bad, 1, 1), scheduled("retry:t", 1, 2)]
+        await log.append(EVENTS, [to_record(x) for x in stamp(events, pool="default", start=0,
+                                                               command_id="c0", at=at(0))])
+        clock = Clock()
+        svc = TimerService(log, clock=clock)
+        clock.to(5)
+        with caplog.at_level("ERROR", logger="agentbus.timers"):
+            assert await svc.step() == ["timer:default:retry:t:2"]
+        assert f"timer {bad!r} of pool 'default' cannot be fired" in caplog.text
+        assert [r.id for r in await log.read(COMMANDS, 0, 0, 10)] == ["timer:default:retry:t:2"]
     finally:
         await log.close()
