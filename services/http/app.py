@@ -51,7 +51,7 @@ from services.http.deps import PositionBeyondEnd
 from services.http.docs import install_docs
 from services.http.errors import install_error_handlers
 from services.http.event_export import router as export_router
-from services.http.middleware import BodyLimitMiddleware
+from services.http.middleware import BodyLimitMiddleware, OriginMiddleware, parse_origins
 from services.http.responses import JSONBytesResponse, json_response
 from services.http.streams import router as streams_router
 from services.http.streams import running_hub
@@ -127,6 +127,8 @@ def create_app(service: Service | None = None, settings: Settings | None = None,
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_auth(app, settings)  # every route, WebSockets included: before the limit, inside metrics
+    # Before authentication: a page of another site learns nothing, not even whether it needs a token.
+    app.add_middleware(OriginMiddleware, allowed=parse_origins(settings.allow_origins))
     app.add_middleware(metrics.MetricsMiddleware)  # outermost: times what the limit refuses too
     install_error_handlers(app)
     app.add_exception_handler(PositionBeyondEnd, _beyond_end)

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         None, description="required: every request but /v1/health, the docs and signed webhooks needs a "
                           "bearer token (an API token from `agentbus tokens create`, or a JWT); off: open "
                           "to anyone who can connect. Unset: off on a loopback address, refused on others.")
+    allow_origins: str = Field("", description="Origins besides the server's own whose web pages may write "
+                                               "or open a live stream through a browser (comma-separated, "
+                                               "e.g. https://ops.example.com; * for any). Requests without "
+                                               "an Origin header (every client but a browser) are not "
+                                               "concerned.")
     auth_rate: float = Field(100.0, ge=0, description="Requests per second each token may make (a token "
                                                       "bucket per token, per API process; 0: unlimited).")
     auth_burst: int = Field(200, ge=1, description="Requests a token may make at once before --auth-rate "
@@ -159,6 +164,14 @@ class Settings(BaseSettings):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, not {url!r}")
         return url
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, text: str) -> str:
+        from services.http.middleware import parse_origins  # the format is the middleware's
+
+        parse_origins(text)  # ValueError naming the item that is not an origin
+        return text
 
     def model_post_init(self, context: Any, /) -> None:
         self.broker = self.broker or f"sqlite:///{self.data_dir}/log.db"
