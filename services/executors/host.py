@@ -97,7 +97,8 @@ class Publish(Protocol):
 
 @dataclass
 class Hosted:
-    """One executor this host runs, and the runs in flight on it."""
+    """One executor this host runs, and the runs in flight on it (``declared_by``: the workflow that
+    brought it, None for the deployment's own)."""
 
     agent_id: str
     config: ExecutorConfig
@@ -105,6 +106,18 @@ class Hosted:
     pool: str
     runs: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = field(default_factory=dict)
     register_id: str | None = None
+    declared_by: str | None = None
+
+
+class NameTaken(Exception):
+    """An executor's agent id is hosted already, in another pool or with another configuration."""
+
+
+def same_executor(config: ExecutorConfig, other: ExecutorConfig) -> bool:
+    """Whether two configurations make the same executor: every field alike, the pool aside (a
+    workflow's executors run in the workflow's pool whatever their own says)."""
+    return type(config) is type(other) and (config.model_dump(mode="json", exclude={"pool"})
+                                            == other.model_dump(mode="json", exclude={"pool"}))
 
 
 @dataclass
@@ -137,6 +150,7 @@ class ExecutorHost:
     _stopping: bool = False
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
     _registrations: set[asyncio.Task[None]] = field(default_factory=set)
+    _adding: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         if self.group is None:
@@ -153,7 +167,10 @@ class ExecutorHost:
         cancelled; a cancellation stops it gracefully (``stop``)."""
         try:
             for config in self.configs:
-                await self._add(config, config.pool)
+                try:
+                    await self._add(config, config.pool)
+                except NameTaken as exc:  # one name in two pools of a file: one agent id here
+                    log.error("executor %s of pool %s is not hosted: %s", config.name, config.pool, exc)
             partitions = await self.log.partitions(self.topics.events)
             starts = await self._catch_up(partitions)
             for agent in list(self.hosted.values()):
@@ -194,18 +211,34 @@ class ExecutorHost:
             with contextlib.suppress(Exception):
                 await agent.executor.close()
 
-    async def _add(self, config: ExecutorConfig, pool: str, *, declared: bool = False) -> Hosted | None:
-        """Start and host ``config``'s executor (``declared``: by a workflow, so guarded)."""
-        agent_id = self.agent_id(config)
-        if agent_id in self.hosted:
-            return None
-        executor = self.build(config)
-        with guarded(self.guard) if declared else contextlib.nullcontext():
-            await executor.start()  # resolves its secrets: a missing one fails here, named
-        agent = self.hosted[agent_id] = Hosted(agent_id, config, executor, pool)
-        self.view.agents[agent_id] = pool
-        log.info("hosting %s executor %s in pool %s", config.type, agent_id, pool)
-        return agent
+    async def _add(self, config: ExecutorConfig, pool: str, *,
+                   declared_by: str | None = None) -> Hosted | None:
+        """Start and host ``config``'s executor (``declared_by``: the workflow that declares it, so
+        guarded); None when the very same executor is hosted already, and shared.
+
+        An agent id is one executor: its tasks run on whichever configuration holds the id. So a
+        configuration unlike the one hosted under its id (another endpoint, other credentials,
+        another pool) raises ``NameTaken``: taking the hosted one in its place would send a run's
+        calls, parameters and all, to a target its workflow never named. One start at a time (the
+        partitions are followed concurrently), so two declarations of a name cannot both pass."""
+        async with self._adding:
+            agent_id = self.agent_id(config)
+            hosted = self.hosted.get(agent_id)
+            if hosted is not None:
+                if hosted.pool == pool and same_executor(hosted.config, config):
+                    return None
+                owner = ("the deployment's executors file" if hosted.declared_by is None
+                         else f"workflow {hosted.declared_by!r}")
+                where = f"in pool {hosted.pool!r}" if hosted.pool != pool else "with another configuration"
+                raise NameTaken(f"an executor named {config.name!r} is already hosted {where}, from {owner}; "
+                                "give it another name, or declare the same configuration to share it")
+            executor = self.build(config)
+            with guarded(self.guard) if declared_by is not None else contextlib.nullcontext():
+                await executor.start()  # resolves its secrets: a missing one fails here, named
+            agent = self.hosted[agent_id] = Hosted(agent_id, config, executor, pool, declared_by=declared_by)
+            self.view.agents[agent_id] = pool
+            log.info("hosting %s executor %s in pool %s", config.type, agent_id, pool)
+            return agent
 
     # -- reading the log ---------------------------------------------------------------------
 
@@ -269,7 +302,11 @@ class ExecutorHost:
                 await self._cancel_run(host, str(raw.get("name")), f"it cannot run: {exc}")
                 continue
             try:
-                agent = await self._add(config, host.pool, declared=True)
+                agent = await self._add(config, host.pool, declared_by=host.workflow_id)
+            except NameTaken as exc:
+                log.error("workflow %s: executor %s refused: %s", host.workflow_id, config.name, exc)
+                await self._cancel_run(host, config.name, str(exc))
+                continue
             except Exception as exc:
                 log.error("workflow %s: executor %s did not start: %s", host.workflow_id, config.name, exc)
                 await self._cancel_run(host, config.name, f"it did not start: {exc}")
@@ -281,6 +318,7 @@ class ExecutorHost:
         """Cancel a run whose own executor cannot be hosted, saying why: its steps for that executor
         would otherwise wait, queued, for an agent that never comes. The command id is fixed by the
         run and the executor, so hosting it again (a restart) cancels once."""
+        self.view.refuse(host.pool, host.workflow_id)
         reason = f"executor {name!r} declared by the workflow: {why}"[:1000]
         reason = reason.replace("\x00", "?").encode("utf-8", "replace").decode()  # storable text
         try:

@@ -23,6 +23,7 @@ from typing import Any
 from contracts import Envelope
 from contracts import event_types as e
 from contracts.rejections import Reason
+from contracts.workflows import step_task_id
 
 # Events after which a task is no longer held by the agent that held it.
 _LEAVES = (e.TaskCompleted, e.TaskFailed, e.TaskRetryScheduled, e.TaskCancelled, e.TaskRequeued,
@@ -47,6 +48,7 @@ class OpenTask:
     attempt: int = 0
     started: bool = False
     cause: str | None = None  # the id of the TaskAssigned event the run answers
+    workflow_id: str | None = None  # of the run whose step it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,14 @@ class Host:
 Action = Run | Drop | Register | Refused | Host
 
 
+def step_of(ev: e.TaskSubmitted) -> str | None:
+    """The run a task is a step of, or None (a task may name a workflow only to share its budget)."""
+    workflow_id, step = ev.data.get("workflow_id"), ev.data.get("step")
+    if not isinstance(workflow_id, str) or not isinstance(step, str):
+        return None
+    return workflow_id if ev.task_id == step_task_id(workflow_id, step) else None
+
+
 def task_call(ev: e.TaskSubmitted) -> tuple[str | None, dict[str, Any]]:
     """A task's action and parameters: its own fields, else the ones a workflow step puts in data."""
     action = getattr(ev, "action", None)
@@ -118,8 +128,22 @@ class HostView:
     pending: dict[str, str] = field(default_factory=dict)
     # Running workflows that declared agents: workflow id -> (partition, offset, what to host).
     workflows: dict[str, tuple[int, int, Host]] = field(default_factory=dict)
+    # Runs the host is cancelling, as (pool, workflow id), until they end: a step of one given to
+    # an agent of this host is not run (see ``refuse``).
+    refused: set[tuple[str, str]] = field(default_factory=set)
     # Next offset to read, per partition.
     positions: dict[int, int] = field(default_factory=dict)
+
+    def refuse(self, pool: str, workflow_id: str) -> None:
+        """The host is cancelling this run (an executor of its own cannot be hosted): none of its
+        steps runs here, even one the coordinator gives a hosted agent before the cancel lands.
+        Its step would otherwise run on whatever agent offers the capability, such as another's
+        executor of the same name, with the run's parameters."""
+        self.refused.add((pool, workflow_id))
+
+    def _runs(self, task: OpenTask) -> bool:
+        return (task.holder is not None and task.holder in self.agents
+                and (task.pool, task.workflow_id) not in self.refused)
 
     def observe(self, partition: int, offset: int, env: Envelope) -> list[Action]:
         """Fold one event in; what the host should do about it."""
@@ -128,14 +152,15 @@ class HostView:
         if isinstance(ev, e.TaskSubmitted):
             action, parameters = task_call(ev)
             self.tasks[(env.pool, ev.task_id)] = OpenTask(
-                env.pool, ev.task_id, ev.type, action, parameters, ev.timeout_s, partition, offset)
+                env.pool, ev.task_id, ev.type, action, parameters, ev.timeout_s, partition, offset,
+                workflow_id=step_of(ev))
             return []
         if isinstance(ev, e.TaskAssigned):
             task = self.tasks.get((env.pool, ev.task_id))
             if task is None:
                 return []
             task.holder, task.attempt, task.started, task.cause = ev.agent_id, ev.attempt, False, env.id
-            if ev.agent_id in self.agents:
+            if self._runs(task):
                 return [Run(ev.agent_id, task)]
             return []
         if isinstance(ev, e.TaskStarted):
@@ -187,12 +212,12 @@ class HostView:
                 return [host]
         elif isinstance(ev, e.WorkflowEnded):
             self.workflows.pop(ev.workflow_id, None)
+            self.refused.discard((env.pool, ev.workflow_id))
         return []
 
     def held(self) -> list[Run]:
         """The runs this host's agents hold now (after catching up: the ones to resume)."""
-        return [Run(t.holder, t) for t in self.tasks.values()
-                if t.holder is not None and t.holder in self.agents]
+        return [Run(t.holder, t) for t in self.tasks.values() if t.holder is not None and self._runs(t)]
 
     def resume_offset(self, partition: int) -> int:
         """Where reading ``partition`` again after a restart loses nothing this view needs."""

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -31,6 +32,7 @@ from services.tui.views import (
     WORKFLOW_COLUMNS,
     Row,
     agent_rows,
+    cells,
     event_line,
     matches,
     next_status,
@@ -49,7 +51,7 @@ TAIL_LINES = 1000
 _PANE_ACTIONS = frozenset({"filter", "clear_filter", "cycle_status", "pause", "refresh"})
 
 
-class QueueTable(DataTable[str]):
+class QueueTable(DataTable[Text]):
     """The queue pane: Enter opens the highlighted task's audit."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Task audit")]
@@ -105,7 +107,7 @@ class TopApp(App[None]):
         yield Static(id="status", markup=False)
         yield Input(value=self.filter_text, placeholder="filter: words every shown row must contain "
                                                         "(Enter keeps it, Esc clears it)", id="filter")
-        for table in (DataTable[str](id="agents"), QueueTable(id="queue"), DataTable[str](id="workflows")):
+        for table in (DataTable[Text](id="agents"), QueueTable(id="queue"), DataTable[Text](id="workflows")):
             table.cursor_type = "row"
             table.zebra_stripes = True
             yield table
@@ -180,7 +182,7 @@ class TopApp(App[None]):
         table.clear()
         kept = [r for r in rows if matches(r.cells, self.filter_text)]
         for row in kept:
-            table.add_row(*row.cells, key=row.key)
+            table.add_row(*cells(row), key=row.key)
         if current is not None and any(r.key == current for r in kept):
             table.move_cursor(row=table.get_row_index(current), animate=False)
         table.border_title = f"{title} ({len(kept)} shown of {total})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -26,9 +27,11 @@ from services.tui.views import (
     TIMELINE_COLUMNS,
     assignment_summary,
     candidate_rows,
+    cells,
     task_header,
     task_row_behind,
     timeline_rows,
+    visible,
 )
 
 __all__ = ["AuditScreen"]
@@ -70,7 +73,7 @@ class AuditScreen(Screen[None]):
         yield Static(id="audit-error", markup=False)
         with VerticalScroll(id="audit-body"):
             yield Static(f"task {self.task_id}: reading…", id="task", markup=False)
-            timeline = DataTable[str](id="timeline", cursor_type="row", zebra_stripes=True)
+            timeline = DataTable[Text](id="timeline", cursor_type="row", zebra_stripes=True)
             timeline.border_title = "history"
             yield timeline
             yield Static("assignments: none yet", id="assignments-title", classes="why", markup=False)
@@ -122,7 +125,7 @@ class AuditScreen(Screen[None]):
         timeline = self.query_one("#timeline", DataTable)
         timeline.clear()
         for row in timeline_rows(audit.history):
-            timeline.add_row(*row.cells, key=row.key)
+            timeline.add_row(*cells(row), key=row.key)
         timeline.border_title = f"history: {len(audit.history)} events{complete}"
         body = self.query_one("#audit-body", VerticalScroll)
         await body.query(".assignment").remove()
@@ -131,11 +134,11 @@ class AuditScreen(Screen[None]):
         widgets: list[Widget] = []
         for i, assignment in enumerate(audit.assignments):
             widgets.append(Static(assignment_summary(assignment), classes="why assignment", markup=False))
-            table = DataTable[str](id=f"candidates-{i}", classes="candidates assignment", cursor_type="row")
-            table.border_title = f"candidates of attempt {assignment.get('attempt')}"
+            table = DataTable[Text](id=f"candidates-{i}", classes="candidates assignment", cursor_type="row")
+            table.border_title = Text(visible(f"candidates of attempt {assignment.get('attempt')}"))
             table.add_columns(*CANDIDATE_COLUMNS)
             for row in candidate_rows(assignment):
-                table.add_row(*row.cells, key=row.key)
+                table.add_row(*cells(row), key=row.key)
             widgets.append(table)
         if widgets:
             await body.mount_all(widgets)

@@ -3,7 +3,9 @@ tables, printed once (``--once``) or again every ``--interval`` seconds, for scr
 
 The rows are ``services.tui.views``'s, the same the terminal UI shows; rich lays them out as
 borderless columns (``kubectl get`` style), without colour or escape codes, so ``grep`` and
-``awk`` read them.
+``awk`` read them. The control characters a row's text may hold are already written as escapes
+there (``views.visible``): whatever an agent's name says, a row stays one line and the terminal
+is never told to do anything.
 
 This module must never read from the terminal or draw on it: it only writes text to a stream.
 """
@@ -27,6 +29,7 @@ from services.tui.views import (
     agent_rows,
     matches,
     task_rows,
+    visible,
     workflow_rows,
 )
 
@@ -61,8 +64,9 @@ def print_snapshot(snap: Snapshot, out: TextIO, *, url: str, pool: str, filter_t
     runs = _shown(workflow_rows(snap.workflows), filter_text)
     narrowed = f", filter {filter_text!r}" if filter_text.strip() else ""
     queue = snap.status.get("queue") or {}
-    console.print(f"agentbus top  {url}  pool {pool}  {now:%Y-%m-%d %H:%M:%S} UTC  queue depth "
-                  f"{queue.get('depth', 0)}  spend ${float(snap.status.get('total_cost_usd') or 0):.4f}")
+    spend = float(snap.status.get("total_cost_usd") or 0)
+    console.print(visible(f"agentbus top  {url}  pool {pool}  {now:%Y-%m-%d %H:%M:%S} UTC  queue depth "
+                          f"{queue.get('depth', 0)}  spend ${spend:.4f}"))
     console.print()
     console.print(_table(f"AGENTS ({len(agents)} shown of {len(snap.agents)} registered{narrowed})",
                          AGENT_COLUMNS, agents))

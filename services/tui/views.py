@@ -5,15 +5,22 @@ The terminal UI and the plain text tables render the same rows, so both say the 
 rules (which tasks a status filter takes, what a filter matches, how a wait is worded) are tested
 once, without a terminal.
 
+Every text a row, line or header shows is ``visible``: names, types and errors come from whoever
+writes to the bus, and a control character in one must reach the terminal as something a reader
+sees, never as a colour, a cursor move, a window title or a line break.
+
 This module must never do I/O or read a clock: the time to measure ages from is passed in.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from rich.text import Text
 
 __all__ = [
     "AGENT_COLUMNS",
@@ -27,6 +34,7 @@ __all__ = [
     "agent_rows",
     "assignment_summary",
     "candidate_rows",
+    "cells",
     "event_line",
     "matches",
     "next_status",
@@ -36,6 +44,7 @@ __all__ = [
     "task_row_behind",
     "task_rows",
     "timeline_rows",
+    "visible",
     "waiting_text",
     "workflow_rows",
 ]
@@ -58,6 +67,10 @@ _RELEVANT_TYPES = frozenset({"CostRecorded", "BudgetExceeded", "RateLimitSet", "
 # Payload fields an event line leaves out: the subject says them already, or they are long.
 _QUIET_FIELDS = frozenset({"audit", "definition", "inputs", "data", "result", "parameters", "metadata"})
 _BAR = 10
+# What a terminal acts on rather than shows: the C0 controls (ESC among them), DEL, the C1 controls
+# (CSI and OSC in their one-byte forms) and the Unicode line and paragraph separators.
+_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,29 @@ class Row:
 
     key: str
     cells: tuple[str, ...]
+
+
+def visible(text: str) -> str:
+    """``text`` with each character a terminal would act on written as its escape (ESC as
+    ``\\x1b``, a newline as ``\\n``), so what it says shows on one line, as it is."""
+    return _UNSEEN.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    ch = found.group()
+    code = ord(ch)
+    return _SHORT.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _row(key: str, *cells: str) -> Row:
+    return Row(key, tuple(visible(cell) for cell in cells))
+
+
+def cells(row: Row) -> list[Text]:
+    """A row's cells for a Textual table, each shown as it is: a str cell is read as markup, so a
+    name like ``[/bold]`` (whoever registers an agent chooses its name) would stop the app, and
+    ``[link=...]`` would style itself and link where its author wants."""
+    return [Text(cell) for cell in row.cells]
 
 
 def statuses_of(choice: str) -> tuple[str, ...] | None:
@@ -166,12 +202,13 @@ def agent_rows(agents: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
         circuit = str(a.get("circuit") or "")
         if circuit != "closed" and a.get("circuit_until"):
             circuit = f"{circuit} until {_clock(a.get('circuit_until'))}"
-        rows.append(Row(str(a["agent_id"]), (
+        rows.append(_row(
+            str(a["agent_id"]),
             str(a["agent_id"]), str(a.get("name", "")), str(a.get("kind", "")), status,
             f"{a.get('load', 0)}/{a.get('capacity', 0)}", circuit,
             ",".join(str(c) for c in a.get("capabilities") or ()),
             _age(a.get("last_heartbeat_at") or a.get("registered_at"), now),
-        )))
+        ))
     return rows
 
 
@@ -196,11 +233,12 @@ def task_rows(tasks: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
         status = str(t.get("status", ""))
         if status == "retrying" and t.get("next_attempt_at"):
             status = f"retrying at {_clock(t.get('next_attempt_at'))}"
-        rows.append(Row(str(t["task_id"]), (
+        rows.append(_row(
+            str(t["task_id"]),
             str(t["task_id"]), str(t.get("type", "")), status, str(t.get("priority", "")),
             str(t.get("agent_id") or ""), str(t.get("attempts", 0)), _age(t.get("submitted_at"), now),
             waiting_text(t.get("waiting_reason")) or str(t.get("error") or ""),
-        )))
+        ))
     return rows
 
 
@@ -219,12 +257,13 @@ def workflow_rows(runs: Sequence[Mapping[str, Any]]) -> list[Row]:
         completed, failed = int(w.get("completed_tasks") or 0), int(w.get("failed_tasks") or 0)
         skipped = int(w.get("skipped_tasks") or 0)
         seconds = w.get("execution_time")
-        rows.append(Row(str(w["execution_id"]), (
+        rows.append(_row(
+            str(w["execution_id"]),
             str(w["execution_id"]), f"{w.get('name', '')}@{w.get('version', '')}", str(w.get("status", "")),
             _bar(completed + failed + skipped, total), f"{completed}/{failed}/{skipped} of {total}",
             f"${float(w.get('cost_usd') or 0):.4f}",
             "" if seconds is None else _duration(float(seconds)),
-        )))
+        ))
     return rows
 
 
@@ -249,7 +288,7 @@ def event_line(message: Mapping[str, Any]) -> str:
     facts = _facts(data, subject) if isinstance(data, dict) else ""
     line = (f"{_clock(event.get('time'))} {message.get('position', ''):>6} {event.get('type', '?'):<22} "
             f"{subject or '-'} {facts}")
-    return _clip(line.rstrip(), 240)
+    return _clip(visible(line).rstrip(), 240)
 
 
 # --- a task's audit -------------------------------------------------------------------------------
@@ -269,7 +308,7 @@ def task_header(task: Mapping[str, Any]) -> str:
         parts.append(f"waiting: {waiting}")
     if task.get("error"):
         parts.append(f"error: {task['error']}")
-    return " | ".join(parts)
+    return visible(" | ".join(parts))
 
 
 def task_row_behind(task: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> bool:
@@ -304,10 +343,11 @@ def timeline_rows(history: Sequence[Mapping[str, Any]]) -> list[Row]:
     rows = []
     for e in history:
         data = e.get("data")
-        rows.append(Row(f"{e.get('partition', 0)}:{e.get('position')}", (
+        rows.append(_row(
+            f"{e.get('partition', 0)}:{e.get('position')}",
             str(e.get("position", "")), _clock(e.get("time")), str(e.get("type", "")), _cause(e.get("cause")),
-            _clip(_facts(data, e.get("subject")) if isinstance(data, dict) else "", 120),
-        )))
+            _clip(visible(_facts(data, e.get("subject"))) if isinstance(data, dict) else "", 120),
+        ))
     return rows
 
 
@@ -321,11 +361,12 @@ def candidate_rows(assignment: Mapping[str, Any]) -> list[Row]:
     rows = []
     for c in _ranked(assignment.get("candidates") or []):
         components = c.get("components") or {}
-        rows.append(Row(str(c.get("agent_id")), (
+        rows.append(_row(
+            str(c.get("agent_id")),
             ">" if c.get("agent_id") == chosen else "", str(c.get("agent_id")), _number(c.get("score")),
             _number(c.get("load")), _number(c.get("capacity")), _number(c.get("capability_match")),
             " ".join(f"{k}={_number(v)}" for k, v in components.items()),
-        )))
+        ))
     return rows
 
 
@@ -363,4 +404,4 @@ def assignment_summary(assignment: Mapping[str, Any]) -> str:
         counts.append("skipped: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
     if counts:
         lines.append("; ".join(counts))
-    return "\n".join(lines)
+    return "\n".join(visible(line) for line in lines)

@@ -110,6 +110,22 @@ def test_a_workflow_that_declares_agents_asks_to_host_them_until_it_ends() -> No
     assert view.resume_offset(0) == 4
 
 
+def test_a_step_of_a_run_the_host_is_cancelling_never_runs_here() -> None:
+    """The coordinator may give the step to a hosted agent offering its capability (another's
+    executor of the same name) before the cancel lands: no run, now or when resuming."""
+    view = HostView(agents={"webfetch": "default"})
+    view.refuse("default", "wb")
+    step = {"workflow_id": "wb", "step": "get", "action": "GET", "parameters": {"path": "/x"}}
+    feed(view, submitted("wb.get", data=step), submitted("budget", data={"workflow_id": "wb"}))
+    assert feed(view, e.TaskAssigned(task_id="wb.get", agent_id="webfetch", attempt=1), start=2) == []
+    # A task that names the run only to share its budget is no step of it: it runs.
+    [run] = feed(view, e.TaskAssigned(task_id="budget", agent_id="webfetch", attempt=1), start=3)
+    assert run.task.task_id == "budget"
+    assert [r.task.task_id for r in view.held()] == ["budget"]
+    feed(view, e.WorkflowEnded(workflow_id="wb", status="cancelled"), start=4)
+    assert view.refused == set()
+
+
 def test_keys_and_command_ids_are_fixed_by_the_attempt() -> None:
     assert idempotency_key("p", "t", 1) == idempotency_key("p", "t", 1)
     assert idempotency_key("p", "t", 1) != idempotency_key("p", "t", 2)

@@ -52,10 +52,12 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-def write(base: str, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+def write(base: str, path: str, body: dict[str, Any], token: str | None = None,
+          pool: str = "default") -> dict[str, Any]:
     """POST a write and wait for its outcome; it must be accepted."""
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    resp = httpx.post(f"{base}{path}", params={"wait": "true"}, json=body, headers=headers, timeout=30)
+    resp = httpx.post(f"{base}{path}", params={"wait": "true", "pool": pool}, json=body, headers=headers,
+                      timeout=30)
     assert resp.status_code < 300, resp.text
     answer: dict[str, Any] = resp.json()
     return answer

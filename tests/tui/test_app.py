@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
+from textual.strip import Strip
 from textual.widgets import DataTable, Input, RichLog, Static
 
 from services.executors.standins.serving import free_port
@@ -186,3 +188,43 @@ async def test_a_server_that_goes_away_is_reported_and_followed_back(tmp_path: P
                         what="rt-1 after the restart")
             assert "panes not refreshed" not in status_text(status) and not status.has_class("trouble")
         await asyncio.to_thread(running.close)
+
+
+# Names and types come from whoever writes to the bus: markup is shown as typed, never applied, and
+# a terminal escape arrives as text a reader sees.
+HOSTILE = {"mk-close": "[/bold] oops",
+           "mk-link": "[bold red]RED[/bold red] [link=https://evil.example]click[/link]",
+           "mk-escape": "\x1b[31mRED\x1b[0m\x1b]0;pwned-title\x07"}
+
+
+def drawn(table: DataTable[Any]) -> list[Strip]:
+    """The lines the table draws, as the terminal gets them (text and styles)."""
+    return [table.render_line(y) for y in range(table.size.height)]
+
+
+async def test_markup_and_escapes_in_names_are_shown_as_they_are(url: str) -> None:
+    pool = "tui-hostile"
+    for agent_id, name in HOSTILE.items():
+        await asyncio.to_thread(write, url, "/v1/agents", {
+            "agent_id": agent_id, "name": name, "capabilities": ["hostile"], "heartbeat_timeout_s": 600},
+            pool=pool)
+    await asyncio.to_thread(write, url, "/v1/tasks", {
+        "task_id": "mk-task", "type": "\x1b[2J\x1b[Hcleared\nrow", "required_capabilities": ["nobody"]},
+        pool=pool)
+    app = TopApp(url=url, pool=pool, headers={}, interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        agents, queue = app.query_one("#agents", DataTable), app.query_one("#queue", DataTable)
+        await until(pilot, lambda: set(keys(agents)) == set(HOSTILE) and keys(queue) == ["mk-task"],
+                    what="the agents and the task")
+        await pilot.pause()
+        names = {r[0]: r[1] for r in rows(agents)}
+        assert names == {"mk-close": "[/bold] oops", "mk-link": HOSTILE["mk-link"],
+                         "mk-escape": "\\x1b[31mRED\\x1b[0m\\x1b]0;pwned-title\\x07"}
+        assert rows(queue)[0][1] == "\\x1b[2J\\x1b[Hcleared\\nrow"
+        lines = drawn(agents) + drawn(queue)
+        text = "\n".join(line.text for line in lines)
+        for shown in (*names.values(), "\\x1b[2J\\x1b[Hcleared\\nrow"):
+            assert shown in text
+        assert not any(ch in line.text for line in lines for ch in "\x1b\x07\n")
+        assert not any(seg.style is not None and (seg.style.link or seg.style.bold)
+                       for line in lines for seg in line if "RED" in seg.text or "click" in seg.text)

@@ -22,7 +22,7 @@ from services.executors.standins.serving import free_port
 from services.tui import ApiError, run_terminal
 from services.tui.app import TopApp
 from tests.auth.conftest import deployment
-from tests.tui.conftest import register, status_text, submit, until, wait_status
+from tests.tui.conftest import register, status_text, submit, until, wait_status, write
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_CLEAN = {name: None for name in os.environ if name.startswith("AGENTBUS_")}
@@ -143,3 +143,24 @@ async def _ui_refused(url: str) -> None:
 
         await until(pilot, said, what="both 401s on the status line")
         assert "AGENTBUS_TOKEN" in status_text(status)
+
+
+def test_terminal_escapes_in_names_and_types_are_printed_as_text(url: str) -> None:
+    """Names and types come from whoever writes to the bus: no escape sequence reaches the terminal
+    (no colour, no window title, no cleared screen), and a newline does not split a row."""
+    pool = "plain-hostile"
+    write(url, "/v1/agents", {"agent_id": "ph-1", "name": "\x1b[31mRED\x1b[0m\x1b]0;pwned-title\x07",
+                              "capabilities": ["hostile"], "heartbeat_timeout_s": 600}, pool=pool)
+    for task_id, type_ in (("ph-clear", "\x1b[2J\x1b[Hcleared"), ("ph-split", "first\nsecond"),
+                           ("ph-c1", "\x9b31mcsi\x85next\u2028line\x7f")):
+        write(url, "/v1/tasks", {"task_id": task_id, "type": type_, "required_capabilities": ["nobody"]},
+              pool=pool)
+    result = top("--once", "--url", url, "--pool", pool)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", out) is None
+    [agent] = section(out, "AGENTS (")[1:]
+    assert agent[:2] == ["ph-1", "\\x1b[31mRED\\x1b[0m\\x1b]0;pwned-title\\x07"]
+    types = {row[0]: row[1] for row in section(out, "QUEUE: open (")[1:]}
+    assert types == {"ph-clear": "\\x1b[2J\\x1b[Hcleared", "ph-split": "first\\nsecond",
+                     "ph-c1": "\\x9b31mcsi\\x85next\\u2028line\\x7f"}
