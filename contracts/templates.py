@@ -14,18 +14,21 @@ built by the caller. A string that is exactly one expression yields the expressi
 Templates run in Jinja2's immutable sandbox, never through ``eval``: no attribute starting with
 ``_``, no method that changes a value. They only allow ``{{ }}`` (no ``{% %}`` statements), and
 see nothing that reads a clock or randomness, so rendering the same template over the same events
-gives the same value on every replay. Must never do I/O.
+gives the same value on every replay. ``a.b`` reads the key ``b`` of a mapping before any
+attribute of it: a step called ``get`` or an input called ``items`` is data, not a dict method.
+A value that is no data (a method, an iterator) is refused, never stored as its text, which
+would hold a memory address. Must never do I/O.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -60,10 +63,50 @@ class TemplateProblem(ValueError):
     """A template that does not parse, uses a statement, or cannot be rendered over its context."""
 
 
+class _NotData(ValueError):
+    """A template's value that has no JSON or text form of its own (a method, an iterator)."""
+
+
+def _not_data(value: Any) -> str | None:
+    """Why ``value`` is no data a parameter can hold, or None when it is data (or undefined, which
+    says itself what is missing when turned into text)."""
+    if isinstance(value, Undefined):
+        return None
+    if isinstance(value, Iterator):  # a generator from ``map``, ``select``, ``reverse``...
+        return f"yields a {type(value).__name__}, not a value (add '| list')"
+    if callable(value):
+        return f"yields a {type(value).__name__}: a method or function, not a value"
+    kind: Any = type(value)
+    if kind.__repr__ is object.__repr__ and kind.__str__ is object.__str__:
+        return f"yields a {kind.__name__} object, which has no JSON or text form"
+    return None
+
+
+def _finalize(value: Any) -> Any:
+    """Each expression's value in a text template: refused when its text would be an object's
+    default form (with a memory address), which no replay would render the same."""
+    why = _not_data(value)
+    if why is not None:
+        raise _NotData(why)
+    return value
+
+
 class _Environment(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, with bounds on the operators that can blow up in size."""
+    """Jinja2's immutable sandbox, with bounds on the operators that can blow up in size, reading
+    ``a.b`` as the key ``b`` of a mapping before any attribute of it."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Jinja prefers attributes: ``tasks.get`` would be ``dict.get`` even with a step called
+        # ``get``. Parameters read data, so a key wins; a missing key still reaches the sandbox's
+        # checked attributes (``inputs.get('x', 1)`` keeps working).
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (LookupError, TypeError):
+                pass
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -79,7 +122,8 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 # keep_trailing_newline: a parameter's text is data; Jinja would otherwise drop its last "\n".
 # (Jinja still writes any "\r\n" in the text around a template as "\n".)
-_ENV = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                    finalize=_finalize)
 # Only pure helpers stay: ``range`` can make huge lists, ``lipsum`` and the ``random`` filter read
 # randomness, the others are state for statements templates do not have.
 for _name in ("range", "lipsum", "cycler", "joiner", "namespace"):
@@ -242,7 +286,8 @@ def _render_text(source: str, context: dict[str, Any]) -> Any:
 
 def _storable(value: Any) -> Any:
     """``value`` as JSON: dicts (with string keys), lists, text, numbers, booleans, null; any
-    other value as its text."""
+    other value with a text of its own (a date) as that text. _NotData for a method, an
+    iterator or an object without a text form: its text would hold a memory address."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
@@ -251,6 +296,9 @@ def _storable(value: Any) -> Any:
         return {str(k): _storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_storable(v) for v in value]
+    why = _not_data(value)
+    if why is not None:
+        raise _NotData(why)
     return str(value)  # an undefined value (StrictUndefined) raises here, saying what is undefined
 
 
@@ -279,7 +327,8 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     one ``{{ expression }}`` becomes the expression's value; any other string with templates
     becomes text; strings without ``{{`` (and a value without any) come back as they are.
     Raises TemplateProblem, naming the template, for a name or attribute that is not there, an
-    access the sandbox refuses, or a result that is not storable JSON."""
+    access the sandbox refuses, a value that is no data (a method, an iterator), or a result that
+    is not storable JSON."""
     out, changed = _render(value, context)
     if changed:
         problem = json_problem(out)

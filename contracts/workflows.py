@@ -230,10 +230,12 @@ def input_problems(defn: WorkflowDefinition, inputs: dict[str, Any]) -> list[Pro
 
 
 def with_defaults(defn: WorkflowDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``inputs`` with each declared input's default filled in where it was not given."""
+    """``inputs`` with each declared input's default filled in where it was not given: absent, or
+    null, which ``input_problems`` counts as not given (so a template never reads a null the
+    definition has a default for). An input without a default stays as it was sent."""
     out = dict(inputs)
     for name, spec in defn.inputs.items():
-        if name not in out and spec.default is not None:
+        if out.get(name) is None and spec.default is not None:
             out[name] = spec.default
     return out
 

@@ -129,13 +129,15 @@ async def list_workflows(
     """A page of the pool's runs, newest first, with the total matching the filters.
 
     ``execution_time`` of a running run counts up to ``now`` (default: the pool's latest event).
+    An empty ``name`` filters nothing, as an absent one (no definition has an empty name), so a
+    query string with ``name=`` left blank lists every run.
     """
     queries.check_page(page, page_size)
     w = tables.workflows
     where = [w.c.pool == pool]
     if status is not None:
         where.append(w.c.status == status)
-    if name is not None:
+    if name:
         where.append(w.c.name == name)
     columns = [c for c in w.columns if c.name not in ("definition", "inputs")]
     page_stmt = (

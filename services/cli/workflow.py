@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import click
 import httpx
@@ -40,6 +41,12 @@ COLOURS = {"completed": "green", "running": "cyan", "assigned": "cyan", "queued"
            "retrying": "yellow", "waiting": "magenta", "failed": "red", "timed_out": "red",
            "cancelled": "yellow", "partially_completed": "yellow", "skipped": "bright_black",
            "pending": "bright_black"}
+
+
+def _segment(text: str) -> str:
+    """``text`` as one segment of a URL path: an id may hold '%', '?', '#' or '/', which would
+    otherwise name another run (``p%42`` is ``pB``) or cut the path short."""
+    return quote(text, safe="")
 
 
 # --- reading a definition file --------------------------------------------------------------------
@@ -331,7 +338,7 @@ def follow(client: httpx.Client, pool: str, execution_id: str, position: int | N
     run: dict[str, Any] | None = None
     try:
         while True:
-            resp = _send(client, "GET", f"/v1/workflows/{execution_id}", params=params)
+            resp = _send(client, "GET", f"/v1/workflows/{_segment(execution_id)}", params=params)
             elapsed = time.monotonic() - started
             if resp.status_code == 200:
                 run = resp.json()
@@ -376,7 +383,7 @@ def _finish(run: dict[str, Any]) -> None:
 @_client
 def status(execution_id: str, min_position: int | None, settings: Settings) -> None:
     """Where run EXECUTION_ID is: status, progress, open steps, a summary."""
-    _request(settings.url, "GET", f"/v1/workflows/{execution_id}/status",
+    _request(settings.url, "GET", f"/v1/workflows/{_segment(execution_id)}/status",
              params={"pool": settings.pool, "min_position": min_position})
 
 
@@ -386,7 +393,7 @@ def status(execution_id: str, min_position: int | None, settings: Settings) -> N
 @_client
 def show(execution_id: str, min_position: int | None, settings: Settings) -> None:
     """Run EXECUTION_ID in full: inputs, definition, each step with its agent, attempts and result."""
-    _request(settings.url, "GET", f"/v1/workflows/{execution_id}",
+    _request(settings.url, "GET", f"/v1/workflows/{_segment(execution_id)}",
              params={"pool": settings.pool, "min_position": min_position})
 
 
@@ -412,7 +419,7 @@ def list_runs(status: str | None, name: str | None, page: int, page_size: int, m
 @_client
 def cancel(execution_id: str, reason: str | None, command_id: str | None, settings: Settings) -> None:
     """Cancel run EXECUTION_ID: its open steps are cancelled, those not started skipped."""
-    _request(settings.url, "DELETE", f"/v1/workflows/{execution_id}",
+    _request(settings.url, "DELETE", f"/v1/workflows/{_segment(execution_id)}",
              params={"wait": "true", "pool": settings.pool, "reason": reason},
              headers=None if command_id is None else {"Idempotency-Key": command_id})
 
@@ -429,8 +436,8 @@ def signal(execution_id: str, name: str, data: str | None, command_id: str | Non
     body: dict[str, Any] = {"data": json_object(data, "--data") or {}, "pool": settings.pool}
     if command_id is not None:
         body["command_id"] = command_id
-    _request(settings.url, "POST", f"/v1/workflows/{execution_id}/signals/{name}", params={"wait": "true"},
-             body=body)
+    _request(settings.url, "POST", f"/v1/workflows/{_segment(execution_id)}/signals/{_segment(name)}",
+             params={"wait": "true"}, body=body)
 
 
 @workflow.command("register")
@@ -447,8 +454,8 @@ def register(file: Path, settings: Settings) -> None:
     if not isinstance(name, str) or not name:
         fail(f"{file}: the definition has no name")
     with _http(settings) as client:
-        resp = _send(client, "PUT", f"/v1/workflow-definitions/{name}", params={"pool": settings.pool},
-                     content=raw,
+        resp = _send(client, "PUT", f"/v1/workflow-definitions/{_segment(name)}",
+                     params={"pool": settings.pool}, content=raw,
                      headers={"Content-Type": "application/yaml" if _is_yaml(file) else "application/json"})
     payload = _json(resp)
     if resp.status_code == 422 and isinstance(payload, dict) and isinstance(payload.get("detail"), list):

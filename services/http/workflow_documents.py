@@ -1,6 +1,9 @@
 """Workflow documents as clients send them: JSON or YAML read as JSON would be, and every problem
 of a definition and its inputs, located in the document.
 
+A key written twice in one mapping is refused, with the line and column of both: parsers keep the
+last one without a word, so a second ``tasks:`` would silently replace the first.
+
 Pure: no I/O. Serves ``POST /v1/workflows`` (``services.http.workflow_writes``) and ``agentbus
 workflow validate``, so both list the same problems the same way.
 """
@@ -8,6 +11,8 @@ workflow validate``, so both list the same problems the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from typing import Any, NoReturn
 
 import orjson
@@ -39,10 +44,17 @@ EXPANSION_BASE = 10_000
 # --- reading a document: JSON or YAML -------------------------------------------------------------
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
-    """YAML's safe loader, reading only what JSON can say: text keys, no dates, sets or binary."""
+    """YAML's safe loader, reading only what JSON can say: text keys, each once per mapping, no
+    dates, sets or binary."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # The keys as written: the parent merges ``<<: *alias`` into node.value, and a key written
+        # here may override a merged one (that is what a merge is for).
+        written = [key_node for key_node, _ in node.value if key_node.tag != _MERGE]
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -50,6 +62,15 @@ class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoa
                 hint = " (YAML reads yes/no/on/off as booleans)" if isinstance(key, bool) else ""
                 raise ConstructorError(None, None, f"the key {key_node.value!r} is not text{hint}: quote it",
                                        key_node.start_mark)
+        first: dict[Any, yaml.Mark] = {}
+        for key_node in written:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first:
+                mark = first[key]
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first at line {mark.line + 1}, "
+                                       f"column {mark.column + 1}): write each key once",
+                                       key_node.start_mark)
+            first[key] = key_node.start_mark
         return mapping
 
 
@@ -89,12 +110,74 @@ def _yaml_error(text: str, msg: str, mark: Any) -> YAMLDecodeError:
     return YAMLDecodeError(msg, text, min(mark.index, len(text)), mark.line + 1, mark.column + 1)
 
 
+# A JSON string, and the tokens that give a JSON text its structure. Valid JSON has no '"' outside
+# its strings, so scanning from the start finds every string whole.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:]', re.DOTALL)
+
+
+def _key_count(value: Any) -> int:
+    """How many keys the objects in the JSON ``value`` hold, all told."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _duplicate_key(raw: bytes) -> tuple[str, int, int] | None:
+    """The first key written twice in one object of the valid JSON ``raw``: (key, byte offset of
+    the second, of the first); None when there is none."""
+    objects: list[dict[str, int] | None] = []  # the keys of each open object (None: an array)
+    string: re.Match[bytes] | None = None
+    for token in _JSON_TOKEN.finditer(raw):
+        text = token.group()
+        if text in (b"{", b"["):
+            objects.append({} if text == b"{" else None)
+        elif text in (b"}", b"]"):
+            objects.pop()
+        elif text != b":":
+            string = token
+        elif string is not None and objects and objects[-1] is not None:
+            key, seen = orjson.loads(string.group()), objects[-1]
+            if key in seen:
+                return key, string.start(), seen[key]
+            seen[key] = string.start()
+    return None
+
+
+def _json(raw: bytes | str) -> Any:
+    """``raw`` read by orjson; a JSONDecodeError at the second of a key written twice in one object."""
+    value = orjson.loads(raw)
+    data = raw.encode() if isinstance(raw, str) else raw
+    # Every ':' outside the strings is one key; fewer distinct keys than that means one was written
+    # twice, and only then is the text scanned for where. For a 500-step document of 99 KB, orjson
+    # reads it in 0.9 ms and the count takes 2.2 ms; json.loads with an object_pairs_hook that
+    # refuses a duplicate would take 2.9 ms (and read NaN and big integers unlike orjson).
+    if _JSON_STRING.sub(b"", data).count(b":") == _key_count(value):
+        return value
+    found = _duplicate_key(data)
+    if found is None:
+        return value
+    key, at, first = found
+    text = data.decode("utf-8")
+    pos, first_pos = len(data[:at].decode("utf-8")), len(data[:first].decode("utf-8"))
+    line = text.count("\n", 0, first_pos) + 1
+    column = first_pos - text.rfind("\n", 0, first_pos)
+    raise json.JSONDecodeError(f"duplicate key {key!r} (first at line {line}, column {column}): write each "
+                               "key once", text, pos)
+
+
 def load_document(raw: bytes | str, *, as_yaml: bool) -> Any:
     """The document in ``raw``: YAML when ``as_yaml`` (read as JSON would be: text keys, dates kept
     as text), else JSON. Raises a JSONDecodeError (YAMLDecodeError for YAML) naming the line and
-    column of what does not parse."""
+    column of what does not parse, or of a key written twice in one mapping."""
     if not as_yaml:
-        return orjson.loads(raw)
+        return _json(raw)
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:

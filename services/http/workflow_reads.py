@@ -4,6 +4,8 @@ Every read takes the ``ModelRead`` dependency (the pool, after ``min_position`` 
 ``services.http.deps``) and answers what ``projections.workflows`` computes. The response models
 below document the shapes for the OpenAPI document and the tests; they never build a response.
 The one thing added here is the clock: a running run's ``execution_time`` counts up to now.
+Reads of runs take ``as_of`` (``services.http.audit_reads.at``): the same query, on the read
+models rebuilt from the log up to that point.
 
 This module must never write anything (no command, no table).
 """
@@ -193,14 +195,17 @@ def _not_found(what: str) -> NoReturn:
 @router.get("/v1/workflows", summary="List workflow runs, newest first", response_model=WorkflowPage)
 async def list_workflows(
     read: ModelRead,
+    as_of: AsOf,
     status: Annotated[WorkflowStatus | None, Query()] = None,
     name: Annotated[str | None, Query(max_length=100)] = None,
     # Bounded so that the page's first row, (page - 1) * page_size, is a 64-bit number.
     page: Annotated[int, Query(ge=1, le=MAX_POSITION // MAX_PAGE_SIZE)] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Response:
-    return json_response(await queries.list_workflows(read.service.store, read.pool, status=status, name=name,
-                                                      page=page, page_size=page_size, now=utcnow()))
+    # As of a point, running runs count up to the time asked (a position: the latest event).
+    return json_response(await at(read, as_of, queries.list_workflows, status=status, name=name,
+                                  page=page, page_size=page_size,
+                                  now=utcnow() if as_of is None else as_of.time))
 
 
 @router.get("/v1/workflows/{workflow_id}", summary="One workflow run with its steps",
@@ -216,8 +221,8 @@ async def get_workflow(workflow_id: str, read: ModelRead, as_of: AsOf) -> Respon
 
 @router.get("/v1/workflows/{workflow_id}/status", summary="Where a workflow run is",
             response_model=WorkflowProgress, responses=_NOT_FOUND)
-async def workflow_status(workflow_id: str, read: ModelRead) -> Response:
-    progress = await queries.workflow_status(read.service.store, read.pool, workflow_id)
+async def workflow_status(workflow_id: str, read: ModelRead, as_of: AsOf) -> Response:
+    progress = await at(read, as_of, queries.workflow_status, workflow_id)
     if progress is None:
         _not_found(f"workflow {workflow_id!r} not found in pool {read.pool!r}")
     return json_response(progress)

@@ -271,3 +271,48 @@ async def test_a_read_waits_for_min_position(client: httpx.AsyncClient,
     monkeypatch.setattr(services.http.deps, "BEYOND_END_GRACE_S", 0.01)
     beyond = await client.get("/v1/workflows/ryw", params={"min_position": position + 10_000})
     assert beyond.status_code == 409
+
+
+async def test_the_readme_list_query_with_a_blank_name_lists_every_run(client: httpx.AsyncClient) -> None:
+    await command(client, "StartWorkflow", {"workflow_id": "b1", "definition": etl()})
+    other = {"name": "other", "tasks": [{"name": "only"}]}
+    await command(client, "StartWorkflow", {"workflow_id": "b2", "definition": other})
+    cancelled = await command(client, "CancelWorkflow", {"workflow_id": "b1", "reason": "done"})
+    position = await last_position(cancelled)
+
+    async def ids(**params: Any) -> list[str]:
+        resp = await client.get("/v1/workflows", params={"min_position": position, **params})
+        assert resp.status_code == 200, resp.text
+        return [r["execution_id"] for r in valid(WorkflowPage, resp.json())["workflows"]]
+
+    # A form (or the README's curl) sends name= when no name was chosen: every name.
+    assert await ids(status="cancelled", name="", page=1, page_size=50) == ["b1"]
+    assert await ids(name="") == await ids() == ["b2", "b1"]
+    assert await ids(name="other") == ["b2"]
+
+
+async def test_runs_and_their_status_are_read_as_of_a_point(client: httpx.AsyncClient) -> None:
+    started = await command(client, "StartWorkflow", {"workflow_id": "then", "definition": etl()})
+    at_start = await last_position(started)
+    cancelled = await command(client, "CancelWorkflow", {"workflow_id": "then", "reason": "enough"})
+    at_end = max(event["position"] for event in cancelled.json()["events"])  # the run ended there
+    reads = {"runs": "/v1/workflows", "status": "/v1/workflows/then/status", "run": "/v1/workflows/then"}
+
+    async def read(point: int) -> dict[str, httpx.Response]:
+        return {name: await client.get(path, params={"as_of": point}) for name, path in reads.items()}
+
+    ended = await last_position(cancelled)
+    live = await client.get("/v1/workflows/then/status", params={"min_position": ended})
+    assert live.status_code == 200 and live.json()["status"] == "cancelled", live.text
+    before = await read(-1)  # before the first event: no run at all
+    assert before["runs"].status_code == 200 and valid(WorkflowPage, before["runs"].json())["total"] == 0
+    assert before["status"].status_code == before["run"].status_code == 404
+    for point, status in ((at_start, "queued"), (at_end, "cancelled")):
+        then = await read(point)
+        assert all(resp.status_code == 200 for resp in then.values()), {k: r.text for k, r in then.items()}
+        runs = valid(WorkflowPage, then["runs"].json())["workflows"]
+        assert [(r["execution_id"], r["status"]) for r in runs] == [("then", status)], point
+        assert valid(WorkflowProgress, then["status"].json())["status"] == status, point
+        assert valid(WorkflowDetail, then["run"].json())["status"] == status, point
+    malformed = await client.get("/v1/workflows", params={"as_of": "yesterday"})
+    assert malformed.status_code == 422

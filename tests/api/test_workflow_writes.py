@@ -359,6 +359,17 @@ class TestRefusedStarts:
         [err] = detail(await client.post("/v1/workflows", content=raw, headers=YAML))
         assert err["loc"] == ["body"] and err["type"] == "dict_type"
 
+    async def test_a_yaml_key_written_twice_is_refused_with_its_line(self, client: httpx.AsyncClient,
+                                                                     service: Service) -> None:
+        before = await end_offsets(service)
+        raw = "name: dup\ntasks:\n  - {name: a}\ntasks:\n  - {name: b}\n"
+        for resp in (await client.post("/v1/workflows", content=raw, headers=YAML),
+                     await client.put("/v1/workflow-definitions/dup", content=raw, headers=YAML)):
+            [err] = detail(resp)
+            assert err["type"] == "yaml_invalid" and "duplicate key 'tasks'" in err["msg"]
+            assert "(first at line 2, column 1)" in err["msg"] and "(line 4, column 1)" in err["msg"]
+        assert await end_offsets(service) == before
+
 
 # --- cancel and signal ----------------------------------------------------------------------------
 

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from services.cli import main
-from services.cli.workflow import Lines
+from services.cli.workflow import Lines, follow
 from tests.e2e.test_crash import REPO, Server
 
 EXAMPLES = REPO / "deploy" / "examples"
@@ -77,6 +78,32 @@ def test_followed_steps_name_their_agent_by_its_registered_name_else_its_id() ->
         "workflow r1: running", "step fetch: running (agent fetcher)", "step merge: running (agent a9)"]
 
 
+@pytest.mark.parametrize("execution_id", ["p%42", "q?x", "r#1", "s/t", "u v"])
+def test_an_execution_id_is_one_path_segment_whatever_it_holds(execution_id: str, tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        run = {"execution_id": execution_id, "status": "completed", "steps": []}
+        return httpx.Response(200, json=run)
+
+    transport = httpx.MockTransport(server)
+    definition = write(tmp_path, "flow.yaml", APPROVAL_ONLY)
+    for args in (["status", execution_id], ["show", execution_id], ["cancel", execution_id],
+                 ["signal", execution_id, "go/now?"], ["register", str(definition)]):
+        result = CliRunner().invoke(main, ["workflow", *args], obj={"transport": transport},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    with httpx.Client(transport=transport, base_url="http://t") as client:
+        follow(client, "default", execution_id, None, None, out=io.StringIO())
+    # The segments the server reads from each path: the id (and the signal's name) as given.
+    paths = [(r.method, r.url.raw_path.decode().partition("?")[0]) for r in seen]
+    segments = [(method, [unquote(part) for part in path.split("/")[3:]]) for method, path in paths]
+    assert segments == [
+        ("GET", [execution_id, "status"]), ("GET", [execution_id]), ("DELETE", [execution_id]),
+        ("POST", [execution_id, "signals", "go/now?"]), ("PUT", ["approval_only"]), ("GET", [execution_id])]
+
+
 # --- validate: the file alone ---------------------------------------------------------------------
 
 
@@ -124,6 +151,17 @@ def test_validate_names_the_line_and_column_of_malformed_yaml(tmp_path: Path, te
     result = invoke("workflow", "validate", str(path))
     assert result.exit_code == 1
     assert f"{path}{where}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("name", "text", "where"), [
+    ("dup.yaml", "name: dup\ntasks:\n  - {name: a}\ntasks:\n  - {name: b}\n", ":4:1:"),
+    ("dup.json", '{"name": "dj",\n "tasks": [{"name": "a"}],\n "tasks": [{"name": "b"}]}', ":3:2:"),
+])
+def test_validate_refuses_a_key_written_twice(tmp_path: Path, name: str, text: str, where: str) -> None:
+    path = write(tmp_path, name, text)
+    result = invoke("workflow", "validate", str(path))
+    assert result.exit_code == 1
+    assert f"{path}{where} duplicate key 'tasks' (first at line 2, column " in result.stderr, result.stderr
 
 
 def test_bad_input_flags_are_usage_errors(tmp_path: Path) -> None:

@@ -229,6 +229,18 @@ def test_input_problems_are_located_by_input_name() -> None:
     assert with_defaults(defn, ok)["limit"] == 10
 
 
+def test_a_null_input_counts_as_not_given_and_gets_its_default() -> None:
+    defn = unchecked([{"name": "a"}], inputs={
+        "who": {"type": "string", "required": True}, "depth": {"type": "integer", "default": 2},
+        "limit": {"type": "integer", "required": True, "default": 10}, "note": {"type": "string"}})
+    sent = {"who": "x", "depth": None, "limit": None, "note": None}
+    assert input_problems(defn, sent) == []
+    # Null is filled in like an absent input; one without a default stays as it was sent.
+    assert with_defaults(defn, sent) == {"who": "x", "depth": 2, "limit": 10, "note": None}
+    assert with_defaults(defn, {"who": "x"}) == {"who": "x", "depth": 2, "limit": 10}
+    assert with_defaults(defn, {"who": "x", "depth": 0})["depth"] == 0  # a falsy value is a value
+
+
 # -- what a template reads ----------------------------------------------------------------------------
 
 def test_references_are_the_paths_read_in_order() -> None:
@@ -374,6 +386,47 @@ def test_a_rendered_value_is_storable_json() -> None:
         render("{{ 'nan' | float }}", context)
     with pytest.raises(TemplateProblem, match="NUL"):
         render("{{ '\\x00' }}", context)
+
+
+DICT_NAMES: dict[str, Any] = {
+    "inputs": {"items": [1, 2], "values": "v", "keys": 0, "opts": {"a": 1}},
+    "tasks": {
+        "get": {"status": "completed", "result": {"body": {"hello": "hi", "update": "u"}}, "error": None},
+        "keys": {"status": "completed", "result": {"items": "i", "values": [3]}, "error": None},
+        "update": {"status": "failed", "result": None, "error": {"pop": "p"}},
+    },
+}
+
+
+@pytest.mark.parametrize("source, value", [
+    ("{{ tasks.get.result.body.hello }}", "hi"),
+    ("{{ tasks.get.result.body.update }}", "u"),
+    ("{{ tasks.keys.result.items }}", "i"),
+    ("{{ tasks.keys.result.values }}", [3]),
+    ("{{ tasks.update.error.pop }}", "p"),
+    ("{{ tasks.update.status }}", "failed"),
+    ("{{ inputs.items }}", [1, 2]),
+    ("{{ inputs.values }}", "v"),
+    ("{{ inputs.keys }}", 0),
+    ("{{ inputs.items | length }} {{ inputs.values }}", "2 v"),
+    ("{{ inputs.get('absent', 'd') }}", "d"),  # no key of that name: the method is still there
+    ("{{ inputs.opts.keys() | list }}", ["a"]),
+])
+def test_a_key_named_like_a_dict_method_is_read_as_data(source: str, value: Any) -> None:
+    assert render(source, DICT_NAMES) == value
+
+
+@pytest.mark.parametrize("source, what", [
+    ("{{ inputs.opts.items }}", "method or function"),
+    ("x {{ inputs.opts.values }}", "method or function"),
+    ("{{ {'k': inputs.opts.get} }}", "method or function"),
+    ("{{ inputs.items | map('string') }}", r"generator.*\| list"),
+    ("n: {{ inputs.items | select }}", r"generator.*\| list"),
+])
+def test_a_value_that_is_no_data_is_refused_never_stored_as_its_text(source: str, what: str) -> None:
+    with pytest.raises(TemplateProblem, match=what) as err:
+        render({"p": source}, DICT_NAMES)
+    assert repr(source) in str(err.value) and "0x" not in str(err.value)
 
 
 def test_rendering_is_the_same_every_time() -> None:

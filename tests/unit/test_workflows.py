@@ -508,6 +508,44 @@ def test_a_template_that_does_not_resolve_fails_its_step() -> None:
     assert loop.state.workflows["w"].status == "failed"
 
 
+def test_steps_and_inputs_named_like_dict_methods_are_read_as_data() -> None:
+    defn = definition(
+        {"name": "get"},
+        {"name": "keys", "depends_on": ["get"]},
+        {"name": "update", "depends_on": ["get", "keys"], "parameters": {
+            "hello": "{{ tasks.get.result.body.hello }}",
+            "items": "{{ tasks.keys.result.items }}",
+            "inputs": "{{ inputs.items }}/{{ inputs.values }}",
+        }},
+        inputs={"items": {"type": "string"}, "values": {"type": "integer"}},
+    )
+    loop = Loop()
+    _fleet(loop)
+    loop.do(c.StartWorkflow(workflow_id="w", definition=defn, inputs={"items": "i", "values": 2}))
+    _work(loop, results={"get": {"body": {"hello": "hi"}}, "keys": {"items": [1]}})
+    tasks = {env.data.task_id: env.data for env in loop.log if isinstance(env.data, e.TaskSubmitted)}
+    assert tasks["w.update"].data["parameters"] == {"hello": "hi", "items": [1], "inputs": "i/2"}
+    assert loop.state.workflows["w"].status == "completed"
+
+
+def test_an_input_sent_as_null_gets_its_default() -> None:
+    defn = definition(
+        {"name": "a", "parameters": {"depth": "{{ inputs.depth * 2 }}", "note": "{{ inputs.note }}"}},
+        inputs={"who": {"type": "string", "required": True}, "depth": {"type": "integer", "default": 2},
+                "note": {"type": "string"}},
+    )
+    sent = {"who": "x", "depth": None, "note": None}
+    gwt.given().when(c.StartWorkflow(workflow_id="w", definition=defn, inputs=sent)).then(
+        started("w", defn, {"who": "x", "depth": 2, "note": None}))
+    loop = Loop()
+    _fleet(loop)
+    loop.do(c.StartWorkflow(workflow_id="w", definition=defn, inputs=sent))
+    _work(loop)
+    tasks = {env.data.task_id: env.data for env in loop.log if isinstance(env.data, e.TaskSubmitted)}
+    assert tasks["w.a"].data["parameters"] == {"depth": 4, "note": None}
+    assert loop.state.workflows["w"].status == "completed"
+
+
 def test_a_refused_submission_fails_the_step_instead_of_leaving_the_run_waiting() -> None:
     defn = definition(A, {"name": "b", "depends_on": ["a"]})
     loop = Loop()
