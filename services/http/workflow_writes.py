@@ -64,7 +64,13 @@ from services.http.responses import (
     ValidationErrors,
     json_response,
 )
-from services.http.workflow_documents import Checked, check_definition, inputs_problems, load_document
+from services.http.workflow_documents import (
+    Checked,
+    check_definition,
+    inputs_problems,
+    load_document,
+    refuse_duplicate_keys,
+)
 from services.http.writes import submit
 from services.runtime.service import Service
 
@@ -92,7 +98,9 @@ class DocumentRequest(JSONObjectRequest):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             if _media_type(self.scope["headers"]) not in YAML_TYPES:
-                return await super().json()
+                obj = await super().json()
+                refuse_duplicate_keys(await self.body(), obj)  # as a document read from a file
+                return obj
             obj = load_document(await self.body(), as_yaml=True)
             if not isinstance(obj, dict):
                 raise NotAnObject("null" if obj is None else type(obj).__name__)

@@ -370,6 +370,16 @@ class TestRefusedStarts:
             assert "(first at line 2, column 1)" in err["msg"] and "(line 4, column 1)" in err["msg"]
         assert await end_offsets(service) == before
 
+    async def test_a_json_key_written_twice_is_refused_with_its_place(self, client: httpx.AsyncClient,
+                                                                      service: Service) -> None:
+        before = await end_offsets(service)
+        definition = '{"name": "dup", "tasks": [{"name": "a"}], "tasks": [{"name": "b"}]}'
+        for resp in (await client.post("/v1/workflows", content=f'{{"definition": {definition}}}'),
+                     await client.put("/v1/workflow-definitions/dup", content=definition)):
+            assert resp.status_code in (400, 422), resp.text
+            assert "duplicate key 'tasks'" in resp.text and "first at line 1" in resp.text, resp.text
+        assert await end_offsets(service) == before
+
 
 # --- cancel and signal ----------------------------------------------------------------------------
 
