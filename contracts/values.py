@@ -40,6 +40,7 @@ __all__ = [
     "LooseId",
     "Name",
     "Text",
+    "id_problem",
     "json_problem",
     "text_problem",
 ]
@@ -97,12 +98,18 @@ def _name(value: str) -> str:
     return value
 
 
-def _id(value: str) -> str:
+def id_problem(value: str) -> str | None:
+    """What makes ``value`` no id (its length aside), or None: the rules of ``Id``."""
     problem = _name_problem(value)
     if problem is None and "/" in value:
         problem = "must not contain '/' (an id is one segment of a URL path)"
     if problem is None and value in (".", ".."):
         problem = "must not be '.' or '..' (URL clients rewrite such path segments)"
+    return problem
+
+
+def _id(value: str) -> str:
+    problem = id_problem(value)
     if problem is not None:
         raise PydanticCustomError("id_invalid", problem)
     return value

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
 from contracts import DEFAULT_POOL, REGISTRY, Command
-from contracts.values import text_problem
+from contracts.values import id_problem, text_problem
 from services.http.errors import NotAnObject, field_errors, invalid
 
 __all__ = [
@@ -36,12 +36,14 @@ __all__ = [
     "EnvelopeId",
     "JSONBodyRoute",
     "JSONObjectRequest",
+    "PoolName",
     "body_model",
     "command_from",
     "command_id_field",
     "command_model",
     "inline_request_bodies",
     "pool_field",
+    "pool_problem",
 ]
 
 MAX_ID = 200  # ids, pools and idempotency keys: the envelope caps them at 200 characters
@@ -123,9 +125,27 @@ def _envelope_id(value: Any) -> Any:
 EnvelopeId = Annotated[str, BeforeValidator(_envelope_id), Field(min_length=1, max_length=MAX_ID)]
 
 
+def pool_problem(value: str) -> str | None:
+    """What makes ``value`` no pool name (its length aside), or None: the rules of ids."""
+    return id_problem(value)
+
+
+def _pool(value: Any) -> Any:
+    value = _envelope_id(value)
+    problem = pool_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("pool_invalid", problem)
+    return value
+
+
+# A pool in a body or a query: an envelope id that is also an id (no '/', no control characters,
+# trimmed), as the README's table says; a stream channel pool/<pool>/<channel> then reads one way.
+PoolName = Annotated[str, BeforeValidator(_pool), Field(min_length=1, max_length=MAX_ID)]
+
+
 def pool_field() -> Any:
     """The ``pool`` of a body: the envelope's, never part of the payload (absent: None)."""
-    return (EnvelopeId, Field(None, json_schema_extra={"default": DEFAULT_POOL},
+    return (PoolName, Field(None, json_schema_extra={"default": DEFAULT_POOL},
                               description="The pool (partition key) of the command; not in the payload."))
 
 

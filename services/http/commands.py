@@ -20,7 +20,14 @@ from pydantic.json_schema import SkipJsonSchema
 
 from contracts import REGISTRY, Command, Envelope, UnknownType, utcnow
 from events.codec import DecodeError, from_dict
-from services.http.bodies import EnvelopeId, command_id_field, command_model, pool_field
+from services.http.bodies import (
+    EnvelopeId,
+    PoolName,
+    command_id_field,
+    command_model,
+    pool_field,
+    pool_problem,
+)
 from services.http.errors import error_item, field_errors, invalid
 from services.runtime.ingest import parse_command
 
@@ -108,11 +115,12 @@ def parse_any_command(body: dict[str, Any]) -> tuple[Command, dict[str, Any]]:
 
 
 _ENVELOPE_ID: TypeAdapter[str] = TypeAdapter(EnvelopeId)
+_POOL: TypeAdapter[str] = TypeAdapter(PoolName)
 
 
 def _envelope_id(value: Any, key: str) -> str:
     try:
-        return _ENVELOPE_ID.validate_python(value)
+        return (_POOL if key == "pool" else _ENVELOPE_ID).validate_python(value)
     except ValidationError as exc:
         invalid(field_errors(exc, ("body", key)))
 
@@ -140,6 +148,9 @@ def _cloudevent(obj: dict[str, Any]) -> tuple[Command, dict[str, Any]]:
             envelope_level = str(exc).startswith("invalid envelope")
             invalid(field_errors(cause, ("body",) if envelope_level else ("body", "data")))
         invalid([error_item(("body",), "value_error", str(exc))])
+    problem = pool_problem(env.pool)
+    if problem is not None:
+        invalid([error_item(("body", "pool"), "pool_invalid", problem, env.pool)])
     cmd = env.data
     assert isinstance(cmd, Command)
     return cmd, {"pool": env.pool, "command_id": env.id, "source": env.source, "actor": env.actor,

@@ -22,9 +22,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Query, Request
 
-from contracts.values import Text
 from services.http.auth import principal_of
-from services.http.bodies import MAX_ID
+from services.http.bodies import MAX_ID, PoolName
 from services.http.permissions import Principal
 from services.runtime.service import Service
 
@@ -44,8 +43,9 @@ __all__ = [
     "WriteOptions",
 ]
 
-# A pool in a query lands in text columns of the read models (PostgreSQL refuses NUL, %00).
-PoolText = Text
+# A pool in a query: the rules of a pool in a body (it lands in text columns of the read models,
+# and PostgreSQL refuses NUL, %00).
+PoolText = PoolName
 
 # Outcome waits are capped so a stuck decider cannot hold a connection for ever.
 DEFAULT_WAIT_S = 10.0

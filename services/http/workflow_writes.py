@@ -51,7 +51,7 @@ from contracts.workflows import (
 from events.codec import envelope_dict
 from projections import workflows as wf_queries
 from services.http import deps
-from services.http.bodies import MAX_ID, EnvelopeId, JSONObjectRequest
+from services.http.bodies import MAX_ID, EnvelopeId, JSONObjectRequest, PoolName
 from services.http.deps import ServiceDep, Write, WriteOptions
 from services.http.errors import NotAnObject, error_item, field_errors, invalid
 from services.http.responses import (
@@ -233,7 +233,7 @@ class StartWithDefinition(_Doc):
     definition: WorkflowDefinition
     inputs: JSONObject = Field(default_factory=dict, description="The run's inputs, by declared name.")
     execution_id: ExecutionId | None = None
-    pool: EnvelopeId | None = _POOL
+    pool: PoolName | None = _POOL
     command_id: EnvelopeId | None = _COMMAND_ID
 
 
@@ -244,7 +244,7 @@ class StartStored(_Doc):
     version: Version | None = Field(None, description="Its version (default: the one stored last).")
     inputs: JSONObject = Field(default_factory=dict, description="The run's inputs, by declared name.")
     execution_id: ExecutionId | None = None
-    pool: EnvelopeId | None = _POOL
+    pool: PoolName | None = _POOL
     command_id: EnvelopeId | None = _COMMAND_ID
 
 
@@ -252,7 +252,7 @@ class SignalBody(_Doc):
     """The data a signal carries: the signal step's result."""
 
     data: JSONObject = Field(default_factory=dict)
-    pool: EnvelopeId | None = _POOL
+    pool: PoolName | None = _POOL
     command_id: EnvelopeId | None = _COMMAND_ID
 
 
@@ -337,6 +337,7 @@ _VERSION: TypeAdapter[str | None] = TypeAdapter(Version | None)
 _INPUTS: TypeAdapter[dict[str, Any]] = TypeAdapter(JSONObject)
 _EXECUTION_ID: TypeAdapter[str | None] = TypeAdapter(ExecutionId | None)
 _ENVELOPE_ID: TypeAdapter[str | None] = TypeAdapter(EnvelopeId | None)
+_POOL_NAME: TypeAdapter[str | None] = TypeAdapter(PoolName | None)
 _START_KEYS = frozenset(StartStored.model_fields)
 _BROKEN = object()  # a field that broke its rule (its problem is listed)
 
@@ -390,7 +391,7 @@ def _start_request(body: dict[str, Any], inputs: str | None, execution_id: str |
         version=_checked(_VERSION, body.get("version"), ("body", "version"), problems),
         inputs=_checked(_INPUTS, body.get("inputs", {}), ("body", "inputs"), problems),
         execution_id=_checked(_EXECUTION_ID, body.get("execution_id"), ("body", "execution_id"), problems),
-        pool=_checked(_ENVELOPE_ID, body.get("pool"), ("body", "pool"), problems),
+        pool=_checked(_POOL_NAME, body.get("pool"), ("body", "pool"), problems),
         command_id=_checked(_ENVELOPE_ID, body.get("command_id"), ("body", "command_id"), problems))
 
 

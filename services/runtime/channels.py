@@ -3,9 +3,10 @@
 A channel names a slice of the events: ``events`` (all), ``type:<EventType>``, ``tasks``,
 ``agents``, ``workflows`` (events about an entity of that kind), ``task:<id>``, ``agent:<id>``,
 ``workflow:<id>`` (events naming that entity). ``pool/<pool>/<channel>`` is the same channel in one
-pool only (``pool/blue/tasks``, ``pool/blue/task:t-1``); a pool may contain ``/``, a channel never
-does, so the last ``/`` ends the pool. A task event belongs to ``workflow:<id>`` when its task is a
-step of that run: step tasks are named ``<run id>.<step>``, and step names have no dot.
+pool only (``pool/blue/tasks``, ``pool/blue/task:t-1``); the API refuses a pool with ``/`` and a
+channel never has one, but a log written before may hold such a pool: the last ``/`` ends it. A
+task event belongs to ``workflow:<id>`` when its task is a step of that run: step tasks are named
+``<run id>.<step>``, and step names have no dot.
 
 A cursor is the last position a client holds in each partition of the events topic. In JSON it is
 an integer when the topic has one partition (the offset, as ``GET /v1/events`` pages with

@@ -123,6 +123,29 @@ class TestRefusedWrites:
         [err] = detail(await client.post("/v1/agents", json={"name": "n", "pool": pool}))
         assert err["loc"] == ["body", "pool"]
 
+    @pytest.mark.parametrize("pool", ["a/b", "../etc", "a\nb", " ", " p", "p ", ".", "..", "a\x1bb"])
+    async def test_a_pool_follows_the_id_rules_wherever_it_is_named(self, client: httpx.AsyncClient,
+                                                                    pool: str) -> None:
+        # As the README's table says: one way to read pool/<pool>/<channel>, nothing that breaks a
+        # line of a log or a terminal.
+        [err] = detail(await client.post("/v1/agents", json={"name": "n", "pool": pool}))
+        assert err["loc"] == ["body", "pool"] and err["type"] in ("pool_invalid", "string_type"), err
+        task = {"task_id": "t", "type": "x"}
+        [err] = detail(await client.post("/v1/tasks", params={"pool": pool}, json=task))
+        assert err["loc"] == ["query", "pool"], err
+        [err] = detail(await client.post("/v1/commands", json={"type": "RegisterAgent", "pool": pool,
+                                                               "data": {"agent_id": "a", "name": "n"}}))
+        assert err["loc"] == ["body", "pool"], err
+        ce = {"specversion": "1.0", "id": "c-pool", "source": "x", "type": "SubmitTask", "pool": pool,
+              "data": {"task_id": "t", "type": "x"}}
+        [err] = detail(await client.post("/v1/commands", json=ce))
+        assert err["loc"] == ["body", "pool"], err
+        [err] = detail(await client.get("/v1/tasks", params={"pool": pool}))
+        assert err["loc"] == ["query", "pool"], err
+        run = {"definition": {"name": "w", "tasks": [{"name": "a", "type": "x"}]}, "pool": pool}
+        errors = detail(await client.post("/v1/workflows", json=run))
+        assert ["body", "pool"] in [e["loc"] for e in errors], errors
+
     async def test_path_and_body_disagree(self, client: httpx.AsyncClient) -> None:
         [err] = detail(await client.post("/v1/tasks/seed/complete", json={"task_id": "other"}))
         assert err["loc"] == ["body", "task_id"]

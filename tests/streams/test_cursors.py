@@ -36,7 +36,7 @@ def test_channel_names() -> None:
     assert parse_channel("events") == (None, "events")
     assert parse_channel("task:a:b") == (None, "task:a:b")
     assert parse_channel("pool/blue/tasks") == ("blue", "tasks")
-    assert parse_channel("pool/a/b/workflow:w1") == ("a/b", "workflow:w1")  # a pool may hold "/"
+    assert parse_channel("pool/a/b/workflow:w1") == ("a/b", "workflow:w1")  # an older log's pool
     for bad in ("", "task", "task:", "nope", "pool//tasks", "pool/blue/", "type: x", 3, None, "x" * 1001):
         with pytest.raises(ChannelError):
             parse_channel(bad)
