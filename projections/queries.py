@@ -161,7 +161,8 @@ async def resources(store: ProjectionStore, pool: str) -> dict[str, Any]:
         return None if found is None else dict(found), _rows(conn, active)
 
     limits, allocations = await store.run_read(read)
-    allocated = {r: sum(a[r] for a in allocations) for r in _RESOURCES}
+    # fsum: the sum of the amounts rounded once (ten 0.1 cores are 1.0, as the decider counts them).
+    allocated = {r: math.fsum(a[r] for a in allocations) for r in _RESOURCES}
     free = None
     if limits is not None:
         free = {r: limits[f"max_{r}"] - allocated[r] for r in _RESOURCES}
@@ -532,10 +533,11 @@ async def capacity(store: ProjectionStore, pool: str) -> dict[str, Any]:
                 .where(t.c.pool == pool, t.c.status == "queued")
             ).mappings()
         ]
-        used = conn.execute(
-            sa.select(*(sa.func.coalesce(sa.func.sum(al.c[r]), 0.0) for r in _RESOURCES))
-            .where(al.c.pool == pool, al.c.status == "active")
-        ).one()
+        # Summed here with fsum, not by SUM (rounded at every addition): see ``resources``.
+        held = conn.execute(
+            sa.select(*(al.c[r] for r in _RESOURCES)).where(al.c.pool == pool, al.c.status == "active")
+        ).all()
+        used = [math.fsum(row[i] for row in held) for i in range(len(_RESOURCES))]
         found = conn.execute(sa.select(lim).where(lim.c.pool == pool)).mappings().first()
         limits = None if found is None else dict(found)
         return agent_rows, by_status, queued, tuple(used), limits, _pool_row(conn, pool)

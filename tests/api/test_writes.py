@@ -513,3 +513,22 @@ async def test_pools_on_several_partitions(tmp_path: Any) -> None:
                 items = (await c.get("/v1/events", params=params)).json()["items"]
                 assert [(e["pool"], e["data"]["type"]) for e in items] == [(pool, pool)]
             assert (await c.get("/v1/health")).json()["partitions"] == 4
+
+
+async def test_what_allocations_hold_is_summed_exactly(client: httpx.AsyncClient) -> None:
+    # Ten tenths of a core fill a one-core pool: the read says 1 allocated, 0 free, as the decider
+    # (which refuses an eleventh) sees it, not 0.9999999999999999 and 1.1e-16.
+    await register(client)
+    limits = {"max_cpu_cores": 1, "max_memory_mb": 1, "max_disk_mb": 1, "max_network_mbps": 1}
+    assert (await client.put("/v1/resources/limits", params={"wait": "true"}, json=limits)).status_code == 200
+    for n in range(10):
+        resp = await client.post("/v1/resources/allocations", params={"wait": "true"},
+                                 json={"allocation_id": f"al{n}", "agent_id": "a1", "cpu_cores": 0.1})
+        assert resp.status_code == 201, resp.text
+    over = await client.post("/v1/resources/allocations", params={"wait": "true"},
+                             json={"allocation_id": "al10", "agent_id": "a1", "cpu_cores": 0.1})
+    assert over.status_code == 409, over.text
+    view = (await client.get("/v1/resources", params={"min_position": await last_position(over)})).json()
+    assert view["allocated"]["cpu_cores"] == 1.0 and view["free"]["cpu_cores"] == 0.0
+    capacity = (await client.get("/v1/capacity")).json()
+    assert capacity["utilization"]["resources"]["cpu_cores"]["used"] == 1.0, capacity["utilization"]
