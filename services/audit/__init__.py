@@ -6,7 +6,8 @@ about a task with the command, the coordinator's decision and the timer behind e
 read the log (and, for a rebuild, write a private read model of their own); nothing here decides.
 ``backup`` copies a running deployment, verifies its copies and restores them into a new data
 directory. ``checkpoints`` signs the events topic's chain heads (Ed25519; the key never enters the
-log) and ``verify`` recomputes the chain over a log or an export file and checks every checkpoint.
+log) and ``verify`` recomputes the chain over a log or an export file and checks the checkpoints a
+key signed.
 """
 
 from services.audit.as_of import (

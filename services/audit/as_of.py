@@ -122,8 +122,11 @@ def parse_as_of(text: str, partitions: int) -> AsOf:
         else:
             named = frozenset(range(partitions))
         return AsOf(text, positions=cursor, named=named)
+    stamp = text.strip()
+    # RFC 3339 lets the "T" and "Z" be lower case; fromisoformat takes a "t" but not a "z".
+    stamp = stamp[:-1] + "Z" if stamp.endswith("z") else stamp
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(stamp)
     except ValueError:
         raise AsOfError(f"{text!r} is neither a log position (an integer, or <partition>:<position> "
                         "pairs such as 0:41,1:7) nor an RFC 3339 time such as 2025-05-01T12:00:00Z") from None

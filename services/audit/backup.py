@@ -218,18 +218,58 @@ async def create_backup(settings: Settings, name: str, *, to: Path | None = None
     """Back up the deployment ``settings`` name into ``to/NAME`` (default ``<data dir>/backups/NAME``).
 
     Safe beside the running service. The backup is made under a temporary name and renamed into
-    place once complete, so ``NAME`` never holds a partial one; an existing ``NAME`` is refused.
+    place once complete, so ``NAME`` never holds a partial one; an existing ``NAME`` is refused. A
+    backup that fails leaves nothing behind: neither its files nor the folders made to hold it.
     """
     check_name(name)
+    _check_sources(settings)
     root = to if to is not None else backups_root(settings)
-    target, staging = _staging(root, name)
+    made = _first_missing(root)
+    staging = None
     try:
+        target, staging = _staging(root, name)
         manifest = await _create(settings, name, staging)
         _publish(staging, target, manifest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        _remove_made(root, made)
+        if isinstance(exc, sqlite3.Error):  # a file that is not SQLite, a full disk: say which
+            raise BackupError(f"the copy failed: {type(exc).__name__}: {exc}") from exc
         raise
     return Created(target, manifest)
+
+
+def _check_sources(settings: Settings) -> None:
+    """The deployment's SQLite files exist (a BackupError naming the first missing), before anything
+    is made: a backup of nothing is refused without leaving a folder for it."""
+    if settings.database.startswith("sqlite"):
+        _sqlite_file(settings.database, "read-model database")
+    if not settings.kafka:
+        _sqlite_file(settings.broker, "log")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_made(root: Path, made: Path | None) -> None:
+    """Remove ``root`` and its parents up to ``made``, the folders a failed backup created, if empty."""
+    if made is None:
+        return
+    for p in (root, *root.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return  # not empty (another backup is being made there) or already gone
+        if p == made:
+            return
 
 
 def _staging(root: Path, name: str) -> tuple[Path, Path]:
@@ -237,8 +277,11 @@ def _staging(root: Path, name: str) -> tuple[Path, Path]:
     target = root / name
     if target.exists():
         raise BackupError(f"a backup named {name!r} already exists at {target}")
-    root.mkdir(parents=True, exist_ok=True)
-    return target, Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return target, Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
+    except OSError as exc:
+        raise BackupError(f"cannot make the backup in {root}: {exc.strerror or exc}") from exc
 
 
 def _publish(staging: Path, target: Path, manifest: Manifest) -> None:
@@ -428,10 +471,15 @@ class Verification:
 
 async def verify_backup(path: Path) -> Verification:
     """Check every file against the manifest, then recompute the hash chain of the copied log and
-    compare each partition's head and end with the manifest's. Never changes the backup."""
+    compare each partition's head and end with the manifest's. Never changes the backup.
+
+    What is checked comes from what a backup must hold and what its files hold, never from the
+    manifest alone: a manifest that leaves out a file or a topic would otherwise leave it unchecked.
+    """
     manifest = read_manifest(path)
     result = Verification(path)
     result.checks += await asyncio.to_thread(_check_files, manifest, path)
+    result.checks += _check_required(manifest)
     if manifest.source.log == "sqlite":
         if (path / LOG_FILE).is_file():
             # The chain is read through the log adapter, which opens its file for writing: it reads a
@@ -466,14 +514,70 @@ def _check_files(manifest: Manifest, path: Path) -> list[Check]:
     return checks
 
 
-async def _check_log(path: Path, manifest: Manifest) -> list[Check]:
-    """The chain of every topic of the SQLite log at ``path``, against the manifest."""
+def _check_required(manifest: Manifest) -> list[Check]:
+    """The files every backup of its kind holds, listed in the manifest (``_check_files`` checks them)."""
+    kafka = manifest.source.log == "kafka"
+    required = (READ_FILE, *EXPORTS.values()) if kafka else (READ_FILE, LOG_FILE)
+    return [Check(f"file {name}", False, f"not in the manifest: every backup of a {manifest.source.log} log "
+                                         "holds it")
+            for name in required if manifest.file(name) is None]
+
+
+def _stored_topics(path: Path) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """The topics of the SQLite log file at ``path`` (name -> partitions), and every (topic, partition)
+    holding records, whatever the topics table says: one index seek per pair, not a scan."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
+        declared = {str(name): int(n) for name, n in conn.execute("SELECT name, partitions FROM topics")}
+        stored: list[tuple[str, int]] = []
+        first = 'SELECT topic, "partition" FROM records ORDER BY topic, "partition" LIMIT 1'
+        after = ('SELECT topic, "partition" FROM records WHERE (topic, "partition") > (?, ?) '
+                 'ORDER BY topic, "partition" LIMIT 1')
+        row = conn.execute(first).fetchone()
+        while row is not None:
+            stored.append((str(row[0]), int(row[1])))
+            row = conn.execute(after, row).fetchone()
+    finally:
+        conn.close()
+    return declared, stored
+
+
+async def _check_log(path: Path, manifest: Manifest) -> list[Check]:
+    """The chain of every topic the SQLite log at ``path`` holds, and of every topic the manifest
+    lists; the topics a backup lists (commands, events) are compared with the manifest too.
+
+    The topics come from the file, not from the manifest: a manifest that leaves a topic out must
+    not leave its records unchecked. A log with no events topic is not a backup of a deployment.
+    """
+    try:
+        declared, stored = await asyncio.to_thread(_stored_topics, path)
+        checks = []
+        subject = f"topics of {LOG_FILE}"
+        if "events" not in declared:
+            checks.append(Check(subject, False, "no events topic: the log copy holds no history"))
+        stray = [f"{t}[{p}]" for t, p in stored if p >= declared.get(t, 0)]
+        if stray:
+            checks.append(Check(subject, False, "records of partitions the log's topics do not have: "
+                                                + ", ".join(stray[:10])))
         async with _opened(SqliteLog(_log_url(path))) as log:
-            return [_compare_chain(topic, await verify_log(log, topic), manifest, dense=True)
-                    for topic in sorted({p.topic for p in manifest.partitions})]
+            for topic in sorted(set(declared) | {p.topic for p in manifest.partitions}):
+                if topic not in declared:
+                    checks.append(Check(f"chain of {topic}", False, f"in the manifest, not in {LOG_FILE}"))
+                elif topic in TOPICS:
+                    checks.append(_compare_chain(topic, await verify_log(log, topic), manifest, dense=True))
+                else:
+                    checks.append(_unlisted(topic, await verify_log(log, topic)))
+        return checks
     except (LogError, sqlite3.Error) as exc:
         return [Check(f"chain of {LOG_FILE}", False, f"cannot read the log: {type(exc).__name__}: {exc}")]
+
+
+def _unlisted(topic: str, report: ChainReport) -> Check:
+    """A topic of the log copy that a manifest does not list (dead letters): its chain alone."""
+    subject = f"chain of {topic}"
+    if report.mismatch is not None:
+        return Check(subject, False, report.mismatch.describe())
+    return Check(subject, True, f"{report.records} records; not a topic a manifest lists, so the chain only")
 
 
 def _compare_chain(topic: str, report: ChainReport, manifest: Manifest, *, dense: bool) -> Check:

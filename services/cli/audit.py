@@ -1,11 +1,12 @@
 """``agentbus audit``: verify the event log's hash chain and its signed checkpoints, sign checkpoints.
 
 ``verify`` recomputes the chain over the deployment's log (the settings ``serve`` takes) or over an
-export file, and with ``--key`` checks every signed checkpoint against that public key; it exits 1
-naming the first record or checkpoint that does not match. ``checkpoint`` reads the events topic's
-heads, signs them with the private key (``--key`` or ``AGENTBUS_AUDIT_KEY``) and appends the
-``RecordAuditCheckpoint`` command straight to the log, as ``agentbus tokens`` does, so it needs no
-token; the running server decides it. ``keygen`` writes a key pair.
+export file, and with ``--key`` checks the signed checkpoints of that public key (those of other
+keys are listed, not checked); it exits 1 naming the first record or checkpoint that does not
+match. ``checkpoint`` reads the events topic's heads, signs them with the private key (``--key`` or
+``AGENTBUS_AUDIT_KEY``) and appends the ``RecordAuditCheckpoint`` command straight to the log, as
+``agentbus tokens`` does, so it needs no token; the running server decides it. ``keygen`` writes a
+key pair. Neither ``verify`` nor ``checkpoint`` makes a log where none is.
 
 This module must never print, log or append a private key, and never decides anything: the checks
 are ``services.audit``'s, the decision the ``_system`` pool's decider's.
@@ -34,7 +35,7 @@ from services.audit.checkpoints import (
     write_keypair,
 )
 from services.audit.verify import AuditReport, verify_export_audit, verify_log_audit
-from services.cli.common import DEPLOYMENT, dumps, fail, log_errors, run, settings_options
+from services.cli.common import DEPLOYMENT, dumps, fail, log_errors, require_log, run, settings_options
 from services.runtime.service import topics_of
 from services.runtime.settings import Settings
 from services.runtime.tokens import append_command, cli_actor
@@ -58,8 +59,8 @@ def audit_group() -> None:
                    "[default: 0]")
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path),
               help="Verify this export file (`agentbus events export`) instead of the log.")
-@click.option("--key", "key_file", help="Public key (PEM file) to check every signed checkpoint with; "
-                                        "fails when no checkpoint is signed by it.")
+@click.option("--key", "key_file", help="Public key (PEM file) to check the checkpoints it signed with "
+                                        "(other keys' are listed); fails when none of them verifies.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Processes to check a long partition or a big export with (1: this one alone, e.g. on "
                    "a busy server). [default: one per core]")
@@ -81,6 +82,7 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
             fail(f"--file: no such file {str(file)!r}")
         report = run(verify_export_audit(file, key, processes=processes))
     else:
+        require_log(settings)  # a check never makes the log it was pointed at
         events = topics_of(settings).events
 
         async def go() -> AuditReport:
@@ -124,6 +126,19 @@ def _print(report: AuditReport, where: str) -> None:
         if report.unchecked_heads:
             line += f"; {report.unchecked_heads} heads before the file's first records not checked"
         click.echo(line)
+        if report.below_from is not None:
+            click.echo(f"  none verifies at or after --from: the nearest below it, at "
+                       f"{_at(chain.topic, report.below_from)}, was checked against the chain as stored")
+        for signer, seen in sorted(report.other_keys.items()):
+            span = _at(chain.topic, seen["first"])
+            if seen["count"] > 1:
+                span += f" to {_at(chain.topic, seen['last'])}"
+            click.echo(f"  {seen['count']} signed by another key, {signer} (not checked: this key cannot "
+                       f"vouch for them): {span}")
+        for ignored in report.ignored:
+            click.echo(f"  ignored: the checkpoint at {_at(chain.topic, ignored)}: {ignored['reason']}")
+        if report.ignored_count > len(report.ignored):
+            click.echo(f"  ... and {report.ignored_count - len(report.ignored)} more ignored")
     failure = report.first_failure
     if failure is None:
         click.echo("ok: the chain verifies" + (" and every checkpoint holds" if report.key_id else ""))
@@ -134,6 +149,12 @@ def _print(report: AuditReport, where: str) -> None:
         click.echo(f"  expected: {failure.expected}\n  found:    {failure.found}")
 
 
+def _at(topic: str, where: dict[str, Any]) -> str:
+    """Where a report found a checkpoint, as the failures name records: ``events[0]@41`` (line 7)."""
+    at = f"{topic}[{where['partition']}]@{where['offset']}"
+    return at if where.get("line") is None else f"{at} (line {where['line']})"
+
+
 # --- checkpoint ---------------------------------------------------------------------------------
 
 
@@ -142,7 +163,7 @@ def _print(report: AuditReport, where: str) -> None:
                                         "a PEM file's path, or the PEM].")
 @click.option("--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for the running server to record it (0: do not wait).")
-@settings_options(*DEPLOYMENT)
+@settings_options(*DEPLOYMENT, existing_log=True)
 def audit_checkpoint(key_file: str | None, wait: float, settings: Settings) -> None:
     """Sign the events topic's chain heads and append the checkpoint; prints the recorded event."""
     key = _private_key(key_file, settings)

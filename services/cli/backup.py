@@ -59,7 +59,7 @@ def backup_group() -> None:
 @click.argument("name")
 @click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the backup in DIR/NAME instead of DATA_DIR/backups/NAME.")
-@settings_options(*DEPLOYMENT)
+@settings_options(*DEPLOYMENT, existing_log=True)
 def backup_create(name: str, to: Path | None, settings: Settings) -> None:
     """Back up the deployment as NAME, while it runs.
 

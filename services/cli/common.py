@@ -2,7 +2,10 @@
 
 ``settings_options`` turns fields of ``services.runtime.settings.Settings`` into flags (help,
 environment variable and default come from the field, never written here) and hands the command
-one ``Settings``: a flag the user passed wins, then ``AGENTBUS_*``, then the field's default.
+one ``Settings``: a flag the user passed wins, then ``AGENTBUS_*``, then the field's default. A log
+URL no adapter takes is a usage error there, before the command runs; a command that only works on
+a deployment that exists says so (``existing_log``), and a SQLite log that is not there is then an
+error naming it, before anything is opened: opening it would create it.
 
 This module must never decide, project or open anything itself.
 """
@@ -24,7 +27,8 @@ import httpx
 import orjson
 import pydantic
 
-from events import LogError, UnknownTopic
+from events import ADAPTERS, LogError, UnknownTopic
+from events.sqlite import SqliteLog
 from services.runtime.settings import Settings
 
 T = TypeVar("T")
@@ -137,14 +141,24 @@ def _flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
-def settings_options(*names: str) -> Callable[[F], F]:
-    """A flag per named setting; the command receives ``settings`` instead of the flags' values."""
+def settings_options(*names: str, existing_log: bool = False) -> Callable[[F], F]:
+    """A flag per named setting; the command receives ``settings`` instead of the flags' values.
+
+    With ``broker`` among them, a log URL no adapter takes is a usage error naming the ones they do.
+    ``existing_log``: the command reads (or appends to) a deployment and never makes one, so a
+    SQLite log that does not exist is an error before the command runs (``require_log``).
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             flags = {name: kwargs.pop(name) for name in names}
-            return fn(settings=load_settings(**flags), **kwargs)
+            settings = load_settings(**flags)
+            if "broker" in names:
+                log_file(settings)
+            if existing_log:
+                require_log(settings)
+            return fn(settings=settings, **kwargs)
 
         for name in reversed(names):
             command = setting_option(name)(command)
@@ -158,6 +172,34 @@ DEPLOYMENT = ("data_dir", "broker", "database", "partitions", "topic_prefix", "a
 
 
 # --- the log ------------------------------------------------------------------------------------
+
+
+def log_file(settings: Settings) -> Path | None:
+    """The file of the deployment's SQLite log (None: Kafka); a usage error for a log URL no adapter
+    takes, naming the schemes that are (a traceback from deep inside the command otherwise)."""
+    url, hint = settings.broker, f"'{_flag('broker')}' / {Settings.env_name('broker')}"
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ADAPTERS:
+        known = ", ".join(f"{s}://" for s in ADAPTERS)
+        raise click.BadParameter(f"unsupported log URL {url!r}: use one of {known}", param_hint=hint)
+    if scheme != "sqlite":
+        return None
+    try:
+        return SqliteLog(url).path  # parses the URL; opens nothing
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+def require_log(settings: Settings) -> None:
+    """Exit 1 unless the deployment's SQLite log exists (a Kafka topic that does not is named when
+    read: ``log_errors``). Opening a log creates it, its directory included, so a command that only
+    reads must look first: a mistyped --data-dir would otherwise leave an empty deployment behind."""
+    path = log_file(settings)
+    if path is None or path.is_file():
+        return
+    # The log the settings put in the data directory when no broker is given (``Settings``).
+    derived = settings.broker == f"sqlite:///{settings.data_dir}/log.db"
+    fail(f"no log at {path}: is {_flag('data_dir') if derived else _flag('broker')} right?")
 
 
 def log_errors(broker: str) -> contextlib.AbstractContextManager[None]:

@@ -15,12 +15,16 @@ This module must never choose a runtime itself (``open_service`` does) nor decid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from events import ConcurrencyError, LogError
 from services.cli.common import DEPLOYMENT, fail, log_errors, logging_to_stderr, run, settings_options
 from services.cli.executor import check_executors_file
 from services.cli.signals import SIGNALS, StopOnSignals
@@ -34,6 +38,8 @@ AUTH = ("auth", "auth_rate", "auth_burst", "auth_cache_s", "jwt_jwks", "jwt_issu
 # Requests in flight when the stop begins get this long to be answered before they are cut off
 # (a long-poll or a stream would otherwise hold the stop open for ever).
 HTTP_DRAIN_S = 5.0
+# Where the runtimes log a worker that failed: the embedded runner's, the cluster service's.
+_RUNNER_LOGGERS = ("agentbus.runner", "agentbus.faust")
 
 
 @click.command()
@@ -82,7 +88,8 @@ def serve(settings: Settings, no_worker: bool) -> None:
     app.state.on_service_failure = stop_server
     exit_code: object = 0
     try:
-        server.run()
+        with _one_line_for_log_errors(app, server):
+            server.run()
     except SystemExit as exc:  # uvicorn exits with its own code when startup fails
         exit_code = exc.code
     service = getattr(app.state, "service", None)
@@ -97,6 +104,54 @@ def serve(settings: Settings, no_worker: bool) -> None:
         fail(f"the service stopped: {failure}")
     if exit_code not in (0, None):
         fail(f"the server did not start on {settings.host}:{settings.port} (exit code {exit_code})")
+
+
+def _log_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was raised from, a failure of what the log holds or where it is
+    (``events.LogError``: a corrupt record, a missing topic), which its message says all of. A
+    ``ConcurrencyError`` is not one: two writers on one partition may be a bug, and keeps its trace."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LogError) and not isinstance(exc, ConcurrencyError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _one_line_for_log_errors(app: Any, server: Any) -> Iterator[None]:
+    """While serving, a failure of the log (a corrupt record, a missing topic) is told without its
+    tracebacks: its message names the record and the repair, the traceback only our code.
+
+    The runner logs the worker that failed with its traceback, and uvicorn logs the lifespan's; serve
+    then names the failure as it exits. So a LogError that fails the start is told once, by that
+    exit; one that stops a running service keeps the runner's line, without the traceback. Every
+    other exception keeps its tracebacks: a bug needs them.
+    """
+
+    def runner(record: logging.LogRecord) -> bool:
+        if record.exc_info is None or not _log_error(record.exc_info[1]):
+            return True
+        if not server.started:
+            return False  # the start's failure, which serve names as it exits
+        record.exc_info, record.exc_text = None, None
+        return True
+
+    def lifespan(record: logging.LogRecord) -> bool:
+        # uvicorn logs the traceback the lifespan sent with its startup failure as the message.
+        failed = getattr(app.state, "startup_error", None)
+        return not (isinstance(record.msg, str) and record.msg.startswith("Traceback") and _log_error(failed))
+
+    loggers = [*((logging.getLogger(name), runner) for name in _RUNNER_LOGGERS),
+               (logging.getLogger("uvicorn.error"), lifespan)]
+    for logger, keep in loggers:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        for logger, keep in loggers:
+            logger.removeFilter(keep)
 
 
 def _server(app: Any, **config: Any) -> Any:

@@ -4,7 +4,9 @@ A checkpoint pins the events topic's hash chain (``events.chain``): one head per
 an Ed25519 signature over them. The decider holds no key, so it checks the checkpoint's shape
 only (one head per partition, numbered 0..n-1 without gaps; the contract bounds the hex, the
 counts and the signature's length); whether the signature is good, and whether the heads are the
-log's, is for whoever verifies the log with the public key (``services.audit``).
+log's, is for whoever verifies the log with the public key (``services.audit``). The command names
+its key by id only, a digest of the public key, so nothing here could check the signature: one that
+does not verify is recorded, and verifiers ignore it and report it (``services.audit.verify``).
 
 Pure: no I/O, no clock, no key. A checkpoint changes no state the decider checks.
 """
