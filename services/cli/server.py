@@ -44,7 +44,7 @@ _RUNNER_LOGGERS = ("agentbus.runner", "agentbus.faust")
 
 @click.command()
 @settings_options("host", "port", *DEPLOYMENT, "session_timeout", "scaling_webhook", "access_log",
-                  "executors", "workflow_agents", *AUTH)
+                  "executors", "workflow_agents", "allow_origins", *AUTH)
 @click.option("--no-worker", is_flag=True,
               help="Kafka: only the API; deciders, coordinator and projector run in `agentbus worker`.")
 def serve(settings: Settings, no_worker: bool) -> None:

@@ -232,3 +232,35 @@ def test_serve_exits_1_when_a_worker_fails_while_serving(tmp_path: Path) -> None
         _stop(proc)
     assert proc.returncode == 1, err.decode()[-2000:]
     assert "corrupt record at events[0]@0" in err.decode()
+
+
+def test_serve_lets_the_origins_it_is_given_write_from_a_browser(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--port", str(port),
+         "--allow-origins", "https://ops.example.com"],
+        env=_env(tmp_path / "data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, _stop(proc)[1].decode()[-2000:]
+            time.sleep(0.1)
+        task = {"task_id": "t1", "type": "x"}
+        for origin, status in (("https://ops.example.com", 202), (url, 202), ("https://evil.example", 403)):
+            resp = httpx.post(f"{url}/v1/tasks", json={**task, "task_id": f"t{status}{len(origin)}"},
+                              headers={"origin": origin})
+            assert resp.status_code == status, (origin, resp.text)
+    finally:
+        _stop(proc)
+
+
+def test_serve_refuses_an_allowed_origin_that_is_not_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--allow-origins", "ops.example.com"], env=_env(tmp_path))
+    assert result.exit_code == 1, result.output  # as any invalid setting
+    assert "'ops.example.com' is not an origin" in result.output
