@@ -19,9 +19,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response
 
-from contracts import Reason, new_id
+from contracts import SYSTEM_POOL, Reason, new_id
 from contracts.base import Command
 from contracts.commands import DeregisterAgent, ReleaseResources
+from contracts.system_commands import SYSTEM_COMMANDS
 from contracts.values import Id, Text
 from events.codec import envelope_dict
 from services.http.bodies import MAX_ID, JSONBodyRoute, body_model, command_from, command_model
@@ -88,8 +89,14 @@ async def submit(service: Service, opts: WriteOptions, cmd: Command, *, pool: st
         cmd, generated = authorize_command(opts.principal, cmd, generated)
     # The header wins: clients retry with the same key whatever they put in the body.
     cid = opts.idempotency_key or command_id or new_id()
+    named = pool
     pool = pool or opts.pool or "default"
     contract = type(cmd).__name__
+    if pool == SYSTEM_POOL and not isinstance(cmd, SYSTEM_COMMANDS):
+        invalid([error_item(("body" if named else "query", "pool"), "pool_reserved",
+                            f"the pool {SYSTEM_POOL!r} holds the deployment's own settings (tokens, webhook "
+                            f"sources, subscriptions, audit checkpoints): a {contract} goes to another pool",
+                            pool)])
     payload = cmd.__pydantic_serializer__.to_json(cmd, exclude={generated} if generated else None)
     digest = command_digest(contract, pool, payload)
     try:

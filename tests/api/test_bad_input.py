@@ -146,6 +146,17 @@ class TestRefusedWrites:
         errors = detail(await client.post("/v1/workflows", json=run))
         assert ["body", "pool"] in [e["loc"] for e in errors], errors
 
+    async def test_the_system_pool_takes_only_its_own_commands(self, client: httpx.AsyncClient) -> None:
+        [err] = detail(await client.post("/v1/agents", json={"name": "n", "pool": "_system"}))
+        assert err["loc"] == ["body", "pool"] and err["type"] == "pool_reserved", err
+        task = {"task_id": "t", "type": "x"}
+        [err] = detail(await client.post("/v1/tasks", params={"pool": "_system"}, json=task))
+        assert err["loc"] == ["query", "pool"] and err["type"] == "pool_reserved", err
+        ce = {"specversion": "1.0", "id": "c-sys", "source": "x", "type": "SubmitTask", "pool": "_system",
+              "data": {"task_id": "t", "type": "x"}}
+        [err] = detail(await client.post("/v1/commands", json=ce))
+        assert err["type"] == "pool_reserved", err
+
     async def test_path_and_body_disagree(self, client: httpx.AsyncClient) -> None:
         [err] = detail(await client.post("/v1/tasks/seed/complete", json={"task_id": "other"}))
         assert err["loc"] == ["body", "task_id"]
