@@ -19,9 +19,11 @@ from events.log import (
     FilteringLog,
     LogError,
     Record,
+    SalvagingLog,
     StoredRecord,
     TransactionalLog,
     UnknownTopic,
+    Unreadable,
     partition_for,
 )
 
@@ -32,8 +34,17 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-def open_log(url: str) -> EventLog:
-    """Create (not start) the log adapter for ``url``, e.g. ``sqlite:///data/log.db``."""
+# Schemes whose adapter writes to its store when it opens it (SQLite: the schema, the one-time chain
+# migration), and so takes ``readonly``. Kafka's writes nothing until asked to append.
+_WRITES_ON_OPEN = frozenset({"sqlite"})
+
+
+def open_log(url: str, *, readonly: bool = False) -> EventLog:
+    """Create (not start) the log adapter for ``url``, e.g. ``sqlite:///data/log.db``.
+
+    ``readonly``: for commands that only read (verify, replay, export, tail): the adapter opens its
+    store without writing to it, so looking at a log never changes it (and any append fails).
+    """
     scheme = url.split(":", 1)[0].lower()
     target = ADAPTERS.get(scheme)
     if target is None:
@@ -46,7 +57,8 @@ def open_log(url: str) -> EventLog:
         raise RuntimeError(
             f"the {scheme} log needs extra packages: pip install 'agentbus[{scheme}]' ({exc})"
         ) from exc
-    log: EventLog = getattr(module, cls_name)(url)
+    cls = getattr(module, cls_name)
+    log: EventLog = cls(url, readonly=True) if readonly and scheme in _WRITES_ON_OPEN else cls(url)
     return log
 
 
@@ -61,9 +73,11 @@ __all__ = [
     "FilteringLog",
     "LogError",
     "Record",
+    "SalvagingLog",
     "StoredRecord",
     "TransactionalLog",
     "UnknownTopic",
+    "Unreadable",
     "open_log",
     "partition_for",
 ]

@@ -11,13 +11,20 @@ history rewritten with its chain recomputed is caught by whoever holds the publi
 Export lines carry each record's chain value as CloudEvents extension attributes put in front of
 the event's own attributes (``{"chainhash": ..., "chainpartition": ..., "chainoffset": ...,``),
 so ``lz4cat | jq`` still reads CloudEvents, and stripping that prefix restores the stored bytes.
+A record the log could not read back is exported too, marked ``"chaincorrupt": "<why>"`` (and,
+when not even its value could be rebuilt, as ``"chainstored"``, its stored bytes in base64), so
+that an operator can correct or remove it (README: Repairing a log).
 
 This module never writes: it computes and compares.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +35,13 @@ import orjson
 
 from events import chain_parallel
 from events.chain_parallel import PREFIX, check_export, check_sqlite, workers
-from events.log import CorruptRecord, EventLog, StoredRecord
+from events.log import CorruptRecord, EventLog, StoredRecord, Unreadable
 
 GENESIS = bytes(32)
+NO_CHAIN = "the record carries no chain value"
+# Said of a record without a chain value in a log opened read-only before its one-time chaining.
+_PENDING = (": the log was written before records kept a hash chain and has not been chained since (the "
+            "service chains it, once, when it next opens the log for writing; verifying only reads it)")
 # The Kafka record header that carries the chain value (hex, so Kafka tools print it).
 CHAIN_HEADER = "agentbus-chain"
 _READ_LIMIT = 2000
@@ -120,11 +131,13 @@ class PartitionChecker:
                 self.legacy += 1
                 self.next_offset = offset + 1
                 return None
-            return Mismatch(self.topic, self.partition, offset, None, None,
-                            "the record carries no chain value")
+            return Mismatch(self.topic, self.partition, offset, None, None, NO_CHAIN)
         if self.dense and offset != self.next_offset:
-            return Mismatch(self.topic, self.partition, offset, None, found.hex(),
-                            f"offset {self.next_offset} is missing (a deleted record)")
+            # Named where the record is missing, not at the one after it.
+            first, last = self.next_offset, offset - 1
+            gap = f"offset {first} is" if first == last else f"offsets {first}-{last} are"
+            return Mismatch(self.topic, self.partition, first, None, None,
+                            f"{gap} missing (deleted): the next record stored is at offset {offset}")
         if self.prev is not None:
             expected = link(self.prev, value)
             if expected != found:
@@ -214,6 +227,9 @@ async def verify_log(
         report.legacy += checker.legacy
         if report.mismatch is not None:
             break
+    m = report.mismatch
+    if m is not None and m.reason == NO_CHAIN and getattr(log, "pending_chain", False):
+        report.mismatch = dataclasses.replace(m, reason=NO_CHAIN + _PENDING)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -284,25 +300,48 @@ def _check_batch(report: ChainReport, checker: PartitionChecker,
 
 _ATTRIBUTES = ("chainhash", "chainpartition", "chainoffset", "chainprev")
 _PREFIX = PREFIX
+# After the prefix, on the line of a record the log could not read back: why (a JSON string), then
+# either the rest of its value or, when not even that could be rebuilt, its stored bytes alone.
+_CORRUPT = re.compile(rb'"chaincorrupt":("(?:[^"\\]|\\.)*"),')
+_STORED = re.compile(rb'"chainstored":"([A-Za-z0-9+/=]*)","chaincodec":(\d{1,3})\}')
+
+
+def _head(partition: int, offset: int, chain: bytes, prev: bytes | None) -> bytes:
+    head = b'{"chainhash":"%s","chainpartition":%d,"chainoffset":%d' % (
+        chain.hex().encode(), partition, offset)
+    if prev is not None:
+        head += b',"chainprev":"%s"' % prev.hex().encode()
+    return head
 
 
 def export_line(rec: StoredRecord, chain: bytes, prev: bytes | None = None) -> bytes:
     """An export line: the stored value with its chain value in front (see the module doc).
 
-    ``prev`` (the chain value before ``rec``) goes on the first line of a partition that does not
-    start at offset 0, so the file verifies on its own.
+    ``prev`` (the chain value before ``rec``) goes on the first line of each partition, so a file
+    that does not start at offset 0 verifies on its own.
     """
     value = rec.value
     if value[:1] != b"{":
         raise ValueError(f"{rec.topic}[{rec.partition}]@{rec.offset}: value is not a JSON object")
-    head = b'{"chainhash":"%s","chainpartition":%d,"chainoffset":%d' % (
-        chain.hex().encode(), rec.partition, rec.offset)
-    if prev is not None:
-        head += b',"chainprev":"%s"' % prev.hex().encode()
     rest = value[1:]
     if rest.lstrip()[:1] == b"}":
         raise ValueError(f"{rec.topic}[{rec.partition}]@{rec.offset}: value is an empty JSON object")
-    return head + b"," + rest
+    return _head(rec.partition, rec.offset, chain, prev) + b"," + rest
+
+
+def unreadable_line(rec: Unreadable, chain: bytes, prev: bytes | None = None) -> bytes:
+    """The export line of a record the log could not read back, marked ``chaincorrupt``.
+
+    Its value as far as it was rebuilt, when that still fits on one line as a JSON object (so the
+    operator can correct it in place), else its stored bytes in base64 (``chainstored``).
+    """
+    head = _head(rec.partition, rec.offset, chain, prev) + b',"chaincorrupt":' + orjson.dumps(rec.reason)
+    value = rec.value
+    if value is not None and value[:1] == b"{" and b"\n" not in value:
+        rest = value[1:]
+        if rest.lstrip()[:1] not in (b"}", b""):
+            return head + b"," + rest
+    return head + b',"chainstored":"%s","chaincodec":%d}' % (base64.b64encode(rec.stored), rec.codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +353,8 @@ class ExportLine:
     partition: int | None = None
     offset: int | None = None
     prev: bytes | None = None
+    corrupt: str | None = None  # why the log could not read the record back (``unreadable_line``)
+    stored: bytes | None = None  # its stored bytes, when not even its value could be rebuilt (value b"")
 
 
 def parse_line(line: bytes) -> ExportLine:
@@ -321,25 +362,45 @@ def parse_line(line: bytes) -> ExportLine:
     m = _PREFIX.match(line)
     if m is None:
         if b'"chainhash"' in line[:200]:
-            # Re-serialized by a tool (an edited line): drop the attributes; the value is no longer
-            # the stored bytes, and its chain will not verify, which is the point.
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                return ExportLine(line)
-            if type(obj) is dict and "chainhash" in obj:
-                found = [obj.pop(name, None) for name in _ATTRIBUTES]
-                try:
-                    chain, partition, offset, prev = found
-                    return ExportLine(orjson.dumps(obj), bytes.fromhex(chain), int(partition), int(offset),
-                                      None if prev is None else bytes.fromhex(prev))
-                except (TypeError, ValueError):
-                    return ExportLine(orjson.dumps(obj))
+            return _reserialized(line)
         return ExportLine(line)
     chain, partition, offset, prev = m.groups()
-    value = b"{" + line[m.end():]
+    at, corrupt, stored = m.end(), None, None
+    flag = _CORRUPT.match(line, at)
+    if flag is not None:
+        corrupt, at = orjson.loads(flag.group(1)), flag.end()
+        raw = _STORED.fullmatch(line, at)
+        if raw is not None:
+            try:
+                stored = base64.b64decode(raw.group(1), validate=True)
+            except binascii.Error:
+                stored = raw.group(1)
+            at = len(line)
+    value = b"" if stored is not None else b"{" + line[at:]
     return ExportLine(value, bytes.fromhex(chain.decode()), int(partition), int(offset),
-                      None if prev is None else bytes.fromhex(prev.decode()))
+                      None if prev is None else bytes.fromhex(prev.decode()), corrupt, stored)
+
+
+def _reserialized(line: bytes) -> ExportLine:
+    """A line re-serialized by a tool (an edited line): the attributes dropped; the value is no longer
+    the stored bytes, and its chain will not verify, which is the point."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return ExportLine(line)
+    if type(obj) is not dict or "chainhash" not in obj:
+        return ExportLine(line)
+    found = [obj.pop(name, None) for name in _ATTRIBUTES]
+    corrupt, stored = obj.pop("chaincorrupt", None), obj.pop("chainstored", None)
+    obj.pop("chaincodec", None)
+    try:
+        chain, partition, offset, prev = found
+        return ExportLine(b"" if stored is not None else orjson.dumps(obj), bytes.fromhex(chain),
+                          int(partition), int(offset), None if prev is None else bytes.fromhex(prev),
+                          None if corrupt is None else str(corrupt),
+                          None if stored is None else str(stored).encode())
+    except (TypeError, ValueError):
+        return ExportLine(orjson.dumps(obj))
 
 
 def _parallel_export(source: Path, report: ChainReport, want: frozenset[tuple[int, int]], processes: int,
@@ -373,6 +434,44 @@ def export_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
+def _unchained_line(topic: str, number: int, line: bytes, checker: PartitionChecker | None) -> Mismatch:
+    """What is wrong with a line that carries no chain: an event exported without one, or not a record
+    at all. Named by its line (and the record before it), since it has no position of its own."""
+    after = "" if checker is None else f" (after {topic}[{checker.partition}]@{checker.next_offset - 1})"
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Mismatch(topic, -1, -1, None, None, f"line {number}{after} is not a record: not JSON ({exc})")
+    if type(obj) is not dict:
+        return Mismatch(topic, -1, -1, None, None, f"line {number}{after} is not a record: not a JSON object")
+    if "specversion" not in obj:
+        return Mismatch(topic, -1, -1, None, None, f"line {number}{after} is not a record: not a CloudEvent")
+    return Mismatch(topic, -1, -1, None, None,
+                    f"line {number}{after} carries no chain (exported without one)")
+
+
+def _partial(topic: str, number: int, partition: int, offset: int) -> Mismatch:
+    """A partition whose first line is not offset 0 and names no chain value before it (``chainprev``,
+    which every export writes there): nothing links it to what came before, so it could only be
+    taken on trust; lines were removed from the start of that partition."""
+    missing = "offset 0 is" if offset == 1 else f"offsets 0-{offset - 1} are"
+    return Mismatch(topic, partition, offset, None, None,
+                    f"line {number}: partition {partition} starts at offset {offset} with no chain value "
+                    f"before it (no chainprev): {missing} missing and nothing links its first record to "
+                    "them, so it would be taken on trust (a partial export: lines removed from its start?)")
+
+
+def _unread(item: ExportLine) -> str:
+    """The reason to give for a line marked as a record the log could not read back ("" if not one)."""
+    if item.corrupt is None:
+        return ""
+    if item.stored is not None:
+        return (f"the record could not be read from the log ({item.corrupt}) and the line holds only its "
+                "stored bytes (chainstored): correct it into the event, or remove the line")
+    return (f"the record could not be read from the log ({item.corrupt}) and its value does not match its "
+            "chain: correct it (and drop its chaincorrupt attribute), or remove the line")
+
+
 def verify_export(path: str | Path, topic: str = "events", want: frozenset[tuple[int, int]] = frozenset(),
                   processes: int | None = None) -> ChainReport:
     """Recompute the chain over an lz4 export file; a Mismatch names the record and its line.
@@ -392,9 +491,7 @@ def verify_export(path: str | Path, topic: str = "events", want: frozenset[tuple
         for number, line in export_lines(source):
             item = parse_line(line)
             if item.chain is None or item.partition is None or item.offset is None:
-                p = -1 if checker is None else checker.partition
-                report.mismatch = Mismatch(topic, p, -1, None, None,
-                                           f"line {number} carries no chain (exported without one)")
+                report.mismatch = _unchained_line(topic, number, line, checker)
                 break
             if checker is None or item.partition != checker.partition:
                 if checker is not None and checker.prev is not None:
@@ -402,11 +499,24 @@ def verify_export(path: str | Path, topic: str = "events", want: frozenset[tuple
                     report.ends[checker.partition] = checker.next_offset
                 # A segment from offset 0 starts at GENESIS; a later one names its previous value.
                 prev = GENESIS if item.offset == 0 else item.prev
+                if prev is None:
+                    report.mismatch = _partial(topic, number, item.partition, item.offset)
+                    break
                 checker = PartitionChecker(topic, item.partition, prev, item.offset, dense=False)
             bad = checker.check(item.offset, item.value, item.chain)
+            if bad is None and item.stored is not None:
+                bad = Mismatch(topic, item.partition, item.offset, None, item.chain.hex(), "")
             if bad is not None:
+                unread = _unread(item)
+                reason = unread or bad.reason
+                if not unread and item.offset > checker.next_offset:
+                    # Kafka's offsets skip transaction markers, so a gap alone is no proof; with the
+                    # chain broken right after it, it is where to look.
+                    first, last = checker.next_offset, item.offset - 1
+                    gap = f"offset {first}" if first == last else f"offsets {first}-{last}"
+                    reason += f"; the file has no line for {gap} before it (a removed line?)"
                 report.mismatch = Mismatch(bad.topic, bad.partition, bad.offset, bad.expected, bad.found,
-                                           f"line {number}: {bad.reason}")
+                                           f"line {number}: {reason}")
                 break
             report.records += 1
             if want and (item.partition, item.offset) in want and checker.prev is not None:

@@ -93,9 +93,10 @@ class UnknownTopic(LogError):
 # What an operator does about a record that cannot be read: the log is never edited in place.
 REPAIR_HINT = (
     "to repair: stop the service, run `agentbus events export FILE` (it copies every record as "
-    "stored, this one included), correct or remove that line of FILE (`lz4cat FILE`), and run "
-    "`agentbus events import --force FILE` into a new data directory or topic prefix: the edit breaks "
-    "the file's hash chain, and --force imports it anyway and records that it did (README: Repairing a log)"
+    "stored, this one included and marked \"chaincorrupt\"), correct that line of FILE (`lz4cat FILE`; "
+    "drop its \"chaincorrupt\" attribute) or remove it, and run `agentbus events import --force FILE` "
+    "into a new data directory or topic prefix: the edit breaks the file's hash chain, and --force "
+    "imports it anyway and records that it did (README: Repairing a log)"
 )
 
 
@@ -105,6 +106,20 @@ class CorruptRecord(LogError):
     def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
         super().__init__(f"corrupt record at {topic}[{partition}]@{offset}: {reason}; {REPAIR_HINT}")
         self.topic, self.partition, self.offset, self.reason = topic, partition, offset, reason
+
+
+class Unreadable(NamedTuple):
+    """A stored record that cannot be read back, as it is stored (``SalvagingLog.read_stored``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    stored: bytes  # the value column as stored (compressed when ``codec`` says so)
+    codec: int
+    chain: bytes | None  # the chain value stored with it
+    reason: str  # why it cannot be read (what ``CorruptRecord`` says)
+    # The value as far as it could be rebuilt (decompressed, its checksum failing), or None.
+    value: bytes | None
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -294,3 +309,18 @@ class TransactionalLog(EventLog, Protocol):
         Only for a topic whose every record goes through partition writers (the events topic:
         its partitions' deciders), since each writer chains from the head it last wrote.
         """
+
+
+@runtime_checkable
+class SalvagingLog(EventLog, Protocol):
+    """A log that can hand out a record it cannot read back, as stored, instead of failing.
+
+    Only an export made to repair the log wants that (README: Repairing a log), so that the file
+    holds every record and the operator decides what becomes of the bad one; every other reader
+    stops at it (``CorruptRecord``), never skipping or guessing.
+    """
+
+    async def read_stored(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[StoredRecord | Unreadable]:
+        """``read``, except that a record that cannot be read back comes as ``Unreadable``."""

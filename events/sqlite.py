@@ -21,14 +21,16 @@ partition writers to claim or fence.
 
 Every record carries its partition's hash chain value (``events.chain``), computed by the writer
 as it numbers the record; a file written before chains existed is chained in place once, when
-opened (``events.sqlite_chain.migrate``).
+opened for writing (``events.sqlite_chain.migrate``). ``readonly`` opens only the read connection,
+read-only (``events.sqlite_reader``): the commands that only read must leave the file as it is.
 
 Reactors (``react``, ``events.sqlite_reactions``) add their appends to the transaction of the
 append they react to.
 
 This module must never skip or rewrite a stored record: a record that cannot be read raises
-CorruptRecord naming its position, and appended rows are never updated or deleted (the one-time
-chain migration only fills the new column).
+CorruptRecord naming its position (only ``read_stored``, for the export that repairs a log, hands
+it out as stored), and appended rows are never updated or deleted (the one-time chain migration
+only fills in missing chain values).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from events.log import (
     Record,
     StoredRecord,
     UnknownTopic,
+    Unreadable,
     check_limit,
     check_partition,
     check_partition_count,
@@ -64,10 +67,12 @@ from events.log import (
 )
 from events.settle import settled
 from events.sqlite_reactions import Reaction, Reactions, Reactor
+from events.sqlite_reader import open_reader
 from events.sqlite_records import (
     CODEC_LZ4,
     CODEC_RAW,
     _original,
+    _salvaged,
     _to_stored,
     _to_values,
     to_rows,
@@ -107,12 +112,13 @@ _TYPE_HEADER = b'[["ce_type",'
 
 
 def _matching_query(topic: str, partition: int, offset: int, end: int, types: frozenset[str] | None,
-                    key: str | None) -> tuple[str, tuple[object, ...]]:
+                    key: str | None, *, indexed: bool = True) -> tuple[str, tuple[object, ...]]:
     """The SELECT of ``read_matching``: rows in [offset, end) with ``key``, and whose headers do not
     start with a ``ce_type`` header or start with one of ``types`` (the exact bytes
-    ``_encode_headers`` writes for it, closing quote and bracket included)."""
+    ``_encode_headers`` writes for it, closing quote and bracket included). ``indexed``: the system
+    pool's partial index exists (a file opened read-only may predate it)."""
     args: list[object] = [topic, partition, offset, end]
-    if key == SYSTEM_POOL:
+    if key == SYSTEM_POOL and indexed:
         # Through the partial index of the system pool's records, named: without statistics the
         # planner ranks the primary key's range as high and scans the partition. The key is written
         # as the index's WHERE has it (a bound value cannot show SQLite the index applies).
@@ -182,8 +188,14 @@ class SqliteLog:
     # written without chain values and the log does not verify.
     chained = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
+        # Read only, never write, create or chain the file (``events.sqlite_reader``).
+        self.readonly = readonly
+        # Opened read-only over a file written before chains and not chained since: its records
+        # carry no chain value yet (verification says so rather than only "no chain value").
+        self.pending_chain = False
+        self._indexed = True  # the system pool's partial index exists (``_matching_query``)
         self.path, self.synchronous, self.inline_rows, commit_on_loop_ms = _parse_url(url)
         # Where a small transaction's COMMIT runs (``_commit``).
         self._pace = CommitPace(commit_on_loop_ms / 1000)
@@ -213,8 +225,17 @@ class SqliteLog:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open both connections, create the schema, load end offsets; idempotent."""
-        if self._writer is not None:
+        """Open both connections, create the schema, load end offsets; idempotent.
+
+        ``readonly``: open the read connection alone, read-only (LogError when there is no log).
+        """
+        if self._reader is not None:
+            return
+        if self.readonly:
+            opened = await open_reader(self.path, self.url)
+            self._reader, self.pending_chain, self._indexed = (opened.conn, opened.pending_chain,
+                                                               opened.indexed)
+            self._closing = False
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-log-writer")
@@ -247,6 +268,9 @@ class SqliteLog:
     async def close(self) -> None:
         """Write everything already queued, stop the writer, close the connections."""
         if self._writer is None:
+            only, self._reader = self._reader, None
+            if only is not None:  # read-only: no writer to stop
+                await only.close()
             return
         self._closing = True
         self._wake.set()
@@ -269,13 +293,18 @@ class SqliteLog:
             raise RuntimeError(f"SqliteLog({self.url!r}) is not started: await log.start() first")
         return self._reader
 
+    def _writable(self) -> None:
+        self._conn()
+        if self.readonly:
+            raise LogError(f"SqliteLog({self.url!r}) is open read-only: nothing can be written through it")
+
     # -- topics ------------------------------------------------------------------------------
 
     async def ensure_topic(
         self, topic: str, partitions: int, *, retention_ms: int | None = None
     ) -> None:
         """Create the topic if absent (existing topics keep their partition count)."""
-        self._conn()
+        self._writable()
         check_partition_count(partitions)
         writer, thread = self._writer, self._thread
         assert writer is not None and thread is not None
@@ -318,7 +347,7 @@ class SqliteLog:
 
         ``envelopes``: what ``records`` encode, for a reactor of the partition (``react``).
         """
-        self._conn()
+        self._writable()
         n = await self.partitions(topic)
         check_routing(topic, n, partition, expected_offset)
         if commit is not None:
@@ -340,7 +369,7 @@ class SqliteLog:
 
     async def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
         """Store the next offset ``group`` will read from the partition (group-committed too)."""
-        self._conn()
+        self._writable()
         await self._check_partition(topic, partition)
         await self._enqueue(
             Pending(topic, [], None, None, Commit(group, topic, partition, offset),
@@ -524,6 +553,16 @@ class SqliteLog:
         rows = await conn.execute_fetchall(_READ, (topic, partition, offset, limit))
         return _to_stored(topic, partition, rows)
 
+    async def read_stored(
+        self, topic: str, partition: int, offset: int, limit: int = 1000
+    ) -> list[StoredRecord | Unreadable]:
+        """``SalvagingLog.read_stored``: ``read``, with a record it cannot rebuild as it is stored."""
+        conn = self._conn()
+        check_limit(limit)
+        await self._check_partition(topic, partition)
+        rows = await conn.execute_fetchall(_READ, (topic, partition, offset, limit))
+        return _salvaged(topic, partition, rows)
+
     async def read_values(
         self, topic: str, partition: int, offset: int, limit: int = 1000
     ) -> list[tuple[int, bytes]]:
@@ -543,7 +582,7 @@ class SqliteLog:
         the records skipped are never built (a whole partition's 86,000 scanned in about 30 ms)."""
         conn = self._conn()
         await self._check_partition(topic, partition)
-        sql, args = _matching_query(topic, partition, offset, end, types, key)
+        sql, args = _matching_query(topic, partition, offset, end, types, key, indexed=self._indexed)
         rows = await conn.execute_fetchall(sql, args)
         return _to_stored(topic, partition, rows)
 

@@ -13,7 +13,7 @@ from zlib import crc32
 import lz4.block
 import orjson
 
-from events.log import CorruptRecord, Headers, Record, StoredRecord, routed
+from events.log import CorruptRecord, Headers, Record, StoredRecord, Unreadable, routed
 
 __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMPRESS_MAX_RATIO", "COMPRESS_MIN_BYTES", "Row", "to_rows"]
 
@@ -92,6 +92,25 @@ def _to_stored(topic: str, partition: int, rows: Iterable[Any]) -> list[StoredRe
         except Exception as exc:  # any failure to rebuild the record is corruption, never a skip
             raise CorruptRecord(topic, partition, offset, f"{type(exc).__name__}: {exc}") from exc
         append(StoredRecord(topic, partition, offset, key, value, rid, hdrs, ts, chain))
+    return out
+
+
+def _salvaged(topic: str, partition: int, rows: Iterable[Any]) -> list[StoredRecord | Unreadable]:
+    """``_to_stored``, except that a row it cannot rebuild comes as ``Unreadable``, as stored: for
+    the export that repairs a log, which must copy every record, the bad one included."""
+    out: list[StoredRecord | Unreadable] = []
+    for row in rows:
+        try:
+            out.extend(_to_stored(topic, partition, [row]))
+        except CorruptRecord as exc:
+            offset, _, stored, codec, _, _, _, _, chain = row
+            value: bytes | None = stored if codec == CODEC_RAW else None
+            if codec == CODEC_LZ4:
+                try:
+                    value = lz4.block.decompress(stored)
+                except Exception:  # nothing to rebuild: the stored bytes alone go out
+                    value = None
+            out.append(Unreadable(topic, partition, offset, bytes(stored), codec, chain, exc.reason, value))
     return out
 
 

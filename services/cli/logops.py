@@ -33,8 +33,10 @@ from services.runtime.settings import Settings
 
 
 @contextlib.asynccontextmanager
-async def _open_log(broker: str) -> AsyncIterator[EventLog]:
-    log = open_log(broker)
+async def _open_log(broker: str, *, readonly: bool = False) -> AsyncIterator[EventLog]:
+    """The deployment's log, started; ``readonly`` for the commands that only read it, which must
+    leave it as they found it (no schema created, no one-time chain migration run)."""
+    log = open_log(broker, readonly=readonly)
     await log.start()
     try:
         yield log
@@ -89,7 +91,7 @@ def events_tail(from_offset: int, follow: bool, type_: str | None, pool: str | N
     events = topics_of(settings).events
 
     async def go() -> None:
-        async with _open_log(settings.broker) as log:
+        async with _open_log(settings.broker, readonly=True) as log:
             count = await log.partitions(events)
             parts = [partition_for(pool, count)] if pool is not None else list(range(count))
             await asyncio.gather(*(_tail(log, events, p, from_offset, follow, type_, pool) for p in parts))
@@ -121,38 +123,52 @@ async def _tail(log: EventLog, topic: str, partition: int, offset: int, follow: 
               help="First offset to export (in each partition).")
 @settings_options(*DEPLOYMENT)
 def events_export(file: Path, from_offset: int, settings: Settings) -> None:
-    """Write the events topic to FILE (lz4-compressed NDJSON, one CloudEvent per line)."""
+    """Write the events topic to FILE (lz4-compressed NDJSON, one CloudEvent per line).
+
+    Every record as stored: one that cannot be read back is written too, marked "chaincorrupt",
+    so that the file can repair the log (README: Repairing a log). A failed export leaves no file.
+    """
     from events.export import export_log
 
     events = topics_of(settings).events
+    if not file.parent.is_dir():
+        fail(f"cannot write {file}: no directory {file.parent}")
 
     async def go() -> tuple[int, float]:
-        async with _open_log(settings.broker) as log:
-            total = 0
-            for p in range(await log.partitions(events)):
-                total += max(0, await log.end_offset(events, p) - from_offset)
+        async with _open_log(settings.broker, readonly=True) as log:
+            ends = [await log.end_offset(events, p) for p in range(await log.partitions(events))]
+            if from_offset > max(ends, default=0):
+                at = ", ".join(f"partition {p} at offset {end}" for p, end in enumerate(ends))
+                fail(f"--from {from_offset} is past the end of the log ({at}): nothing to export, "
+                     f"{file} not written")
+            total = sum(max(0, end - from_offset) for end in ends)
             started = time.perf_counter()
             with _progress("exporting", total) as progress:
                 n = await export_log(log, events, file, from_offset=from_offset, progress=progress)
             return n, time.perf_counter() - started
 
-    with log_errors(settings.broker):
-        n, seconds = run(go())
+    try:
+        with log_errors(settings.broker):
+            n, seconds = run(go())
+    except OSError as exc:
+        fail(f"cannot write {file}: {exc.strerror or exc}; nothing was written")
     click.echo(f"exported {n} events to {file} in {seconds:.2f} s")
 
 
 @events_group.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True,
-              help="Import even if the file's hash chain does not verify (an edited file); an "
-                   "`agentbus.import` record after the events says so.")
+              help="Import even if the file's hash chain does not verify (an edited file) or its records "
+                   "do not continue the log's; an `agentbus.import` record after the events says so.")
 @settings_options(*DEPLOYMENT)
 def events_import(file: Path, force: bool, settings: Settings) -> None:
     """Append the events in FILE (from ``events export``); events already present are skipped.
 
     The file's hash chain is verified first: a file altered since its export is refused, naming
-    the first record that does not match, unless --force. Import into a stopped service (or a
-    fresh log): a running decider does not see imported events.
+    the first record that does not match, unless --force. So is a file whose records do not
+    continue the log (each partition's first record must follow the log's last one there: offset 0
+    for an empty log), such as a partial export (--from) into an empty log. Import into a stopped
+    service (or a fresh log): a running decider does not see imported events.
     """
     from events.export import ImportFileError, import_log
 
@@ -172,7 +188,7 @@ def events_import(file: Path, force: bool, settings: Settings) -> None:
     except ImportFileError as exc:
         fail(str(exc))
     if result.forced is not None:
-        click.echo(f"warning: imported although the hash chain does not verify: {result.forced}", err=True)
+        click.echo(f"warning: imported anyway (--force): {result.forced}", err=True)
     click.echo(f"imported {result.appended} events from {file} ({result.duplicates} already present)"
                + (", forced: recorded as an agentbus.import record" if result.forced is not None else ""))
 
@@ -200,7 +216,7 @@ def projections_rebuild(settings: Settings) -> None:
         store = ProjectionStore(settings.database)
         await store.start()
         try:
-            async with _open_log(settings.broker) as log:
+            async with _open_log(settings.broker, readonly=True) as log:
                 started = time.perf_counter()
                 n = await rebuild(log, store, events)
                 return n, time.perf_counter() - started
@@ -243,7 +259,7 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
         used: dict[str, int | None] = {}
         last: dict[str, int] = {}  # with --until: the last position replayed per partition (-1: none)
         snapshots = SnapshotStore(settings.database, readonly=True) if from_snapshot else None
-        async with _open_log(settings.broker) as log, contextlib.AsyncExitStack() as stack:
+        async with _open_log(settings.broker, readonly=True) as log, contextlib.AsyncExitStack() as stack:
             if snapshots is not None:
                 stack.push_async_callback(snapshots.close)
                 await snapshots.start()

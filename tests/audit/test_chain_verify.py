@@ -202,8 +202,10 @@ def test_a_deleted_record_is_found_where_it_was(tmp_path: Path) -> None:
     code, report = verify_json("--data-dir", str(data))
     assert code == 1
     failure = report["failure"]
-    assert (failure["partition"], failure["offset"]) == (0, at + 1)
+    # Named where the record is missing, not at the one after it.
+    assert (failure["partition"], failure["offset"]) == (0, at)
     assert f"offset {at} is missing" in failure["reason"]
+    assert f"the next record stored is at offset {at + 1}" in failure["reason"]
 
 
 def test_two_swapped_values_are_found_at_the_first(tmp_path: Path) -> None:
