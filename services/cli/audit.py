@@ -86,7 +86,7 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
         events = topics_of(settings).events
 
         async def go() -> AuditReport:
-            log = await _open(settings)
+            log = await _open(settings, readonly=True)  # a check never changes what it checks
             try:
                 return await verify_log_audit(log, events, from_offset=from_offset or 0, key=key,
                                               processes=processes)
@@ -103,8 +103,8 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
         sys.exit(1)
 
 
-async def _open(settings: Settings) -> EventLog:
-    log = open_log(settings.broker)
+async def _open(settings: Settings, *, readonly: bool = False) -> EventLog:
+    log = open_log(settings.broker, readonly=readonly)
     await log.start()
     return log
 

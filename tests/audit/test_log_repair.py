@@ -224,6 +224,26 @@ def test_reading_commands_never_chain_over_an_edit(tmp_path: Path) -> None:
     assert cli("audit", "verify", "--data-dir", str(data)).exit_code == 1
 
 
+def test_audit_verify_only_reads_the_log(tmp_path: Path) -> None:
+    # A file marked as never chained whose chain is intact: verify reports it as it is and leaves
+    # the mark alone (opening for writing would set it); edited, verify names the record.
+    data = history(tmp_path)
+    db = data / "log.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 0")
+    before = fingerprint(db)
+    verified = cli("audit", "verify", "--data-dir", str(data))
+    assert verified.exit_code == 0, verified.output
+    assert fingerprint(db) == before
+    at = len(rows(db, 0)) // 2
+    tamper(db, at)
+    before = fingerprint(db)
+    failed = cli("audit", "verify", "--data-dir", str(data))
+    assert failed.exit_code == 1 and f"events[0]@{at}" in failed.output and "FAILED" in failed.output, (
+        failed.output)
+    assert fingerprint(db) == before
+
+
 def test_a_readonly_open_finds_the_edit_and_writes_nothing(tmp_path: Path) -> None:
     data = history(tmp_path)
     db = data / "log.db"
