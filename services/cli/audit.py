@@ -88,6 +88,12 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
         async def go() -> AuditReport:
             log = await _open(settings, readonly=True)  # a check never changes what it checks
             try:
+                if from_offset:
+                    ends = [await log.end_offset(events, p) for p in range(await log.partitions(events))]
+                    if from_offset >= max(ends, default=0):
+                        # Not "ok, 0 records": a mistyped offset must not pass for a check.
+                        fail(f"--from {from_offset} is past the end of the log: its events partitions end "
+                             f"at {', '.join(f'{p}:{e}' for p, e in enumerate(ends))} (the next offset)")
                 return await verify_log_audit(log, events, from_offset=from_offset or 0, key=key,
                                               processes=processes)
             finally:

@@ -430,3 +430,13 @@ def test_a_line_that_is_not_a_record_is_named_by_its_line(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert "FAILED: line 5 (after events[0]@3) is not a record: not JSON" in result.output
     assert "@-1" not in result.output
+
+
+def test_verify_from_past_the_end_of_the_log_says_where_it_ends(tmp_path: Path) -> None:
+    data = history(tmp_path)
+    end = len(rows(data / "log.db", 0))
+    result = cli("audit", "verify", "--from", str(end + 1000), "--data-dir", str(data))
+    assert result.exit_code == 1 and f"--from {end + 1000} is past the end of the log" in result.output, (
+        result.output)
+    assert f"0:{end}" in result.output
+    assert cli("audit", "verify", "--from", str(end - 1), "--data-dir", str(data)).exit_code == 0
