@@ -299,6 +299,8 @@ def replay(settings: Settings, pool: str | None, as_json: bool, from_snapshot: b
 
     with log_errors(settings.broker):
         result = run(go())
+    if pool is not None and not result["pools"]:
+        fail(f"pool {pool!r} has no events in this log")  # not silence: a mistyped pool is no empty one
     if as_json:
         click.echo(dumps(result))
         return

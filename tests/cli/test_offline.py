@@ -172,6 +172,8 @@ def test_replay_reports_speed_and_state(history: tuple[Path, Any]) -> None:
     text = invoke("replay", "--data-dir", str(data), "--pool", "gpu")
     assert "events/s" in text.output and "pool gpu: 1 agents active" in text.output
     assert "pool default" not in text.output
+    nope = invoke("replay", "--data-dir", str(data), "--pool", "nope")
+    assert nope.exit_code == 1 and "pool 'nope' has no events in this log" in nope.output, nope.output
 
 
 def test_replay_tunes_the_collector_as_serve_does(history: tuple[Path, Any],
