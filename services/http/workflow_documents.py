@@ -288,12 +288,18 @@ def check_definition(doc: Any, prefix: Loc = ()) -> Checked:
     """Every problem of the definition document ``doc``, as 422 items located under ``prefix``:
     its field errors first, then its structural problems (found on what could be read of it even
     when some fields are wrong)."""
+    if not isinstance(doc, dict):
+        what = "null" if doc is None else type(doc).__name__
+        return Checked(None, [error_item(prefix, "model_type", "a workflow definition is a mapping of name, "
+                                         f"tasks and the other keys of the format, not {what}", doc)])
     try:
         fields_only = _FieldsOnly.model_validate(doc)
     except ValidationError as exc:
-        problems = field_errors(exc, prefix)
-        if not isinstance(doc, dict):
-            return Checked(None, problems)
+        # A step that breaks a rule is left out of the tuple pydantic counts, which then also reports
+        # the steps as too few: said of steps that are there, that would only mislead.
+        problems = [p for p in field_errors(exc, prefix)
+                    if not (p["type"] == "too_short" and tuple(p["loc"]) == (*prefix, "tasks")
+                            and isinstance(doc.get("tasks"), list) and doc["tasks"])]
         readable, broken_steps, broken_inputs = _readable(doc)
     else:
         problems = []

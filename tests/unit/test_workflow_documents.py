@@ -1,5 +1,6 @@
 """Reading workflow documents: a key written twice in one mapping, in YAML or JSON, is refused at
-the line and column of its second occurrence, naming the first; everything else reads as before."""
+the line and column of its second occurrence, naming the first; everything else reads as before.
+Checking one: each problem said once, in the format's words."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 
 from services.http.errors import YAMLDecodeError
-from services.http.workflow_documents import load_document
+from services.http.workflow_documents import check_definition, load_document
 
 
 @pytest.mark.parametrize(("raw", "key", "line", "column", "first"), [
@@ -60,3 +61,21 @@ def test_a_yaml_key_written_twice_is_refused_where_it_is(raw: str, key: str, lin
 ])
 def test_yaml_merges_and_the_same_key_in_different_mappings_are_read(raw: str, value: Any) -> None:
     assert load_document(raw, as_yaml=True) == value
+
+
+def test_a_broken_step_is_not_also_reported_as_too_few_steps() -> None:
+    doc = {"name": "w", "tasks": [{"name": "a"}, {"name": "b", "required_capabilites": ["x"]}]}
+    problems = check_definition(doc, ("body", "definition")).problems
+    assert [(tuple(p["loc"]), p["type"]) for p in problems] == [
+        (("body", "definition", "tasks", 1, "required_capabilites"), "extra_forbidden")]
+    # No steps at all is too few, as before.
+    [empty] = check_definition({"name": "w", "tasks": []}).problems
+    assert empty["type"] == "too_short" and tuple(empty["loc"]) == ("tasks",)
+
+
+@pytest.mark.parametrize("doc", [None, [1], "name: w", 5])
+def test_a_definition_that_is_no_mapping_says_so_in_the_formats_words(doc: object) -> None:
+    [problem] = check_definition(doc, ("body", "definition")).problems
+    assert problem["loc"] == ["body", "definition"]
+    assert problem["msg"].startswith("a workflow definition is a mapping of name, tasks")
+    assert "_FieldsOnly" not in problem["msg"]
