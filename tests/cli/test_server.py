@@ -34,13 +34,28 @@ def _env(data: Path) -> dict[str, str]:
     return {**env, "AGENTBUS_DATA": str(data)}
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(data: Path, port: int, *flags: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "services.cli", "serve", "--port", str(port), *flags],
         env=_env(data),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _ready(proc: subprocess.Popen[bytes], url: str) -> None:
+    """Until ``agentbus serve`` answers its health check (AssertionError with its stderr if not)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _, err = _stop(proc)
+            raise AssertionError(f"agentbus serve did not start: {err.decode()[-2000:]}")
+        time.sleep(0.1)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
@@ -60,17 +75,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     proc = _serve(tmp_path / "data", port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _, err = _stop(proc)
-                raise AssertionError(f"agentbus serve did not start: {err.decode()[-2000:]}")
-            time.sleep(0.1)
+        _ready(proc, url)
         yield url
     finally:
         _out, err = _stop(proc)
@@ -236,21 +241,10 @@ def test_serve_exits_1_when_a_worker_fails_while_serving(tmp_path: Path) -> None
 
 def test_serve_lets_the_origins_it_is_given_write_from_a_browser(tmp_path: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--port", str(port),
-         "--allow-origins", "https://ops.example.com"],
-        env=_env(tmp_path / "data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _serve(tmp_path / "data", port, "--allow-origins", "https://ops.example.com")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, _stop(proc)[1].decode()[-2000:]
-            time.sleep(0.1)
+        _ready(proc, url)
         task = {"task_id": "t1", "type": "x"}
         for origin, status in (("https://ops.example.com", 202), (url, 202), ("https://evil.example", 403)):
             resp = httpx.post(f"{url}/v1/tasks", json={**task, "task_id": f"t{status}{len(origin)}"},
