@@ -49,6 +49,7 @@ from services.audit.backup import (
 )
 from services.runtime.embedded import Runner
 from services.runtime.settings import ENV_PREFIX, Settings
+from tests.audit.conftest import rehash, rewrite_manifest
 from tests.cli.conftest import invoke, produce
 from tests.tables import assert_same_tables
 
@@ -326,22 +327,6 @@ def test_verify_names_a_file_with_a_flipped_byte(backed_up: tuple[Path, Path], n
     assert [c["subject"] for c in checks if not c["ok"]] == [f"file {name}"]
 
 
-def _rewrite_manifest(path: Path, change: Any) -> None:
-    raw = orjson.loads((path / MANIFEST).read_bytes())
-    change(raw)
-    (path / MANIFEST).write_bytes(orjson.dumps(raw))
-
-
-def _rehash(path: Path, name: str) -> None:
-    import hashlib
-
-    def fix(raw: dict[str, Any]) -> None:
-        for f in raw["files"]:
-            if f["name"] == name:
-                f["sha256"] = hashlib.sha256((path / name).read_bytes()).hexdigest()
-                f["size"] = (path / name).stat().st_size
-
-    _rewrite_manifest(path, fix)
 
 
 def test_verify_finds_an_altered_record_whose_file_hash_was_fixed_up(backed_up: tuple[Path, Path]) -> None:
@@ -356,7 +341,7 @@ def test_verify_finds_an_altered_record_whose_file_hash_was_fixed_up(backed_up: 
         conn.execute("UPDATE records SET value = ?, crc = ? WHERE topic = 'events' AND \"partition\" = 0 "
                      "AND \"offset\" = 3", (altered, zlib.crc32(altered)))
         conn.commit()
-    _rehash(path, "log.db")
+    rehash(path, "log.db")
     result = invoke("backup", "verify", "b1", "--data-dir", str(data))
     assert result.exit_code == 1
     assert "ok    file log.db" in result.output
@@ -374,7 +359,7 @@ def test_verify_compares_the_chain_heads_with_the_manifest(backed_up: tuple[Path
             if p["topic"] == "events":
                 p["chain_head"] = link(bytes.fromhex(head), b"x").hex()
 
-    _rewrite_manifest(path, other_head)
+    rewrite_manifest(path, other_head)
     result = invoke("backup", "verify", "b1", "--data-dir", str(data))
     assert result.exit_code == 1
     assert f"FAIL  chain of events: partition 0: head {head}" in result.output

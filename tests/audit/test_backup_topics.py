@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import sqlite3
 import zlib
@@ -19,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from events import Record, open_log
-from services.audit.backup import MANIFEST
 from services.runtime.settings import ENV_PREFIX
+from tests.audit.conftest import rehash, rewrite_manifest
 from tests.cli.conftest import invoke, produce
 
 
@@ -58,22 +56,6 @@ async def _dead_letter(data: Path) -> None:
         await log.close()
 
 
-def _manifest(path: Path, change: Any) -> None:
-    raw = orjson.loads((path / MANIFEST).read_bytes())
-    change(raw)
-    (path / MANIFEST).write_bytes(orjson.dumps(raw))
-
-
-def _rehash(path: Path, name: str) -> None:
-    def fix(raw: dict[str, Any]) -> None:
-        for f in raw["files"]:
-            if f["name"] == name:
-                f["sha256"] = hashlib.sha256((path / name).read_bytes()).hexdigest()
-                f["size"] = (path / name).stat().st_size
-
-    _manifest(path, fix)
-
-
 def _alter(db: Path, topic: str, offset: int) -> None:
     """A stored value changed and its crc32 recomputed: only the chain can tell."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
@@ -104,8 +86,8 @@ def test_an_altered_events_log_left_out_of_the_manifest_does_not_verify(backed_u
         raw["partitions"] = [p for p in raw["partitions"] if p["topic"] != "events"]
         raw["positions"] = []
 
-    _manifest(path, drop_events)
-    _rehash(path, "log.db")
+    rewrite_manifest(path, drop_events)
+    rehash(path, "log.db")
     # What the backup holds fails the audit...
     restored_copy = tmp_path / "copy"
     restored_copy.mkdir()
@@ -125,7 +107,7 @@ def test_an_altered_events_log_left_out_of_the_manifest_does_not_verify(backed_u
 def test_an_events_topic_left_out_of_the_manifest_does_not_verify(backed_up: tuple[Path, Path]) -> None:
     """Unaltered, but the manifest no longer says what the log holds: its heads cannot be compared."""
     data, path = backed_up
-    _manifest(path, lambda raw: raw.update(
+    rewrite_manifest(path, lambda raw: raw.update(
         partitions=[p for p in raw["partitions"] if p["topic"] != "events"], positions=[]))
     result = invoke("backup", "verify", "b1", "--data-dir", str(data))
     assert result.exit_code == 1, result.output
@@ -135,7 +117,7 @@ def test_an_events_topic_left_out_of_the_manifest_does_not_verify(backed_up: tup
 def test_an_unlisted_topic_of_the_log_copy_is_checked_too(backed_up: tuple[Path, Path]) -> None:
     data, path = backed_up
     _alter(path / "log.db", "commands.dlq", 0)
-    _rehash(path, "log.db")
+    rehash(path, "log.db")
     result = invoke("backup", "verify", "b1", "--data-dir", str(data))
     assert result.exit_code == 1, result.output
     assert "FAIL  chain of commands.dlq: commands.dlq[0]@0" in result.output
@@ -144,7 +126,7 @@ def test_an_unlisted_topic_of_the_log_copy_is_checked_too(backed_up: tuple[Path,
 def test_a_log_file_left_out_of_the_manifest_does_not_verify(backed_up: tuple[Path, Path]) -> None:
     data, path = backed_up
     (path / "log.db").unlink()
-    _manifest(path, lambda raw: raw.update(files=[f for f in raw["files"] if f["name"] != "log.db"],
+    rewrite_manifest(path, lambda raw: raw.update(files=[f for f in raw["files"] if f["name"] != "log.db"],
                                            partitions=[], positions=[]))
     result = invoke("backup", "verify", "b1", "--data-dir", str(data))
     assert result.exit_code == 1, result.output
