@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def test_log_commands_read_the_prefixed_topics_on_kafka(history: tuple[Path, Any
 
 
 async def _marker_history(data: Path, pool: str) -> None:
-    """A log whose only events are one agent registered in ``pool``: a mark of its deployment."""
+    """One agent registered in ``pool`` at the end of the log in ``data``: a mark of its deployment."""
     runner = Runner(Settings(data_dir=data))
     await runner.start()
     try:
@@ -97,8 +98,11 @@ async def _marker_history(data: Path, pool: str) -> None:
         await runner.stop()
 
 
-def _marker_file(tmp_path: Path, pool: str) -> Path:
+def _marker_file(tmp_path: Path, history: Path, pool: str) -> Path:
+    """An export of ``history`` with a mark at its end (an import must continue the log it goes
+    into, so each deployment gets one whole log, its mark included)."""
     data = tmp_path / pool
+    shutil.copytree(history, data)
     asyncio.run(_marker_history(data, pool))
     file = tmp_path / f"{pool}.ndjson.lz4"
     assert invoke("events", "export", str(file), "--data-dir", str(data)).exit_code == 0
@@ -136,9 +140,7 @@ def test_every_log_command_and_the_bench_stay_inside_their_deployment(
     a_prefix, b_prefix = f"dep-a-{tag}.", f"dep-b-{tag}."
     a = ("--broker", kafka, "--topic-prefix", a_prefix, "--app-id", f"dep-a-{tag}")
     b = ("--broker", kafka, "--topic-prefix", b_prefix, "--app-id", f"dep-b-{tag}")
-    shared = tmp_path / "history.ndjson.lz4"
-    assert invoke("events", "export", str(shared), "--data-dir", str(data)).exit_code == 0
-    marks = {"a": _marker_file(tmp_path, "only-a"), "b": _marker_file(tmp_path, "only-b")}
+    marks = {"a": _marker_file(tmp_path, data, "only-a"), "b": _marker_file(tmp_path, data, "only-b")}
 
     def run(*args: str) -> str:
         result = invoke(*args)
@@ -149,13 +151,11 @@ def test_every_log_command_and_the_bench_stay_inside_their_deployment(
         return asyncio.run(_footprint(kafka, prefix, app_id))
 
     try:
-        for file in (shared, marks["b"]):
-            run("events", "import", str(file), *b)
+        run("events", "import", str(marks["b"]), *b)
         b_before = footprint(b_prefix, f"dep-b-{tag}")
         assert set(b_before["topics"]) == {f"{b_prefix}commands", f"{b_prefix}events"}
 
-        for file in (shared, marks["a"]):
-            run("events", "import", str(file), *a)
+        run("events", "import", str(marks["a"]), *a)
         a_before = footprint(a_prefix, f"dep-a-{tag}")
         assert set(a_before["topics"]) == {f"{a_prefix}commands", f"{a_prefix}events"}
 
