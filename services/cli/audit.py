@@ -90,7 +90,7 @@ def audit_verify(from_offset: int | None, file: Path | None, key_file: str | Non
             try:
                 if from_offset:
                     ends = [await log.end_offset(events, p) for p in range(await log.partitions(events))]
-                    if from_offset >= max(ends, default=0):
+                    if from_offset > max(ends, default=0):  # at the end: nothing new, which is ok
                         # Not "ok, 0 records": a mistyped offset must not pass for a check.
                         fail(f"--from {from_offset} is past the end of the log: its events partitions end "
                              f"at {', '.join(f'{p}:{e}' for p, e in enumerate(ends))} (the next offset)")
