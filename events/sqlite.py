@@ -41,9 +41,7 @@ import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 from zlib import crc32
 
 import aiosqlite
@@ -77,6 +75,7 @@ from events.sqlite_records import (
     _to_values,
     to_rows,
 )
+from events.sqlite_url import COMMIT_ON_LOOP_MS, INLINE_ROWS, parse_url
 from events.sqlite_writer import SYSTEM_INDEX, CommitPace, Pending, State, Written, ensure_topic, open_writer
 
 __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reaction", "Reactor", "SqliteLog"]
@@ -85,12 +84,6 @@ __all__ = ["CODEC_LZ4", "CODEC_RAW", "COMMIT_ON_LOOP_MS", "INLINE_ROWS", "Reacti
 POLL_INTERVAL_S = 0.2
 # Cap one transaction so a huge backlog still acknowledges callers in steady steps.
 MAX_BATCH_RECORDS = 20_000
-# A transaction of at most this many records is written on the event loop itself, a larger one on
-# the writer's thread (URL option ``inline_rows``; 0: always the thread). See ``_transaction``.
-INLINE_ROWS = 64
-# Its COMMIT runs on the loop too while COMMITs take under this on average (URL option
-# ``commit_on_loop_ms``; 0: always the writer's thread). See ``sqlite_writer.CommitPace``.
-COMMIT_ON_LOOP_MS = 1.0
 _READ = (
     'SELECT "offset", key, value, codec, id, headers, crc, ts, chain FROM records'
     ' WHERE topic = ? AND "partition" = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?'
@@ -141,44 +134,6 @@ def _matching_query(topic: str, partition: int, offset: int, end: int, types: fr
     return sql + ' ORDER BY "offset"', tuple(args)
 
 
-def _parse_url(url: str) -> tuple[Path, str, int, float]:
-    """``sqlite:///rel.db`` / ``sqlite:////abs.db`` (+ ``?synchronous=normal``, ``&inline_rows=N``,
-    ``&commit_on_loop_ms=F``) -> path, mode, the largest transaction written on the event loop,
-    the mean COMMIT time under which its COMMIT runs there too."""
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != "sqlite" or not sep:
-        raise ValueError(f"not a sqlite log URL: {url!r}")
-    location, _, query = rest.partition("?")
-    if not location.startswith("/"):
-        raise ValueError(f"sqlite log URL needs three slashes (sqlite:///path.db): {url!r}")
-    path = location[1:]
-    if not path or path == ":memory:":
-        # The reader and the writer are two connections; they must share a file.
-        raise ValueError(f"sqlite log URL needs a file path: {url!r}")
-    synchronous = "FULL"
-    inline_rows = INLINE_ROWS
-    commit_on_loop_ms = COMMIT_ON_LOOP_MS
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "synchronous" and value.upper() in {"FULL", "NORMAL", "EXTRA"}:
-            synchronous = value.upper()
-        elif name == "inline_rows" and value.isdigit() and len(value) <= 6:
-            inline_rows = int(value)
-        elif name == "commit_on_loop_ms" and (ms := _milliseconds(value)) is not None:
-            commit_on_loop_ms = ms
-        else:
-            raise ValueError(f"unsupported sqlite log URL option {name}={value!r} in {url!r}")
-    return Path(path), synchronous, inline_rows, commit_on_loop_ms
-
-
-def _milliseconds(value: str) -> float | None:
-    """A URL option's milliseconds, 0 to 1000 (decimals allowed), or None."""
-    try:
-        ms = float(value)
-    except ValueError:
-        return None
-    return ms if 0 <= ms <= 1000 else None  # NaN fails both
-
-
 class SqliteLog:
     """EventLog over one SQLite file: group-committed appends, WAL reads, in-process wake-ups."""
 
@@ -196,7 +151,7 @@ class SqliteLog:
         # carry no chain value yet (verification says so rather than only "no chain value").
         self.pending_chain = False
         self._indexed = True  # the system pool's partial index exists (``_matching_query``)
-        self.path, self.synchronous, self.inline_rows, commit_on_loop_ms = _parse_url(url)
+        self.path, self.synchronous, self.inline_rows, commit_on_loop_ms = parse_url(url)
         # Where a small transaction's COMMIT runs (``_commit``).
         self._pace = CommitPace(commit_on_loop_ms / 1000)
         # Committed write transactions (group commit batches); tests and benchmarks read it.

@@ -20,9 +20,10 @@ from services.audit.as_of import (
     parse_as_of,
     resolve,
 )
-from services.audit.backup import BackupError, create_backup, list_backups, restore_backup, verify_backup
+from services.audit.backup import BackupError, create_backup, list_backups, verify_backup
 from services.audit.checkpoints import AuditKeyError, key_id, load_private_key, load_public_key
 from services.audit.history import task_history
+from services.audit.restore import restore_backup
 from services.audit.verify import AuditReport, verify_export_audit, verify_log_audit
 
 __all__ = [

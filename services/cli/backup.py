@@ -22,9 +22,9 @@ from services.audit.backup import (
     check_name,
     create_backup,
     list_backups,
-    restore_backup,
     verify_backup,
 )
+from services.audit.restore import restore_backup
 from services.cli.common import DEPLOYMENT, dumps, fail, load_settings, log_errors, run, settings_options
 from services.runtime.settings import Settings
 

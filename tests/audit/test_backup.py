@@ -44,9 +44,9 @@ from services.audit.backup import (
     MANIFEST,
     create_backup,
     read_manifest,
-    restore_backup,
     verify_backup,
 )
+from services.audit.restore import restore_backup
 from services.runtime.embedded import Runner
 from services.runtime.settings import ENV_PREFIX, Settings
 from tests.audit.conftest import rehash, rewrite_manifest
